@@ -1,0 +1,23 @@
+//! Carrier's wire contract: what a producer in any language puts on NATS, and how Carrier reads it.
+//!
+//! An event travels as one NATS message: its [`Envelope`] in headers, its payload in the body as
+//! CBOR (or JSON, for producers that cannot write CBOR). This crate is the only one that knows
+//! either encoding; every other crate handles typed values.
+//!
+//! - [`envelope`]: the headers every event carries ([`Envelope`], [`EventId`], [`ContentType`]).
+//! - [`stores`]: the stores context's events, named after the MallBots design.
+//! - [`codec`]: turning an event into an [`EncodedEvent`] and a received message back into a
+//!   [`Decoded`] event, with a [`DecodeError`] that says why when it cannot.
+//! - [`cbor`]: CBOR helpers for the other crates' own records (redb rows), so that they never
+//!   depend on the CBOR library themselves.
+//!
+//! `docs/wire-contract.md` is the same contract written for producers.
+
+pub mod cbor;
+pub mod codec;
+pub mod envelope;
+pub mod stores;
+
+pub use codec::{DecodeError, Decoded, DomainEvent, EncodedEvent, ValidationError};
+pub use envelope::{ContentType, Envelope, EventId};
+pub use stores::StoresEvent;
