@@ -1,0 +1,238 @@
+//! The dedup and ordering engine every consuming context shares.
+//!
+//! A delivered batch is applied in ONE write transaction. For each event, in delivery order:
+//!
+//! 1. If its id is in the inbox, it was applied (or parked) before: [`Disposition::Duplicate`].
+//! 2. Otherwise its id goes into the inbox, and its aggregate version is compared with the last
+//!    version applied to that entity:
+//!    - at or below it: an old event, already superseded ([`Disposition::Stale`]);
+//!    - exactly the next one: its effect is applied, then any parked successors
+//!      ([`Disposition::Applied`]);
+//!    - further ahead: a version is missing, so the event is parked until the gap closes
+//!      ([`Disposition::Parked`]) rather than applying a delta to a stale row.
+//! 3. The consumer's checkpoint moves to the batch's last stream sequence.
+//!
+//! Then one commit. The effect, the inbox record and the version move together or not at all,
+//! which is what makes redelivery harmless: the consumer acks only after this commit returns.
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use carrier_messages::{Decoded, DomainEvent, Envelope};
+
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::StorageError;
+
+/// Applied (or parked) event ids → the stream sequence they arrived at.
+pub(crate) const INBOX: TableDefinition<u128, u64> = TableDefinition::new("inbox");
+/// (aggregate type, aggregate id) → the last version applied.
+pub(crate) const VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("entity_versions");
+/// (aggregate type, aggregate id, version) → a CBOR [`Inbound`] waiting for its predecessor.
+pub(crate) const PARKED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("parked");
+/// Durable consumer name → the last stream sequence committed.
+pub(crate) const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
+
+/// One delivered, decoded event and where it sat in the stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "E: DomainEvent")]
+pub struct Inbound<E> {
+    /// The JetStream stream sequence it was delivered from.
+    pub stream_seq: u64,
+    /// The event.
+    pub decoded: Decoded<E>,
+}
+
+/// What a context does with an event's payload, given its tables opened for one batch.
+pub trait Projection<E>: Send + Sync + 'static {
+    /// The context's tables, opened once per batch transaction.
+    type Tables<'txn>;
+
+    /// Opens the tables in `txn`.
+    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<Self::Tables<'txn>, StorageError>;
+
+    /// Applies one event's effect. Called only for the next version of its entity.
+    fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError>;
+}
+
+/// What happened to one event of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Its effect was applied.
+    Applied,
+    /// Its id was already in the inbox: nothing changed.
+    Duplicate,
+    /// Its entity was already at `current` or later: nothing changed.
+    Stale {
+        /// The entity's version before the event.
+        current: u64,
+    },
+    /// An earlier version is missing; the event waits until it arrives.
+    Parked {
+        /// The version that must come first.
+        expected: u64,
+    },
+}
+
+impl Disposition {
+    /// A short word for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Disposition::Applied => "applied",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Stale { .. } => "stale",
+            Disposition::Parked { .. } => "parked",
+        }
+    }
+}
+
+/// The result of one committed batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// One entry per event, in batch order.
+    pub dispositions: Vec<Disposition>,
+    /// Parked events applied because this batch closed their gap.
+    pub unparked: u64,
+}
+
+impl BatchOutcome {
+    /// How many events had the given disposition kind.
+    pub fn count(&self, kind: &str) -> usize {
+        self.dispositions.iter().filter(|d| d.as_str() == kind).count()
+    }
+}
+
+/// Applies `batch` in one transaction; see the module docs for the rules.
+pub fn apply_batch<E, P>(
+    db: &Database,
+    consumer: &str,
+    projection: &P,
+    batch: &[Inbound<E>],
+) -> Result<BatchOutcome, StorageError>
+where
+    E: DomainEvent,
+    P: Projection<E>,
+{
+    let txn = db.begin_write().during("begin_write")?;
+    let mut outcome = BatchOutcome { dispositions: Vec::with_capacity(batch.len()), unparked: 0 };
+    {
+        let mut inbox = txn.open_table(INBOX).during("open inbox")?;
+        let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
+        let mut parked = txn.open_table(PARKED).during("open parked")?;
+        let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+        let mut tables = projection.open(&txn)?;
+
+        for item in batch {
+            let envelope = &item.decoded.envelope;
+            let id = envelope.event_id.0.as_u128();
+            if inbox.get(id).during("read inbox")?.is_some() {
+                outcome.dispositions.push(Disposition::Duplicate);
+                continue;
+            }
+            inbox.insert(id, item.stream_seq).during("write inbox")?;
+
+            let aggregate = item.decoded.event.aggregate_type();
+            let key = (aggregate, envelope.aggregate_id.as_str());
+            let current = versions.get(key).during("read entity_versions")?.map(|v| v.value()).unwrap_or(0);
+            let version = envelope.aggregate_version;
+            let disposition = if version <= current {
+                Disposition::Stale { current }
+            } else if version == current + 1 {
+                projection.apply(&mut tables, envelope, &item.decoded.event)?;
+                let mut now = version;
+                loop {
+                    let next = parked.remove((key.0, key.1, now + 1)).during("take parked")?;
+                    let Some(bytes) = next else { break };
+                    let waiting: Inbound<E> = decode_row("parked", bytes.value())?;
+                    drop(bytes);
+                    projection.apply(&mut tables, &waiting.decoded.envelope, &waiting.decoded.event)?;
+                    outcome.unparked += 1;
+                    now += 1;
+                }
+                versions.insert(key, now).during("write entity_versions")?;
+                Disposition::Applied
+            } else {
+                let row = encode_row("parked", item)?;
+                parked.insert((key.0, key.1, version), row.as_slice()).during("write parked")?;
+                Disposition::Parked { expected: current + 1 }
+            };
+            outcome.dispositions.push(disposition);
+        }
+
+        if let Some(last) = batch.iter().map(|i| i.stream_seq).max() {
+            let previous = checkpoints.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
+            if last > previous {
+                checkpoints.insert(consumer, last).during("write checkpoints")?;
+            }
+        }
+    }
+    txn.commit().during("commit")?;
+    Ok(outcome)
+}
+
+/// Creates the engine's tables so that readers never meet a missing table.
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+    txn.open_table(INBOX).during("create inbox")?;
+    txn.open_table(VERSIONS).during("create entity_versions")?;
+    txn.open_table(PARKED).during("create parked")?;
+    txn.open_table(CHECKPOINTS).during("create checkpoints")?;
+    Ok(())
+}
+
+/// Opens (or creates) a context's database file and makes sure its tables exist.
+pub(crate) fn open_database(
+    path: &std::path::Path,
+    create: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
+) -> Result<Database, StorageError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // A missing directory would otherwise surface as a bare "No such file" from redb.
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let db = Database::create(path).map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?;
+    let txn = db.begin_write().during("begin_write")?;
+    create(&txn)?;
+    txn.commit().during("commit")?;
+    Ok(db)
+}
+
+/// Counts and positions of the engine's tables, for `carrier inspect` and the dashboard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Event ids in the inbox.
+    pub inbox: u64,
+    /// Entities with a recorded version.
+    pub entities: u64,
+    /// Events waiting for an earlier version.
+    pub parked: u64,
+    /// Consumer name → last committed stream sequence.
+    pub checkpoints: Vec<(String, u64)>,
+}
+
+/// Reads [`EngineStats`].
+pub(crate) fn stats(db: &Database) -> Result<EngineStats, StorageError> {
+    let txn = db.begin_read().during("begin_read")?;
+    let inbox = txn.open_table(INBOX).during("open inbox")?.len().during("count inbox")?;
+    let entities = txn.open_table(VERSIONS).during("open entity_versions")?.len().during("count entity_versions")?;
+    let parked = txn.open_table(PARKED).during("open parked")?.len().during("count parked")?;
+    let table = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+    let mut checkpoints = Vec::new();
+    for entry in table.iter().during("read checkpoints")? {
+        let (k, v) = entry.during("read checkpoints")?;
+        checkpoints.push((k.value().to_string(), v.value()));
+    }
+    Ok(EngineStats { inbox, entities, parked, checkpoints })
+}
+
+/// Reads the inbox: event id → stream sequence, oldest id first, at most `limit`.
+pub(crate) fn inbox_entries(
+    db: &Database,
+    limit: usize,
+) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
+    let txn = db.begin_read().during("begin_read")?;
+    let table = txn.open_table(INBOX).during("open inbox")?;
+    let mut out = Vec::new();
+    for entry in table.iter().during("read inbox")?.take(limit) {
+        let (k, v) = entry.during("read inbox")?;
+        out.push((carrier_messages::EventId(uuid::Uuid::from_u128(k.value())), v.value()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,55 @@
+use std::path::PathBuf;
+
+/// A storage failure. Every variant is worth retrying later except [`StorageError::Corrupt`],
+/// which means a row this crate wrote no longer decodes (a bug, or a damaged file).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The database file could not be opened or created.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// A redb operation failed (I/O error, disk full, ...).
+    #[error("redb {operation} failed: {source}")]
+    Redb {
+        /// What was being done, e.g. `commit`.
+        operation: &'static str,
+        /// What redb said.
+        #[source]
+        source: redb::Error,
+    },
+    /// A stored row does not decode.
+    #[error("corrupt row in table {table}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+}
+
+/// Attaches the operation's name to any redb error.
+pub(crate) trait RedbResultExt<T> {
+    fn during(self, operation: &'static str) -> Result<T, StorageError>;
+}
+
+impl<T, E: Into<redb::Error>> RedbResultExt<T> for Result<T, E> {
+    fn during(self, operation: &'static str) -> Result<T, StorageError> {
+        self.map_err(|e| StorageError::Redb { operation, source: e.into() })
+    }
+}
+
+/// Encodes a row.
+pub(crate) fn encode_row<T: serde::Serialize>(table: &'static str, row: &T) -> Result<Vec<u8>, StorageError> {
+    carrier_messages::cbor::to_vec(row).map_err(|e| StorageError::Corrupt { table, reason: e.to_string() })
+}
+
+/// Decodes a row.
+pub(crate) fn decode_row<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
+    carrier_messages::cbor::from_slice(bytes).map_err(|e| StorageError::Corrupt { table, reason: e.to_string() })
+}

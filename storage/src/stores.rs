@@ -1,0 +1,419 @@
+//! The stores context's own state (the source of truth for stores and products) and its outbox.
+//!
+//! A command is decided against the current rows, and the resulting event is both folded into
+//! the rows and appended to the outbox in one transaction, so the state and the events that
+//! describe it can never disagree.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use carrier_messages::codec::Causality;
+use carrier_messages::stores::*;
+use carrier_messages::{Decoded, DomainEvent, EncodedEvent, ValidationError};
+
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::outbox::{self, OUTBOX};
+use crate::rows::{all_rows, get_row};
+use crate::StorageError;
+
+const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
+const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
+
+/// A store, as its owner knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRow {
+    /// Display name.
+    pub name: String,
+    /// Where in the mall.
+    pub location: String,
+    /// Whether it takes part in automated ordering.
+    pub participating: bool,
+    /// Version of its last event.
+    pub version: u64,
+}
+
+/// A product, as its owner knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductRow {
+    /// The store that sells it.
+    pub store_id: String,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Price in minor units.
+    pub price: i64,
+    /// Version of its last event.
+    pub version: u64,
+    /// Taken out of the catalogue; kept so that its id is never reused.
+    pub removed: bool,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The entity does not exist (or was removed).
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// `store` or `product`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// An entity with that id exists already.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists {
+        /// `store` or `product`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The command breaks a business rule.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A field breaks the contract's limits.
+    #[error("invalid: {0}")]
+    Invalid(#[from] ValidationError),
+    /// Storage failed; the command may be retried.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// `stores.redb`: stores, products and the outbox.
+pub struct StoresDb {
+    db: Database,
+    path: PathBuf,
+}
+
+impl StoresDb {
+    /// Opens or creates the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let db = crate::engine::open_database(&path, |txn| {
+            txn.open_table(STORES).during("create stores")?;
+            txn.open_table(PRODUCTS).during("create products")?;
+            txn.open_table(OUTBOX).during("create outbox")?;
+            Ok(())
+        })?;
+        Ok(StoresDb { db, path })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Decides `command`, folds the event into the state and appends it to the outbox, all in
+    /// one transaction. Returns the recorded event.
+    pub fn execute(
+        &self,
+        command: &StoresCommand,
+        causality: &Causality,
+    ) -> Result<Decoded<StoresEvent>, CommandError> {
+        let txn = self.db.begin_write().during("begin_write")?;
+        match record(&txn, command, causality) {
+            Ok(decoded) => {
+                txn.commit().during("commit")?;
+                Ok(decoded)
+            }
+            Err(e) => {
+                txn.abort().during("abort")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// One store.
+    pub fn store(&self, id: &str) -> Result<Option<StoreRow>, StorageError> {
+        get_row(&self.db, STORES, "stores", id)
+    }
+
+    /// One product (removed ones included).
+    pub fn product(&self, id: &str) -> Result<Option<ProductRow>, StorageError> {
+        get_row(&self.db, PRODUCTS, "products", id)
+    }
+
+    /// Every store, by id.
+    pub fn stores(&self) -> Result<Vec<(String, StoreRow)>, StorageError> {
+        all_rows(&self.db, STORES, "stores")
+    }
+
+    /// Every product (removed ones included), by id.
+    pub fn products(&self) -> Result<Vec<(String, ProductRow)>, StorageError> {
+        all_rows(&self.db, PRODUCTS, "products")
+    }
+
+    /// The oldest `limit` unpublished events.
+    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
+        outbox::pending(&self.db, limit)
+    }
+
+    /// Deletes published outbox rows.
+    pub fn outbox_remove(&self, keys: &[u64]) -> Result<(), StorageError> {
+        outbox::remove(&self.db, keys)
+    }
+
+    /// Unpublished events.
+    pub fn outbox_len(&self) -> Result<u64, StorageError> {
+        outbox::len(&self.db)
+    }
+}
+
+fn record(
+    txn: &WriteTransaction,
+    command: &StoresCommand,
+    causality: &Causality,
+) -> Result<Decoded<StoresEvent>, CommandError> {
+    let mut stores = txn.open_table(STORES).during("open stores")?;
+    let mut products = txn.open_table(PRODUCTS).during("open products")?;
+    let mut outbox_table = txn.open_table(OUTBOX).during("open outbox")?;
+
+    let (event, version) = decide(&stores, &products, command)?;
+    event.validate()?;
+    evolve(&mut stores, &mut products, &event, version)?;
+    let decoded = Decoded::new(event, version, causality);
+    let encoded = decoded.encode().map_err(|e| StorageError::Corrupt { table: "outbox", reason: e.to_string() })?;
+    outbox::append(&mut outbox_table, &encoded)?;
+    Ok(decoded)
+}
+
+type Rows<'txn> = Table<'txn, &'static str, &'static [u8]>;
+
+fn load<T: serde::de::DeserializeOwned>(
+    table: &Rows<'_>,
+    name: &'static str,
+    id: &str,
+) -> Result<Option<T>, StorageError> {
+    let row = table.get(id).during("read row")?;
+    row.map(|g| decode_row(name, g.value())).transpose()
+}
+
+fn store_of(stores: &Rows<'_>, id: &str) -> Result<StoreRow, CommandError> {
+    load(stores, "stores", id)?.ok_or_else(|| CommandError::NotFound { kind: "store", id: id.to_string() })
+}
+
+fn live_product(products: &Rows<'_>, id: &str) -> Result<ProductRow, CommandError> {
+    match load::<ProductRow>(products, "products", id)? {
+        Some(p) if !p.removed => Ok(p),
+        _ => Err(CommandError::NotFound { kind: "product", id: id.to_string() }),
+    }
+}
+
+/// The business rules: which event a command produces, at which entity version.
+fn decide(stores: &Rows<'_>, products: &Rows<'_>, command: &StoresCommand) -> Result<(StoresEvent, u64), CommandError> {
+    use StoresCommand as C;
+    Ok(match command.clone() {
+        C::CreateStore { id, name, location } => {
+            if load::<StoreRow>(stores, "stores", &id)?.is_some() {
+                return Err(CommandError::AlreadyExists { kind: "store", id });
+            }
+            (StoresEvent::StoreCreated(StoreCreated { id, name, location }), 1)
+        }
+        C::RebrandStore { id, name } => {
+            let s = store_of(stores, &id)?;
+            (StoresEvent::StoreRebranded(StoreRebranded { id, name }), s.version + 1)
+        }
+        C::EnableParticipation { id } => {
+            let s = store_of(stores, &id)?;
+            if s.participating {
+                return Err(CommandError::Rejected(format!("store {id:?} is already participating")));
+            }
+            (StoresEvent::StoreParticipationEnabled(StoreParticipationEnabled { id }), s.version + 1)
+        }
+        C::DisableParticipation { id } => {
+            let s = store_of(stores, &id)?;
+            if !s.participating {
+                return Err(CommandError::Rejected(format!("store {id:?} is not participating")));
+            }
+            (StoresEvent::StoreParticipationDisabled(StoreParticipationDisabled { id }), s.version + 1)
+        }
+        C::AddProduct { id, store_id, name, description, sku, price } => {
+            if load::<ProductRow>(products, "products", &id)?.is_some() {
+                return Err(CommandError::AlreadyExists { kind: "product", id });
+            }
+            store_of(stores, &store_id)?;
+            (StoresEvent::ProductAdded(ProductAdded { id, store_id, name, description, sku, price }), 1)
+        }
+        C::RebrandProduct { id, name, description } => {
+            let p = live_product(products, &id)?;
+            (StoresEvent::ProductRebranded(ProductRebranded { id, name, description }), p.version + 1)
+        }
+        C::IncreaseProductPrice { id, delta } => {
+            let p = live_product(products, &id)?;
+            if p.price.checked_add(delta).is_none() {
+                return Err(CommandError::Rejected(format!("price of {id:?} would overflow")));
+            }
+            (StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id, delta }), p.version + 1)
+        }
+        C::DecreaseProductPrice { id, delta } => {
+            let p = live_product(products, &id)?;
+            if p.price < delta {
+                return Err(CommandError::Rejected(format!(
+                    "price of {id:?} is {} and cannot fall by {delta} below zero",
+                    p.price
+                )));
+            }
+            (StoresEvent::ProductPriceDecreased(ProductPriceDecreased { id, delta }), p.version + 1)
+        }
+        C::RemoveProduct { id } => {
+            let p = live_product(products, &id)?;
+            (StoresEvent::ProductRemoved(ProductRemoved { id }), p.version + 1)
+        }
+    })
+}
+
+/// Folds a decided event into the owner's rows.
+fn evolve(
+    stores: &mut Rows<'_>,
+    products: &mut Rows<'_>,
+    event: &StoresEvent,
+    version: u64,
+) -> Result<(), StorageError> {
+    let put_store = |stores: &mut Rows<'_>, id: &str, row: &StoreRow| -> Result<(), StorageError> {
+        let bytes = encode_row("stores", row)?;
+        stores.insert(id, bytes.as_slice()).during("write stores")?;
+        Ok(())
+    };
+    let put_product = |products: &mut Rows<'_>, id: &str, row: &ProductRow| -> Result<(), StorageError> {
+        let bytes = encode_row("products", row)?;
+        products.insert(id, bytes.as_slice()).during("write products")?;
+        Ok(())
+    };
+    let existing_store = |stores: &Rows<'_>, id: &str| -> Result<StoreRow, StorageError> {
+        load(stores, "stores", id)?
+            .ok_or(StorageError::Corrupt { table: "stores", reason: format!("store {id:?} vanished") })
+    };
+    let existing_product = |products: &Rows<'_>, id: &str| -> Result<ProductRow, StorageError> {
+        load(products, "products", id)?
+            .ok_or(StorageError::Corrupt { table: "products", reason: format!("product {id:?} vanished") })
+    };
+    match event {
+        StoresEvent::StoreCreated(e) => put_store(
+            stores,
+            &e.id,
+            &StoreRow { name: e.name.clone(), location: e.location.clone(), participating: false, version },
+        ),
+        StoresEvent::StoreRebranded(e) => {
+            let mut row = existing_store(stores, &e.id)?;
+            row.name = e.name.clone();
+            row.version = version;
+            put_store(stores, &e.id, &row)
+        }
+        StoresEvent::StoreParticipationEnabled(e) => {
+            let mut row = existing_store(stores, &e.id)?;
+            row.participating = true;
+            row.version = version;
+            put_store(stores, &e.id, &row)
+        }
+        StoresEvent::StoreParticipationDisabled(e) => {
+            let mut row = existing_store(stores, &e.id)?;
+            row.participating = false;
+            row.version = version;
+            put_store(stores, &e.id, &row)
+        }
+        StoresEvent::ProductAdded(e) => put_product(
+            products,
+            &e.id,
+            &ProductRow {
+                store_id: e.store_id.clone(),
+                name: e.name.clone(),
+                description: e.description.clone(),
+                sku: e.sku.clone(),
+                price: e.price,
+                version,
+                removed: false,
+            },
+        ),
+        StoresEvent::ProductRebranded(e) => {
+            let mut row = existing_product(products, &e.id)?;
+            row.name = e.name.clone();
+            row.description = e.description.clone();
+            row.version = version;
+            put_product(products, &e.id, &row)
+        }
+        StoresEvent::ProductPriceIncreased(e) => {
+            let mut row = existing_product(products, &e.id)?;
+            row.price = row.price.saturating_add(e.delta);
+            row.version = version;
+            put_product(products, &e.id, &row)
+        }
+        StoresEvent::ProductPriceDecreased(e) => {
+            let mut row = existing_product(products, &e.id)?;
+            row.price = row.price.saturating_sub(e.delta);
+            row.version = version;
+            put_product(products, &e.id, &row)
+        }
+        StoresEvent::ProductRemoved(e) => {
+            let mut row = existing_product(products, &e.id)?;
+            row.removed = true;
+            row.version = version;
+            put_product(products, &e.id, &row)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, StoresDb) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StoresDb::open(dir.path().join("stores.redb")).expect("open");
+        (dir, db)
+    }
+
+    #[test]
+    fn commands_write_state_and_outbox_together_and_versions_count_per_entity() {
+        let (_dir, db) = db();
+        let c = Causality::default();
+        let create = StoresCommand::CreateStore { id: "s".into(), name: "A".into(), location: "L".into() };
+        assert_eq!(db.execute(&create, &c).expect("create").envelope.aggregate_version, 1);
+        let add = StoresCommand::AddProduct {
+            id: "p".into(),
+            store_id: "s".into(),
+            name: "K".into(),
+            description: String::new(),
+            sku: String::new(),
+            price: 100,
+        };
+        assert_eq!(db.execute(&add, &c).expect("add").envelope.aggregate_version, 1);
+        let rebrand = StoresCommand::RebrandStore { id: "s".into(), name: "B".into() };
+        assert_eq!(db.execute(&rebrand, &c).expect("rebrand").envelope.aggregate_version, 2);
+        assert_eq!(db.store("s").expect("read").expect("row").name, "B");
+        let pending = db.outbox_pending(10).expect("outbox");
+        assert_eq!(pending.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(pending[2].1.subject, "stores.store.rebranded");
+        db.outbox_remove(&[1, 2]).expect("remove");
+        assert_eq!(db.outbox_len().expect("len"), 1);
+    }
+
+    #[test]
+    fn rejected_commands_change_nothing() {
+        let (_dir, db) = db();
+        let c = Causality::default();
+        let missing = StoresCommand::RebrandStore { id: "nope".into(), name: "B".into() };
+        assert!(matches!(db.execute(&missing, &c), Err(CommandError::NotFound { kind: "store", .. })));
+        let create = StoresCommand::CreateStore { id: "s".into(), name: "A".into(), location: "L".into() };
+        db.execute(&create, &c).expect("create");
+        assert!(matches!(db.execute(&create, &c), Err(CommandError::AlreadyExists { .. })));
+        let blank = StoresCommand::RebrandStore { id: "s".into(), name: "  ".into() };
+        assert!(matches!(db.execute(&blank, &c), Err(CommandError::Invalid(_))));
+        let add = StoresCommand::AddProduct {
+            id: "p".into(),
+            store_id: "s".into(),
+            name: "K".into(),
+            description: String::new(),
+            sku: String::new(),
+            price: 100,
+        };
+        db.execute(&add, &c).expect("add");
+        let too_far = StoresCommand::DecreaseProductPrice { id: "p".into(), delta: 101 };
+        assert!(matches!(db.execute(&too_far, &c), Err(CommandError::Rejected(_))));
+        assert_eq!(db.product("p").expect("read").expect("row").price, 100);
+        assert_eq!(db.outbox_len().expect("len"), 2);
+    }
+}
