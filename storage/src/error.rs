@@ -33,6 +33,13 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// An I/O failure during `operation` (also how failure drills simulate a failing disk).
+    pub fn io(operation: &'static str, error: std::io::Error) -> Self {
+        StorageError::Redb { operation, source: redb::Error::Io(error) }
+    }
+}
+
 /// Attaches the operation's name to any redb error.
 pub(crate) trait RedbResultExt<T> {
     fn during(self, operation: &'static str) -> Result<T, StorageError>;

@@ -1,0 +1,445 @@
+//! The bus: the only module that touches `async-nats`.
+//!
+//! It turns JetStream into the few operations Carrier needs: make sure a context's stream and a
+//! durable consumer exist, pull delivered messages in batches, acknowledge them, publish an
+//! encoded event and wait for JetStream's PublishAck, and copy a poison message to the
+//! dead-letter stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use bytes::Bytes;
+use futures::stream::ReadyChunks;
+use futures::StreamExt;
+
+use carrier_messages::{DecodeError, DomainEvent, EncodedEvent};
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published duplicate.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Header names Carrier adds to a dead-lettered copy.
+pub mod dead_letter_header {
+    /// The subject the message was delivered on.
+    pub const ORIGINAL_SUBJECT: &str = "Carrier-Dlq-Original-Subject";
+    /// The stream sequence it had there.
+    pub const ORIGINAL_SEQUENCE: &str = "Carrier-Dlq-Original-Sequence";
+    /// A stable code, e.g. `undecodable_body`.
+    pub const REASON: &str = "Carrier-Dlq-Reason";
+    /// The full error message.
+    pub const ERROR: &str = "Carrier-Dlq-Error";
+    /// How many times it had been delivered.
+    pub const DELIVERY_COUNT: &str = "Carrier-Dlq-Delivery-Count";
+    /// The consuming context.
+    pub const CONTEXT: &str = "Carrier-Dlq-Context";
+}
+
+/// A failure talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The server could not be reached.
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A stream could not be created or read.
+    #[error("stream {stream}: {reason}")]
+    Stream {
+        /// Stream name.
+        stream: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// A durable consumer could not be created or read.
+    #[error("consumer {durable} on {stream}: {reason}")]
+    Consumer {
+        /// Stream name.
+        stream: String,
+        /// Durable name.
+        durable: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// Pulling messages failed in a way that needs a new subscription.
+    #[error("pulling from {durable}: {reason}")]
+    Pull {
+        /// Durable name.
+        durable: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// A publish was not acknowledged by JetStream.
+    #[error("publish to {subject}: {reason}")]
+    Publish {
+        /// Subject.
+        subject: String,
+        /// What the client or server said.
+        reason: String,
+    },
+    /// An acknowledgement could not be sent.
+    #[error("ack: {0}")]
+    Ack(String),
+}
+
+/// A connection to NATS with JetStream.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Bus {
+    /// Connects, failing fast (within `timeout`) when the server is not there.
+    pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Bus, BusError> {
+        let connect = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(timeout)
+            // After the first connection, keep reconnecting for ever: a restarted server must find
+            // its consumers and relays again without help.
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| Duration::from_millis((50 * attempts as u64).min(2_000)))
+            .connect(url);
+        let client = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| BusError::Connect { url: url.to_string(), reason: format!("no answer within {timeout:?}") })?
+            .map_err(|e| BusError::Connect { url: url.to_string(), reason: e.to_string() })?;
+        let js = jetstream::new(client.clone());
+        Ok(Bus { client, js })
+    }
+
+    /// The server's version, e.g. `2.9.10`.
+    pub fn server_version(&self) -> String {
+        self.client.server_info().version
+    }
+
+    /// Creates the context's event stream if it does not exist (idempotent).
+    pub async fn ensure_event_stream<E: DomainEvent>(&self) -> Result<(), BusError> {
+        self.ensure_stream(E::STREAM, E::STREAM_SUBJECTS).await
+    }
+
+    /// Creates the consuming context's dead-letter stream if it does not exist (idempotent).
+    pub async fn ensure_dead_letter_stream(&self, context: &str) -> Result<(), BusError> {
+        self.ensure_stream(&dead_letter_stream(context), &format!("{}.>", dead_letter_subject_prefix(context))).await
+    }
+
+    async fn ensure_stream(&self, name: &str, subjects: &str) -> Result<(), BusError> {
+        let config = jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Stream { stream: name.to_string(), reason: e.to_string() })
+    }
+
+    /// Creates (or binds to) a durable pull consumer and starts pulling from it.
+    pub async fn durable(&self, spec: &DurableSpec) -> Result<DurableConsumer, BusError> {
+        let consumer_error =
+            |reason: String| BusError::Consumer { stream: spec.stream.clone(), durable: spec.durable.clone(), reason };
+        let stream = self.js.get_stream(&spec.stream).await.map_err(|e| consumer_error(e.to_string()))?;
+        let config = pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            description: Some(spec.description.clone()),
+            filter_subject: spec.filter_subject.clone(),
+            // One ack per committed batch covers every message before it: the batch is applied
+            // in one transaction, so there is nothing finer to acknowledge.
+            ack_policy: AckPolicy::All,
+            ack_wait: spec.ack_wait,
+            max_ack_pending: spec.max_ack_pending,
+            ..Default::default()
+        };
+        let consumer =
+            stream.get_or_create_consumer(&spec.durable, config).await.map_err(|e| consumer_error(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(spec.batch_max.max(1) * 2)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?
+            .ready_chunks(spec.batch_max.max(1));
+        Ok(DurableConsumer { durable: spec.durable.clone(), consumer, messages })
+    }
+
+    /// Publishes one event and waits for JetStream to store it.
+    pub async fn publish(&self, event: &EncodedEvent) -> Result<PublishReceipt, BusError> {
+        let ack = self.send(event).await?;
+        await_ack(&event.subject, ack).await
+    }
+
+    /// Publishes events in order, pipelined: every publish is sent before the first ack is
+    /// awaited. Returns one result per event, in order.
+    pub async fn publish_all(&self, events: &[EncodedEvent]) -> Vec<Result<PublishReceipt, BusError>> {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            pending.push(self.send(event).await);
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for (event, sent) in events.iter().zip(pending) {
+            results.push(match sent {
+                Ok(ack) => await_ack(&event.subject, ack).await,
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    async fn send(&self, event: &EncodedEvent) -> Result<jetstream::context::PublishAckFuture, BusError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &event.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        self.js
+            .publish_with_headers(event.subject.clone(), headers, Bytes::from(event.body.clone()))
+            .await
+            .map_err(|e| BusError::Publish { subject: event.subject.clone(), reason: e.to_string() })
+    }
+
+    /// Copies a message that can never be applied to the context's dead-letter stream, with the
+    /// reason, and waits for JetStream to store it. The original headers and body are kept.
+    pub async fn dead_letter(&self, context: &str, delivery: &Delivery, error: &DecodeError) -> Result<(), BusError> {
+        let mut headers = delivery.headers.clone().unwrap_or_default();
+        headers.insert(dead_letter_header::ORIGINAL_SUBJECT, delivery.subject.as_str());
+        headers.insert(dead_letter_header::ORIGINAL_SEQUENCE, delivery.stream_seq.to_string().as_str());
+        headers.insert(dead_letter_header::REASON, error.code());
+        headers.insert(dead_letter_header::ERROR, sanitize_header(&error.to_string()).as_str());
+        headers.insert(dead_letter_header::DELIVERY_COUNT, delivery.delivered.to_string().as_str());
+        headers.insert(dead_letter_header::CONTEXT, context);
+        // The copy gets its own de-duplication id, so a re-delivered poison message is stored
+        // once but two different poison messages sharing an event id are both kept.
+        let dedup = format!("dlq:{context}:{}:{}", delivery.stream_name, delivery.stream_seq);
+        headers.insert("Nats-Msg-Id", dedup.as_str());
+        let subject = format!("{}.{}", dead_letter_subject_prefix(context), delivery.subject);
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, delivery.payload.clone())
+            .await
+            .map_err(|e| BusError::Publish { subject: subject.clone(), reason: e.to_string() })?;
+        await_ack(&subject, ack).await.map(|_| ())
+    }
+
+    /// A plain (core NATS) publish with headers, for tools that speak for a producer.
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<PublishReceipt, BusError> {
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(name.as_str(), value.as_str());
+        }
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), map, body)
+            .await
+            .map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
+        await_ack(subject, ack).await
+    }
+
+    /// Messages stored in a stream, or `None` when it does not exist.
+    pub async fn stream_message_count(&self, stream: &str) -> Result<Option<u64>, BusError> {
+        match self.js.get_stream(stream).await {
+            Ok(mut s) => {
+                let info = s
+                    .info()
+                    .await
+                    .map_err(|e| BusError::Stream { stream: stream.to_string(), reason: e.to_string() })?;
+                Ok(Some(info.state.messages))
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(BusError::Stream { stream: stream.to_string(), reason: e.to_string() }),
+        }
+    }
+
+    /// Waits until everything published so far has reached the server.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client.flush().await.map_err(|e| BusError::Publish { subject: "(flush)".into(), reason: e.to_string() })
+    }
+
+    /// Direct access for the raw-baseline benchmark and tests' plain-client checks.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+}
+
+/// The dead-letter stream's name for a consuming context, e.g. `DLQ_BASKETS`.
+pub fn dead_letter_stream(context: &str) -> String {
+    format!("DLQ_{}", context.to_ascii_uppercase())
+}
+
+/// The dead-letter subjects' prefix for a consuming context, e.g. `dlq.baskets`.
+pub fn dead_letter_subject_prefix(context: &str) -> String {
+    format!("dlq.{context}")
+}
+
+/// Header values cannot hold line breaks.
+fn sanitize_header(text: &str) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    flat.chars().take(512).collect()
+}
+
+async fn await_ack(subject: &str, ack: jetstream::context::PublishAckFuture) -> Result<PublishReceipt, BusError> {
+    let ack = ack.await.map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
+    Ok(PublishReceipt { stream_seq: ack.sequence, duplicate: ack.duplicate })
+}
+
+/// JetStream's answer to a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// Where the message was stored (the original's sequence for a duplicate).
+    pub stream_seq: u64,
+    /// JetStream recognised the `Nats-Msg-Id` and dropped the message.
+    pub duplicate: bool,
+}
+
+/// What a durable consumer is.
+#[derive(Clone, Debug)]
+pub struct DurableSpec {
+    /// The stream it reads.
+    pub stream: String,
+    /// Its durable name, unique per consuming context and stream.
+    pub durable: String,
+    /// What it is for.
+    pub description: String,
+    /// The subjects it takes (one filter: servers before 2.10 ignore several).
+    pub filter_subject: String,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Delivered but unacknowledged messages the server allows.
+    pub max_ack_pending: i64,
+    /// The most messages handed over at once.
+    pub batch_max: usize,
+}
+
+/// A durable pull consumer with its message stream.
+pub struct DurableConsumer {
+    durable: String,
+    consumer: jetstream::consumer::PullConsumer,
+    messages: ReadyChunks<pull::Stream>,
+}
+
+impl DurableConsumer {
+    /// The durable name.
+    pub fn name(&self) -> &str {
+        &self.durable
+    }
+
+    /// The next batch of whatever has arrived, waiting at most `max_wait` for the first message.
+    /// `Ok(empty)` means nothing arrived in time.
+    pub async fn next_batch(&mut self, max_wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let chunk = match tokio::time::timeout(max_wait, self.messages.next()).await {
+            Err(_) => return Ok(Vec::new()),
+            Ok(None) => {
+                return Err(BusError::Pull { durable: self.durable.clone(), reason: "message stream ended".into() })
+            }
+            Ok(Some(chunk)) => chunk,
+        };
+        let mut batch = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            match item {
+                Ok(message) => batch.push(Delivery::from_message(message)?),
+                Err(e) => match e.kind() {
+                    // A missed heartbeat or a failed pull is transient: the client re-issues pulls.
+                    pull::MessagesErrorKind::MissingHeartbeat | pull::MessagesErrorKind::Pull => {
+                        tracing::debug!(consumer = %self.durable, error = %e, "transient pull error");
+                    }
+                    _ => return Err(BusError::Pull { durable: self.durable.clone(), reason: e.to_string() }),
+                },
+            }
+        }
+        Ok(batch)
+    }
+
+    /// The server's view of this consumer: (pending, ack pending, delivered stream sequence).
+    pub async fn lag(&mut self) -> Result<(u64, usize, u64), BusError> {
+        let info = self
+            .consumer
+            .info()
+            .await
+            .map_err(|e| BusError::Pull { durable: self.durable.clone(), reason: e.to_string() })?;
+        Ok((info.num_pending, info.num_ack_pending, info.delivered.stream_sequence))
+    }
+}
+
+/// One delivered message.
+pub struct Delivery {
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its headers.
+    headers: Option<async_nats::HeaderMap>,
+    /// Its body.
+    pub payload: Bytes,
+    /// The stream it came from.
+    pub stream_name: String,
+    /// Its stream sequence.
+    pub stream_seq: u64,
+    /// How many times it has been delivered (1 the first time).
+    pub delivered: i64,
+    acker: jetstream::message::Acker,
+}
+
+impl Delivery {
+    fn from_message(message: jetstream::Message) -> Result<Delivery, BusError> {
+        let (stream_name, stream_seq, delivered) = {
+            let info = message.info().map_err(|e| BusError::Ack(format!("delivery without JetStream info: {e}")))?;
+            (info.stream.to_string(), info.stream_sequence, info.delivered)
+        };
+        let (message, acker) = message.split();
+        Ok(Delivery {
+            subject: message.subject.to_string(),
+            headers: message.headers,
+            payload: message.payload,
+            stream_name,
+            stream_seq,
+            delivered,
+            acker,
+        })
+    }
+
+    /// A header's value; exact name first, then ignoring case (some clients lower-case names).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let headers = self.headers.as_ref()?;
+        if let Some(value) = headers.get(name) {
+            return Some(value.as_str());
+        }
+        headers
+            .iter()
+            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+            .map(|v| v.as_str())
+    }
+
+    /// Acknowledges this message and, under `AckPolicy::All`, every earlier one.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        self.acker.ack().await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+
+    /// Stops redelivery of this message (it was dead-lettered).
+    pub async fn term(&self) -> Result<(), BusError> {
+        self.acker.ack_with(AckKind::Term).await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn nak(&self, delay: Duration) -> Result<(), BusError> {
+        self.acker.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+
+    /// Tells the server work is still going on, resetting its ack timer.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.acker.ack_with(AckKind::Progress).await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+}

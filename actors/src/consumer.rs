@@ -1,0 +1,263 @@
+//! The consumer actor: pulls a durable JetStream consumer in batches and hands each batch to the
+//! cache actor that owns the tables, acknowledging only after that actor's commit.
+//!
+//! Per batch:
+//! 1. decode every delivery; a message that can never decode is copied to the context's
+//!    dead-letter stream (and that copy confirmed) and left out of the batch;
+//! 2. send the decoded events to the cache actor and wait for its commit;
+//! 3. terminate the dead-lettered deliveries, then ack the last good one, which under
+//!    `AckPolicy::All` acknowledges the whole batch with one message.
+//!
+//! A failed commit is retried in place with backoff, before anything newer is taken, so events
+//! are never applied out of delivery order and nothing is acknowledged that is not committed.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use carrier_messages::{Decoded, DomainEvent};
+use carrier_storage::{BatchOutcome, Inbound, StorageError};
+
+use crate::bus::{Bus, Delivery, DurableConsumer, DurableSpec};
+
+/// How long one poll waits for the first message before checking its mailbox again.
+const POLL_WAIT: Duration = Duration::from_millis(250);
+
+/// A batch for a cache actor to apply in one transaction. The reply comes after the commit.
+pub struct ApplyBatch<E> {
+    /// The durable consumer it came from (its checkpoint key).
+    pub consumer: String,
+    /// The events, in delivery order.
+    pub batch: Vec<Inbound<E>>,
+    /// The outcome, or the batch back with the error so that it can be retried.
+    pub reply: RpcReplyPort<Result<BatchOutcome, ApplyFailed<E>>>,
+}
+
+/// Hands a batch to the cache actor; `false` when that actor is not running.
+pub type BatchTarget<E> = Arc<dyn Fn(ApplyBatch<E>) -> bool + Send + Sync>;
+
+/// A [`BatchTarget`] sending to `actor`, whose message type wraps [`ApplyBatch`].
+pub fn batch_target<E, M>(actor: ActorRef<M>) -> BatchTarget<E>
+where
+    E: DomainEvent,
+    M: ractor::Message + From<ApplyBatch<E>>,
+{
+    Arc::new(move |batch| actor.send_message(M::from(batch)).is_ok())
+}
+
+/// A batch whose transaction did not commit.
+pub struct ApplyFailed<E> {
+    /// Why.
+    pub error: StorageError,
+    /// The batch, untouched, for the retry.
+    pub batch: Vec<Inbound<E>>,
+}
+
+/// Counters a consumer keeps; shared with whoever reports on it.
+#[derive(Default, Debug)]
+pub struct ConsumerStats {
+    /// Messages delivered to it.
+    pub delivered: AtomicU64,
+    /// Events whose effect was applied (parked ones once their gap closed).
+    pub applied: AtomicU64,
+    /// Events skipped because their id was in the inbox.
+    pub duplicates: AtomicU64,
+    /// Events skipped because their entity was already newer.
+    pub stale: AtomicU64,
+    /// Events parked behind a missing version.
+    pub parked: AtomicU64,
+    /// Messages sent to the dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Committed batches.
+    pub batches: AtomicU64,
+    /// Commits that failed and were retried.
+    pub commit_failures: AtomicU64,
+    /// The last stream sequence acknowledged.
+    pub acked_stream_seq: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn record(&self, outcome: &BatchOutcome) {
+        use carrier_storage::Disposition as D;
+        let mut counts = [0u64; 4];
+        for d in &outcome.dispositions {
+            let slot = match d {
+                D::Applied => 0,
+                D::Duplicate => 1,
+                D::Stale { .. } => 2,
+                D::Parked { .. } => 3,
+            };
+            counts[slot] += 1;
+        }
+        self.applied.fetch_add(counts[0] + outcome.unparked, Ordering::Relaxed);
+        self.duplicates.fetch_add(counts[1], Ordering::Relaxed);
+        self.stale.fetch_add(counts[2], Ordering::Relaxed);
+        self.parked.fetch_add(counts[3], Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a consumer is started with.
+pub struct ConsumerArgs<E> {
+    /// The connection.
+    pub bus: Bus,
+    /// The consuming context, e.g. `baskets` (names its dead-letter stream).
+    pub context: &'static str,
+    /// The durable consumer.
+    pub spec: DurableSpec,
+    /// The cache actor that applies batches.
+    pub target: BatchTarget<E>,
+    /// Where it counts.
+    pub stats: Arc<ConsumerStats>,
+}
+
+/// The consumer actor's only message: take the next batch.
+pub enum ConsumerMsg {
+    /// Pull, apply and ack one batch, then poll again.
+    Poll,
+}
+
+/// Consumes events of type `E` for one context.
+pub struct EventConsumer<E>(PhantomData<fn() -> E>);
+
+impl<E> Default for EventConsumer<E> {
+    fn default() -> Self {
+        EventConsumer(PhantomData)
+    }
+}
+
+/// A batch waiting for a retried commit.
+struct Retry<E> {
+    deliveries: Vec<Delivery>,
+    poison: Vec<usize>,
+    batch: Vec<Inbound<E>>,
+}
+
+/// The consumer's state.
+pub struct ConsumerState<E> {
+    bus: Bus,
+    context: &'static str,
+    consumer: DurableConsumer,
+    target: BatchTarget<E>,
+    stats: Arc<ConsumerStats>,
+    retry: Option<Retry<E>>,
+    failures: u32,
+}
+
+impl<E: DomainEvent> Actor for EventConsumer<E> {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState<E>;
+    type Arguments = ConsumerArgs<E>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConsumerMsg>,
+        args: ConsumerArgs<E>,
+    ) -> Result<ConsumerState<E>, ActorProcessingErr> {
+        let consumer = args.bus.durable(&args.spec).await?;
+        myself.send_message(ConsumerMsg::Poll)?;
+        Ok(ConsumerState {
+            bus: args.bus,
+            context: args.context,
+            consumer,
+            target: args.target,
+            stats: args.stats,
+            retry: None,
+            failures: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConsumerMsg>,
+        _msg: ConsumerMsg,
+        state: &mut ConsumerState<E>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Retry { deliveries, poison, batch } = match state.retry.take() {
+            Some(retry) => retry,
+            None => {
+                let deliveries = state.consumer.next_batch(POLL_WAIT).await?;
+                if deliveries.is_empty() {
+                    myself.send_message(ConsumerMsg::Poll)?;
+                    return Ok(());
+                }
+                state.stats.delivered.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+                decode_batch(state, &deliveries).await.map(|(poison, batch)| Retry { deliveries, poison, batch })?
+            }
+        };
+
+        if !batch.is_empty() {
+            let (tx, rx) = ractor::concurrency::oneshot();
+            let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, reply: tx.into() };
+            if !(state.target)(message) {
+                return Err("the cache actor is not running".into());
+            }
+            match rx.await {
+                Ok(Ok(outcome)) => state.stats.record(&outcome),
+                Ok(Err(ApplyFailed { error, batch })) => {
+                    state.failures += 1;
+                    state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
+                    // Keep the server from redelivering the batch while we retry it ourselves.
+                    for d in &deliveries {
+                        let _ = d.in_progress().await;
+                    }
+                    state.retry = Some(Retry { deliveries, poison, batch });
+                    myself.send_after(delay, || ConsumerMsg::Poll);
+                    return Ok(());
+                }
+                Err(_) => return Err("the cache actor stopped before answering".into()),
+            }
+        }
+        state.failures = 0;
+
+        // Only now, with the batch committed, may anything be acknowledged: under AckPolicy::All a
+        // Term or Ack covers every earlier delivery too.
+        for index in &poison {
+            deliveries[*index].term().await?;
+        }
+        let last_good = (0..deliveries.len()).rev().find(|i| !poison.contains(i));
+        if let Some(index) = last_good {
+            deliveries[index].ack().await?;
+        }
+        if let Some(last) = deliveries.last() {
+            state.stats.acked_stream_seq.store(last.stream_seq, Ordering::Relaxed);
+        }
+        myself.send_message(ConsumerMsg::Poll)?;
+        Ok(())
+    }
+}
+
+/// Decodes a batch; copies what cannot decode to the dead-letter stream. Returns the positions of
+/// those poison deliveries and the decoded events.
+async fn decode_batch<E: DomainEvent>(
+    state: &ConsumerState<E>,
+    deliveries: &[Delivery],
+) -> Result<(Vec<usize>, Vec<Inbound<E>>), ActorProcessingErr> {
+    let mut poison = Vec::new();
+    let mut batch = Vec::with_capacity(deliveries.len());
+    for (index, d) in deliveries.iter().enumerate() {
+        match Decoded::<E>::decode(&d.subject, |name| d.header(name), &d.payload) {
+            Ok(decoded) => batch.push(Inbound { stream_seq: d.stream_seq, decoded }),
+            Err(error) => {
+                tracing::warn!(
+                    context = state.context,
+                    stream.seq = d.stream_seq,
+                    subject = %d.subject,
+                    reason = error.code(),
+                    %error,
+                    "dead-lettering an event that cannot be applied"
+                );
+                state.bus.dead_letter(state.context, d, &error).await?;
+                state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                poison.push(index);
+            }
+        }
+    }
+    Ok((poison, batch))
+}

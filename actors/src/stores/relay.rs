@@ -1,0 +1,156 @@
+//! The outbox relay actor: publishes the stores outbox to JetStream, in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Notify;
+
+use carrier_storage::StoresDb;
+
+use crate::bus::Bus;
+use crate::faults::Faults;
+use crate::flow;
+use crate::stores::owner::StoresOwnerMsg;
+
+/// Rows published per round.
+const ROUND: usize = 256;
+/// How long the relay sleeps when the outbox is empty and nobody wakes it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Publishes outbox rows with `Nats-Msg-Id` = event id, waits for each PublishAck, then has the
+/// owner delete the acknowledged rows. A crash in between republishes those rows; JetStream's
+/// duplicate window and every consumer's inbox make that harmless.
+pub struct OutboxRelay;
+
+/// The relay's only message.
+pub enum RelayMsg {
+    /// Publish what is pending, then wait for more.
+    Drain,
+}
+
+/// What [`OutboxRelay`] is started with.
+pub struct RelayArgs {
+    /// The connection.
+    pub bus: Bus,
+    /// The outbox, read here and written by the owner.
+    pub db: Arc<StoresDb>,
+    /// The owner, which deletes published rows.
+    pub owner: ActorRef<StoresOwnerMsg>,
+    /// Signalled by the owner after each commit.
+    pub wakeup: Arc<Notify>,
+    /// Injected failures.
+    pub faults: Arc<Faults>,
+}
+
+/// The relay's state.
+pub struct RelayState {
+    args: RelayArgs,
+    failures: u32,
+}
+
+impl Actor for OutboxRelay {
+    type Msg = RelayMsg;
+    type State = RelayState;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(&self, myself: ActorRef<RelayMsg>, args: RelayArgs) -> Result<RelayState, ActorProcessingErr> {
+        myself.send_message(RelayMsg::Drain)?;
+        Ok(RelayState { args, failures: 0 })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        _msg: RelayMsg,
+        state: &mut RelayState,
+    ) -> Result<(), ActorProcessingErr> {
+        let published = publish_round(&state.args).await?;
+        match published {
+            Round::Empty => {
+                // Woken by the owner's commit, or by the periodic check that covers a lost wakeup.
+                let _ = tokio::time::timeout(IDLE_CHECK, state.args.wakeup.notified()).await;
+                myself.send_message(RelayMsg::Drain)?;
+            }
+            Round::All => {
+                state.failures = 0;
+                myself.send_message(RelayMsg::Drain)?;
+            }
+            Round::Partial(error) => {
+                state.failures += 1;
+                let delay = Duration::from_millis(100u64.saturating_mul(1 << state.failures.min(6)))
+                    .min(Duration::from_secs(5));
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox publish failed; will retry");
+                myself.send_after(delay, || RelayMsg::Drain);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<RelayMsg>, state: &mut RelayState) -> Result<(), ActorProcessingErr> {
+        // Flush what the owner committed before shutdown, within a bounded time.
+        let flush = async { while let Ok(Round::All) = publish_round(&state.args).await {} };
+        if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
+            tracing::warn!("outbox not fully flushed at shutdown; the rest goes out at the next start");
+        }
+        Ok(())
+    }
+}
+
+enum Round {
+    Empty,
+    All,
+    Partial(String),
+}
+
+async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
+    let db = args.db.clone();
+    let rows = tokio::task::spawn_blocking(move || db.outbox_pending(ROUND)).await??;
+    if rows.is_empty() {
+        return Ok(Round::Empty);
+    }
+    let labels: Option<Vec<String>> = flow::enabled()
+        .then(|| rows.iter().map(|(_, e)| format!("Stores.IntegrationEvents.On({})", event_type_of(e))).collect());
+    for label in labels.iter().flatten() {
+        flow::enter(label);
+    }
+    let events: Vec<_> = rows.iter().map(|(_, e)| e.clone()).collect();
+    let results = args.bus.publish_all(&events).await;
+
+    // Only the acknowledged prefix may leave the outbox: a row after a failed one is published
+    // again next round (a duplicate JetStream drops), keeping the stream in outbox order.
+    let mut acked = Vec::with_capacity(rows.len());
+    let mut failure = None;
+    for ((key, _), result) in rows.iter().zip(results) {
+        match result {
+            Ok(_) => acked.push(*key),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if !acked.is_empty() && Faults::take(&args.faults.relay_crash_after_publish) {
+        return Err("injected crash between publish and mark".into());
+    }
+    if !acked.is_empty() {
+        let count = acked.len();
+        ractor::call!(args.owner, |reply| StoresOwnerMsg::MarkPublished { keys: acked, reply })??;
+        for label in labels.iter().flatten().take(count) {
+            flow::leave(label, None);
+        }
+    }
+    Ok(match failure {
+        Some(e) => Round::Partial(e),
+        None => Round::All,
+    })
+}
+
+fn event_type_of(event: &carrier_messages::EncodedEvent) -> &str {
+    event
+        .headers
+        .iter()
+        .find(|(k, _)| k == carrier_messages::envelope::header::EVENT_TYPE)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("?")
+}

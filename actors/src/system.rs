@@ -1,0 +1,194 @@
+//! The whole system: a root supervisor with one supervisor per bounded context under it.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+
+use carrier_messages::stores::StoresEvent;
+use carrier_storage::{BasketsDb, StorageError, StoresDb};
+
+use crate::baskets::{self, BasketsHandle};
+use crate::bus::{Bus, BusError};
+use crate::faults::Faults;
+use crate::stores::{self, StoresHandle};
+use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, Supervisor, SupervisorArgs, SupervisorMsg};
+
+/// The root of the supervision tree.
+pub const ROOT: &str = "carrier";
+
+/// A bounded context Carrier can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ContextName {
+    /// The owner of stores and products.
+    Stores,
+    /// Keeps caches of stores and products.
+    Baskets,
+}
+
+impl ContextName {
+    /// Every context, in start order (owners first).
+    pub const ALL: [ContextName; 2] = [ContextName::Stores, ContextName::Baskets];
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextName::Stores => stores::CONTEXT,
+            ContextName::Baskets => baskets::CONTEXT,
+        }
+    }
+
+    /// Its database file's name.
+    pub fn db_file(self) -> String {
+        format!("{}.redb", self.as_str())
+    }
+}
+
+impl FromStr for ContextName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ContextName::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = ContextName::ALL.iter().map(|c| c.as_str()).collect();
+            format!("unknown context {s:?} (known: {})", known.join(", "))
+        })
+    }
+}
+
+/// How to start the system.
+#[derive(Clone)]
+pub struct SystemConfig {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Where each context keeps its redb file.
+    pub data_dir: PathBuf,
+    /// Which contexts to run.
+    pub contexts: Vec<ContextName>,
+    /// The most events applied per transaction.
+    pub batch_max: usize,
+    /// Failures to inject.
+    pub faults: Arc<Faults>,
+}
+
+impl SystemConfig {
+    /// Every context, with defaults.
+    pub fn new(nats_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        SystemConfig {
+            nats_url: nats_url.into(),
+            data_dir: data_dir.into(),
+            contexts: ContextName::ALL.to_vec(),
+            batch_max: 512,
+            faults: Arc::new(Faults::default()),
+        }
+    }
+}
+
+/// Why the system did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// NATS was unreachable or refused a stream.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A database could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An actor failed to start.
+    #[error("actors failed to start: {0}")]
+    Actors(String),
+}
+
+/// A running Carrier: the supervision tree and handles to each context.
+pub struct CarrierSystem {
+    /// The NATS connection the contexts share.
+    pub bus: Bus,
+    /// Every actor's state.
+    pub tree: SupervisionTree,
+    /// The stores context, if running.
+    pub stores: Option<StoresHandle>,
+    /// The baskets context, if running.
+    pub baskets: Option<BasketsHandle>,
+    root: ActorRef<SupervisorMsg>,
+    root_task: tokio::task::JoinHandle<()>,
+}
+
+impl CarrierSystem {
+    /// Connects, creates streams, opens databases and starts every configured context.
+    pub async fn start(config: SystemConfig) -> Result<CarrierSystem, StartError> {
+        let bus = Bus::connect(&config.nats_url, "carrier", Duration::from_secs(5)).await?;
+        bus.ensure_event_stream::<StoresEvent>().await?;
+        let tree = SupervisionTree::default();
+        let mut children = Vec::new();
+        let mut stores_handle = None;
+        let mut baskets_handle = None;
+        let mut contexts = config.contexts.clone();
+        contexts.sort();
+        contexts.dedup();
+        for context in contexts {
+            let path = format!("{ROOT}/{}", context.as_str());
+            let db_path = config.data_dir.join(context.db_file());
+            let args = match context {
+                ContextName::Stores => {
+                    let db = Arc::new(StoresDb::open(&db_path)?);
+                    let (args, handle) =
+                        stores::supervisor_args(bus.clone(), db, config.faults.clone(), tree.clone(), path);
+                    stores_handle = Some(handle);
+                    args
+                }
+                ContextName::Baskets => {
+                    bus.ensure_dead_letter_stream(baskets::CONTEXT).await?;
+                    let db = Arc::new(BasketsDb::open(&db_path)?);
+                    let (args, handle) = baskets::supervisor_args(
+                        bus.clone(),
+                        db,
+                        config.batch_max,
+                        config.faults.clone(),
+                        tree.clone(),
+                        path,
+                    );
+                    baskets_handle = Some(handle);
+                    args
+                }
+            };
+            children.push(context_supervisor(context.as_str(), args));
+        }
+        let root_args =
+            SupervisorArgs { path: ROOT.to_string(), children, policy: RestartPolicy::system(), tree: tree.clone() };
+        let (root, root_task) = Actor::spawn(None, Supervisor, root_args)
+            .await
+            .map_err(|e| StartError::Actors(root_cause(&e.to_string())))?;
+        Ok(CarrierSystem { bus, tree, stores: stores_handle, baskets: baskets_handle, root, root_task })
+    }
+
+    /// Stops every actor, consumers after their in-flight batch and the relay after a flush,
+    /// and waits for them.
+    pub async fn shutdown(self) {
+        self.root.stop(Some("shutdown".into()));
+        let _ = self.root_task.await;
+        // Publishes and acks are buffered by the client; make sure they leave the process.
+        let _ = self.bus.flush().await;
+    }
+}
+
+/// A context's supervisor as a child of the root. Its arguments are rebuilt from a template
+/// on each restart, since the supervisor consumes them.
+fn context_supervisor(name: &str, args: SupervisorArgs) -> ChildSpec {
+    let SupervisorArgs { path, children, policy, tree } = args;
+    ChildSpec::new(name, move |root, _siblings| {
+        let args = SupervisorArgs {
+            path: path.clone(),
+            children: children.clone(),
+            policy: policy.clone(),
+            tree: tree.clone(),
+        };
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, Supervisor, args, root).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// ractor wraps start-up failures in layers of "Actor failed to start"; keep the reason.
+fn root_cause(text: &str) -> String {
+    text.rsplit("Actor panicked during pre_start: ").next().unwrap_or(text).to_string()
+}
