@@ -22,6 +22,7 @@ use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::{BatchOutcome, Inbound, StorageError};
 
 use crate::bus::{Bus, Delivery, DurableConsumer, DurableSpec};
+use crate::faults::Faults;
 
 /// How long one poll waits for the first message before checking its mailbox again.
 const POLL_WAIT: Duration = Duration::from_millis(250);
@@ -112,6 +113,8 @@ pub struct ConsumerArgs<E> {
     pub target: BatchTarget<E>,
     /// Where it counts.
     pub stats: Arc<ConsumerStats>,
+    /// Injected failures.
+    pub faults: Arc<Faults>,
 }
 
 /// The consumer actor's only message: take the next batch.
@@ -143,6 +146,7 @@ pub struct ConsumerState<E> {
     consumer: DurableConsumer,
     target: BatchTarget<E>,
     stats: Arc<ConsumerStats>,
+    faults: Arc<Faults>,
     retry: Option<Retry<E>>,
     failures: u32,
 }
@@ -165,6 +169,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             consumer,
             target: args.target,
             stats: args.stats,
+            faults: args.faults,
             retry: None,
             failures: 0,
         })
@@ -215,6 +220,9 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             }
         }
         state.failures = 0;
+        if Faults::take(&state.faults.consumer_crash_after_commit) {
+            return Err("injected crash after commit, before ack".into());
+        }
 
         // Only now, with the batch committed, may anything be acknowledged: under AckPolicy::All a
         // Term or Ack covers every earlier delivery too.

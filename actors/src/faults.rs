@@ -9,6 +9,9 @@ pub struct Faults {
     /// The outbox relay fails after JetStream acknowledged a publish and before the row is
     /// deleted, as a process crash at that moment would.
     pub relay_crash_after_publish: AtomicU32,
+    /// A consumer fails after its batch committed and before it acknowledged it, as a process
+    /// crash (or a lost ack) would; the server then redelivers the batch.
+    pub consumer_crash_after_commit: AtomicU32,
     /// A cache actor reports its next commits as failed (storage unavailable) without writing.
     pub cache_commit_failures: AtomicU32,
     /// A cache actor panics while applying its next batches.

@@ -19,5 +19,6 @@ pub mod nats_server;
 pub mod stores;
 pub mod supervisor;
 pub mod system;
+pub mod verify;
 
 pub use system::{CarrierSystem, ContextName, StartError, SystemConfig};

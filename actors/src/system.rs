@@ -67,6 +67,8 @@ pub struct SystemConfig {
     pub contexts: Vec<ContextName>,
     /// The most events applied per transaction.
     pub batch_max: usize,
+    /// How long JetStream waits for a consumer's ack before redelivering.
+    pub ack_wait: Duration,
     /// Failures to inject.
     pub faults: Arc<Faults>,
 }
@@ -79,6 +81,7 @@ impl SystemConfig {
             data_dir: data_dir.into(),
             contexts: ContextName::ALL.to_vec(),
             batch_max: 512,
+            ack_wait: Duration::from_secs(30),
             faults: Arc::new(Faults::default()),
         }
     }
@@ -108,6 +111,8 @@ pub struct CarrierSystem {
     pub stores: Option<StoresHandle>,
     /// The baskets context, if running.
     pub baskets: Option<BasketsHandle>,
+    /// The failure-injection counters the actors read.
+    pub faults: Arc<Faults>,
     root: ActorRef<SupervisorMsg>,
     root_task: tokio::task::JoinHandle<()>,
 }
@@ -142,6 +147,7 @@ impl CarrierSystem {
                         bus.clone(),
                         db,
                         config.batch_max,
+                        config.ack_wait,
                         config.faults.clone(),
                         tree.clone(),
                         path,
@@ -157,7 +163,15 @@ impl CarrierSystem {
         let (root, root_task) = Actor::spawn(None, Supervisor, root_args)
             .await
             .map_err(|e| StartError::Actors(root_cause(&e.to_string())))?;
-        Ok(CarrierSystem { bus, tree, stores: stores_handle, baskets: baskets_handle, root, root_task })
+        Ok(CarrierSystem {
+            bus,
+            tree,
+            stores: stores_handle,
+            baskets: baskets_handle,
+            faults: config.faults,
+            root,
+            root_task,
+        })
     }
 
     /// Stops every actor, consumers after their in-flight batch and the relay after a flush,
@@ -167,6 +181,26 @@ impl CarrierSystem {
         let _ = self.root_task.await;
         // Publishes and acks are buffered by the client; make sure they leave the process.
         let _ = self.bus.flush().await;
+    }
+}
+
+impl CarrierSystem {
+    /// Kills every actor at once, with no flush and no final ack, as a crash would; waits until
+    /// they are gone, so that the databases can be opened again.
+    pub async fn kill(self) {
+        self.root.kill();
+        let _ = self.root_task.await;
+        // Killed actors drop their state on their own tasks; wait until no handle is left.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let handles = (self.stores, self.baskets);
+        loop {
+            let stores_free = handles.0.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
+            let baskets_free = handles.1.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
+            if (stores_free && baskets_free) || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

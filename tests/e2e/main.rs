@@ -1,1 +1,3 @@
-fn main() {}
+//! End-to-end tests: real nats-server, real redb files, real actors.
+
+mod foundation;

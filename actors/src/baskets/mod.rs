@@ -45,6 +45,7 @@ pub(crate) fn supervisor_args(
     bus: Bus,
     db: Arc<BasketsDb>,
     batch_max: usize,
+    ack_wait: Duration,
     faults: Arc<Faults>,
     tree: SupervisionTree,
     path: String,
@@ -52,8 +53,9 @@ pub(crate) fn supervisor_args(
     let stats = Arc::new(ConsumerStats::default());
     let handle = BasketsHandle { db: db.clone(), stores_consumer: stats.clone() };
 
+    let cache_faults = faults.clone();
     let cache = ChildSpec::new("cache", move |supervisor, _siblings| {
-        let args = BasketsCacheArgs { db: db.clone(), faults: faults.clone() };
+        let args = BasketsCacheArgs { db: db.clone(), faults: cache_faults.clone() };
         async move {
             let (actor, _) = Actor::spawn_linked(None, BasketsCache, args, supervisor).await?;
             Ok(actor.get_cell())
@@ -63,6 +65,7 @@ pub(crate) fn supervisor_args(
     let consumer = ChildSpec::new("stores-consumer", move |supervisor, siblings| {
         let bus = bus.clone();
         let stats = stats.clone();
+        let faults = faults.clone();
         async move {
             let cache: ActorRef<BasketsCacheMsg> =
                 siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
@@ -71,11 +74,11 @@ pub(crate) fn supervisor_args(
                 durable: stores_durable_name(),
                 description: "baskets: stores and products caches".to_string(),
                 filter_subject: StoresEvent::STREAM_SUBJECTS.to_string(),
-                ack_wait: Duration::from_secs(30),
+                ack_wait,
                 max_ack_pending: 20_000,
                 batch_max,
             };
-            let args = ConsumerArgs { bus, context: CONTEXT, spec, target: batch_target(cache), stats };
+            let args = ConsumerArgs { bus, context: CONTEXT, spec, target: batch_target(cache), stats, faults };
             let (actor, _) =
                 Actor::spawn_linked(None, EventConsumer::<StoresEvent>::default(), args, supervisor).await?;
             Ok(actor.get_cell())
