@@ -159,14 +159,23 @@ impl Bus {
             stream.get_or_create_consumer(&spec.durable, config).await.map_err(|e| consumer_error(e.to_string()))?;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(spec.batch_max.max(1) * 2)
+            // Several batches' worth per pull request, so messages keep arriving while a batch
+            // is being committed and the next batch is already there when the commit returns.
+            .max_messages_per_batch((spec.batch_max.max(1) * 4).clamp(256, 8192))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
             .await
             .map_err(|e| consumer_error(e.to_string()))?
             .ready_chunks(spec.batch_max.max(1));
-        Ok(DurableConsumer { durable: spec.durable.clone(), consumer, messages })
+        Ok(DurableConsumer {
+            durable: spec.durable.clone(),
+            consumer,
+            messages,
+            overflow: std::collections::VecDeque::new(),
+            batch_max: spec.batch_max.max(1),
+            linger: spec.linger,
+        })
     }
 
     /// Publishes one event and waits for JetStream to store it.
@@ -201,6 +210,69 @@ impl Bus {
             .publish_with_headers(event.subject.clone(), headers, Bytes::from(event.body.clone()))
             .await
             .map_err(|e| BusError::Publish { subject: event.subject.clone(), reason: e.to_string() })
+    }
+
+    /// Publishes many events with up to `window` PublishAcks outstanding, for loading a stream
+    /// fast (benchmarks, soak runs). Fails on the first publish JetStream refuses.
+    pub async fn publish_many(&self, events: &[EncodedEvent], window: usize) -> Result<u64, BusError> {
+        let mut in_flight = std::collections::VecDeque::with_capacity(window);
+        let mut last = 0;
+        for event in events {
+            if in_flight.len() >= window.max(1) {
+                if let Some((subject, ack)) = in_flight.pop_front() {
+                    last = await_ack(subject, ack).await?.stream_seq;
+                }
+            }
+            in_flight.push_back((event.subject.as_str(), self.send(event).await?));
+        }
+        while let Some((subject, ack)) = in_flight.pop_front() {
+            last = await_ack(subject, ack).await?.stream_seq;
+        }
+        Ok(last)
+    }
+
+    /// The benchmark's baseline: a plain pull consumer on `stream` that acks every message
+    /// explicitly and does nothing else. Returns how long `count` messages took, from the first
+    /// pull to the last ack leaving the client.
+    pub async fn raw_consume_and_ack(&self, stream: &str, durable: &str, count: u64) -> Result<Duration, BusError> {
+        let error =
+            |reason: String| BusError::Consumer { stream: stream.to_string(), durable: durable.to_string(), reason };
+        let stream_handle = self.js.get_stream(stream).await.map_err(|e| error(e.to_string()))?;
+        let config = pull::Config {
+            durable_name: Some(durable.to_string()),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        };
+        let consumer = stream_handle.get_or_create_consumer(durable, config).await.map_err(|e| error(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let mut messages =
+            consumer.stream().max_messages_per_batch(1024).messages().await.map_err(|e| error(e.to_string()))?;
+        let mut seen = 0;
+        while seen < count {
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    message.ack().await.map_err(|e| BusError::Ack(e.to_string()))?;
+                    seen += 1;
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "baseline pull error"),
+                None => return Err(error("message stream ended".into())),
+            }
+        }
+        self.flush().await?;
+        Ok(started.elapsed())
+    }
+
+    /// Deletes a durable consumer if it exists (benchmarks start each round from scratch).
+    pub async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), BusError> {
+        let error =
+            |reason: String| BusError::Consumer { stream: stream.to_string(), durable: durable.to_string(), reason };
+        let handle = self.js.get_stream(stream).await.map_err(|e| error(e.to_string()))?;
+        match handle.delete_consumer(durable).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(error(e.to_string())),
+        }
     }
 
     /// Copies a message that can never be applied to the context's dead-letter stream, with the
@@ -323,6 +395,9 @@ pub struct DurableSpec {
     pub max_ack_pending: i64,
     /// The most messages handed over at once.
     pub batch_max: usize,
+    /// After the first message of a batch, how long to wait for more before handing it over.
+    /// Larger batches mean fewer commits (each one an fsync); the price is this much latency.
+    pub linger: Duration,
 }
 
 /// A durable pull consumer with its message stream.
@@ -330,7 +405,13 @@ pub struct DurableConsumer {
     durable: String,
     consumer: jetstream::consumer::PullConsumer,
     messages: ReadyChunks<pull::Stream>,
+    /// Pulled beyond the last batch's limit; handed over first next time.
+    overflow: std::collections::VecDeque<PullItem>,
+    batch_max: usize,
+    linger: Duration,
 }
+
+type PullItem = Result<jetstream::Message, pull::MessagesError>;
 
 impl DurableConsumer {
     /// The durable name.
@@ -341,13 +422,26 @@ impl DurableConsumer {
     /// The next batch of whatever has arrived, waiting at most `max_wait` for the first message.
     /// `Ok(empty)` means nothing arrived in time.
     pub async fn next_batch(&mut self, max_wait: Duration) -> Result<Vec<Delivery>, BusError> {
-        let chunk = match tokio::time::timeout(max_wait, self.messages.next()).await {
-            Err(_) => return Ok(Vec::new()),
-            Ok(None) => {
-                return Err(BusError::Pull { durable: self.durable.clone(), reason: "message stream ended".into() })
+        let mut chunk: Vec<PullItem> = self.overflow.drain(..self.overflow.len().min(self.batch_max)).collect();
+        if chunk.is_empty() {
+            chunk = match tokio::time::timeout(max_wait, self.messages.next()).await {
+                Err(_) => return Ok(Vec::new()),
+                Ok(None) => return Err(self.ended()),
+                Ok(Some(chunk)) => chunk,
+            };
+        }
+        // Under load more is on its way: linger briefly to fill the batch.
+        let linger_until = tokio::time::Instant::now() + self.linger;
+        while chunk.len() < self.batch_max {
+            match tokio::time::timeout_at(linger_until, self.messages.next()).await {
+                Err(_) => break,
+                Ok(None) => return Err(self.ended()),
+                Ok(Some(more)) => chunk.extend(more),
             }
-            Ok(Some(chunk)) => chunk,
-        };
+        }
+        if chunk.len() > self.batch_max {
+            self.overflow.extend(chunk.drain(self.batch_max..));
+        }
         let mut batch = Vec::with_capacity(chunk.len());
         for item in chunk {
             match item {
@@ -362,6 +456,10 @@ impl DurableConsumer {
             }
         }
         Ok(batch)
+    }
+
+    fn ended(&self) -> BusError {
+        BusError::Pull { durable: self.durable.clone(), reason: "message stream ended".into() }
     }
 
     /// The server's view of this consumer: (pending, ack pending, delivered stream sequence).

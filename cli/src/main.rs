@@ -1,1 +1,85 @@
-fn main() {}
+//! `carrier`: the single-node demo, the long-lived service, and tools for producers and operators.
+//!
+//! This binary is the only place that sets up a tracing subscriber and the only user of `anyhow`.
+
+mod bench;
+mod demo;
+mod inspect;
+mod publish;
+mod run;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Event-carried state transfer between bounded contexts, on NATS JetStream and redb.
+#[derive(Parser)]
+#[command(name = "carrier", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the single-node demo: stores publishes, baskets caches, and the caches are checked.
+    Demo(demo::DemoArgs),
+    /// Run chosen bounded contexts as a service until SIGINT or SIGTERM.
+    Run(run::RunArgs),
+    /// Publish one event given as JSON, as a producer would.
+    Publish(publish::PublishArgs),
+    /// Print a context's tables (caches, inbox, outbox, checkpoints) from its redb file.
+    Inspect(inspect::InspectArgs),
+    /// Measure the cache path against a raw consume-and-ack loop over the same messages.
+    Bench(bench::BenchArgs),
+}
+
+/// Where the contexts keep their redb files.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataDir {
+    /// Directory for the contexts' redb files.
+    #[arg(long, env = "CARRIER_DATA_DIR", default_value = "./carrier-data")]
+    pub data_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo::main(args).await,
+            Command::Run(args) => run::main(args).await,
+            Command::Publish(args) => publish::main(args).await,
+            Command::Inspect(args) => inspect::main(args),
+            Command::Bench(args) => bench::main(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to `writer`; `RUST_LOG` overrides `default_filter`.
+pub fn init_logging(default_filter: &str, to_stdout: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    use std::io::IsTerminal;
+    let ansi = if to_stdout { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().with_ansi(ansi);
+    let _ = if to_stdout {
+        builder.with_writer(std::io::stdout).try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
+}

@@ -120,6 +120,9 @@ where
         let mut parked = txn.open_table(PARKED).during("open parked")?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
         let mut tables = projection.open(&txn)?;
+        // Looking for parked successors costs a B-tree probe per event; skip it while the table
+        // is empty and this batch has parked nothing.
+        let mut parked_any = !parked.is_empty().during("count parked")?;
 
         for item in batch {
             let envelope = &item.decoded.envelope;
@@ -139,7 +142,7 @@ where
             } else if version == current + 1 {
                 projection.apply(&mut tables, envelope, &item.decoded.event)?;
                 let mut now = version;
-                loop {
+                while parked_any {
                     let next = parked.remove((key.0, key.1, now + 1)).during("take parked")?;
                     let Some(bytes) = next else { break };
                     let waiting: Inbound<E> = decode_row("parked", bytes.value())?;
@@ -153,6 +156,7 @@ where
             } else {
                 let row = encode_row("parked", item)?;
                 parked.insert((key.0, key.1, version), row.as_slice()).during("write parked")?;
+                parked_any = true;
                 Disposition::Parked { expected: current + 1 }
             };
             outcome.dispositions.push(disposition);

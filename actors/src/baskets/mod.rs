@@ -77,6 +77,7 @@ pub(crate) fn supervisor_args(
                 ack_wait,
                 max_ack_pending: 20_000,
                 batch_max,
+                linger: Duration::from_millis(2),
             };
             let args = ConsumerArgs { bus, context: CONTEXT, spec, target: batch_target(cache), stats, faults };
             let (actor, _) =

@@ -1,0 +1,92 @@
+//! `carrier inspect`: a context's tables, read from its redb file.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use carrier_actors::ContextName;
+use carrier_storage::{BasketsDb, StoresDb};
+
+/// Arguments of `carrier inspect`.
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The context whose file to read.
+    context: ContextName,
+    #[command(flatten)]
+    data: crate::DataDir,
+    /// Rows shown per table.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+pub fn main(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let path = args.data.data_dir.join(args.context.db_file());
+    if !path.exists() {
+        bail!("{} does not exist (wrong --data-dir, or the context never ran there)", path.display());
+    }
+    let hint = || format!("cannot read {} (a running carrier holds it open; stop it first)", path.display());
+    match args.context {
+        ContextName::Stores => {
+            let db = StoresDb::open(&path).with_context(hint)?;
+            println!("{}", path.display());
+            section("stores", db.stores()?.len());
+            for (id, s) in db.stores()?.into_iter().take(args.limit) {
+                let flag = if s.participating { "participating" } else { "" };
+                println!("  {id:<24} {:<28} {:<20} v{:<4} {flag}", s.name, s.location, s.version);
+            }
+            section("products", db.products()?.len());
+            for (id, p) in db.products()?.into_iter().take(args.limit) {
+                let flag = if p.removed { "removed" } else { "" };
+                println!(
+                    "  {id:<24} {:<28} store {:<16} {:>10} v{:<4} {flag}",
+                    p.name,
+                    p.store_id,
+                    money(p.price),
+                    p.version
+                );
+            }
+            let pending = db.outbox_pending(args.limit)?;
+            section("outbox (unpublished)", db.outbox_len()? as usize);
+            for (key, event) in pending {
+                println!("  #{key:<6} {:<36} {} {}", event.subject, event.event_id, event.body.len());
+            }
+        }
+        ContextName::Baskets => {
+            let db = BasketsDb::open(&path).with_context(hint)?;
+            println!("{}", path.display());
+            let stores = db.stores()?;
+            section("stores_cache", stores.len());
+            for (id, s, version) in stores.into_iter().take(args.limit) {
+                println!("  {id:<24} {:<28} v{version}", s.name);
+            }
+            let products = db.products()?;
+            section("products_cache", products.len());
+            for (id, p, version) in products.into_iter().take(args.limit) {
+                println!("  {id:<24} {:<28} store {:<16} {:>10} v{version}", p.name, p.store_id, money(p.price));
+            }
+            let stats = db.engine_stats()?;
+            section("inbox", stats.inbox as usize);
+            for (event_id, seq) in db.inbox(args.limit)? {
+                println!("  {event_id}  stream seq {seq}");
+            }
+            section("checkpoints", stats.checkpoints.len());
+            for (durable, seq) in stats.checkpoints {
+                println!("  {durable:<24} last committed stream seq {seq}");
+            }
+            println!(
+                "\nentities with a version: {}   parked (waiting for an earlier version): {}",
+                stats.entities, stats.parked
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn section(name: &str, rows: usize) {
+    println!("\n{name} ({rows} rows)");
+}
+
+/// Minor units as a decimal amount.
+pub fn money(minor: i64) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", minor.unsigned_abs() / 100, minor.unsigned_abs() % 100)
+}

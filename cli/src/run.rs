@@ -1,0 +1,68 @@
+//! `carrier run`: chosen contexts as a long-lived service.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use carrier_actors::{CarrierSystem, ContextName, SystemConfig};
+
+/// Arguments of `carrier run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[command(flatten)]
+    data: crate::DataDir,
+    /// Contexts to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "stores,baskets")]
+    contexts: Vec<ContextName>,
+    /// Most events applied per transaction.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_max: u32,
+}
+
+pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("info", false);
+    let mut config = SystemConfig::new(&args.nats_url, &args.data.data_dir);
+    config.contexts = args.contexts.clone();
+    config.batch_max = args.batch_max as usize;
+    let system = CarrierSystem::start(config).await.context("carrier did not start")?;
+    let names: Vec<&str> = args.contexts.iter().map(|c| c.as_str()).collect();
+    tracing::info!(
+        contexts = %names.join(","),
+        nats = %args.nats_url,
+        server_version = %system.bus.server_version(),
+        data_dir = %args.data.data_dir.display(),
+        "carrier is running; SIGINT or SIGTERM stops it"
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight batches and flushing the outbox");
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), system.shutdown()).await;
+    if stopped.is_err() {
+        anyhow::bail!("shutdown took longer than 10 s");
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,26 @@
+//! Finding a NATS server: the one given, or a local child process.
+
+use anyhow::Context;
+use carrier_actors::nats_server::LocalNatsServer;
+
+/// A server URL, and the child process behind it when we started one.
+pub struct Nats {
+    /// Where to connect.
+    pub url: String,
+    /// Kept alive until dropped.
+    pub _local: Option<LocalNatsServer>,
+}
+
+/// Uses `url` when given; otherwise starts `nats-server` on a free loopback port with its store
+/// in `store_dir` (or a temporary directory).
+pub fn nats_or_local(url: Option<String>, store_dir: Option<&std::path::Path>) -> anyhow::Result<Nats> {
+    if let Some(url) = url {
+        return Ok(Nats { url, _local: None });
+    }
+    let server = match store_dir {
+        Some(dir) => LocalNatsServer::start_in(&dir.join("nats"), None),
+        None => LocalNatsServer::start_temporary(),
+    }
+    .context("no --nats-url given, so carrier tried to start nats-server itself")?;
+    Ok(Nats { url: server.url(), _local: Some(server) })
+}
