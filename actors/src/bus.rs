@@ -139,15 +139,45 @@ impl Bus {
             .map_err(|e| BusError::Stream { stream: name.to_string(), reason: e.to_string() })
     }
 
-    /// Creates (or binds to) a durable pull consumer and starts pulling from it.
-    pub async fn durable(&self, spec: &DurableSpec) -> Result<DurableConsumer, BusError> {
+    /// Binds to the durable pull consumer, or (re)creates it to start right after `checkpoint`,
+    /// the last stream sequence the caller committed; then starts pulling.
+    ///
+    /// Under `AckPolicy::All` one ack covers every earlier delivery, including deliveries a
+    /// crashed incarnation received and never applied. So the caller's checkpoint, committed with
+    /// the effects, is the authority on position: when the server shows deliveries still in
+    /// flight, or an ack floor past the checkpoint (the cache was reset), the consumer is
+    /// recreated to deliver from `checkpoint + 1`. Everything after the checkpoint is then
+    /// delivered again, in order; the inbox drops what was applied already.
+    pub async fn durable(&self, spec: &DurableSpec, checkpoint: u64) -> Result<DurableConsumer, BusError> {
         let consumer_error =
             |reason: String| BusError::Consumer { stream: spec.stream.clone(), durable: spec.durable.clone(), reason };
         let stream = self.js.get_stream(&spec.stream).await.map_err(|e| consumer_error(e.to_string()))?;
+        let reusable = match stream.consumer_info(&spec.durable).await {
+            Ok(info) => {
+                let clean = info.num_ack_pending == 0 && info.ack_floor.stream_sequence <= checkpoint;
+                if !clean {
+                    tracing::info!(
+                        durable = %spec.durable,
+                        ack_pending = info.num_ack_pending,
+                        ack_floor = info.ack_floor.stream_sequence,
+                        checkpoint,
+                        "recreating the durable consumer from the committed checkpoint"
+                    );
+                    stream.delete_consumer(&spec.durable).await.map_err(|e| consumer_error(e.to_string()))?;
+                }
+                clean
+            }
+            Err(_) => false,
+        };
         let config = pull::Config {
             durable_name: Some(spec.durable.clone()),
             description: Some(spec.description.clone()),
             filter_subject: spec.filter_subject.clone(),
+            deliver_policy: if checkpoint == 0 {
+                jetstream::consumer::DeliverPolicy::All
+            } else {
+                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: checkpoint + 1 }
+            },
             // One ack per committed batch covers every message before it: the batch is applied
             // in one transaction, so there is nothing finer to acknowledge.
             ack_policy: AckPolicy::All,
@@ -155,15 +185,19 @@ impl Bus {
             max_ack_pending: spec.max_ack_pending,
             ..Default::default()
         };
-        let consumer =
-            stream.get_or_create_consumer(&spec.durable, config).await.map_err(|e| consumer_error(e.to_string()))?;
+        let consumer: jetstream::consumer::PullConsumer = if reusable {
+            stream.get_consumer(&spec.durable).await.map_err(|e| consumer_error(e.to_string()))?
+        } else {
+            stream.create_consumer(config).await.map_err(|e| consumer_error(e.to_string()))?
+        };
         let messages = consumer
             .stream()
             // Several batches' worth per pull request, so messages keep arriving while a batch
             // is being committed and the next batch is already there when the commit returns.
             .max_messages_per_batch((spec.batch_max.max(1) * 4).clamp(256, 8192))
             .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            // A pull request outlives a hung client by at most this long.
+            .expires(Duration::from_secs(10))
             .messages()
             .await
             .map_err(|e| consumer_error(e.to_string()))?
@@ -340,6 +374,12 @@ impl Bus {
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client.flush().await.map_err(|e| BusError::Publish { subject: "(flush)".into(), reason: e.to_string() })
+    }
+
+    /// Closes the connection: the server drops this client's subscriptions and pull requests at
+    /// once, as it does when a process dies.
+    pub async fn close(&self) {
+        let _ = self.client.drain().await;
     }
 
     /// Direct access for the raw-baseline benchmark and tests' plain-client checks.

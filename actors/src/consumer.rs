@@ -115,7 +115,12 @@ pub struct ConsumerArgs<E> {
     pub stats: Arc<ConsumerStats>,
     /// Injected failures.
     pub faults: Arc<Faults>,
+    /// Reads the cache's committed checkpoint for a durable name.
+    pub checkpoint: CheckpointReader,
 }
+
+/// Reads the last committed stream sequence for a durable name from the cache's database.
+pub type CheckpointReader = Arc<dyn Fn(&str) -> Result<u64, StorageError> + Send + Sync>;
 
 /// The consumer actor's only message: take the next batch.
 pub enum ConsumerMsg {
@@ -161,7 +166,10 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         myself: ActorRef<ConsumerMsg>,
         args: ConsumerArgs<E>,
     ) -> Result<ConsumerState<E>, ActorProcessingErr> {
-        let consumer = args.bus.durable(&args.spec).await?;
+        let read = args.checkpoint.clone();
+        let durable = args.spec.durable.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || read(&durable)).await??;
+        let consumer = args.bus.durable(&args.spec, checkpoint).await?;
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(ConsumerState {
             bus: args.bus,
@@ -231,7 +239,11 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         }
         let last_good = (0..deliveries.len()).rev().find(|i| !poison.contains(i));
         if let Some(index) = last_good {
-            deliveries[index].ack().await?;
+            if Faults::take(&state.faults.consumer_lost_acks) {
+                tracing::warn!(consumer = state.consumer.name(), "injected: ack lost");
+            } else {
+                deliveries[index].ack().await?;
+            }
         }
         if let Some(last) = deliveries.last() {
             state.stats.acked_stream_seq.store(last.stream_seq, Ordering::Relaxed);

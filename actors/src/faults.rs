@@ -10,8 +10,11 @@ pub struct Faults {
     /// deleted, as a process crash at that moment would.
     pub relay_crash_after_publish: AtomicU32,
     /// A consumer fails after its batch committed and before it acknowledged it, as a process
-    /// crash (or a lost ack) would; the server then redelivers the batch.
+    /// crash would.
     pub consumer_crash_after_commit: AtomicU32,
+    /// A consumer does not send its next acks, as if they were lost on the way; the server
+    /// redelivers those messages after the ack wait.
+    pub consumer_lost_acks: AtomicU32,
     /// A cache actor reports its next commits as failed (storage unavailable) without writing.
     pub cache_commit_failures: AtomicU32,
     /// A cache actor panics while applying its next batches.

@@ -190,6 +190,8 @@ impl CarrierSystem {
     pub async fn kill(self) {
         self.root.kill();
         let _ = self.root_task.await;
+        // A dead process's connection closes, and the server forgets its pull requests.
+        self.bus.close().await;
         // Killed actors drop their state on their own tasks; wait until no handle is left.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let handles = (self.stores, self.baskets);

@@ -94,6 +94,11 @@ impl BasketsDb {
         engine::stats(&self.db)
     }
 
+    /// The last stream sequence committed for `consumer` (0 when none).
+    pub fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
+        engine::checkpoint(&self.db, consumer)
+    }
+
     /// The first `limit` inbox entries.
     pub fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
         engine::inbox_entries(&self.db, limit)

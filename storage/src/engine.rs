@@ -240,3 +240,11 @@ pub(crate) fn inbox_entries(
     }
     Ok(out)
 }
+
+/// The last stream sequence committed for a consumer (0 when none).
+pub(crate) fn checkpoint(db: &Database, consumer: &str) -> Result<u64, StorageError> {
+    let txn = db.begin_read().during("begin_read")?;
+    let table = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+    let seq = table.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
+    Ok(seq)
+}

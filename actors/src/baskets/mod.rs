@@ -18,7 +18,7 @@ use carrier_messages::DomainEvent;
 use carrier_storage::BasketsDb;
 
 use crate::bus::{Bus, DurableSpec};
-use crate::consumer::{batch_target, ConsumerArgs, ConsumerStats, EventConsumer};
+use crate::consumer::{batch_target, CheckpointReader, ConsumerArgs, ConsumerStats, EventConsumer};
 use crate::faults::Faults;
 use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
 
@@ -54,6 +54,7 @@ pub(crate) fn supervisor_args(
     let handle = BasketsHandle { db: db.clone(), stores_consumer: stats.clone() };
 
     let cache_faults = faults.clone();
+    let consumer_db = db.clone();
     let cache = ChildSpec::new("cache", move |supervisor, _siblings| {
         let args = BasketsCacheArgs { db: db.clone(), faults: cache_faults.clone() };
         async move {
@@ -66,6 +67,7 @@ pub(crate) fn supervisor_args(
         let bus = bus.clone();
         let stats = stats.clone();
         let faults = faults.clone();
+        let db = consumer_db.clone();
         async move {
             let cache: ActorRef<BasketsCacheMsg> =
                 siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
@@ -79,7 +81,9 @@ pub(crate) fn supervisor_args(
                 batch_max,
                 linger: Duration::from_millis(2),
             };
-            let args = ConsumerArgs { bus, context: CONTEXT, spec, target: batch_target(cache), stats, faults };
+            let checkpoint: CheckpointReader = Arc::new(move |durable: &str| db.checkpoint(durable));
+            let args =
+                ConsumerArgs { bus, context: CONTEXT, spec, target: batch_target(cache), stats, faults, checkpoint };
             let (actor, _) =
                 Actor::spawn_linked(None, EventConsumer::<StoresEvent>::default(), args, supervisor).await?;
             Ok(actor.get_cell())
