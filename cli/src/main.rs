@@ -83,3 +83,12 @@ pub fn init_logging(default_filter: &str, to_stdout: bool) {
         builder.with_writer(std::io::stderr).try_init()
     };
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

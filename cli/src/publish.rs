@@ -17,7 +17,7 @@ pub struct PublishArgs {
     /// The payload as JSON, e.g. '{"id":"s-1","name":"Corner Shop","location":"North wing"}'.
     payload: String,
     /// The entity's version after this event (1 for the event that creates it).
-    #[arg(long = "version", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "aggregate-version", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     aggregate_version: u64,
     /// Reuse an event id (to re-publish an event); a new UUIDv7 otherwise.
     #[arg(long)]

@@ -1,3 +1,4 @@
 //! End-to-end tests: real nats-server, real redb files, real actors.
 
+mod cli;
 mod foundation;

@@ -80,3 +80,12 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
+
+/// The `carrier` binary built beside the test executable (`scripts/test.sh` builds it first).
+pub fn carrier_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/carrier
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("carrier");
+    assert!(bin.exists(), "{} is missing: build it first (cargo build --workspace)", bin.display());
+    bin
+}
