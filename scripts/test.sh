@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests and end-to-end tests against real nats-server processes.
+# The whole test suite: unit tests, property tests, and end-to-end tests against real
+# nats-server processes. Ends with one line of totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-nats-server.sh
 cargo build --workspace --all-targets --quiet
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+echo
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

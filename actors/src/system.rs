@@ -69,6 +69,8 @@ pub struct SystemConfig {
     pub batch_max: usize,
     /// How long JetStream waits for a consumer's ack before redelivering.
     pub ack_wait: Duration,
+    /// How long caches keep applied event ids (entity versions guard idempotence after that).
+    pub inbox_retention: baskets::InboxRetention,
     /// Failures to inject.
     pub faults: Arc<Faults>,
 }
@@ -82,6 +84,10 @@ impl SystemConfig {
             contexts: ContextName::ALL.to_vec(),
             batch_max: 512,
             ack_wait: Duration::from_secs(30),
+            inbox_retention: baskets::InboxRetention {
+                horizon: Duration::from_secs(7 * 24 * 3600),
+                every: Duration::from_secs(60),
+            },
             faults: Arc::new(Faults::default()),
         }
     }
@@ -148,6 +154,7 @@ impl CarrierSystem {
                         db,
                         config.batch_max,
                         config.ack_wait,
+                        config.inbox_retention,
                         config.faults.clone(),
                         tree.clone(),
                         path,

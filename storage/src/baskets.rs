@@ -99,6 +99,13 @@ impl BasketsDb {
         engine::checkpoint(&self.db, consumer)
     }
 
+    /// Deletes up to `limit` inbox records older than `horizon`; see [`engine`] for why that is
+    /// safe. Returns how many went.
+    pub fn prune_inbox(&self, horizon: std::time::Duration, limit: usize) -> Result<u64, StorageError> {
+        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
+        engine::prune_inbox(&self.db, cutoff, limit)
+    }
+
     /// The first `limit` inbox entries.
     pub fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
         engine::inbox_entries(&self.db, limit)
@@ -282,5 +289,19 @@ mod tests {
         db.apply_stores_events("c", &[created, renamed, added(), removed]).expect("apply");
         assert_eq!(db.store("s").expect("read"), Some(CachedStore { name: "B".into() }));
         assert_eq!(db.product("p").expect("read"), None);
+    }
+
+    #[test]
+    fn past_the_inbox_horizon_a_redelivery_is_still_harmless() {
+        let (_dir, db) = db();
+        let (a, r) = (added(), raise(50, 2));
+        db.apply_stores_events("c", &[a.clone(), r.clone()]).expect("apply");
+        assert_eq!(db.prune_inbox(std::time::Duration::from_secs(3600), 100).expect("prune"), 0, "nothing old yet");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(db.prune_inbox(std::time::Duration::ZERO, 100).expect("prune"), 2);
+        assert_eq!(db.engine_stats().expect("stats").inbox, 0);
+        let again = db.apply_stores_events("c", &[a, r]).expect("apply");
+        assert_eq!(again.dispositions, vec![Disposition::Stale { current: 2 }; 2], "versions still guard");
+        assert_eq!(db.product("p").expect("read").expect("row").price, 1050);
     }
 }

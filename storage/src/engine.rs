@@ -25,6 +25,9 @@ use crate::StorageError;
 
 /// Applied (or parked) event ids → the stream sequence they arrived at.
 pub(crate) const INBOX: TableDefinition<u128, u64> = TableDefinition::new("inbox");
+/// (applied at, Unix ms; event id) → (): the inbox in the order it was written, so that pruning
+/// past the retention horizon is a range delete instead of a scan.
+pub(crate) const INBOX_BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("inbox_by_time");
 /// (aggregate type, aggregate id) → the last version applied.
 pub(crate) const VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("entity_versions");
 /// (aggregate type, aggregate id, version) → a CBOR [`Inbound`] waiting for its predecessor.
@@ -116,6 +119,8 @@ where
     let mut outcome = BatchOutcome { dispositions: Vec::with_capacity(batch.len()), unparked: 0 };
     {
         let mut inbox = txn.open_table(INBOX).during("open inbox")?;
+        let mut inbox_by_time = txn.open_table(INBOX_BY_TIME).during("open inbox_by_time")?;
+        let now_ms = unix_ms();
         let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
         let mut parked = txn.open_table(PARKED).during("open parked")?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
@@ -132,6 +137,7 @@ where
                 continue;
             }
             inbox.insert(id, item.stream_seq).during("write inbox")?;
+            inbox_by_time.insert((now_ms, id), ()).during("write inbox_by_time")?;
 
             let aggregate = item.decoded.event.aggregate_type();
             let key = (aggregate, envelope.aggregate_id.as_str());
@@ -176,6 +182,7 @@ where
 /// Creates the engine's tables so that readers never meet a missing table.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(INBOX).during("create inbox")?;
+    txn.open_table(INBOX_BY_TIME).during("create inbox_by_time")?;
     txn.open_table(VERSIONS).during("create entity_versions")?;
     txn.open_table(PARKED).during("create parked")?;
     txn.open_table(CHECKPOINTS).during("create checkpoints")?;
@@ -247,4 +254,41 @@ pub(crate) fn checkpoint(db: &Database, consumer: &str) -> Result<u64, StorageEr
     let table = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
     let seq = table.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
     Ok(seq)
+}
+
+/// Now, as Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Deletes inbox records written before `cutoff_unix_ms`, at most `limit` of them, in one
+/// transaction. Returns how many went.
+///
+/// Past the horizon, idempotence rests on entity versions alone: a redelivered event finds its
+/// entity at its own version or later and is skipped as stale. What the inbox adds inside the
+/// horizon is telling a duplicate from a stale event, and catching a re-published copy of an
+/// event whose entity moved on in the meantime without counting it as a conflict.
+pub(crate) fn prune_inbox(db: &Database, cutoff_unix_ms: u64, limit: usize) -> Result<u64, StorageError> {
+    let txn = db.begin_write().during("begin_write")?;
+    let mut removed = 0u64;
+    {
+        let mut inbox = txn.open_table(INBOX).during("open inbox")?;
+        let mut by_time = txn.open_table(INBOX_BY_TIME).during("open inbox_by_time")?;
+        let mut expired = Vec::new();
+        for entry in by_time.range(..(cutoff_unix_ms, 0u128)).during("read inbox_by_time")?.take(limit) {
+            let (key, _) = entry.during("read inbox_by_time")?;
+            expired.push(key.value());
+        }
+        for key in expired {
+            by_time.remove(key).during("prune inbox_by_time")?;
+            inbox.remove(key.1).during("prune inbox")?;
+            removed += 1;
+        }
+    }
+    if removed == 0 {
+        txn.abort().during("abort")?;
+    } else {
+        txn.commit().during("commit")?;
+    }
+    Ok(removed)
 }

@@ -1,6 +1,7 @@
 //! The baskets cache actor: the only writer of `baskets.redb`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -22,6 +23,8 @@ pub struct BasketsCache;
 pub enum BasketsCacheMsg {
     /// Apply a batch of stores events; the reply comes after the commit.
     ApplyStores(ApplyBatch<StoresEvent>),
+    /// Delete inbox records older than the retention horizon.
+    PruneInbox,
 }
 
 impl From<ApplyBatch<StoresEvent>> for BasketsCacheMsg {
@@ -36,7 +39,21 @@ pub struct BasketsCacheArgs {
     pub db: Arc<BasketsDb>,
     /// Injected failures.
     pub faults: Arc<Faults>,
+    /// How long applied event ids stay in the inbox, and how often older ones are deleted.
+    pub inbox_retention: InboxRetention,
 }
+
+/// How long the inbox keeps applied event ids.
+#[derive(Clone, Copy, Debug)]
+pub struct InboxRetention {
+    /// Records older than this are deleted.
+    pub horizon: Duration,
+    /// How often the cache looks for them.
+    pub every: Duration,
+}
+
+/// Records deleted per pruning transaction, so one prune never holds the writer for long.
+const PRUNE_BATCH: usize = 10_000;
 
 impl Actor for BasketsCache {
     type Msg = BasketsCacheMsg;
@@ -45,9 +62,10 @@ impl Actor for BasketsCache {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: BasketsCacheArgs,
     ) -> Result<BasketsCacheArgs, ActorProcessingErr> {
+        myself.send_interval(args.inbox_retention.every, || BasketsCacheMsg::PruneInbox);
         Ok(args)
     }
 
@@ -94,6 +112,15 @@ impl Actor for BasketsCache {
                     Err((error, batch)) => {
                         let _ = reply.send(Err(ApplyFailed { error, batch }));
                     }
+                }
+            }
+            BasketsCacheMsg::PruneInbox => {
+                let (db, horizon) = (state.db.clone(), state.inbox_retention.horizon);
+                match tokio::task::spawn_blocking(move || db.prune_inbox(horizon, PRUNE_BATCH)).await? {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "pruned the inbox"),
+                    // Pruning is housekeeping: a failure is retried at the next tick.
+                    Err(error) => tracing::warn!(%error, "inbox pruning failed"),
                 }
             }
         }

@@ -6,7 +6,7 @@
 
 mod cache;
 
-pub use cache::{BasketsCache, BasketsCacheArgs, BasketsCacheMsg};
+pub use cache::{BasketsCache, BasketsCacheArgs, BasketsCacheMsg, InboxRetention};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,7 @@ pub(crate) fn supervisor_args(
     db: Arc<BasketsDb>,
     batch_max: usize,
     ack_wait: Duration,
+    inbox_retention: InboxRetention,
     faults: Arc<Faults>,
     tree: SupervisionTree,
     path: String,
@@ -56,7 +57,7 @@ pub(crate) fn supervisor_args(
     let cache_faults = faults.clone();
     let consumer_db = db.clone();
     let cache = ChildSpec::new("cache", move |supervisor, _siblings| {
-        let args = BasketsCacheArgs { db: db.clone(), faults: cache_faults.clone() };
+        let args = BasketsCacheArgs { db: db.clone(), faults: cache_faults.clone(), inbox_retention };
         async move {
             let (actor, _) = Actor::spawn_linked(None, BasketsCache, args, supervisor).await?;
             Ok(actor.get_cell())

@@ -1,0 +1,292 @@
+//! Reliability: bad input, server restarts, and the guarantees that must survive them.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
+use carrier_actors::verify::baskets_against_stores;
+use carrier_actors::ContextName;
+use carrier_messages::codec::Causality;
+use carrier_messages::envelope::header;
+use carrier_messages::stores::StoresCommand;
+use carrier_tests::{wait_until, TestEnv};
+use futures::StreamExt;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// One malformed message: its subject, headers, body, and the reason it must be dead-lettered for.
+struct Bad {
+    subject: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    reason: &'static str,
+}
+
+fn headers(event_type: &str, id: &str, version: &str, content_type: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (header::EVENT_ID, uuid::Uuid::now_v7().to_string()),
+        (header::EVENT_TYPE, event_type.to_string()),
+        (header::AGGREGATE_ID, id.to_string()),
+        (header::AGGREGATE_VERSION, version.to_string()),
+        (header::CONTENT_TYPE, content_type.to_string()),
+    ]
+}
+
+fn malformed() -> Vec<Bad> {
+    let cbor = "application/cbor";
+    let json = "application/json";
+    let created = "stores.store.created";
+    let mut nested = vec![0x81u8; 5_000];
+    nested.push(0x01);
+    let mut missing_type = headers("stores.StoreCreated", "m1", "1", json);
+    missing_type.retain(|(k, _)| *k != header::EVENT_TYPE);
+    let mut missing_id = headers("stores.StoreCreated", "m2", "1", json);
+    missing_id.retain(|(k, _)| *k != header::EVENT_ID);
+    vec![
+        // CBOR map {"id": "s-1", ...} cut short.
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", cbor),
+            body: b"\xa3\x62id\x63s-".to_vec(),
+            reason: "undecodable_body",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", cbor),
+            body: nested,
+            reason: "undecodable_body",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", cbor),
+            body: vec![0xff; 64],
+            reason: "undecodable_body",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", json),
+            body: b"{\"id\": \"s-1\", \"name\": ".to_vec(),
+            reason: "undecodable_body",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", json),
+            body: b"[[[[[[[[[[[[[[[[[[[[[[[[[[".repeat(40),
+            reason: "undecodable_body",
+        },
+        Bad {
+            subject: "stores.store.exploded",
+            headers: headers("stores.StoreExploded", "s-1", "1", json),
+            body: b"{}".to_vec(),
+            reason: "unknown_event_type",
+        },
+        Bad {
+            subject: created,
+            headers: {
+                let mut h = headers("stores.StoreCreated", "s-1", "1", json);
+                h.push((header::SCHEMA_VERSION, "7".into()));
+                h
+            },
+            body: br#"{"id":"s-1","name":"n","location":"l"}"#.to_vec(),
+            reason: "unsupported_schema_version",
+        },
+        Bad {
+            subject: created,
+            headers: missing_type,
+            body: br#"{"id":"m1","name":"n","location":"l"}"#.to_vec(),
+            reason: "missing_header",
+        },
+        Bad {
+            subject: created,
+            headers: missing_id,
+            body: br#"{"id":"m2","name":"n","location":"l"}"#.to_vec(),
+            reason: "missing_header",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "zero", json),
+            body: br#"{"id":"s-1","name":"n","location":"l"}"#.to_vec(),
+            reason: "bad_header",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", "text/plain"),
+            body: b"hello".to_vec(),
+            reason: "bad_header",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "s-1", "1", json),
+            body: br#"{"id":"s-1","name":"   ","location":"l"}"#.to_vec(),
+            reason: "invalid_payload",
+        },
+        Bad {
+            subject: "stores.store.rebranded",
+            headers: headers("stores.StoreCreated", "s-1", "1", json),
+            body: br#"{"id":"s-1","name":"n","location":"l"}"#.to_vec(),
+            reason: "subject_mismatch",
+        },
+        Bad {
+            subject: created,
+            headers: headers("stores.StoreCreated", "other", "1", json),
+            body: br#"{"id":"s-1","name":"n","location":"l"}"#.to_vec(),
+            reason: "aggregate_mismatch",
+        },
+        Bad { subject: created, headers: vec![], body: b"no headers at all".to_vec(), reason: "missing_header" },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_dead_lettered_with_its_reason_and_writes_nothing() {
+    let env = TestEnv::start();
+    let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
+    let client = env.plain_client().await;
+    let cases = malformed();
+    for bad in &cases {
+        let mut h = async_nats::HeaderMap::new();
+        for (k, v) in &bad.headers {
+            h.insert(*k, v.as_str());
+        }
+        client.publish_with_headers(bad.subject, h, bad.body.clone().into()).await.expect("sent");
+    }
+    client.flush().await.expect("flushed");
+    let stores = system.stores.as_ref().expect("stores");
+    stores
+        .execute(
+            StoresCommand::CreateStore { id: "good".into(), name: "Good".into(), location: "here".into() },
+            Causality::default(),
+        )
+        .await
+        .expect("accepted");
+
+    let baskets = system.baskets.as_ref().expect("baskets").clone();
+    let expected = cases.len() as u64;
+    wait_until(LIMIT, "every malformed message is dead-lettered and the good one applied", || {
+        let b = baskets.clone();
+        async move {
+            b.stores_consumer.dead_lettered.load(Ordering::Relaxed) == expected
+                && b.db.store("good").ok().flatten().is_some()
+        }
+    })
+    .await;
+    assert_eq!(baskets.db.stores().expect("read").len(), 1, "only the good store is cached");
+    assert_eq!(baskets.db.engine_stats().expect("stats").inbox, 1, "nothing else recorded");
+    let tree = system.tree.snapshot();
+    assert!(tree.values().all(|n| n.restarts == 0), "no actor crashed: {tree:?}");
+
+    let dlq = system.bus.jetstream().get_stream(dead_letter_stream("baskets")).await.expect("dead-letter stream");
+    let reader = dlq.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.expect("reader");
+    let mut letters = reader.fetch().max_messages(100).expires(Duration::from_secs(2)).messages().await.expect("fetch");
+    let mut reasons = Vec::new();
+    while let Some(Ok(letter)) = letters.next().await {
+        let h = letter.headers.as_ref().expect("headers");
+        reasons.push(h.get(dead_letter_header::REASON).map(|v| v.as_str().to_string()).unwrap_or_default());
+    }
+    let mut want: Vec<String> = cases.iter().map(|c| c.reason.to_string()).collect();
+    want.sort();
+    reasons.sort();
+    assert_eq!(reasons, want, "each dead letter carries its own reason");
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_and_relays_resume_by_themselves_when_nats_server_is_killed_and_restarted() {
+    let mut env = TestEnv::start();
+    let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
+    let stores = system.stores.clone().expect("stores");
+    stores
+        .execute(
+            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
+            Causality::default(),
+        )
+        .await
+        .expect("accepted");
+    for i in 0..10 {
+        let add = StoresCommand::AddProduct {
+            id: format!("p{i}"),
+            store_id: "s".into(),
+            name: format!("p{i}"),
+            description: String::new(),
+            sku: String::new(),
+            price: 100,
+        };
+        stores.execute(add, Causality::default()).await.expect("accepted");
+    }
+    // Commands keep being accepted while the server is down: they wait in the outbox.
+    env.nats.kill();
+    for i in 0..10 {
+        let raise = StoresCommand::IncreaseProductPrice { id: format!("p{i}"), delta: 5 };
+        stores.execute(raise, Causality::default()).await.expect("accepted while NATS is down");
+    }
+    assert!(stores.db.outbox_len().expect("outbox") > 0, "events wait in the outbox");
+    env.nats.restart().expect("nats-server restarts on the same port and store");
+    for i in 0..10 {
+        let raise = StoresCommand::IncreaseProductPrice { id: format!("p{i}"), delta: 1 };
+        stores.execute(raise, Causality::default()).await.expect("accepted");
+    }
+    let (owner, cache) = (stores.db.clone(), system.baskets.as_ref().expect("baskets").db.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let problems = baskets_against_stores(&owner, &cache).expect("readable");
+        if problems.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no convergence after the restart:\n{}", problems.join("\n"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, product, _) in cache.products().expect("read") {
+        assert_eq!(product.price, 106);
+    }
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
+    let env = TestEnv::start();
+    let mut config = env.config(&[ContextName::Stores, ContextName::Baskets]);
+    config.inbox_retention =
+        carrier_actors::baskets::InboxRetention { horizon: Duration::ZERO, every: Duration::from_millis(100) };
+    let system = carrier_actors::CarrierSystem::start(config).await.expect("starts");
+    let stores = system.stores.clone().expect("stores");
+    stores
+        .execute(
+            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
+            Causality::default(),
+        )
+        .await
+        .expect("accepted");
+    let add = StoresCommand::AddProduct {
+        id: "p".into(),
+        store_id: "s".into(),
+        name: "p".into(),
+        description: String::new(),
+        sku: String::new(),
+        price: 100,
+    };
+    stores.execute(add, Causality::default()).await.expect("accepted");
+    let raise = stores
+        .execute(StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 9 }, Causality::default())
+        .await
+        .expect("ok");
+    let baskets = system.baskets.clone().expect("baskets");
+    wait_until(LIMIT, "the events are applied and then pruned from the inbox", || {
+        let b = baskets.clone();
+        async move {
+            b.db.product("p").ok().flatten().is_some_and(|p| p.price == 109)
+                && b.db.engine_stats().map(|s| s.inbox == 0).unwrap_or(false)
+        }
+    })
+    .await;
+
+    // The old event comes back (a replay, or a producer retrying days later).
+    let wire = raise.encode().expect("encodes");
+    let headers: Vec<(String, String)> = wire.headers.into_iter().filter(|(k, _)| k != header::NATS_MSG_ID).collect();
+    system.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored again");
+    wait_until(LIMIT, "the redelivery is skipped as stale", || {
+        let b = baskets.clone();
+        async move { b.stores_consumer.stale.load(Ordering::Relaxed) >= 1 }
+    })
+    .await;
+    assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 109, "the delta is not applied twice");
+    system.shutdown().await;
+}
