@@ -332,6 +332,81 @@ impl Bus {
         await_ack(&subject, ack).await.map(|_| ())
     }
 
+    /// Reads up to `limit` dead letters of a context, oldest first, starting at stream sequence
+    /// `from`.
+    pub async fn dead_letters(&self, context: &str, from: u64, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let name = dead_letter_stream(context);
+        let stream_error = |reason: String| BusError::Stream { stream: name.clone(), reason };
+        let mut stream = self.js.get_stream(&name).await.map_err(|e| stream_error(e.to_string()))?;
+        let state = stream.info().await.map_err(|e| stream_error(e.to_string()))?.state.clone();
+        let mut letters = Vec::new();
+        let mut seq = from.max(state.first_sequence);
+        while seq <= state.last_sequence && letters.len() < limit && state.messages > 0 {
+            // Deleted sequences (replayed or purged letters) leave gaps; skip them.
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                letters.push(DeadLetter::from_stream_message(message));
+            }
+            seq += 1;
+        }
+        Ok(letters)
+    }
+
+    /// One dead letter by its sequence in the dead-letter stream.
+    pub async fn read_dead_letter(&self, context: &str, seq: u64) -> Result<Option<DeadLetter>, BusError> {
+        let name = dead_letter_stream(context);
+        let stream = self
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| BusError::Stream { stream: name.clone(), reason: e.to_string() })?;
+        Ok(stream.get_raw_message(seq).await.ok().map(DeadLetter::from_stream_message))
+    }
+
+    /// Publishes a dead letter again to its original subject with its original headers (the
+    /// event id included, so consumers' inboxes still de-duplicate it), then deletes it from the
+    /// dead-letter stream. `Nats-Msg-Id` is left off: within JetStream's duplicate window the
+    /// original id would make the replay a silent no-op.
+    pub async fn replay_dead_letter(&self, context: &str, seq: u64) -> Result<PublishReceipt, BusError> {
+        let name = dead_letter_stream(context);
+        let stream_error = |reason: String| BusError::Stream { stream: name.clone(), reason };
+        let stream = self.js.get_stream(&name).await.map_err(|e| stream_error(e.to_string()))?;
+        let message = stream.get_raw_message(seq).await.map_err(|e| stream_error(format!("dead letter {seq}: {e}")))?;
+        let letter = DeadLetter::from_stream_message(message);
+        let subject = letter
+            .header(dead_letter_header::ORIGINAL_SUBJECT)
+            .ok_or_else(|| {
+                stream_error(format!("dead letter {seq} has no {} header", dead_letter_header::ORIGINAL_SUBJECT))
+            })?
+            .to_string();
+        let headers: Vec<(String, String)> = letter
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("Carrier-Dlq-") && k != "Nats-Msg-Id")
+            .cloned()
+            .collect();
+        let receipt = self.publish_raw(&subject, &headers, letter.body.clone()).await?;
+        stream
+            .delete_message(seq)
+            .await
+            .map_err(|e| stream_error(format!("replayed {seq} but could not delete it: {e}")))?;
+        Ok(receipt)
+    }
+
+    /// Deletes one dead letter, or all of a context's when `seq` is `None`. Returns how many went.
+    pub async fn purge_dead_letters(&self, context: &str, seq: Option<u64>) -> Result<u64, BusError> {
+        let name = dead_letter_stream(context);
+        let stream_error = |reason: String| BusError::Stream { stream: name.clone(), reason };
+        let stream = self.js.get_stream(&name).await.map_err(|e| stream_error(e.to_string()))?;
+        match seq {
+            Some(seq) => {
+                let deleted =
+                    stream.delete_message(seq).await.map_err(|e| stream_error(format!("dead letter {seq}: {e}")))?;
+                Ok(u64::from(deleted))
+            }
+            None => stream.purge().await.map(|r| r.purged).map_err(|e| stream_error(e.to_string())),
+        }
+    }
+
     /// A plain (core NATS) publish with headers, for tools that speak for a producer.
     pub async fn publish_raw(
         &self,
@@ -407,6 +482,44 @@ fn sanitize_header(text: &str) -> String {
 async fn await_ack(subject: &str, ack: jetstream::context::PublishAckFuture) -> Result<PublishReceipt, BusError> {
     let ack = ack.await.map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
     Ok(PublishReceipt { stream_seq: ack.sequence, duplicate: ack.duplicate })
+}
+
+/// A message in a dead-letter stream.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// Its sequence in the dead-letter stream.
+    pub seq: u64,
+    /// Its subject there (`dlq.<context>.<original subject>`).
+    pub subject: String,
+    /// The original headers plus the `Carrier-Dlq-*` ones.
+    pub headers: Vec<(String, String)>,
+    /// The original body.
+    pub body: Bytes,
+    /// When it was dead-lettered, Unix nanoseconds.
+    pub stored_at_unix_nanos: i128,
+}
+
+impl DeadLetter {
+    fn from_stream_message(message: jetstream::message::StreamMessage) -> Self {
+        let mut headers: Vec<(String, String)> = message
+            .headers
+            .iter()
+            .flat_map(|(k, values)| values.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
+            .collect();
+        headers.sort();
+        DeadLetter {
+            seq: message.sequence,
+            subject: message.subject.to_string(),
+            headers,
+            body: message.payload,
+            stored_at_unix_nanos: message.time.unix_timestamp_nanos(),
+        }
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 /// JetStream's answer to a publish.

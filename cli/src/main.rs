@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod dlq;
 mod inspect;
 mod publish;
 mod run;
@@ -32,6 +33,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Print a context's tables (caches, inbox, outbox, checkpoints) from its redb file.
     Inspect(inspect::InspectArgs),
+    /// List, show, replay or purge a consuming context's dead letters.
+    Dlq(dlq::DlqArgs),
     /// Measure the cache path against a raw consume-and-ack loop over the same messages.
     Bench(bench::BenchArgs),
 }
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish::main(args).await,
             Command::Inspect(args) => inspect::main(args),
             Command::Bench(args) => bench::main(args).await,
+            Command::Dlq(args) => dlq::main(args).await,
         }
     });
     match result {

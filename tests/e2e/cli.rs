@@ -110,3 +110,95 @@ fn a_payload_that_breaks_the_contract_names_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("field `delta` must be greater than zero"), "{stderr}");
 }
+
+fn carrier(args: &[&str], url: &str) -> (bool, String, String) {
+    let out = Command::new(carrier_bin()).args(args).args(["--nats-url", url]).output().expect("carrier runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
+    use carrier_messages::envelope::header;
+    let env = TestEnv::start();
+    let system = env.system(&[carrier_actors::ContextName::Baskets]).await;
+    let client = env.plain_client().await;
+    let js = async_nats::jetstream::new(client.clone());
+
+    // A poison message: an event type nobody knows.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(header::EVENT_ID, "0190a0b0-0000-7000-8000-0000000000b1");
+    h.insert(header::EVENT_TYPE, "stores.StoreArchived");
+    h.insert(header::AGGREGATE_ID, "old");
+    h.insert(header::AGGREGATE_VERSION, "2");
+    h.insert(header::CONTENT_TYPE, "application/json");
+    js.publish_with_headers("stores.store.archived", h, r#"{"id":"old"}"#.into())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+    // A good event that an older deployment dead-lettered, waiting to be replayed.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(header::EVENT_ID, "0190a0b0-0000-7000-8000-0000000000b2");
+    h.insert(header::EVENT_TYPE, "stores.StoreCreated");
+    h.insert(header::AGGREGATE_ID, "revived");
+    h.insert(header::AGGREGATE_VERSION, "1");
+    h.insert(header::CONTENT_TYPE, "application/json");
+    h.insert("Carrier-Dlq-Original-Subject", "stores.store.created");
+    h.insert("Carrier-Dlq-Reason", "unknown_event_type");
+    let body = r#"{"id":"revived","name":"Back From The Dead","location":"crypt"}"#;
+    js.publish_with_headers("dlq.baskets.stores.store.created", h, body.into())
+        .await
+        .expect("sent")
+        .await
+        .expect("stored");
+
+    let baskets = system.baskets.clone().expect("baskets");
+    wait_until(Duration::from_secs(30), "the poison message is dead-lettered", || {
+        let b = baskets.clone();
+        async move { b.stores_consumer.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) == 1 }
+    })
+    .await;
+
+    let url = env.url();
+    let (ok, list, err) = carrier(&["dlq", "list", "baskets"], &url);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "two dead letters:\n{list}");
+    assert!(
+        lines[0].contains("unknown_event_type")
+            && lines[0].contains("stores.store.created")
+            && lines[0].contains("revived@1")
+    );
+    assert!(
+        lines[1].contains("unknown_event_type")
+            && lines[1].contains("stores.store.archived")
+            && lines[1].contains("old@2")
+    );
+
+    let (ok, shown, err) = carrier(&["dlq", "show", "baskets", "2"], &url);
+    assert!(ok, "{err}");
+    assert!(shown.contains("Carrier-Dlq-Reason: unknown_event_type"), "{shown}");
+    assert!(shown.contains("\"id\": \"old\""), "the body is shown as JSON:\n{shown}");
+
+    let (ok, replayed, err) = carrier(&["dlq", "replay", "baskets", "1"], &url);
+    assert!(ok, "{err}");
+    assert!(replayed.contains("replayed dead letter 1"), "{replayed}");
+    wait_until(Duration::from_secs(30), "the replayed event reaches the cache", || {
+        let b = baskets.clone();
+        async move { b.db.store("revived").ok().flatten().is_some_and(|s| s.name == "Back From The Dead") }
+    })
+    .await;
+
+    let (ok, purged, err) = carrier(&["dlq", "purge", "baskets", "--all"], &url);
+    assert!(ok, "{err}");
+    assert!(purged.contains("purged 1 dead letters"), "{purged}");
+    let (_, list, _) = carrier(&["dlq", "list", "baskets"], &url);
+    assert!(list.contains("no dead letters"), "{list}");
+    let (ok, _, err) = carrier(&["dlq", "show", "baskets", "2"], &url);
+    assert!(!ok && err.contains("no dead letter 2"), "{err}");
+    system.shutdown().await;
+}
