@@ -20,5 +20,6 @@ pub mod stores;
 pub mod supervisor;
 pub mod system;
 pub mod verify;
+pub mod workload;
 
 pub use system::{CarrierSystem, ContextName, StartError, SystemConfig};

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use carrier_actors::baskets::stores_durable_name;
 use carrier_actors::bus::Bus;
+use carrier_actors::workload::Workload;
 use carrier_actors::{CarrierSystem, ContextName, SystemConfig};
-use carrier_messages::codec::Causality;
-use carrier_messages::stores::*;
-use carrier_messages::{Decoded, DomainEvent, EncodedEvent};
+use carrier_messages::stores::StoresEvent;
+use carrier_messages::DomainEvent;
 
 /// Arguments of `carrier bench`.
 #[derive(clap::Args)]
@@ -40,9 +40,10 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&nats.url, "carrier-bench", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
 
-    let (events, expected_prices) = workload(args.events, args.products)?;
+    let workload = Workload::prices(args.events, args.products)?;
+    let events = &workload.events;
     let started = Instant::now();
-    let last_seq = bus.publish_many(&events, 4096).await?;
+    let last_seq = bus.publish_many(events, 4096).await?;
     let publish_secs = started.elapsed().as_secs_f64();
     println!(
         "carrier bench: {} events (1 store, {} products, {} price changes), batch <= {}, nats-server {}, {} round(s)",
@@ -84,7 +85,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let applied = baskets.stores_consumer.applied.load(Ordering::Relaxed);
         let batches = baskets.stores_consumer.batches.load(Ordering::Relaxed);
         system.shutdown().await;
-        check(&baskets.db, &expected_prices, applied, count)?;
+        check(&baskets.db, &workload, applied, count)?;
         println!(
             "  round {}: raw {:>9.0} msg/s   carrier {:>9.0} events/s   ratio {:.2}   ({} batches, {:.0} events per commit)",
             round + 1,
@@ -104,54 +105,13 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One store, `products` products, then price increases round-robin, each with its entity's
-/// next version. Returns the encoded events and each product's final price.
-fn workload(events: u64, products: u64) -> anyhow::Result<(Vec<EncodedEvent>, Vec<(String, i64)>)> {
-    let causality = Causality::default();
-    let mut out = Vec::with_capacity(events as usize);
-    let store = StoresEvent::StoreCreated(StoreCreated {
-        id: "bench-store".into(),
-        name: "Bench".into(),
-        location: "Lab".into(),
-    });
-    out.push(Decoded::new(store, 1, &causality).encode()?);
-    let mut prices = Vec::with_capacity(products as usize);
-    let mut versions = vec![1u64; products as usize];
-    for p in 0..products {
-        let id = format!("bench-p{p}");
-        let added = StoresEvent::ProductAdded(ProductAdded {
-            id: id.clone(),
-            store_id: "bench-store".into(),
-            name: format!("Product {p}"),
-            description: "benchmark product".into(),
-            sku: format!("B{p}"),
-            price: 1_000,
-        });
-        out.push(Decoded::new(added, 1, &causality).encode()?);
-        prices.push((id, 1_000i64));
-    }
-    let mut i = 0usize;
-    while (out.len() as u64) < events {
-        let p = i % products as usize;
-        versions[p] += 1;
-        let delta = 1 + (i % 7) as i64;
-        prices[p].1 += delta;
-        let raise = StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: prices[p].0.clone(), delta });
-        out.push(Decoded::new(raise, versions[p], &causality).encode()?);
-        i += 1;
-    }
-    Ok((out, prices))
-}
-
-fn check(db: &carrier_storage::BasketsDb, expected: &[(String, i64)], applied: u64, count: u64) -> anyhow::Result<()> {
+fn check(db: &carrier_storage::BasketsDb, workload: &Workload, applied: u64, count: u64) -> anyhow::Result<()> {
     if applied != count {
         bail!("{applied} events applied out of {count}");
     }
-    for (id, price) in expected {
-        let cached = db.product(id)?.with_context(|| format!("product {id} missing from the cache"))?;
-        if cached.price != *price {
-            bail!("product {id}: cached price {} but {} expected", cached.price, price);
-        }
+    let problems = workload.check(db)?;
+    if !problems.is_empty() {
+        bail!("the cache disagrees with the workload: {}", problems.join("; "));
     }
     Ok(())
 }

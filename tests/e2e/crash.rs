@@ -1,0 +1,149 @@
+//! Crash tests with real processes and real signals: `carrier run` is killed with SIGKILL at
+//! random moments while events flow, and restarted each time.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carrier_actors::bus::Bus;
+use carrier_actors::workload::Workload;
+use carrier_messages::stores::StoresEvent;
+use carrier_storage::BasketsDb;
+use carrier_tests::{carrier_bin, wait_until, TestEnv};
+
+/// Events in the crash run; `CARRIER_CRASH_EVENTS` raises it for soak runs.
+fn events() -> u64 {
+    std::env::var("CARRIER_CRASH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+}
+
+/// Kills in the crash run; `CARRIER_CRASH_KILLS` raises it for soak runs.
+fn kills() -> usize {
+    std::env::var("CARRIER_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
+}
+
+fn spawn_service(env: &TestEnv, incarnation: usize) -> Child {
+    let log = File::create(env.data_dir().join(format!("run-{incarnation}.log"))).expect("log file");
+    Command::new(carrier_bin())
+        .args(["run", "--contexts", "baskets", "--nats-url", &env.url(), "--data-dir"])
+        .arg(env.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("carrier run starts")
+}
+
+/// (ack floor, pending) of the baskets durable, as the server sees it.
+async fn progress(js: &async_nats::jetstream::Context) -> (u64, u64) {
+    let Ok(stream) = js.get_stream("STORES").await else { return (0, u64::MAX) };
+    let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("baskets-stores").await
+    else {
+        return (0, u64::MAX);
+    };
+    match consumer.info().await {
+        Ok(info) => (info.ack_floor.stream_sequence, info.num_pending + info.num_ack_pending as u64),
+        Err(_) => (0, u64::MAX),
+    }
+}
+
+/// A small deterministic generator, so a failing run can be repeated with its seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing() {
+    let env = TestEnv::start();
+    let (total, kill_count) = (events(), kills());
+    let workload = Arc::new(Workload::prices(total, 500).expect("workload"));
+    let bus = Bus::connect(&env.url(), "crash-producer", Duration::from_secs(5)).await.expect("connects");
+    bus.ensure_event_stream::<StoresEvent>().await.expect("stream");
+
+    // The producer publishes in chunks, spread over the whole run, and records the last sequence.
+    let published = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (bus, workload, published, done) = (bus.clone(), workload.clone(), published.clone(), done.clone());
+        tokio::spawn(async move {
+            for chunk in workload.events.chunks(2_000) {
+                let last = bus.publish_many(chunk, 1_024).await.expect("published");
+                published.store(last, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            done.store(1, Ordering::SeqCst);
+        })
+    };
+
+    let js = async_nats::jetstream::new(env.plain_client().await);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7)
+            | 1;
+    let mut random = XorShift(seed);
+    let mut recoveries = Vec::new();
+    for incarnation in 0..kill_count {
+        let (floor_before, _) = progress(&js).await;
+        let mut service = spawn_service(&env, incarnation);
+        let started = Instant::now();
+        let (p, d) = (published.clone(), done.clone());
+        let js2 = js.clone();
+        // Each incarnation must make progress before it is killed, or the kill proves nothing.
+        wait_until(Duration::from_secs(60), "the restarted service makes progress", move || {
+            let (js, p, d) = (js2.clone(), p.clone(), d.clone());
+            async move {
+                let (floor, pending) = progress(&js).await;
+                floor > floor_before
+                    || (d.load(Ordering::SeqCst) == 1 && pending == 0 && floor >= p.load(Ordering::SeqCst))
+            }
+        })
+        .await;
+        recoveries.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(random.below(300))).await;
+        service.kill().expect("SIGKILL");
+        service.wait().expect("reaped");
+    }
+    producer.await.expect("producer finished");
+    let last = published.load(Ordering::SeqCst);
+
+    // One last incarnation runs to the end and stops cleanly.
+    let mut service = spawn_service(&env, kill_count);
+    let js2 = js.clone();
+    wait_until(Duration::from_secs(300), "the service consumes everything", move || {
+        let js = js2.clone();
+        async move {
+            let (floor, pending) = progress(&js).await;
+            floor >= last && pending == 0
+        }
+    })
+    .await;
+    let pid = service.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(service.wait().expect("exits").success(), "clean exit after SIGTERM");
+
+    let db = BasketsDb::open(env.data_dir().join("baskets.redb")).expect("cache readable");
+    let problems = workload.check(&db).expect("readable");
+    let stats = db.engine_stats().expect("stats");
+    let dead = bus.stream_message_count("DLQ_BASKETS").await.expect("info").unwrap_or(0);
+    recoveries.sort();
+    eprintln!(
+        "crash run (seed {seed}): {} events, {kill_count} SIGKILLs, {} products wrong, {} inbox records, {dead} dead-lettered; \
+         time to first progress after restart: min {:?}, median {:?}, max {:?}",
+        workload.events.len(),
+        problems.len(),
+        stats.inbox,
+        recoveries.first().copied().unwrap_or_default(),
+        recoveries[recoveries.len() / 2],
+        recoveries.last().copied().unwrap_or_default(),
+    );
+    assert!(problems.is_empty(), "lost or doubled effects:\n{}", problems.join("\n"));
+    assert_eq!(stats.inbox, workload.events.len() as u64, "every event recorded exactly once");
+    assert_eq!(stats.parked, 0, "nothing left waiting");
+    assert_eq!(dead, 0, "nothing dead-lettered");
+}
