@@ -426,6 +426,50 @@ impl Bus {
         await_ack(subject, ack).await
     }
 
+    /// Listens for requests on `subject` in a queue group, so that several instances of a context
+    /// share the load and each request is answered once.
+    pub async fn serve(&self, subject: &str, queue_group: &str) -> Result<RequestStream, BusError> {
+        let subscriber =
+            self.client.queue_subscribe(subject.to_string(), queue_group.to_string()).await.map_err(|e| {
+                BusError::Publish { subject: subject.to_string(), reason: format!("cannot subscribe: {e}") }
+            })?;
+        Ok(RequestStream { subscriber })
+    }
+
+    /// Answers a request (a request without a reply subject is dropped).
+    pub async fn respond(&self, request: &IncomingRequest, content_type: &str, body: Vec<u8>) -> Result<(), BusError> {
+        let Some(reply) = request.reply.clone() else { return Ok(()) };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", content_type);
+        self.client
+            .publish_with_headers(reply.clone(), headers, Bytes::from(body))
+            .await
+            .map_err(|e| BusError::Publish { subject: reply.to_string(), reason: e.to_string() })
+    }
+
+    /// Sends a request and waits up to `timeout` for the reply's body.
+    pub async fn request(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError> {
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(name.as_str(), value.as_str());
+        }
+        let request = self.client.request_with_headers(subject.to_string(), map, Bytes::from(body));
+        let reply = tokio::time::timeout(timeout, request)
+            .await
+            .map_err(|_| BusError::Publish {
+                subject: subject.to_string(),
+                reason: format!("no reply within {timeout:?}"),
+            })?
+            .map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
+        Ok(reply.payload)
+    }
+
     /// Messages stored in a stream, or `None` when it does not exist.
     pub async fn stream_message_count(&self, stream: &str) -> Result<Option<u64>, BusError> {
         match self.js.get_stream(stream).await {
@@ -482,6 +526,52 @@ fn sanitize_header(text: &str) -> String {
 async fn await_ack(subject: &str, ack: jetstream::context::PublishAckFuture) -> Result<PublishReceipt, BusError> {
     let ack = ack.await.map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
     Ok(PublishReceipt { stream_seq: ack.sequence, duplicate: ack.duplicate })
+}
+
+/// Requests arriving on a served subject.
+pub struct RequestStream {
+    subscriber: async_nats::Subscriber,
+}
+
+impl RequestStream {
+    /// The next request, waiting at most `max_wait`; `Ok(None)` when none came.
+    pub async fn next(&mut self, max_wait: Duration) -> Result<Option<IncomingRequest>, BusError> {
+        match tokio::time::timeout(max_wait, self.subscriber.next()).await {
+            Err(_) => Ok(None),
+            Ok(None) => Err(BusError::Pull { durable: "(requests)".into(), reason: "subscription ended".into() }),
+            Ok(Some(message)) => Ok(Some(IncomingRequest {
+                subject: message.subject.to_string(),
+                headers: message.headers,
+                payload: message.payload,
+                reply: message.reply,
+            })),
+        }
+    }
+}
+
+/// One request.
+pub struct IncomingRequest {
+    /// Where it was sent.
+    pub subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    /// Its body.
+    pub payload: Bytes,
+    reply: Option<async_nats::Subject>,
+}
+
+impl IncomingRequest {
+    /// A header's value, ignoring case when the exact name is absent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let headers = self.headers.as_ref()?;
+        if let Some(value) = headers.get(name) {
+            return Some(value.as_str());
+        }
+        headers
+            .iter()
+            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+            .map(|v| v.as_str())
+    }
 }
 
 /// A message in a dead-letter stream.

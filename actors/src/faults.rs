@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Counters of failures still to inject.
 #[derive(Debug, Default)]
 pub struct Faults {
+    /// The process aborts (no cleanup, as under SIGKILL) after JetStream acknowledged an outbox
+    /// publish and before the row is deleted.
+    pub relay_abort_after_publish: AtomicU32,
     /// The outbox relay fails after JetStream acknowledged a publish and before the row is
     /// deleted, as a process crash at that moment would.
     pub relay_crash_after_publish: AtomicU32,
@@ -22,6 +25,27 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Parses `name=count` pairs separated by commas (the `CARRIER_FAULTS` variable), e.g.
+    /// `relay_abort_after_publish=1,cache_commit_failures=3`.
+    pub fn from_spec(spec: &str) -> Result<Faults, String> {
+        let faults = Faults::default();
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, count) = pair.split_once('=').ok_or_else(|| format!("fault {pair:?} is not name=count"))?;
+            let count: u32 = count.trim().parse().map_err(|_| format!("fault {name}: {count:?} is not a count"))?;
+            let counter = match name.trim() {
+                "relay_abort_after_publish" => &faults.relay_abort_after_publish,
+                "relay_crash_after_publish" => &faults.relay_crash_after_publish,
+                "consumer_crash_after_commit" => &faults.consumer_crash_after_commit,
+                "consumer_lost_acks" => &faults.consumer_lost_acks,
+                "cache_commit_failures" => &faults.cache_commit_failures,
+                "cache_panics" => &faults.cache_panics,
+                other => return Err(format!("unknown fault {other:?}")),
+            };
+            counter.store(count, Ordering::SeqCst);
+        }
+        Ok(faults)
+    }
+
     /// Takes one injection from `counter` if any is left.
     pub fn take(counter: &AtomicU32) -> bool {
         counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()

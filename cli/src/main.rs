@@ -3,6 +3,7 @@
 //! This binary is the only place that sets up a tracing subscriber and the only user of `anyhow`.
 
 mod bench;
+mod command;
 mod demo;
 mod dlq;
 mod inspect;
@@ -29,6 +30,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run chosen bounded contexts as a service until SIGINT or SIGTERM.
     Run(run::RunArgs),
+    /// Send a command to a context over NATS request/reply and print the reply.
+    Command(command::CommandArgs),
     /// Publish one event given as JSON, as a producer would.
     Publish(publish::PublishArgs),
     /// Print a context's tables (caches, inbox, outbox, checkpoints) from its redb file.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::main(args).await,
             Command::Run(args) => run::main(args).await,
             Command::Publish(args) => publish::main(args).await,
+            Command::Command(args) => command::main(args).await,
             Command::Inspect(args) => inspect::main(args),
             Command::Bench(args) => bench::main(args).await,
             Command::Dlq(args) => dlq::main(args).await,

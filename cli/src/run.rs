@@ -26,6 +26,13 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = SystemConfig::new(&args.nats_url, &args.data.data_dir);
     config.contexts = args.contexts.clone();
     config.batch_max = args.batch_max as usize;
+    if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
+        // Failure drills only: see actors::faults.
+        let faults =
+            carrier_actors::faults::Faults::from_spec(&spec).map_err(|e| anyhow::anyhow!("CARRIER_FAULTS: {e}"))?;
+        tracing::warn!(%spec, "failure injection is on");
+        config.faults = std::sync::Arc::new(faults);
+    }
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
     let names: Vec<&str> = args.contexts.iter().map(|c| c.as_str()).collect();
     tracing::info!(

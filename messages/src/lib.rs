@@ -8,6 +8,7 @@
 //! - [`stores`]: the stores context's events, named after the MallBots design.
 //! - [`codec`]: turning an event into an [`EncodedEvent`] and a received message back into a
 //!   [`Decoded`] event, with a [`DecodeError`] that says why when it cannot.
+//! - [`request`]: commands over request/reply (`cmd.<context>`) and their [`request::CommandReply`].
 //! - [`cbor`]: CBOR helpers for the other crates' own records (redb rows), so that they never
 //!   depend on the CBOR library themselves.
 //!
@@ -16,6 +17,7 @@
 pub mod cbor;
 pub mod codec;
 pub mod envelope;
+pub mod request;
 pub mod stores;
 
 pub use codec::{DecodeError, Decoded, DomainEvent, EncodedEvent, ValidationError};

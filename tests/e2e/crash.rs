@@ -147,3 +147,80 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     assert_eq!(stats.parked, 0, "nothing left waiting");
     assert_eq!(dead, 0, "nothing dead-lettered");
 }
+
+/// Sends a stores command as any NATS client would, retrying while nobody answers yet.
+async fn command(bus: &Bus, json: &str) -> carrier_messages::request::CommandReply {
+    let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match bus.request("cmd.stores", &headers, json.as_bytes().to_vec(), Duration::from_secs(2)).await {
+            Ok(body) => return serde_json::from_slice(&body).expect("a command reply"),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "stores not answering yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("stores never answered: {e}"),
+        }
+    }
+}
+
+fn spawn_owner(env: &TestEnv, faults: Option<&str>, incarnation: usize) -> Child {
+    let log = File::create(env.data_dir().join(format!("stores-{incarnation}.log"))).expect("log file");
+    let mut command = Command::new(carrier_bin());
+    command
+        .args(["run", "--contexts", "stores", "--nats-url", &env.url(), "--data-dir"])
+        .arg(env.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    if let Some(spec) = faults {
+        command.env("CARRIER_FAULTS", spec);
+    }
+    command.spawn().expect("carrier run starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effect() {
+    let env = TestEnv::start();
+    let cache = env.system(&[carrier_actors::ContextName::Baskets]).await;
+    let bus = cache.bus.clone();
+
+    // This incarnation dies, as under SIGKILL, right after JetStream acknowledges its first publish.
+    let mut owner = spawn_owner(&env, Some("relay_abort_after_publish=1"), 0);
+    let reply = command(&bus, r#"{"command":"create_store","id":"s","name":"Shop","location":"Hall"}"#).await;
+    assert!(reply.ok, "{reply:?}");
+    let status = owner.wait().expect("reaped");
+    assert!(!status.success(), "the owner process died mid-relay ({status})");
+
+    // The next incarnation finds the row still in its outbox and publishes it again.
+    let mut owner = spawn_owner(&env, None, 1);
+    let add =
+        r#"{"command":"add_product","id":"p","store_id":"s","name":"Kettle","description":"","sku":"K","price":100}"#;
+    assert!(command(&bus, add).await.ok);
+    for _ in 0..3 {
+        assert!(command(&bus, r#"{"command":"increase_product_price","id":"p","delta":5}"#).await.ok);
+    }
+    let refused = command(&bus, r#"{"command":"rebrand_store","id":"nope","name":"X"}"#).await;
+    assert_eq!(refused.error.map(|e| e.code), Some("not_found".to_string()));
+
+    let db = cache.baskets.as_ref().expect("baskets").db.clone();
+    wait_until(Duration::from_secs(30), "the cache has every effect", || {
+        let db = db.clone();
+        async move {
+            db.product("p").ok().flatten().is_some_and(|p| p.price == 115) && db.store("s").ok().flatten().is_some()
+        }
+    })
+    .await;
+    let stored = bus.stream_message_count("STORES").await.expect("info").expect("stream");
+    assert_eq!(stored, 5, "the re-sent StoreCreated was dropped by JetStream as a duplicate");
+    let stats = &cache.baskets.as_ref().expect("baskets").stores_consumer;
+    assert_eq!(stats.applied.load(Ordering::Relaxed), 5, "each event applied once");
+
+    let pid = owner.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(owner.wait().expect("exits").success());
+    let owner_db = carrier_storage::StoresDb::open(env.data_dir().join("stores.redb")).expect("owner readable");
+    assert_eq!(owner_db.outbox_len().expect("outbox"), 0, "the outbox drained after the restart");
+    let problems = carrier_actors::verify::baskets_against_stores(&owner_db, &db).expect("readable");
+    assert!(problems.is_empty(), "{problems:?}");
+    cache.shutdown().await;
+}

@@ -2,11 +2,14 @@
 //!
 //! Actors, under the `carrier/stores` supervisor (rest-for-one):
 //! - `owner` ([`StoresOwner`]): decides commands; the only writer of `stores.redb`;
-//! - `outbox-relay` ([`OutboxRelay`]): publishes the outbox to the `STORES` stream.
+//! - `outbox-relay` ([`OutboxRelay`]): publishes the outbox to the `STORES` stream;
+//! - `commands` ([`CommandServer`]): answers commands sent to `cmd.stores` by any NATS client.
 
+mod commands;
 mod owner;
 mod relay;
 
+pub use commands::{CommandServer, CommandServerArgs, CommandServerMsg};
 pub use owner::{StoresOwner, StoresOwnerArgs, StoresOwnerMsg};
 pub use relay::{OutboxRelay, RelayArgs, RelayMsg};
 
@@ -88,6 +91,7 @@ pub(crate) fn supervisor_args(
         }
     });
 
+    let command_bus = bus.clone();
     let relay = ChildSpec::new("outbox-relay", move |supervisor, siblings| {
         let (bus, db, wakeup, faults) = (bus.clone(), db.clone(), wakeup.clone(), faults.clone());
         async move {
@@ -99,6 +103,17 @@ pub(crate) fn supervisor_args(
         }
     });
 
-    let args = SupervisorArgs { path, children: vec![owner, relay], policy: RestartPolicy::context(), tree };
+    let commands = ChildSpec::new("commands", move |supervisor, siblings| {
+        let bus = command_bus.clone();
+        async move {
+            let owner: ActorRef<StoresOwnerMsg> =
+                siblings.get("owner").cloned().ok_or("the owner is not running")?.into();
+            let (actor, _) =
+                Actor::spawn_linked(None, CommandServer, CommandServerArgs { bus, owner }, supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    });
+
+    let args = SupervisorArgs { path, children: vec![owner, relay, commands], policy: RestartPolicy::context(), tree };
     (args, handle)
 }

@@ -130,6 +130,10 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
             }
         }
     }
+    if !acked.is_empty() && Faults::take(&args.faults.relay_abort_after_publish) {
+        tracing::error!("injected: aborting the process between publish and mark");
+        std::process::abort();
+    }
     if !acked.is_empty() && Faults::take(&args.faults.relay_crash_after_publish) {
         return Err("injected crash between publish and mark".into());
     }

@@ -1,0 +1,45 @@
+//! `carrier command`: send a command to a context over NATS request/reply and print the reply.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use carrier_actors::bus::Bus;
+use carrier_messages::envelope::header;
+use carrier_messages::request::{command_subject, CommandReply};
+
+/// Arguments of `carrier command`.
+#[derive(clap::Args)]
+pub struct CommandArgs {
+    /// The owning context, e.g. `stores`.
+    context: String,
+    /// The command as JSON, e.g. '{"command":"create_store","id":"s-1","name":"Corner Shop","location":"North"}'.
+    command: String,
+    /// Correlation id to carry into the recorded event.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// How long to wait for the reply, in seconds.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+pub async fn main(args: CommandArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn", false);
+    let body: serde_json::Value = serde_json::from_str(&args.command).context("the command is not JSON")?;
+    let bus = Bus::connect(&args.nats_url, "carrier-command", Duration::from_secs(5)).await?;
+    let mut headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];
+    if let Some(id) = args.correlation_id {
+        headers.push((header::CORRELATION_ID.to_string(), id));
+    }
+    let subject = command_subject(&args.context);
+    let reply = bus
+        .request(&subject, &headers, serde_json::to_vec(&body)?, Duration::from_secs(args.timeout))
+        .await
+        .with_context(|| format!("is the {} context running?", args.context))?;
+    let parsed: CommandReply = serde_json::from_slice(&reply).context("the reply is not a command reply")?;
+    println!("{}", serde_json::to_string(&parsed)?);
+    Ok(if parsed.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

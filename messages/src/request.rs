@@ -1,0 +1,81 @@
+//! Commands over NATS request/reply: the subject a context listens on and the reply it sends.
+//!
+//! A client sends a command (e.g. [`crate::stores::StoresCommand`], tagged by its `command`
+//! field) to `cmd.<context>`, as JSON or CBOR (`Content-Type`), and gets a [`CommandReply`] in
+//! the same encoding. Command subjects live outside the event streams' subjects, so JetStream
+//! never captures (or answers) a request.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::envelope::{clip, ContentType};
+
+/// The subject a context's commands are sent to, e.g. `cmd.stores`.
+pub fn command_subject(context: &str) -> String {
+    format!("cmd.{context}")
+}
+
+/// The answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandReply {
+    /// Whether the command was carried out.
+    pub ok: bool,
+    /// The event it recorded, when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<RecordedEvent>,
+    /// Why not, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CommandFailure>,
+}
+
+/// The event a command recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    /// Its id (also its `Nats-Msg-Id` when published).
+    pub event_id: String,
+    /// E.g. `stores.StoreCreated`.
+    pub event_type: String,
+    /// The entity.
+    pub aggregate_id: String,
+    /// The entity's version after it.
+    pub aggregate_version: u64,
+}
+
+/// Why a command was not carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandFailure {
+    /// `bad_request`, `not_found`, `already_exists`, `rejected`, `invalid`, or `unavailable`
+    /// (the only one worth retrying unchanged).
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl CommandReply {
+    /// A failure with `code`.
+    pub fn failed(code: &str, message: impl Into<String>) -> Self {
+        CommandReply {
+            ok: false,
+            event: None,
+            error: Some(CommandFailure { code: code.to_string(), message: message.into() }),
+        }
+    }
+}
+
+/// Decodes a request body of the given encoding.
+pub fn decode_request<T: DeserializeOwned>(content_type: ContentType, body: &[u8]) -> Result<T, String> {
+    if body.len() > crate::codec::MAX_BODY_BYTES {
+        return Err(format!("body of {} bytes is over the limit", body.len()));
+    }
+    match content_type {
+        ContentType::Json => serde_json::from_slice(body).map_err(|e| clip(&e.to_string())),
+        ContentType::Cbor => crate::cbor::from_slice(body).map_err(|e| clip(&e.to_string())),
+    }
+}
+
+/// Encodes a reply (or request) body.
+pub fn encode_body<T: Serialize>(content_type: ContentType, value: &T) -> Vec<u8> {
+    match content_type {
+        ContentType::Json => serde_json::to_vec(value).unwrap_or_default(),
+        ContentType::Cbor => crate::cbor::to_vec(value).unwrap_or_default(),
+    }
+}
