@@ -431,6 +431,13 @@ mod tests {
     }
 
     #[test]
+    fn the_cbor_example_in_the_wire_contract_is_exact() {
+        let event = StoresEvent::StoreParticipationEnabled(StoreParticipationEnabled { id: "s-1".into() });
+        let body = event.encode_payload(ContentType::Cbor).expect("encodes");
+        assert_eq!(body, [0xa1, 0x62, 0x69, 0x64, 0x63, 0x73, 0x2d, 0x31], "docs/wire-contract.md shows these bytes");
+    }
+
+    #[test]
     fn every_event_type_is_listed_once_with_a_distinct_subject() {
         assert_eq!(StoresEvent::EVENT_TYPES.len(), 9);
         let mut types = StoresEvent::EVENT_TYPES.to_vec();
