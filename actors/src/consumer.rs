@@ -76,6 +76,8 @@ pub struct ConsumerStats {
     pub batches: AtomicU64,
     /// Commits that failed and were retried.
     pub commit_failures: AtomicU64,
+    /// Failed commits since the last one that succeeded (0 when storage is healthy).
+    pub failing_commits: AtomicU64,
     /// The last stream sequence acknowledged.
     pub acked_stream_seq: AtomicU64,
 }
@@ -209,10 +211,14 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                 return Err("the cache actor is not running".into());
             }
             match rx.await {
-                Ok(Ok(outcome)) => state.stats.record(&outcome),
+                Ok(Ok(outcome)) => {
+                    state.stats.record(&outcome);
+                    state.stats.failing_commits.store(0, Ordering::Relaxed);
+                }
                 Ok(Err(ApplyFailed { error, batch })) => {
                     state.failures += 1;
                     state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    state.stats.failing_commits.fetch_add(1, Ordering::Relaxed);
                     let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
                         .min(Duration::from_secs(5));
                     tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");

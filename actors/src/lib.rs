@@ -22,4 +22,4 @@ pub mod system;
 pub mod verify;
 pub mod workload;
 
-pub use system::{CarrierSystem, ContextName, StartError, SystemConfig};
+pub use system::{CarrierSystem, ContextName, Health, StartError, SystemConfig};

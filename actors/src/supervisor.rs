@@ -288,6 +288,11 @@ impl SupervisorState {
                 WhenExhausted::Escalate => {
                     tracing::error!(supervisor = %self.path, actor = %path, %reason, "restart limit reached; escalating");
                     self.tree.update(&self.path, |n| n.state = NodeState::Restarting);
+                    // Failing takes every child down with this supervisor; say so in the tree.
+                    for i in 0..self.slots.len() {
+                        let child = self.child_path(i);
+                        self.tree.update(&child, |n| n.state = NodeState::Stopped);
+                    }
                     return Err(summary.into());
                 }
                 WhenExhausted::GiveUp => {

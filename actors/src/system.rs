@@ -191,7 +191,50 @@ impl CarrierSystem {
     }
 }
 
+/// A context's health, as an operator would want it summed up.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum Health {
+    /// Every actor running, storage committing.
+    Healthy,
+    /// Working on it: an actor is restarting, or commits are failing and being retried.
+    Degraded(String),
+    /// Given up on after too many failures; other contexts keep running.
+    Failed(String),
+}
+
 impl CarrierSystem {
+    /// Each running context's health, by name.
+    pub fn health(&self) -> std::collections::BTreeMap<&'static str, Health> {
+        use crate::supervisor::NodeState;
+        let tree = self.tree.snapshot();
+        let mut out = std::collections::BTreeMap::new();
+        let contexts = [(stores::CONTEXT, self.stores.is_some()), (baskets::CONTEXT, self.baskets.is_some())];
+        for (name, _) in contexts.into_iter().filter(|(_, running)| *running) {
+            let prefix = format!("{ROOT}/{name}");
+            let nodes: Vec<_> = tree.iter().filter(|(path, _)| path.starts_with(&prefix)).collect();
+            let failed = nodes.iter().find(|(_, n)| n.state == NodeState::Failed);
+            let restarting = nodes.iter().find(|(_, n)| matches!(n.state, NodeState::Restarting | NodeState::Starting));
+            let failing_commits = match (name, &self.baskets) {
+                (baskets::CONTEXT, Some(b)) => {
+                    b.stores_consumer.failing_commits.load(std::sync::atomic::Ordering::Relaxed)
+                }
+                _ => 0,
+            };
+            let health = if let Some((path, node)) = failed {
+                Health::Failed(format!("{path}: {}", node.last_failure.clone().unwrap_or_default()))
+            } else if let Some((path, node)) = restarting {
+                Health::Degraded(format!("{path} restarting after: {}", node.last_failure.clone().unwrap_or_default()))
+            } else if failing_commits > 0 {
+                Health::Degraded(format!("{failing_commits} commits failed in a row; nothing acknowledged, retrying"))
+            } else {
+                Health::Healthy
+            };
+            out.insert(name, health);
+        }
+        out
+    }
+
     /// Kills every actor at once, with no flush and no final ack, as a crash would; waits until
     /// they are gone, so that the databases can be opened again.
     pub async fn kill(self) {

@@ -290,3 +290,66 @@ async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 109, "the delta is not applied twice");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_that_keeps_crashing_is_given_up_while_the_others_keep_running() {
+    let env = TestEnv::start();
+    let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
+    assert!(system.health().values().all(|h| *h == carrier_actors::Health::Healthy), "{:?}", system.health());
+    // Every batch the baskets cache receives makes it panic, for good.
+    system.faults.cache_panics.store(u32::MAX, Ordering::SeqCst);
+    let stores = system.stores.clone().expect("stores");
+    stores
+        .execute(
+            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
+            Causality::default(),
+        )
+        .await
+        .expect("accepted");
+    let tree = system.tree.clone();
+    wait_until(Duration::from_secs(90), "the root gives the baskets context up", || {
+        let tree = tree.clone();
+        async move { tree.get("carrier/baskets").is_some_and(|n| n.state == carrier_actors::supervisor::NodeState::Failed) }
+    })
+    .await;
+    let health = system.health();
+    assert!(matches!(health["baskets"], carrier_actors::Health::Failed(_)), "{health:?}");
+    assert_eq!(health["stores"], carrier_actors::Health::Healthy);
+    // The stores context is untouched and still takes commands.
+    stores
+        .execute(StoresCommand::RebrandStore { id: "s".into(), name: "Still Here".into() }, Causality::default())
+        .await
+        .expect("stores still works");
+    assert_eq!(system.tree.get("carrier/stores/owner").map(|n| n.restarts), Some(0));
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_storage_makes_the_context_degraded_until_it_recovers_by_itself() {
+    let env = TestEnv::start();
+    let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
+    system.faults.cache_commit_failures.store(u32::MAX, Ordering::SeqCst);
+    let stores = system.stores.clone().expect("stores");
+    stores
+        .execute(
+            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
+            Causality::default(),
+        )
+        .await
+        .expect("accepted");
+    let sys = &system;
+    wait_until(LIMIT, "the baskets context reports degraded storage", || async move {
+        matches!(sys.health()["baskets"], carrier_actors::Health::Degraded(ref r) if r.contains("commits failed"))
+    })
+    .await;
+    let baskets = system.baskets.clone().expect("baskets");
+    assert_eq!(baskets.db.store("s").expect("read"), None, "nothing applied while storage fails");
+    // The disk comes back.
+    system.faults.cache_commit_failures.store(0, Ordering::SeqCst);
+    wait_until(LIMIT, "the cache catches up and the context is healthy again", || async move {
+        sys.baskets.as_ref().is_some_and(|b| b.db.store("s").ok().flatten().is_some())
+            && sys.health()["baskets"] == carrier_actors::Health::Healthy
+    })
+    .await;
+    system.shutdown().await;
+}
