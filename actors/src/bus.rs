@@ -517,6 +517,19 @@ pub fn dead_letter_subject_prefix(context: &str) -> String {
     format!("dlq.{context}")
 }
 
+/// A header's value: the exact name first, then ignoring case (some clients lower-case names).
+fn header_value<'a>(headers: Option<&'a async_nats::HeaderMap>, name: &str) -> Option<&'a str> {
+    let headers = headers?;
+    if let Some(value) = headers.get(name) {
+        return Some(value.as_str());
+    }
+    headers
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(|v| v.as_str())
+}
+
 /// Header values cannot hold line breaks.
 fn sanitize_header(text: &str) -> String {
     let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
@@ -562,15 +575,7 @@ pub struct IncomingRequest {
 impl IncomingRequest {
     /// A header's value, ignoring case when the exact name is absent.
     pub fn header(&self, name: &str) -> Option<&str> {
-        let headers = self.headers.as_ref()?;
-        if let Some(value) = headers.get(name) {
-            return Some(value.as_str());
-        }
-        headers
-            .iter()
-            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.first())
-            .map(|v| v.as_str())
+        header_value(self.headers.as_ref(), name)
     }
 }
 
@@ -753,15 +758,7 @@ impl Delivery {
 
     /// A header's value; exact name first, then ignoring case (some clients lower-case names).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let headers = self.headers.as_ref()?;
-        if let Some(value) = headers.get(name) {
-            return Some(value.as_str());
-        }
-        headers
-            .iter()
-            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.first())
-            .map(|v| v.as_str())
+        header_value(self.headers.as_ref(), name)
     }
 
     /// Acknowledges this message and, under `AckPolicy::All`, every earlier one.

@@ -273,52 +273,22 @@ fn evolve(
     event: &StoresEvent,
     version: u64,
 ) -> Result<(), StorageError> {
-    let put_store = |stores: &mut Rows<'_>, id: &str, row: &StoreRow| -> Result<(), StorageError> {
-        let bytes = encode_row("stores", row)?;
-        stores.insert(id, bytes.as_slice()).during("write stores")?;
-        Ok(())
-    };
-    let put_product = |products: &mut Rows<'_>, id: &str, row: &ProductRow| -> Result<(), StorageError> {
-        let bytes = encode_row("products", row)?;
-        products.insert(id, bytes.as_slice()).during("write products")?;
-        Ok(())
-    };
-    let existing_store = |stores: &Rows<'_>, id: &str| -> Result<StoreRow, StorageError> {
-        load(stores, "stores", id)?
-            .ok_or(StorageError::Corrupt { table: "stores", reason: format!("store {id:?} vanished") })
-    };
-    let existing_product = |products: &Rows<'_>, id: &str| -> Result<ProductRow, StorageError> {
-        load(products, "products", id)?
-            .ok_or(StorageError::Corrupt { table: "products", reason: format!("product {id:?} vanished") })
-    };
     match event {
-        StoresEvent::StoreCreated(e) => put_store(
-            stores,
-            &e.id,
-            &StoreRow { name: e.name.clone(), location: e.location.clone(), participating: false, version },
-        ),
+        StoresEvent::StoreCreated(e) => {
+            let row = StoreRow { name: e.name.clone(), location: e.location.clone(), participating: false, version };
+            put(stores, "stores", &e.id, &row)
+        }
         StoresEvent::StoreRebranded(e) => {
-            let mut row = existing_store(stores, &e.id)?;
-            row.name = e.name.clone();
-            row.version = version;
-            put_store(stores, &e.id, &row)
+            change::<StoreRow>(stores, "stores", &e.id, version, |r| r.name = e.name.clone())
         }
         StoresEvent::StoreParticipationEnabled(e) => {
-            let mut row = existing_store(stores, &e.id)?;
-            row.participating = true;
-            row.version = version;
-            put_store(stores, &e.id, &row)
+            change::<StoreRow>(stores, "stores", &e.id, version, |r| r.participating = true)
         }
         StoresEvent::StoreParticipationDisabled(e) => {
-            let mut row = existing_store(stores, &e.id)?;
-            row.participating = false;
-            row.version = version;
-            put_store(stores, &e.id, &row)
+            change::<StoreRow>(stores, "stores", &e.id, version, |r| r.participating = false)
         }
-        StoresEvent::ProductAdded(e) => put_product(
-            products,
-            &e.id,
-            &ProductRow {
+        StoresEvent::ProductAdded(e) => {
+            let row = ProductRow {
                 store_id: e.store_id.clone(),
                 name: e.name.clone(),
                 description: e.description.clone(),
@@ -326,34 +296,61 @@ fn evolve(
                 price: e.price,
                 version,
                 removed: false,
-            },
-        ),
-        StoresEvent::ProductRebranded(e) => {
-            let mut row = existing_product(products, &e.id)?;
-            row.name = e.name.clone();
-            row.description = e.description.clone();
-            row.version = version;
-            put_product(products, &e.id, &row)
+            };
+            put(products, "products", &e.id, &row)
         }
+        StoresEvent::ProductRebranded(e) => change::<ProductRow>(products, "products", &e.id, version, |r| {
+            r.name = e.name.clone();
+            r.description = e.description.clone();
+        }),
         StoresEvent::ProductPriceIncreased(e) => {
-            let mut row = existing_product(products, &e.id)?;
-            row.price = row.price.saturating_add(e.delta);
-            row.version = version;
-            put_product(products, &e.id, &row)
+            change::<ProductRow>(products, "products", &e.id, version, |r| r.price = r.price.saturating_add(e.delta))
         }
         StoresEvent::ProductPriceDecreased(e) => {
-            let mut row = existing_product(products, &e.id)?;
-            row.price = row.price.saturating_sub(e.delta);
-            row.version = version;
-            put_product(products, &e.id, &row)
+            change::<ProductRow>(products, "products", &e.id, version, |r| r.price = r.price.saturating_sub(e.delta))
         }
         StoresEvent::ProductRemoved(e) => {
-            let mut row = existing_product(products, &e.id)?;
-            row.removed = true;
-            row.version = version;
-            put_product(products, &e.id, &row)
+            change::<ProductRow>(products, "products", &e.id, version, |r| r.removed = true)
         }
     }
+}
+
+/// A row that records the version of its entity's last event.
+trait Versioned: Serialize + serde::de::DeserializeOwned {
+    fn set_version(&mut self, version: u64);
+}
+
+impl Versioned for StoreRow {
+    fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+}
+
+impl Versioned for ProductRow {
+    fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+}
+
+fn put<T: Serialize>(table: &mut Rows<'_>, name: &'static str, id: &str, row: &T) -> Result<(), StorageError> {
+    let bytes = encode_row(name, row)?;
+    table.insert(id, bytes.as_slice()).during("write row")?;
+    Ok(())
+}
+
+/// Loads a row that `decide` found, applies `edit`, stamps `version`, and writes it back.
+fn change<T: Versioned>(
+    table: &mut Rows<'_>,
+    name: &'static str,
+    id: &str,
+    version: u64,
+    edit: impl FnOnce(&mut T),
+) -> Result<(), StorageError> {
+    let mut row: T =
+        load(table, name, id)?.ok_or(StorageError::Corrupt { table: name, reason: format!("{id:?} vanished") })?;
+    edit(&mut row);
+    row.set_version(version);
+    put(table, name, id, &row)
 }
 
 #[cfg(test)]

@@ -14,6 +14,11 @@ use futures::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+async fn create_shop(stores: &carrier_actors::stores::StoresHandle) {
+    let create = StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() };
+    stores.execute(create, Causality::default()).await.expect("accepted");
+}
+
 /// One malformed message: its subject, headers, body, and the reason it must be dead-lettered for.
 struct Bad {
     subject: &'static str,
@@ -194,13 +199,7 @@ async fn consumers_and_relays_resume_by_themselves_when_nats_server_is_killed_an
     let mut env = TestEnv::start();
     let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
     let stores = system.stores.clone().expect("stores");
-    stores
-        .execute(
-            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
-            Causality::default(),
-        )
-        .await
-        .expect("accepted");
+    create_shop(&stores).await;
     for i in 0..10 {
         let add = StoresCommand::AddProduct {
             id: format!("p{i}"),
@@ -248,13 +247,7 @@ async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
         carrier_actors::baskets::InboxRetention { horizon: Duration::ZERO, every: Duration::from_millis(100) };
     let system = carrier_actors::CarrierSystem::start(config).await.expect("starts");
     let stores = system.stores.clone().expect("stores");
-    stores
-        .execute(
-            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
-            Causality::default(),
-        )
-        .await
-        .expect("accepted");
+    create_shop(&stores).await;
     let add = StoresCommand::AddProduct {
         id: "p".into(),
         store_id: "s".into(),
@@ -299,13 +292,7 @@ async fn a_context_that_keeps_crashing_is_given_up_while_the_others_keep_running
     // Every batch the baskets cache receives makes it panic, for good.
     system.faults.cache_panics.store(u32::MAX, Ordering::SeqCst);
     let stores = system.stores.clone().expect("stores");
-    stores
-        .execute(
-            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
-            Causality::default(),
-        )
-        .await
-        .expect("accepted");
+    create_shop(&stores).await;
     let tree = system.tree.clone();
     wait_until(Duration::from_secs(90), "the root gives the baskets context up", || {
         let tree = tree.clone();
@@ -330,13 +317,7 @@ async fn failing_storage_makes_the_context_degraded_until_it_recovers_by_itself(
     let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
     system.faults.cache_commit_failures.store(u32::MAX, Ordering::SeqCst);
     let stores = system.stores.clone().expect("stores");
-    stores
-        .execute(
-            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() },
-            Causality::default(),
-        )
-        .await
-        .expect("accepted");
+    create_shop(&stores).await;
     let sys = &system;
     wait_until(LIMIT, "the baskets context reports degraded storage", || async move {
         matches!(sys.health()["baskets"], carrier_actors::Health::Degraded(ref r) if r.contains("commits failed"))
