@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod faults;
 pub mod flow;
 pub mod nats_server;
+pub mod responder;
 pub mod stores;
 pub mod supervisor;
 pub mod system;

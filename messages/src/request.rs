@@ -14,6 +14,11 @@ pub fn command_subject(context: &str) -> String {
     format!("cmd.{context}")
 }
 
+/// The subject a context's queries are sent to, e.g. `query.stores`.
+pub fn query_subject(context: &str) -> String {
+    format!("query.{context}")
+}
+
 /// The answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandReply {

@@ -331,6 +331,74 @@ impl StoresCommand {
     }
 }
 
+/// A question to the stores context, sent to `query.stores`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum StoresQuery {
+    /// One store's current state.
+    GetStore {
+        /// Store id.
+        id: String,
+    },
+    /// One product's current state (removed ones included, flagged).
+    GetProduct {
+        /// Product id.
+        id: String,
+    },
+}
+
+/// A store as its owner knows it now, with the version of its last event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSnapshot {
+    /// Store id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Where in the mall.
+    pub location: String,
+    /// Whether it takes part in automated ordering.
+    pub participating: bool,
+    /// The version of its last event.
+    pub version: u64,
+}
+
+/// A product as its owner knows it now, with the version of its last event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductSnapshot {
+    /// Product id.
+    pub id: String,
+    /// The store that sells it.
+    pub store_id: String,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Price in minor units.
+    pub price: i64,
+    /// Taken out of the catalogue.
+    pub removed: bool,
+    /// The version of its last event.
+    pub version: u64,
+}
+
+/// The answer to a [`StoresQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoresQueryReply {
+    /// Whether the query was answered (a missing entity is `ok` with nothing found).
+    pub ok: bool,
+    /// The store, for `get_store` when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSnapshot>,
+    /// The product, for `get_product` when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<ProductSnapshot>,
+    /// Why not, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::request::CommandFailure>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

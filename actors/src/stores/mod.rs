@@ -3,14 +3,18 @@
 //! Actors, under the `carrier/stores` supervisor (rest-for-one):
 //! - `owner` ([`StoresOwner`]): decides commands; the only writer of `stores.redb`;
 //! - `outbox-relay` ([`OutboxRelay`]): publishes the outbox to the `STORES` stream;
-//! - `commands` ([`CommandServer`]): answers commands sent to `cmd.stores` by any NATS client.
+//! - `commands` ([`StoresCommands`] in a [`Responder`]): answers commands sent to `cmd.stores`;
+//! - `queries` ([`StoresQueries`] in a [`Responder`]): answers `query.stores` from the database,
+//!   the fallback other contexts' caches use.
 
 mod commands;
 mod owner;
+mod queries;
 mod relay;
 
-pub use commands::{CommandServer, CommandServerArgs, CommandServerMsg};
+pub use commands::StoresCommands;
 pub use owner::{StoresOwner, StoresOwnerArgs, StoresOwnerMsg};
+pub use queries::StoresQueries;
 pub use relay::{OutboxRelay, RelayArgs, RelayMsg};
 
 use std::sync::Arc;
@@ -24,8 +28,11 @@ use carrier_messages::stores::{StoresCommand, StoresEvent};
 use carrier_messages::Decoded;
 use carrier_storage::{CommandError, StoresDb};
 
+use carrier_messages::request::{command_subject, query_subject};
+
 use crate::bus::Bus;
 use crate::faults::Faults;
+use crate::responder::{Responder, ResponderArgs};
 use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
 
 /// The context's name.
@@ -80,6 +87,7 @@ pub(crate) fn supervisor_args(
     let wakeup = Arc::new(Notify::new());
 
     let owner_db = db.clone();
+    let query_db = db.clone();
     let owner_wakeup = wakeup.clone();
     let owner = ChildSpec::new("owner", move |supervisor, _siblings| {
         let args = StoresOwnerArgs { db: owner_db.clone(), relay_wakeup: owner_wakeup.clone() };
@@ -103,17 +111,38 @@ pub(crate) fn supervisor_args(
         }
     });
 
+    let query_bus = command_bus.clone();
     let commands = ChildSpec::new("commands", move |supervisor, siblings| {
         let bus = command_bus.clone();
         async move {
             let owner: ActorRef<StoresOwnerMsg> =
                 siblings.get("owner").cloned().ok_or("the owner is not running")?.into();
+            let args = ResponderArgs {
+                bus,
+                subject: command_subject(CONTEXT),
+                queue_group: CONTEXT.to_string(),
+                handler: StoresCommands { owner },
+            };
             let (actor, _) =
-                Actor::spawn_linked(None, CommandServer, CommandServerArgs { bus, owner }, supervisor).await?;
+                Actor::spawn_linked(None, Responder::<StoresCommands>::default(), args, supervisor).await?;
             Ok(actor.get_cell())
         }
     });
 
-    let args = SupervisorArgs { path, children: vec![owner, relay, commands], policy: RestartPolicy::context(), tree };
+    let queries = ChildSpec::new("queries", move |supervisor, _siblings| {
+        let args = ResponderArgs {
+            bus: query_bus.clone(),
+            subject: query_subject(CONTEXT),
+            queue_group: CONTEXT.to_string(),
+            handler: StoresQueries { db: query_db.clone() },
+        };
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, Responder::<StoresQueries>::default(), args, supervisor).await?;
+            Ok(actor.get_cell())
+        }
+    });
+
+    let children = vec![owner, relay, commands, queries];
+    let args = SupervisorArgs { path, children, policy: RestartPolicy::context(), tree };
     (args, handle)
 }

@@ -1,0 +1,87 @@
+//! The request/reply actor: listens on a subject in a queue group and answers each request with a
+//! handler. Commands and queries of every context are served this way.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use carrier_messages::envelope::header;
+use carrier_messages::ContentType;
+
+use crate::bus::{Bus, IncomingRequest, RequestStream};
+
+/// How long one poll waits for a request before checking its mailbox again.
+const POLL_WAIT: Duration = Duration::from_millis(250);
+
+/// What a [`Responder`] does with one request: the reply body, in the request's encoding.
+pub trait Answer: Send + Sync + 'static {
+    /// Answers `request`, whose body is in `content_type` (JSON when the header is absent).
+    fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Serves one subject with an [`Answer`].
+pub struct Responder<H>(std::marker::PhantomData<fn() -> H>);
+
+impl<H> Default for Responder<H> {
+    fn default() -> Self {
+        Responder(std::marker::PhantomData)
+    }
+}
+
+/// The responder's only message.
+pub enum ResponderMsg {
+    /// Take the next request.
+    Poll,
+}
+
+/// What a [`Responder`] is started with.
+pub struct ResponderArgs<H> {
+    /// The connection.
+    pub bus: Bus,
+    /// The subject, e.g. `cmd.stores`.
+    pub subject: String,
+    /// The queue group: instances of one context share the requests.
+    pub queue_group: String,
+    /// What answers.
+    pub handler: H,
+}
+
+/// The responder's state.
+pub struct ResponderState<H> {
+    bus: Bus,
+    requests: RequestStream,
+    handler: H,
+}
+
+impl<H: Answer> Actor for Responder<H> {
+    type Msg = ResponderMsg;
+    type State = ResponderState<H>;
+    type Arguments = ResponderArgs<H>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ResponderMsg>,
+        args: ResponderArgs<H>,
+    ) -> Result<ResponderState<H>, ActorProcessingErr> {
+        let requests = args.bus.serve(&args.subject, &args.queue_group).await?;
+        myself.send_message(ResponderMsg::Poll)?;
+        Ok(ResponderState { bus: args.bus, requests, handler: args.handler })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ResponderMsg>,
+        _msg: ResponderMsg,
+        state: &mut ResponderState<H>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(request) = state.requests.next(POLL_WAIT).await? {
+            let content_type =
+                request.header(header::CONTENT_TYPE).and_then(ContentType::parse).unwrap_or(ContentType::Json);
+            let body = state.handler.answer(&request, content_type).await;
+            state.bus.respond(&request, content_type.as_str(), body).await?;
+        }
+        myself.send_message(ResponderMsg::Poll)?;
+        Ok(())
+    }
+}
