@@ -13,6 +13,7 @@
 pub mod baskets;
 pub mod bus;
 pub mod consumer;
+pub mod fallback;
 pub mod faults;
 pub mod flow;
 pub mod nats_server;

@@ -71,6 +71,11 @@ pub struct SystemConfig {
     pub ack_wait: Duration,
     /// How long caches keep applied event ids (entity versions guard idempotence after that).
     pub inbox_retention: baskets::InboxRetention,
+    /// How caches ask owners for what they lack.
+    pub fallback: crate::fallback::FallbackConfig,
+    /// How long a version gap may stay open (an out-of-order event may still arrive) before the
+    /// owner is asked for the entity's state.
+    pub gap_grace: Duration,
     /// Failures to inject.
     pub faults: Arc<Faults>,
 }
@@ -88,6 +93,8 @@ impl SystemConfig {
                 horizon: Duration::from_secs(7 * 24 * 3600),
                 every: Duration::from_secs(60),
             },
+            fallback: crate::fallback::FallbackConfig::default(),
+            gap_grace: Duration::from_secs(1),
             faults: Arc::new(Faults::default()),
         }
     }
@@ -149,16 +156,15 @@ impl CarrierSystem {
                 ContextName::Baskets => {
                     bus.ensure_dead_letter_stream(baskets::CONTEXT).await?;
                     let db = Arc::new(BasketsDb::open(&db_path)?);
-                    let (args, handle) = baskets::supervisor_args(
-                        bus.clone(),
-                        db,
-                        config.batch_max,
-                        config.ack_wait,
-                        config.inbox_retention,
-                        config.faults.clone(),
-                        tree.clone(),
-                        path,
-                    );
+                    let settings = baskets::BasketsSettings {
+                        batch_max: config.batch_max,
+                        ack_wait: config.ack_wait,
+                        inbox_retention: config.inbox_retention,
+                        fallback: config.fallback,
+                        gap_grace: config.gap_grace,
+                    };
+                    let (args, handle) =
+                        baskets::supervisor_args(bus.clone(), db, settings, config.faults.clone(), tree.clone(), path);
                     baskets_handle = Some(handle);
                     args
                 }

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::stores::StoresEvent;
+use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
 
-use crate::engine::{self, BatchOutcome, EngineStats, Inbound, Projection};
+use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows_with_version, get_row};
 use crate::StorageError;
@@ -92,6 +92,31 @@ impl BasketsDb {
     /// Inbox size, parked events and checkpoints.
     pub fn engine_stats(&self) -> Result<EngineStats, StorageError> {
         engine::stats(&self.db)
+    }
+
+    /// Writes a store as its owner reported it (a fallback answer); see [`engine::adopt`].
+    pub fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
+        engine::adopt::<StoresEvent, _>(&self.db, &StoresProjection, "store", &snapshot.id, snapshot.version, |t| {
+            t.add_store(&snapshot.id, &snapshot.name)
+        })
+    }
+
+    /// Writes a product as its owner reported it (removed ones leave the cache); see
+    /// [`engine::adopt`].
+    pub fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
+        engine::adopt::<StoresEvent, _>(&self.db, &StoresProjection, "product", &snapshot.id, snapshot.version, |t| {
+            if snapshot.removed {
+                t.remove_product(&snapshot.id)
+            } else {
+                t.add_product(&snapshot.id, &snapshot.store_id, &snapshot.name, snapshot.price)
+            }
+        })
+    }
+
+    /// Entities waiting for a missing version: (aggregate type, id, current version, lowest parked
+    /// version).
+    pub fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {
+        engine::gaps(&self.db)
     }
 
     /// The last stream sequence committed for `consumer` (0 when none).
@@ -303,5 +328,50 @@ mod tests {
         let again = db.apply_stores_events("c", &[a, r]).expect("apply");
         assert_eq!(again.dispositions, vec![Disposition::Stale { current: 2 }; 2], "versions still guard");
         assert_eq!(db.product("p").expect("read").expect("row").price, 1050);
+    }
+}
+
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
+    use carrier_messages::codec::Causality;
+    use carrier_messages::stores::*;
+    use carrier_messages::Decoded;
+
+    fn raise(delta: i64, version: u64) -> Inbound<StoresEvent> {
+        let e = StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta });
+        Inbound { stream_seq: version, decoded: Decoded::new(e, version, &Causality::default()) }
+    }
+
+    fn snapshot(price: i64, version: u64) -> ProductSnapshot {
+        ProductSnapshot {
+            id: "p".into(),
+            store_id: "s".into(),
+            name: "K".into(),
+            description: String::new(),
+            sku: String::new(),
+            price,
+            removed: false,
+            version,
+        }
+    }
+
+    #[test]
+    fn an_owner_snapshot_closes_a_gap_and_later_parked_events_follow() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = BasketsDb::open(dir.path().join("b.redb")).expect("open");
+        // The cache never saw versions 1 to 3 (the stream was trimmed); 4 and 6 arrive.
+        db.apply_stores_events("c", &[raise(10, 4), raise(1, 6)]).expect("apply");
+        assert_eq!(db.gaps().expect("gaps"), vec![("product".into(), "p".into(), 0, 4)]);
+        // The owner says: at version 4 the price is 1040 (version 4 included).
+        assert_eq!(db.adopt_product(&snapshot(1040, 4)).expect("adopt"), Adopted::Written { unparked: 0 });
+        assert_eq!(db.product("p").expect("read").expect("row").price, 1040);
+        // Version 5 arrives late; 6 follows it out of the parked table.
+        db.apply_stores_events("c", &[raise(100, 5)]).expect("apply");
+        assert_eq!(db.product("p").expect("read").expect("row").price, 1141);
+        assert!(db.gaps().expect("gaps").is_empty());
+        // An older snapshot never overwrites newer data.
+        assert_eq!(db.adopt_product(&snapshot(1, 2)).expect("adopt"), Adopted::AlreadyCurrent { current: 6 });
+        assert_eq!(db.product("p").expect("read").expect("row").price, 1141);
     }
 }

@@ -292,3 +292,92 @@ pub(crate) fn prune_inbox(db: &Database, cutoff_unix_ms: u64, limit: usize) -> R
     }
     Ok(removed)
 }
+
+/// What [`adopt`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adopted {
+    /// The owner's state was written at its version; `unparked` waiting events followed it.
+    Written {
+        /// Parked events applied after it.
+        unparked: u64,
+    },
+    /// The cache already had this version or a newer one: nothing changed.
+    AlreadyCurrent {
+        /// The cache's version.
+        current: u64,
+    },
+}
+
+/// Writes an entity's full state as its owner reported it at `version`, unless the cache is
+/// already at that version or newer (a fallback answer never overwrites newer data). Parked
+/// events at or below `version` are dropped (the state includes them); those above follow in
+/// order. One transaction.
+pub fn adopt<E, P>(
+    db: &Database,
+    projection: &P,
+    aggregate: &str,
+    id: &str,
+    version: u64,
+    write: impl FnOnce(&mut P::Tables<'_>) -> Result<(), StorageError>,
+) -> Result<Adopted, StorageError>
+where
+    E: DomainEvent,
+    P: Projection<E>,
+{
+    let txn = db.begin_write().during("begin_write")?;
+    let outcome = {
+        let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
+        let current = versions.get((aggregate, id)).during("read entity_versions")?.map(|v| v.value()).unwrap_or(0);
+        if current >= version {
+            Adopted::AlreadyCurrent { current }
+        } else {
+            let mut parked = txn.open_table(PARKED).during("open parked")?;
+            let mut tables = projection.open(&txn)?;
+            write(&mut tables)?;
+            let superseded: Vec<u64> = parked
+                .range((aggregate, id, 0)..=(aggregate, id, version))
+                .during("read parked")?
+                .map(|entry| entry.map(|(k, _)| k.value().2))
+                .collect::<Result<_, _>>()
+                .during("read parked")?;
+            for v in superseded {
+                parked.remove((aggregate, id, v)).during("drop parked")?;
+            }
+            let mut now = version;
+            let mut unparked = 0;
+            while let Some(bytes) = parked.remove((aggregate, id, now + 1)).during("take parked")? {
+                let waiting: Inbound<E> = decode_row("parked", bytes.value())?;
+                drop(bytes);
+                projection.apply(&mut tables, &waiting.decoded.envelope, &waiting.decoded.event)?;
+                unparked += 1;
+                now += 1;
+            }
+            versions.insert((aggregate, id), now).during("write entity_versions")?;
+            Adopted::Written { unparked }
+        }
+    };
+    match outcome {
+        Adopted::AlreadyCurrent { .. } => txn.abort().during("abort")?,
+        Adopted::Written { .. } => txn.commit().during("commit")?,
+    }
+    Ok(outcome)
+}
+
+/// Entities with events parked behind a missing version: (aggregate type, id, current version,
+/// lowest parked version).
+pub(crate) fn gaps(db: &Database) -> Result<Vec<(String, String, u64, u64)>, StorageError> {
+    let txn = db.begin_read().during("begin_read")?;
+    let parked = txn.open_table(PARKED).during("open parked")?;
+    let versions = txn.open_table(VERSIONS).during("open entity_versions")?;
+    let mut out: Vec<(String, String, u64, u64)> = Vec::new();
+    for entry in parked.iter().during("read parked")? {
+        let (key, _) = entry.during("read parked")?;
+        let (aggregate, id, version) = key.value();
+        if out.last().is_some_and(|(a, i, _, _)| a == aggregate && i == id) {
+            continue;
+        }
+        let current = versions.get((aggregate, id)).during("read entity_versions")?.map(|v| v.value()).unwrap_or(0);
+        out.push((aggregate.to_string(), id.to_string(), current, version));
+    }
+    Ok(out)
+}

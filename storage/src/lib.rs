@@ -20,6 +20,6 @@ pub mod outbox;
 pub mod stores;
 
 pub use baskets::BasketsDb;
-pub use engine::{BatchOutcome, Disposition, Inbound, Projection};
+pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::StorageError;
 pub use stores::{CommandError, StoresDb};

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use carrier_messages::stores::StoresEvent;
+use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::DomainEvent;
-use carrier_storage::{BasketsDb, StorageError};
+use carrier_storage::{Adopted, BasketsDb, StorageError};
 
 use crate::consumer::{ApplyBatch, ApplyFailed};
+use crate::fallback::StoresFallback;
 use crate::faults::Faults;
 use crate::flow;
 
@@ -25,6 +26,27 @@ pub enum BasketsCacheMsg {
     ApplyStores(ApplyBatch<StoresEvent>),
     /// Delete inbox records older than the retention horizon.
     PruneInbox,
+    /// Write an entity's state as its owner reported it (never over a newer version).
+    Adopt {
+        /// The owner's answer.
+        state: OwnerState,
+        /// Told the outcome, if anyone waits for it.
+        reply: Option<RpcReplyPort<Result<Adopted, StorageError>>>,
+    },
+    /// Ask the owner for entities whose parked events still wait for a missing version.
+    RepairGaps {
+        /// Consecutive failed attempts so far (for backoff).
+        attempt: u32,
+    },
+}
+
+/// An entity's state from its owner.
+#[derive(Clone, Debug)]
+pub enum OwnerState {
+    /// A store.
+    Store(StoreSnapshot),
+    /// A product.
+    Product(ProductSnapshot),
 }
 
 impl From<ApplyBatch<StoresEvent>> for BasketsCacheMsg {
@@ -41,6 +63,17 @@ pub struct BasketsCacheArgs {
     pub faults: Arc<Faults>,
     /// How long applied event ids stay in the inbox, and how often older ones are deleted.
     pub inbox_retention: InboxRetention,
+    /// Asks the stores context for what the cache lacks.
+    pub fallback: Arc<StoresFallback>,
+    /// How long a gap may stay open (an out-of-order event may still arrive) before the owner is
+    /// asked for the entity's state.
+    pub gap_grace: Duration,
+}
+
+/// The cache's state.
+pub struct BasketsCacheState {
+    args: BasketsCacheArgs,
+    repair_scheduled: bool,
 }
 
 /// How long the inbox keeps applied event ids.
@@ -57,24 +90,27 @@ const PRUNE_BATCH: usize = 10_000;
 
 impl Actor for BasketsCache {
     type Msg = BasketsCacheMsg;
-    type State = BasketsCacheArgs;
+    type State = BasketsCacheState;
     type Arguments = BasketsCacheArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
         args: BasketsCacheArgs,
-    ) -> Result<BasketsCacheArgs, ActorProcessingErr> {
+    ) -> Result<BasketsCacheState, ActorProcessingErr> {
         myself.send_interval(args.inbox_retention.every, || BasketsCacheMsg::PruneInbox);
-        Ok(args)
+        // Gaps left open by an earlier incarnation are repaired too.
+        myself.send_after(args.gap_grace, || BasketsCacheMsg::RepairGaps { attempt: 0 });
+        Ok(BasketsCacheState { args, repair_scheduled: true })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: BasketsCacheMsg,
-        state: &mut BasketsCacheArgs,
+        cache: &mut BasketsCacheState,
     ) -> Result<(), ActorProcessingErr> {
+        let state = &cache.args;
         match msg {
             BasketsCacheMsg::ApplyStores(ApplyBatch { consumer, batch, reply }) => {
                 if Faults::take(&state.faults.cache_panics) {
@@ -103,6 +139,14 @@ impl Actor for BasketsCache {
                 };
                 match result {
                     Ok(outcome) => {
+                        let parked = outcome
+                            .dispositions
+                            .iter()
+                            .any(|d| matches!(d, carrier_storage::Disposition::Parked { .. }));
+                        if parked && !cache.repair_scheduled {
+                            cache.repair_scheduled = true;
+                            myself.send_after(state.gap_grace, || BasketsCacheMsg::RepairGaps { attempt: 0 });
+                        }
                         for (label, d) in labels.iter().flatten().zip(&outcome.dispositions) {
                             let note = (*d != carrier_storage::Disposition::Applied).then(|| d.as_str());
                             flow::leave(label, note);
@@ -122,6 +166,59 @@ impl Actor for BasketsCache {
                     // Pruning is housekeeping: a failure is retried at the next tick.
                     Err(error) => tracing::warn!(%error, "inbox pruning failed"),
                 }
+            }
+            BasketsCacheMsg::Adopt { state: owner_state, reply } => {
+                let db = state.db.clone();
+                let result = tokio::task::spawn_blocking(move || match &owner_state {
+                    OwnerState::Store(s) => db.adopt_store(s),
+                    OwnerState::Product(p) => db.adopt_product(p),
+                })
+                .await?;
+                if let Err(error) = &result {
+                    tracing::warn!(%error, "could not write the owner's state");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            BasketsCacheMsg::RepairGaps { attempt } => {
+                cache.repair_scheduled = false;
+                let db = state.db.clone();
+                let gaps = tokio::task::spawn_blocking(move || db.gaps()).await??;
+                if gaps.is_empty() {
+                    return Ok(());
+                }
+                cache.repair_scheduled = true;
+                // The owner is asked off the write path: the answers come back as Adopt messages.
+                let (fallback, myself) = (state.fallback.clone(), myself.clone());
+                let grace = state.gap_grace;
+                tokio::spawn(async move {
+                    let mut failed = false;
+                    for (aggregate, id, current, waiting) in gaps {
+                        tracing::info!(aggregate = %aggregate, id = %id, current, waiting, "version gap; asking the owner");
+                        let answer = match aggregate.as_str() {
+                            "store" => fallback.store(&id).await.map(|s| s.map(OwnerState::Store)),
+                            _ => fallback.product(&id).await.map(|p| p.map(OwnerState::Product)),
+                        };
+                        match answer {
+                            Ok(Some(owner_state)) => {
+                                let _ = myself.send_message(BasketsCacheMsg::Adopt { state: owner_state, reply: None });
+                            }
+                            Ok(None) => {
+                                tracing::warn!(aggregate = %aggregate, id = %id, "the owner does not know an entity with parked events");
+                                failed = true;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "gap repair must wait for the owner");
+                                failed = true;
+                            }
+                        }
+                    }
+                    let next = if failed { attempt + 1 } else { 0 };
+                    let delay = grace.saturating_mul(1 << next.min(5)).min(Duration::from_secs(30));
+                    // Check again: either the repair went through or it is retried with backoff.
+                    myself.send_after(delay, move || BasketsCacheMsg::RepairGaps { attempt: next });
+                });
             }
         }
         Ok(())

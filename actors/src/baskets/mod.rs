@@ -6,7 +6,7 @@
 
 mod cache;
 
-pub use cache::{BasketsCache, BasketsCacheArgs, BasketsCacheMsg, InboxRetention};
+pub use cache::{BasketsCache, BasketsCacheArgs, BasketsCacheMsg, InboxRetention, OwnerState};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +19,10 @@ use carrier_storage::BasketsDb;
 
 use crate::bus::{Bus, DurableSpec};
 use crate::consumer::{batch_target, CheckpointReader, ConsumerArgs, ConsumerStats, EventConsumer};
+use crate::fallback::{FallbackConfig, FallbackError, StoresFallback};
 use crate::faults::Faults;
-use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
+use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
+use carrier_storage::baskets::{CachedProduct, CachedStore};
 
 /// The context's name, as used in durable names, paths and dead-letter streams.
 pub const CONTEXT: &str = "baskets";
@@ -31,6 +33,35 @@ pub fn stores_durable_name() -> String {
     format!("{CONTEXT}-{}", StoresEvent::CONTEXT)
 }
 
+/// How the baskets context runs.
+#[derive(Clone, Copy, Debug)]
+pub struct BasketsSettings {
+    /// The most events applied per transaction.
+    pub batch_max: usize,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// How long applied event ids stay in the inbox.
+    pub inbox_retention: InboxRetention,
+    /// How the stores fallback behaves.
+    pub fallback: FallbackConfig,
+    /// How long a version gap may stay open before the owner is asked.
+    pub gap_grace: Duration,
+}
+
+/// Why a lookup found no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The cache missed and the owner could not be asked.
+    #[error(transparent)]
+    Fallback(#[from] FallbackError),
+    /// The cache could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] carrier_storage::StorageError),
+    /// The cache actor is not running.
+    #[error("the baskets cache is not running")]
+    Unavailable,
+}
+
 /// What the rest of the process may use of a running baskets context.
 #[derive(Clone)]
 pub struct BasketsHandle {
@@ -38,28 +69,79 @@ pub struct BasketsHandle {
     pub db: Arc<BasketsDb>,
     /// Its stores consumer's counters.
     pub stores_consumer: Arc<ConsumerStats>,
+    /// The fallback to the stores context, with its counters and breaker.
+    pub fallback: Arc<StoresFallback>,
+    cache: ActorSlot<BasketsCacheMsg>,
+}
+
+impl BasketsHandle {
+    /// A store's name as baskets needs it: from the cache, or else from the owner (then cached).
+    pub async fn store(&self, id: &str) -> Result<Option<CachedStore>, LookupError> {
+        if let Some(store) = self.db.store(id)? {
+            return Ok(Some(store));
+        }
+        let Some(snapshot) = self.fallback.store(id).await? else { return Ok(None) };
+        self.adopt(OwnerState::Store(snapshot.clone())).await?;
+        Ok(Some(CachedStore { name: snapshot.name }))
+    }
+
+    /// A product as baskets needs it: from the cache, or else from the owner (then cached).
+    pub async fn product(&self, id: &str) -> Result<Option<CachedProduct>, LookupError> {
+        if let Some(product) = self.db.product(id)? {
+            return Ok(Some(product));
+        }
+        let Some(snapshot) = self.fallback.product(id).await? else { return Ok(None) };
+        self.adopt(OwnerState::Product(snapshot.clone())).await?;
+        if snapshot.removed {
+            return Ok(None);
+        }
+        Ok(Some(CachedProduct { store_id: snapshot.store_id, name: snapshot.name, price: snapshot.price }))
+    }
+
+    /// Has the cache actor (the only writer) record the owner's answer.
+    async fn adopt(&self, state: OwnerState) -> Result<(), LookupError> {
+        let cache = self.cache.wait(Duration::from_secs(2)).await.ok_or(LookupError::Unavailable)?;
+        let result = ractor::call!(cache, |reply| BasketsCacheMsg::Adopt { state, reply: Some(reply) })
+            .map_err(|_| LookupError::Unavailable)?;
+        result?;
+        Ok(())
+    }
 }
 
 /// Builds the context's supervisor arguments.
 pub(crate) fn supervisor_args(
     bus: Bus,
     db: Arc<BasketsDb>,
-    batch_max: usize,
-    ack_wait: Duration,
-    inbox_retention: InboxRetention,
+    settings: BasketsSettings,
     faults: Arc<Faults>,
     tree: SupervisionTree,
     path: String,
 ) -> (SupervisorArgs, BasketsHandle) {
+    let BasketsSettings { batch_max, ack_wait, inbox_retention, fallback, gap_grace } = settings;
     let stats = Arc::new(ConsumerStats::default());
-    let handle = BasketsHandle { db: db.clone(), stores_consumer: stats.clone() };
+    let fallback = Arc::new(StoresFallback::new(bus.clone(), fallback));
+    let slot: ActorSlot<BasketsCacheMsg> = ActorSlot::default();
+    let handle = BasketsHandle {
+        db: db.clone(),
+        stores_consumer: stats.clone(),
+        fallback: fallback.clone(),
+        cache: slot.clone(),
+    };
 
     let cache_faults = faults.clone();
     let consumer_db = db.clone();
     let cache = ChildSpec::new("cache", move |supervisor, _siblings| {
-        let args = BasketsCacheArgs { db: db.clone(), faults: cache_faults.clone(), inbox_retention };
+        let args = BasketsCacheArgs {
+            db: db.clone(),
+            faults: cache_faults.clone(),
+            inbox_retention,
+            fallback: fallback.clone(),
+            gap_grace,
+        };
+        let slot = slot.clone();
         async move {
             let (actor, _) = Actor::spawn_linked(None, BasketsCache, args, supervisor).await?;
+            slot.set(actor.clone());
             Ok(actor.get_cell())
         }
     });

@@ -1,0 +1,229 @@
+//! The anti-corruption fallback (seed 001): when a cache misses, or finds a gap in an entity's
+//! versions, it asks the owning context for the entity's current state over request/reply.
+//!
+//! The owner may be down; the fallback must then cost one fast failure, not a hang. So every
+//! call has a timeout; consecutive failures open a circuit breaker that fails calls at once
+//! until a trial call succeeds; and "not found" answers are remembered briefly (a negative
+//! cache), so a stream of lookups for an id that does not exist does not hammer the owner.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use carrier_messages::envelope::header;
+use carrier_messages::request::{decode_request, encode_body, query_subject};
+use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresQuery, StoresQueryReply};
+use carrier_messages::ContentType;
+
+use crate::bus::Bus;
+
+/// How the fallback behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct FallbackConfig {
+    /// How long one call may take.
+    pub timeout: Duration,
+    /// Consecutive failures that open the breaker.
+    pub failures_to_open: u32,
+    /// How long an open breaker fails calls at once before letting a trial call through.
+    pub open_for: Duration,
+    /// How long a "not found" answer is remembered.
+    pub negative_ttl: Duration,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            timeout: Duration::from_millis(500),
+            failures_to_open: 3,
+            open_for: Duration::from_secs(2),
+            negative_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the owner could not be asked; both are worth retrying later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FallbackError {
+    /// Recent calls failed; this one was not even tried.
+    #[error("the {owner} fallback's circuit breaker is open")]
+    BreakerOpen {
+        /// The owning context.
+        owner: &'static str,
+    },
+    /// The call failed or timed out.
+    #[error("the {owner} context did not answer: {reason}")]
+    Unavailable {
+        /// The owning context.
+        owner: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The breaker's state, for health reports and the dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once.
+    Open,
+    /// One trial call is allowed.
+    HalfOpen,
+}
+
+/// Counters of a fallback.
+#[derive(Default, Debug)]
+pub struct FallbackStats {
+    /// Calls answered.
+    pub ok: AtomicU64,
+    /// Calls that failed or timed out.
+    pub failed: AtomicU64,
+    /// Calls refused by the open breaker.
+    pub rejected: AtomicU64,
+    /// Lookups answered "not found" from the negative cache.
+    pub negative_hits: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Breaker {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { trial_running: bool },
+}
+
+/// Asks the stores context for stores and products.
+pub struct StoresFallback {
+    bus: Bus,
+    config: FallbackConfig,
+    breaker: Mutex<Breaker>,
+    not_found: Mutex<HashMap<(bool, String), Instant>>,
+    /// Its counters.
+    pub stats: Arc<FallbackStats>,
+}
+
+const OWNER: &str = "stores";
+
+impl StoresFallback {
+    /// A fallback over `bus`.
+    pub fn new(bus: Bus, config: FallbackConfig) -> Self {
+        StoresFallback {
+            bus,
+            config,
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
+            not_found: Mutex::new(HashMap::new()),
+            stats: Arc::new(FallbackStats::default()),
+        }
+    }
+
+    /// A store's current state, `None` when the owner does not know it.
+    pub async fn store(&self, id: &str) -> Result<Option<StoreSnapshot>, FallbackError> {
+        let reply = self.ask(false, id, StoresQuery::GetStore { id: id.to_string() }).await?;
+        Ok(reply.and_then(|r| r.store))
+    }
+
+    /// A product's current state (removed ones flagged), `None` when the owner does not know it.
+    pub async fn product(&self, id: &str) -> Result<Option<ProductSnapshot>, FallbackError> {
+        let reply = self.ask(true, id, StoresQuery::GetProduct { id: id.to_string() }).await?;
+        Ok(reply.and_then(|r| r.product))
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        match self.breaker.lock().map(|b| match *b {
+            Breaker::Closed { .. } => BreakerState::Closed,
+            Breaker::Open { until } if Instant::now() < until => BreakerState::Open,
+            Breaker::Open { .. } | Breaker::HalfOpen { .. } => BreakerState::HalfOpen,
+        }) {
+            Ok(state) => state,
+            Err(_) => BreakerState::Open,
+        }
+    }
+
+    async fn ask(
+        &self,
+        product: bool,
+        id: &str,
+        query: StoresQuery,
+    ) -> Result<Option<StoresQueryReply>, FallbackError> {
+        let key = (product, id.to_string());
+        if self.remembered_missing(&key) {
+            self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        self.admit()?;
+        let headers = vec![(header::CONTENT_TYPE.to_string(), ContentType::Cbor.as_str().to_string())];
+        let body = encode_body(ContentType::Cbor, &query);
+        let answer = self.bus.request(&query_subject(OWNER), &headers, body, self.config.timeout).await;
+        let reply = answer
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| decode_request::<StoresQueryReply>(ContentType::Cbor, &bytes))
+            .and_then(|reply| match (&reply.ok, &reply.error) {
+                (true, _) => Ok(reply),
+                (false, Some(e)) => Err(format!("{}: {}", e.code, e.message)),
+                (false, None) => Err("refused without a reason".to_string()),
+            });
+        match reply {
+            Ok(reply) => {
+                self.record(true);
+                if reply.store.is_none() && reply.product.is_none() {
+                    if let Ok(mut missing) = self.not_found.lock() {
+                        missing.retain(|_, until| *until > Instant::now());
+                        missing.insert(key, Instant::now() + self.config.negative_ttl);
+                    }
+                }
+                Ok(Some(reply))
+            }
+            Err(reason) => {
+                self.record(false);
+                Err(FallbackError::Unavailable { owner: OWNER, reason })
+            }
+        }
+    }
+
+    fn remembered_missing(&self, key: &(bool, String)) -> bool {
+        self.not_found.lock().map(|m| m.get(key).is_some_and(|until| *until > Instant::now())).unwrap_or(false)
+    }
+
+    /// Lets a call through, or refuses it while the breaker is open.
+    fn admit(&self) -> Result<(), FallbackError> {
+        let mut breaker = self.breaker.lock().map_err(|_| FallbackError::BreakerOpen { owner: OWNER })?;
+        match *breaker {
+            Breaker::Closed { .. } => Ok(()),
+            Breaker::Open { until } if Instant::now() < until => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(FallbackError::BreakerOpen { owner: OWNER })
+            }
+            Breaker::Open { .. } | Breaker::HalfOpen { trial_running: false } => {
+                *breaker = Breaker::HalfOpen { trial_running: true };
+                Ok(())
+            }
+            Breaker::HalfOpen { trial_running: true } => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(FallbackError::BreakerOpen { owner: OWNER })
+            }
+        }
+    }
+
+    fn record(&self, success: bool) {
+        let counter = if success { &self.stats.ok } else { &self.stats.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut breaker) = self.breaker.lock() {
+            *breaker = match (&*breaker, success) {
+                (_, true) => Breaker::Closed { failures: 0 },
+                (Breaker::Closed { failures }, false) if failures + 1 < self.config.failures_to_open => {
+                    Breaker::Closed { failures: failures + 1 }
+                }
+                (_, false) => {
+                    tracing::warn!(
+                        owner = OWNER,
+                        open_for_ms = self.config.open_for.as_millis() as u64,
+                        "fallback breaker open"
+                    );
+                    Breaker::Open { until: Instant::now() + self.config.open_for }
+                }
+            };
+        }
+    }
+}
