@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::stream::ReadyChunks;
 use futures::StreamExt;
 
-use carrier_messages::{DecodeError, DomainEvent, EncodedEvent};
+use carrier_messages::{DomainEvent, EncodedEvent};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -311,12 +311,18 @@ impl Bus {
 
     /// Copies a message that can never be applied to the context's dead-letter stream, with the
     /// reason, and waits for JetStream to store it. The original headers and body are kept.
-    pub async fn dead_letter(&self, context: &str, delivery: &Delivery, error: &DecodeError) -> Result<(), BusError> {
+    pub async fn dead_letter(
+        &self,
+        context: &str,
+        delivery: &Delivery,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), BusError> {
         let mut headers = delivery.headers.clone().unwrap_or_default();
         headers.insert(dead_letter_header::ORIGINAL_SUBJECT, delivery.subject.as_str());
         headers.insert(dead_letter_header::ORIGINAL_SEQUENCE, delivery.stream_seq.to_string().as_str());
-        headers.insert(dead_letter_header::REASON, error.code());
-        headers.insert(dead_letter_header::ERROR, sanitize_header(&error.to_string()).as_str());
+        headers.insert(dead_letter_header::REASON, reason);
+        headers.insert(dead_letter_header::ERROR, sanitize_header(error).as_str());
         headers.insert(dead_letter_header::DELIVERY_COUNT, delivery.delivered.to_string().as_str());
         headers.insert(dead_letter_header::CONTEXT, context);
         // The copy gets its own de-duplication id, so a re-delivered poison message is stored

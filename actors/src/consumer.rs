@@ -49,6 +49,69 @@ where
     Arc::new(move |batch| actor.send_message(M::from(batch)).is_ok())
 }
 
+/// How often one event, applied on its own, may kill the cache actor before it is dead-lettered
+/// as `apply_failed`.
+pub const SOLO_FAILURES_TO_DEAD_LETTER: u32 = 2;
+
+/// Remembers, across restarts of a consumer, the batch that was in the cache actor's hands when
+/// it died, so that one poison event (one that trips a bug) cannot crash-loop the context.
+///
+/// After such a crash the consumer applies that stretch of the stream one event at a time; an
+/// event that kills the cache on its own [`SOLO_FAILURES_TO_DEAD_LETTER`] times goes to the
+/// dead-letter stream and the events behind it flow on.
+#[derive(Default, Debug)]
+pub struct PoisonGuard {
+    inner: std::sync::Mutex<GuardInner>,
+}
+
+#[derive(Default, Debug)]
+struct GuardInner {
+    in_flight: Option<(u64, u64)>,
+    strikes: Vec<((u64, u64), u32)>,
+}
+
+impl PoisonGuard {
+    fn with<T>(&self, f: impl FnOnce(&mut GuardInner) -> T) -> T {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut inner)
+    }
+
+    /// A new incarnation starts: whatever was in flight killed the last one.
+    fn on_start(&self) {
+        self.with(|g| {
+            if let Some(range) = g.in_flight.take() {
+                match g.strikes.iter_mut().find(|(r, _)| *r == range) {
+                    Some((_, n)) => *n += 1,
+                    None => g.strikes.push((range, 1)),
+                }
+            }
+        });
+    }
+
+    fn begin(&self, range: (u64, u64)) {
+        self.with(|g| g.in_flight = Some(range));
+    }
+
+    fn end(&self) {
+        self.with(|g| g.in_flight = None);
+    }
+
+    /// Whether a batch over these stream sequences overlaps one that killed the cache.
+    fn suspect(&self, first: u64, last: u64) -> bool {
+        self.with(|g| g.strikes.iter().any(|((a, b), _)| *a <= last && first <= *b))
+    }
+
+    /// How often the event at `seq`, alone, killed the cache.
+    fn solo_failures(&self, seq: u64) -> u32 {
+        self.with(|g| g.strikes.iter().find(|(r, _)| *r == (seq, seq)).map(|(_, n)| *n).unwrap_or(0))
+    }
+
+    /// Everything through `seq` is settled.
+    fn forget_through(&self, seq: u64) {
+        self.with(|g| g.strikes.retain(|((_, last), _)| *last > seq));
+    }
+}
+
 /// A batch whose transaction did not commit.
 pub struct ApplyFailed<E> {
     /// Why.
@@ -119,6 +182,8 @@ pub struct ConsumerArgs<E> {
     pub faults: Arc<Faults>,
     /// Reads the cache's committed checkpoint for a durable name.
     pub checkpoint: CheckpointReader,
+    /// Outlives restarts: which batch killed the cache.
+    pub guard: Arc<PoisonGuard>,
 }
 
 /// Reads the last committed stream sequence for a durable name from the cache's database.
@@ -154,6 +219,7 @@ pub struct ConsumerState<E> {
     target: BatchTarget<E>,
     stats: Arc<ConsumerStats>,
     faults: Arc<Faults>,
+    guard: Arc<PoisonGuard>,
     retry: Option<Retry<E>>,
     failures: u32,
 }
@@ -168,6 +234,10 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         myself: ActorRef<ConsumerMsg>,
         args: ConsumerArgs<E>,
     ) -> Result<ConsumerState<E>, ActorProcessingErr> {
+        if Faults::take(&args.faults.consumer_start_failures) {
+            return Err("injected: the consumer could not start".into());
+        }
+        args.guard.on_start();
         let read = args.checkpoint.clone();
         let durable = args.spec.durable.clone();
         let checkpoint = tokio::task::spawn_blocking(move || read(&durable)).await??;
@@ -180,6 +250,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             target: args.target,
             stats: args.stats,
             faults: args.faults,
+            guard: args.guard,
             retry: None,
             failures: 0,
         })
@@ -191,7 +262,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         _msg: ConsumerMsg,
         state: &mut ConsumerState<E>,
     ) -> Result<(), ActorProcessingErr> {
-        let Retry { deliveries, poison, batch } = match state.retry.take() {
+        let Retry { deliveries, mut poison, batch } = match state.retry.take() {
             Some(retry) => retry,
             None => {
                 let deliveries = state.consumer.next_batch(POLL_WAIT).await?;
@@ -204,33 +275,29 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             }
         };
 
-        if !batch.is_empty() {
-            let (tx, rx) = ractor::concurrency::oneshot();
-            let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, reply: tx.into() };
-            if !(state.target)(message) {
-                return Err("the cache actor is not running".into());
-            }
-            match rx.await {
-                Ok(Ok(outcome)) => {
-                    state.stats.record(&outcome);
-                    state.stats.failing_commits.store(0, Ordering::Relaxed);
-                }
-                Ok(Err(ApplyFailed { error, batch })) => {
-                    state.failures += 1;
-                    state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                    state.stats.failing_commits.fetch_add(1, Ordering::Relaxed);
-                    let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
-                        .min(Duration::from_secs(5));
-                    tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
-                    // Keep the server from redelivering the batch while we retry it ourselves.
-                    for d in &deliveries {
-                        let _ = d.in_progress().await;
+        let range = (batch.first().map(|i| i.stream_seq), batch.last().map(|i| i.stream_seq));
+        if let (Some(first), Some(last)) = range {
+            if state.guard.suspect(first, last) {
+                apply_one_by_one(state, &deliveries, &mut poison, batch).await?;
+            } else {
+                match apply(state, batch).await? {
+                    Ok(()) => {}
+                    Err(ApplyFailed { error, batch }) => {
+                        state.failures += 1;
+                        state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                        state.stats.failing_commits.fetch_add(1, Ordering::Relaxed);
+                        let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
+                            .min(Duration::from_secs(5));
+                        tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
+                        // Keep the server from redelivering the batch while we retry it ourselves.
+                        for d in &deliveries {
+                            let _ = d.in_progress().await;
+                        }
+                        state.retry = Some(Retry { deliveries, poison, batch });
+                        myself.send_after(delay, || ConsumerMsg::Poll);
+                        return Ok(());
                     }
-                    state.retry = Some(Retry { deliveries, poison, batch });
-                    myself.send_after(delay, || ConsumerMsg::Poll);
-                    return Ok(());
                 }
-                Err(_) => return Err("the cache actor stopped before answering".into()),
             }
         }
         state.failures = 0;
@@ -253,10 +320,75 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         }
         if let Some(last) = deliveries.last() {
             state.stats.acked_stream_seq.store(last.stream_seq, Ordering::Relaxed);
+            state.guard.forget_through(last.stream_seq);
         }
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(())
     }
+}
+
+/// Hands a batch to the cache actor and waits for its commit. `Err` when the actor died with it
+/// (the guard then remembers the batch); `Ok(Err)` when the commit failed (storage).
+async fn apply<E: DomainEvent>(
+    state: &mut ConsumerState<E>,
+    batch: Vec<Inbound<E>>,
+) -> Result<Result<(), ApplyFailed<E>>, ActorProcessingErr> {
+    let first = batch.first().map(|i| i.stream_seq).unwrap_or(0);
+    let last = batch.last().map(|i| i.stream_seq).unwrap_or(0);
+    let (tx, rx) = ractor::concurrency::oneshot();
+    let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, reply: tx.into() };
+    state.guard.begin((first, last));
+    if !(state.target)(message) {
+        state.guard.end();
+        return Err("the cache actor is not running".into());
+    }
+    match rx.await {
+        Ok(Ok(outcome)) => {
+            state.guard.end();
+            state.stats.record(&outcome);
+            state.stats.failing_commits.store(0, Ordering::Relaxed);
+            Ok(Ok(()))
+        }
+        Ok(Err(failed)) => {
+            state.guard.end();
+            Ok(Err(failed))
+        }
+        // The actor died holding the batch: leave it marked in flight for the next incarnation.
+        Err(_) => Err("the cache actor stopped before answering".into()),
+    }
+}
+
+/// Applies a batch that overlaps one that killed the cache, one event per transaction, and
+/// dead-letters an event that killed it on its own too often.
+async fn apply_one_by_one<E: DomainEvent>(
+    state: &mut ConsumerState<E>,
+    deliveries: &[Delivery],
+    poison: &mut Vec<usize>,
+    batch: Vec<Inbound<E>>,
+) -> Result<(), ActorProcessingErr> {
+    tracing::warn!(
+        consumer = state.consumer.name(),
+        events = batch.len(),
+        "applying one event at a time after a crash"
+    );
+    for inbound in batch {
+        let seq = inbound.stream_seq;
+        let Some(index) = deliveries.iter().position(|d| d.stream_seq == seq) else { continue };
+        let failures = state.guard.solo_failures(seq);
+        if failures >= SOLO_FAILURES_TO_DEAD_LETTER {
+            let error = format!("the cache actor failed {failures} times applying this event on its own");
+            tracing::error!(consumer = state.consumer.name(), stream.seq = seq, %error, "dead-lettering a poison event");
+            state.bus.dead_letter(state.context, &deliveries[index], "apply_failed", &error).await?;
+            state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            poison.push(index);
+            continue;
+        }
+        if let Err(ApplyFailed { error, .. }) = apply(state, vec![inbound]).await? {
+            // Storage, not the event: start again from the checkpoint once it recovers.
+            return Err(format!("commit failed while isolating a poison event: {error}").into());
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a batch; copies what cannot decode to the dead-letter stream. Returns the positions of
@@ -279,7 +411,7 @@ async fn decode_batch<E: DomainEvent>(
                     %error,
                     "dead-lettering an event that cannot be applied"
                 );
-                state.bus.dead_letter(state.context, d, &error).await?;
+                state.bus.dead_letter(state.context, d, error.code(), &error.to_string()).await?;
                 state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 poison.push(index);
             }

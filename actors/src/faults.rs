@@ -22,6 +22,11 @@ pub struct Faults {
     pub cache_commit_failures: AtomicU32,
     /// A cache actor panics while applying its next batches.
     pub cache_panics: AtomicU32,
+    /// A cache actor panics on every batch holding an event about this entity id (a poison
+    /// event that trips a bug).
+    pub cache_panic_on_id: std::sync::Mutex<Option<String>>,
+    /// A consumer fails to start, as with a consumer the server refuses.
+    pub consumer_start_failures: AtomicU32,
 }
 
 impl Faults {
@@ -39,6 +44,7 @@ impl Faults {
                 "consumer_lost_acks" => &faults.consumer_lost_acks,
                 "cache_commit_failures" => &faults.cache_commit_failures,
                 "cache_panics" => &faults.cache_panics,
+                "consumer_start_failures" => &faults.consumer_start_failures,
                 other => return Err(format!("unknown fault {other:?}")),
             };
             counter.store(count, Ordering::SeqCst);

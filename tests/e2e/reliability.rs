@@ -289,8 +289,9 @@ async fn a_context_that_keeps_crashing_is_given_up_while_the_others_keep_running
     let env = TestEnv::start();
     let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
     assert!(system.health().values().all(|h| *h == carrier_actors::Health::Healthy), "{:?}", system.health());
-    // Every batch the baskets cache receives makes it panic, for good.
-    system.faults.cache_panics.store(u32::MAX, Ordering::SeqCst);
+    // The cache crashes once, and its consumer can never start again.
+    system.faults.cache_panics.store(1, Ordering::SeqCst);
+    system.faults.consumer_start_failures.store(u32::MAX, Ordering::SeqCst);
     let stores = system.stores.clone().expect("stores");
     create_shop(&stores).await;
     let tree = system.tree.clone();
@@ -332,5 +333,53 @@ async fn failing_storage_makes_the_context_degraded_until_it_recovers_by_itself(
             && sys.health()["baskets"] == carrier_actors::Health::Healthy
     })
     .await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_rest_flows() {
+    let env = TestEnv::start();
+    let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
+    *system.faults.cache_panic_on_id.lock().expect("lock") = Some("p3".to_string());
+    let stores = system.stores.clone().expect("stores");
+    create_shop(&stores).await;
+    for i in 1..=5 {
+        let add = StoresCommand::AddProduct {
+            id: format!("p{i}"),
+            store_id: "s".into(),
+            name: format!("product {i}"),
+            description: String::new(),
+            sku: String::new(),
+            price: 100 * i,
+        };
+        stores.execute(add, Causality::default()).await.expect("accepted");
+    }
+    let baskets = system.baskets.clone().expect("baskets");
+    wait_until(LIMIT, "the poison event is dead-lettered and the others applied", || {
+        let b = baskets.clone();
+        async move {
+            b.stores_consumer.dead_lettered.load(Ordering::Relaxed) == 1
+                && ["p1", "p2", "p4", "p5"].iter().all(|id| b.db.product(id).ok().flatten().is_some())
+        }
+    })
+    .await;
+    assert_eq!(baskets.db.product("p3").expect("read"), None);
+    let tree = system.tree.snapshot();
+    assert!(tree["carrier/baskets/cache"].restarts >= 2, "it crashed with the batch, then with the event alone");
+    assert_ne!(tree["carrier/baskets"].state, carrier_actors::supervisor::NodeState::Failed, "the context survived");
+    // Events keep flowing behind it.
+    stores
+        .execute(StoresCommand::IncreaseProductPrice { id: "p5".into(), delta: 1 }, Causality::default())
+        .await
+        .expect("ok");
+    wait_until(LIMIT, "later events still apply", || {
+        let b = baskets.clone();
+        async move { b.db.product("p5").ok().flatten().is_some_and(|p| p.price == 501) }
+    })
+    .await;
+    let letters = system.bus.dead_letters("baskets", 1, 10).await.expect("read");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].header("Carrier-Dlq-Reason"), Some("apply_failed"));
+    assert_eq!(letters[0].header("Carrier-Aggregate-Id"), Some("p3"));
     system.shutdown().await;
 }

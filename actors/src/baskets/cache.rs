@@ -116,6 +116,12 @@ impl Actor for BasketsCache {
                 if Faults::take(&state.faults.cache_panics) {
                     panic!("injected panic in the baskets cache");
                 }
+                let poison = state.faults.cache_panic_on_id.lock().ok().and_then(|id| id.clone());
+                if let Some(id) = poison {
+                    if batch.iter().any(|i| i.decoded.envelope.aggregate_id == id) {
+                        panic!("injected panic on an event about {id}");
+                    }
+                }
                 let labels: Option<Vec<String>> = flow::enabled().then(|| {
                     batch
                         .iter()

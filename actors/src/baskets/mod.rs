@@ -18,7 +18,7 @@ use carrier_messages::DomainEvent;
 use carrier_storage::BasketsDb;
 
 use crate::bus::{Bus, DurableSpec};
-use crate::consumer::{batch_target, CheckpointReader, ConsumerArgs, ConsumerStats, EventConsumer};
+use crate::consumer::{batch_target, CheckpointReader, ConsumerArgs, ConsumerStats, EventConsumer, PoisonGuard};
 use crate::fallback::{FallbackConfig, FallbackError, StoresFallback};
 use crate::faults::Faults;
 use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
@@ -119,6 +119,7 @@ pub(crate) fn supervisor_args(
 ) -> (SupervisorArgs, BasketsHandle) {
     let BasketsSettings { batch_max, ack_wait, inbox_retention, fallback, gap_grace } = settings;
     let stats = Arc::new(ConsumerStats::default());
+    let guard = Arc::new(PoisonGuard::default());
     let fallback = Arc::new(StoresFallback::new(bus.clone(), fallback));
     let slot: ActorSlot<BasketsCacheMsg> = ActorSlot::default();
     let handle = BasketsHandle {
@@ -150,6 +151,7 @@ pub(crate) fn supervisor_args(
         let bus = bus.clone();
         let stats = stats.clone();
         let faults = faults.clone();
+        let guard = guard.clone();
         let db = consumer_db.clone();
         async move {
             let cache: ActorRef<BasketsCacheMsg> =
@@ -165,8 +167,16 @@ pub(crate) fn supervisor_args(
                 linger: Duration::from_millis(2),
             };
             let checkpoint: CheckpointReader = Arc::new(move |durable: &str| db.checkpoint(durable));
-            let args =
-                ConsumerArgs { bus, context: CONTEXT, spec, target: batch_target(cache), stats, faults, checkpoint };
+            let args = ConsumerArgs {
+                bus,
+                context: CONTEXT,
+                spec,
+                target: batch_target(cache),
+                stats,
+                faults,
+                checkpoint,
+                guard,
+            };
             let (actor, _) =
                 Actor::spawn_linked(None, EventConsumer::<StoresEvent>::default(), args, supervisor).await?;
             Ok(actor.get_cell())
