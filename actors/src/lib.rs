@@ -12,7 +12,9 @@
 
 pub mod baskets;
 pub mod bus;
+pub mod cache;
 pub mod consumer;
+pub mod depot;
 pub mod fallback;
 pub mod faults;
 pub mod flow;

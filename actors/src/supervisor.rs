@@ -210,6 +210,8 @@ pub struct SupervisorState {
     policy: RestartPolicy,
     tree: SupervisionTree,
     recent_restarts: VecDeque<Instant>,
+    /// The earliest child with a restart scheduled: exits until then belong to that incident.
+    pending_restart: Option<usize>,
 }
 
 impl SupervisorState {
@@ -274,11 +276,17 @@ impl SupervisorState {
             n.last_failure_at = Some(SystemTime::now());
         });
 
-        self.recent_restarts.push_back(now);
+        // A child that exits while a restart is already scheduled (a consumer whose cache just
+        // died, say) is part of the same incident: it counts once toward the restart limit.
+        let rest_for_one = self.policy.strategy == Strategy::RestForOne;
+        let same_incident = rest_for_one && self.pending_restart.is_some();
+        if !same_incident {
+            self.recent_restarts.push_back(now);
+        }
         while self.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
             self.recent_restarts.pop_front();
         }
-        if self.recent_restarts.len() > self.policy.max_restarts {
+        if !same_incident && self.recent_restarts.len() > self.policy.max_restarts {
             let summary = format!(
                 "{path} failed {} times within {:?}; last failure: {reason}",
                 self.recent_restarts.len(),
@@ -313,7 +321,13 @@ impl SupervisorState {
                 }
             }
         }
-        myself.send_after(delay, move || SupervisorMsg::Restart { index });
+        if !rest_for_one {
+            myself.send_after(delay, move || SupervisorMsg::Restart { index });
+        } else if self.pending_restart.is_none_or(|pending| index < pending) {
+            // One restart from the earliest failed child restarts every child after it.
+            self.pending_restart = Some(index);
+            myself.send_after(delay, move || SupervisorMsg::Restart { index });
+        }
         Ok(())
     }
 }
@@ -339,6 +353,7 @@ impl Actor for Supervisor {
             policy: args.policy,
             tree: args.tree,
             recent_restarts: VecDeque::new(),
+            pending_restart: None,
         };
         state.tree.update(&state.path, |n| n.state = NodeState::Starting);
         for index in 0..state.slots.len() {
@@ -386,6 +401,9 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Restart { index } => {
+                if state.pending_restart == Some(index) {
+                    state.pending_restart = None;
+                }
                 if state.slots[index].given_up {
                     return Ok(());
                 }

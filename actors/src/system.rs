@@ -8,10 +8,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 
 use carrier_messages::stores::StoresEvent;
-use carrier_storage::{BasketsDb, StorageError, StoresDb};
+use carrier_storage::{BasketsDb, DepotDb, StorageError, StoresDb};
 
 use crate::baskets::{self, BasketsHandle};
 use crate::bus::{Bus, BusError};
+use crate::cache::{stores_cache_context, CacheSettings, InboxRetention};
+use crate::depot::{self, DepotHandle};
 use crate::faults::Faults;
 use crate::stores::{self, StoresHandle};
 use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, Supervisor, SupervisorArgs, SupervisorMsg};
@@ -26,17 +28,20 @@ pub enum ContextName {
     Stores,
     /// Keeps caches of stores and products.
     Baskets,
+    /// Keeps caches of stores (with locations) and products for shopping lists.
+    Depot,
 }
 
 impl ContextName {
     /// Every context, in start order (owners first).
-    pub const ALL: [ContextName; 2] = [ContextName::Stores, ContextName::Baskets];
+    pub const ALL: [ContextName; 3] = [ContextName::Stores, ContextName::Baskets, ContextName::Depot];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
         match self {
             ContextName::Stores => stores::CONTEXT,
             ContextName::Baskets => baskets::CONTEXT,
+            ContextName::Depot => depot::CONTEXT,
         }
     }
 
@@ -70,7 +75,7 @@ pub struct SystemConfig {
     /// How long JetStream waits for a consumer's ack before redelivering.
     pub ack_wait: Duration,
     /// How long caches keep applied event ids (entity versions guard idempotence after that).
-    pub inbox_retention: baskets::InboxRetention,
+    pub inbox_retention: InboxRetention,
     /// How caches ask owners for what they lack.
     pub fallback: crate::fallback::FallbackConfig,
     /// How long a version gap may stay open (an out-of-order event may still arrive) before the
@@ -89,7 +94,7 @@ impl SystemConfig {
             contexts: ContextName::ALL.to_vec(),
             batch_max: 512,
             ack_wait: Duration::from_secs(30),
-            inbox_retention: baskets::InboxRetention {
+            inbox_retention: InboxRetention {
                 horizon: Duration::from_secs(7 * 24 * 3600),
                 every: Duration::from_secs(60),
             },
@@ -124,6 +129,8 @@ pub struct CarrierSystem {
     pub stores: Option<StoresHandle>,
     /// The baskets context, if running.
     pub baskets: Option<BasketsHandle>,
+    /// The depot context, if running.
+    pub depot: Option<DepotHandle>,
     /// The failure-injection counters the actors read.
     pub faults: Arc<Faults>,
     root: ActorRef<SupervisorMsg>,
@@ -139,6 +146,14 @@ impl CarrierSystem {
         let mut children = Vec::new();
         let mut stores_handle = None;
         let mut baskets_handle = None;
+        let mut depot_handle = None;
+        let settings = CacheSettings {
+            batch_max: config.batch_max,
+            ack_wait: config.ack_wait,
+            inbox_retention: config.inbox_retention,
+            fallback: config.fallback,
+            gap_grace: config.gap_grace,
+        };
         let mut contexts = config.contexts.clone();
         contexts.sort();
         contexts.dedup();
@@ -156,16 +171,31 @@ impl CarrierSystem {
                 ContextName::Baskets => {
                     bus.ensure_dead_letter_stream(baskets::CONTEXT).await?;
                     let db = Arc::new(BasketsDb::open(&db_path)?);
-                    let settings = baskets::BasketsSettings {
-                        batch_max: config.batch_max,
-                        ack_wait: config.ack_wait,
-                        inbox_retention: config.inbox_retention,
-                        fallback: config.fallback,
-                        gap_grace: config.gap_grace,
-                    };
-                    let (args, handle) =
-                        baskets::supervisor_args(bus.clone(), db, settings, config.faults.clone(), tree.clone(), path);
+                    let (args, handle) = stores_cache_context(
+                        baskets::CONTEXT,
+                        bus.clone(),
+                        db,
+                        settings,
+                        config.faults.clone(),
+                        tree.clone(),
+                        path,
+                    );
                     baskets_handle = Some(handle);
+                    args
+                }
+                ContextName::Depot => {
+                    bus.ensure_dead_letter_stream(depot::CONTEXT).await?;
+                    let db = Arc::new(DepotDb::open(&db_path)?);
+                    let (args, handle) = stores_cache_context(
+                        depot::CONTEXT,
+                        bus.clone(),
+                        db,
+                        settings,
+                        config.faults.clone(),
+                        tree.clone(),
+                        path,
+                    );
+                    depot_handle = Some(handle);
                     args
                 }
             };
@@ -181,6 +211,7 @@ impl CarrierSystem {
             tree,
             stores: stores_handle,
             baskets: baskets_handle,
+            depot: depot_handle,
             faults: config.faults,
             root,
             root_task,
@@ -215,18 +246,23 @@ impl CarrierSystem {
         use crate::supervisor::NodeState;
         let tree = self.tree.snapshot();
         let mut out = std::collections::BTreeMap::new();
-        let contexts = [(stores::CONTEXT, self.stores.is_some()), (baskets::CONTEXT, self.baskets.is_some())];
+        let contexts = [
+            (stores::CONTEXT, self.stores.is_some()),
+            (baskets::CONTEXT, self.baskets.is_some()),
+            (depot::CONTEXT, self.depot.is_some()),
+        ];
         for (name, _) in contexts.into_iter().filter(|(_, running)| *running) {
             let prefix = format!("{ROOT}/{name}");
             let nodes: Vec<_> = tree.iter().filter(|(path, _)| path.starts_with(&prefix)).collect();
             let failed = nodes.iter().find(|(_, n)| n.state == NodeState::Failed);
             let restarting = nodes.iter().find(|(_, n)| matches!(n.state, NodeState::Restarting | NodeState::Starting));
-            let failing_commits = match (name, &self.baskets) {
-                (baskets::CONTEXT, Some(b)) => {
-                    b.stores_consumer.failing_commits.load(std::sync::atomic::Ordering::Relaxed)
-                }
-                _ => 0,
+            let consumer = match name {
+                baskets::CONTEXT => self.baskets.as_ref().map(|h| h.stores_consumer.clone()),
+                depot::CONTEXT => self.depot.as_ref().map(|h| h.stores_consumer.clone()),
+                _ => None,
             };
+            let failing_commits =
+                consumer.map(|c| c.failing_commits.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
             let health = if let Some((path, node)) = failed {
                 Health::Failed(format!("{path}: {}", node.last_failure.clone().unwrap_or_default()))
             } else if let Some((path, node)) = restarting {
@@ -250,11 +286,12 @@ impl CarrierSystem {
         self.bus.close().await;
         // Killed actors drop their state on their own tasks; wait until no handle is left.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let handles = (self.stores, self.baskets);
+        let (stores, baskets, depot) = (self.stores, self.baskets, self.depot);
         loop {
-            let stores_free = handles.0.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
-            let baskets_free = handles.1.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
-            if (stores_free && baskets_free) || std::time::Instant::now() > deadline {
+            let free = stores.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
+                && baskets.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
+                && depot.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
+            if free || std::time::Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

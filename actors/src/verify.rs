@@ -55,3 +55,52 @@ pub fn baskets_against_stores(owner: &StoresDb, cache: &BasketsDb) -> Result<Vec
     }
     Ok(problems)
 }
+
+/// Every difference between the stores owner's state and the depot caches; empty when they
+/// agree. The depot keeps names and locations of stores and names of products.
+pub fn depot_against_stores(owner: &StoresDb, cache: &carrier_storage::DepotDb) -> Result<Vec<String>, StorageError> {
+    let mut problems = Vec::new();
+    let stores = owner.stores()?;
+    let cached_stores = cache.stores()?;
+    for (id, row) in &stores {
+        match cached_stores.iter().find(|(cid, _, _)| cid == id) {
+            None => problems.push(format!("store {id}: missing from depot cache")),
+            Some((_, cached, version)) => {
+                if cached.name != row.name || cached.location != row.location {
+                    problems.push(format!(
+                        "store {id}: depot has ({}, {}), owner has ({}, {})",
+                        cached.name, cached.location, row.name, row.location
+                    ));
+                }
+                if *version != row.version {
+                    problems.push(format!("store {id}: version {version} in depot, {} at owner", row.version));
+                }
+            }
+        }
+    }
+    if cached_stores.len() != stores.len() {
+        problems.push(format!("depot caches {} stores, the owner has {}", cached_stores.len(), stores.len()));
+    }
+    let products = owner.products()?;
+    let cached_products = cache.products()?;
+    for (id, row) in &products {
+        let cached = cached_products.iter().find(|(cid, _, _)| cid == id);
+        match (row.removed, cached) {
+            (true, Some(_)) => problems.push(format!("product {id}: removed at owner, still in depot")),
+            (false, None) => problems.push(format!("product {id}: missing from depot cache")),
+            (false, Some((_, cached, version))) => {
+                if cached.name != row.name || cached.store_id != row.store_id {
+                    problems.push(format!(
+                        "product {id}: depot has ({}, {}), owner has ({}, {})",
+                        cached.store_id, cached.name, row.store_id, row.name
+                    ));
+                }
+                if *version != row.version {
+                    problems.push(format!("product {id}: version {version} in depot, {} at owner", row.version));
+                }
+            }
+            (true, None) => {}
+        }
+    }
+    Ok(problems)
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use carrier_actors::verify::baskets_against_stores;
+use carrier_actors::verify::{baskets_against_stores, depot_against_stores};
 use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::StoresCommand;
@@ -61,10 +61,12 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     let baskets = system.baskets.clone().context("baskets context missing")?;
+    let depot = system.depot.clone().context("depot context missing")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut problems;
     loop {
         problems = baskets_against_stores(&stores.db, &baskets.db)?;
+        problems.extend(depot_against_stores(&stores.db, &depot.db)?.into_iter().map(|p| format!("depot: {p}")));
         if problems.is_empty() || Instant::now() > deadline {
             break;
         }
@@ -92,6 +94,13 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         });
         println!("  product {:<26} {left:<25} v{:<3} | {right}", pid, p.version);
     }
+    println!("\ndepot caches (where the bots go)");
+    for (sid, s, v) in depot.db.stores()? {
+        println!("  store   {sid:<26} {:<16} {:<12} v{v}", s.name, s.location);
+    }
+    for (pid, p, v) in depot.db.products()? {
+        println!("  product {pid:<26} {:<16} at {:<22} v{v}", p.name, p.store_id);
+    }
     let consumer = &baskets.stores_consumer;
     use std::sync::atomic::Ordering::Relaxed;
     println!(
@@ -104,7 +113,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     system.shutdown().await;
     drop(nats);
     if problems.is_empty() {
-        println!("\nOK: the baskets caches agree with the stores owner.");
+        println!("\nOK: the baskets and depot caches agree with the stores owner.");
         Ok(ExitCode::SUCCESS)
     } else {
         println!("\nFAILED: the caches disagree with the owner:");

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use carrier_actors::ContextName;
-use carrier_storage::{BasketsDb, StoresDb};
+use carrier_storage::{BasketsDb, DepotDb, StoresCacheDb, StoresDb};
 
 /// Arguments of `carrier inspect`.
 #[derive(clap::Args)]
@@ -63,22 +63,43 @@ pub fn main(args: InspectArgs) -> anyhow::Result<ExitCode> {
             for (id, p, version) in products.into_iter().take(args.limit) {
                 println!("  {id:<24} {:<28} store {:<16} {:>10} v{version}", p.name, p.store_id, money(p.price));
             }
-            let stats = db.engine_stats()?;
-            section("inbox", stats.inbox as usize);
-            for (event_id, seq) in db.inbox(args.limit)? {
-                println!("  {event_id}  stream seq {seq}");
+            engine_sections(&db, args.limit)?;
+        }
+        ContextName::Depot => {
+            let db = DepotDb::open(&path).with_context(hint)?;
+            println!("{}", path.display());
+            let stores = db.stores()?;
+            section("stores_cache", stores.len());
+            for (id, s, version) in stores.into_iter().take(args.limit) {
+                println!("  {id:<24} {:<28} {:<20} v{version}", s.name, s.location);
             }
-            section("checkpoints", stats.checkpoints.len());
-            for (durable, seq) in stats.checkpoints {
-                println!("  {durable:<24} last committed stream seq {seq}");
+            let products = db.products()?;
+            section("products_cache", products.len());
+            for (id, p, version) in products.into_iter().take(args.limit) {
+                println!("  {id:<24} {:<28} store {:<16} v{version}", p.name, p.store_id);
             }
-            println!(
-                "\nentities with a version: {}   parked (waiting for an earlier version): {}",
-                stats.entities, stats.parked
-            );
+            engine_sections(&db, args.limit)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The inbox, checkpoints and parked events every consuming context has.
+fn engine_sections(db: &impl StoresCacheDb, limit: usize) -> anyhow::Result<()> {
+    let stats = db.engine_stats()?;
+    section("inbox", stats.inbox as usize);
+    for (event_id, seq) in db.inbox(limit)? {
+        println!("  {event_id}  stream seq {seq}");
+    }
+    section("checkpoints", stats.checkpoints.len());
+    for (durable, seq) in stats.checkpoints {
+        println!("  {durable:<24} last committed stream seq {seq}");
+    }
+    println!(
+        "\nentities with a version: {}   parked (waiting for an earlier version): {}",
+        stats.entities, stats.parked
+    );
+    Ok(())
 }
 
 fn section(name: &str, rows: usize) {

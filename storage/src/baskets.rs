@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
 
-use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
+use crate::engine::{self, Adopted, BatchOutcome, Inbound, Projection};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows_with_version, get_row};
 use crate::StorageError;
@@ -60,15 +60,6 @@ impl BasketsDb {
         &self.path
     }
 
-    /// Applies a batch of stores events in one transaction (see [`engine::apply_batch`]).
-    pub fn apply_stores_events(
-        &self,
-        consumer: &str,
-        batch: &[Inbound<StoresEvent>],
-    ) -> Result<BatchOutcome, StorageError> {
-        engine::apply_batch(&self.db, consumer, &StoresProjection, batch)
-    }
-
     /// One cached store.
     pub fn store(&self, id: &str) -> Result<Option<CachedStore>, StorageError> {
         get_row(&self.db, STORES_CACHE, "stores_cache", id)
@@ -88,22 +79,51 @@ impl BasketsDb {
     pub fn products(&self) -> Result<Vec<(String, CachedProduct, u64)>, StorageError> {
         all_rows_with_version(&self.db, PRODUCTS_CACHE, "products_cache", "product")
     }
+}
 
-    /// Inbox size, parked events and checkpoints.
-    pub fn engine_stats(&self) -> Result<EngineStats, StorageError> {
-        engine::stats(&self.db)
+impl crate::StoresCacheDb for BasketsDb {
+    type Store = CachedStore;
+    type Product = CachedProduct;
+
+    fn database(&self) -> &Database {
+        &self.db
     }
 
-    /// Writes a store as its owner reported it (a fallback answer); see [`engine::adopt`].
-    pub fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
+    fn cached_store(&self, id: &str) -> Result<Option<CachedStore>, StorageError> {
+        self.store(id)
+    }
+
+    fn cached_product(&self, id: &str) -> Result<Option<CachedProduct>, StorageError> {
+        self.product(id)
+    }
+
+    fn store_row(snapshot: &StoreSnapshot) -> CachedStore {
+        CachedStore { name: snapshot.name.clone() }
+    }
+
+    fn product_row(snapshot: &ProductSnapshot) -> Option<CachedProduct> {
+        (!snapshot.removed).then(|| CachedProduct {
+            store_id: snapshot.store_id.clone(),
+            name: snapshot.name.clone(),
+            price: snapshot.price,
+        })
+    }
+
+    fn apply_stores_events(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<StoresEvent>],
+    ) -> Result<BatchOutcome, StorageError> {
+        engine::apply_batch(&self.db, consumer, &StoresProjection, batch)
+    }
+
+    fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
         engine::adopt::<StoresEvent, _>(&self.db, &StoresProjection, "store", &snapshot.id, snapshot.version, |t| {
             t.add_store(&snapshot.id, &snapshot.name)
         })
     }
 
-    /// Writes a product as its owner reported it (removed ones leave the cache); see
-    /// [`engine::adopt`].
-    pub fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
+    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
         engine::adopt::<StoresEvent, _>(&self.db, &StoresProjection, "product", &snapshot.id, snapshot.version, |t| {
             if snapshot.removed {
                 t.remove_product(&snapshot.id)
@@ -111,29 +131,6 @@ impl BasketsDb {
                 t.add_product(&snapshot.id, &snapshot.store_id, &snapshot.name, snapshot.price)
             }
         })
-    }
-
-    /// Entities waiting for a missing version: (aggregate type, id, current version, lowest parked
-    /// version).
-    pub fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {
-        engine::gaps(&self.db)
-    }
-
-    /// The last stream sequence committed for `consumer` (0 when none).
-    pub fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
-        engine::checkpoint(&self.db, consumer)
-    }
-
-    /// Deletes up to `limit` inbox records older than `horizon`; see [`engine`] for why that is
-    /// safe. Returns how many went.
-    pub fn prune_inbox(&self, horizon: std::time::Duration, limit: usize) -> Result<u64, StorageError> {
-        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
-        engine::prune_inbox(&self.db, cutoff, limit)
-    }
-
-    /// The first `limit` inbox entries.
-    pub fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
-        engine::inbox_entries(&self.db, limit)
     }
 }
 
@@ -230,6 +227,7 @@ impl Projection<StoresEvent> for StoresProjection {
 mod tests {
     use super::*;
     use crate::engine::Disposition;
+    use crate::StoresCacheDb;
     use carrier_messages::codec::Causality;
     use carrier_messages::stores::*;
     use carrier_messages::Decoded;
@@ -334,6 +332,7 @@ mod tests {
 #[cfg(test)]
 mod adopt_tests {
     use super::*;
+    use crate::StoresCacheDb;
     use carrier_messages::codec::Causality;
     use carrier_messages::stores::*;
     use carrier_messages::Decoded;

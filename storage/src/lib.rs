@@ -6,6 +6,8 @@
 //!   applied version of each entity, events parked until the version before them arrives, and the
 //!   consumer checkpoints. [`engine::apply_batch`] applies a delivered batch in one transaction.
 //! - [`baskets`]: the baskets context's caches of stores and products ([`BasketsDb`]).
+//! - [`StoresCacheDb`]: what every cache of the stores context's data offers its actor.
+//! - [`depot`]: the depot context's caches of stores and products ([`DepotDb`]).
 //! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
 //! - [`outbox`]: the outbox table any owning context writes in the same transaction as its state.
 //!
@@ -15,11 +17,15 @@ mod error;
 mod rows;
 
 pub mod baskets;
+mod cache;
+pub mod depot;
 pub mod engine;
 pub mod outbox;
 pub mod stores;
 
 pub use baskets::BasketsDb;
+pub use cache::StoresCacheDb;
+pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::StorageError;
 pub use stores::{CommandError, StoresDb};

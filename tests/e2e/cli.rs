@@ -19,7 +19,8 @@ fn the_demo_exits_zero_when_the_caches_agree() {
     assert!(stdout.contains("--> Stores.CreateStore"), "flow log shown:\n{stdout}");
     assert!(stdout.contains("--> Baskets.Store.On(stores.StoreCreated)"));
     assert!(stdout.contains("<-- Stores.IntegrationEvents.On(stores.ProductRemoved)"));
-    assert!(stdout.contains("OK: the baskets caches agree with the stores owner."));
+    assert!(stdout.contains("OK: the baskets and depot caches agree with the stores owner."));
+    assert!(stdout.contains("--> Depot.Store.On(stores.StoreCreated)"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Crash tests with real processes and real signals: `carrier run` is killed with SIGKILL at
 //! random moments while events flow, and restarted each time.
 
+use carrier_storage::StoresCacheDb as _;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

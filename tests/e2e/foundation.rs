@@ -1,5 +1,6 @@
 //! The foundation: one event path from a stores command to the baskets caches.
 
+use carrier_storage::StoresCacheDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod depot;
 mod foundation;
 mod reliability;
 mod versions;

@@ -1,5 +1,6 @@
 //! Reliability: bad input, server restarts, and the guarantees that must survive them.
 
+use carrier_storage::StoresCacheDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -244,7 +245,7 @@ async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
     let env = TestEnv::start();
     let mut config = env.config(&[ContextName::Stores, ContextName::Baskets]);
     config.inbox_retention =
-        carrier_actors::baskets::InboxRetention { horizon: Duration::ZERO, every: Duration::from_millis(100) };
+        carrier_actors::cache::InboxRetention { horizon: Duration::ZERO, every: Duration::from_millis(100) };
     let system = carrier_actors::CarrierSystem::start(config).await.expect("starts");
     let stores = system.stores.clone().expect("stores");
     create_shop(&stores).await;
@@ -367,6 +368,10 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
     let tree = system.tree.snapshot();
     assert!(tree["carrier/baskets/cache"].restarts >= 2, "it crashed with the batch, then with the event alone");
     assert_ne!(tree["carrier/baskets"].state, carrier_actors::supervisor::NodeState::Failed, "the context survived");
+    assert_eq!(
+        tree["carrier/baskets"].restarts, 0,
+        "without even escalating: a cache and its consumer failing together is one incident"
+    );
     // Events keep flowing behind it.
     stores
         .execute(StoresCommand::IncreaseProductPrice { id: "p5".into(), delta: 1 }, Causality::default())

@@ -1,10 +1,11 @@
 //! Versions and the fallback: out-of-order and duplicate deliveries, gaps repaired through the
 //! owner, and cache misses answered by the owner, fast failure included while it is down.
 
+use carrier_storage::StoresCacheDb as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use carrier_actors::baskets::LookupError;
+use carrier_actors::cache::LookupError;
 use carrier_actors::fallback::{BreakerState, FallbackError};
 use carrier_actors::verify::baskets_against_stores;
 use carrier_actors::{CarrierSystem, ContextName};
