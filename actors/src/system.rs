@@ -8,7 +8,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 
 use carrier_messages::stores::StoresEvent;
-use carrier_storage::{BasketsDb, DepotDb, StorageError, StoresDb};
+use carrier_storage::{StorageError, StoresCacheFile, StoresDb};
 
 use crate::baskets::{self, BasketsHandle};
 use crate::bus::{Bus, BusError};
@@ -169,32 +169,14 @@ impl CarrierSystem {
                     args
                 }
                 ContextName::Baskets => {
-                    bus.ensure_dead_letter_stream(baskets::CONTEXT).await?;
-                    let db = Arc::new(BasketsDb::open(&db_path)?);
-                    let (args, handle) = stores_cache_context(
-                        baskets::CONTEXT,
-                        bus.clone(),
-                        db,
-                        settings,
-                        config.faults.clone(),
-                        tree.clone(),
-                        path,
-                    );
+                    let (args, handle) =
+                        cache_context(baskets::CONTEXT, &bus, &db_path, settings, &config, &tree, path).await?;
                     baskets_handle = Some(handle);
                     args
                 }
                 ContextName::Depot => {
-                    bus.ensure_dead_letter_stream(depot::CONTEXT).await?;
-                    let db = Arc::new(DepotDb::open(&db_path)?);
-                    let (args, handle) = stores_cache_context(
-                        depot::CONTEXT,
-                        bus.clone(),
-                        db,
-                        settings,
-                        config.faults.clone(),
-                        tree.clone(),
-                        path,
-                    );
+                    let (args, handle) =
+                        cache_context(depot::CONTEXT, &bus, &db_path, settings, &config, &tree, path).await?;
                     depot_handle = Some(handle);
                     args
                 }
@@ -297,6 +279,21 @@ impl CarrierSystem {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Opens a consuming context's cache file and dead-letter stream and builds its supervisor.
+async fn cache_context<K: carrier_storage::CacheKind>(
+    context: &'static str,
+    bus: &Bus,
+    db_path: &std::path::Path,
+    settings: CacheSettings,
+    config: &SystemConfig,
+    tree: &SupervisionTree,
+    path: String,
+) -> Result<(SupervisorArgs, crate::cache::CacheHandle<StoresCacheFile<K>>), StartError> {
+    bus.ensure_dead_letter_stream(context).await?;
+    let db = Arc::new(StoresCacheFile::<K>::open(db_path)?);
+    Ok(stores_cache_context(context, bus.clone(), db, settings, config.faults.clone(), tree.clone(), path))
 }
 
 /// A context's supervisor as a child of the root. Its arguments are rebuilt from a template

@@ -2,21 +2,12 @@
 //! `baskets.stores_cache` and `baskets.products_cache`), so that a basket never asks the stores
 //! service for a name or a price on the hot path.
 
-use std::path::{Path, PathBuf};
-
-use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
-use carrier_messages::Envelope;
 
-use crate::engine::{self, Adopted, BatchOutcome, Inbound, Projection};
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows_with_version, get_row};
+use crate::cache::{CacheKind, CacheTables, StoresCacheFile};
 use crate::StorageError;
-
-const STORES_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("stores_cache");
-const PRODUCTS_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("products_cache");
 
 /// A store as the baskets context knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,64 +28,37 @@ pub struct CachedProduct {
 }
 
 /// `baskets.redb`: the caches plus the engine's inbox, versions and checkpoints.
-pub struct BasketsDb {
-    db: Database,
-    path: PathBuf,
-}
+pub type BasketsDb = StoresCacheFile<Baskets>;
 
-impl BasketsDb {
-    /// Opens or creates the file.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let path = path.as_ref().to_path_buf();
-        let db = engine::open_database(&path, |txn| {
-            engine::create_tables(txn)?;
-            txn.open_table(STORES_CACHE).during("create stores_cache")?;
-            txn.open_table(PRODUCTS_CACHE).during("create products_cache")?;
-            Ok(())
-        })?;
-        Ok(BasketsDb { db, path })
-    }
+/// What baskets keeps: names and prices.
+pub struct Baskets;
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// One cached store.
-    pub fn store(&self, id: &str) -> Result<Option<CachedStore>, StorageError> {
-        get_row(&self.db, STORES_CACHE, "stores_cache", id)
-    }
-
-    /// One cached product.
-    pub fn product(&self, id: &str) -> Result<Option<CachedProduct>, StorageError> {
-        get_row(&self.db, PRODUCTS_CACHE, "products_cache", id)
-    }
-
-    /// Every cached store with its version, by id.
-    pub fn stores(&self) -> Result<Vec<(String, CachedStore, u64)>, StorageError> {
-        all_rows_with_version(&self.db, STORES_CACHE, "stores_cache", "store")
-    }
-
-    /// Every cached product with its version, by id.
-    pub fn products(&self) -> Result<Vec<(String, CachedProduct, u64)>, StorageError> {
-        all_rows_with_version(&self.db, PRODUCTS_CACHE, "products_cache", "product")
-    }
-}
-
-impl crate::StoresCacheDb for BasketsDb {
+impl CacheKind for Baskets {
     type Store = CachedStore;
     type Product = CachedProduct;
 
-    fn database(&self) -> &Database {
-        &self.db
-    }
-
-    fn cached_store(&self, id: &str) -> Result<Option<CachedStore>, StorageError> {
-        self.store(id)
-    }
-
-    fn cached_product(&self, id: &str) -> Result<Option<CachedProduct>, StorageError> {
-        self.product(id)
+    fn apply(t: &mut CacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+        match event {
+            // StoreCacheRepository.Add; Rename carries the whole row this cache keeps.
+            StoresEvent::StoreCreated(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() }),
+            StoresEvent::StoreRebranded(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() }),
+            // ProductCacheRepository.Add, Rebrand, UpdatePrice(delta), Remove.
+            StoresEvent::ProductAdded(e) => t.put_product(
+                &e.id,
+                &CachedProduct { store_id: e.store_id.clone(), name: e.name.clone(), price: e.price },
+            ),
+            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone()),
+            StoresEvent::ProductPriceIncreased(e) => {
+                t.update_product(&e.id, |p| p.price = p.price.saturating_add(e.delta))
+            }
+            StoresEvent::ProductPriceDecreased(e) => {
+                t.update_product(&e.id, |p| p.price = p.price.saturating_sub(e.delta))
+            }
+            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id),
+            // Baskets does not care whether a store takes part in automated ordering, but the
+            // events still advance the store's version, which the engine records.
+            StoresEvent::StoreParticipationEnabled(_) | StoresEvent::StoreParticipationDisabled(_) => Ok(()),
+        }
     }
 
     fn store_row(snapshot: &StoreSnapshot) -> CachedStore {
@@ -108,125 +72,12 @@ impl crate::StoresCacheDb for BasketsDb {
             price: snapshot.price,
         })
     }
-
-    fn apply_stores_events(
-        &self,
-        consumer: &str,
-        batch: &[Inbound<StoresEvent>],
-    ) -> Result<BatchOutcome, StorageError> {
-        engine::apply_batch(&self.db, consumer, &StoresProjection, batch)
-    }
-
-    fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
-        engine::adopt::<StoresEvent, _>(&self.db, &StoresProjection, "store", &snapshot.id, snapshot.version, |t| {
-            t.add_store(&snapshot.id, &snapshot.name)
-        })
-    }
-
-    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
-        engine::adopt::<StoresEvent, _>(&self.db, &StoresProjection, "product", &snapshot.id, snapshot.version, |t| {
-            if snapshot.removed {
-                t.remove_product(&snapshot.id)
-            } else {
-                t.add_product(&snapshot.id, &snapshot.store_id, &snapshot.name, snapshot.price)
-            }
-        })
-    }
-}
-
-/// The caches opened for one batch, with seed 001's repository operations.
-pub struct BasketsTables<'txn> {
-    stores: Table<'txn, &'static str, &'static [u8]>,
-    products: Table<'txn, &'static str, &'static [u8]>,
-}
-
-impl BasketsTables<'_> {
-    /// `StoreCacheRepository.Add`.
-    pub fn add_store(&mut self, id: &str, name: &str) -> Result<(), StorageError> {
-        let row = encode_row("stores_cache", &CachedStore { name: name.to_string() })?;
-        self.stores.insert(id, row.as_slice()).during("write stores_cache")?;
-        Ok(())
-    }
-
-    /// `StoreCacheRepository.Rename`. A store the cache has never seen is added: the name is all
-    /// this cache keeps, so the rename carries the whole row.
-    pub fn rename_store(&mut self, id: &str, name: &str) -> Result<(), StorageError> {
-        self.add_store(id, name)
-    }
-
-    /// `ProductCacheRepository.Add`.
-    pub fn add_product(&mut self, id: &str, store_id: &str, name: &str, price: i64) -> Result<(), StorageError> {
-        let row = CachedProduct { store_id: store_id.to_string(), name: name.to_string(), price };
-        let bytes = encode_row("products_cache", &row)?;
-        self.products.insert(id, bytes.as_slice()).during("write products_cache")?;
-        Ok(())
-    }
-
-    /// `ProductCacheRepository.Rebrand`.
-    pub fn rebrand_product(&mut self, id: &str, name: &str) -> Result<(), StorageError> {
-        self.update_product(id, |p| p.name = name.to_string())
-    }
-
-    /// `ProductCacheRepository.UpdatePrice`: adds `delta` (negative to lower it).
-    pub fn update_price(&mut self, id: &str, delta: i64) -> Result<(), StorageError> {
-        self.update_product(id, |p| p.price = p.price.saturating_add(delta))
-    }
-
-    /// `ProductCacheRepository.Remove`.
-    pub fn remove_product(&mut self, id: &str) -> Result<(), StorageError> {
-        self.products.remove(id).during("remove products_cache")?;
-        Ok(())
-    }
-
-    fn update_product(&mut self, id: &str, change: impl FnOnce(&mut CachedProduct)) -> Result<(), StorageError> {
-        let current = self.products.get(id).during("read products_cache")?.map(|g| g.value().to_vec());
-        let Some(bytes) = current else {
-            // Versions make this unreachable for events from one owner: the product's
-            // version-1 event adds it first. Say so loudly rather than invent a row.
-            tracing::warn!(product.id = id, "product missing from baskets cache; change skipped");
-            return Ok(());
-        };
-        let mut row: CachedProduct = decode_row("products_cache", &bytes)?;
-        change(&mut row);
-        let bytes = encode_row("products_cache", &row)?;
-        self.products.insert(id, bytes.as_slice()).during("write products_cache")?;
-        Ok(())
-    }
-}
-
-/// Maps stores events onto the baskets caches.
-struct StoresProjection;
-
-impl Projection<StoresEvent> for StoresProjection {
-    type Tables<'txn> = BasketsTables<'txn>;
-
-    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<BasketsTables<'txn>, StorageError> {
-        Ok(BasketsTables {
-            stores: txn.open_table(STORES_CACHE).during("open stores_cache")?,
-            products: txn.open_table(PRODUCTS_CACHE).during("open products_cache")?,
-        })
-    }
-
-    fn apply(&self, t: &mut BasketsTables<'_>, _envelope: &Envelope, event: &StoresEvent) -> Result<(), StorageError> {
-        match event {
-            StoresEvent::StoreCreated(e) => t.add_store(&e.id, &e.name),
-            StoresEvent::StoreRebranded(e) => t.rename_store(&e.id, &e.name),
-            // Baskets does not care whether a store takes part in automated ordering, but the
-            // events still advance the store's version, which the engine records.
-            StoresEvent::StoreParticipationEnabled(_) | StoresEvent::StoreParticipationDisabled(_) => Ok(()),
-            StoresEvent::ProductAdded(e) => t.add_product(&e.id, &e.store_id, &e.name, e.price),
-            StoresEvent::ProductRebranded(e) => t.rebrand_product(&e.id, &e.name),
-            StoresEvent::ProductPriceIncreased(e) => t.update_price(&e.id, e.delta),
-            StoresEvent::ProductPriceDecreased(e) => t.update_price(&e.id, -e.delta),
-            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Disposition;
+    use crate::engine::{Disposition, Inbound};
     use crate::StoresCacheDb;
     use carrier_messages::codec::Causality;
     use carrier_messages::stores::*;
@@ -332,6 +183,7 @@ mod tests {
 #[cfg(test)]
 mod adopt_tests {
     use super::*;
+    use crate::engine::{Adopted, Inbound};
     use crate::StoresCacheDb;
     use carrier_messages::codec::Causality;
     use carrier_messages::stores::*;

@@ -1,73 +1,268 @@
-//! What every cache of the stores context's data offers its actor, whichever context it serves.
+//! Caches of the stores context's data, one redb file per consuming context (baskets, depot).
+//!
+//! Every such cache has the same two tables, `stores_cache` and `products_cache` (id → CBOR
+//! row), plus the engine's. What differs between contexts is only what a row holds and what each
+//! event does to it: a [`CacheKind`]. [`StoresCacheFile`] is the file for one kind, and
+//! [`StoresCacheDb`] is what the cache actor needs of it.
 
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redb::Database;
+use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Serialize};
 
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use carrier_messages::Envelope;
 
-use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound};
+use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::rows::{all_rows_with_version, get_row};
 use crate::StorageError;
 
-/// A context's cache of stores and products (baskets, depot, search).
-///
-/// The context-specific parts are the projection of events and of the owner's snapshots; the
-/// inbox, versions, gaps and checkpoints are the engine's and come with the trait.
+const STORES_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("stores_cache");
+const PRODUCTS_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("products_cache");
+
+/// What one consuming context keeps of stores and products, and what each event does to it.
+pub trait CacheKind: Sized + Send + Sync + 'static {
+    /// A cached store.
+    type Store: Serialize + DeserializeOwned + Clone + Send + 'static;
+    /// A cached product.
+    type Product: Serialize + DeserializeOwned + Clone + Send + 'static;
+
+    /// Applies one event to the rows (called only for the entity's next version).
+    fn apply(tables: &mut CacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError>;
+
+    /// The store row from the owner's snapshot.
+    fn store_row(snapshot: &StoreSnapshot) -> Self::Store;
+
+    /// The product row from the owner's snapshot; `None` when it was removed.
+    fn product_row(snapshot: &ProductSnapshot) -> Option<Self::Product>;
+}
+
+/// The two cache tables opened for one transaction.
+pub struct CacheTables<'txn, K> {
+    stores: Table<'txn, &'static str, &'static [u8]>,
+    products: Table<'txn, &'static str, &'static [u8]>,
+    kind: PhantomData<K>,
+}
+
+impl<K: CacheKind> CacheTables<'_, K> {
+    /// Writes a store row (seed 001's `StoreCacheRepository.Add`).
+    pub fn put_store(&mut self, id: &str, row: &K::Store) -> Result<(), StorageError> {
+        let bytes = encode_row("stores_cache", row)?;
+        self.stores.insert(id, bytes.as_slice()).during("write stores_cache")?;
+        Ok(())
+    }
+
+    /// Changes a cached store (e.g. `Rename`); a store the cache never saw is left alone.
+    pub fn update_store(&mut self, id: &str, change: impl FnOnce(&mut K::Store)) -> Result<(), StorageError> {
+        let current = self.stores.get(id).during("read stores_cache")?.map(|g| g.value().to_vec());
+        let Some(bytes) = current else {
+            // Versions make this unreachable for one owner's events: version 1 adds the row.
+            tracing::warn!(store.id = id, "store missing from the cache; change skipped");
+            return Ok(());
+        };
+        let mut row: K::Store = decode_row("stores_cache", &bytes)?;
+        change(&mut row);
+        self.put_store(id, &row)
+    }
+
+    /// Writes a product row (`ProductCacheRepository.Add`).
+    pub fn put_product(&mut self, id: &str, row: &K::Product) -> Result<(), StorageError> {
+        let bytes = encode_row("products_cache", row)?;
+        self.products.insert(id, bytes.as_slice()).during("write products_cache")?;
+        Ok(())
+    }
+
+    /// Changes a cached product (`Rebrand`, `UpdatePrice`); a product the cache never saw is left
+    /// alone.
+    pub fn update_product(&mut self, id: &str, change: impl FnOnce(&mut K::Product)) -> Result<(), StorageError> {
+        let current = self.products.get(id).during("read products_cache")?.map(|g| g.value().to_vec());
+        let Some(bytes) = current else {
+            tracing::warn!(product.id = id, "product missing from the cache; change skipped");
+            return Ok(());
+        };
+        let mut row: K::Product = decode_row("products_cache", &bytes)?;
+        change(&mut row);
+        self.put_product(id, &row)
+    }
+
+    /// Deletes a product (`ProductCacheRepository.Remove`).
+    pub fn remove_product(&mut self, id: &str) -> Result<(), StorageError> {
+        self.products.remove(id).during("remove products_cache")?;
+        Ok(())
+    }
+}
+
+/// Hands events to a kind's rules.
+struct KindProjection<K>(PhantomData<fn() -> K>);
+
+impl<K: CacheKind> Projection<StoresEvent> for KindProjection<K> {
+    type Tables<'txn> = CacheTables<'txn, K>;
+
+    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<CacheTables<'txn, K>, StorageError> {
+        Ok(CacheTables {
+            stores: txn.open_table(STORES_CACHE).during("open stores_cache")?,
+            products: txn.open_table(PRODUCTS_CACHE).during("open products_cache")?,
+            kind: PhantomData,
+        })
+    }
+
+    fn apply(
+        &self,
+        tables: &mut CacheTables<'_, K>,
+        _envelope: &Envelope,
+        event: &StoresEvent,
+    ) -> Result<(), StorageError> {
+        K::apply(tables, event)
+    }
+}
+
+/// One context's cache file: `<context>.redb`.
+pub struct StoresCacheFile<K> {
+    db: Database,
+    path: PathBuf,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: CacheKind> StoresCacheFile<K> {
+    /// Opens or creates the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let db = engine::open_database(&path, |txn| {
+            engine::create_tables(txn)?;
+            txn.open_table(STORES_CACHE).during("create stores_cache")?;
+            txn.open_table(PRODUCTS_CACHE).during("create products_cache")?;
+            Ok(())
+        })?;
+        Ok(StoresCacheFile { db, path, kind: PhantomData })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One cached store.
+    pub fn store(&self, id: &str) -> Result<Option<K::Store>, StorageError> {
+        get_row(&self.db, STORES_CACHE, "stores_cache", id)
+    }
+
+    /// One cached product.
+    pub fn product(&self, id: &str) -> Result<Option<K::Product>, StorageError> {
+        get_row(&self.db, PRODUCTS_CACHE, "products_cache", id)
+    }
+
+    /// Every cached store with its version, by id.
+    pub fn stores(&self) -> Result<Vec<(String, K::Store, u64)>, StorageError> {
+        all_rows_with_version(&self.db, STORES_CACHE, "stores_cache", "store")
+    }
+
+    /// Every cached product with its version, by id.
+    pub fn products(&self) -> Result<Vec<(String, K::Product, u64)>, StorageError> {
+        all_rows_with_version(&self.db, PRODUCTS_CACHE, "products_cache", "product")
+    }
+}
+
+/// What the cache actor needs of a context's cache file.
 pub trait StoresCacheDb: Send + Sync + 'static {
     /// A cached store, as this context keeps it.
     type Store: Clone + Send + 'static;
     /// A cached product, as this context keeps it.
     type Product: Clone + Send + 'static;
 
-    /// The redb file.
-    fn database(&self) -> &Database;
-
     /// One cached store.
     fn cached_store(&self, id: &str) -> Result<Option<Self::Store>, StorageError>;
-
     /// One cached product.
     fn cached_product(&self, id: &str) -> Result<Option<Self::Product>, StorageError>;
-
     /// The store as this context keeps it, from the owner's snapshot.
     fn store_row(snapshot: &StoreSnapshot) -> Self::Store;
-
     /// The product as this context keeps it, from the owner's snapshot (`None` if removed).
     fn product_row(snapshot: &ProductSnapshot) -> Option<Self::Product>;
-
     /// Applies a batch of stores events in one transaction (see [`engine::apply_batch`]).
     fn apply_stores_events(&self, consumer: &str, batch: &[Inbound<StoresEvent>])
         -> Result<BatchOutcome, StorageError>;
-
     /// Writes a store as its owner reported it (see [`engine::adopt`]).
     fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError>;
-
     /// Writes a product as its owner reported it; a removed one leaves the cache.
     fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError>;
-
     /// Inbox size, parked events and checkpoints.
-    fn engine_stats(&self) -> Result<EngineStats, StorageError> {
-        engine::stats(self.database())
-    }
-
+    fn engine_stats(&self) -> Result<EngineStats, StorageError>;
     /// The first `limit` inbox entries.
-    fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
-        engine::inbox_entries(self.database(), limit)
-    }
-
+    fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError>;
     /// The last stream sequence committed for `consumer` (0 when none).
-    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
-        engine::checkpoint(self.database(), consumer)
-    }
-
+    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError>;
     /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
-    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
-        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
-        engine::prune_inbox(self.database(), cutoff, limit)
-    }
-
+    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError>;
     /// Entities waiting for a missing version: (aggregate type, id, current version, lowest
     /// parked version).
+    fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError>;
+}
+
+impl<K: CacheKind> StoresCacheDb for StoresCacheFile<K> {
+    type Store = K::Store;
+    type Product = K::Product;
+
+    fn cached_store(&self, id: &str) -> Result<Option<K::Store>, StorageError> {
+        self.store(id)
+    }
+
+    fn cached_product(&self, id: &str) -> Result<Option<K::Product>, StorageError> {
+        self.product(id)
+    }
+
+    fn store_row(snapshot: &StoreSnapshot) -> K::Store {
+        K::store_row(snapshot)
+    }
+
+    fn product_row(snapshot: &ProductSnapshot) -> Option<K::Product> {
+        K::product_row(snapshot)
+    }
+
+    fn apply_stores_events(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<StoresEvent>],
+    ) -> Result<BatchOutcome, StorageError> {
+        engine::apply_batch(&self.db, consumer, &KindProjection::<K>(PhantomData), batch)
+    }
+
+    fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
+        let projection = KindProjection::<K>(PhantomData);
+        engine::adopt::<StoresEvent, _>(&self.db, &projection, "store", &snapshot.id, snapshot.version, |t| {
+            t.put_store(&snapshot.id, &K::store_row(snapshot))
+        })
+    }
+
+    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
+        let projection = KindProjection::<K>(PhantomData);
+        engine::adopt::<StoresEvent, _>(&self.db, &projection, "product", &snapshot.id, snapshot.version, |t| {
+            match K::product_row(snapshot) {
+                Some(row) => t.put_product(&snapshot.id, &row),
+                None => t.remove_product(&snapshot.id),
+            }
+        })
+    }
+
+    fn engine_stats(&self) -> Result<EngineStats, StorageError> {
+        engine::stats(&self.db)
+    }
+
+    fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
+        engine::inbox_entries(&self.db, limit)
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
+        engine::checkpoint(&self.db, consumer)
+    }
+
+    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
+        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
+        engine::prune_inbox(&self.db, cutoff, limit)
+    }
+
     fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {
-        engine::gaps(self.database())
+        engine::gaps(&self.db)
     }
 }

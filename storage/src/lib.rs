@@ -17,14 +17,14 @@ mod error;
 mod rows;
 
 pub mod baskets;
-mod cache;
+pub mod cache;
 pub mod depot;
 pub mod engine;
 pub mod outbox;
 pub mod stores;
 
 pub use baskets::BasketsDb;
-pub use cache::StoresCacheDb;
+pub use cache::{CacheKind, StoresCacheDb, StoresCacheFile};
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::StorageError;
