@@ -147,6 +147,22 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     assert_eq!(stats.inbox, workload.events.len() as u64, "every event recorded exactly once");
     assert_eq!(stats.parked, 0, "nothing left waiting");
     assert_eq!(dead, 0, "nothing dead-lettered");
+
+    // A replay of the whole stream into a fresh cache ends in exactly the same rows.
+    let crashed = db.products().expect("read");
+    drop(db);
+    let replay_dir = tempfile::tempdir().expect("dir");
+    let mut config = env.config(&[carrier_actors::ContextName::Baskets]);
+    config.data_dir = replay_dir.path().to_path_buf();
+    let replay = carrier_actors::CarrierSystem::start(config).await.expect("replay starts");
+    let handle = replay.baskets.clone().expect("baskets");
+    wait_until(Duration::from_secs(300), "the replay reaches the end of the stream", || {
+        let h = handle.clone();
+        async move { h.stores_consumer.acked_stream_seq.load(Ordering::Relaxed) >= last }
+    })
+    .await;
+    assert_eq!(handle.db.products().expect("read"), crashed, "the crashed cache equals a replay of the stream");
+    replay.shutdown().await;
 }
 
 /// Sends a stores command as any NATS client would, retrying while nobody answers yet.
