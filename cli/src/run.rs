@@ -14,7 +14,7 @@ pub struct RunArgs {
     #[command(flatten)]
     data: crate::DataDir,
     /// Contexts to run, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "stores,baskets")]
+    #[arg(long, value_delimiter = ',', default_value = "stores,baskets,depot")]
     contexts: Vec<ContextName>,
     /// Most events applied per transaction.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
