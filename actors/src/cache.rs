@@ -272,6 +272,8 @@ pub struct CacheSettings {
     pub fallback: crate::fallback::FallbackConfig,
     /// How long a version gap may stay open before the owner is asked.
     pub gap_grace: Duration,
+    /// How often one event alone may kill the cache before it is dead-lettered.
+    pub poison_threshold: u32,
 }
 
 /// What the rest of the process may use of a running context that caches stores data.
@@ -344,7 +346,7 @@ pub(crate) fn stores_cache_context<D: StoresCacheDb>(
     use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisorArgs};
     use carrier_messages::DomainEvent;
 
-    let CacheSettings { batch_max, ack_wait, inbox_retention, fallback, gap_grace } = settings;
+    let CacheSettings { batch_max, ack_wait, inbox_retention, fallback, gap_grace, poison_threshold } = settings;
     let stats = Arc::new(ConsumerStats::default());
     let guard = Arc::new(PoisonGuard::default());
     let fallback = Arc::new(StoresFallback::new(bus.clone(), fallback));
@@ -388,7 +390,7 @@ pub(crate) fn stores_cache_context<D: StoresCacheDb>(
             };
             let checkpoint: CheckpointReader = Arc::new(move |durable: &str| db.checkpoint(durable));
             let target = batch_target(cache);
-            let args = ConsumerArgs { bus, context, spec, target, stats, faults, checkpoint, guard };
+            let args = ConsumerArgs { bus, context, spec, target, stats, faults, checkpoint, guard, poison_threshold };
             let (actor, _) =
                 Actor::spawn_linked(None, EventConsumer::<StoresEvent>::default(), args, supervisor).await?;
             Ok(actor.get_cell())

@@ -49,8 +49,8 @@ where
     Arc::new(move |batch| actor.send_message(M::from(batch)).is_ok())
 }
 
-/// How often one event, applied on its own, may kill the cache actor before it is dead-lettered
-/// as `apply_failed`.
+/// By default, how often one event, applied on its own, may kill the cache actor before it is
+/// dead-lettered as `apply_failed`.
 pub const SOLO_FAILURES_TO_DEAD_LETTER: u32 = 2;
 
 /// Remembers, across restarts of a consumer, the batch that was in the cache actor's hands when
@@ -184,6 +184,8 @@ pub struct ConsumerArgs<E> {
     pub checkpoint: CheckpointReader,
     /// Outlives restarts: which batch killed the cache.
     pub guard: Arc<PoisonGuard>,
+    /// How often one event alone may kill the cache before it is dead-lettered.
+    pub poison_threshold: u32,
 }
 
 /// Reads the last committed stream sequence for a durable name from the cache's database.
@@ -220,6 +222,7 @@ pub struct ConsumerState<E> {
     stats: Arc<ConsumerStats>,
     faults: Arc<Faults>,
     guard: Arc<PoisonGuard>,
+    poison_threshold: u32,
     retry: Option<Retry<E>>,
     failures: u32,
 }
@@ -251,6 +254,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             stats: args.stats,
             faults: args.faults,
             guard: args.guard,
+            poison_threshold: args.poison_threshold.max(1),
             retry: None,
             failures: 0,
         })
@@ -375,7 +379,7 @@ async fn apply_one_by_one<E: DomainEvent>(
         let seq = inbound.stream_seq;
         let Some(index) = deliveries.iter().position(|d| d.stream_seq == seq) else { continue };
         let failures = state.guard.solo_failures(seq);
-        if failures >= SOLO_FAILURES_TO_DEAD_LETTER {
+        if failures >= state.poison_threshold {
             let error = format!("the cache actor failed {failures} times applying this event on its own");
             tracing::error!(consumer = state.consumer.name(), stream.seq = seq, %error, "dead-lettering a poison event");
             state.bus.dead_letter(state.context, &deliveries[index], "apply_failed", &error).await?;

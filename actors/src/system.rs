@@ -81,6 +81,8 @@ pub struct SystemConfig {
     /// How long a version gap may stay open (an out-of-order event may still arrive) before the
     /// owner is asked for the entity's state.
     pub gap_grace: Duration,
+    /// How often one event, applied on its own, may make a cache fail before it is dead-lettered.
+    pub poison_threshold: u32,
     /// Failures to inject.
     pub faults: Arc<Faults>,
 }
@@ -100,6 +102,7 @@ impl SystemConfig {
             },
             fallback: crate::fallback::FallbackConfig::default(),
             gap_grace: Duration::from_secs(1),
+            poison_threshold: crate::consumer::SOLO_FAILURES_TO_DEAD_LETTER,
             faults: Arc::new(Faults::default()),
         }
     }
@@ -153,6 +156,7 @@ impl CarrierSystem {
             inbox_retention: config.inbox_retention,
             fallback: config.fallback,
             gap_grace: config.gap_grace,
+            poison_threshold: config.poison_threshold,
         };
         let mut contexts = config.contexts.clone();
         contexts.sort();

@@ -19,6 +19,9 @@ pub struct RunArgs {
     /// Most events applied per transaction.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_max: u32,
+    /// How often one event, applied on its own, may make a cache fail before it is dead-lettered.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    poison_threshold: u32,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -26,6 +29,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut config = SystemConfig::new(&args.nats_url, &args.data.data_dir);
     config.contexts = args.contexts.clone();
     config.batch_max = args.batch_max as usize;
+    config.poison_threshold = args.poison_threshold;
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see actors::faults.
         let faults =
