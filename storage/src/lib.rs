@@ -21,6 +21,7 @@ pub mod cache;
 pub mod depot;
 pub mod engine;
 pub mod outbox;
+pub mod owner;
 pub mod stores;
 
 pub use baskets::BasketsDb;
@@ -28,4 +29,5 @@ pub use cache::{CacheKind, StoresCacheDb, StoresCacheFile};
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::StorageError;
-pub use stores::{CommandError, StoresDb};
+pub use owner::{CommandError, OwnerFile, OwnerKind};
+pub use stores::StoresDb;

@@ -4,17 +4,14 @@
 //! the rows and appended to the outbox in one transaction, so the state and the events that
 //! describe it can never disagree.
 
-use std::path::{Path, PathBuf};
-
-use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::Causality;
 use carrier_messages::stores::*;
-use carrier_messages::{Decoded, DomainEvent, EncodedEvent, ValidationError};
+use carrier_messages::DomainEvent;
 
 use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::outbox::{self, OUTBOX};
+use crate::owner::{CommandError, OwnerFile, OwnerKind};
 use crate::rows::{all_rows, get_row};
 use crate::StorageError;
 
@@ -53,80 +50,33 @@ pub struct ProductRow {
     pub removed: bool,
 }
 
-/// Why a command was not carried out.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// The entity does not exist (or was removed).
-    #[error("{kind} {id:?} not found")]
-    NotFound {
-        /// `store` or `product`.
-        kind: &'static str,
-        /// Its id.
-        id: String,
-    },
-    /// An entity with that id exists already.
-    #[error("{kind} {id:?} already exists")]
-    AlreadyExists {
-        /// `store` or `product`.
-        kind: &'static str,
-        /// Its id.
-        id: String,
-    },
-    /// The command breaks a business rule.
-    #[error("rejected: {0}")]
-    Rejected(String),
-    /// A field breaks the contract's limits.
-    #[error("invalid: {0}")]
-    Invalid(#[from] ValidationError),
-    /// Storage failed; the command may be retried.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
 /// `stores.redb`: stores, products and the outbox.
-pub struct StoresDb {
-    db: Database,
-    path: PathBuf,
+pub type StoresDb = OwnerFile<Stores>;
+
+/// The stores context's state and rules.
+pub struct Stores;
+
+impl OwnerKind for Stores {
+    type Command = StoresCommand;
+    type Event = StoresEvent;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        txn.open_table(STORES).during("create stores")?;
+        txn.open_table(PRODUCTS).during("create products")?;
+        Ok(())
+    }
+
+    fn decide(txn: &WriteTransaction, command: &StoresCommand) -> Result<(StoresEvent, u64), CommandError> {
+        let mut stores = txn.open_table(STORES).during("open stores")?;
+        let mut products = txn.open_table(PRODUCTS).during("open products")?;
+        let (event, version) = decide(&stores, &products, command)?;
+        event.validate()?;
+        evolve(&mut stores, &mut products, &event, version)?;
+        Ok((event, version))
+    }
 }
 
-impl StoresDb {
-    /// Opens or creates the file.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let path = path.as_ref().to_path_buf();
-        let db = crate::engine::open_database(&path, |txn| {
-            txn.open_table(STORES).during("create stores")?;
-            txn.open_table(PRODUCTS).during("create products")?;
-            txn.open_table(OUTBOX).during("create outbox")?;
-            Ok(())
-        })?;
-        Ok(StoresDb { db, path })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Decides `command`, folds the event into the state and appends it to the outbox, all in
-    /// one transaction. Returns the recorded event.
-    pub fn execute(
-        &self,
-        command: &StoresCommand,
-        causality: &Causality,
-    ) -> Result<Decoded<StoresEvent>, CommandError> {
-        let txn = self.db.begin_write().during("begin_write")?;
-        match record(&txn, command, causality) {
-            Ok(decoded) => {
-                txn.commit().during("commit")?;
-                Ok(decoded)
-            }
-            Err(e) => {
-                txn.abort().during("abort")?;
-                Err(e)
-            }
-        }
-    }
-
+impl OwnerFile<Stores> {
     /// One store.
     pub fn store(&self, id: &str) -> Result<Option<StoreRow>, StorageError> {
         get_row(&self.db, STORES, "stores", id)
@@ -146,39 +96,6 @@ impl StoresDb {
     pub fn products(&self) -> Result<Vec<(String, ProductRow)>, StorageError> {
         all_rows(&self.db, PRODUCTS, "products")
     }
-
-    /// The oldest `limit` unpublished events.
-    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
-        outbox::pending(&self.db, limit)
-    }
-
-    /// Deletes published outbox rows.
-    pub fn outbox_remove(&self, keys: &[u64]) -> Result<(), StorageError> {
-        outbox::remove(&self.db, keys)
-    }
-
-    /// Unpublished events.
-    pub fn outbox_len(&self) -> Result<u64, StorageError> {
-        outbox::len(&self.db)
-    }
-}
-
-fn record(
-    txn: &WriteTransaction,
-    command: &StoresCommand,
-    causality: &Causality,
-) -> Result<Decoded<StoresEvent>, CommandError> {
-    let mut stores = txn.open_table(STORES).during("open stores")?;
-    let mut products = txn.open_table(PRODUCTS).during("open products")?;
-    let mut outbox_table = txn.open_table(OUTBOX).during("open outbox")?;
-
-    let (event, version) = decide(&stores, &products, command)?;
-    event.validate()?;
-    evolve(&mut stores, &mut products, &event, version)?;
-    let decoded = Decoded::new(event, version, causality);
-    let encoded = decoded.encode().map_err(|e| StorageError::Corrupt { table: "outbox", reason: e.to_string() })?;
-    outbox::append(&mut outbox_table, &encoded)?;
-    Ok(decoded)
 }
 
 type Rows<'txn> = Table<'txn, &'static str, &'static [u8]>;
@@ -356,6 +273,7 @@ fn change<T: Versioned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use carrier_messages::codec::Causality;
 
     fn db() -> (tempfile::TempDir, StoresDb) {
         let dir = tempfile::tempdir().expect("tempdir");
