@@ -110,10 +110,11 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
         cache.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored");
     }
     let baskets = cache.baskets.clone().expect("baskets");
-    wait_until(LIMIT, "every event is taken", || {
+    wait_until(LIMIT, "every event is committed", || {
         let b = baskets.clone();
+        // Acknowledged means committed; counting deliveries alone would race the last commit.
         async move {
-            b.stores_consumer.delivered.load(Ordering::Relaxed) == 7
+            b.stores_consumer.acked_stream_seq.load(Ordering::Relaxed) == 7
                 && b.db.gaps().map(|g| g.is_empty()).unwrap_or(false)
         }
     })
