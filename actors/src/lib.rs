@@ -19,6 +19,7 @@ pub mod fallback;
 pub mod faults;
 pub mod flow;
 pub mod nats_server;
+pub mod owner;
 pub mod responder;
 pub mod stores;
 pub mod supervisor;

@@ -54,6 +54,9 @@ pub trait OwnerKind: Sized + Send + Sync + 'static {
     /// The events it records.
     type Event: DomainEvent;
 
+    /// The command's name for logs, e.g. `CreateStore`.
+    fn command_name(command: &Self::Command) -> &'static str;
+
     /// Creates its state tables.
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError>;
 

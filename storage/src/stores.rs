@@ -60,6 +60,10 @@ impl OwnerKind for Stores {
     type Command = StoresCommand;
     type Event = StoresEvent;
 
+    fn command_name(command: &StoresCommand) -> &'static str {
+        command.name()
+    }
+
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
         txn.open_table(STORES).during("create stores")?;
         txn.open_table(PRODUCTS).during("create products")?;

@@ -1,4 +1,4 @@
-//! The outbox relay actor: publishes the stores outbox to JetStream, in order.
+//! The outbox relay actor: publishes an owning context's outbox to JetStream, in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,12 +6,13 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
-use carrier_storage::StoresDb;
+use carrier_messages::DomainEvent;
+use carrier_storage::{OwnerFile, OwnerKind};
 
 use crate::bus::Bus;
 use crate::faults::Faults;
 use crate::flow;
-use crate::stores::owner::StoresOwnerMsg;
+use crate::owner::actor::OwnerMsg;
 
 /// Rows published per round.
 const ROUND: usize = 256;
@@ -21,7 +22,13 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Publishes outbox rows with `Nats-Msg-Id` = event id, waits for each PublishAck, then has the
 /// owner delete the acknowledged rows. A crash in between republishes those rows; JetStream's
 /// duplicate window and every consumer's inbox make that harmless.
-pub struct OutboxRelay;
+pub struct OutboxRelay<K>(std::marker::PhantomData<fn() -> K>);
+
+impl<K> Default for OutboxRelay<K> {
+    fn default() -> Self {
+        OutboxRelay(std::marker::PhantomData)
+    }
+}
 
 /// The relay's only message.
 pub enum RelayMsg {
@@ -30,13 +37,13 @@ pub enum RelayMsg {
 }
 
 /// What [`OutboxRelay`] is started with.
-pub struct RelayArgs {
+pub struct RelayArgs<K: OwnerKind> {
     /// The connection.
     pub bus: Bus,
     /// The outbox, read here and written by the owner.
-    pub db: Arc<StoresDb>,
+    pub db: Arc<OwnerFile<K>>,
     /// The owner, which deletes published rows.
-    pub owner: ActorRef<StoresOwnerMsg>,
+    pub owner: ActorRef<OwnerMsg<K>>,
     /// Signalled by the owner after each commit.
     pub wakeup: Arc<Notify>,
     /// Injected failures.
@@ -44,17 +51,21 @@ pub struct RelayArgs {
 }
 
 /// The relay's state.
-pub struct RelayState {
-    args: RelayArgs,
+pub struct RelayState<K: OwnerKind> {
+    args: RelayArgs<K>,
     failures: u32,
 }
 
-impl Actor for OutboxRelay {
+impl<K: OwnerKind> Actor for OutboxRelay<K> {
     type Msg = RelayMsg;
-    type State = RelayState;
-    type Arguments = RelayArgs;
+    type State = RelayState<K>;
+    type Arguments = RelayArgs<K>;
 
-    async fn pre_start(&self, myself: ActorRef<RelayMsg>, args: RelayArgs) -> Result<RelayState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        args: RelayArgs<K>,
+    ) -> Result<RelayState<K>, ActorProcessingErr> {
         myself.send_message(RelayMsg::Drain)?;
         Ok(RelayState { args, failures: 0 })
     }
@@ -63,7 +74,7 @@ impl Actor for OutboxRelay {
         &self,
         myself: ActorRef<RelayMsg>,
         _msg: RelayMsg,
-        state: &mut RelayState,
+        state: &mut RelayState<K>,
     ) -> Result<(), ActorProcessingErr> {
         let published = publish_round(&state.args).await?;
         match published {
@@ -87,7 +98,11 @@ impl Actor for OutboxRelay {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<RelayMsg>, state: &mut RelayState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RelayMsg>,
+        state: &mut RelayState<K>,
+    ) -> Result<(), ActorProcessingErr> {
         // Flush what the owner committed before shutdown, within a bounded time.
         let flush = async { while let Ok(Round::All) = publish_round(&state.args).await {} };
         if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
@@ -103,14 +118,17 @@ enum Round {
     Partial(String),
 }
 
-async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
+async fn publish_round<K: OwnerKind>(args: &RelayArgs<K>) -> Result<Round, ActorProcessingErr> {
     let db = args.db.clone();
     let rows = tokio::task::spawn_blocking(move || db.outbox_pending(ROUND)).await??;
     if rows.is_empty() {
         return Ok(Round::Empty);
     }
-    let labels: Option<Vec<String>> = flow::enabled()
-        .then(|| rows.iter().map(|(_, e)| format!("Stores.IntegrationEvents.On({})", event_type_of(e))).collect());
+    let labels: Option<Vec<String>> = flow::enabled().then(|| {
+        rows.iter()
+            .map(|(_, e)| format!("{}.IntegrationEvents.On({})", flow::capitalize(K::Event::CONTEXT), event_type_of(e)))
+            .collect()
+    });
     for label in labels.iter().flatten() {
         flow::enter(label);
     }
@@ -139,7 +157,7 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
     }
     if !acked.is_empty() {
         let count = acked.len();
-        ractor::call!(args.owner, |reply| StoresOwnerMsg::MarkPublished { keys: acked, reply })??;
+        ractor::call!(args.owner, |reply| OwnerMsg::MarkPublished { keys: acked, reply })??;
         for label in labels.iter().flatten().take(count) {
             flow::leave(label, None);
         }

@@ -1,4 +1,4 @@
-//! The stores owner actor: decides commands and is the only writer of `stores.redb`.
+//! The owner actor: decides an owning context's commands and is the only writer of its file.
 
 use std::sync::Arc;
 
@@ -6,26 +6,31 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::Notify;
 
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::{StoresCommand, StoresEvent};
-use carrier_messages::Decoded;
-use carrier_storage::{CommandError, StorageError, StoresDb};
+use carrier_messages::{Decoded, DomainEvent};
+use carrier_storage::{CommandError, OwnerFile, OwnerKind, StorageError};
 
 use crate::flow;
 
-/// Decides stores commands; writes each resulting event to the state and the outbox in one
+/// Decides commands; writes each resulting event to the state and the outbox in one
 /// transaction, then wakes the relay.
-pub struct StoresOwner;
+pub struct Owner<K>(std::marker::PhantomData<fn() -> K>);
 
-/// Messages of [`StoresOwner`].
-pub enum StoresOwnerMsg {
+impl<K> Default for Owner<K> {
+    fn default() -> Self {
+        Owner(std::marker::PhantomData)
+    }
+}
+
+/// Messages of [`Owner`].
+pub enum OwnerMsg<K: OwnerKind> {
     /// Carry out a command.
     Execute {
         /// The command.
-        command: StoresCommand,
+        command: K::Command,
         /// Correlation and causation ids for the event.
         causality: Causality,
         /// The recorded event, or why not.
-        reply: RpcReplyPort<Result<Decoded<StoresEvent>, CommandError>>,
+        reply: RpcReplyPort<Result<Decoded<K::Event>, CommandError>>,
     },
     /// Delete outbox rows JetStream has acknowledged (sent by the relay).
     MarkPublished {
@@ -36,36 +41,36 @@ pub enum StoresOwnerMsg {
     },
 }
 
-/// What [`StoresOwner`] is started with.
-pub struct StoresOwnerArgs {
+/// What [`Owner`] is started with.
+pub struct OwnerArgs<K> {
     /// The database it alone writes.
-    pub db: Arc<StoresDb>,
+    pub db: Arc<OwnerFile<K>>,
     /// Wakes the relay after a commit.
     pub relay_wakeup: Arc<Notify>,
 }
 
-impl Actor for StoresOwner {
-    type Msg = StoresOwnerMsg;
-    type State = StoresOwnerArgs;
-    type Arguments = StoresOwnerArgs;
+impl<K: OwnerKind> Actor for Owner<K> {
+    type Msg = OwnerMsg<K>;
+    type State = OwnerArgs<K>;
+    type Arguments = OwnerArgs<K>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        args: StoresOwnerArgs,
-    ) -> Result<StoresOwnerArgs, ActorProcessingErr> {
+        args: OwnerArgs<K>,
+    ) -> Result<OwnerArgs<K>, ActorProcessingErr> {
         Ok(args)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
-        msg: StoresOwnerMsg,
-        state: &mut StoresOwnerArgs,
+        msg: OwnerMsg<K>,
+        state: &mut OwnerArgs<K>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StoresOwnerMsg::Execute { command, causality, reply } => {
-                let label = format!("Stores.{}", command.name());
+            OwnerMsg::Execute { command, causality, reply } => {
+                let label = format!("{}.{}", flow::capitalize(K::Event::CONTEXT), K::command_name(&command));
                 flow::enter(&label);
                 let db = state.db.clone();
                 let result = tokio::task::spawn_blocking(move || db.execute(&command, &causality)).await?;
@@ -78,7 +83,7 @@ impl Actor for StoresOwner {
                 }
                 let _ = reply.send(result);
             }
-            StoresOwnerMsg::MarkPublished { keys, reply } => {
+            OwnerMsg::MarkPublished { keys, reply } => {
                 let db = state.db.clone();
                 let result = tokio::task::spawn_blocking(move || db.outbox_remove(&keys)).await?;
                 let _ = reply.send(result);

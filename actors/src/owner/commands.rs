@@ -1,43 +1,44 @@
-//! Stores commands over NATS request/reply on `cmd.stores`, passed to the owner.
+//! Commands over NATS request/reply on `cmd.<context>`, passed to the owner.
 
 use ractor::ActorRef;
 
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::request::{decode_request, encode_body, CommandReply, RecordedEvent};
-use carrier_messages::stores::StoresCommand;
 use carrier_messages::ContentType;
-use carrier_storage::CommandError;
+use carrier_storage::{CommandError, OwnerKind};
 
 use crate::bus::IncomingRequest;
+use crate::owner::actor::OwnerMsg;
 use crate::responder::Answer;
-use crate::stores::owner::StoresOwnerMsg;
 
 /// Answers commands sent by any NATS client by passing them to the owner.
-pub struct StoresCommands {
+pub struct Commands<K: OwnerKind> {
     /// The owner that decides commands.
-    pub owner: ActorRef<StoresOwnerMsg>,
+    pub owner: ActorRef<OwnerMsg<K>>,
 }
 
-impl Answer for StoresCommands {
+impl<K: OwnerKind> Answer for Commands<K> {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
         encode_body(content_type, &self.reply(request, content_type).await)
     }
 }
 
-impl StoresCommands {
+impl<K: OwnerKind> Commands<K> {
     async fn reply(&self, request: &IncomingRequest, content_type: ContentType) -> CommandReply {
-        let command: StoresCommand = match decode_request(content_type, &request.payload) {
+        let command: K::Command = match decode_request(content_type, &request.payload) {
             Ok(command) => command,
-            Err(reason) => return CommandReply::failed("bad_request", format!("not a stores command: {reason}")),
+            Err(reason) => {
+                return CommandReply::failed("bad_request", format!("not a command of this context: {reason}"))
+            }
         };
         let causality = Causality {
             correlation_id: request.header(header::CORRELATION_ID).map(str::to_string),
             causation_id: request.header(header::CAUSATION_ID).map(str::to_string),
         };
-        let result = ractor::call!(self.owner, |reply| StoresOwnerMsg::Execute { command, causality, reply });
+        let result = ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply });
         match result {
-            Err(_) => CommandReply::failed("unavailable", "the stores owner is restarting; try again"),
+            Err(_) => CommandReply::failed("unavailable", "the owner is restarting; try again"),
             Ok(Ok(decoded)) => CommandReply {
                 ok: true,
                 event: Some(RecordedEvent {
