@@ -14,6 +14,7 @@ pub mod baskets;
 pub mod bus;
 pub mod cache;
 pub mod consumer;
+pub mod customers;
 pub mod depot;
 pub mod fallback;
 pub mod faults;

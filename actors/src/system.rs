@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
+use carrier_messages::customers::CustomersEvent;
 use carrier_messages::stores::StoresEvent;
-use carrier_storage::{StorageError, StoresCacheFile, StoresDb};
+use carrier_storage::{CustomersDb, StorageError, StoresCacheFile, StoresDb};
 
 use crate::baskets::{self, BasketsHandle};
 use crate::bus::{Bus, BusError};
 use crate::cache::{stores_cache_context, CacheSettings, InboxRetention};
+use crate::customers::{self, CustomersHandle};
 use crate::depot::{self, DepotHandle};
 use crate::faults::Faults;
 use crate::stores::{self, StoresHandle};
@@ -26,6 +28,8 @@ pub const ROOT: &str = "carrier";
 pub enum ContextName {
     /// The owner of stores and products.
     Stores,
+    /// The owner of customers.
+    Customers,
     /// Keeps caches of stores and products.
     Baskets,
     /// Keeps caches of stores (with locations) and products for shopping lists.
@@ -34,12 +38,14 @@ pub enum ContextName {
 
 impl ContextName {
     /// Every context, in start order (owners first).
-    pub const ALL: [ContextName; 3] = [ContextName::Stores, ContextName::Baskets, ContextName::Depot];
+    pub const ALL: [ContextName; 4] =
+        [ContextName::Stores, ContextName::Customers, ContextName::Baskets, ContextName::Depot];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
         match self {
             ContextName::Stores => stores::CONTEXT,
+            ContextName::Customers => customers::CONTEXT,
             ContextName::Baskets => baskets::CONTEXT,
             ContextName::Depot => depot::CONTEXT,
         }
@@ -130,6 +136,8 @@ pub struct CarrierSystem {
     pub tree: SupervisionTree,
     /// The stores context, if running.
     pub stores: Option<StoresHandle>,
+    /// The customers context, if running.
+    pub customers: Option<CustomersHandle>,
     /// The baskets context, if running.
     pub baskets: Option<BasketsHandle>,
     /// The depot context, if running.
@@ -145,9 +153,11 @@ impl CarrierSystem {
     pub async fn start(config: SystemConfig) -> Result<CarrierSystem, StartError> {
         let bus = Bus::connect(&config.nats_url, "carrier", Duration::from_secs(5)).await?;
         bus.ensure_event_stream::<StoresEvent>().await?;
+        bus.ensure_event_stream::<CustomersEvent>().await?;
         let tree = SupervisionTree::default();
         let mut children = Vec::new();
         let mut stores_handle = None;
+        let mut customers_handle = None;
         let mut baskets_handle = None;
         let mut depot_handle = None;
         let settings = CacheSettings {
@@ -170,6 +180,13 @@ impl CarrierSystem {
                     let (args, handle) =
                         stores::supervisor_args(bus.clone(), db, config.faults.clone(), tree.clone(), path);
                     stores_handle = Some(handle);
+                    args
+                }
+                ContextName::Customers => {
+                    let db = Arc::new(CustomersDb::open(&db_path)?);
+                    let (args, handle) =
+                        customers::supervisor_args(bus.clone(), db, config.faults.clone(), tree.clone(), path);
+                    customers_handle = Some(handle);
                     args
                 }
                 ContextName::Baskets => {
@@ -196,6 +213,7 @@ impl CarrierSystem {
             bus,
             tree,
             stores: stores_handle,
+            customers: customers_handle,
             baskets: baskets_handle,
             depot: depot_handle,
             faults: config.faults,
@@ -234,6 +252,7 @@ impl CarrierSystem {
         let mut out = std::collections::BTreeMap::new();
         let contexts = [
             (stores::CONTEXT, self.stores.is_some()),
+            (customers::CONTEXT, self.customers.is_some()),
             (baskets::CONTEXT, self.baskets.is_some()),
             (depot::CONTEXT, self.depot.is_some()),
         ];
@@ -272,9 +291,10 @@ impl CarrierSystem {
         self.bus.close().await;
         // Killed actors drop their state on their own tasks; wait until no handle is left.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let (stores, baskets, depot) = (self.stores, self.baskets, self.depot);
+        let (stores, customers, baskets, depot) = (self.stores, self.customers, self.baskets, self.depot);
         loop {
             let free = stores.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
+                && customers.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
                 && baskets.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
                 && depot.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
             if free || std::time::Instant::now() > deadline {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use carrier_actors::ContextName;
-use carrier_storage::{BasketsDb, DepotDb, StoresCacheDb, StoresDb};
+use carrier_storage::{BasketsDb, CustomersDb, DepotDb, StoresCacheDb, StoresDb};
 
 /// Arguments of `carrier inspect`.
 #[derive(clap::Args)]
@@ -43,6 +43,21 @@ pub fn main(args: InspectArgs) -> anyhow::Result<ExitCode> {
                     money(p.price),
                     p.version
                 );
+            }
+            let pending = db.outbox_pending(args.limit)?;
+            section("outbox (unpublished)", db.outbox_len()? as usize);
+            for (key, event) in pending {
+                println!("  #{key:<6} {:<36} {} {}", event.subject, event.event_id, event.body.len());
+            }
+        }
+        ContextName::Customers => {
+            let db = CustomersDb::open(&path).with_context(hint)?;
+            println!("{}", path.display());
+            let customers = db.customers()?;
+            section("customers", customers.len());
+            for (id, c) in customers.into_iter().take(args.limit) {
+                let flag = if c.enabled { "enabled" } else { "disabled" };
+                println!("  {id:<24} {:<28} {:<20} v{:<4} {flag}", c.name, c.sms_number, c.version);
             }
             let pending = db.outbox_pending(args.limit)?;
             section("outbox (unpublished)", db.outbox_len()? as usize);

@@ -315,3 +315,67 @@ pub(crate) mod check {
         Ok(())
     }
 }
+
+/// Declares a context's event enum and its [`DomainEvent`] impl from one table, so that the
+/// type name, subject and aggregate of each event are written exactly once.
+macro_rules! domain_events {
+    (
+        $(#[$doc:meta])*
+        enum $name:ident, context $context:literal, stream $stream:literal, subjects $subjects:literal;
+        $($variant:ident => $aggregate:literal, $subject:literal;)*
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $(
+                #[allow(missing_docs)]
+                $variant($variant),
+            )*
+        }
+
+        impl $crate::codec::DomainEvent for $name {
+            const CONTEXT: &'static str = $context;
+            const STREAM: &'static str = $stream;
+            const STREAM_SUBJECTS: &'static str = $subjects;
+            const EVENT_TYPES: &'static [&'static str] = &[$(concat!($context, ".", stringify!($variant))),*];
+
+            fn event_type(&self) -> &'static str {
+                match self { $(Self::$variant(_) => concat!($context, ".", stringify!($variant)),)* }
+            }
+
+            fn subject(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $subject,)* }
+            }
+
+            fn aggregate_type(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $aggregate,)* }
+            }
+
+            fn aggregate_id(&self) -> &str {
+                match self { $(Self::$variant(e) => &e.id,)* }
+            }
+
+            fn validate(&self) -> Result<(), $crate::codec::ValidationError> {
+                match self { $(Self::$variant(e) => e.validate(),)* }
+            }
+
+            fn encode_payload(&self, content_type: $crate::envelope::ContentType) -> Result<Vec<u8>, $crate::codec::EncodeError> {
+                match self { $(Self::$variant(e) => $crate::codec::encode_body(self.event_type(), e, content_type),)* }
+            }
+
+            fn decode_payload(event_type: &str, schema_version: u32, content_type: $crate::envelope::ContentType, body: &[u8]) -> Result<Self, $crate::codec::DecodeError> {
+                $(
+                    if event_type == concat!($context, ".", stringify!($variant)) {
+                        if schema_version != $crate::envelope::SCHEMA_VERSION {
+                            return Err($crate::codec::DecodeError::UnsupportedSchemaVersion { event_type: event_type.to_string(), version: schema_version });
+                        }
+                        return $crate::codec::decode_body(event_type, content_type, body).map(Self::$variant);
+                    }
+                )*
+                Err($crate::codec::DecodeError::UnknownEventType($crate::envelope::clip(event_type)))
+            }
+        }
+    };
+}
+
+pub(crate) use domain_events;

@@ -5,6 +5,7 @@
 //! either encoding; every other crate handles typed values.
 //!
 //! - [`envelope`]: the headers every event carries ([`Envelope`], [`EventId`], [`ContentType`]).
+//! - [`customers`]: the customers context's events and commands.
 //! - [`stores`]: the stores context's events, named after the MallBots design.
 //! - [`codec`]: turning an event into an [`EncodedEvent`] and a received message back into a
 //!   [`Decoded`] event, with a [`DecodeError`] that says why when it cannot.
@@ -16,6 +17,7 @@
 
 pub mod cbor;
 pub mod codec;
+pub mod customers;
 pub mod envelope;
 pub mod request;
 pub mod stores;

@@ -5,8 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check, decode_body, encode_body, DecodeError, DomainEvent, EncodeError, ValidationError};
-use crate::envelope::{ContentType, SCHEMA_VERSION};
+use crate::codec::{check, DomainEvent, ValidationError};
 
 /// A store opened in the mall.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,65 +160,9 @@ impl ProductRemoved {
     }
 }
 
-/// Declares the context's event enum and its [`DomainEvent`] impl from one table, so that the
-/// type name, subject and aggregate of each event are written exactly once.
-macro_rules! stores_events {
-    ($($variant:ident => $aggregate:literal, $subject:literal;)*) => {
-        /// Every event the stores context publishes.
-        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-        pub enum StoresEvent {
-            $(
-                #[allow(missing_docs)]
-                $variant($variant),
-            )*
-        }
-
-        impl DomainEvent for StoresEvent {
-            const CONTEXT: &'static str = "stores";
-            const STREAM: &'static str = "STORES";
-            const STREAM_SUBJECTS: &'static str = "stores.>";
-            const EVENT_TYPES: &'static [&'static str] = &[$(concat!("stores.", stringify!($variant))),*];
-
-            fn event_type(&self) -> &'static str {
-                match self { $(Self::$variant(_) => concat!("stores.", stringify!($variant)),)* }
-            }
-
-            fn subject(&self) -> &'static str {
-                match self { $(Self::$variant(_) => $subject,)* }
-            }
-
-            fn aggregate_type(&self) -> &'static str {
-                match self { $(Self::$variant(_) => $aggregate,)* }
-            }
-
-            fn aggregate_id(&self) -> &str {
-                match self { $(Self::$variant(e) => &e.id,)* }
-            }
-
-            fn validate(&self) -> Result<(), ValidationError> {
-                match self { $(Self::$variant(e) => e.validate(),)* }
-            }
-
-            fn encode_payload(&self, content_type: ContentType) -> Result<Vec<u8>, EncodeError> {
-                match self { $(Self::$variant(e) => encode_body(self.event_type(), e, content_type),)* }
-            }
-
-            fn decode_payload(event_type: &str, schema_version: u32, content_type: ContentType, body: &[u8]) -> Result<Self, DecodeError> {
-                $(
-                    if event_type == concat!("stores.", stringify!($variant)) {
-                        if schema_version != SCHEMA_VERSION {
-                            return Err(DecodeError::UnsupportedSchemaVersion { event_type: event_type.to_string(), version: schema_version });
-                        }
-                        return decode_body(event_type, content_type, body).map(Self::$variant);
-                    }
-                )*
-                Err(DecodeError::UnknownEventType(crate::envelope::clip(event_type)))
-            }
-        }
-    };
-}
-
-stores_events! {
+crate::codec::domain_events! {
+    /// Every event the stores context publishes.
+    enum StoresEvent, context "stores", stream "STORES", subjects "stores.>";
     StoreCreated => "store", "stores.store.created";
     StoreRebranded => "store", "stores.store.rebranded";
     StoreParticipationEnabled => "store", "stores.store.participation_enabled";
@@ -403,7 +346,7 @@ pub struct StoresQueryReply {
 mod tests {
     use super::*;
     use crate::codec::{Causality, Decoded};
-    use crate::envelope::header;
+    use crate::envelope::{header, ContentType};
 
     fn lookup<'h>(headers: &'h [(String, String)]) -> impl Fn(&str) -> Option<&'h str> + 'h {
         move |name| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())

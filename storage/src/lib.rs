@@ -8,6 +8,7 @@
 //! - [`baskets`]: the baskets context's caches of stores and products ([`BasketsDb`]).
 //! - [`StoresCacheDb`]: what every cache of the stores context's data offers its actor.
 //! - [`depot`]: the depot context's caches of stores and products ([`DepotDb`]).
+//! - [`customers`]: the customers context's own state ([`CustomersDb`]).
 //! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
 //! - [`outbox`]: the outbox table any owning context writes in the same transaction as its state.
 //!
@@ -18,6 +19,7 @@ mod rows;
 
 pub mod baskets;
 pub mod cache;
+pub mod customers;
 pub mod depot;
 pub mod engine;
 pub mod outbox;
@@ -26,6 +28,7 @@ pub mod stores;
 
 pub use baskets::BasketsDb;
 pub use cache::{CacheKind, StoresCacheDb, StoresCacheFile};
+pub use customers::CustomersDb;
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::StorageError;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod customers;
 mod depot;
 mod foundation;
 mod reliability;

@@ -1,0 +1,162 @@
+//! The customers context: people who shop at the mall, owned by the customers service.
+//!
+//! Names follow the MallBots design: payments authorizes only enabled customers; notifications
+//! texts the current SMS number.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{check, ValidationError};
+
+/// A customer registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRegistered {
+    /// Customer id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The number notifications go to.
+    pub sms_number: String,
+}
+
+/// A customer's SMS number changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerSmsChanged {
+    /// Customer id.
+    pub id: String,
+    /// The new number.
+    pub sms_number: String,
+}
+
+/// A customer may place orders again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerEnabled {
+    /// Customer id.
+    pub id: String,
+}
+
+/// A customer may no longer place orders.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerDisabled {
+    /// Customer id.
+    pub id: String,
+}
+
+/// SMS numbers: digits with an optional leading `+`, 3 to 20 characters.
+fn check_sms(value: &str) -> Result<(), ValidationError> {
+    let digits = value.strip_prefix('+').unwrap_or(value);
+    if !(3..=20).contains(&value.len()) || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ValidationError {
+            field: "sms_number",
+            problem: format!("must be 3 to 20 characters of digits with an optional leading +, got {value:?}"),
+        });
+    }
+    Ok(())
+}
+
+impl CustomerRegistered {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check::name("name", &self.name)?;
+        check_sms(&self.sms_number)
+    }
+}
+
+impl CustomerSmsChanged {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check_sms(&self.sms_number)
+    }
+}
+
+impl CustomerEnabled {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)
+    }
+}
+
+impl CustomerDisabled {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)
+    }
+}
+
+crate::codec::domain_events! {
+    /// Every event the customers context publishes.
+    enum CustomersEvent, context "customers", stream "CUSTOMERS", subjects "customers.>";
+    CustomerRegistered => "customer", "customers.customer.registered";
+    CustomerSmsChanged => "customer", "customers.customer.sms_changed";
+    CustomerEnabled => "customer", "customers.customer.enabled";
+    CustomerDisabled => "customer", "customers.customer.disabled";
+}
+
+/// A request to change the customers context's state. Each accepted command records one event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum CustomersCommand {
+    /// Register a customer (enabled from the start).
+    RegisterCustomer {
+        /// Customer id, chosen by the caller so that retries are safe.
+        id: String,
+        /// Display name.
+        name: String,
+        /// The number notifications go to.
+        sms_number: String,
+    },
+    /// Change where notifications go.
+    ChangeSmsNumber {
+        /// Customer id.
+        id: String,
+        /// The new number.
+        sms_number: String,
+    },
+    /// Let a disabled customer order again.
+    EnableCustomer {
+        /// Customer id.
+        id: String,
+    },
+    /// Stop a customer from ordering.
+    DisableCustomer {
+        /// Customer id.
+        id: String,
+    },
+}
+
+impl CustomersCommand {
+    /// The command's name as the flow log shows it, e.g. `RegisterCustomer`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CustomersCommand::RegisterCustomer { .. } => "RegisterCustomer",
+            CustomersCommand::ChangeSmsNumber { .. } => "ChangeSmsNumber",
+            CustomersCommand::EnableCustomer { .. } => "EnableCustomer",
+            CustomersCommand::DisableCustomer { .. } => "DisableCustomer",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Causality, Decoded, DomainEvent};
+
+    #[test]
+    fn a_customer_event_round_trips_and_a_bad_number_is_refused() {
+        let event = CustomersEvent::CustomerRegistered(CustomerRegistered {
+            id: "c-1".into(),
+            name: "Ada".into(),
+            sms_number: "+4412345".into(),
+        });
+        let wire = Decoded::new(event.clone(), 1, &Causality::default()).encode().expect("encodes");
+        assert_eq!(wire.subject, "customers.customer.registered");
+        let back = Decoded::<CustomersEvent>::decode(
+            &wire.subject,
+            |name| wire.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
+            &wire.body,
+        )
+        .expect("decodes");
+        assert_eq!(back.event, event);
+        let bad =
+            CustomersEvent::CustomerSmsChanged(CustomerSmsChanged { id: "c-1".into(), sms_number: "call me".into() });
+        assert_eq!(bad.validate().unwrap_err().field, "sms_number");
+        assert_eq!(CustomersEvent::EVENT_TYPES.len(), 4);
+    }
+}

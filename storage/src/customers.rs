@@ -1,0 +1,142 @@
+//! The customers context's own state (the source of truth for customers).
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use carrier_messages::customers::*;
+use carrier_messages::DomainEvent;
+
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::owner::{CommandError, OwnerFile, OwnerKind};
+use crate::rows::{all_rows, get_row};
+use crate::StorageError;
+
+const CUSTOMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("customers");
+
+/// A customer, as its owner knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRow {
+    /// Display name.
+    pub name: String,
+    /// Where notifications go.
+    pub sms_number: String,
+    /// Whether they may order.
+    pub enabled: bool,
+    /// Version of their last event.
+    pub version: u64,
+}
+
+/// `customers.redb`: customers and the outbox.
+pub type CustomersDb = OwnerFile<Customers>;
+
+/// The customers context's state and rules.
+pub struct Customers;
+
+impl OwnerKind for Customers {
+    type Command = CustomersCommand;
+    type Event = CustomersEvent;
+
+    fn command_name(command: &CustomersCommand) -> &'static str {
+        command.name()
+    }
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        txn.open_table(CUSTOMERS).during("create customers")?;
+        Ok(())
+    }
+
+    fn decide(txn: &WriteTransaction, command: &CustomersCommand) -> Result<(CustomersEvent, u64), CommandError> {
+        use CustomersCommand as C;
+        let mut table = txn.open_table(CUSTOMERS).during("open customers")?;
+        let current: Option<CustomerRow> = {
+            let id = match command {
+                C::RegisterCustomer { id, .. }
+                | C::ChangeSmsNumber { id, .. }
+                | C::EnableCustomer { id }
+                | C::DisableCustomer { id } => id,
+            };
+            let row = table.get(id.as_str()).during("read customers")?;
+            row.map(|g| decode_row("customers", g.value())).transpose()?
+        };
+        let existing = |id: &str| -> Result<CustomerRow, CommandError> {
+            current.clone().ok_or_else(|| CommandError::NotFound { kind: "customer", id: id.to_string() })
+        };
+        let (event, row) = match command.clone() {
+            C::RegisterCustomer { id, name, sms_number } => {
+                if current.is_some() {
+                    return Err(CommandError::AlreadyExists { kind: "customer", id });
+                }
+                let row = CustomerRow { name: name.clone(), sms_number: sms_number.clone(), enabled: true, version: 1 };
+                (CustomersEvent::CustomerRegistered(CustomerRegistered { id, name, sms_number }), row)
+            }
+            C::ChangeSmsNumber { id, sms_number } => {
+                let mut row = existing(&id)?;
+                row.sms_number = sms_number.clone();
+                row.version += 1;
+                (CustomersEvent::CustomerSmsChanged(CustomerSmsChanged { id, sms_number }), row)
+            }
+            C::EnableCustomer { id } => {
+                let mut row = existing(&id)?;
+                if row.enabled {
+                    return Err(CommandError::Rejected(format!("customer {id:?} is already enabled")));
+                }
+                row.enabled = true;
+                row.version += 1;
+                (CustomersEvent::CustomerEnabled(CustomerEnabled { id }), row)
+            }
+            C::DisableCustomer { id } => {
+                let mut row = existing(&id)?;
+                if !row.enabled {
+                    return Err(CommandError::Rejected(format!("customer {id:?} is already disabled")));
+                }
+                row.enabled = false;
+                row.version += 1;
+                (CustomersEvent::CustomerDisabled(CustomerDisabled { id }), row)
+            }
+        };
+        event.validate()?;
+        let bytes = encode_row("customers", &row)?;
+        table.insert(event.aggregate_id(), bytes.as_slice()).during("write customers")?;
+        Ok((event, row.version))
+    }
+}
+
+impl OwnerFile<Customers> {
+    /// One customer.
+    pub fn customer(&self, id: &str) -> Result<Option<CustomerRow>, StorageError> {
+        get_row(&self.db, CUSTOMERS, "customers", id)
+    }
+
+    /// Every customer, by id.
+    pub fn customers(&self) -> Result<Vec<(String, CustomerRow)>, StorageError> {
+        all_rows(&self.db, CUSTOMERS, "customers")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carrier_messages::codec::Causality;
+
+    #[test]
+    fn customers_register_change_and_toggle_with_versions_and_rules() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = CustomersDb::open(dir.path().join("customers.redb")).expect("open");
+        let c = Causality::default();
+        let register =
+            CustomersCommand::RegisterCustomer { id: "c".into(), name: "Ada".into(), sms_number: "+4411".into() };
+        assert_eq!(db.execute(&register, &c).expect("ok").envelope.aggregate_version, 1);
+        assert!(matches!(db.execute(&register, &c), Err(CommandError::AlreadyExists { .. })));
+        let change = CustomersCommand::ChangeSmsNumber { id: "c".into(), sms_number: "+4422".into() };
+        assert_eq!(db.execute(&change, &c).expect("ok").envelope.aggregate_version, 2);
+        let enable = CustomersCommand::EnableCustomer { id: "c".into() };
+        assert!(matches!(db.execute(&enable, &c), Err(CommandError::Rejected(_))));
+        let disable = CustomersCommand::DisableCustomer { id: "c".into() };
+        assert_eq!(db.execute(&disable, &c).expect("ok").envelope.aggregate_version, 3);
+        let bad = CustomersCommand::ChangeSmsNumber { id: "c".into(), sms_number: "nope".into() };
+        assert!(matches!(db.execute(&bad, &c), Err(CommandError::Invalid(_))));
+        let row = db.customer("c").expect("read").expect("row");
+        assert_eq!((row.sms_number.as_str(), row.enabled, row.version), ("+4422", false, 3));
+        assert_eq!(db.outbox_len().expect("outbox"), 3, "one outbox row per accepted command");
+    }
+}
