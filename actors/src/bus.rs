@@ -132,11 +132,15 @@ impl Bus {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
-        self.js
-            .get_or_create_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| BusError::Stream { stream: name.to_string(), reason: e.to_string() })
+        match self.js.get_or_create_stream(config).await {
+            Ok(_) => Ok(()),
+            // Two processes starting at once both find no stream and both create it; the loser is
+            // told the name or subjects are taken. The stream it wanted is there now.
+            Err(create_error) => match self.js.get_stream(name).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(BusError::Stream { stream: name.to_string(), reason: create_error.to_string() }),
+            },
+        }
     }
 
     /// Binds to the durable pull consumer, or (re)creates it to start right after `checkpoint`,
@@ -319,6 +323,13 @@ impl Bus {
         error: &str,
     ) -> Result<(), BusError> {
         let mut headers = delivery.headers.clone().unwrap_or_default();
+        // The copy's Nats-Msg-Id is replaced below; a producer that gave the event id only there
+        // must not lose it, or a replay could not be de-duplicated.
+        if delivery.header(carrier_messages::envelope::header::EVENT_ID).is_none() {
+            if let Some(id) = delivery.header("Nats-Msg-Id") {
+                headers.insert(carrier_messages::envelope::header::EVENT_ID, id);
+            }
+        }
         headers.insert(dead_letter_header::ORIGINAL_SUBJECT, delivery.subject.as_str());
         headers.insert(dead_letter_header::ORIGINAL_SEQUENCE, delivery.stream_seq.to_string().as_str());
         headers.insert(dead_letter_header::REASON, reason);

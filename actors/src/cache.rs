@@ -178,7 +178,13 @@ impl<D: StoresCacheDb> Actor for StoresCache<D> {
                 let (db, horizon) = (state.db.clone(), state.inbox_retention.horizon);
                 match tokio::task::spawn_blocking(move || db.prune_inbox(horizon, PRUNE_BATCH)).await? {
                     Ok(0) => {}
-                    Ok(removed) => tracing::debug!(removed, "pruned the inbox"),
+                    Ok(removed) => {
+                        tracing::debug!(removed, "pruned the inbox");
+                        // A full batch means more is due: continue right away, between batches.
+                        if removed as usize >= PRUNE_BATCH {
+                            myself.send_message(CacheMsg::PruneInbox)?;
+                        }
+                    }
                     // Pruning is housekeeping: a failure is retried at the next tick.
                     Err(error) => tracing::warn!(%error, "inbox pruning failed"),
                 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use carrier_actors::verify::{baskets_against_stores, depot_against_stores};
 use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_messages::codec::Causality;
+use carrier_messages::customers::CustomersCommand;
 use carrier_messages::stores::StoresCommand;
 
 use crate::inspect::money;
@@ -60,6 +61,16 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         stores.execute(command, correlation).await.context("a demo command was refused")?;
     }
 
+    let customers = system.customers.clone().context("customers context missing")?;
+    let people = [
+        CustomersCommand::RegisterCustomer { id: id("ada"), name: "Ada".into(), sms_number: "+15550100".into() },
+        CustomersCommand::RegisterCustomer { id: id("grace"), name: "Grace".into(), sms_number: "+15550101".into() },
+        CustomersCommand::ChangeSmsNumber { id: id("ada"), sms_number: "+15550199".into() },
+    ];
+    for command in people {
+        customers.execute(command, Causality::default()).await.context("a demo command was refused")?;
+    }
+
     let baskets = system.baskets.clone().context("baskets context missing")?;
     let depot = system.depot.clone().context("depot context missing")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
@@ -100,6 +111,10 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     for (pid, p, v) in depot.db.products()? {
         println!("  product {pid:<26} {:<16} at {:<22} v{v}", p.name, p.store_id);
+    }
+    println!("\ncustomers (owner state)");
+    for (cid, c) in customers.db.customers()? {
+        println!("  customer {cid:<25} {:<16} {:<14} v{}", c.name, c.sms_number, c.version);
     }
     let consumer = &baskets.stores_consumer;
     use std::sync::atomic::Ordering::Relaxed;

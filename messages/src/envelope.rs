@@ -186,7 +186,7 @@ impl Envelope {
                 });
             }
         }
-        let event_type = required(&get, header::EVENT_TYPE)?.to_string();
+        let event_type = required(&get, header::EVENT_TYPE)?.trim().to_string();
         let schema_version = match get(header::SCHEMA_VERSION) {
             None => SCHEMA_VERSION,
             Some(v) => v.trim().parse::<u32>().map_err(|_| DecodeError::BadHeader {

@@ -266,8 +266,8 @@ pub(crate) fn unix_ms() -> u64 {
 ///
 /// Past the horizon, idempotence rests on entity versions alone: a redelivered event finds its
 /// entity at its own version or later and is skipped as stale. What the inbox adds inside the
-/// horizon is telling a duplicate from a stale event, and catching a re-published copy of an
-/// event whose entity moved on in the meantime without counting it as a conflict.
+/// horizon is telling a duplicate (the same event again) from a stale one (an older event of an
+/// entity that moved on), which the consumer counts separately.
 pub(crate) fn prune_inbox(db: &Database, cutoff_unix_ms: u64, limit: usize) -> Result<u64, StorageError> {
     let txn = db.begin_write().during("begin_write")?;
     let mut removed = 0u64;

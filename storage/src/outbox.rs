@@ -6,7 +6,7 @@
 //! `Nats-Msg-Id`, which JetStream (within its duplicate window) and every consumer's inbox (after
 //! it) treat as a duplicate.
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use carrier_messages::EncodedEvent;
 
@@ -15,13 +15,21 @@ use crate::StorageError;
 
 /// Outbox sequence → CBOR [`EncodedEvent`].
 pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// `"next"` → the next outbox key. Keys are never reused, even once the table is empty, so a
+/// late delete for a published row can never hit a new one.
+pub(crate) const OUTBOX_NEXT: TableDefinition<&str, u64> = TableDefinition::new("outbox_next");
 
-/// Appends `event` after the last row.
-pub(crate) fn append(table: &mut Table<'_, u64, &[u8]>, event: &EncodedEvent) -> Result<u64, StorageError> {
-    let next = table.last().during("read outbox")?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+/// Appends `event` under the next key.
+pub(crate) fn append(txn: &redb::WriteTransaction, event: &EncodedEvent) -> Result<u64, StorageError> {
+    let mut counter = txn.open_table(OUTBOX_NEXT).during("open outbox_next")?;
+    let mut table = txn.open_table(OUTBOX).during("open outbox")?;
+    let after_last = table.last().during("read outbox")?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+    let stored = counter.get("next").during("read outbox_next")?.map(|v| v.value()).unwrap_or(1);
+    let key = stored.max(after_last);
     let row = encode_row("outbox", event)?;
-    table.insert(next, row.as_slice()).during("write outbox")?;
-    Ok(next)
+    table.insert(key, row.as_slice()).during("write outbox")?;
+    counter.insert("next", key + 1).during("write outbox_next")?;
+    Ok(key)
 }
 
 /// The oldest `limit` rows, in order.

@@ -79,6 +79,7 @@ impl<K: OwnerKind> OwnerFile<K> {
         let db = crate::engine::open_database(&path, |txn| {
             K::create_tables(txn)?;
             txn.open_table(OUTBOX).during("create outbox")?;
+            txn.open_table(outbox::OUTBOX_NEXT).during("create outbox_next")?;
             Ok(())
         })?;
         Ok(OwnerFile { db, path, kind: PhantomData })
@@ -97,8 +98,7 @@ impl<K: OwnerKind> OwnerFile<K> {
             let decoded = Decoded::new(event, version, causality);
             let encoded =
                 decoded.encode().map_err(|e| StorageError::Corrupt { table: "outbox", reason: e.to_string() })?;
-            let mut table = txn.open_table(OUTBOX).during("open outbox")?;
-            outbox::append(&mut table, &encoded)?;
+            outbox::append(&txn, &encoded)?;
             Ok(decoded)
         });
         match recorded {

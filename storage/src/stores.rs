@@ -308,6 +308,11 @@ mod tests {
         assert_eq!(pending[2].1.subject, "stores.store.rebranded");
         db.outbox_remove(&[1, 2]).expect("remove");
         assert_eq!(db.outbox_len().expect("len"), 1);
+        // Keys are never reused, even after the outbox empties.
+        db.outbox_remove(&[3]).expect("remove");
+        let rename = StoresCommand::RebrandStore { id: "s".into(), name: "C".into() };
+        db.execute(&rename, &c).expect("rebrand");
+        assert_eq!(db.outbox_pending(10).expect("outbox")[0].0, 4);
     }
 
     #[test]

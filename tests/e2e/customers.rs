@@ -33,6 +33,17 @@ async fn customers_commands_record_events_published_in_order_on_their_stream() {
     assert_eq!(twice.error.map(|e| e.code), Some("rejected".to_string()));
     let bad = command(&bus, r#"{"command":"change_sms_number","id":"c1","sms_number":"call me"}"#).await;
     assert_eq!(bad.error.map(|e| e.code), Some("invalid".to_string()));
+    // A correlation id no consumer would accept is refused up front, not recorded.
+    let headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Carrier-Correlation-Id".to_string(), "x".repeat(200)),
+    ];
+    let body = br#"{"command":"disable_customer","id":"c1"}"#.to_vec();
+    let reply: CommandReply = serde_json::from_slice(
+        &bus.request("cmd.customers", &headers, body, Duration::from_secs(5)).await.expect("answered"),
+    )
+    .expect("a reply");
+    assert_eq!(reply.error.map(|e| e.code), Some("bad_request".to_string()));
     let unknown = command(&bus, r#"{"command":"change_sms_number","id":"nobody","sms_number":"+1234"}"#).await;
     assert_eq!(unknown.error.map(|e| e.code), Some("not_found".to_string()));
 

@@ -32,10 +32,21 @@ impl<K: OwnerKind> Commands<K> {
                 return CommandReply::failed("bad_request", format!("not a command of this context: {reason}"))
             }
         };
-        let causality = Causality {
-            correlation_id: request.header(header::CORRELATION_ID).map(str::to_string),
-            causation_id: request.header(header::CAUSATION_ID).map(str::to_string),
-        };
+        // These ids go into the recorded event's headers, which every consumer checks: refuse a bad
+        // one here rather than record an event that every consumer would dead-letter.
+        let mut ids = [None, None];
+        for (slot, name) in ids.iter_mut().zip([header::CORRELATION_ID, header::CAUSATION_ID]) {
+            if let Some(value) = request.header(name) {
+                let value = value.trim();
+                if value.is_empty() || value.len() > carrier_messages::envelope::MAX_ID_LEN {
+                    let limit = carrier_messages::envelope::MAX_ID_LEN;
+                    return CommandReply::failed("bad_request", format!("header {name} must be 1 to {limit} bytes"));
+                }
+                *slot = Some(value.to_string());
+            }
+        }
+        let [correlation_id, causation_id] = ids;
+        let causality = Causality { correlation_id, causation_id };
         let result = ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply });
         match result {
             Err(_) => CommandReply::failed("unavailable", "the owner is restarting; try again"),

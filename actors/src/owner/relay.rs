@@ -136,7 +136,10 @@ async fn publish_round<K: OwnerKind>(args: &RelayArgs<K>) -> Result<Round, Actor
     let results = args.bus.publish_all(&events).await;
 
     // Only the acknowledged prefix may leave the outbox: a row after a failed one is published
-    // again next round (a duplicate JetStream drops), keeping the stream in outbox order.
+    // again next round (a duplicate JetStream drops). Publishes are pipelined, so rows after a
+    // failed one may already be stored and the retried row lands after them: the stream is in
+    // outbox order except around a failure, and consumers restore each entity's order by version
+    // (an early event is parked until the one before it arrives).
     let mut acked = Vec::with_capacity(rows.len());
     let mut failure = None;
     for ((key, _), result) in rows.iter().zip(results) {
