@@ -123,7 +123,7 @@ impl<D: StoresCacheDb> Actor for StoresCache<D> {
     ) -> Result<(), ActorProcessingErr> {
         let state = &cache.args;
         match msg {
-            CacheMsg::ApplyStores(ApplyBatch { consumer, batch, reply }) => {
+            CacheMsg::ApplyStores(ApplyBatch { consumer, batch, through, reply }) => {
                 if Faults::take(&state.faults.cache_panics) {
                     panic!("injected panic in the {} cache", state.context);
                 }
@@ -147,9 +147,11 @@ impl<D: StoresCacheDb> Actor for StoresCache<D> {
                     Err((injected_storage_failure(), batch))
                 } else {
                     let db = state.db.clone();
-                    tokio::task::spawn_blocking(move || match db.apply_stores_events(&consumer, &batch) {
-                        Ok(outcome) => Ok(outcome),
-                        Err(e) => Err((e, batch)),
+                    tokio::task::spawn_blocking(move || {
+                        match db.apply_stores_events_through(&consumer, &batch, through) {
+                            Ok(outcome) => Ok(outcome),
+                            Err(e) => Err((e, batch)),
+                        }
                     })
                     .await?
                 };

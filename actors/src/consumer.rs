@@ -33,6 +33,9 @@ pub struct ApplyBatch<E> {
     pub consumer: String,
     /// The events, in delivery order.
     pub batch: Vec<Inbound<E>>,
+    /// The last stream sequence the consumer settled, dead letters included: the checkpoint
+    /// moves at least this far.
+    pub through: u64,
     /// The outcome, or the batch back with the error so that it can be retried.
     pub reply: RpcReplyPort<Result<BatchOutcome, ApplyFailed<E>>>,
 }
@@ -279,28 +282,34 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             }
         };
 
+        // The checkpoint covers the whole batch, dead letters included, so a restart redoes none.
+        let through = deliveries.last().map(|d| d.stream_seq).unwrap_or(0);
         let range = (batch.first().map(|i| i.stream_seq), batch.last().map(|i| i.stream_seq));
-        if let (Some(first), Some(last)) = range {
-            if state.guard.suspect(first, last) {
-                apply_one_by_one(state, &deliveries, &mut poison, batch).await?;
-            } else {
-                match apply(state, batch).await? {
-                    Ok(()) => {}
-                    Err(ApplyFailed { error, batch }) => {
-                        state.failures += 1;
-                        state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                        state.stats.failing_commits.fetch_add(1, Ordering::Relaxed);
-                        let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
-                            .min(Duration::from_secs(5));
-                        tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
-                        // Keep the server from redelivering the batch while we retry it ourselves.
-                        for d in &deliveries {
-                            let _ = d.in_progress().await;
-                        }
-                        state.retry = Some(Retry { deliveries, poison, batch });
-                        myself.send_after(delay, || ConsumerMsg::Poll);
-                        return Ok(());
+        let suspect = matches!(range, (Some(first), Some(last)) if state.guard.suspect(first, last));
+        if suspect {
+            apply_one_by_one(state, &deliveries, &mut poison, batch).await?;
+            if !poison.is_empty() {
+                if let Err(ApplyFailed { error, .. }) = apply(state, Vec::new(), through).await? {
+                    return Err(format!("commit failed while recording dead letters: {error}").into());
+                }
+            }
+        } else if !batch.is_empty() || !poison.is_empty() {
+            match apply(state, batch, through).await? {
+                Ok(()) => {}
+                Err(ApplyFailed { error, batch }) => {
+                    state.failures += 1;
+                    state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    state.stats.failing_commits.fetch_add(1, Ordering::Relaxed);
+                    let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
+                    // Keep the server from redelivering the batch while we retry it ourselves.
+                    for d in &deliveries {
+                        let _ = d.in_progress().await;
                     }
+                    state.retry = Some(Retry { deliveries, poison, batch });
+                    myself.send_after(delay, || ConsumerMsg::Poll);
+                    return Ok(());
                 }
             }
         }
@@ -336,11 +345,12 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
 async fn apply<E: DomainEvent>(
     state: &mut ConsumerState<E>,
     batch: Vec<Inbound<E>>,
+    through: u64,
 ) -> Result<Result<(), ApplyFailed<E>>, ActorProcessingErr> {
     let first = batch.first().map(|i| i.stream_seq).unwrap_or(0);
     let last = batch.last().map(|i| i.stream_seq).unwrap_or(0);
     let (tx, rx) = ractor::concurrency::oneshot();
-    let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, reply: tx.into() };
+    let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, through, reply: tx.into() };
     state.guard.begin((first, last));
     if !(state.target)(message) {
         state.guard.end();
@@ -387,7 +397,7 @@ async fn apply_one_by_one<E: DomainEvent>(
             poison.push(index);
             continue;
         }
-        if let Err(ApplyFailed { error, .. }) = apply(state, vec![inbound]).await? {
+        if let Err(ApplyFailed { error, .. }) = apply(state, vec![inbound], 0).await? {
             // Storage, not the event: start again from the checkpoint once it recovers.
             return Err(format!("commit failed while isolating a poison event: {error}").into());
         }

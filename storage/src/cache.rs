@@ -180,9 +180,22 @@ pub trait StoresCacheDb: Send + Sync + 'static {
     fn store_row(snapshot: &StoreSnapshot) -> Self::Store;
     /// The product as this context keeps it, from the owner's snapshot (`None` if removed).
     fn product_row(snapshot: &ProductSnapshot) -> Option<Self::Product>;
-    /// Applies a batch of stores events in one transaction (see [`engine::apply_batch`]).
-    fn apply_stores_events(&self, consumer: &str, batch: &[Inbound<StoresEvent>])
-        -> Result<BatchOutcome, StorageError>;
+    /// Applies a batch of stores events in one transaction, moving the checkpoint to at least
+    /// `through` (see [`engine::apply_batch`]).
+    fn apply_stores_events_through(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<StoresEvent>],
+        through: u64,
+    ) -> Result<BatchOutcome, StorageError>;
+    /// Applies a batch of stores events in one transaction.
+    fn apply_stores_events(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<StoresEvent>],
+    ) -> Result<BatchOutcome, StorageError> {
+        self.apply_stores_events_through(consumer, batch, 0)
+    }
     /// Writes a store as its owner reported it (see [`engine::adopt`]).
     fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError>;
     /// Writes a product as its owner reported it; a removed one leaves the cache.
@@ -220,12 +233,13 @@ impl<K: CacheKind> StoresCacheDb for StoresCacheFile<K> {
         K::product_row(snapshot)
     }
 
-    fn apply_stores_events(
+    fn apply_stores_events_through(
         &self,
         consumer: &str,
         batch: &[Inbound<StoresEvent>],
+        through: u64,
     ) -> Result<BatchOutcome, StorageError> {
-        engine::apply_batch(&self.db, consumer, &KindProjection::<K>(PhantomData), batch)
+        engine::apply_batch(&self.db, consumer, &KindProjection::<K>(PhantomData), batch, through)
     }
 
     fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {

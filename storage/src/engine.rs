@@ -104,12 +104,15 @@ impl BatchOutcome {
     }
 }
 
-/// Applies `batch` in one transaction; see the module docs for the rules.
+/// Applies `batch` in one transaction; see the module docs for the rules. The checkpoint moves to
+/// the batch's last stream sequence or `through`, whichever is higher: `through` covers messages
+/// the consumer settled without applying them (dead letters), so a restart does not redo them.
 pub fn apply_batch<E, P>(
     db: &Database,
     consumer: &str,
     projection: &P,
     batch: &[Inbound<E>],
+    through: u64,
 ) -> Result<BatchOutcome, StorageError>
 where
     E: DomainEvent,
@@ -168,7 +171,7 @@ where
             outcome.dispositions.push(disposition);
         }
 
-        if let Some(last) = batch.iter().map(|i| i.stream_seq).max() {
+        if let Some(last) = batch.iter().map(|i| i.stream_seq).chain((through > 0).then_some(through)).max() {
             let previous = checkpoints.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
             if last > previous {
                 checkpoints.insert(consumer, last).during("write checkpoints")?;

@@ -229,7 +229,14 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     .await;
     let stored = bus.stream_message_count("STORES").await.expect("info").expect("stream");
     assert_eq!(stored, 5, "the re-sent StoreCreated was dropped by JetStream as a duplicate");
-    let stats = &cache.baskets.as_ref().expect("baskets").stores_consumer;
+    let stats = cache.baskets.as_ref().expect("baskets").stores_consumer.clone();
+    let counted = stats.clone();
+    // The counter moves just after the commit the cache already shows.
+    wait_until(Duration::from_secs(10), "the consumer counts its batches", move || {
+        let s = counted.clone();
+        async move { s.applied.load(Ordering::Relaxed) >= 5 }
+    })
+    .await;
     assert_eq!(stats.applied.load(Ordering::Relaxed), 5, "each event applied once");
 
     let pid = owner.id().to_string();

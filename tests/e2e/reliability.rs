@@ -388,3 +388,52 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
     assert_eq!(letters[0].header("Carrier-Aggregate-Id"), Some("p3"));
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
+    use carrier_storage::StoresCacheDb as _;
+    let env = TestEnv::start();
+    let system = env.system(&[ContextName::Baskets]).await;
+    let client = env.plain_client().await;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(header::EVENT_ID, "0190a0b0-0000-7000-8000-0000000000c1");
+    h.insert(header::EVENT_TYPE, "stores.StoreCreated");
+    h.insert(header::AGGREGATE_ID, "tail");
+    h.insert(header::AGGREGATE_VERSION, "1");
+    h.insert(header::CONTENT_TYPE, "application/json");
+    client.publish_with_headers("stores.store.created", h, "not json".into()).await.expect("sent");
+    client.flush().await.expect("flushed");
+    let baskets = system.baskets.clone().expect("baskets");
+    wait_until(LIMIT, "the poison message is dead-lettered and checkpointed", || {
+        let b = baskets.clone();
+        async move {
+            b.stores_consumer.dead_lettered.load(Ordering::Relaxed) == 1
+                && b.db.checkpoint("baskets-stores").map(|c| c == 1).unwrap_or(false)
+        }
+    })
+    .await;
+    drop(baskets);
+    system.kill().await;
+
+    let again = env.system(&[ContextName::Baskets]).await;
+    // Something after it, so that we know the restarted consumer has read past the poison.
+    let created = carrier_messages::Decoded::new(
+        carrier_messages::StoresEvent::StoreCreated(carrier_messages::stores::StoreCreated {
+            id: "after".into(),
+            name: "After".into(),
+            location: "l".into(),
+        }),
+        1,
+        &Causality::default(),
+    );
+    again.bus.publish(&created.encode().expect("encodes")).await.expect("stored");
+    let baskets = again.baskets.clone().expect("baskets");
+    wait_until(LIMIT, "the next event is applied", || {
+        let b = baskets.clone();
+        async move { b.db.store("after").ok().flatten().is_some() }
+    })
+    .await;
+    assert_eq!(baskets.stores_consumer.dead_lettered.load(Ordering::Relaxed), 0, "not dead-lettered twice");
+    assert_eq!(again.bus.stream_message_count("DLQ_BASKETS").await.expect("info"), Some(1));
+    again.shutdown().await;
+}
