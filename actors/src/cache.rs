@@ -1,89 +1,146 @@
-//! The cache actor of a context that keeps stores data (baskets, depot): the only writer of that
-//! context's redb file. The context-specific part is its database's projection
-//! ([`StoresCacheDb`]); batching, pruning, gap repair and adopting the owner's answers are the same
-//! for every such context.
+//! A consuming context's actors: the `cache` writer that alone writes the context's redb file,
+//! one consumer per stream it reads, its outbox relay, and its command and query servers.
+//!
+//! What differs between contexts (baskets, depot, ordering, payments, notifications, search) is
+//! the file's [`ContextKind`] and which streams it [`Reacts`] to. Batching, pruning, gap repair,
+//! adopting the owners' answers and publishing the outbox are the same for every context.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Notify;
 
-use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::DomainEvent;
-use carrier_storage::{Adopted, StorageError, StoresCacheDb};
+use carrier_storage::engine::Inbound;
+use carrier_storage::{
+    Adopted, CacheKind, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb, Disposition, Reacts,
+    StorageError, StoresCacheDb,
+};
 
-use crate::consumer::{ApplyBatch, ApplyFailed};
-use crate::fallback::StoresFallback;
+use crate::consumer::{ApplyBatch, ApplyFailed, BatchTarget, ConsumerStats};
+use crate::fallback::Fallback;
 use crate::faults::Faults;
 use crate::flow;
+use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
 
-/// Owns a context's redb file and applies store and product events to it, a batch per commit.
-///
-/// Every write goes through this actor's mailbox, so redb's single writer is never contended and
-/// batches apply in delivery order.
-pub struct StoresCache<D>(std::marker::PhantomData<fn() -> D>);
+/// A write to the context's file that the writer runs on its turn.
+pub trait WriteJob<K>: Send + 'static {
+    /// Whether the job carries an event about `aggregate_id` (for failure drills).
+    fn touches(&self, aggregate_id: &str) -> bool;
+    /// Runs the job; returns whether an event was parked behind a missing version.
+    fn run(self: Box<Self>, db: &ContextFile<K>) -> bool;
+    /// Reports a failure without running (for failure drills).
+    fn fail(self: Box<Self>, error: StorageError);
+}
 
-impl<D> Default for StoresCache<D> {
-    fn default() -> Self {
-        StoresCache(std::marker::PhantomData)
+/// A delivered batch of `E` events and the flow-log labels it shows.
+struct ApplyJob<E> {
+    batch: ApplyBatch<E>,
+    context: &'static str,
+}
+
+impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
+    fn touches(&self, aggregate_id: &str) -> bool {
+        self.batch.batch.iter().any(|i| i.decoded.envelope.aggregate_id == aggregate_id)
+    }
+
+    fn run(self: Box<Self>, db: &ContextFile<K>) -> bool {
+        let ApplyBatch { consumer, batch, through, reply } = self.batch;
+        let context = self.context;
+        let labels: Option<Vec<String>> = flow::enabled().then(|| {
+            batch
+                .iter()
+                .map(|i| flow::handler(context, i.decoded.event.aggregate_type(), i.decoded.event.event_type()))
+                .collect()
+        });
+        for label in labels.iter().flatten() {
+            flow::enter(label);
+        }
+        match db.apply(&consumer, &batch, through) {
+            Ok(outcome) => {
+                for (label, d) in labels.iter().flatten().zip(&outcome.dispositions) {
+                    let note = (*d != Disposition::Applied).then(|| d.as_str());
+                    flow::leave(label, note);
+                }
+                let parked = outcome.dispositions.iter().any(|d| matches!(d, Disposition::Parked { .. }));
+                let _ = reply.send(Ok(outcome));
+                parked
+            }
+            Err(error) => {
+                for label in labels.iter().flatten() {
+                    flow::leave(label, Some(&error.to_string()));
+                }
+                let _ = reply.send(Err(ApplyFailed { error, batch }));
+                false
+            }
+        }
+    }
+
+    fn fail(self: Box<Self>, error: StorageError) {
+        let ApplyBatch { batch, reply, .. } = self.batch;
+        let _ = reply.send(Err(ApplyFailed { error, batch }));
     }
 }
 
-/// Messages of [`StoresCache`].
-pub enum CacheMsg {
-    /// Apply a batch of stores events; the reply comes after the commit.
-    ApplyStores(ApplyBatch<StoresEvent>),
+/// A one-off write (a command, an owner's answer), which replies on its own.
+pub type RunJob<K> = Box<dyn FnOnce(&ContextFile<K>) + Send + 'static>;
+
+/// Messages of [`ContextWriter`].
+pub enum WriterMsg<K> {
+    /// Apply a delivered batch; the reply comes after the commit.
+    Apply(Box<dyn WriteJob<K>>),
+    /// Run a one-off write.
+    Run(RunJob<K>),
     /// Delete inbox records older than the retention horizon.
     PruneInbox,
-    /// Write an entity's state as its owner reported it (never over a newer version).
-    Adopt {
-        /// The owner's answer.
-        state: OwnerState,
-        /// Told the outcome, if anyone waits for it.
-        reply: Option<RpcReplyPort<Result<Adopted, StorageError>>>,
-    },
-    /// Ask the owner for entities whose parked events still wait for a missing version.
+    /// Ask the owners for entities whose parked events still wait for a missing version.
     RepairGaps {
         /// Consecutive failed attempts so far (for backoff).
         attempt: u32,
     },
 }
 
-/// An entity's state from its owner.
-#[derive(Clone, Debug)]
-pub enum OwnerState {
-    /// A store.
-    Store(StoreSnapshot),
-    /// A product.
-    Product(ProductSnapshot),
-}
+/// Finds an entity's state at its owner and returns the write that adopts it; `Ok(None)` when no
+/// owner can be asked about that kind of entity or the owner does not know it.
+pub type GapResolver<K> = Arc<
+    dyn Fn(String, String) -> Pin<Box<dyn Future<Output = Result<Option<RunJob<K>>, String>> + Send>> + Send + Sync,
+>;
 
-impl From<ApplyBatch<StoresEvent>> for CacheMsg {
-    fn from(batch: ApplyBatch<StoresEvent>) -> Self {
-        CacheMsg::ApplyStores(batch)
+/// Owns a context's redb file: every write goes through this actor's mailbox, so redb's single
+/// writer is never contended and each stream's batches apply in delivery order.
+pub struct ContextWriter<K>(std::marker::PhantomData<fn() -> K>);
+
+impl<K> Default for ContextWriter<K> {
+    fn default() -> Self {
+        ContextWriter(std::marker::PhantomData)
     }
 }
 
-/// What [`StoresCache`] is started with.
-pub struct CacheArgs<D> {
-    /// The consuming context, for logs.
+/// What [`ContextWriter`] is started with.
+pub struct WriterArgs<K> {
+    /// The context, for logs.
     pub context: &'static str,
-    /// The database it alone writes.
-    pub db: Arc<D>,
+    /// The file it alone writes.
+    pub db: Arc<ContextFile<K>>,
     /// Injected failures.
     pub faults: Arc<Faults>,
     /// How long applied event ids stay in the inbox, and how often older ones are deleted.
     pub inbox_retention: InboxRetention,
-    /// Asks the stores context for what the cache lacks.
-    pub fallback: Arc<StoresFallback>,
+    /// Asks owners for what a gap lacks.
+    pub resolver: GapResolver<K>,
     /// How long a gap may stay open (an out-of-order event may still arrive) before the owner is
     /// asked for the entity's state.
     pub gap_grace: Duration,
+    /// Wakes the outbox relay after a commit.
+    pub relay_wakeup: Arc<Notify>,
 }
 
-/// The cache's state.
-pub struct CacheState<D> {
-    args: CacheArgs<D>,
+/// The writer's state.
+pub struct WriterState<K> {
+    args: WriterArgs<K>,
     repair_scheduled: bool,
 }
 
@@ -99,84 +156,60 @@ pub struct InboxRetention {
 /// Records deleted per pruning transaction, so one prune never holds the writer for long.
 const PRUNE_BATCH: usize = 10_000;
 
-impl<D: StoresCacheDb> Actor for StoresCache<D> {
-    type Msg = CacheMsg;
-    type State = CacheState<D>;
-    type Arguments = CacheArgs<D>;
+impl<K: ContextKind> Actor for ContextWriter<K> {
+    type Msg = WriterMsg<K>;
+    type State = WriterState<K>;
+    type Arguments = WriterArgs<K>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: CacheArgs<D>,
-    ) -> Result<CacheState<D>, ActorProcessingErr> {
-        myself.send_interval(args.inbox_retention.every, || CacheMsg::PruneInbox);
+        args: WriterArgs<K>,
+    ) -> Result<WriterState<K>, ActorProcessingErr> {
+        myself.send_interval(args.inbox_retention.every, || WriterMsg::PruneInbox);
         // Gaps left open by an earlier incarnation are repaired too.
-        myself.send_after(args.gap_grace, || CacheMsg::RepairGaps { attempt: 0 });
-        Ok(CacheState { args, repair_scheduled: true })
+        myself.send_after(args.gap_grace, || WriterMsg::RepairGaps { attempt: 0 });
+        // Whatever an earlier incarnation left in the outbox goes out now.
+        args.relay_wakeup.notify_one();
+        Ok(WriterState { args, repair_scheduled: true })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
-        msg: CacheMsg,
-        cache: &mut CacheState<D>,
+        msg: WriterMsg<K>,
+        writer: &mut WriterState<K>,
     ) -> Result<(), ActorProcessingErr> {
-        let state = &cache.args;
+        let state = &writer.args;
         match msg {
-            CacheMsg::ApplyStores(ApplyBatch { consumer, batch, through, reply }) => {
+            WriterMsg::Apply(job) => {
                 if Faults::take(&state.faults.cache_panics) {
                     panic!("injected panic in the {} cache", state.context);
                 }
                 let poison = state.faults.cache_panic_on_id.lock().ok().and_then(|id| id.clone());
                 if let Some(id) = poison {
-                    if batch.iter().any(|i| i.decoded.envelope.aggregate_id == id) {
+                    if job.touches(&id) {
                         panic!("injected panic on an event about {id}");
                     }
                 }
-                let context = state.context;
-                let labels: Option<Vec<String>> = flow::enabled().then(|| {
-                    batch
-                        .iter()
-                        .map(|i| flow::handler(context, i.decoded.event.aggregate_type(), i.decoded.event.event_type()))
-                        .collect()
-                });
-                for label in labels.iter().flatten() {
-                    flow::enter(label);
+                if Faults::take(&state.faults.cache_commit_failures) {
+                    job.fail(StorageError::io("commit", std::io::Error::other("injected storage failure")));
+                    return Ok(());
                 }
-                let result = if Faults::take(&state.faults.cache_commit_failures) {
-                    Err((injected_storage_failure(), batch))
-                } else {
-                    let db = state.db.clone();
-                    tokio::task::spawn_blocking(move || {
-                        match db.apply_stores_events_through(&consumer, &batch, through) {
-                            Ok(outcome) => Ok(outcome),
-                            Err(e) => Err((e, batch)),
-                        }
-                    })
-                    .await?
-                };
-                match result {
-                    Ok(outcome) => {
-                        let parked = outcome
-                            .dispositions
-                            .iter()
-                            .any(|d| matches!(d, carrier_storage::Disposition::Parked { .. }));
-                        if parked && !cache.repair_scheduled {
-                            cache.repair_scheduled = true;
-                            myself.send_after(state.gap_grace, || CacheMsg::RepairGaps { attempt: 0 });
-                        }
-                        for (label, d) in labels.iter().flatten().zip(&outcome.dispositions) {
-                            let note = (*d != carrier_storage::Disposition::Applied).then(|| d.as_str());
-                            flow::leave(label, note);
-                        }
-                        let _ = reply.send(Ok(outcome));
-                    }
-                    Err((error, batch)) => {
-                        let _ = reply.send(Err(ApplyFailed { error, batch }));
-                    }
+                let db = state.db.clone();
+                let parked = tokio::task::spawn_blocking(move || job.run(&db)).await?;
+                state.relay_wakeup.notify_one();
+                if parked && !writer.repair_scheduled {
+                    writer.repair_scheduled = true;
+                    myself.send_after(state.gap_grace, || WriterMsg::RepairGaps { attempt: 0 });
                 }
             }
-            CacheMsg::PruneInbox => {
+            WriterMsg::Run(job) => {
+                let db = state.db.clone();
+                tokio::task::spawn_blocking(move || job(&db)).await?;
+                state.relay_wakeup.notify_one();
+            }
+            WriterMsg::PruneInbox => {
                 let (db, horizon) = (state.db.clone(), state.inbox_retention.horizon);
                 match tokio::task::spawn_blocking(move || db.prune_inbox(horizon, PRUNE_BATCH)).await? {
                     Ok(0) => {}
@@ -184,52 +217,34 @@ impl<D: StoresCacheDb> Actor for StoresCache<D> {
                         tracing::debug!(removed, "pruned the inbox");
                         // A full batch means more is due: continue right away, between batches.
                         if removed as usize >= PRUNE_BATCH {
-                            myself.send_message(CacheMsg::PruneInbox)?;
+                            myself.send_message(WriterMsg::PruneInbox)?;
                         }
                     }
                     // Pruning is housekeeping: a failure is retried at the next tick.
                     Err(error) => tracing::warn!(%error, "inbox pruning failed"),
                 }
             }
-            CacheMsg::Adopt { state: owner_state, reply } => {
-                let db = state.db.clone();
-                let result = tokio::task::spawn_blocking(move || match &owner_state {
-                    OwnerState::Store(s) => db.adopt_store(s),
-                    OwnerState::Product(p) => db.adopt_product(p),
-                })
-                .await?;
-                if let Err(error) = &result {
-                    tracing::warn!(%error, "could not write the owner's state");
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
-            }
-            CacheMsg::RepairGaps { attempt } => {
-                cache.repair_scheduled = false;
+            WriterMsg::RepairGaps { attempt } => {
+                writer.repair_scheduled = false;
                 let db = state.db.clone();
                 let gaps = tokio::task::spawn_blocking(move || db.gaps()).await??;
                 if gaps.is_empty() {
                     return Ok(());
                 }
-                cache.repair_scheduled = true;
-                // The owner is asked off the write path: the answers come back as Adopt messages.
-                let (fallback, myself) = (state.fallback.clone(), myself.clone());
+                writer.repair_scheduled = true;
+                // The owner is asked off the write path: the answers come back as Run messages.
+                let (resolver, myself) = (state.resolver.clone(), myself.clone());
                 let grace = state.gap_grace;
                 tokio::spawn(async move {
                     let mut failed = false;
                     for (aggregate, id, current, waiting) in gaps {
                         tracing::info!(aggregate = %aggregate, id = %id, current, waiting, "version gap; asking the owner");
-                        let answer = match aggregate.as_str() {
-                            "store" => fallback.store(&id).await.map(|s| s.map(OwnerState::Store)),
-                            _ => fallback.product(&id).await.map(|p| p.map(OwnerState::Product)),
-                        };
-                        match answer {
-                            Ok(Some(owner_state)) => {
-                                let _ = myself.send_message(CacheMsg::Adopt { state: owner_state, reply: None });
+                        match resolver(aggregate.clone(), id.clone()).await {
+                            Ok(Some(adopt)) => {
+                                let _ = myself.send_message(WriterMsg::Run(adopt));
                             }
                             Ok(None) => {
-                                tracing::warn!(aggregate = %aggregate, id = %id, "the owner does not know an entity with parked events");
+                                tracing::warn!(aggregate = %aggregate, id = %id, "no owner knows an entity with parked events; waiting for the missing event");
                                 failed = true;
                             }
                             Err(error) => {
@@ -241,16 +256,12 @@ impl<D: StoresCacheDb> Actor for StoresCache<D> {
                     let next = if failed { attempt + 1 } else { 0 };
                     let delay = grace.saturating_mul(1 << next.min(5)).min(Duration::from_secs(30));
                     // Check again: either the repair went through or it is retried with backoff.
-                    myself.send_after(delay, move || CacheMsg::RepairGaps { attempt: next });
+                    myself.send_after(delay, move || WriterMsg::RepairGaps { attempt: next });
                 });
             }
         }
         Ok(())
     }
-}
-
-fn injected_storage_failure() -> StorageError {
-    StorageError::io("commit", std::io::Error::other("injected storage failure"))
 }
 
 /// Why a lookup found no answer.
@@ -267,7 +278,7 @@ pub enum LookupError {
     Unavailable,
 }
 
-/// How a context that caches stores data runs.
+/// How a consuming context runs.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheSettings {
     /// The most events applied per transaction.
@@ -276,7 +287,7 @@ pub struct CacheSettings {
     pub ack_wait: Duration,
     /// How long applied event ids stay in the inbox.
     pub inbox_retention: InboxRetention,
-    /// How the stores fallback behaves.
+    /// How the fallbacks behave.
     pub fallback: crate::fallback::FallbackConfig,
     /// How long a version gap may stay open before the owner is asked.
     pub gap_grace: Duration,
@@ -284,133 +295,354 @@ pub struct CacheSettings {
     pub poison_threshold: u32,
 }
 
-/// What the rest of the process may use of a running context that caches stores data.
-pub struct CacheHandle<D> {
-    /// Its database, for reading.
-    pub db: Arc<D>,
-    /// Its stores consumer's counters.
-    pub stores_consumer: Arc<crate::consumer::ConsumerStats>,
-    /// The fallback to the stores context, with its counters and breaker.
-    pub fallback: Arc<StoresFallback>,
-    cache: crate::supervisor::ActorSlot<CacheMsg>,
+/// What the rest of the process may use of a running consuming context.
+pub struct CacheHandle<K: 'static> {
+    /// Its file, for reading.
+    pub db: Arc<ContextFile<K>>,
+    /// Each consumer's counters, by the stream's owning context (`stores`, `ordering`, ...).
+    pub consumers: Vec<(&'static str, Arc<ConsumerStats>)>,
+    /// The fallback to the stores context, when it caches stores data.
+    pub stores_fallback: Option<Arc<Fallback>>,
+    /// The fallback to the customers context, when it caches customers.
+    pub customers_fallback: Option<Arc<Fallback>>,
+    writer: ActorSlot<WriterMsg<K>>,
 }
 
-impl<D> Clone for CacheHandle<D> {
+impl<K: 'static> Clone for CacheHandle<K> {
     fn clone(&self) -> Self {
         CacheHandle {
             db: self.db.clone(),
-            stores_consumer: self.stores_consumer.clone(),
-            fallback: self.fallback.clone(),
-            cache: self.cache.clone(),
+            consumers: self.consumers.clone(),
+            stores_fallback: self.stores_fallback.clone(),
+            customers_fallback: self.customers_fallback.clone(),
+            writer: self.writer.clone(),
         }
     }
 }
 
-impl<D: StoresCacheDb> CacheHandle<D> {
+impl<K: ContextKind> CacheHandle<K> {
+    /// The counters of the consumer of `source`'s stream.
+    pub fn consumer(&self, source: &str) -> Option<Arc<ConsumerStats>> {
+        self.consumers.iter().find(|(s, _)| *s == source).map(|(_, c)| c.clone())
+    }
+
+    /// Runs `job` on the writer (the file's only writer) and returns what it returned.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&ContextFile<K>) -> T + Send + 'static,
+    ) -> Result<T, LookupError> {
+        let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        writer
+            .send_message(WriterMsg::Run(Box::new(move |db| {
+                let _ = tx.send(job(db));
+            })))
+            .map_err(|_| LookupError::Unavailable)?;
+        rx.await.map_err(|_| LookupError::Unavailable)
+    }
+
+    fn fallback(&self, which: &Option<Arc<Fallback>>) -> Result<Arc<Fallback>, LookupError> {
+        which.clone().ok_or(LookupError::Unavailable)
+    }
+}
+
+impl<K: CacheKind> CacheHandle<K> {
     /// A store as this context keeps it: from the cache, or else from the owner (then cached).
-    pub async fn store(&self, id: &str) -> Result<Option<D::Store>, LookupError> {
+    pub async fn store(&self, id: &str) -> Result<Option<K::Store>, LookupError> {
         if let Some(store) = self.db.cached_store(id)? {
             return Ok(Some(store));
         }
-        let Some(snapshot) = self.fallback.store(id).await? else { return Ok(None) };
-        let row = D::store_row(&snapshot);
-        self.adopt(OwnerState::Store(snapshot)).await?;
+        let Some(snapshot) = self.fallback(&self.stores_fallback)?.store(id).await? else { return Ok(None) };
+        let row = <ContextFile<K> as StoresCacheDb>::store_row(&snapshot);
+        self.write(move |db| db.adopt_store(&snapshot)).await??;
         Ok(Some(row))
     }
 
     /// A product as this context keeps it: from the cache, or else from the owner (then cached).
-    pub async fn product(&self, id: &str) -> Result<Option<D::Product>, LookupError> {
+    pub async fn product(&self, id: &str) -> Result<Option<K::Product>, LookupError> {
         if let Some(product) = self.db.cached_product(id)? {
             return Ok(Some(product));
         }
-        let Some(snapshot) = self.fallback.product(id).await? else { return Ok(None) };
-        let row = D::product_row(&snapshot);
-        self.adopt(OwnerState::Product(snapshot)).await?;
+        let Some(snapshot) = self.fallback(&self.stores_fallback)?.product(id).await? else { return Ok(None) };
+        let row = <ContextFile<K> as StoresCacheDb>::product_row(&snapshot);
+        self.write(move |db| db.adopt_product(&snapshot)).await??;
         Ok(row)
     }
+}
 
-    /// Has the cache actor (the only writer) record the owner's answer.
-    async fn adopt(&self, state: OwnerState) -> Result<(), LookupError> {
-        let cache = self.cache.wait(Duration::from_secs(2)).await.ok_or(LookupError::Unavailable)?;
-        let result = ractor::call!(cache, |reply| CacheMsg::Adopt { state, reply: Some(reply) })
-            .map_err(|_| LookupError::Unavailable)?;
-        result?;
-        Ok(())
+impl<K: CustomerCacheKind> CacheHandle<K> {
+    /// A customer as this context keeps them: from the cache, or else from the owner (then
+    /// cached).
+    pub async fn customer(&self, id: &str) -> Result<Option<K::Customer>, LookupError> {
+        if let Some(customer) = self.db.cached_customer(id)? {
+            return Ok(Some(customer));
+        }
+        let Some(snapshot) = self.fallback(&self.customers_fallback)?.customer(id).await? else { return Ok(None) };
+        let row = <ContextFile<K> as CustomersCacheDb>::customer_row(&snapshot);
+        self.write(move |db| db.adopt_customer(&snapshot)).await??;
+        Ok(Some(row))
     }
 }
 
-/// Builds the supervisor of a context that caches stores data: its `cache` actor and its
-/// `stores-consumer` on the durable `<context>-stores`.
-pub(crate) fn stores_cache_context<D: StoresCacheDb>(
+/// Looks up, before a batch is applied, what its reactions will read from the caches, so that a
+/// miss is filled through the fallback off the write path. A lookup that fails is not an error
+/// here: the reaction then finds the row missing and the batch is retried.
+pub type Prefetch<K, E> = Arc<dyn Fn(CacheHandle<K>, Vec<E>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Assembles a consuming context's supervisor: `cache` (the writer) first, then a consumer per
+/// stream, the outbox relay when the context publishes, then its servers.
+pub(crate) struct ContextBuilder<K: ContextKind> {
     context: &'static str,
     bus: crate::bus::Bus,
-    db: Arc<D>,
     settings: CacheSettings,
     faults: Arc<Faults>,
-    tree: crate::supervisor::SupervisionTree,
-    path: String,
-) -> (crate::supervisor::SupervisorArgs, CacheHandle<D>) {
-    use crate::consumer::{batch_target, CheckpointReader, ConsumerArgs, ConsumerStats, EventConsumer, PoisonGuard};
-    use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisorArgs};
-    use carrier_messages::DomainEvent;
-
-    let CacheSettings { batch_max, ack_wait, inbox_retention, fallback, gap_grace, poison_threshold } = settings;
-    let stats = Arc::new(ConsumerStats::default());
-    let guard = Arc::new(PoisonGuard::default());
-    let fallback = Arc::new(StoresFallback::new(bus.clone(), fallback));
-    let slot: ActorSlot<CacheMsg> = ActorSlot::default();
-    let handle =
-        CacheHandle { db: db.clone(), stores_consumer: stats.clone(), fallback: fallback.clone(), cache: slot.clone() };
-
-    let cache_faults = faults.clone();
-    let consumer_db = db.clone();
-    let cache = ChildSpec::new("cache", move |supervisor, _siblings| {
-        let args = CacheArgs {
-            context,
-            db: db.clone(),
-            faults: cache_faults.clone(),
-            inbox_retention,
-            fallback: fallback.clone(),
-            gap_grace,
-        };
-        let slot = slot.clone();
-        async move {
-            let (actor, _) = Actor::spawn_linked(None, StoresCache::<D>::default(), args, supervisor).await?;
-            slot.set(actor.clone());
-            Ok(actor.get_cell())
-        }
-    });
-
-    let consumer = ChildSpec::new("stores-consumer", move |supervisor, siblings| {
-        let (bus, stats, faults, guard, db) =
-            (bus.clone(), stats.clone(), faults.clone(), guard.clone(), consumer_db.clone());
-        async move {
-            let cache: ActorRef<CacheMsg> = siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
-            let spec = crate::bus::DurableSpec {
-                stream: StoresEvent::STREAM.to_string(),
-                durable: stores_durable_name(context),
-                description: format!("{context}: stores and products caches"),
-                filter_subject: StoresEvent::STREAM_SUBJECTS.to_string(),
-                ack_wait,
-                max_ack_pending: 20_000,
-                batch_max,
-                linger: Duration::from_millis(2),
-            };
-            let checkpoint: CheckpointReader = Arc::new(move |durable: &str| db.checkpoint(durable));
-            let target = batch_target(cache);
-            let args = ConsumerArgs { bus, context, spec, target, stats, faults, checkpoint, guard, poison_threshold };
-            let (actor, _) =
-                Actor::spawn_linked(None, EventConsumer::<StoresEvent>::default(), args, supervisor).await?;
-            Ok(actor.get_cell())
-        }
-    });
-
-    let args = SupervisorArgs { path, children: vec![cache, consumer], policy: RestartPolicy::context(), tree };
-    (args, handle)
+    handle: CacheHandle<K>,
+    resolvers: Vec<(&'static str, GapResolver<K>)>,
+    consumers: Vec<ChildSpec>,
+    servers: Vec<ChildSpec>,
+    wakeup: Arc<Notify>,
 }
 
-/// The durable name a context reads the stores stream with: unique per consuming context, so that
+impl<K: ContextKind> ContextBuilder<K> {
+    pub(crate) fn new(
+        bus: crate::bus::Bus,
+        db: Arc<ContextFile<K>>,
+        settings: CacheSettings,
+        faults: Arc<Faults>,
+    ) -> Self {
+        let handle = CacheHandle {
+            db,
+            consumers: Vec::new(),
+            stores_fallback: None,
+            customers_fallback: None,
+            writer: ActorSlot::default(),
+        };
+        ContextBuilder {
+            context: K::NAME,
+            bus,
+            settings,
+            faults,
+            handle,
+            resolvers: Vec::new(),
+            consumers: Vec::new(),
+            servers: Vec::new(),
+            wakeup: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The handle as built so far (lookups work once the writer runs).
+    pub(crate) fn handle(&self) -> CacheHandle<K> {
+        self.handle.clone()
+    }
+
+    /// Adds a consumer of `E`'s stream on the durable `<context>-<source>`.
+    pub(crate) fn consume<E: DomainEvent>(&mut self, prefetch: Option<Prefetch<K, E>>) -> &mut Self
+    where
+        K: Reacts<E>,
+    {
+        use crate::consumer::{CheckpointReader, ConsumerArgs, EventConsumer, PoisonGuard};
+        let source = E::CONTEXT;
+        let context = self.context;
+        let stats = Arc::new(ConsumerStats::default());
+        self.handle.consumers.push((source, stats.clone()));
+        let guard = Arc::new(PoisonGuard::default());
+        let (bus, faults, settings) = (self.bus.clone(), self.faults.clone(), self.settings);
+        let handle = self.handle.clone();
+        let spec = ChildSpec::new(&format!("{source}-consumer"), move |supervisor, siblings| {
+            let (bus, stats, faults, guard, handle, prefetch) =
+                (bus.clone(), stats.clone(), faults.clone(), guard.clone(), handle.clone(), prefetch.clone());
+            async move {
+                let writer: ActorRef<WriterMsg<K>> =
+                    siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
+                let spec = crate::bus::DurableSpec {
+                    stream: E::STREAM.to_string(),
+                    durable: durable_name(context, source),
+                    description: format!("{context}: reads {source} events"),
+                    filter_subject: E::STREAM_SUBJECTS.to_string(),
+                    ack_wait: settings.ack_wait,
+                    max_ack_pending: 20_000,
+                    batch_max: settings.batch_max,
+                    linger: Duration::from_millis(2),
+                };
+                let db = handle.db.clone();
+                let checkpoint: CheckpointReader = Arc::new(move |durable: &str| db.checkpoint(durable));
+                let target = apply_target::<K, E>(writer, context, prefetch, handle);
+                let args = ConsumerArgs {
+                    bus,
+                    context,
+                    spec,
+                    target,
+                    stats,
+                    faults,
+                    checkpoint,
+                    guard,
+                    poison_threshold: settings.poison_threshold,
+                };
+                let (actor, _) = Actor::spawn_linked(None, EventConsumer::<E>::default(), args, supervisor).await?;
+                Ok(actor.get_cell())
+            }
+        });
+        self.consumers.push(spec);
+        self
+    }
+
+    /// Keeps a stores cache filled through the stores fallback (lookups and gap repair).
+    pub(crate) fn stores_fallback(&mut self) -> &mut Self
+    where
+        K: CacheKind,
+    {
+        let fallback = Arc::new(Fallback::new("stores", self.bus.clone(), self.settings.fallback));
+        self.handle.stores_fallback = Some(fallback.clone());
+        let resolver: GapResolver<K> =
+            Arc::new(move |aggregate: String, id: String| {
+                let fallback = fallback.clone();
+                Box::pin(async move {
+                    let job: Option<RunJob<K>> =
+                        match aggregate.as_str() {
+                            "store" => fallback.store(&id).await.map_err(|e| e.to_string())?.map(|s| {
+                                Box::new(move |db: &ContextFile<K>| log_adopt(db.adopt_store(&s))) as RunJob<K>
+                            }),
+                            _ => fallback.product(&id).await.map_err(|e| e.to_string())?.map(|p| {
+                                Box::new(move |db: &ContextFile<K>| log_adopt(db.adopt_product(&p))) as RunJob<K>
+                            }),
+                        };
+                    Ok(job)
+                })
+            });
+        self.resolvers.push(("store", resolver.clone()));
+        self.resolvers.push(("product", resolver));
+        self
+    }
+
+    /// Keeps a customers cache filled through the customers fallback.
+    pub(crate) fn customers_fallback(&mut self) -> &mut Self
+    where
+        K: CustomerCacheKind,
+    {
+        let fallback = Arc::new(Fallback::new("customers", self.bus.clone(), self.settings.fallback));
+        self.handle.customers_fallback = Some(fallback.clone());
+        let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
+            let fallback = fallback.clone();
+            Box::pin(async move {
+                let snapshot = fallback.customer(&id).await.map_err(|e| e.to_string())?;
+                Ok(snapshot.map(|c| Box::new(move |db: &ContextFile<K>| log_adopt(db.adopt_customer(&c))) as RunJob<K>))
+            })
+        });
+        self.resolvers.push(("customer", resolver));
+        self
+    }
+
+    /// Adds a server (commands or queries) started after everything else.
+    pub(crate) fn serve(&mut self, spec: ChildSpec) -> &mut Self {
+        self.servers.push(spec);
+        self
+    }
+
+    /// The supervisor's arguments and the handle.
+    pub(crate) fn build(self, tree: SupervisionTree, path: String) -> (SupervisorArgs, CacheHandle<K>) {
+        let ContextBuilder { context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup } = self;
+        let resolvers = Arc::new(resolvers);
+        let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
+            let found = resolvers.iter().find(|(kind, _)| *kind == aggregate).map(|(_, r)| r.clone());
+            Box::pin(async move {
+                match found {
+                    Some(resolve) => resolve(aggregate, id).await,
+                    None => Ok(None),
+                }
+            })
+        });
+        let slot = handle.writer.clone();
+        let (db, writer_faults, writer_wakeup) = (handle.db.clone(), faults.clone(), wakeup.clone());
+        let writer = ChildSpec::new("cache", move |supervisor, _siblings| {
+            let args = WriterArgs {
+                context,
+                db: db.clone(),
+                faults: writer_faults.clone(),
+                inbox_retention: settings.inbox_retention,
+                resolver: resolver.clone(),
+                gap_grace: settings.gap_grace,
+                relay_wakeup: writer_wakeup.clone(),
+            };
+            let slot = slot.clone();
+            async move {
+                let (actor, _) = Actor::spawn_linked(None, ContextWriter::<K>::default(), args, supervisor).await?;
+                slot.set(actor.clone());
+                Ok(actor.get_cell())
+            }
+        });
+        let mut children = vec![writer];
+        children.extend(consumers);
+        if !K::Event::EVENT_TYPES.is_empty() {
+            let db = handle.db.clone();
+            let relay = ChildSpec::new("outbox-relay", move |supervisor, siblings| {
+                let (bus, db, wakeup, faults) = (bus.clone(), db.clone(), wakeup.clone(), faults.clone());
+                async move {
+                    use crate::owner::{MarkPublished, OutboxRelay, ReadOutbox, RelayArgs};
+                    let writer: ActorRef<WriterMsg<K>> =
+                        siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
+                    let pending: ReadOutbox = Arc::new(move |limit| db.outbox_pending(limit));
+                    let mark: MarkPublished = Arc::new(move |keys| {
+                        let writer = writer.clone();
+                        Box::pin(async move {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            writer
+                                .send_message(WriterMsg::Run(Box::new(move |db| {
+                                    let _ = tx.send(db.outbox_remove(&keys));
+                                })))
+                                .map_err(|e| e.to_string())?;
+                            rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+                        })
+                    });
+                    let args = RelayArgs { bus, context, pending, mark, wakeup, faults };
+                    let (actor, _) = Actor::spawn_linked(None, OutboxRelay, args, supervisor).await?;
+                    Ok(actor.get_cell())
+                }
+            });
+            children.push(relay);
+        }
+        children.extend(servers);
+        (SupervisorArgs { path, children, policy: RestartPolicy::context(), tree }, handle)
+    }
+}
+
+fn log_adopt(result: Result<Adopted, StorageError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "could not write the owner's state");
+    }
+}
+
+/// Hands batches to the writer, after `prefetch` has filled what their reactions will read.
+fn apply_target<K: Reacts<E>, E: DomainEvent>(
+    writer: ActorRef<WriterMsg<K>>,
+    context: &'static str,
+    prefetch: Option<Prefetch<K, E>>,
+    handle: CacheHandle<K>,
+) -> BatchTarget<E> {
+    Arc::new(move |batch: ApplyBatch<E>| {
+        let job = ApplyJob { batch, context };
+        match &prefetch {
+            None => writer.send_message(WriterMsg::Apply(Box::new(job))).is_ok(),
+            Some(prefetch) => {
+                let events: Vec<E> = job.batch.batch.iter().map(|i: &Inbound<E>| i.decoded.event.clone()).collect();
+                let (writer, lookups) = (writer.clone(), prefetch(handle.clone(), events));
+                // If the writer dies meanwhile, the reply port drops and the consumer sees it.
+                tokio::spawn(async move {
+                    lookups.await;
+                    let _ = writer.send_message(WriterMsg::Apply(Box::new(job)));
+                });
+                true
+            }
+        }
+    })
+}
+
+/// The durable name `context` reads `source`'s stream with: unique per consuming context, so that
 /// two contexts never share (and split) one consumer's messages.
+pub fn durable_name(context: &str, source: &str) -> String {
+    format!("{context}-{source}")
+}
+
+/// The durable name a context reads the stores stream with.
 pub fn stores_durable_name(context: &str) -> String {
-    format!("{context}-{}", <StoresEvent as carrier_messages::DomainEvent>::CONTEXT)
+    durable_name(context, <carrier_messages::StoresEvent as DomainEvent>::CONTEXT)
 }

@@ -11,10 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use carrier_messages::customers::{CustomerSnapshot, CustomersQuery, CustomersQueryReply};
 use carrier_messages::envelope::header;
+use carrier_messages::request::CommandFailure;
 use carrier_messages::request::{decode_request, encode_body, query_subject};
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresQuery, StoresQueryReply};
 use carrier_messages::ContentType;
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bus::Bus;
 
@@ -93,22 +96,46 @@ enum Breaker {
     HalfOpen { trial_running: bool },
 }
 
-/// Asks the stores context for stores and products.
-pub struct StoresFallback {
+/// Asks one owning context (stores or customers) for the current state of its entities.
+pub struct Fallback {
+    owner: &'static str,
     bus: Bus,
     config: FallbackConfig,
     breaker: Mutex<Breaker>,
-    not_found: Mutex<HashMap<(bool, String), Instant>>,
+    not_found: Mutex<HashMap<(&'static str, String), Instant>>,
     /// Its counters.
     pub stats: Arc<FallbackStats>,
 }
 
-const OWNER: &str = "stores";
+/// An owner's answer to a query: whether it answered, why not, and whether it found anything.
+trait OwnerReply: DeserializeOwned {
+    fn refusal(&self) -> Option<Option<&CommandFailure>>;
+    fn found(&self) -> bool;
+}
 
-impl StoresFallback {
-    /// A fallback over `bus`.
-    pub fn new(bus: Bus, config: FallbackConfig) -> Self {
-        StoresFallback {
+impl OwnerReply for StoresQueryReply {
+    fn refusal(&self) -> Option<Option<&CommandFailure>> {
+        (!self.ok).then_some(self.error.as_ref())
+    }
+    fn found(&self) -> bool {
+        self.store.is_some() || self.product.is_some()
+    }
+}
+
+impl OwnerReply for CustomersQueryReply {
+    fn refusal(&self) -> Option<Option<&CommandFailure>> {
+        (!self.ok).then_some(self.error.as_ref())
+    }
+    fn found(&self) -> bool {
+        self.customer.is_some()
+    }
+}
+
+impl Fallback {
+    /// A fallback to `owner` (`stores` or `customers`) over `bus`.
+    pub fn new(owner: &'static str, bus: Bus, config: FallbackConfig) -> Self {
+        Fallback {
+            owner,
             bus,
             config,
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
@@ -117,16 +144,30 @@ impl StoresFallback {
         }
     }
 
+    /// The owning context it asks.
+    pub fn owner(&self) -> &'static str {
+        self.owner
+    }
+
     /// A store's current state, `None` when the owner does not know it.
     pub async fn store(&self, id: &str) -> Result<Option<StoreSnapshot>, FallbackError> {
-        let reply = self.ask(false, id, StoresQuery::GetStore { id: id.to_string() }).await?;
+        let reply: Option<StoresQueryReply> =
+            self.ask("store", id, StoresQuery::GetStore { id: id.to_string() }).await?;
         Ok(reply.and_then(|r| r.store))
     }
 
     /// A product's current state (removed ones flagged), `None` when the owner does not know it.
     pub async fn product(&self, id: &str) -> Result<Option<ProductSnapshot>, FallbackError> {
-        let reply = self.ask(true, id, StoresQuery::GetProduct { id: id.to_string() }).await?;
+        let reply: Option<StoresQueryReply> =
+            self.ask("product", id, StoresQuery::GetProduct { id: id.to_string() }).await?;
         Ok(reply.and_then(|r| r.product))
+    }
+
+    /// A customer's current state, `None` when the owner does not know them.
+    pub async fn customer(&self, id: &str) -> Result<Option<CustomerSnapshot>, FallbackError> {
+        let reply: Option<CustomersQueryReply> =
+            self.ask("customer", id, CustomersQuery::GetCustomer { id: id.to_string() }).await?;
+        Ok(reply.and_then(|r| r.customer))
     }
 
     /// The breaker's state now.
@@ -141,13 +182,14 @@ impl StoresFallback {
         }
     }
 
-    async fn ask(
+    async fn ask<Q: Serialize, R: OwnerReply>(
         &self,
-        product: bool,
+        kind: &'static str,
         id: &str,
-        query: StoresQuery,
-    ) -> Result<Option<StoresQueryReply>, FallbackError> {
-        let key = (product, id.to_string());
+        query: Q,
+    ) -> Result<Option<R>, FallbackError> {
+        let owner = self.owner;
+        let key = (kind, id.to_string());
         if self.remembered_missing(&key) {
             self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -155,19 +197,19 @@ impl StoresFallback {
         self.admit()?;
         let headers = vec![(header::CONTENT_TYPE.to_string(), ContentType::Cbor.as_str().to_string())];
         let body = encode_body(ContentType::Cbor, &query);
-        let answer = self.bus.request(&query_subject(OWNER), &headers, body, self.config.timeout).await;
+        let answer = self.bus.request(&query_subject(owner), &headers, body, self.config.timeout).await;
         let reply = answer
             .map_err(|e| e.to_string())
-            .and_then(|bytes| decode_request::<StoresQueryReply>(ContentType::Cbor, &bytes))
-            .and_then(|reply| match (&reply.ok, &reply.error) {
-                (true, _) => Ok(reply),
-                (false, Some(e)) => Err(format!("{}: {}", e.code, e.message)),
-                (false, None) => Err("refused without a reason".to_string()),
+            .and_then(|bytes| decode_request::<R>(ContentType::Cbor, &bytes))
+            .and_then(|reply| match reply.refusal() {
+                None => Ok(reply),
+                Some(Some(e)) => Err(format!("{}: {}", e.code, e.message)),
+                Some(None) => Err("refused without a reason".to_string()),
             });
         match reply {
             Ok(reply) => {
                 self.record(true);
-                if reply.store.is_none() && reply.product.is_none() {
+                if !reply.found() {
                     if let Ok(mut missing) = self.not_found.lock() {
                         missing.retain(|_, until| *until > Instant::now());
                         missing.insert(key, Instant::now() + self.config.negative_ttl);
@@ -177,23 +219,23 @@ impl StoresFallback {
             }
             Err(reason) => {
                 self.record(false);
-                Err(FallbackError::Unavailable { owner: OWNER, reason })
+                Err(FallbackError::Unavailable { owner, reason })
             }
         }
     }
 
-    fn remembered_missing(&self, key: &(bool, String)) -> bool {
+    fn remembered_missing(&self, key: &(&'static str, String)) -> bool {
         self.not_found.lock().map(|m| m.get(key).is_some_and(|until| *until > Instant::now())).unwrap_or(false)
     }
 
     /// Lets a call through, or refuses it while the breaker is open.
     fn admit(&self) -> Result<(), FallbackError> {
-        let mut breaker = self.breaker.lock().map_err(|_| FallbackError::BreakerOpen { owner: OWNER })?;
+        let mut breaker = self.breaker.lock().map_err(|_| FallbackError::BreakerOpen { owner: self.owner })?;
         match *breaker {
             Breaker::Closed { .. } => Ok(()),
             Breaker::Open { until } if Instant::now() < until => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(FallbackError::BreakerOpen { owner: OWNER })
+                Err(FallbackError::BreakerOpen { owner: self.owner })
             }
             Breaker::Open { .. } | Breaker::HalfOpen { trial_running: false } => {
                 *breaker = Breaker::HalfOpen { trial_running: true };
@@ -201,7 +243,7 @@ impl StoresFallback {
             }
             Breaker::HalfOpen { trial_running: true } => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(FallbackError::BreakerOpen { owner: OWNER })
+                Err(FallbackError::BreakerOpen { owner: self.owner })
             }
         }
     }
@@ -217,7 +259,7 @@ impl StoresFallback {
                 }
                 (_, false) => {
                     tracing::warn!(
-                        owner = OWNER,
+                        owner = self.owner,
                         open_for_ms = self.config.open_for.as_millis() as u64,
                         "fallback breaker open"
                     );

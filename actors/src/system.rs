@@ -7,16 +7,24 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
+use carrier_messages::baskets::BasketsEvent;
 use carrier_messages::customers::CustomersEvent;
+use carrier_messages::depot::DepotEvent;
+use carrier_messages::ordering::OrderingEvent;
+use carrier_messages::payments::PaymentsEvent;
 use carrier_messages::stores::StoresEvent;
-use carrier_storage::{CustomersDb, StorageError, StoresCacheFile, StoresDb};
+use carrier_storage::{ContextFile, ContextKind, CustomersDb, StorageError, StoresDb};
 
 use crate::baskets::{self, BasketsHandle};
 use crate::bus::{Bus, BusError};
-use crate::cache::{stores_cache_context, CacheSettings, InboxRetention};
+use crate::cache::{CacheHandle, CacheSettings, InboxRetention};
 use crate::customers::{self, CustomersHandle};
 use crate::depot::{self, DepotHandle};
 use crate::faults::Faults;
+use crate::notifications::{self, NotificationsHandle};
+use crate::ordering::{self, OrderingHandle};
+use crate::payments::{self, PaymentsHandle};
+use crate::search::{self, SearchHandle};
 use crate::stores::{self, StoresHandle};
 use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, Supervisor, SupervisorArgs, SupervisorMsg};
 
@@ -30,16 +38,32 @@ pub enum ContextName {
     Stores,
     /// The owner of customers.
     Customers,
-    /// Keeps caches of stores and products.
+    /// Baskets, with caches of stores and products.
     Baskets,
-    /// Keeps caches of stores (with locations) and products for shopping lists.
+    /// Orders, moved along by the other contexts' events.
+    Ordering,
+    /// Shopping lists, with caches of stores (with locations) and products.
     Depot,
+    /// Authorizes and invoices orders, with a cache of customers.
+    Payments,
+    /// Texts customers about their orders, with a cache of customers.
+    Notifications,
+    /// The orders read model, with caches of customers, stores and products.
+    Search,
 }
 
 impl ContextName {
     /// Every context, in start order (owners first).
-    pub const ALL: [ContextName; 4] =
-        [ContextName::Stores, ContextName::Customers, ContextName::Baskets, ContextName::Depot];
+    pub const ALL: [ContextName; 8] = [
+        ContextName::Stores,
+        ContextName::Customers,
+        ContextName::Baskets,
+        ContextName::Ordering,
+        ContextName::Depot,
+        ContextName::Payments,
+        ContextName::Notifications,
+        ContextName::Search,
+    ];
 
     /// Its name.
     pub fn as_str(self) -> &'static str {
@@ -47,7 +71,11 @@ impl ContextName {
             ContextName::Stores => stores::CONTEXT,
             ContextName::Customers => customers::CONTEXT,
             ContextName::Baskets => baskets::CONTEXT,
+            ContextName::Ordering => ordering::CONTEXT,
             ContextName::Depot => depot::CONTEXT,
+            ContextName::Payments => payments::CONTEXT,
+            ContextName::Notifications => notifications::CONTEXT,
+            ContextName::Search => search::CONTEXT,
         }
     }
 
@@ -142,6 +170,14 @@ pub struct CarrierSystem {
     pub baskets: Option<BasketsHandle>,
     /// The depot context, if running.
     pub depot: Option<DepotHandle>,
+    /// The ordering context, if running.
+    pub ordering: Option<OrderingHandle>,
+    /// The payments context, if running.
+    pub payments: Option<PaymentsHandle>,
+    /// The notifications context, if running.
+    pub notifications: Option<NotificationsHandle>,
+    /// The search context, if running.
+    pub search: Option<SearchHandle>,
     /// The failure-injection counters the actors read.
     pub faults: Arc<Faults>,
     root: ActorRef<SupervisorMsg>,
@@ -154,12 +190,20 @@ impl CarrierSystem {
         let bus = Bus::connect(&config.nats_url, "carrier", Duration::from_secs(5)).await?;
         bus.ensure_event_stream::<StoresEvent>().await?;
         bus.ensure_event_stream::<CustomersEvent>().await?;
+        bus.ensure_event_stream::<BasketsEvent>().await?;
+        bus.ensure_event_stream::<OrderingEvent>().await?;
+        bus.ensure_event_stream::<DepotEvent>().await?;
+        bus.ensure_event_stream::<PaymentsEvent>().await?;
         let tree = SupervisionTree::default();
         let mut children = Vec::new();
         let mut stores_handle = None;
         let mut customers_handle = None;
         let mut baskets_handle = None;
         let mut depot_handle = None;
+        let mut ordering_handle = None;
+        let mut payments_handle = None;
+        let mut notifications_handle = None;
+        let mut search_handle = None;
         let settings = CacheSettings {
             batch_max: config.batch_max,
             ack_wait: config.ack_wait,
@@ -171,6 +215,7 @@ impl CarrierSystem {
         let mut contexts = config.contexts.clone();
         contexts.sort();
         contexts.dedup();
+        let faults = || config.faults.clone();
         for context in contexts {
             let path = format!("{ROOT}/{}", context.as_str());
             let db_path = config.data_dir.join(context.db_file());
@@ -190,15 +235,45 @@ impl CarrierSystem {
                     args
                 }
                 ContextName::Baskets => {
+                    let db = open_context(&bus, &db_path).await?;
                     let (args, handle) =
-                        cache_context(baskets::CONTEXT, &bus, &db_path, settings, &config, &tree, path).await?;
+                        baskets::supervisor_args(bus.clone(), db, settings, faults(), tree.clone(), path);
                     baskets_handle = Some(handle);
                     args
                 }
-                ContextName::Depot => {
+                ContextName::Ordering => {
+                    let db = open_context(&bus, &db_path).await?;
                     let (args, handle) =
-                        cache_context(depot::CONTEXT, &bus, &db_path, settings, &config, &tree, path).await?;
+                        ordering::supervisor_args(bus.clone(), db, settings, faults(), tree.clone(), path);
+                    ordering_handle = Some(handle);
+                    args
+                }
+                ContextName::Depot => {
+                    let db = open_context(&bus, &db_path).await?;
+                    let (args, handle) =
+                        depot::supervisor_args(bus.clone(), db, settings, faults(), tree.clone(), path);
                     depot_handle = Some(handle);
+                    args
+                }
+                ContextName::Payments => {
+                    let db = open_context(&bus, &db_path).await?;
+                    let (args, handle) =
+                        payments::supervisor_args(bus.clone(), db, settings, faults(), tree.clone(), path);
+                    payments_handle = Some(handle);
+                    args
+                }
+                ContextName::Notifications => {
+                    let db = open_context(&bus, &db_path).await?;
+                    let (args, handle) =
+                        notifications::supervisor_args(bus.clone(), db, settings, faults(), tree.clone(), path);
+                    notifications_handle = Some(handle);
+                    args
+                }
+                ContextName::Search => {
+                    let db = open_context(&bus, &db_path).await?;
+                    let (args, handle) =
+                        search::supervisor_args(bus.clone(), db, settings, faults(), tree.clone(), path);
+                    search_handle = Some(handle);
                     args
                 }
             };
@@ -216,6 +291,10 @@ impl CarrierSystem {
             customers: customers_handle,
             baskets: baskets_handle,
             depot: depot_handle,
+            ordering: ordering_handle,
+            payments: payments_handle,
+            notifications: notifications_handle,
+            search: search_handle,
             faults: config.faults,
             root,
             root_task,
@@ -254,20 +333,23 @@ impl CarrierSystem {
             (stores::CONTEXT, self.stores.is_some()),
             (customers::CONTEXT, self.customers.is_some()),
             (baskets::CONTEXT, self.baskets.is_some()),
+            (ordering::CONTEXT, self.ordering.is_some()),
             (depot::CONTEXT, self.depot.is_some()),
+            (payments::CONTEXT, self.payments.is_some()),
+            (notifications::CONTEXT, self.notifications.is_some()),
+            (search::CONTEXT, self.search.is_some()),
         ];
         for (name, _) in contexts.into_iter().filter(|(_, running)| *running) {
             let prefix = format!("{ROOT}/{name}");
             let nodes: Vec<_> = tree.iter().filter(|(path, _)| path.starts_with(&prefix)).collect();
             let failed = nodes.iter().find(|(_, n)| n.state == NodeState::Failed);
             let restarting = nodes.iter().find(|(_, n)| matches!(n.state, NodeState::Restarting | NodeState::Starting));
-            let consumer = match name {
-                baskets::CONTEXT => self.baskets.as_ref().map(|h| h.stores_consumer.clone()),
-                depot::CONTEXT => self.depot.as_ref().map(|h| h.stores_consumer.clone()),
-                _ => None,
-            };
-            let failing_commits =
-                consumer.map(|c| c.failing_commits.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+            let failing_commits = self
+                .consumers_of(name)
+                .iter()
+                .map(|(_, c)| c.failing_commits.load(std::sync::atomic::Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
             let health = if let Some((path, node)) = failed {
                 Health::Failed(format!("{path}: {}", node.last_failure.clone().unwrap_or_default()))
             } else if let Some((path, node)) = restarting {
@@ -291,12 +373,21 @@ impl CarrierSystem {
         self.bus.close().await;
         // Killed actors drop their state on their own tasks; wait until no handle is left.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let (stores, customers, baskets, depot) = (self.stores, self.customers, self.baskets, self.depot);
+        let (stores, customers) = (self.stores, self.customers);
+        let (baskets, depot, ordering) = (self.baskets, self.depot, self.ordering);
+        let (payments, notifications, search) = (self.payments, self.notifications, self.search);
+        fn free<K: 'static>(handle: &Option<CacheHandle<K>>) -> bool {
+            handle.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
+        }
         loop {
             let free = stores.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
                 && customers.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
-                && baskets.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1)
-                && depot.as_ref().is_none_or(|h| Arc::strong_count(&h.db) == 1);
+                && free(&baskets)
+                && free(&depot)
+                && free(&ordering)
+                && free(&payments)
+                && free(&notifications)
+                && free(&search);
             if free || std::time::Instant::now() > deadline {
                 break;
             }
@@ -305,19 +396,28 @@ impl CarrierSystem {
     }
 }
 
-/// Opens a consuming context's cache file and dead-letter stream and builds its supervisor.
-async fn cache_context<K: carrier_storage::CacheKind>(
-    context: &'static str,
-    bus: &Bus,
-    db_path: &std::path::Path,
-    settings: CacheSettings,
-    config: &SystemConfig,
-    tree: &SupervisionTree,
-    path: String,
-) -> Result<(SupervisorArgs, crate::cache::CacheHandle<StoresCacheFile<K>>), StartError> {
-    bus.ensure_dead_letter_stream(context).await?;
-    let db = Arc::new(StoresCacheFile::<K>::open(db_path)?);
-    Ok(stores_cache_context(context, bus.clone(), db, settings, config.faults.clone(), tree.clone(), path))
+/// Opens a consuming context's file and makes sure its dead-letter stream exists.
+async fn open_context<K: ContextKind>(bus: &Bus, db_path: &std::path::Path) -> Result<Arc<ContextFile<K>>, StartError> {
+    bus.ensure_dead_letter_stream(K::NAME).await?;
+    Ok(Arc::new(ContextFile::<K>::open(db_path)?))
+}
+
+impl CarrierSystem {
+    /// The consumers of a running consuming context, by source stream's context.
+    pub fn consumers_of(&self, context: &str) -> Vec<(&'static str, Arc<crate::consumer::ConsumerStats>)> {
+        fn of<K: 'static>(h: &Option<CacheHandle<K>>) -> Vec<(&'static str, Arc<crate::consumer::ConsumerStats>)> {
+            h.as_ref().map(|h| h.consumers.clone()).unwrap_or_default()
+        }
+        match context {
+            baskets::CONTEXT => of(&self.baskets),
+            ordering::CONTEXT => of(&self.ordering),
+            depot::CONTEXT => of(&self.depot),
+            payments::CONTEXT => of(&self.payments),
+            notifications::CONTEXT => of(&self.notifications),
+            search::CONTEXT => of(&self.search),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A context's supervisor as a child of the root. Its arguments are rebuilt from a template

@@ -74,7 +74,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let system = CarrierSystem::start(config).await.context("carrier did not start")?;
         let baskets = system.baskets.clone().context("baskets missing")?;
         let deadline = t0 + Duration::from_secs(600);
-        while baskets.stores_consumer.acked_stream_seq.load(Ordering::Relaxed) < last_seq {
+        while baskets.consumer("stores").expect("stores consumer").acked_stream_seq.load(Ordering::Relaxed) < last_seq {
             if Instant::now() > deadline {
                 bail!("the cache path did not finish within 10 minutes");
             }
@@ -82,8 +82,8 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let elapsed = t0.elapsed();
         carrier_rates.push(count as f64 / elapsed.as_secs_f64());
-        let applied = baskets.stores_consumer.applied.load(Ordering::Relaxed);
-        let batches = baskets.stores_consumer.batches.load(Ordering::Relaxed);
+        let applied = baskets.consumer("stores").expect("stores consumer").applied.load(Ordering::Relaxed);
+        let batches = baskets.consumer("stores").expect("stores consumer").batches.load(Ordering::Relaxed);
         system.shutdown().await;
         check(&baskets.db, &workload, applied, count)?;
         println!(

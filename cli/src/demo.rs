@@ -22,8 +22,8 @@ pub struct DemoArgs {
     /// Keep the redb files (and a started server's store) here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// How long to wait for the caches to agree.
-    #[arg(long, default_value = "20", value_name = "SECONDS")]
+    /// How long to wait for the caches to agree and the orders to settle.
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
     timeout: u64,
 }
 
@@ -116,7 +116,10 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for (cid, c) in customers.db.customers()? {
         println!("  customer {cid:<25} {:<16} {:<14} v{}", c.name, c.sms_number, c.version);
     }
-    let consumer = &baskets.stores_consumer;
+    if problems.is_empty() {
+        problems.extend(order_story(&system, &id, deadline).await?);
+    }
+    let consumer = &baskets.consumer("stores").expect("stores consumer");
     use std::sync::atomic::Ordering::Relaxed;
     println!(
         "\nbaskets consumer: {} delivered, {} applied, {} duplicates, {} dead-lettered",
@@ -128,7 +131,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     system.shutdown().await;
     drop(nats);
     if problems.is_empty() {
-        println!("\nOK: the baskets and depot caches agree with the stores owner.");
+        println!("\nOK: every cache agrees with its owner, and the order went from checkout to completion.");
         Ok(ExitCode::SUCCESS)
     } else {
         println!("\nFAILED: the caches disagree with the owner:");
@@ -136,6 +139,175 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             println!("  - {p}");
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The order story of seed 001: a basket filled and checked out, the order created, its shopping
+/// list made and completed, the order readied, the invoice paid, the order completed, the
+/// customer texted, the order found through search. A second customer, disabled before checking
+/// out, has the payment declined and the order canceled. Returns what went wrong.
+async fn order_story(
+    system: &CarrierSystem,
+    id: &dyn Fn(&str) -> String,
+    deadline: Instant,
+) -> anyhow::Result<Vec<String>> {
+    use carrier_messages::baskets::BasketsCommand as B;
+    use carrier_messages::depot::DepotCommand;
+    use carrier_messages::ordering::OrderStatus;
+    use carrier_messages::search::{OrderFilter, SearchQuery};
+
+    let baskets = system.baskets.clone().context("baskets context missing")?;
+    let depot = system.depot.clone().context("depot context missing")?;
+    let ordering = system.ordering.clone().context("ordering context missing")?;
+    let payments = system.payments.clone().context("payments context missing")?;
+    let notifications = system.notifications.clone().context("notifications context missing")?;
+    let search = system.search.clone().context("search context missing")?;
+    let customers = system.customers.clone().context("customers context missing")?;
+    let mut problems = Vec::new();
+
+    println!("\n--- the order story ---");
+    let (basket, ada) = (id("basket-1"), id("ada"));
+    let script = vec![
+        B::StartBasket { id: basket.clone(), customer_id: ada.clone() },
+        B::AddItem { id: basket.clone(), product_id: id("kettle"), quantity: 2 },
+        B::AddItem { id: basket.clone(), product_id: id("musicbox"), quantity: 1 },
+        B::AddItem { id: basket.clone(), product_id: id("kettle"), quantity: 1 },
+        B::RemoveItem { id: basket.clone(), product_id: id("kettle"), quantity: 1 },
+        B::CheckoutBasket { id: basket.clone(), payment_id: id("payment-1") },
+    ];
+    let correlation = Causality { correlation_id: Some(format!("order-{basket}")), causation_id: None };
+    for command in script {
+        carrier_actors::baskets::execute(&baskets, command, correlation.clone())
+            .await
+            .context("a basket command was refused")?;
+    }
+    let list_ready = wait(deadline, || depot.db.shopping_list(&basket).ok().flatten().is_some()).await;
+    if !list_ready {
+        problems.push(format!("no shopping list was made for order {basket}"));
+        return Ok(problems);
+    }
+    // The bot collects everything and reports the list completed.
+    let complete = DepotCommand::CompleteShoppingList { id: basket.clone() };
+    let (c, cmd) = (correlation.clone(), complete);
+    depot.write(move |db| db.execute_depot(&cmd, &c)).await?.context("the depot refused to complete the list")?;
+    let completed = wait(deadline, || {
+        search.db.order(&basket).ok().flatten().is_some_and(|o| o.status == OrderStatus::Completed)
+            && notifications
+                .db
+                .sent()
+                .map(|s| s.iter().filter(|(_, n)| n.order_id == basket).count() == 2)
+                .unwrap_or(false)
+    })
+    .await;
+    if !completed {
+        problems.push(format!("order {basket} did not reach completed in search with two notifications"));
+    }
+
+    // Grace is disabled; once payments knows it, her checkout is declined and her order canceled.
+    let (basket2, grace) = (id("basket-2"), id("grace"));
+    customers
+        .execute(
+            carrier_messages::customers::CustomersCommand::DisableCustomer { id: grace.clone() },
+            Causality::default(),
+        )
+        .await
+        .context("disabling a customer was refused")?;
+    if !wait(deadline, || payments.db.customer(&grace).ok().flatten().is_some_and(|c| !c.enabled)).await {
+        problems.push("payments never learned that grace was disabled".to_string());
+    }
+    for command in [
+        B::StartBasket { id: basket2.clone(), customer_id: grace.clone() },
+        B::AddItem { id: basket2.clone(), product_id: id("musicbox"), quantity: 1 },
+        B::CheckoutBasket { id: basket2.clone(), payment_id: id("payment-2") },
+    ] {
+        carrier_actors::baskets::execute(&baskets, command, Causality::default())
+            .await
+            .context("a basket command was refused")?;
+    }
+    let canceled = wait(deadline, || {
+        search.db.order(&basket2).ok().flatten().is_some_and(|o| o.status == OrderStatus::Canceled)
+            && notifications
+                .db
+                .sent()
+                .map(|s| s.iter().any(|(_, n)| n.order_id == basket2 && n.kind == "order_canceled"))
+                .unwrap_or(false)
+    })
+    .await;
+    if !canceled {
+        problems.push(format!("order {basket2} of a disabled customer was not canceled"));
+    }
+
+    println!("\nordering (owner of orders)");
+    for (oid, o) in ordering.db.orders()? {
+        println!(
+            "  order   {oid:<26} {:<10} {:>10} v{}  customer {}",
+            o.status.as_str(),
+            money(o.total),
+            o.version,
+            o.customer_id
+        );
+        for i in &o.items {
+            println!(
+                "          {} x {:<16} from {:<16} at {:>8}",
+                i.quantity,
+                i.product_name,
+                i.store_name,
+                money(i.price)
+            );
+        }
+    }
+    println!("\ndepot shopping lists");
+    for (lid, l) in depot.db.shopping_lists()? {
+        let stops: Vec<String> = l
+            .stops
+            .iter()
+            .map(|s| format!("{} ({}): {} items", s.store_name, s.store_location, s.items.len()))
+            .collect();
+        println!("  list    {lid:<26} {:<10?} {}", l.status, stops.join("; "));
+    }
+    println!("\npayments invoices");
+    for (iid, i) in payments.db.invoices()? {
+        println!("  invoice {iid:<26} {:<10?} {:>10}", i.status, money(i.amount));
+    }
+    println!("\nnotifications sent");
+    for (_, n) in notifications.db.sent()? {
+        println!("  to {:<12} {}", n.sms_number, n.text);
+    }
+    let reply = carrier_actors::search::answer(
+        &search.db,
+        SearchQuery::SearchOrders(OrderFilter { customer_id: Some(ada.clone()), ..Default::default() }),
+    );
+    println!("\nsearch: orders of customer {ada}");
+    for o in &reply.orders {
+        let lines: Vec<String> =
+            o.items.iter().map(|i| format!("{} x {} ({})", i.quantity, i.product_name, i.store_name)).collect();
+        println!(
+            "  {} {} {} {} [{}] created {}",
+            o.order_id,
+            o.customer_name,
+            o.status.as_str(),
+            money(o.total),
+            lines.join(", "),
+            o.created_at
+        );
+    }
+    match reply.orders.first() {
+        Some(o) if o.order_id == basket && o.customer_name == "Ada" && o.total == 2 * 3499 + 3500 => {}
+        other => problems.push(format!("search did not find ada's order as expected: {other:?}")),
+    }
+    Ok(problems)
+}
+
+/// Polls `done` every 20 ms until it holds or `deadline` passes.
+async fn wait(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

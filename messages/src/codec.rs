@@ -379,3 +379,36 @@ macro_rules! domain_events {
 }
 
 pub(crate) use domain_events;
+
+/// The events of a context that publishes none (notifications, search): no value exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum NoEvents {}
+
+impl DomainEvent for NoEvents {
+    const CONTEXT: &'static str = "none";
+    const STREAM: &'static str = "NONE";
+    const STREAM_SUBJECTS: &'static str = "none.>";
+    const EVENT_TYPES: &'static [&'static str] = &[];
+
+    fn event_type(&self) -> &'static str {
+        match *self {}
+    }
+    fn subject(&self) -> &'static str {
+        match *self {}
+    }
+    fn aggregate_type(&self) -> &'static str {
+        match *self {}
+    }
+    fn aggregate_id(&self) -> &str {
+        match *self {}
+    }
+    fn validate(&self) -> Result<(), ValidationError> {
+        match *self {}
+    }
+    fn encode_payload(&self, _content_type: ContentType) -> Result<Vec<u8>, EncodeError> {
+        match *self {}
+    }
+    fn decode_payload(event_type: &str, _: u32, _: ContentType, _: &[u8]) -> Result<Self, DecodeError> {
+        Err(DecodeError::UnknownEventType(clip(event_type)))
+    }
+}

@@ -133,6 +133,45 @@ impl CustomersCommand {
     }
 }
 
+/// A question to the customers context, sent to `query.customers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum CustomersQuery {
+    /// One customer's current state.
+    GetCustomer {
+        /// Customer id.
+        id: String,
+    },
+}
+
+/// A customer as its owner knows it now, with the version of its last event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerSnapshot {
+    /// Customer id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Where notifications go.
+    pub sms_number: String,
+    /// Whether they may order.
+    pub enabled: bool,
+    /// The version of their last event.
+    pub version: u64,
+}
+
+/// The answer to a [`CustomersQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomersQueryReply {
+    /// Whether the query was answered (a missing customer is `ok` with nothing found).
+    pub ok: bool,
+    /// The customer, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerSnapshot>,
+    /// Why not, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::request::CommandFailure>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 //! either encoding; every other crate handles typed values.
 //!
 //! - [`envelope`]: the headers every event carries ([`Envelope`], [`EventId`], [`ContentType`]).
-//! - [`customers`]: the customers context's events and commands.
+//! - [`customers`]: the customers context's events, commands and queries.
+//! - [`baskets`], [`ordering`], [`depot`], [`payments`]: the order flow's events and commands.
+//! - [`search`]: the search read model's queries.
 //! - [`stores`]: the stores context's events, named after the MallBots design.
 //! - [`codec`]: turning an event into an [`EncodedEvent`] and a received message back into a
 //!   [`Decoded`] event, with a [`DecodeError`] that says why when it cannot.
@@ -15,11 +17,16 @@
 //!
 //! `docs/wire-contract.md` is the same contract written for producers.
 
+pub mod baskets;
 pub mod cbor;
 pub mod codec;
 pub mod customers;
+pub mod depot;
 pub mod envelope;
+pub mod ordering;
+pub mod payments;
 pub mod request;
+pub mod search;
 pub mod stores;
 
 pub use codec::{DecodeError, Decoded, DomainEvent, EncodedEvent, ValidationError};

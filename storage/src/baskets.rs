@@ -1,13 +1,47 @@
-//! The baskets context's local caches of the stores context's data (seed 001's
-//! `baskets.stores_cache` and `baskets.products_cache`), so that a basket never asks the stores
-//! service for a name or a price on the hot path.
+//! The baskets context's file: its baskets, and its local caches of the stores context's data
+//! (seed 001's `baskets.stores_cache` and `baskets.products_cache`), so that a basket never asks
+//! the stores service for a name or a price on the hot path.
 
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use carrier_messages::baskets::*;
+use carrier_messages::codec::Causality;
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use carrier_messages::{Decoded, DomainEvent};
 
-use crate::cache::{CacheKind, CacheTables, StoresCacheFile};
-use crate::StorageError;
+use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
+use crate::context::{ContextFile, ContextKind};
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::rows::{all_rows, get_row};
+use crate::{CommandError, StorageError};
+
+const BASKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("baskets");
+
+/// Where a basket stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BasketStatus {
+    /// Items may be added and removed.
+    Open,
+    /// Abandoned.
+    Canceled,
+    /// Turned into an order.
+    CheckedOut,
+}
+
+/// A basket, as the baskets context owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasketRow {
+    /// Whose basket.
+    pub customer_id: String,
+    /// One line per product.
+    pub items: Vec<BasketItem>,
+    /// Where it stands.
+    pub status: BasketStatus,
+    /// The version of its last event.
+    pub version: u64,
+}
 
 /// A store as the baskets context knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,11 +61,138 @@ pub struct CachedProduct {
     pub price: i64,
 }
 
-/// `baskets.redb`: the caches plus the engine's inbox, versions and checkpoints.
-pub type BasketsDb = StoresCacheFile<Baskets>;
+/// `baskets.redb`: baskets, the caches, the outbox and the engine's tables.
+pub type BasketsDb = ContextFile<Baskets>;
 
-/// What baskets keeps: names and prices.
+/// What baskets keeps: baskets, and names and prices of stores and products.
 pub struct Baskets;
+
+impl ContextKind for Baskets {
+    const NAME: &'static str = "baskets";
+    type Event = BasketsEvent;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        create_stores_cache_tables(txn)?;
+        txn.open_table(BASKETS).during("create baskets")?;
+        Ok(())
+    }
+}
+
+impl ContextFile<Baskets> {
+    /// Decides a basket command. For `AddItem`, `item` is the line as the caches know it now
+    /// (store and product names, price; the quantity is the command's), looked up by the caller
+    /// beforehand so that no lookup runs inside the write transaction.
+    pub fn execute_basket(
+        &self,
+        command: &BasketsCommand,
+        item: Option<BasketItem>,
+        causality: &Causality,
+    ) -> Result<Decoded<BasketsEvent>, CommandError> {
+        self.execute(|txn, emit| {
+            let (event, row) = decide_basket(txn, command, item)?;
+            event.validate()?;
+            let mut table = txn.open_table(BASKETS).during("open baskets")?;
+            let bytes = encode_row("baskets", &row)?;
+            table.insert(event.aggregate_id(), bytes.as_slice()).during("write baskets")?;
+            emit.record(event, row.version, causality)?;
+            Ok(())
+        })
+    }
+
+    /// One basket.
+    pub fn basket(&self, id: &str) -> Result<Option<BasketRow>, StorageError> {
+        get_row(&self.db, BASKETS, "baskets", id)
+    }
+
+    /// Every basket, by id.
+    pub fn baskets(&self) -> Result<Vec<(String, BasketRow)>, StorageError> {
+        all_rows(&self.db, BASKETS, "baskets")
+    }
+}
+
+fn decide_basket(
+    txn: &WriteTransaction,
+    command: &BasketsCommand,
+    item: Option<BasketItem>,
+) -> Result<(BasketsEvent, BasketRow), CommandError> {
+    use BasketsCommand as C;
+    let id = command.basket_id().to_string();
+    let current: Option<BasketRow> = {
+        let table = txn.open_table(BASKETS).during("open baskets")?;
+        let row = table.get(id.as_str()).during("read baskets")?;
+        row.map(|g| decode_row("baskets", g.value())).transpose()?
+    };
+    if let C::StartBasket { customer_id, .. } = command {
+        if current.is_some() {
+            return Err(CommandError::AlreadyExists { kind: "basket", id });
+        }
+        let row =
+            BasketRow { customer_id: customer_id.clone(), items: Vec::new(), status: BasketStatus::Open, version: 1 };
+        return Ok((BasketsEvent::BasketStarted(BasketStarted { id, customer_id: customer_id.clone() }), row));
+    }
+    let mut row = current.ok_or_else(|| CommandError::NotFound { kind: "basket", id: id.clone() })?;
+    if row.status != BasketStatus::Open {
+        return Err(CommandError::Rejected(format!("basket {id:?} is {:?}, not open", row.status).to_lowercase()));
+    }
+    row.version += 1;
+    let event = match command {
+        C::StartBasket { .. } => unreachable!("handled above"),
+        C::AddItem { product_id, quantity, .. } => {
+            if *quantity <= 0 {
+                return Err(CommandError::Rejected(format!("quantity must be greater than zero, got {quantity}")));
+            }
+            let mut item = item.ok_or_else(|| CommandError::NotFound { kind: "product", id: product_id.clone() })?;
+            item.quantity = *quantity;
+            match row.items.iter_mut().find(|i| i.product_id == item.product_id) {
+                // The line keeps the newest names and price: what the customer saw last.
+                Some(line) => {
+                    let quantity = line.quantity.saturating_add(item.quantity);
+                    *line = BasketItem { quantity, ..item.clone() };
+                }
+                None => row.items.push(item.clone()),
+            }
+            BasketsEvent::BasketItemAdded(BasketItemAdded { id, item })
+        }
+        C::RemoveItem { product_id, quantity, .. } => {
+            let Some(index) = row.items.iter().position(|i| &i.product_id == product_id) else {
+                return Err(CommandError::NotFound { kind: "basket item", id: product_id.clone() });
+            };
+            let held = row.items[index].quantity;
+            if *quantity <= 0 || *quantity > held {
+                return Err(CommandError::Rejected(format!(
+                    "can remove 1 to {held} of product {product_id:?}, not {quantity}"
+                )));
+            }
+            if *quantity == held {
+                row.items.remove(index);
+            } else {
+                row.items[index].quantity -= quantity;
+            }
+            BasketsEvent::BasketItemRemoved(BasketItemRemoved {
+                id,
+                product_id: product_id.clone(),
+                quantity: *quantity,
+            })
+        }
+        C::CancelBasket { .. } => {
+            row.status = BasketStatus::Canceled;
+            BasketsEvent::BasketCanceled(BasketCanceled { id })
+        }
+        C::CheckoutBasket { payment_id, .. } => {
+            if row.items.is_empty() {
+                return Err(CommandError::Rejected(format!("basket {id:?} is empty")));
+            }
+            row.status = BasketStatus::CheckedOut;
+            BasketsEvent::BasketCheckedOut(BasketCheckedOut {
+                id,
+                customer_id: row.customer_id.clone(),
+                payment_id: payment_id.clone(),
+                items: row.items.clone(),
+            })
+        }
+    };
+    Ok((event, row))
+}
 
 impl CacheKind for Baskets {
     type Store = CachedStore;
@@ -78,10 +239,8 @@ impl CacheKind for Baskets {
 mod tests {
     use super::*;
     use crate::engine::{Disposition, Inbound};
-    use crate::StoresCacheDb;
-    use carrier_messages::codec::Causality;
+    use crate::{ContextDb, StoresCacheDb};
     use carrier_messages::stores::*;
-    use carrier_messages::Decoded;
 
     fn event(e: StoresEvent, version: u64) -> Inbound<StoresEvent> {
         Inbound { stream_seq: version, decoded: Decoded::new(e, version, &Causality::default()) }
@@ -184,10 +343,8 @@ mod tests {
 mod adopt_tests {
     use super::*;
     use crate::engine::{Adopted, Inbound};
-    use crate::StoresCacheDb;
-    use carrier_messages::codec::Causality;
+    use crate::{ContextDb, StoresCacheDb};
     use carrier_messages::stores::*;
-    use carrier_messages::Decoded;
 
     fn raise(delta: i64, version: u64) -> Inbound<StoresEvent> {
         let e = StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta });

@@ -1,30 +1,29 @@
-//! Caches of the stores context's data, one redb file per consuming context (baskets, depot).
+//! Caches of the stores context's data in a consuming context's file (baskets, depot, search).
 //!
 //! Every such cache has the same two tables, `stores_cache` and `products_cache` (id → CBOR
-//! row), plus the engine's. What differs between contexts is only what a row holds and what each
-//! event does to it: a [`CacheKind`]. [`StoresCacheFile`] is the file for one kind, and
-//! [`StoresCacheDb`] is what the cache actor needs of it.
+//! row). What differs between contexts is only what a row holds and what each event does to it:
+//! a [`CacheKind`], which makes the context react to stores events. [`StoresCacheDb`] is what
+//! lookups with a fallback need of such a context's file.
 
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
 
-use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
+use crate::context::{ContextDb, ContextFile, ContextKind, Emitter, Reacts};
+use crate::engine::{Adopted, BatchOutcome, Inbound};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows_with_version, get_row};
 use crate::StorageError;
 
-const STORES_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("stores_cache");
-const PRODUCTS_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("products_cache");
+pub(crate) const STORES_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("stores_cache");
+pub(crate) const PRODUCTS_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("products_cache");
 
 /// What one consuming context keeps of stores and products, and what each event does to it.
-pub trait CacheKind: Sized + Send + Sync + 'static {
+pub trait CacheKind: ContextKind {
     /// A cached store.
     type Store: Serialize + DeserializeOwned + Clone + Send + 'static;
     /// A cached product.
@@ -95,13 +94,10 @@ impl<K: CacheKind> CacheTables<'_, K> {
     }
 }
 
-/// Hands events to a kind's rules.
-struct KindProjection<K>(PhantomData<fn() -> K>);
-
-impl<K: CacheKind> Projection<StoresEvent> for KindProjection<K> {
+impl<K: CacheKind> Reacts<StoresEvent> for K {
     type Tables<'txn> = CacheTables<'txn, K>;
 
-    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<CacheTables<'txn, K>, StorageError> {
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<CacheTables<'txn, K>, StorageError> {
         Ok(CacheTables {
             stores: txn.open_table(STORES_CACHE).during("open stores_cache")?,
             products: txn.open_table(PRODUCTS_CACHE).during("open products_cache")?,
@@ -109,9 +105,9 @@ impl<K: CacheKind> Projection<StoresEvent> for KindProjection<K> {
         })
     }
 
-    fn apply(
-        &self,
+    fn react(
         tables: &mut CacheTables<'_, K>,
+        _emit: &mut Emitter<'_, K::Event>,
         _envelope: &Envelope,
         event: &StoresEvent,
     ) -> Result<(), StorageError> {
@@ -119,31 +115,14 @@ impl<K: CacheKind> Projection<StoresEvent> for KindProjection<K> {
     }
 }
 
-/// One context's cache file: `<context>.redb`.
-pub struct StoresCacheFile<K> {
-    db: Database,
-    path: PathBuf,
-    kind: PhantomData<fn() -> K>,
+/// Creates the two cache tables (for a kind's [`ContextKind::create_tables`]).
+pub fn create_stores_cache_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+    txn.open_table(STORES_CACHE).during("create stores_cache")?;
+    txn.open_table(PRODUCTS_CACHE).during("create products_cache")?;
+    Ok(())
 }
 
-impl<K: CacheKind> StoresCacheFile<K> {
-    /// Opens or creates the file.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let path = path.as_ref().to_path_buf();
-        let db = engine::open_database(&path, |txn| {
-            engine::create_tables(txn)?;
-            txn.open_table(STORES_CACHE).during("create stores_cache")?;
-            txn.open_table(PRODUCTS_CACHE).during("create products_cache")?;
-            Ok(())
-        })?;
-        Ok(StoresCacheFile { db, path, kind: PhantomData })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
+impl<K: CacheKind> ContextFile<K> {
     /// One cached store.
     pub fn store(&self, id: &str) -> Result<Option<K::Store>, StorageError> {
         get_row(&self.db, STORES_CACHE, "stores_cache", id)
@@ -165,8 +144,8 @@ impl<K: CacheKind> StoresCacheFile<K> {
     }
 }
 
-/// What the cache actor needs of a context's cache file.
-pub trait StoresCacheDb: Send + Sync + 'static {
+/// What lookups with a fallback need of a context that caches stores data.
+pub trait StoresCacheDb: ContextDb {
     /// A cached store, as this context keeps it.
     type Store: Clone + Send + 'static;
     /// A cached product, as this context keeps it.
@@ -200,20 +179,9 @@ pub trait StoresCacheDb: Send + Sync + 'static {
     fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError>;
     /// Writes a product as its owner reported it; a removed one leaves the cache.
     fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError>;
-    /// Inbox size, parked events and checkpoints.
-    fn engine_stats(&self) -> Result<EngineStats, StorageError>;
-    /// The first `limit` inbox entries.
-    fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError>;
-    /// The last stream sequence committed for `consumer` (0 when none).
-    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError>;
-    /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
-    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError>;
-    /// Entities waiting for a missing version: (aggregate type, id, current version, lowest
-    /// parked version).
-    fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError>;
 }
 
-impl<K: CacheKind> StoresCacheDb for StoresCacheFile<K> {
+impl<K: CacheKind> StoresCacheDb for ContextFile<K> {
     type Store = K::Store;
     type Product = K::Product;
 
@@ -239,44 +207,19 @@ impl<K: CacheKind> StoresCacheDb for StoresCacheFile<K> {
         batch: &[Inbound<StoresEvent>],
         through: u64,
     ) -> Result<BatchOutcome, StorageError> {
-        engine::apply_batch(&self.db, consumer, &KindProjection::<K>(PhantomData), batch, through)
+        self.apply(consumer, batch, through)
     }
 
     fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
-        let projection = KindProjection::<K>(PhantomData);
-        engine::adopt::<StoresEvent, _>(&self.db, &projection, "store", &snapshot.id, snapshot.version, |t| {
+        self.adopt::<StoresEvent>("store", &snapshot.id, snapshot.version, |t| {
             t.put_store(&snapshot.id, &K::store_row(snapshot))
         })
     }
 
     fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
-        let projection = KindProjection::<K>(PhantomData);
-        engine::adopt::<StoresEvent, _>(&self.db, &projection, "product", &snapshot.id, snapshot.version, |t| {
-            match K::product_row(snapshot) {
-                Some(row) => t.put_product(&snapshot.id, &row),
-                None => t.remove_product(&snapshot.id),
-            }
+        self.adopt::<StoresEvent>("product", &snapshot.id, snapshot.version, |t| match K::product_row(snapshot) {
+            Some(row) => t.put_product(&snapshot.id, &row),
+            None => t.remove_product(&snapshot.id),
         })
-    }
-
-    fn engine_stats(&self) -> Result<EngineStats, StorageError> {
-        engine::stats(&self.db)
-    }
-
-    fn inbox(&self, limit: usize) -> Result<Vec<(carrier_messages::EventId, u64)>, StorageError> {
-        engine::inbox_entries(&self.db, limit)
-    }
-
-    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
-        engine::checkpoint(&self.db, consumer)
-    }
-
-    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
-        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
-        engine::prune_inbox(&self.db, cutoff, limit)
-    }
-
-    fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {
-        engine::gaps(&self.db)
     }
 }

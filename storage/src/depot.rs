@@ -1,13 +1,50 @@
-//! The depot context's local caches of the stores context's data (seed 001's
-//! `depot.stores_cache` and `depot.products_cache`): what a shopping list needs to send a bot to
-//! the right store (name and location) for the right product.
+//! The depot context's file: shopping lists, and its local caches of the stores context's data
+//! (seed 001's `depot.stores_cache` and `depot.products_cache`): what a shopping list needs to
+//! send a bot to the right store (name and location) for the right product.
 
+use std::collections::BTreeMap;
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use carrier_messages::codec::Causality;
+use carrier_messages::depot::*;
+use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use carrier_messages::{Decoded, Envelope};
 
-use crate::cache::{CacheKind, CacheTables, StoresCacheFile};
-use crate::StorageError;
+use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables, PRODUCTS_CACHE, STORES_CACHE};
+use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::rows::{all_rows, get_row};
+use crate::{CommandError, StorageError};
+
+const SHOPPING_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("shopping_lists");
+
+/// Where a shopping list stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShoppingListStatus {
+    /// The bots are collecting.
+    Available,
+    /// Everything was collected.
+    Completed,
+    /// The order was canceled first.
+    Canceled,
+}
+
+/// A shopping list as the depot owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShoppingListRow {
+    /// The order it collects.
+    pub order_id: String,
+    /// Where to go and what to pick up.
+    pub stops: Vec<Stop>,
+    /// Where it stands.
+    pub status: ShoppingListStatus,
+    /// The version of its last event.
+    pub version: u64,
+}
 
 /// A store as the depot knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,11 +64,173 @@ pub struct DepotProduct {
     pub name: String,
 }
 
-/// `depot.redb`: the caches plus the engine's inbox, versions and checkpoints.
-pub type DepotDb = StoresCacheFile<Depot>;
+/// `depot.redb`: shopping lists, the caches, the outbox and the engine's tables.
+pub type DepotDb = ContextFile<Depot>;
 
-/// What the depot keeps: names and locations of stores, names of products.
+/// What the depot keeps: shopping lists; names and locations of stores, names of products.
 pub struct Depot;
+
+impl ContextKind for Depot {
+    const NAME: &'static str = "depot";
+    type Event = DepotEvent;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        create_stores_cache_tables(txn)?;
+        txn.open_table(SHOPPING_LISTS).during("create shopping_lists")?;
+        Ok(())
+    }
+}
+
+/// The depot's tables while it reacts to orders.
+pub struct DepotOrderTables<'txn> {
+    stores: Table<'txn, &'static str, &'static [u8]>,
+    products: Table<'txn, &'static str, &'static [u8]>,
+    lists: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl Reacts<OrderingEvent> for Depot {
+    type Tables<'txn> = DepotOrderTables<'txn>;
+
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<DepotOrderTables<'txn>, StorageError> {
+        Ok(DepotOrderTables {
+            stores: txn.open_table(STORES_CACHE).during("open stores_cache")?,
+            products: txn.open_table(PRODUCTS_CACHE).during("open products_cache")?,
+            lists: txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?,
+        })
+    }
+
+    fn react(
+        t: &mut DepotOrderTables<'_>,
+        emit: &mut Emitter<'_, DepotEvent>,
+        envelope: &Envelope,
+        event: &OrderingEvent,
+    ) -> Result<(), StorageError> {
+        match event {
+            // CreateShoppingList: one stop per store, names and locations from the caches.
+            OrderingEvent::OrderCreated(order) => {
+                if t.lists.get(order.id.as_str()).during("read shopping_lists")?.is_some() {
+                    return Ok(());
+                }
+                let mut stops: BTreeMap<String, Stop> = BTreeMap::new();
+                for item in &order.items {
+                    if !stops.contains_key(&item.store_id) {
+                        let store: DepotStore = t
+                            .stores
+                            .get(item.store_id.as_str())
+                            .during("read stores_cache")?
+                            .map(|g| decode_row("stores_cache", g.value()))
+                            .transpose()?
+                            .ok_or_else(|| {
+                                StorageError::NotReady(format!("store {:?} is not cached", item.store_id))
+                            })?;
+                        stops.insert(
+                            item.store_id.clone(),
+                            Stop {
+                                store_id: item.store_id.clone(),
+                                store_name: store.name,
+                                store_location: store.location,
+                                items: Vec::new(),
+                            },
+                        );
+                    }
+                    // A product removed since checkout keeps the name the order carries.
+                    let product: Option<DepotProduct> = t
+                        .products
+                        .get(item.product_id.as_str())
+                        .during("read products_cache")?
+                        .map(|g| decode_row("products_cache", g.value()))
+                        .transpose()?;
+                    let product_name = product.map(|p| p.name).unwrap_or_else(|| item.product_name.clone());
+                    if let Some(stop) = stops.get_mut(&item.store_id) {
+                        stop.items.push(StopItem {
+                            product_id: item.product_id.clone(),
+                            product_name,
+                            quantity: item.quantity,
+                        });
+                    }
+                }
+                let stops: Vec<Stop> = stops.into_values().collect();
+                let row = ShoppingListRow {
+                    order_id: order.id.clone(),
+                    stops: stops.clone(),
+                    status: ShoppingListStatus::Available,
+                    version: 1,
+                };
+                put_list(&mut t.lists, &order.id, &row)?;
+                let created = ShoppingListCreated { id: order.id.clone(), order_id: order.id.clone(), stops };
+                emit.emit(DepotEvent::ShoppingListCreated(created), 1, envelope)
+            }
+            OrderingEvent::OrderCanceled(order) => {
+                let Some(mut row) = get_list(&t.lists, &order.id)? else { return Ok(()) };
+                if row.status != ShoppingListStatus::Available {
+                    return Ok(());
+                }
+                row.status = ShoppingListStatus::Canceled;
+                row.version += 1;
+                put_list(&mut t.lists, &order.id, &row)?;
+                let canceled = ShoppingListCanceled { id: order.id.clone(), order_id: order.id.clone() };
+                emit.emit(DepotEvent::ShoppingListCanceled(canceled), row.version, envelope)
+            }
+            OrderingEvent::OrderReadied(_) | OrderingEvent::OrderCompleted(_) => Ok(()),
+        }
+    }
+}
+
+fn get_list(table: &Table<'_, &'static str, &'static [u8]>, id: &str) -> Result<Option<ShoppingListRow>, StorageError> {
+    let row = table.get(id).during("read shopping_lists")?;
+    row.map(|g| decode_row("shopping_lists", g.value())).transpose()
+}
+
+fn put_list(
+    table: &mut Table<'_, &'static str, &'static [u8]>,
+    id: &str,
+    row: &ShoppingListRow,
+) -> Result<(), StorageError> {
+    let bytes = encode_row("shopping_lists", row)?;
+    table.insert(id, bytes.as_slice()).during("write shopping_lists")?;
+    Ok(())
+}
+
+impl ContextFile<Depot> {
+    /// Decides a depot command (the bots report a list collected).
+    pub fn execute_depot(
+        &self,
+        command: &DepotCommand,
+        causality: &Causality,
+    ) -> Result<Decoded<DepotEvent>, CommandError> {
+        self.execute(|txn, emit| {
+            let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
+            match command {
+                DepotCommand::CompleteShoppingList { id } => {
+                    let mut row = get_list(&lists, id)?
+                        .ok_or_else(|| CommandError::NotFound { kind: "shopping list", id: id.clone() })?;
+                    if row.status != ShoppingListStatus::Available {
+                        return Err(CommandError::Rejected(format!(
+                            "shopping list {id:?} is {:?}, not available",
+                            row.status
+                        )));
+                    }
+                    row.status = ShoppingListStatus::Completed;
+                    row.version += 1;
+                    put_list(&mut lists, id, &row)?;
+                    let completed = ShoppingListCompleted { id: id.clone(), order_id: row.order_id.clone() };
+                    emit.record(DepotEvent::ShoppingListCompleted(completed), row.version, causality)?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// One shopping list.
+    pub fn shopping_list(&self, id: &str) -> Result<Option<ShoppingListRow>, StorageError> {
+        get_row(&self.db, SHOPPING_LISTS, "shopping_lists", id)
+    }
+
+    /// Every shopping list, by id.
+    pub fn shopping_lists(&self) -> Result<Vec<(String, ShoppingListRow)>, StorageError> {
+        all_rows(&self.db, SHOPPING_LISTS, "shopping_lists")
+    }
+}
 
 impl CacheKind for Depot {
     type Store = DepotStore;

@@ -23,6 +23,10 @@ pub enum StorageError {
         #[source]
         source: redb::Error,
     },
+    /// Something an event needs is not in the context's caches yet and its owner could not be
+    /// asked: the batch is retried, nothing is acknowledged.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// A stored row does not decode.
     #[error("corrupt row in table {table}: {reason}")]
     Corrupt {

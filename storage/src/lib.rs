@@ -5,9 +5,12 @@
 //! - [`engine`]: what every consuming context shares: the inbox of applied event ids, the last
 //!   applied version of each entity, events parked until the version before them arrives, and the
 //!   consumer checkpoints. [`engine::apply_batch`] applies a delivered batch in one transaction.
-//! - [`baskets`]: the baskets context's caches of stores and products ([`BasketsDb`]).
-//! - [`StoresCacheDb`]: what every cache of the stores context's data offers its actor.
-//! - [`depot`]: the depot context's caches of stores and products ([`DepotDb`]).
+//! - [`context`]: a consuming context's file ([`ContextFile`]): its tables, the engine's and an
+//!   outbox; it [`Reacts`] to other contexts' events and decides its own commands.
+//! - [`cache`], [`customer_cache`]: the stores and customers caches any context can keep.
+//! - [`baskets`] ([`BasketsDb`]), [`ordering`] ([`OrderingDb`]), [`depot`] ([`DepotDb`]),
+//!   [`payments`] ([`PaymentsDb`]), [`notifications`] ([`NotificationsDb`]), [`search`]
+//!   ([`SearchDb`]): each context's own tables and reactions.
 //! - [`customers`]: the customers context's own state ([`CustomersDb`]).
 //! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
 //! - [`outbox`]: the outbox table any owning context writes in the same transaction as its state.
@@ -19,18 +22,30 @@ mod rows;
 
 pub mod baskets;
 pub mod cache;
+pub mod context;
+pub mod customer_cache;
 pub mod customers;
 pub mod depot;
 pub mod engine;
+pub mod notifications;
+pub mod ordering;
 pub mod outbox;
 pub mod owner;
+pub mod payments;
+pub mod search;
 pub mod stores;
 
 pub use baskets::BasketsDb;
-pub use cache::{CacheKind, StoresCacheDb, StoresCacheFile};
+pub use cache::{CacheKind, StoresCacheDb};
+pub use context::{ContextDb, ContextFile, ContextKind, Emitter, Reacts};
+pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::StorageError;
+pub use notifications::NotificationsDb;
+pub use ordering::OrderingDb;
 pub use owner::{CommandError, OwnerFile, OwnerKind};
+pub use payments::PaymentsDb;
+pub use search::SearchDb;
 pub use stores::StoresDb;

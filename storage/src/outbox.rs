@@ -23,6 +23,15 @@ pub(crate) const OUTBOX_NEXT: TableDefinition<&str, u64> = TableDefinition::new(
 pub(crate) fn append(txn: &redb::WriteTransaction, event: &EncodedEvent) -> Result<u64, StorageError> {
     let mut counter = txn.open_table(OUTBOX_NEXT).during("open outbox_next")?;
     let mut table = txn.open_table(OUTBOX).during("open outbox")?;
+    append_to(&mut table, &mut counter, event)
+}
+
+/// Appends `event` under the next key, with the tables already open.
+pub(crate) fn append_to(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    counter: &mut redb::Table<'_, &'static str, u64>,
+    event: &EncodedEvent,
+) -> Result<u64, StorageError> {
     let after_last = table.last().during("read outbox")?.map(|(k, _)| k.value() + 1).unwrap_or(1);
     let stored = counter.get("next").during("read outbox_next")?.map(|v| v.value()).unwrap_or(1);
     let key = stored.max(after_last);

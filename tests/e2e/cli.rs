@@ -160,7 +160,9 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     let baskets = system.baskets.clone().expect("baskets");
     wait_until(Duration::from_secs(30), "the poison message is dead-lettered", || {
         let b = baskets.clone();
-        async move { b.stores_consumer.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) == 1 }
+        async move {
+            b.consumer("stores").expect("stores consumer").dead_lettered.load(std::sync::atomic::Ordering::Relaxed) == 1
+        }
     })
     .await;
 

@@ -1,7 +1,7 @@
 //! Crash tests with real processes and real signals: `carrier run` is killed with SIGKILL at
 //! random moments while events flow, and restarted each time.
 
-use carrier_storage::StoresCacheDb as _;
+use carrier_storage::ContextDb as _;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,7 +158,7 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     let handle = replay.baskets.clone().expect("baskets");
     wait_until(Duration::from_secs(300), "the replay reaches the end of the stream", || {
         let h = handle.clone();
-        async move { h.stores_consumer.acked_stream_seq.load(Ordering::Relaxed) >= last }
+        async move { h.consumer("stores").expect("stores consumer").acked_stream_seq.load(Ordering::Relaxed) >= last }
     })
     .await;
     assert_eq!(handle.db.products().expect("read"), crashed, "the crashed cache equals a replay of the stream");
@@ -229,7 +229,7 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     .await;
     let stored = bus.stream_message_count("STORES").await.expect("info").expect("stream");
     assert_eq!(stored, 5, "the re-sent StoreCreated was dropped by JetStream as a duplicate");
-    let stats = cache.baskets.as_ref().expect("baskets").stores_consumer.clone();
+    let stats = cache.baskets.as_ref().expect("baskets").consumer("stores").expect("stores consumer").clone();
     let counted = stats.clone();
     // The counter moves just after the commit the cache already shows.
     wait_until(Duration::from_secs(10), "the consumer counts its batches", move || {

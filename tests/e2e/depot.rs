@@ -72,14 +72,17 @@ async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable
 
     // Two contexts sharing one durable would split the stream between them; each must see all.
     // (The counters move just after the commit the caches already show.)
-    let (b, d) = (baskets.stores_consumer.clone(), depot.stores_consumer.clone());
+    let (b, d) = (
+        baskets.consumer("stores").expect("stores consumer").clone(),
+        depot.consumer("stores").expect("stores consumer").clone(),
+    );
     carrier_tests::wait_until(Duration::from_secs(10), "both consumers count every event", || {
         let (b, d) = (b.clone(), d.clone());
         async move { b.applied.load(Ordering::Relaxed) >= events && d.applied.load(Ordering::Relaxed) >= events }
     })
     .await;
-    assert_eq!(baskets.stores_consumer.applied.load(Ordering::Relaxed), events);
-    assert_eq!(depot.stores_consumer.applied.load(Ordering::Relaxed), events);
+    assert_eq!(baskets.consumer("stores").expect("stores consumer").applied.load(Ordering::Relaxed), events);
+    assert_eq!(depot.consumer("stores").expect("stores consumer").applied.load(Ordering::Relaxed), events);
     let stream = system.bus.jetstream().get_stream("STORES").await.expect("stream");
     let mut names: Vec<String> = Vec::new();
     let mut listing = stream.consumer_names();

@@ -1,6 +1,6 @@
 //! The foundation: one event path from a stores command to the baskets caches.
 
-use carrier_storage::StoresCacheDb as _;
+use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ async fn an_event_republished_after_the_duplicate_window_changes_nothing() {
 
     let baskets = system.baskets.as_ref().expect("baskets").clone();
     wait_until(LIMIT, "the copy is delivered and recognised", || {
-        let stats = baskets.stores_consumer.clone();
+        let stats = baskets.consumer("stores").expect("stores consumer").clone();
         async move {
             stats.duplicates.load(Ordering::Relaxed) >= 1
                 && stats.acked_stream_seq.load(Ordering::Relaxed) >= receipt.stream_seq
@@ -131,7 +131,7 @@ async fn a_lost_ack_redelivers_a_committed_batch_without_doubling_it() {
     run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 40 }).await;
     let baskets = system.baskets.as_ref().expect("baskets").clone();
     wait_until(LIMIT, "the redelivered batch is recognised as a duplicate", || {
-        let stats = baskets.stores_consumer.clone();
+        let stats = baskets.consumer("stores").expect("stores consumer").clone();
         async move { stats.duplicates.load(Ordering::Relaxed) >= 1 }
     })
     .await;
@@ -175,7 +175,7 @@ async fn a_failing_commit_is_retried_in_order_and_applied_once() {
     converge(&system, &system).await;
     let baskets = system.baskets.as_ref().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 550);
-    assert_eq!(baskets.stores_consumer.commit_failures.load(Ordering::Relaxed), 3);
+    assert_eq!(baskets.consumer("stores").expect("stores consumer").commit_failures.load(Ordering::Relaxed), 3);
     system.shutdown().await;
 }
 
@@ -228,7 +228,7 @@ async fn an_undecodable_payload_is_dead_lettered_and_does_not_block_the_events_b
     converge(&system, &system).await;
 
     let baskets = system.baskets.as_ref().expect("baskets");
-    assert_eq!(baskets.stores_consumer.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(baskets.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed), 1);
     assert_eq!(baskets.db.store("bad").expect("read"), None, "nothing written for the poison message");
     let dlq =
         system.bus.jetstream().get_stream(dead_letter_stream("baskets")).await.expect("dead-letter stream exists");
@@ -269,7 +269,11 @@ async fn a_relay_crash_between_publish_and_mark_causes_no_double_effect() {
         }
     })
     .await;
-    assert_eq!(baskets.stores_consumer.duplicates.load(Ordering::Relaxed), 0, "JetStream absorbed the re-sends");
+    assert_eq!(
+        baskets.consumer("stores").expect("stores consumer").duplicates.load(Ordering::Relaxed),
+        0,
+        "JetStream absorbed the re-sends"
+    );
     let stored = system.bus.stream_message_count("STORES").await.expect("info").expect("stream");
     assert_eq!(stored, 12, "JetStream dropped the republished duplicates");
     system.shutdown().await;

@@ -1,6 +1,6 @@
 //! Reliability: bad input, server restarts, and the guarantees that must survive them.
 
-use carrier_storage::StoresCacheDb as _;
+use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ async fn malformed_input_is_dead_lettered_with_its_reason_and_writes_nothing() {
     wait_until(LIMIT, "every malformed message is dead-lettered and the good one applied", || {
         let b = baskets.clone();
         async move {
-            b.stores_consumer.dead_lettered.load(Ordering::Relaxed) == expected
+            b.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed) == expected
                 && b.db.store("good").ok().flatten().is_some()
         }
     })
@@ -278,7 +278,7 @@ async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
     system.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored again");
     wait_until(LIMIT, "the redelivery is skipped as stale", || {
         let b = baskets.clone();
-        async move { b.stores_consumer.stale.load(Ordering::Relaxed) >= 1 }
+        async move { b.consumer("stores").expect("stores consumer").stale.load(Ordering::Relaxed) >= 1 }
     })
     .await;
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 109, "the delta is not applied twice");
@@ -359,7 +359,7 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
     wait_until(LIMIT, "the poison event is dead-lettered and the others applied", || {
         let b = baskets.clone();
         async move {
-            b.stores_consumer.dead_lettered.load(Ordering::Relaxed) == 1
+            b.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed) == 1
                 && ["p1", "p2", "p4", "p5"].iter().all(|id| b.db.product(id).ok().flatten().is_some())
         }
     })
@@ -391,7 +391,7 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
-    use carrier_storage::StoresCacheDb as _;
+    use carrier_storage::ContextDb as _;
     let env = TestEnv::start();
     let system = env.system(&[ContextName::Baskets]).await;
     let client = env.plain_client().await;
@@ -407,7 +407,7 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
     wait_until(LIMIT, "the poison message is dead-lettered and checkpointed", || {
         let b = baskets.clone();
         async move {
-            b.stores_consumer.dead_lettered.load(Ordering::Relaxed) == 1
+            b.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed) == 1
                 && b.db.checkpoint("baskets-stores").map(|c| c == 1).unwrap_or(false)
         }
     })
@@ -433,7 +433,11 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
         async move { b.db.store("after").ok().flatten().is_some() }
     })
     .await;
-    assert_eq!(baskets.stores_consumer.dead_lettered.load(Ordering::Relaxed), 0, "not dead-lettered twice");
+    assert_eq!(
+        baskets.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed),
+        0,
+        "not dead-lettered twice"
+    );
     assert_eq!(again.bus.stream_message_count("DLQ_BASKETS").await.expect("info"), Some(1));
     again.shutdown().await;
 }

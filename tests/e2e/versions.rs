@@ -1,7 +1,7 @@
 //! Versions and the fallback: out-of-order and duplicate deliveries, gaps repaired through the
 //! owner, and cache misses answered by the owner, fast failure included while it is down.
 
-use carrier_storage::StoresCacheDb as _;
+use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,7 @@ async fn a_cache_started_after_the_stream_was_trimmed_repairs_its_gaps_through_t
     converge(&owner.stores.as_ref().expect("stores").db, &baskets.db).await;
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 1050);
     assert!(
-        baskets.fallback.stats.ok.load(Ordering::Relaxed) >= 2,
+        baskets.stores_fallback.as_ref().expect("stores fallback").stats.ok.load(Ordering::Relaxed) >= 2,
         "the owner was asked for the store and the product"
     );
     assert!(baskets.db.gaps().expect("gaps").is_empty());
@@ -114,7 +114,7 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
         let b = baskets.clone();
         // Acknowledged means committed; counting deliveries alone would race the last commit.
         async move {
-            b.stores_consumer.acked_stream_seq.load(Ordering::Relaxed) == 7
+            b.consumer("stores").expect("stores consumer").acked_stream_seq.load(Ordering::Relaxed) == 7
                 && b.db.gaps().map(|g| g.is_empty()).unwrap_or(false)
         }
     })
@@ -123,9 +123,10 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
     assert_eq!(product.price, 100 + 10 - 3 + 100 - 1, "each change once, in version order");
     let (_, _, version) = baskets.db.products().expect("read").into_iter().next().expect("one");
     assert_eq!(version, 5);
-    assert_eq!(baskets.stores_consumer.duplicates.load(Ordering::Relaxed), 2);
+    assert_eq!(baskets.consumer("stores").expect("stores consumer").duplicates.load(Ordering::Relaxed), 2);
     assert_eq!(
-        baskets.fallback.stats.ok.load(Ordering::Relaxed) + baskets.fallback.stats.failed.load(Ordering::Relaxed),
+        baskets.stores_fallback.as_ref().expect("stores fallback").stats.ok.load(Ordering::Relaxed)
+            + baskets.stores_fallback.as_ref().expect("stores fallback").stats.failed.load(Ordering::Relaxed),
         0
     );
     cache.shutdown().await;
@@ -152,14 +153,18 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     assert_eq!(baskets.db.store("far").expect("read").map(|s| s.name), Some("Far Away".to_string()), "and cached");
     assert_eq!(baskets.store("nowhere").await.expect("answered"), None);
     assert_eq!(baskets.store("nowhere").await.expect("answered"), None);
-    assert_eq!(baskets.fallback.stats.negative_hits.load(Ordering::Relaxed), 1, "the second miss was remembered");
+    assert_eq!(
+        baskets.stores_fallback.as_ref().expect("stores fallback").stats.negative_hits.load(Ordering::Relaxed),
+        1,
+        "the second miss was remembered"
+    );
 
     // The owner goes down: a few slow failures open the breaker, then failures are immediate.
     owner.shutdown().await;
     for _ in 0..3 {
         assert!(matches!(baskets.product("p-1").await, Err(LookupError::Fallback(FallbackError::Unavailable { .. }))));
     }
-    assert_eq!(baskets.fallback.breaker_state(), BreakerState::Open);
+    assert_eq!(baskets.stores_fallback.as_ref().expect("stores fallback").breaker_state(), BreakerState::Open);
     let started = Instant::now();
     assert!(matches!(baskets.product("p-1").await, Err(LookupError::Fallback(FallbackError::BreakerOpen { .. }))));
     assert!(started.elapsed() < Duration::from_millis(50), "an open breaker fails at once: {:?}", started.elapsed());
@@ -190,7 +195,7 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
         async move { matches!(b.store(&format!("ghost-{}", uuid::Uuid::now_v7())).await, Ok(None)) }
     })
     .await;
-    assert_eq!(baskets.fallback.breaker_state(), BreakerState::Closed);
+    assert_eq!(baskets.stores_fallback.as_ref().expect("stores fallback").breaker_state(), BreakerState::Closed);
     cache.shutdown().await;
     owner.shutdown().await;
 }

@@ -1,23 +1,91 @@
-//! The baskets bounded context: local caches of stores and products (name, price), fed by the
-//! stores stream, so that a basket never asks the stores service on its hot path.
+//! The baskets bounded context: baskets, and local caches of stores and products (name, price)
+//! fed by the stores stream, so that adding an item never asks the stores service on its hot
+//! path (only a cache miss does, through the fallback).
 //!
-//! Actors, under the `carrier/baskets` supervisor (rest-for-one):
-//! - `cache` ([`StoresCache`](crate::cache::StoresCache) over [`BasketsDb`]): the only writer of
-//!   `baskets.redb`;
-//! - `stores-consumer` ([`EventConsumer`](crate::consumer::EventConsumer)): the durable consumer
-//!   `baskets-stores` on `STORES`.
+//! Actors, under the `carrier/baskets` supervisor (rest-for-one): `cache` (the only writer of
+//! `baskets.redb`), `stores-consumer` (the durable `baskets-stores` on `STORES`), `outbox-relay`
+//! (to `BASKETS`) and `commands` (on `cmd.baskets`).
 
-use carrier_storage::BasketsDb;
+use std::sync::Arc;
 
-use crate::cache::CacheHandle;
+use carrier_messages::baskets::{BasketItem, BasketsCommand, BasketsEvent};
+use carrier_messages::stores::StoresEvent;
+use carrier_storage::baskets::Baskets;
+use carrier_storage::{BasketsDb, CommandError, StorageError};
+
+use crate::bus::Bus;
+use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, LookupError};
+use crate::faults::Faults;
+use crate::owner::Decide;
+use crate::supervisor::{SupervisionTree, SupervisorArgs};
 
 /// The context's name, as used in durable names, paths and dead-letter streams.
 pub const CONTEXT: &str = "baskets";
 
 /// What the rest of the process may use of a running baskets context.
-pub type BasketsHandle = CacheHandle<BasketsDb>;
+pub type BasketsHandle = CacheHandle<Baskets>;
 
 /// The durable consumer's name on the stores stream.
 pub fn stores_durable_name() -> String {
     crate::cache::stores_durable_name(CONTEXT)
+}
+
+/// Builds the context's supervisor arguments.
+pub(crate) fn supervisor_args(
+    bus: Bus,
+    db: Arc<BasketsDb>,
+    settings: CacheSettings,
+    faults: Arc<Faults>,
+    tree: SupervisionTree,
+    path: String,
+) -> (SupervisorArgs, BasketsHandle) {
+    let mut builder = ContextBuilder::new(bus.clone(), db, settings, faults);
+    builder.stores_fallback().consume::<StoresEvent>(None);
+    let handle = builder.handle();
+    let decide: Decide<BasketsCommand, BasketsEvent> = Arc::new(move |command, causality| {
+        let handle = handle.clone();
+        Box::pin(async move { execute(&handle, command, causality).await })
+    });
+    builder.serve(crate::serve::commands(CONTEXT, bus, decide));
+    builder.build(tree, path)
+}
+
+/// Carries out a basket command: an item's names and price come from the caches (or, on a miss,
+/// the stores context) before the writer decides, so no lookup runs inside its transaction.
+pub async fn execute(
+    handle: &BasketsHandle,
+    command: BasketsCommand,
+    causality: carrier_messages::codec::Causality,
+) -> Result<carrier_messages::Decoded<BasketsEvent>, CommandError> {
+    let item = match &command {
+        BasketsCommand::AddItem { product_id, quantity, .. } => lookup_item(handle, product_id, *quantity).await?,
+        _ => None,
+    };
+    let result = handle.write(move |db| db.execute_basket(&command, item, &causality)).await;
+    result.map_err(unavailable)?
+}
+
+async fn lookup_item(
+    handle: &BasketsHandle,
+    product_id: &str,
+    quantity: i64,
+) -> Result<Option<BasketItem>, CommandError> {
+    let Some(product) = handle.product(product_id).await.map_err(unavailable)? else { return Ok(None) };
+    let store = handle
+        .store(&product.store_id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| CommandError::NotFound { kind: "store", id: product.store_id.clone() })?;
+    Ok(Some(BasketItem {
+        store_id: product.store_id,
+        store_name: store.name,
+        product_id: product_id.to_string(),
+        product_name: product.name,
+        price: product.price,
+        quantity,
+    }))
+}
+
+fn unavailable(error: LookupError) -> CommandError {
+    CommandError::Storage(StorageError::NotReady(error.to_string()))
 }

@@ -1,7 +1,12 @@
 //! The customers bounded context: the owner of customers.
 //!
 //! Under the `carrier/customers` supervisor: the [`owner`](crate::owner) actors (owner, outbox
-//! relay to the `CUSTOMERS` stream, command server on `cmd.customers`).
+//! relay to the `CUSTOMERS` stream, command server on `cmd.customers`) and `queries`
+//! ([`CustomersQueries`]), which answers `query.customers`: the fallback of the customers caches.
+
+mod queries;
+
+pub use queries::CustomersQueries;
 
 use std::sync::Arc;
 
@@ -27,5 +32,7 @@ pub(crate) fn supervisor_args(
     tree: SupervisionTree,
     path: String,
 ) -> (SupervisorArgs, CustomersHandle) {
-    owner_context(CONTEXT, bus, db, faults, tree, path, Vec::new())
+    let (query_bus, query_db) = (bus.clone(), db.clone());
+    let queries = crate::serve::queries(CONTEXT, query_bus, move || CustomersQueries { db: query_db.clone() });
+    owner_context(CONTEXT, bus, db, faults, tree, path, vec![queries])
 }

@@ -1,15 +1,70 @@
-//! The depot bounded context's caches of stores (name, location) and products (store, name), fed
-//! by the stores stream: what a shopping list needs to send a bot to the right store.
+//! The depot bounded context: shopping lists, and caches of stores (name, location) and products
+//! (store, name) fed by the stores stream: what a shopping list needs to send a bot to the right
+//! store.
 //!
 //! Actors, under the `carrier/depot` supervisor (rest-for-one): `cache` (the only writer of
-//! `depot.redb`) and `stores-consumer` (the durable `depot-stores` on `STORES`).
+//! `depot.redb`), `stores-consumer` (`depot-stores` on `STORES`), `ordering-consumer`
+//! (`depot-ordering` on `ORDERING`: creates a shopping list per order), `outbox-relay` (to
+//! `DEPOT`) and `commands` (on `cmd.depot`, where the bots report a list completed).
 
-use carrier_storage::DepotDb;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::cache::CacheHandle;
+use carrier_messages::depot::{DepotCommand, DepotEvent};
+use carrier_messages::ordering::OrderingEvent;
+use carrier_messages::stores::StoresEvent;
+use carrier_storage::depot::Depot;
+use carrier_storage::{CommandError, DepotDb, StorageError};
+
+use crate::bus::Bus;
+use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, Prefetch};
+use crate::faults::Faults;
+use crate::owner::Decide;
+use crate::supervisor::{SupervisionTree, SupervisorArgs};
 
 /// The context's name.
 pub const CONTEXT: &str = "depot";
 
 /// What the rest of the process may use of a running depot context.
-pub type DepotHandle = CacheHandle<DepotDb>;
+pub type DepotHandle = CacheHandle<Depot>;
+
+/// Builds the context's supervisor arguments.
+pub(crate) fn supervisor_args(
+    bus: Bus,
+    db: Arc<DepotDb>,
+    settings: CacheSettings,
+    faults: Arc<Faults>,
+    tree: SupervisionTree,
+    path: String,
+) -> (SupervisorArgs, DepotHandle) {
+    let mut builder = ContextBuilder::new(bus.clone(), db, settings, faults);
+    // A new order's stores must be in the cache before its shopping list is made.
+    let prefetch: Prefetch<Depot, OrderingEvent> = Arc::new(|handle, events| {
+        Box::pin(async move {
+            let stores: BTreeSet<String> = events
+                .iter()
+                .filter_map(|e| match e {
+                    OrderingEvent::OrderCreated(o) => Some(o.items.iter().map(|i| i.store_id.clone())),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            for id in stores {
+                if let Err(error) = handle.store(&id).await {
+                    tracing::warn!(store.id = %id, %error, "store lookup for a shopping list failed");
+                }
+            }
+        })
+    });
+    builder.stores_fallback().consume::<StoresEvent>(None).consume::<OrderingEvent>(Some(prefetch));
+    let handle = builder.handle();
+    let decide: Decide<DepotCommand, DepotEvent> = Arc::new(move |command, causality| {
+        let handle = handle.clone();
+        Box::pin(async move {
+            let result = handle.write(move |db| db.execute_depot(&command, &causality)).await;
+            result.map_err(|e| CommandError::Storage(StorageError::NotReady(e.to_string())))?
+        })
+    });
+    builder.serve(crate::serve::commands(CONTEXT, bus, decide));
+    builder.build(tree, path)
+}

@@ -1,11 +1,17 @@
-//! Commands over NATS request/reply on `cmd.<context>`, passed to the owner.
+//! Commands over NATS request/reply on `cmd.<context>`: decoded, checked, passed to the context's
+//! writer, and answered with a [`CommandReply`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use ractor::ActorRef;
+use serde::de::DeserializeOwned;
 
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::request::{decode_request, encode_body, CommandReply, RecordedEvent};
-use carrier_messages::ContentType;
+use carrier_messages::{ContentType, Decoded};
 use carrier_storage::{CommandError, OwnerKind};
 
 use crate::bus::IncomingRequest;
@@ -20,56 +26,89 @@ pub struct Commands<K: OwnerKind> {
 
 impl<K: OwnerKind> Answer for Commands<K> {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
-        encode_body(content_type, &self.reply(request, content_type).await)
+        let reply = match decode_command::<K::Command>(request, content_type) {
+            Err(refusal) => refusal,
+            Ok((command, causality)) => {
+                match ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply }) {
+                    Err(_) => CommandReply::failed("unavailable", "the owner is restarting; try again"),
+                    Ok(result) => command_reply(result),
+                }
+            }
+        };
+        encode_body(content_type, &reply)
     }
 }
 
-impl<K: OwnerKind> Commands<K> {
-    async fn reply(&self, request: &IncomingRequest, content_type: ContentType) -> CommandReply {
-        let command: K::Command = match decode_request(content_type, &request.payload) {
-            Ok(command) => command,
-            Err(reason) => {
-                return CommandReply::failed("bad_request", format!("not a command of this context: {reason}"))
-            }
+/// Decides a command of type `C`, returning the event it recorded.
+pub type Decide<C, E> =
+    Arc<dyn Fn(C, Causality) -> Pin<Box<dyn Future<Output = Result<Decoded<E>, CommandError>> + Send>> + Send + Sync>;
+
+/// Answers commands of a consuming context (baskets, ordering, depot) with a [`Decide`].
+pub struct ContextCommands<C, E> {
+    /// What carries a command out.
+    pub decide: Decide<C, E>,
+}
+
+impl<C, E> Answer for ContextCommands<C, E>
+where
+    C: DeserializeOwned + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
+        let reply = match decode_command::<C>(request, content_type) {
+            Err(refusal) => refusal,
+            Ok((command, causality)) => command_reply((self.decide)(command, causality).await),
         };
-        // These ids go into the recorded event's headers, which every consumer checks: refuse a bad
-        // one here rather than record an event that every consumer would dead-letter.
-        let mut ids = [None, None];
-        for (slot, name) in ids.iter_mut().zip([header::CORRELATION_ID, header::CAUSATION_ID]) {
-            if let Some(value) = request.header(name) {
-                let value = value.trim();
-                if value.is_empty() || value.len() > carrier_messages::envelope::MAX_ID_LEN {
-                    let limit = carrier_messages::envelope::MAX_ID_LEN;
-                    return CommandReply::failed("bad_request", format!("header {name} must be 1 to {limit} bytes"));
-                }
-                *slot = Some(value.to_string());
+        encode_body(content_type, &reply)
+    }
+}
+
+/// The command in a request and the causality its headers carry, or the refusal to send back.
+fn decode_command<C: DeserializeOwned>(
+    request: &IncomingRequest,
+    content_type: ContentType,
+) -> Result<(C, Causality), CommandReply> {
+    let command: C = decode_request(content_type, &request.payload)
+        .map_err(|reason| CommandReply::failed("bad_request", format!("not a command of this context: {reason}")))?;
+    // These ids go into the recorded event's headers, which every consumer checks: refuse a bad
+    // one here rather than record an event that every consumer would dead-letter.
+    let mut ids = [None, None];
+    for (slot, name) in ids.iter_mut().zip([header::CORRELATION_ID, header::CAUSATION_ID]) {
+        if let Some(value) = request.header(name) {
+            let value = value.trim();
+            if value.is_empty() || value.len() > carrier_messages::envelope::MAX_ID_LEN {
+                let limit = carrier_messages::envelope::MAX_ID_LEN;
+                return Err(CommandReply::failed("bad_request", format!("header {name} must be 1 to {limit} bytes")));
             }
+            *slot = Some(value.to_string());
         }
-        let [correlation_id, causation_id] = ids;
-        let causality = Causality { correlation_id, causation_id };
-        let result = ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply });
-        match result {
-            Err(_) => CommandReply::failed("unavailable", "the owner is restarting; try again"),
-            Ok(Ok(decoded)) => CommandReply {
-                ok: true,
-                event: Some(RecordedEvent {
-                    event_id: decoded.envelope.event_id.to_string(),
-                    event_type: decoded.envelope.event_type.clone(),
-                    aggregate_id: decoded.envelope.aggregate_id.clone(),
-                    aggregate_version: decoded.envelope.aggregate_version,
-                }),
-                error: None,
-            },
-            Ok(Err(error)) => {
-                let code = match &error {
-                    CommandError::NotFound { .. } => "not_found",
-                    CommandError::AlreadyExists { .. } => "already_exists",
-                    CommandError::Rejected(_) => "rejected",
-                    CommandError::Invalid(_) => "invalid",
-                    CommandError::Storage(_) => "unavailable",
-                };
-                CommandReply::failed(code, error.to_string())
-            }
+    }
+    let [correlation_id, causation_id] = ids;
+    Ok((command, Causality { correlation_id, causation_id }))
+}
+
+/// The reply for a command's outcome.
+pub(crate) fn command_reply<E>(result: Result<Decoded<E>, CommandError>) -> CommandReply {
+    match result {
+        Ok(decoded) => CommandReply {
+            ok: true,
+            event: Some(RecordedEvent {
+                event_id: decoded.envelope.event_id.to_string(),
+                event_type: decoded.envelope.event_type.clone(),
+                aggregate_id: decoded.envelope.aggregate_id.clone(),
+                aggregate_version: decoded.envelope.aggregate_version,
+            }),
+            error: None,
+        },
+        Err(error) => {
+            let code = match &error {
+                CommandError::NotFound { .. } => "not_found",
+                CommandError::AlreadyExists { .. } => "already_exists",
+                CommandError::Rejected(_) => "rejected",
+                CommandError::Invalid(_) => "invalid",
+                CommandError::Storage(_) => "unavailable",
+            };
+            CommandReply::failed(code, error.to_string())
         }
     }
 }

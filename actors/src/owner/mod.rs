@@ -12,8 +12,8 @@ mod commands;
 mod relay;
 
 pub use actor::{Owner, OwnerArgs, OwnerMsg};
-pub use commands::Commands;
-pub use relay::{OutboxRelay, RelayArgs, RelayMsg};
+pub use commands::{Commands, ContextCommands, Decide};
+pub use relay::{MarkPublished, OutboxRelay, ReadOutbox, RelayArgs, RelayMsg};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,8 +98,20 @@ pub(crate) fn owner_context<K: OwnerKind>(
         let (bus, db, wakeup, faults) = (bus.clone(), db.clone(), wakeup.clone(), faults.clone());
         async move {
             let owner: ActorRef<OwnerMsg<K>> = siblings.get("owner").cloned().ok_or("the owner is not running")?.into();
-            let args = RelayArgs { bus, db, owner, wakeup, faults };
-            let (actor, _) = Actor::spawn_linked(None, OutboxRelay::<K>::default(), args, supervisor).await?;
+            let pending: relay::ReadOutbox = Arc::new(move |limit| db.outbox_pending(limit));
+            let mark: relay::MarkPublished = Arc::new(move |keys| {
+                let owner = owner.clone();
+                Box::pin(async move {
+                    let result = ractor::call!(owner, |reply| OwnerMsg::MarkPublished { keys, reply });
+                    match result {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            });
+            let args = RelayArgs { bus, context, pending, mark, wakeup, faults };
+            let (actor, _) = Actor::spawn_linked(None, OutboxRelay, args, supervisor).await?;
             Ok(actor.get_cell())
         }
     });

@@ -1,18 +1,18 @@
-//! The outbox relay actor: publishes an owning context's outbox to JetStream, in order.
+//! The outbox relay actor: publishes a context's outbox to JetStream, in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
-use carrier_messages::DomainEvent;
-use carrier_storage::{OwnerFile, OwnerKind};
+use carrier_messages::EncodedEvent;
+use carrier_storage::StorageError;
 
 use crate::bus::Bus;
 use crate::faults::Faults;
 use crate::flow;
-use crate::owner::actor::OwnerMsg;
 
 /// Rows published per round.
 const ROUND: usize = 256;
@@ -20,15 +20,15 @@ const ROUND: usize = 256;
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Publishes outbox rows with `Nats-Msg-Id` = event id, waits for each PublishAck, then has the
-/// owner delete the acknowledged rows. A crash in between republishes those rows; JetStream's
-/// duplicate window and every consumer's inbox make that harmless.
-pub struct OutboxRelay<K>(std::marker::PhantomData<fn() -> K>);
+/// file's writer delete the acknowledged rows. A crash in between republishes those rows;
+/// JetStream's duplicate window and every consumer's inbox make that harmless.
+#[derive(Default)]
+pub struct OutboxRelay;
 
-impl<K> Default for OutboxRelay<K> {
-    fn default() -> Self {
-        OutboxRelay(std::marker::PhantomData)
-    }
-}
+/// Reads the oldest `limit` outbox rows.
+pub type ReadOutbox = Arc<dyn Fn(usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> + Send + Sync>;
+/// Has the file's only writer delete published rows.
+pub type MarkPublished = Arc<dyn Fn(Vec<u64>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// The relay's only message.
 pub enum RelayMsg {
@@ -37,35 +37,33 @@ pub enum RelayMsg {
 }
 
 /// What [`OutboxRelay`] is started with.
-pub struct RelayArgs<K: OwnerKind> {
+pub struct RelayArgs {
     /// The connection.
     pub bus: Bus,
-    /// The outbox, read here and written by the owner.
-    pub db: Arc<OwnerFile<K>>,
-    /// The owner, which deletes published rows.
-    pub owner: ActorRef<OwnerMsg<K>>,
-    /// Signalled by the owner after each commit.
+    /// The publishing context, for the flow log.
+    pub context: &'static str,
+    /// Reads the outbox (written by the context's writer).
+    pub pending: ReadOutbox,
+    /// Deletes published rows through the writer.
+    pub mark: MarkPublished,
+    /// Signalled by the writer after each commit.
     pub wakeup: Arc<Notify>,
     /// Injected failures.
     pub faults: Arc<Faults>,
 }
 
 /// The relay's state.
-pub struct RelayState<K: OwnerKind> {
-    args: RelayArgs<K>,
+pub struct RelayState {
+    args: RelayArgs,
     failures: u32,
 }
 
-impl<K: OwnerKind> Actor for OutboxRelay<K> {
+impl Actor for OutboxRelay {
     type Msg = RelayMsg;
-    type State = RelayState<K>;
-    type Arguments = RelayArgs<K>;
+    type State = RelayState;
+    type Arguments = RelayArgs;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<RelayMsg>,
-        args: RelayArgs<K>,
-    ) -> Result<RelayState<K>, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<RelayMsg>, args: RelayArgs) -> Result<RelayState, ActorProcessingErr> {
         myself.send_message(RelayMsg::Drain)?;
         Ok(RelayState { args, failures: 0 })
     }
@@ -74,7 +72,7 @@ impl<K: OwnerKind> Actor for OutboxRelay<K> {
         &self,
         myself: ActorRef<RelayMsg>,
         _msg: RelayMsg,
-        state: &mut RelayState<K>,
+        state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
         let published = publish_round(&state.args).await?;
         match published {
@@ -98,11 +96,7 @@ impl<K: OwnerKind> Actor for OutboxRelay<K> {
         Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<RelayMsg>,
-        state: &mut RelayState<K>,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<RelayMsg>, state: &mut RelayState) -> Result<(), ActorProcessingErr> {
         // Flush what the owner committed before shutdown, within a bounded time.
         let flush = async { while let Ok(Round::All) = publish_round(&state.args).await {} };
         if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
@@ -118,15 +112,15 @@ enum Round {
     Partial(String),
 }
 
-async fn publish_round<K: OwnerKind>(args: &RelayArgs<K>) -> Result<Round, ActorProcessingErr> {
-    let db = args.db.clone();
-    let rows = tokio::task::spawn_blocking(move || db.outbox_pending(ROUND)).await??;
+async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
+    let pending = args.pending.clone();
+    let rows = tokio::task::spawn_blocking(move || pending(ROUND)).await??;
     if rows.is_empty() {
         return Ok(Round::Empty);
     }
     let labels: Option<Vec<String>> = flow::enabled().then(|| {
         rows.iter()
-            .map(|(_, e)| format!("{}.IntegrationEvents.On({})", flow::capitalize(K::Event::CONTEXT), event_type_of(e)))
+            .map(|(_, e)| format!("{}.IntegrationEvents.On({})", flow::capitalize(args.context), event_type_of(e)))
             .collect()
     });
     for label in labels.iter().flatten() {
@@ -160,7 +154,7 @@ async fn publish_round<K: OwnerKind>(args: &RelayArgs<K>) -> Result<Round, Actor
     }
     if !acked.is_empty() {
         let count = acked.len();
-        ractor::call!(args.owner, |reply| OwnerMsg::MarkPublished { keys: acked, reply })??;
+        (args.mark)(acked).await?;
         for label in labels.iter().flatten().take(count) {
             flow::leave(label, None);
         }

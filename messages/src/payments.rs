@@ -1,0 +1,60 @@
+//! The payments context: authorizes an order's payment (only enabled customers may pay) and
+//! invoices it once it is readied.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{check, ValidationError};
+
+/// The order's customer may not pay (unknown or disabled): ordering cancels the order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDeclined {
+    /// Invoice id (the order's id).
+    pub id: String,
+    /// The order.
+    pub order_id: String,
+    /// Who tried to pay.
+    pub customer_id: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// The readied order's invoice was paid: ordering completes the order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoicePaid {
+    /// Invoice id (the order's id).
+    pub id: String,
+    /// The order.
+    pub order_id: String,
+    /// Who paid.
+    pub customer_id: String,
+    /// The payment used.
+    pub payment_id: String,
+    /// Amount in minor units.
+    pub amount: i64,
+}
+
+impl PaymentDeclined {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check::id("order_id", &self.order_id)?;
+        check::id("customer_id", &self.customer_id)?;
+        check::free_text("reason", &self.reason)
+    }
+}
+
+impl InvoicePaid {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check::id("order_id", &self.order_id)?;
+        check::id("customer_id", &self.customer_id)?;
+        check::id("payment_id", &self.payment_id)?;
+        check::non_negative("amount", self.amount)
+    }
+}
+
+crate::codec::domain_events! {
+    /// Every event the payments context publishes.
+    enum PaymentsEvent, context "payments", stream "PAYMENTS", subjects "payments.>";
+    PaymentDeclined => "invoice", "payments.invoice.declined";
+    InvoicePaid => "invoice", "payments.invoice.paid";
+}

@@ -1,0 +1,256 @@
+//! A bounded context's redb file: its own tables, the engine's (inbox, versions, parked events,
+//! checkpoints) and an outbox, all written by the context's one writer actor.
+//!
+//! A context reacts to other contexts' events ([`Reacts`]) and decides commands
+//! ([`ContextFile::execute`]). Either way, what it publishes goes into the outbox in the same
+//! transaction as the change that caused it, so a reaction to a redelivered event can neither
+//! publish twice nor change state without publishing.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, Table, WriteTransaction};
+
+use carrier_messages::codec::Causality;
+use carrier_messages::{Decoded, DomainEvent, EncodedEvent, Envelope, EventId};
+
+use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
+use crate::error::RedbResultExt;
+use crate::outbox::{self, OUTBOX, OUTBOX_NEXT};
+use crate::{CommandError, StorageError};
+
+/// What one context keeps and publishes.
+pub trait ContextKind: Sized + Send + Sync + 'static {
+    /// The context's name, e.g. `depot`.
+    const NAME: &'static str;
+    /// What it publishes ([`carrier_messages::codec::NoEvents`] when nothing).
+    type Event: DomainEvent;
+    /// Creates its own tables (the engine's and the outbox are created for it).
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError>;
+}
+
+/// How a context applies another context's events of type `E`.
+pub trait Reacts<E: DomainEvent>: ContextKind {
+    /// Its tables, opened once per batch transaction.
+    type Tables<'txn>;
+    /// Opens them.
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Self::Tables<'txn>, StorageError>;
+    /// Applies one event (called only for its entity's next version); may emit events.
+    fn react(
+        tables: &mut Self::Tables<'_>,
+        emit: &mut Emitter<'_, Self::Event>,
+        envelope: &Envelope,
+        event: &E,
+    ) -> Result<(), StorageError>;
+}
+
+/// Appends the events a reaction or a command decides to the outbox, in its transaction.
+pub struct Emitter<'txn, E> {
+    outbox: Table<'txn, u64, &'static [u8]>,
+    next: Table<'txn, &'static str, u64>,
+    emitted: Vec<Decoded<E>>,
+}
+
+impl<'txn, E: DomainEvent> Emitter<'txn, E> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Emitter {
+            outbox: txn.open_table(OUTBOX).during("open outbox")?,
+            next: txn.open_table(OUTBOX_NEXT).during("open outbox_next")?,
+            emitted: Vec::new(),
+        })
+    }
+
+    /// Records `event` at `version` of its entity, caused by the event in `cause` (same
+    /// correlation id; causation id = its event id).
+    pub fn emit(&mut self, event: E, version: u64, cause: &Envelope) -> Result<(), StorageError> {
+        let causality = Causality {
+            correlation_id: Some(cause.correlation_id.clone()),
+            causation_id: Some(cause.event_id.to_string()),
+        };
+        self.record(event, version, &causality)
+    }
+
+    /// Records `event` at `version` with the given causality (commands).
+    pub fn record(&mut self, event: E, version: u64, causality: &Causality) -> Result<(), StorageError> {
+        event.validate().map_err(|e| StorageError::Corrupt { table: "outbox", reason: e.to_string() })?;
+        let decoded = Decoded::new(event, version, causality);
+        let encoded = decoded.encode().map_err(|e| StorageError::Corrupt { table: "outbox", reason: e.to_string() })?;
+        outbox::append_to(&mut self.outbox, &mut self.next, &encoded)?;
+        self.emitted.push(decoded);
+        Ok(())
+    }
+
+    /// How many events were recorded so far in this transaction.
+    pub fn count(&self) -> usize {
+        self.emitted.len()
+    }
+}
+
+/// Hands events of type `E` to `K`'s reaction, with an emitter.
+struct ReactProjection<K, E>(PhantomData<fn() -> (K, E)>);
+
+impl<K: Reacts<E>, E: DomainEvent> Projection<E> for ReactProjection<K, E> {
+    type Tables<'txn> = (K::Tables<'txn>, Emitter<'txn, K::Event>);
+
+    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<Self::Tables<'txn>, StorageError> {
+        Ok((K::open(txn)?, Emitter::open(txn)?))
+    }
+
+    fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError> {
+        K::react(&mut tables.0, &mut tables.1, envelope, event)
+    }
+}
+
+/// A context's redb file, `<context>.redb`.
+pub struct ContextFile<K> {
+    pub(crate) db: Database,
+    path: PathBuf,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K: ContextKind> ContextFile<K> {
+    /// Opens or creates the file and its tables.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let db = engine::open_database(&path, |txn| {
+            engine::create_tables(txn)?;
+            txn.open_table(OUTBOX).during("create outbox")?;
+            txn.open_table(OUTBOX_NEXT).during("create outbox_next")?;
+            K::create_tables(txn)
+        })?;
+        Ok(ContextFile { db, path, kind: PhantomData })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies a delivered batch of `E` events in one transaction (see [`engine::apply_batch`]),
+    /// with whatever the reactions emit.
+    pub fn apply<E: DomainEvent>(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<E>],
+        through: u64,
+    ) -> Result<BatchOutcome, StorageError>
+    where
+        K: Reacts<E>,
+    {
+        engine::apply_batch(&self.db, consumer, &ReactProjection::<K, E>(PhantomData), batch, through)
+    }
+
+    /// Writes an entity's state as its owner reported it, unless the file already has that
+    /// version or a newer one (see [`engine::adopt`]).
+    pub fn adopt<E: DomainEvent>(
+        &self,
+        aggregate: &str,
+        id: &str,
+        version: u64,
+        write: impl FnOnce(&mut K::Tables<'_>) -> Result<(), StorageError>,
+    ) -> Result<Adopted, StorageError>
+    where
+        K: Reacts<E>,
+    {
+        let projection = ReactProjection::<K, E>(PhantomData);
+        engine::adopt::<E, _>(&self.db, &projection, aggregate, id, version, |tables| write(&mut tables.0))
+    }
+
+    /// Decides a command against the file in one transaction: `decide` reads and writes the
+    /// context's tables and records its event through the emitter. Nothing is kept unless it
+    /// returns `Ok` having recorded an event.
+    pub fn execute(
+        &self,
+        decide: impl FnOnce(&WriteTransaction, &mut Emitter<'_, K::Event>) -> Result<(), CommandError>,
+    ) -> Result<Decoded<K::Event>, CommandError> {
+        let txn = self.db.begin_write().during("begin_write")?;
+        let result = {
+            let mut emitter = Emitter::open(&txn)?;
+            decide(&txn, &mut emitter).and_then(|()| {
+                emitter.emitted.pop().ok_or_else(|| CommandError::Rejected("the command changed nothing".into()))
+            })
+        };
+        match result {
+            Ok(decoded) => {
+                txn.commit().during("commit")?;
+                Ok(decoded)
+            }
+            Err(e) => {
+                txn.abort().during("abort")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `read` on a read snapshot.
+    pub fn read<T>(&self, read: impl FnOnce(&ReadTransaction) -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let txn = self.db.begin_read().during("begin_read")?;
+        read(&txn)
+    }
+
+    /// The oldest `limit` unpublished events.
+    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
+        outbox::pending(&self.db, limit)
+    }
+
+    /// Deletes published outbox rows.
+    pub fn outbox_remove(&self, keys: &[u64]) -> Result<(), StorageError> {
+        outbox::remove(&self.db, keys)
+    }
+
+    /// Unpublished events.
+    pub fn outbox_len(&self) -> Result<u64, StorageError> {
+        outbox::len(&self.db)
+    }
+}
+
+/// What the writer actor and the operator tools need of any context's file.
+pub trait ContextDb: Send + Sync + 'static {
+    /// The context's name.
+    fn context(&self) -> &'static str;
+    /// Inbox size, parked events and checkpoints.
+    fn engine_stats(&self) -> Result<EngineStats, StorageError>;
+    /// The first `limit` inbox entries.
+    fn inbox(&self, limit: usize) -> Result<Vec<(EventId, u64)>, StorageError>;
+    /// The last stream sequence committed for `consumer` (0 when none).
+    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError>;
+    /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
+    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError>;
+    /// Entities waiting for a missing version: (aggregate type, id, current version, lowest
+    /// parked version).
+    fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError>;
+    /// Unpublished events.
+    fn outbox_len(&self) -> Result<u64, StorageError>;
+}
+
+impl<K: ContextKind> ContextDb for ContextFile<K> {
+    fn context(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn engine_stats(&self) -> Result<EngineStats, StorageError> {
+        engine::stats(&self.db)
+    }
+
+    fn inbox(&self, limit: usize) -> Result<Vec<(EventId, u64)>, StorageError> {
+        engine::inbox_entries(&self.db, limit)
+    }
+
+    fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
+        engine::checkpoint(&self.db, consumer)
+    }
+
+    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
+        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
+        engine::prune_inbox(&self.db, cutoff, limit)
+    }
+
+    fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {
+        engine::gaps(&self.db)
+    }
+
+    fn outbox_len(&self) -> Result<u64, StorageError> {
+        outbox::len(&self.db)
+    }
+}

@@ -1,0 +1,142 @@
+//! The notifications context's file: a cache of customers (name and SMS number, seed 001's
+//! `Add` and `UpdateSmsNumber`) and the `sent` table, one row per order event notified.
+//!
+//! The sink writes the row in the transaction that records the order event as applied, so a
+//! redelivered event finds its id in the inbox and is not notified twice.
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use carrier_messages::codec::NoEvents;
+use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
+use carrier_messages::ordering::OrderingEvent;
+use carrier_messages::Envelope;
+
+use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::customer_cache::{create_customers_cache_table, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE};
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::rows::all_rows;
+use crate::StorageError;
+
+const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent");
+
+/// A customer as notifications knows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsCustomer {
+    /// Display name.
+    pub name: String,
+    /// Where texts go.
+    pub sms_number: String,
+}
+
+/// One notification sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentRow {
+    /// The order.
+    pub order_id: String,
+    /// `order_created`, `order_readied` or `order_canceled`.
+    pub kind: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The number it went to.
+    pub sms_number: String,
+    /// What it said.
+    pub text: String,
+}
+
+/// `notifications.redb`: the customers cache, `sent`, and the engine's tables.
+pub type NotificationsDb = ContextFile<Notifications>;
+
+/// The notifications context.
+pub struct Notifications;
+
+impl ContextKind for Notifications {
+    const NAME: &'static str = "notifications";
+    type Event = NoEvents;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        create_customers_cache_table(txn)?;
+        txn.open_table(SENT).during("create sent")?;
+        Ok(())
+    }
+}
+
+impl CustomerCacheKind for Notifications {
+    type Customer = NotificationsCustomer;
+
+    fn apply(t: &mut CustomerTables<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
+        match event {
+            CustomersEvent::CustomerRegistered(e) => {
+                t.put(&e.id, &NotificationsCustomer { name: e.name.clone(), sms_number: e.sms_number.clone() })
+            }
+            CustomersEvent::CustomerSmsChanged(e) => t.update(&e.id, |c| c.sms_number = e.sms_number.clone()),
+            CustomersEvent::CustomerEnabled(_) | CustomersEvent::CustomerDisabled(_) => Ok(()),
+        }
+    }
+
+    fn customer_row(snapshot: &CustomerSnapshot) -> NotificationsCustomer {
+        NotificationsCustomer { name: snapshot.name.clone(), sms_number: snapshot.sms_number.clone() }
+    }
+}
+
+/// Notifications' tables while it reacts to orders.
+pub struct NotificationsOrderTables<'txn> {
+    customers: Table<'txn, &'static str, &'static [u8]>,
+    sent: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl Reacts<OrderingEvent> for Notifications {
+    type Tables<'txn> = NotificationsOrderTables<'txn>;
+
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<NotificationsOrderTables<'txn>, StorageError> {
+        Ok(NotificationsOrderTables {
+            customers: txn.open_table(CUSTOMERS_CACHE).during("open customers_cache")?,
+            sent: txn.open_table(SENT).during("open sent")?,
+        })
+    }
+
+    fn react(
+        t: &mut NotificationsOrderTables<'_>,
+        _emit: &mut Emitter<'_, NoEvents>,
+        envelope: &Envelope,
+        event: &OrderingEvent,
+    ) -> Result<(), StorageError> {
+        let (order_id, customer_id, kind, what) = match event {
+            OrderingEvent::OrderCreated(e) => (&e.id, &e.customer_id, "order_created", "was received".to_string()),
+            OrderingEvent::OrderReadied(e) => {
+                (&e.id, &e.customer_id, "order_readied", "is ready for pickup".to_string())
+            }
+            OrderingEvent::OrderCanceled(e) => {
+                (&e.id, &e.customer_id, "order_canceled", format!("was canceled ({})", e.reason))
+            }
+            OrderingEvent::OrderCompleted(_) => return Ok(()),
+        };
+        let customer: NotificationsCustomer = t
+            .customers
+            .get(customer_id.as_str())
+            .during("read customers_cache")?
+            .map(|g| decode_row("customers_cache", g.value()))
+            .transpose()?
+            .ok_or_else(|| StorageError::NotReady(format!("customer {customer_id:?} is not cached")))?;
+        let row = SentRow {
+            order_id: order_id.clone(),
+            kind: kind.to_string(),
+            customer_id: customer_id.clone(),
+            sms_number: customer.sms_number.clone(),
+            text: format!("Hi {}, your order {order_id} {what}.", customer.name),
+        };
+        // Keyed by the order event's id: one row per order event, whatever the redeliveries.
+        let key = envelope.event_id.to_string();
+        let bytes = encode_row("sent", &row)?;
+        t.sent.insert(key.as_str(), bytes.as_slice()).during("write sent")?;
+        tracing::info!(order.id = %order_id, to = %row.sms_number, kind = kind, text = %row.text, "SMS sent");
+        Ok(())
+    }
+}
+
+impl ContextFile<Notifications> {
+    /// Every notification sent, by order event id.
+    pub fn sent(&self) -> Result<Vec<(String, SentRow)>, StorageError> {
+        all_rows(&self.db, SENT, "sent")
+    }
+}

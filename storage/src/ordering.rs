@@ -1,0 +1,247 @@
+//! The ordering context's file: orders, moved along by other contexts' events.
+//!
+//! A checked-out basket creates the order; the depot's completed shopping list readies it; a
+//! paid invoice completes it; a declined payment (or a person) cancels it. Each step is a
+//! reaction that records the order's next event in the outbox in the same transaction.
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use carrier_messages::baskets::{BasketItem, BasketsEvent};
+use carrier_messages::codec::Causality;
+use carrier_messages::depot::DepotEvent;
+use carrier_messages::ordering::*;
+use carrier_messages::payments::PaymentsEvent;
+use carrier_messages::{Decoded, Envelope};
+
+use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::rows::{all_rows, get_row};
+use crate::{CommandError, StorageError};
+
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+
+/// An order as ordering owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRow {
+    /// Who ordered.
+    pub customer_id: String,
+    /// The payment chosen.
+    pub payment_id: String,
+    /// The lines.
+    pub items: Vec<BasketItem>,
+    /// Sum of the lines.
+    pub total: i64,
+    /// Where it stands.
+    pub status: OrderStatus,
+    /// The version of its last event.
+    pub version: u64,
+}
+
+/// `ordering.redb`: orders, the outbox and the engine's tables.
+pub type OrderingDb = ContextFile<Ordering>;
+
+/// The ordering context.
+pub struct Ordering;
+
+impl ContextKind for Ordering {
+    const NAME: &'static str = "ordering";
+    type Event = OrderingEvent;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        txn.open_table(ORDERS).during("create orders")?;
+        Ok(())
+    }
+}
+
+type Orders<'txn> = Table<'txn, &'static str, &'static [u8]>;
+
+fn get_order(table: &Orders<'_>, id: &str) -> Result<Option<OrderRow>, StorageError> {
+    let row = table.get(id).during("read orders")?;
+    row.map(|g| decode_row("orders", g.value())).transpose()
+}
+
+fn put_order(table: &mut Orders<'_>, id: &str, row: &OrderRow) -> Result<(), StorageError> {
+    let bytes = encode_row("orders", row)?;
+    table.insert(id, bytes.as_slice()).during("write orders")?;
+    Ok(())
+}
+
+/// Moves an existing order to `status` and returns it at its new version, or `None` when the
+/// order is unknown or its status does not allow the step (a late or repeated event).
+fn advance(
+    table: &mut Orders<'_>,
+    id: &str,
+    from: &[OrderStatus],
+    to: OrderStatus,
+) -> Result<Option<OrderRow>, StorageError> {
+    let Some(mut row) = get_order(table, id)? else {
+        tracing::warn!(order.id = id, "event about an order ordering does not know; ignored");
+        return Ok(None);
+    };
+    if !from.contains(&row.status) {
+        tracing::info!(order.id = id, status = row.status.as_str(), to = to.as_str(), "order step ignored");
+        return Ok(None);
+    }
+    row.status = to;
+    row.version += 1;
+    put_order(table, id, &row)?;
+    Ok(Some(row))
+}
+
+fn cancel(
+    table: &mut Orders<'_>,
+    emit: &mut Emitter<'_, OrderingEvent>,
+    id: &str,
+    reason: &str,
+    cause: Result<&Envelope, &Causality>,
+) -> Result<bool, StorageError> {
+    let Some(row) = advance(table, id, &[OrderStatus::Pending, OrderStatus::Ready], OrderStatus::Canceled)? else {
+        return Ok(false);
+    };
+    let event = OrderingEvent::OrderCanceled(OrderCanceled {
+        id: id.to_string(),
+        customer_id: row.customer_id.clone(),
+        reason: reason.to_string(),
+    });
+    match cause {
+        Ok(envelope) => emit.emit(event, row.version, envelope)?,
+        Err(causality) => emit.record(event, row.version, causality)?,
+    }
+    Ok(true)
+}
+
+impl Reacts<BasketsEvent> for Ordering {
+    type Tables<'txn> = Orders<'txn>;
+
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
+        txn.open_table(ORDERS).during("open orders")
+    }
+
+    fn react(
+        orders: &mut Orders<'_>,
+        emit: &mut Emitter<'_, OrderingEvent>,
+        envelope: &Envelope,
+        event: &BasketsEvent,
+    ) -> Result<(), StorageError> {
+        let BasketsEvent::BasketCheckedOut(basket) = event else { return Ok(()) };
+        if get_order(orders, &basket.id)?.is_some() {
+            return Ok(());
+        }
+        let total = basket.items.iter().map(BasketItem::line_total).fold(0i64, i64::saturating_add);
+        let row = OrderRow {
+            customer_id: basket.customer_id.clone(),
+            payment_id: basket.payment_id.clone(),
+            items: basket.items.clone(),
+            total,
+            status: OrderStatus::Pending,
+            version: 1,
+        };
+        put_order(orders, &basket.id, &row)?;
+        let created = OrderCreated {
+            id: basket.id.clone(),
+            customer_id: row.customer_id,
+            payment_id: row.payment_id,
+            items: row.items,
+            total,
+        };
+        emit.emit(OrderingEvent::OrderCreated(created), 1, envelope)
+    }
+}
+
+impl Reacts<DepotEvent> for Ordering {
+    type Tables<'txn> = Orders<'txn>;
+
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
+        txn.open_table(ORDERS).during("open orders")
+    }
+
+    fn react(
+        orders: &mut Orders<'_>,
+        emit: &mut Emitter<'_, OrderingEvent>,
+        envelope: &Envelope,
+        event: &DepotEvent,
+    ) -> Result<(), StorageError> {
+        let DepotEvent::ShoppingListCompleted(list) = event else { return Ok(()) };
+        let Some(row) = advance(orders, &list.order_id, &[OrderStatus::Pending], OrderStatus::Ready)? else {
+            return Ok(());
+        };
+        let readied = OrderReadied {
+            id: list.order_id.clone(),
+            customer_id: row.customer_id,
+            payment_id: row.payment_id,
+            total: row.total,
+        };
+        emit.emit(OrderingEvent::OrderReadied(readied), row.version, envelope)
+    }
+}
+
+impl Reacts<PaymentsEvent> for Ordering {
+    type Tables<'txn> = Orders<'txn>;
+
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
+        txn.open_table(ORDERS).during("open orders")
+    }
+
+    fn react(
+        orders: &mut Orders<'_>,
+        emit: &mut Emitter<'_, OrderingEvent>,
+        envelope: &Envelope,
+        event: &PaymentsEvent,
+    ) -> Result<(), StorageError> {
+        match event {
+            PaymentsEvent::InvoicePaid(paid) => {
+                let Some(row) = advance(orders, &paid.order_id, &[OrderStatus::Ready], OrderStatus::Completed)? else {
+                    return Ok(());
+                };
+                let completed = OrderCompleted {
+                    id: paid.order_id.clone(),
+                    customer_id: row.customer_id,
+                    invoice_id: paid.id.clone(),
+                };
+                emit.emit(OrderingEvent::OrderCompleted(completed), row.version, envelope)
+            }
+            PaymentsEvent::PaymentDeclined(declined) => {
+                let reason = format!("payment declined: {}", declined.reason);
+                cancel(orders, emit, &declined.order_id, &reason, Ok(envelope)).map(|_| ())
+            }
+        }
+    }
+}
+
+impl ContextFile<Ordering> {
+    /// Decides an ordering command.
+    pub fn execute_ordering(
+        &self,
+        command: &OrderingCommand,
+        causality: &Causality,
+    ) -> Result<Decoded<OrderingEvent>, CommandError> {
+        self.execute(|txn, emit| {
+            let mut orders = txn.open_table(ORDERS).during("open orders")?;
+            match command {
+                OrderingCommand::CancelOrder { id, reason } => {
+                    let row = get_order(&orders, id)?
+                        .ok_or_else(|| CommandError::NotFound { kind: "order", id: id.clone() })?;
+                    let reason = if reason.trim().is_empty() { "canceled by request" } else { reason.as_str() };
+                    if !cancel(&mut orders, emit, id, reason, Err(causality))? {
+                        return Err(CommandError::Rejected(format!(
+                            "order {id:?} is {} and can no longer be canceled",
+                            row.status.as_str()
+                        )));
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// One order.
+    pub fn order(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
+        get_row(&self.db, ORDERS, "orders", id)
+    }
+
+    /// Every order, by id.
+    pub fn orders(&self) -> Result<Vec<(String, OrderRow)>, StorageError> {
+        all_rows(&self.db, ORDERS, "orders")
+    }
+}
