@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use carrier_actors::bus::Bus;
 use carrier_messages::envelope::header;
-use carrier_messages::request::{command_subject, CommandReply};
+use carrier_messages::request::{command_subject, query_subject, CommandReply};
 
 /// Arguments of `carrier command`.
 #[derive(clap::Args)]
 pub struct CommandArgs {
-    /// The owning context, e.g. `stores`.
+    /// The context: stores, customers, baskets, ordering or depot.
     context: String,
     /// The command as JSON, e.g. '{"command":"create_store","id":"s-1","name":"Corner Shop","location":"North"}'.
     command: String,
@@ -42,4 +42,35 @@ pub async fn main(args: CommandArgs) -> anyhow::Result<ExitCode> {
     let parsed: CommandReply = serde_json::from_slice(&reply).context("the reply is not a command reply")?;
     println!("{}", serde_json::to_string(&parsed)?);
     Ok(if parsed.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Arguments of `carrier query`.
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// The context: stores, customers or search.
+    context: String,
+    /// The query as JSON, e.g. '{"query":"search_orders","status":"completed","limit":10}'.
+    query: String,
+    /// How long to wait for the reply, in seconds.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+/// Sends a query to `query.<context>` and prints the reply as JSON; fails when it is not `ok`.
+pub async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    crate::init_logging("warn", false);
+    let body: serde_json::Value = serde_json::from_str(&args.query).context("the query is not JSON")?;
+    let bus = Bus::connect(&args.nats_url, "carrier-query", Duration::from_secs(5)).await?;
+    let headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];
+    let reply = bus
+        .request(&query_subject(&args.context), &headers, serde_json::to_vec(&body)?, Duration::from_secs(args.timeout))
+        .await
+        .with_context(|| format!("is the {} context running?", args.context))?;
+    let parsed: serde_json::Value = serde_json::from_slice(&reply).context("the reply is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&parsed)?);
+    let ok = parsed.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

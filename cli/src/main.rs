@@ -26,12 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the single-node demo: stores publishes, baskets caches, and the caches are checked.
+    /// Run the single-node demo: every context, the order story, and every cache checked.
     Demo(demo::DemoArgs),
     /// Run chosen bounded contexts as a service until SIGINT or SIGTERM.
     Run(run::RunArgs),
     /// Send a command to a context over NATS request/reply and print the reply.
     Command(command::CommandArgs),
+    /// Send a query to a context (stores, customers, search) and print the reply.
+    Query(command::QueryArgs),
     /// Publish one event given as JSON, as a producer would.
     Publish(publish::PublishArgs),
     /// Print a context's tables (caches, inbox, outbox, checkpoints) from its redb file.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::main(args).await,
             Command::Publish(args) => publish::main(args).await,
             Command::Command(args) => command::main(args).await,
+            Command::Query(args) => command::query(args).await,
             Command::Inspect(args) => inspect::main(args),
             Command::Bench(args) => bench::main(args).await,
             Command::Dlq(args) => dlq::main(args).await,

@@ -5,5 +5,6 @@ mod crash;
 mod customers;
 mod depot;
 mod foundation;
+mod mall;
 mod reliability;
 mod versions;
