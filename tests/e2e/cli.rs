@@ -6,7 +6,7 @@ use std::time::Duration;
 use carrier_tests::{carrier_bin, wait_until, TestEnv};
 
 #[test]
-fn the_demo_exits_zero_when_the_caches_agree() {
+fn the_demo_exits_zero_when_the_caches_agree_and_the_order_completes() {
     let env = TestEnv::start();
     let out = Command::new(carrier_bin())
         .args(["demo", "--nats-url", &env.url(), "--data-dir"])
@@ -19,8 +19,13 @@ fn the_demo_exits_zero_when_the_caches_agree() {
     assert!(stdout.contains("--> Stores.CreateStore"), "flow log shown:\n{stdout}");
     assert!(stdout.contains("--> Baskets.Store.On(stores.StoreCreated)"));
     assert!(stdout.contains("<-- Stores.IntegrationEvents.On(stores.ProductRemoved)"));
-    assert!(stdout.contains("OK: the baskets and depot caches agree with the stores owner."));
+    assert!(stdout.contains("OK: every cache agrees with its owner, and the order went from checkout to completion."));
     assert!(stdout.contains("--> Depot.Store.On(stores.StoreCreated)"));
+    // The order story's flow, across contexts.
+    assert!(stdout.contains("--> Ordering.Basket.On(baskets.BasketCheckedOut)"), "{stdout}");
+    assert!(stdout.contains("--> Depot.Order.On(ordering.OrderCreated)"));
+    assert!(stdout.contains("<-- Ordering.IntegrationEvents.On(ordering.OrderCompleted)"));
+    assert!(stdout.contains("Hi Ada, your order"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
