@@ -124,3 +124,17 @@ impl<K: CustomerCacheKind> CustomersCacheDb for ContextFile<K> {
         })
     }
 }
+
+/// A cached customer a reaction needs, read from the table it opened; `NotReady` when missing,
+/// so that the batch is retried once the consumer's prefetch or the customers stream fills it.
+pub(crate) fn required_customer<T: DeserializeOwned>(
+    table: &Table<'_, &'static str, &'static [u8]>,
+    id: &str,
+) -> Result<T, StorageError> {
+    table
+        .get(id)
+        .during("read customers_cache")?
+        .map(|g| decode_row("customers_cache", g.value()))
+        .transpose()?
+        .ok_or_else(|| StorageError::NotReady(format!("customer {id:?} is not cached")))
+}

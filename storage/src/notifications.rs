@@ -4,7 +4,7 @@
 //! The sink writes the row in the transaction that records the order event as applied, so a
 //! redelivered event finds its id in the inbox and is not notified twice.
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::codec::NoEvents;
@@ -13,8 +13,10 @@ use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::Envelope;
 
 use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
-use crate::customer_cache::{create_customers_cache_table, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE};
-use crate::error::{decode_row, encode_row, RedbResultExt};
+use crate::customer_cache::{
+    create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
+};
+use crate::error::{encode_row, RedbResultExt};
 use crate::rows::all_rows;
 use crate::StorageError;
 
@@ -111,13 +113,7 @@ impl Reacts<OrderingEvent> for Notifications {
             }
             OrderingEvent::OrderCompleted(_) => return Ok(()),
         };
-        let customer: NotificationsCustomer = t
-            .customers
-            .get(customer_id.as_str())
-            .during("read customers_cache")?
-            .map(|g| decode_row("customers_cache", g.value()))
-            .transpose()?
-            .ok_or_else(|| StorageError::NotReady(format!("customer {customer_id:?} is not cached")))?;
+        let customer: NotificationsCustomer = required_customer(&t.customers, &customer_id)?;
         let row = SentRow {
             order_id: order_id.clone(),
             kind: kind.to_string(),

@@ -10,7 +10,9 @@ use carrier_messages::payments::*;
 use carrier_messages::Envelope;
 
 use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
-use crate::customer_cache::{create_customers_cache_table, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE};
+use crate::customer_cache::{
+    create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
+};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::all_rows;
 use crate::StorageError;
@@ -113,13 +115,7 @@ impl Reacts<OrderingEvent> for Payments {
                 if get_invoice(&t.invoices, &order.id)?.is_some() {
                     return Ok(());
                 }
-                let customer: PaymentsCustomer = t
-                    .customers
-                    .get(order.customer_id.as_str())
-                    .during("read customers_cache")?
-                    .map(|g| decode_row("customers_cache", g.value()))
-                    .transpose()?
-                    .ok_or_else(|| StorageError::NotReady(format!("customer {:?} is not cached", order.customer_id)))?;
+                let customer: PaymentsCustomer = required_customer(&t.customers, &order.customer_id)?;
                 let mut row = InvoiceRow {
                     customer_id: order.customer_id.clone(),
                     payment_id: order.payment_id.clone(),

@@ -20,7 +20,9 @@ use carrier_messages::{Envelope, ValidationError};
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
 use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
-use crate::customer_cache::{create_customers_cache_table, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE};
+use crate::customer_cache::{
+    create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
+};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::get_row;
 use crate::{CommandError, StorageError};
@@ -185,13 +187,7 @@ impl Reacts<OrderingEvent> for Search {
         let at = envelope.occurred_at_unix_nanos;
         let (id, status) = match event {
             OrderingEvent::OrderCreated(order) => {
-                let customer: SearchCustomer = t
-                    .customers
-                    .get(order.customer_id.as_str())
-                    .during("read customers_cache")?
-                    .map(|g| decode_row("customers_cache", g.value()))
-                    .transpose()?
-                    .ok_or_else(|| StorageError::NotReady(format!("customer {:?} is not cached", order.customer_id)))?;
+                let customer: SearchCustomer = required_customer(&t.customers, &order.customer_id)?;
                 let mut product_ids: Vec<String> = order.items.iter().map(|i| i.product_id.clone()).collect();
                 let mut store_ids: Vec<String> = order.items.iter().map(|i| i.store_id.clone()).collect();
                 product_ids.sort();
