@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, property tests, and end-to-end tests against real
-# nats-server processes. Ends with one line of totals.
+# nats-server processes and a real headless Chromium. Ends with one line of totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-nats-server.sh
+scripts/ensure-chromium.sh
 cargo build --workspace --all-targets --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

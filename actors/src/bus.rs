@@ -368,6 +368,54 @@ impl Bus {
         Ok(letters)
     }
 
+    /// How many dead letters a context has, and the latest `limit` of them, newest first.
+    pub async fn dead_letter_tail(&self, context: &str, limit: usize) -> Result<(u64, Vec<DeadLetter>), BusError> {
+        let name = dead_letter_stream(context);
+        let stream_error = |reason: String| BusError::Stream { stream: name.clone(), reason };
+        let mut stream = self.js.get_stream(&name).await.map_err(|e| stream_error(e.to_string()))?;
+        let state = stream.info().await.map_err(|e| stream_error(e.to_string()))?.state.clone();
+        let mut letters = Vec::new();
+        let mut seq = state.last_sequence;
+        // Deleted sequences (replayed or purged letters) leave gaps; look a bounded way back.
+        let mut budget = limit * 4 + 16;
+        while state.messages > 0 && seq >= state.first_sequence.max(1) && letters.len() < limit && budget > 0 {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                letters.push(DeadLetter::from_stream_message(message));
+            }
+            seq -= 1;
+            budget -= 1;
+        }
+        Ok((state.messages, letters))
+    }
+
+    /// The server's view of a durable consumer.
+    pub async fn consumer_info(&self, stream: &str, durable: &str) -> Result<ConsumerInfo, BusError> {
+        let stream_error = |reason: String| BusError::Stream { stream: stream.to_string(), reason };
+        let stream_handle = self.js.get_stream(stream).await.map_err(|e| stream_error(e.to_string()))?;
+        let info = stream_handle
+            .consumer_info(durable)
+            .await
+            .map_err(|e| BusError::Pull { durable: durable.to_string(), reason: e.to_string() })?;
+        let mut filter_subjects = info.config.filter_subjects.clone();
+        if !info.config.filter_subject.is_empty() {
+            filter_subjects.insert(0, info.config.filter_subject.clone());
+        }
+        Ok(ConsumerInfo {
+            filter_subjects,
+            delivered_stream_seq: info.delivered.stream_sequence,
+            ack_floor_stream_seq: info.ack_floor.stream_sequence,
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            waiting: info.num_waiting as u64,
+        })
+    }
+
+    /// Whether the connection to the server is up.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// One dead letter by its sequence in the dead-letter stream.
     pub async fn read_dead_letter(&self, context: &str, seq: u64) -> Result<Option<DeadLetter>, BusError> {
         let name = dead_letter_stream(context);
@@ -632,6 +680,25 @@ impl DeadLetter {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
+}
+
+/// What the server reports of a durable consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// The subjects it takes.
+    pub filter_subjects: Vec<String>,
+    /// The last stream sequence delivered.
+    pub delivered_stream_seq: u64,
+    /// Every stream sequence up to this one is acknowledged.
+    pub ack_floor_stream_seq: u64,
+    /// Messages in the stream not yet delivered: the consumer's lag.
+    pub pending: u64,
+    /// Delivered and not yet acknowledged.
+    pub ack_pending: u64,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
+    /// Pull requests waiting at the server.
+    pub waiting: u64,
 }
 
 /// JetStream's answer to a publish.

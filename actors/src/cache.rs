@@ -59,8 +59,12 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
         for label in labels.iter().flatten() {
             flow::enter(label);
         }
+        let started = std::time::Instant::now();
         match db.apply(&consumer, &batch, through) {
             Ok(outcome) => {
+                if let Some(metrics) = crate::metrics::get() {
+                    metrics.record_commit(context, batch.len(), started.elapsed());
+                }
                 for (label, d) in labels.iter().flatten().zip(&outcome.dispositions) {
                     let note = (*d != Disposition::Applied).then(|| d.as_str());
                     flow::leave(label, note);
@@ -305,6 +309,10 @@ pub struct CacheHandle<K: 'static> {
     pub stores_fallback: Option<Arc<Fallback>>,
     /// The fallback to the customers context, when it caches customers.
     pub customers_fallback: Option<Arc<Fallback>>,
+    /// Each consumer: stream, durable and counters, for the dashboard.
+    pub(crate) probes: Vec<crate::observe::ConsumerProbe>,
+    /// Cache lookups answered from the file, and those that were not.
+    pub(crate) lookups: Arc<crate::observe::LookupStats>,
     writer: ActorSlot<WriterMsg<K>>,
 }
 
@@ -315,6 +323,8 @@ impl<K: 'static> Clone for CacheHandle<K> {
             consumers: self.consumers.clone(),
             stores_fallback: self.stores_fallback.clone(),
             customers_fallback: self.customers_fallback.clone(),
+            probes: self.probes.clone(),
+            lookups: self.lookups.clone(),
             writer: self.writer.clone(),
         }
     }
@@ -350,8 +360,10 @@ impl<K: CacheKind> CacheHandle<K> {
     /// A store as this context keeps it: from the cache, or else from the owner (then cached).
     pub async fn store(&self, id: &str) -> Result<Option<K::Store>, LookupError> {
         if let Some(store) = self.db.cached_store(id)? {
+            self.lookups.hit();
             return Ok(Some(store));
         }
+        self.lookups.miss();
         let Some(snapshot) = self.fallback(&self.stores_fallback)?.store(id).await? else { return Ok(None) };
         let row = <ContextFile<K> as StoresCacheDb>::store_row(&snapshot);
         self.write(move |db| db.adopt_store(&snapshot)).await??;
@@ -361,8 +373,10 @@ impl<K: CacheKind> CacheHandle<K> {
     /// A product as this context keeps it: from the cache, or else from the owner (then cached).
     pub async fn product(&self, id: &str) -> Result<Option<K::Product>, LookupError> {
         if let Some(product) = self.db.cached_product(id)? {
+            self.lookups.hit();
             return Ok(Some(product));
         }
+        self.lookups.miss();
         let Some(snapshot) = self.fallback(&self.stores_fallback)?.product(id).await? else { return Ok(None) };
         let row = <ContextFile<K> as StoresCacheDb>::product_row(&snapshot);
         self.write(move |db| db.adopt_product(&snapshot)).await??;
@@ -375,8 +389,10 @@ impl<K: CustomerCacheKind> CacheHandle<K> {
     /// cached).
     pub async fn customer(&self, id: &str) -> Result<Option<K::Customer>, LookupError> {
         if let Some(customer) = self.db.cached_customer(id)? {
+            self.lookups.hit();
             return Ok(Some(customer));
         }
+        self.lookups.miss();
         let Some(snapshot) = self.fallback(&self.customers_fallback)?.customer(id).await? else { return Ok(None) };
         let row = <ContextFile<K> as CustomersCacheDb>::customer_row(&snapshot);
         self.write(move |db| db.adopt_customer(&snapshot)).await??;
@@ -415,6 +431,8 @@ impl<K: ContextKind> ContextBuilder<K> {
             consumers: Vec::new(),
             stores_fallback: None,
             customers_fallback: None,
+            probes: Vec::new(),
+            lookups: Arc::default(),
             writer: ActorSlot::default(),
         };
         ContextBuilder {
@@ -445,6 +463,13 @@ impl<K: ContextKind> ContextBuilder<K> {
         let context = self.context;
         let stats = Arc::new(ConsumerStats::default());
         self.handle.consumers.push((source, stats.clone()));
+        self.handle.probes.push(crate::observe::ConsumerProbe {
+            source,
+            stream: E::STREAM,
+            durable: durable_name(context, source),
+            filter_subject: E::STREAM_SUBJECTS,
+            stats: stats.clone(),
+        });
         let guard = Arc::new(PoisonGuard::default());
         let (bus, faults, settings) = (self.bus.clone(), self.faults.clone(), self.settings);
         let handle = self.handle.clone();

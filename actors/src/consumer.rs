@@ -349,6 +349,8 @@ async fn apply<E: DomainEvent>(
 ) -> Result<Result<(), ApplyFailed<E>>, ActorProcessingErr> {
     let first = batch.first().map(|i| i.stream_seq).unwrap_or(0);
     let last = batch.last().map(|i| i.stream_seq).unwrap_or(0);
+    let event_types: Option<Vec<&'static str>> =
+        crate::metrics::get().map(|_| batch.iter().map(|i| i.decoded.event.event_type()).collect());
     let (tx, rx) = ractor::concurrency::oneshot();
     let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, through, reply: tx.into() };
     state.guard.begin((first, last));
@@ -360,6 +362,9 @@ async fn apply<E: DomainEvent>(
         Ok(Ok(outcome)) => {
             state.guard.end();
             state.stats.record(&outcome);
+            if let (Some(metrics), Some(types)) = (crate::metrics::get(), &event_types) {
+                metrics.record_batch(state.context, types, &outcome);
+            }
             state.stats.failing_commits.store(0, Ordering::Relaxed);
             Ok(Ok(()))
         }
@@ -394,6 +399,9 @@ async fn apply_one_by_one<E: DomainEvent>(
             tracing::error!(consumer = state.consumer.name(), stream.seq = seq, %error, "dead-lettering a poison event");
             state.bus.dead_letter(state.context, &deliveries[index], "apply_failed", &error).await?;
             state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = crate::metrics::get() {
+                metrics.record_dead_letter(state.context, inbound.decoded.event.event_type());
+            }
             poison.push(index);
             continue;
         }
@@ -427,6 +435,9 @@ async fn decode_batch<E: DomainEvent>(
                 );
                 state.bus.dead_letter(state.context, d, error.code(), &error.to_string()).await?;
                 state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = crate::metrics::get() {
+                    metrics.record_dead_letter(state.context, "undecodable");
+                }
                 poison.push(index);
             }
         }

@@ -65,7 +65,7 @@ pub enum FallbackError {
 }
 
 /// The breaker's state, for health reports and the dashboard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls go through.
@@ -194,7 +194,14 @@ impl Fallback {
             self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
-        self.admit()?;
+        if let Err(refused) = self.admit() {
+            if let Some(metrics) = crate::metrics::get() {
+                let labels = crate::metrics::FallbackLabels { owner, outcome: "rejected" };
+                metrics.fallback_seconds.get_or_create(&labels).observe(0.0);
+            }
+            return Err(refused);
+        }
+        let started = Instant::now();
         let headers = vec![(header::CONTENT_TYPE.to_string(), ContentType::Cbor.as_str().to_string())];
         let body = encode_body(ContentType::Cbor, &query);
         let answer = self.bus.request(&query_subject(owner), &headers, body, self.config.timeout).await;
@@ -206,6 +213,11 @@ impl Fallback {
                 Some(Some(e)) => Err(format!("{}: {}", e.code, e.message)),
                 Some(None) => Err("refused without a reason".to_string()),
             });
+        if let Some(metrics) = crate::metrics::get() {
+            let outcome = if reply.is_ok() { "ok" } else { "failed" };
+            let labels = crate::metrics::FallbackLabels { owner, outcome };
+            metrics.fallback_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        }
         match reply {
             Ok(reply) => {
                 self.record(true);

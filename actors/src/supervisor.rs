@@ -112,7 +112,7 @@ impl RestartPolicy {
 }
 
 /// A node's lifecycle state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Being started.
@@ -144,21 +144,47 @@ pub struct NodeStatus {
 
 /// The state of every supervised actor, by path (`carrier/baskets/cache`). Cheap to clone.
 #[derive(Clone, Default)]
-pub struct SupervisionTree(Arc<Mutex<BTreeMap<String, NodeStatus>>>);
+pub struct SupervisionTree {
+    nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
+    /// The running actor at each path, for an operator's restart.
+    cells: Arc<Mutex<BTreeMap<String, ActorCell>>>,
+}
 
 impl SupervisionTree {
     /// A copy of every node, by path.
     pub fn snapshot(&self) -> BTreeMap<String, NodeStatus> {
-        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+        self.nodes.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// One node.
     pub fn get(&self, path: &str) -> Option<NodeStatus> {
-        self.0.lock().ok().and_then(|m| m.get(path).cloned())
+        self.nodes.lock().ok().and_then(|m| m.get(path).cloned())
+    }
+
+    /// Ends the actor at `path` so that its supervisor restarts it, as after a failure: `kill`
+    /// ends it at once, as a crash would; otherwise it stops after its current message.
+    pub fn restart(&self, path: &str, kill: bool) -> Result<(), String> {
+        let cell = self.cells.lock().ok().and_then(|m| m.get(path).cloned());
+        let cell = cell.ok_or_else(|| format!("no supervised actor at {path:?}"))?;
+        if self.get(path).is_some_and(|n| n.state != NodeState::Running) {
+            return Err(format!("{path} is not running"));
+        }
+        if kill {
+            cell.kill();
+        } else {
+            cell.stop(Some("restarted by the operator".into()));
+        }
+        Ok(())
+    }
+
+    fn register(&self, path: &str, cell: ActorCell) {
+        if let Ok(mut cells) = self.cells.lock() {
+            cells.insert(path.to_string(), cell);
+        }
     }
 
     fn update(&self, path: &str, change: impl FnOnce(&mut NodeStatus)) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.nodes.lock() {
             let node = map.entry(path.to_string()).or_insert(NodeStatus {
                 state: NodeState::Starting,
                 restarts: 0,
@@ -229,6 +255,7 @@ impl SupervisorState {
         let siblings = self.siblings();
         let start = self.slots[index].spec.start.clone();
         let cell = start(myself.clone(), siblings).await?;
+        self.tree.register(&path, cell.clone());
         let slot = &mut self.slots[index];
         slot.cell = Some(cell);
         slot.started = Some(Instant::now());
@@ -426,6 +453,12 @@ impl Actor for Supervisor {
                     }
                     let path = state.child_path(i);
                     state.tree.update(&path, |n| n.restarts += 1);
+                    if let Some(metrics) = crate::metrics::get() {
+                        metrics
+                            .actor_restarts
+                            .get_or_create(&crate::metrics::ActorLabels { actor: path.clone() })
+                            .inc();
+                    }
                     tracing::info!(actor = %path, "restarted");
                 }
                 Ok(())

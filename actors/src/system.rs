@@ -312,7 +312,7 @@ impl CarrierSystem {
 }
 
 /// A context's health, as an operator would want it summed up.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", content = "reason", rename_all = "snake_case")]
 pub enum Health {
     /// Every actor running, storage committing.
@@ -326,42 +326,75 @@ pub enum Health {
 impl CarrierSystem {
     /// Each running context's health, by name.
     pub fn health(&self) -> std::collections::BTreeMap<&'static str, Health> {
-        use crate::supervisor::NodeState;
         let tree = self.tree.snapshot();
-        let mut out = std::collections::BTreeMap::new();
-        let contexts = [
-            (stores::CONTEXT, self.stores.is_some()),
-            (customers::CONTEXT, self.customers.is_some()),
-            (baskets::CONTEXT, self.baskets.is_some()),
-            (ordering::CONTEXT, self.ordering.is_some()),
-            (depot::CONTEXT, self.depot.is_some()),
-            (payments::CONTEXT, self.payments.is_some()),
-            (notifications::CONTEXT, self.notifications.is_some()),
-            (search::CONTEXT, self.search.is_some()),
-        ];
-        for (name, _) in contexts.into_iter().filter(|(_, running)| *running) {
-            let prefix = format!("{ROOT}/{name}");
-            let nodes: Vec<_> = tree.iter().filter(|(path, _)| path.starts_with(&prefix)).collect();
-            let failed = nodes.iter().find(|(_, n)| n.state == NodeState::Failed);
-            let restarting = nodes.iter().find(|(_, n)| matches!(n.state, NodeState::Restarting | NodeState::Starting));
-            let failing_commits = self
-                .consumers_of(name)
-                .iter()
-                .map(|(_, c)| c.failing_commits.load(std::sync::atomic::Ordering::Relaxed))
-                .max()
-                .unwrap_or(0);
-            let health = if let Some((path, node)) = failed {
-                Health::Failed(format!("{path}: {}", node.last_failure.clone().unwrap_or_default()))
-            } else if let Some((path, node)) = restarting {
-                Health::Degraded(format!("{path} restarting after: {}", node.last_failure.clone().unwrap_or_default()))
-            } else if failing_commits > 0 {
-                Health::Degraded(format!("{failing_commits} commits failed in a row; nothing acknowledged, retrying"))
-            } else {
-                Health::Healthy
-            };
-            out.insert(name, health);
+        ContextName::ALL
+            .into_iter()
+            .map(ContextName::as_str)
+            .filter(|name| self.is_running(name))
+            .map(|name| {
+                let failing_commits = self
+                    .consumers_of(name)
+                    .iter()
+                    .map(|(_, c)| c.failing_commits.load(std::sync::atomic::Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(0);
+                (name, crate::observe::context_health(&tree, name, failing_commits))
+            })
+            .collect()
+    }
+
+    fn is_running(&self, name: &str) -> bool {
+        match name {
+            stores::CONTEXT => self.stores.is_some(),
+            customers::CONTEXT => self.customers.is_some(),
+            baskets::CONTEXT => self.baskets.is_some(),
+            ordering::CONTEXT => self.ordering.is_some(),
+            depot::CONTEXT => self.depot.is_some(),
+            payments::CONTEXT => self.payments.is_some(),
+            notifications::CONTEXT => self.notifications.is_some(),
+            search::CONTEXT => self.search.is_some(),
+            _ => false,
         }
-        out
+    }
+
+    /// What operators see of this system: for the dashboard, `/metrics` and `carrier status`.
+    pub fn observer(&self) -> crate::observe::Observer {
+        use crate::observe::ObservedContext;
+        fn owner<K: carrier_storage::OwnerKind>(
+            name: &'static str,
+            h: &Option<crate::owner::OwnerHandle<K>>,
+        ) -> Option<ObservedContext> {
+            h.as_ref().map(|h| ObservedContext {
+                name,
+                file: h.db.clone(),
+                consumers: Vec::new(),
+                lookups: None,
+                fallbacks: Vec::new(),
+                publishes: true,
+            })
+        }
+        fn consuming<K: ContextKind>(h: &Option<CacheHandle<K>>) -> Option<ObservedContext> {
+            use carrier_messages::DomainEvent;
+            h.as_ref().map(|h| ObservedContext {
+                name: K::NAME,
+                file: h.db.clone(),
+                consumers: h.probes.clone(),
+                lookups: Some(h.lookups.clone()),
+                fallbacks: h.stores_fallback.iter().chain(h.customers_fallback.iter()).cloned().collect(),
+                publishes: !<K::Event as DomainEvent>::EVENT_TYPES.is_empty(),
+            })
+        }
+        let contexts = [
+            owner(stores::CONTEXT, &self.stores),
+            owner(customers::CONTEXT, &self.customers),
+            consuming(&self.baskets),
+            consuming(&self.ordering),
+            consuming(&self.depot),
+            consuming(&self.payments),
+            consuming(&self.notifications),
+            consuming(&self.search),
+        ];
+        crate::observe::Observer::new(self.bus.clone(), self.tree.clone(), contexts.into_iter().flatten().collect())
     }
 
     /// Kills every actor at once, with no flush and no final ack, as a crash would; waits until

@@ -25,6 +25,11 @@ pub struct DemoArgs {
     /// How long to wait for the caches to agree and the orders to settle.
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     timeout: u64,
+    /// After the story, keep running (and serving the dashboard) until SIGINT or SIGTERM.
+    #[arg(long)]
+    stay: bool,
+    #[command(flatten)]
+    dashboard: crate::dashboard::DashboardArgs,
 }
 
 pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +41,10 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let system =
         CarrierSystem::start(SystemConfig::new(&nats.url, &data_dir)).await.context("carrier did not start")?;
+    let dashboard = crate::dashboard::start(&args.dashboard, system.observer()).await?;
+    if let Some(dashboard) = &dashboard {
+        println!("Dashboard: {}/ (JSON API under /api, metrics at /metrics)\n", dashboard.url());
+    }
     let stores = system.stores.clone().context("stores context missing")?;
     let run_id = &uuid::Uuid::now_v7().simple().to_string()[..8];
     let id = |name: &str| format!("{name}-{run_id}");
@@ -128,6 +137,16 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         consumer.duplicates.load(Relaxed),
         consumer.dead_lettered.load(Relaxed)
     );
+    if args.stay {
+        match &dashboard {
+            Some(d) => println!("\nStill running: the dashboard is at {}/ ; Ctrl-C stops.", d.url()),
+            None => println!("\nStill running; Ctrl-C stops."),
+        }
+        crate::run::shutdown_signal().await;
+    }
+    if let Some(dashboard) = dashboard {
+        dashboard.stop();
+    }
     system.shutdown().await;
     drop(nats);
     if problems.is_empty() {

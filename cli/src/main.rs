@@ -4,12 +4,14 @@
 
 mod bench;
 mod command;
+mod dashboard;
 mod demo;
 mod dlq;
 mod inspect;
 mod publish;
 mod run;
 mod server;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +42,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// List, show, replay or purge a consuming context's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Print the supervision tree, consumers, caches, outboxes and dead letters of a running
+    /// carrier, from its dashboard's API.
+    Status(status::StatusArgs),
     /// Measure the cache path against a raw consume-and-ack loop over the same messages.
     Bench(bench::BenchArgs),
 }
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::main(args),
             Command::Bench(args) => bench::main(args).await,
             Command::Dlq(args) => dlq::main(args).await,
+            Command::Status(args) => tokio::task::spawn_blocking(move || status::main(args)).await?,
         }
     });
     match result {

@@ -22,6 +22,8 @@ pub struct RunArgs {
     /// How often one event, applied on its own, may make a cache fail before it is dead-lettered.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     poison_threshold: u32,
+    #[command(flatten)]
+    dashboard: crate::dashboard::DashboardArgs,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +40,10 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.faults = std::sync::Arc::new(faults);
     }
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
+    let dashboard = crate::dashboard::start(&args.dashboard, system.observer()).await?;
+    if let Some(dashboard) = &dashboard {
+        tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
+    }
     let names: Vec<&str> = args.contexts.iter().map(|c| c.as_str()).collect();
     tracing::info!(
         contexts = %names.join(","),
@@ -48,6 +54,9 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     shutdown_signal().await;
     tracing::info!("stopping: finishing in-flight batches and flushing the outbox");
+    if let Some(dashboard) = dashboard {
+        dashboard.stop();
+    }
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), system.shutdown()).await;
     if stopped.is_err() {
         anyhow::bail!("shutdown took longer than 10 s");
@@ -56,7 +65,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -222,6 +222,8 @@ pub trait ContextDb: Send + Sync + 'static {
     fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError>;
     /// Unpublished events.
     fn outbox_len(&self) -> Result<u64, StorageError>;
+    /// Every table with its row count.
+    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError>;
 }
 
 impl<K: ContextKind> ContextDb for ContextFile<K> {
@@ -231,6 +233,10 @@ impl<K: ContextKind> ContextDb for ContextFile<K> {
 
     fn engine_stats(&self) -> Result<EngineStats, StorageError> {
         engine::stats(&self.db)
+    }
+
+    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        engine::table_sizes(&self.db)
     }
 
     fn inbox(&self, limit: usize) -> Result<Vec<(EventId, u64)>, StorageError> {

@@ -384,3 +384,18 @@ pub(crate) fn gaps(db: &Database) -> Result<Vec<(String, String, u64, u64)>, Sto
     }
     Ok(out)
 }
+
+/// Every table of a file with its row count, by name: the dashboard's "rows per table" without
+/// knowing each context's tables.
+pub(crate) fn table_sizes(db: &Database) -> Result<Vec<(String, u64)>, StorageError> {
+    use redb::{ReadableTableMetadata, TableHandle};
+    let txn = db.begin_read().during("begin_read")?;
+    let mut sizes = Vec::new();
+    for handle in txn.list_tables().during("list tables")? {
+        let name = handle.name().to_string();
+        let table = txn.open_untyped_table(handle).during("open table")?;
+        sizes.push((name, table.len().during("count rows")?));
+    }
+    sizes.sort();
+    Ok(sizes)
+}

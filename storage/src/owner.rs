@@ -127,4 +127,9 @@ impl<K: OwnerKind> OwnerFile<K> {
     pub fn outbox_len(&self) -> Result<u64, StorageError> {
         outbox::len(&self.db)
     }
+
+    /// Every table with its row count.
+    pub fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        crate::engine::table_sizes(&self.db)
+    }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod customers;
+mod dashboard;
 mod depot;
 mod foundation;
 mod mall;

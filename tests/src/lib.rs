@@ -4,6 +4,11 @@
 //!   a temporary directory (both gone when the value drops), plus a data directory for redb files.
 //! - [`wait_until`] polls a condition until it holds or a deadline passes, and says which.
 
+pub mod browser;
+pub mod process;
+
+pub use process::{http_get, http_json, http_post, CarrierProcess};
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

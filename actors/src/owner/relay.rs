@@ -127,7 +127,9 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
         flow::enter(label);
     }
     let events: Vec<_> = rows.iter().map(|(_, e)| e.clone()).collect();
+    let started = std::time::Instant::now();
     let results = args.bus.publish_all(&events).await;
+    let took = started.elapsed();
 
     // Only the acknowledged prefix may leave the outbox: a row after a failed one is published
     // again next round (a duplicate JetStream drops). Publishes are pipelined, so rows after a
@@ -144,6 +146,11 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
                 break;
             }
         }
+    }
+    if let Some(metrics) = crate::metrics::get().filter(|_| !acked.is_empty()) {
+        let labels = crate::metrics::ContextLabels { context: args.context };
+        metrics.outbox_published.get_or_create(&labels).inc_by(acked.len() as u64);
+        metrics.outbox_publish_seconds.get_or_create(&labels).observe(took.as_secs_f64());
     }
     if !acked.is_empty() && Faults::take(&args.faults.relay_abort_after_publish) {
         tracing::error!("injected: aborting the process between publish and mark");

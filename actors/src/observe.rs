@@ -1,0 +1,711 @@
+//! What operators see: the supervision tree, every durable consumer, every cache, the outboxes,
+//! the dead letters and health, as serializable reports for the dashboard, its JSON API and
+//! `carrier status`.
+//!
+//! Everything here reads: shared counters, the supervision tree, read transactions on the files
+//! (which never wait for a writer in redb) and the server's consumer info. Nothing takes a lock
+//! the write path takes, so watching the system does not slow it down. A [`Sampler`] takes one
+//! [`Snapshot`] a second, which every client then shares.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use carrier_storage::engine::EngineStats;
+use carrier_storage::{ContextDb, ContextFile, ContextKind, OwnerFile, OwnerKind, StorageError};
+
+use crate::bus::{dead_letter_header, Bus};
+use crate::consumer::ConsumerStats;
+use crate::fallback::{BreakerState, Fallback};
+use crate::supervisor::{NodeState, NodeStatus, SupervisionTree};
+use crate::system::Health;
+
+/// How many one-second rate samples a consumer keeps for its sparkline.
+pub const RATE_HISTORY: usize = 60;
+
+/// A consumer as the dashboard knows it: where it reads and its counters.
+#[derive(Clone, Debug)]
+pub struct ConsumerProbe {
+    /// The stream's owning context (`stores`, `ordering`, ...).
+    pub source: &'static str,
+    /// The stream.
+    pub stream: &'static str,
+    /// Its durable name.
+    pub durable: String,
+    /// The subjects it asks for.
+    pub filter_subject: &'static str,
+    /// Its counters.
+    pub stats: Arc<ConsumerStats>,
+}
+
+/// Cache lookups from the serving side (commands, queries, prefetch).
+#[derive(Debug, Default)]
+pub struct LookupStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl LookupStats {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A context's file, as far as the dashboard reads it.
+pub(crate) trait ObservedFile: Send + Sync {
+    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError>;
+    fn outbox_len(&self) -> Result<u64, StorageError>;
+    /// The engine's tables (inbox, versions, checkpoints); owners have none.
+    fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>>;
+}
+
+impl<K: ContextKind> ObservedFile for ContextFile<K> {
+    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        ContextDb::table_sizes(self)
+    }
+    fn outbox_len(&self) -> Result<u64, StorageError> {
+        ContextDb::outbox_len(self)
+    }
+    fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>> {
+        Some(ContextDb::engine_stats(self))
+    }
+}
+
+impl<K: OwnerKind> ObservedFile for OwnerFile<K> {
+    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        OwnerFile::table_sizes(self)
+    }
+    fn outbox_len(&self) -> Result<u64, StorageError> {
+        OwnerFile::outbox_len(self)
+    }
+    fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>> {
+        None
+    }
+}
+
+/// One running context, as the observer sees it.
+pub(crate) struct ObservedContext {
+    pub name: &'static str,
+    pub file: Arc<dyn ObservedFile>,
+    pub consumers: Vec<ConsumerProbe>,
+    pub lookups: Option<Arc<LookupStats>>,
+    pub fallbacks: Vec<Arc<Fallback>>,
+    /// Whether it publishes events (has an outbox relay).
+    pub publishes: bool,
+}
+
+/// One supervised actor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorReport {
+    /// Its path: `carrier/baskets/cache`.
+    pub path: String,
+    /// The last part of the path.
+    pub name: String,
+    /// Its supervisor's path (none for the root).
+    pub parent: Option<String>,
+    /// 0 for the root.
+    pub depth: usize,
+    /// `starting`, `running`, `restarting`, `stopped` or `failed`.
+    pub state: NodeState,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// Why it last exited.
+    pub last_failure: Option<String>,
+    /// When it last exited (RFC 3339).
+    pub last_failure_at: Option<String>,
+    /// Seconds since it last started, while it runs.
+    pub uptime_seconds: Option<u64>,
+}
+
+/// The counters a consumer keeps in the process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerCounters {
+    /// Messages delivered to it.
+    pub delivered: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Events skipped: already in the inbox.
+    pub duplicates: u64,
+    /// Events skipped: the entity was already newer.
+    pub stale: u64,
+    /// Events parked behind a missing version.
+    pub parked: u64,
+    /// Messages sent to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Committed batches.
+    pub batches: u64,
+    /// Commits that failed and were retried.
+    pub commit_failures: u64,
+}
+
+/// One durable consumer: the server's view and the process's counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerReport {
+    /// The consuming context.
+    pub context: String,
+    /// The stream's owning context.
+    pub source: String,
+    /// The stream.
+    pub stream: String,
+    /// The durable name.
+    pub durable: String,
+    /// The subjects it takes (from the server when it answered).
+    pub filter_subjects: Vec<String>,
+    /// The last stream sequence delivered.
+    pub delivered_stream_seq: u64,
+    /// Every stream sequence up to this one is acknowledged.
+    pub ack_floor_stream_seq: u64,
+    /// Messages not yet delivered: the lag.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// Redelivered, not yet acknowledged.
+    pub redelivered: u64,
+    /// Why the server's view is missing, when it is.
+    pub server_error: Option<String>,
+    /// The process's counters.
+    pub counters: ConsumerCounters,
+    /// Messages per second over the last second.
+    pub rate_per_second: f64,
+    /// The last [`RATE_HISTORY`] one-second rates, oldest first.
+    pub rate_history: Vec<f64>,
+}
+
+/// A table and its rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    /// The table's name.
+    pub table: String,
+    /// Its rows.
+    pub rows: u64,
+}
+
+/// A consumer's last committed stream sequence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedThrough {
+    /// The durable name.
+    pub consumer: String,
+    /// The last stream sequence committed.
+    pub stream_seq: u64,
+}
+
+/// A fallback to an owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackReport {
+    /// The owner it asks.
+    pub owner: String,
+    /// Calls answered.
+    pub ok: u64,
+    /// Calls failed or timed out.
+    pub failed: u64,
+    /// Calls refused by the open breaker.
+    pub rejected: u64,
+    /// Answered "not found" from memory.
+    pub negative_hits: u64,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: BreakerState,
+}
+
+/// A context's file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// The context.
+    pub context: String,
+    /// Every table with its rows.
+    pub tables: Vec<TableRows>,
+    /// Applied event ids remembered.
+    pub inbox: u64,
+    /// Events parked behind a missing version.
+    pub parked: u64,
+    /// Entities with a recorded version.
+    pub entities: u64,
+    /// Each consumer's last committed stream sequence.
+    pub applied_through: Vec<AppliedThrough>,
+    /// Lookups answered from the file.
+    pub hits: u64,
+    /// Lookups the file could not answer.
+    pub misses: u64,
+    /// Its fallbacks to owners.
+    pub fallbacks: Vec<FallbackReport>,
+    /// Why the file could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+/// A publishing context's outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxReport {
+    /// The context.
+    pub context: String,
+    /// Events recorded and not yet acknowledged by JetStream.
+    pub backlog: u64,
+    /// Why the outbox could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+/// One dead letter, summed up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterLine {
+    /// Its sequence in the dead-letter stream (what `carrier dlq show` takes).
+    pub seq: u64,
+    /// When it was dead-lettered (RFC 3339).
+    pub at: String,
+    /// The reason code (`undecodable`, `apply_failed`, ...).
+    pub reason: String,
+    /// The error in words.
+    pub error: String,
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its event type, when its headers say.
+    pub event_type: Option<String>,
+}
+
+/// A consuming context's dead letters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterReport {
+    /// The context.
+    pub context: String,
+    /// How many are stored.
+    pub count: u64,
+    /// The latest, newest first.
+    pub latest: Vec<DeadLetterLine>,
+    /// Why the stream could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+/// Health overall and per context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// `healthy`, `degraded` or `failed`: the worst of the contexts (and `degraded` while NATS is
+    /// unreachable).
+    pub status: String,
+    /// Whether the connection to NATS is up.
+    pub nats_connected: bool,
+    /// Each context's health.
+    pub contexts: BTreeMap<String, Health>,
+}
+
+impl HealthReport {
+    /// Every actor running and NATS connected: the process may take traffic.
+    pub fn ready(&self) -> bool {
+        self.status == "healthy"
+    }
+
+    /// Nothing has been given up on.
+    pub fn live(&self) -> bool {
+        self.status != "failed"
+    }
+}
+
+/// Everything at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// When it was taken (RFC 3339).
+    pub taken_at: String,
+    /// Carrier's version.
+    pub version: String,
+    /// Health.
+    pub health: HealthReport,
+    /// Every supervised actor, parents before children.
+    pub tree: Vec<ActorReport>,
+    /// Every durable consumer.
+    pub consumers: Vec<ConsumerReport>,
+    /// Every context's file.
+    pub caches: Vec<CacheReport>,
+    /// Every publishing context's outbox.
+    pub outbox: Vec<OutboxReport>,
+    /// Every consuming context's dead letters.
+    pub dead_letters: Vec<DeadLetterReport>,
+}
+
+/// Reads the running system for operators. Cheap to clone.
+#[derive(Clone)]
+pub struct Observer {
+    bus: Bus,
+    tree: SupervisionTree,
+    contexts: Arc<Vec<ObservedContext>>,
+    rates: Arc<Mutex<BTreeMap<String, Rates>>>,
+}
+
+#[derive(Default)]
+struct Rates {
+    last: Option<(Instant, u64)>,
+    history: VecDeque<f64>,
+}
+
+/// How many dead letters per context a snapshot shows.
+const LATEST_DEAD_LETTERS: usize = 5;
+
+impl Observer {
+    pub(crate) fn new(bus: Bus, tree: SupervisionTree, contexts: Vec<ObservedContext>) -> Observer {
+        Observer { bus, tree, contexts: Arc::new(contexts), rates: Arc::default() }
+    }
+
+    /// Every supervised actor, parents before children.
+    pub fn tree(&self) -> Vec<ActorReport> {
+        let now = SystemTime::now();
+        self.tree.snapshot().into_iter().map(|(path, node)| actor_report(path, node, now)).collect()
+    }
+
+    /// Every durable consumer, with the server's view of it.
+    pub async fn consumers(&self) -> Vec<ConsumerReport> {
+        let probes: Vec<(&'static str, &ConsumerProbe)> =
+            self.contexts.iter().flat_map(|c| c.consumers.iter().map(move |p| (c.name, p))).collect();
+        let infos = futures::future::join_all(probes.iter().map(|(_, p)| self.bus.consumer_info(p.stream, &p.durable)));
+        let infos = infos.await;
+        let rates = self.rates.lock().ok();
+        probes
+            .iter()
+            .zip(infos)
+            .map(|((context, probe), info)| {
+                let s = &probe.stats;
+                let counters = ConsumerCounters {
+                    delivered: s.delivered.load(Ordering::Relaxed),
+                    applied: s.applied.load(Ordering::Relaxed),
+                    duplicates: s.duplicates.load(Ordering::Relaxed),
+                    stale: s.stale.load(Ordering::Relaxed),
+                    parked: s.parked.load(Ordering::Relaxed),
+                    dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+                    batches: s.batches.load(Ordering::Relaxed),
+                    commit_failures: s.commit_failures.load(Ordering::Relaxed),
+                };
+                let history: Vec<f64> = rates
+                    .as_ref()
+                    .and_then(|r| r.get(&probe.durable))
+                    .map(|r| r.history.iter().copied().collect())
+                    .unwrap_or_default();
+                let mut report = ConsumerReport {
+                    context: context.to_string(),
+                    source: probe.source.to_string(),
+                    stream: probe.stream.to_string(),
+                    durable: probe.durable.clone(),
+                    filter_subjects: vec![probe.filter_subject.to_string()],
+                    delivered_stream_seq: 0,
+                    ack_floor_stream_seq: s.acked_stream_seq.load(Ordering::Relaxed),
+                    pending: 0,
+                    ack_pending: 0,
+                    redelivered: 0,
+                    server_error: None,
+                    counters,
+                    rate_per_second: history.last().copied().unwrap_or(0.0),
+                    rate_history: history,
+                };
+                match info {
+                    Ok(info) => {
+                        if !info.filter_subjects.is_empty() {
+                            report.filter_subjects = info.filter_subjects;
+                        }
+                        report.delivered_stream_seq = info.delivered_stream_seq;
+                        report.ack_floor_stream_seq = info.ack_floor_stream_seq;
+                        report.pending = info.pending;
+                        report.ack_pending = info.ack_pending;
+                        report.redelivered = info.redelivered;
+                    }
+                    Err(e) => report.server_error = Some(e.to_string()),
+                }
+                report
+            })
+            .collect()
+    }
+
+    /// Every context's file: rows per table, engine tables, lookups and fallbacks.
+    pub fn caches(&self) -> Vec<CacheReport> {
+        self.contexts
+            .iter()
+            .map(|c| {
+                let mut report = CacheReport {
+                    context: c.name.to_string(),
+                    tables: Vec::new(),
+                    inbox: 0,
+                    parked: 0,
+                    entities: 0,
+                    applied_through: Vec::new(),
+                    hits: c.lookups.as_ref().map(|l| l.hits.load(Ordering::Relaxed)).unwrap_or(0),
+                    misses: c.lookups.as_ref().map(|l| l.misses.load(Ordering::Relaxed)).unwrap_or(0),
+                    fallbacks: c.fallbacks.iter().map(|f| fallback_report(f)).collect(),
+                    error: None,
+                };
+                match c.file.table_sizes() {
+                    Ok(sizes) => {
+                        report.tables = sizes.into_iter().map(|(table, rows)| TableRows { table, rows }).collect()
+                    }
+                    Err(e) => report.error = Some(e.to_string()),
+                }
+                match c.file.engine_stats() {
+                    Some(Ok(stats)) => {
+                        report.inbox = stats.inbox;
+                        report.parked = stats.parked;
+                        report.entities = stats.entities;
+                        report.applied_through = stats
+                            .checkpoints
+                            .into_iter()
+                            .map(|(consumer, stream_seq)| AppliedThrough { consumer, stream_seq })
+                            .collect();
+                    }
+                    Some(Err(e)) => report.error = Some(e.to_string()),
+                    None => {}
+                }
+                report
+            })
+            .collect()
+    }
+
+    /// Every publishing context's outbox backlog.
+    pub fn outbox(&self) -> Vec<OutboxReport> {
+        self.contexts
+            .iter()
+            .filter(|c| c.publishes)
+            .map(|c| match c.file.outbox_len() {
+                Ok(backlog) => OutboxReport { context: c.name.to_string(), backlog, error: None },
+                Err(e) => OutboxReport { context: c.name.to_string(), backlog: 0, error: Some(e.to_string()) },
+            })
+            .collect()
+    }
+
+    /// Every consuming context's dead letters: how many, and the latest.
+    pub async fn dead_letters(&self) -> Vec<DeadLetterReport> {
+        let consuming: Vec<&'static str> =
+            self.contexts.iter().filter(|c| !c.consumers.is_empty()).map(|c| c.name).collect();
+        let tails = futures::future::join_all(
+            consuming.iter().map(|context| self.bus.dead_letter_tail(context, LATEST_DEAD_LETTERS)),
+        )
+        .await;
+        consuming
+            .into_iter()
+            .zip(tails)
+            .map(|(context, tail)| match tail {
+                Ok((count, letters)) => DeadLetterReport {
+                    context: context.to_string(),
+                    count,
+                    latest: letters
+                        .iter()
+                        .map(|l| DeadLetterLine {
+                            seq: l.seq,
+                            at: rfc3339_nanos(l.stored_at_unix_nanos),
+                            reason: l.header(dead_letter_header::REASON).unwrap_or("?").to_string(),
+                            error: l.header(dead_letter_header::ERROR).unwrap_or("").to_string(),
+                            subject: l.header(dead_letter_header::ORIGINAL_SUBJECT).unwrap_or("?").to_string(),
+                            event_type: l.header(carrier_messages::envelope::header::EVENT_TYPE).map(str::to_string),
+                        })
+                        .collect(),
+                    error: None,
+                },
+                Err(e) => DeadLetterReport {
+                    context: context.to_string(),
+                    count: 0,
+                    latest: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            })
+            .collect()
+    }
+
+    /// Health overall and per context.
+    pub fn health(&self) -> HealthReport {
+        let tree = self.tree.snapshot();
+        let contexts: BTreeMap<String, Health> = self
+            .contexts
+            .iter()
+            .map(|c| {
+                let failing_commits =
+                    c.consumers.iter().map(|p| p.stats.failing_commits.load(Ordering::Relaxed)).max().unwrap_or(0);
+                (c.name.to_string(), context_health(&tree, c.name, failing_commits))
+            })
+            .collect();
+        let nats_connected = self.bus.connected();
+        let status = if contexts.values().any(|h| matches!(h, Health::Failed(_))) {
+            "failed"
+        } else if !nats_connected || contexts.values().any(|h| matches!(h, Health::Degraded(_))) {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        HealthReport { status: status.to_string(), nats_connected, contexts }
+    }
+
+    /// Everything at once.
+    pub async fn snapshot(&self) -> Snapshot {
+        let files = {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || (this.caches(), this.outbox()))
+        };
+        let (consumers, dead_letters) = tokio::join!(self.consumers(), self.dead_letters());
+        let (caches, outbox) = files.await.unwrap_or_default();
+        Snapshot {
+            taken_at: rfc3339(SystemTime::now()),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            health: self.health(),
+            tree: self.tree(),
+            consumers,
+            caches,
+            outbox,
+            dead_letters,
+        }
+    }
+
+    /// Records each consumer's rate since the last call (call it once a second).
+    pub fn sample_rates(&self) {
+        let now = Instant::now();
+        let Ok(mut rates) = self.rates.lock() else { return };
+        for probe in self.contexts.iter().flat_map(|c| c.consumers.iter()) {
+            let delivered = probe.stats.delivered.load(Ordering::Relaxed);
+            let entry = rates.entry(probe.durable.clone()).or_default();
+            if let Some((at, before)) = entry.last {
+                let seconds = now.duration_since(at).as_secs_f64().max(0.001);
+                entry.history.push_back(delivered.saturating_sub(before) as f64 / seconds);
+                while entry.history.len() > RATE_HISTORY {
+                    entry.history.pop_front();
+                }
+            }
+            entry.last = Some((now, delivered));
+        }
+    }
+
+    /// Sets the gauges that `/metrics` cannot read on the hot path, from a snapshot.
+    pub fn export_gauges(&self, snapshot: &Snapshot) {
+        let Some(metrics) = crate::metrics::get() else { return };
+        for c in &snapshot.consumers {
+            let Some(probe) = self.probe(&c.durable) else { continue };
+            let labels = crate::metrics::ConsumerLabels {
+                context: probe.0,
+                stream: probe.1.stream,
+                durable: probe.1.durable.clone(),
+            };
+            metrics.consumer_pending.get_or_create(&labels).set(c.pending as i64);
+            metrics.consumer_ack_pending.get_or_create(&labels).set(c.ack_pending as i64);
+        }
+        for context in self.contexts.iter() {
+            if let Some(o) = snapshot.outbox.iter().find(|o| o.context == context.name) {
+                let labels = crate::metrics::ContextLabels { context: context.name };
+                metrics.outbox_backlog.get_or_create(&labels).set(o.backlog as i64);
+            }
+            for fallback in &context.fallbacks {
+                let labels = crate::metrics::BreakerLabels { context: context.name, owner: fallback.owner() };
+                let value = match fallback.breaker_state() {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                };
+                metrics.breaker_state.get_or_create(&labels).set(value);
+            }
+        }
+    }
+
+    fn probe(&self, durable: &str) -> Option<(&'static str, &ConsumerProbe)> {
+        self.contexts.iter().find_map(|c| c.consumers.iter().find(|p| p.durable == durable).map(|p| (c.name, p)))
+    }
+
+    /// Ends the actor at `path` so that its supervisor restarts it (see
+    /// [`SupervisionTree::restart`]).
+    pub fn restart(&self, path: &str, kill: bool) -> Result<(), String> {
+        self.tree.restart(path, kill)
+    }
+
+    /// Publishes every dead letter of `context` again and deletes it. Returns how many.
+    pub async fn replay_dead_letters(&self, context: &str) -> Result<u64, String> {
+        if !self.contexts.iter().any(|c| c.name == context && !c.consumers.is_empty()) {
+            return Err(format!("{context:?} is not a running consuming context"));
+        }
+        let mut replayed = 0;
+        loop {
+            let letters = self.bus.dead_letters(context, 1, 100).await.map_err(|e| e.to_string())?;
+            if letters.is_empty() {
+                return Ok(replayed);
+            }
+            for letter in letters {
+                self.bus.replay_dead_letter(context, letter.seq).await.map_err(|e| e.to_string())?;
+                replayed += 1;
+            }
+        }
+    }
+
+    /// Starts a task that takes a snapshot every `period`, records rates, exports gauges, and
+    /// hands the snapshot to every watcher. It ends when every receiver is gone.
+    pub async fn start_sampler(&self, period: Duration) -> tokio::sync::watch::Receiver<Arc<Snapshot>> {
+        self.sample_rates();
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(self.snapshot().await));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                this.sample_rates();
+                let snapshot = this.snapshot().await;
+                this.export_gauges(&snapshot);
+                if tx.send(Arc::new(snapshot)).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// A context's health from the tree and its consumers' failing commits.
+pub(crate) fn context_health(tree: &BTreeMap<String, NodeStatus>, name: &str, failing_commits: u64) -> Health {
+    let prefix = format!("{}/{name}", crate::system::ROOT);
+    let nodes: Vec<_> =
+        tree.iter().filter(|(path, _)| *path == &prefix || path.starts_with(&format!("{prefix}/"))).collect();
+    let failed = nodes.iter().find(|(_, n)| n.state == NodeState::Failed);
+    let restarting = nodes.iter().find(|(_, n)| matches!(n.state, NodeState::Restarting | NodeState::Starting));
+    if let Some((path, node)) = failed {
+        Health::Failed(format!("{path}: {}", node.last_failure.clone().unwrap_or_default()))
+    } else if let Some((path, node)) = restarting {
+        Health::Degraded(format!("{path} restarting after: {}", node.last_failure.clone().unwrap_or_default()))
+    } else if failing_commits > 0 {
+        Health::Degraded(format!("{failing_commits} commits failed in a row; nothing acknowledged, retrying"))
+    } else {
+        Health::Healthy
+    }
+}
+
+fn actor_report(path: String, node: NodeStatus, now: SystemTime) -> ActorReport {
+    let parts: Vec<&str> = path.split('/').collect();
+    let name = parts.last().copied().unwrap_or("").to_string();
+    let parent = (parts.len() > 1).then(|| parts[..parts.len() - 1].join("/"));
+    let uptime_seconds = match (node.state, node.started_at) {
+        (NodeState::Running, Some(at)) => now.duration_since(at).ok().map(|d| d.as_secs()),
+        _ => None,
+    };
+    ActorReport {
+        depth: parts.len() - 1,
+        name,
+        parent,
+        path,
+        state: node.state,
+        restarts: node.restarts,
+        last_failure: node.last_failure,
+        last_failure_at: node.last_failure_at.map(rfc3339),
+        uptime_seconds,
+    }
+}
+
+fn fallback_report(f: &Fallback) -> FallbackReport {
+    FallbackReport {
+        owner: f.owner().to_string(),
+        ok: f.stats.ok.load(Ordering::Relaxed),
+        failed: f.stats.failed.load(Ordering::Relaxed),
+        rejected: f.stats.rejected.load(Ordering::Relaxed),
+        negative_hits: f.stats.negative_hits.load(Ordering::Relaxed),
+        breaker: f.breaker_state(),
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    let nanos = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+    rfc3339_nanos(nanos)
+}
+
+fn rfc3339_nanos(nanos: i128) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}

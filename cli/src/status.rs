@@ -1,0 +1,200 @@
+//! `carrier status`: the dashboard's tree and tables in the terminal, read from its JSON API, in
+//! the spirit of `nats consumer report`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use carrier_actors::observe::Snapshot;
+
+/// Arguments of `carrier status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The dashboard of a running `carrier run` or `carrier demo`.
+    #[arg(long, env = "CARRIER_DASHBOARD_URL", default_value = "http://127.0.0.1:7878")]
+    url: String,
+    /// Print the snapshot as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the status; exits 0 when healthy, 1 when degraded or failed.
+pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/api/snapshot", args.url.trim_end_matches('/'));
+    let body = ureq::get(&url)
+        .call()
+        .with_context(|| format!("cannot reach the dashboard at {url} (is `carrier run` serving it?)"))?
+        .body_mut()
+        .read_to_string()
+        .context("reading the snapshot")?;
+    let snapshot: Snapshot =
+        serde_json::from_str(&body).with_context(|| format!("{url} did not answer with a Carrier snapshot"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", render(&snapshot));
+    }
+    Ok(if snapshot.health.status == "healthy" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The report as text.
+pub fn render(s: &Snapshot) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let nats = if s.health.nats_connected { "connected" } else { "DISCONNECTED" };
+    let _ = writeln!(out, "Carrier {} at {}: {} (NATS {nats})", s.version, s.taken_at, s.health.status.to_uppercase());
+    for (context, health) in &s.health.contexts {
+        if let carrier_actors::Health::Degraded(reason) | carrier_actors::Health::Failed(reason) = health {
+            let _ = writeln!(out, "  {context}: {reason}");
+        }
+    }
+
+    let _ = writeln!(out, "\nSupervision tree");
+    let rows: Vec<Vec<String>> = s
+        .tree
+        .iter()
+        .map(|a| {
+            vec![
+                format!("{}{}", "  ".repeat(a.depth), a.name),
+                format!("{:?}", a.state).to_lowercase(),
+                a.restarts.to_string(),
+                a.uptime_seconds.map(|u| format!("{u}s")).unwrap_or_default(),
+                a.last_failure.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&mut out, &["ACTOR", "STATE", "RESTARTS", "UPTIME", "LAST FAILURE"], &rows, &[2, 3]);
+
+    let _ = writeln!(out, "\nConsumers");
+    let rows: Vec<Vec<String>> = s
+        .consumers
+        .iter()
+        .map(|c| {
+            vec![
+                c.context.clone(),
+                c.stream.clone(),
+                c.durable.clone(),
+                c.delivered_stream_seq.to_string(),
+                c.ack_floor_stream_seq.to_string(),
+                c.pending.to_string(),
+                c.ack_pending.to_string(),
+                c.redelivered.to_string(),
+                c.counters.applied.to_string(),
+                c.counters.duplicates.to_string(),
+                format!("{:.0}", c.rate_per_second),
+                c.server_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &[
+            "CONTEXT",
+            "STREAM",
+            "DURABLE",
+            "DELIVERED",
+            "ACK FLOOR",
+            "PENDING",
+            "ACK PENDING",
+            "REDELIVERED",
+            "APPLIED",
+            "DUPLICATES",
+            "MSG/S",
+            "ERROR",
+        ],
+        &rows,
+        &[3, 4, 5, 6, 7, 8, 9, 10],
+    );
+
+    let _ = writeln!(out, "\nCaches");
+    let rows: Vec<Vec<String>> = s
+        .caches
+        .iter()
+        .map(|c| {
+            let tables: Vec<String> = c
+                .tables
+                .iter()
+                .filter(|t| t.table.ends_with("_cache") || !is_engine_table(&t.table))
+                .map(|t| format!("{}={}", t.table, t.rows))
+                .collect();
+            let fallbacks: Vec<String> = c
+                .fallbacks
+                .iter()
+                .map(|f| format!("{} {}/{}/{} {:?}", f.owner, f.ok, f.failed, f.rejected, f.breaker).to_lowercase())
+                .collect();
+            vec![
+                c.context.clone(),
+                c.inbox.to_string(),
+                c.parked.to_string(),
+                c.hits.to_string(),
+                c.misses.to_string(),
+                fallbacks.join(", "),
+                c.error.clone().unwrap_or_else(|| tables.join(" ")),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &["CONTEXT", "INBOX", "PARKED", "HITS", "MISSES", "FALLBACKS ok/failed/rejected", "TABLES"],
+        &rows,
+        &[1, 2, 3, 4],
+    );
+
+    let _ = writeln!(out, "\nOutbox");
+    let rows: Vec<Vec<String>> = s
+        .outbox
+        .iter()
+        .map(|o| vec![o.context.clone(), o.backlog.to_string(), o.error.clone().unwrap_or_default()])
+        .collect();
+    table(&mut out, &["CONTEXT", "BACKLOG", "ERROR"], &rows, &[1]);
+
+    let _ = writeln!(out, "\nDead letters");
+    let rows: Vec<Vec<String>> = s
+        .dead_letters
+        .iter()
+        .map(|d| {
+            let latest = d.latest.first().map(|l| format!("#{} {}: {}", l.seq, l.reason, l.error)).unwrap_or_default();
+            vec![d.context.clone(), d.count.to_string(), d.error.clone().unwrap_or(latest)]
+        })
+        .collect();
+    table(&mut out, &["CONTEXT", "COUNT", "LATEST"], &rows, &[1]);
+    out
+}
+
+fn is_engine_table(name: &str) -> bool {
+    matches!(name, "inbox" | "entity_versions" | "parked" | "checkpoints" | "outbox" | "outbox_next")
+}
+
+/// A plain aligned table; columns in `right` are right-aligned.
+fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>], right: &[usize]) {
+    use std::fmt::Write;
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut text = String::from(" ");
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if right.contains(&i) {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                if i + 1 < cells.len() {
+                    text.push_str(&" ".repeat(pad));
+                }
+            }
+            text.push_str("  ");
+        }
+        text.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(headers.to_vec()));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, " (none)");
+    }
+}

@@ -1,0 +1,129 @@
+//! The `carrier` binary as a child process, its output captured as it comes, and a plain HTTP
+//! client for its dashboard.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `carrier` child; stopped with SIGTERM (then killed) when dropped.
+pub struct CarrierProcess {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl CarrierProcess {
+    /// Starts `carrier <args>`, capturing stdout and stderr together.
+    pub fn spawn(args: &[&str]) -> CarrierProcess {
+        let mut child = Command::new(crate::carrier_bin())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("carrier starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let pipes: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("stdout piped")),
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ];
+        for pipe in pipes {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut out) = output.lock() {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                }
+            });
+        }
+        CarrierProcess { child, output }
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Waits until its output holds `needle`; panics with the output after `limit`, or when the
+    /// process exits first.
+    pub fn wait_for_output(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads finish the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("carrier exited ({status}) before printing {needle:?}:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "carrier did not print {needle:?} within {limit:?}:\n{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The dashboard's base URL (`http://127.0.0.1:<port>`), from what it printed at start.
+    pub fn dashboard_url(&mut self, limit: Duration) -> String {
+        let out = self.wait_for_output("http://127.0.0.1:", limit);
+        let start = out.find("http://127.0.0.1:").expect("found above");
+        let rest = &out[start..];
+        let end = rest.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(rest.len());
+        rest[..end].trim_end_matches('/').to_string()
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for CarrierProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// GETs `url`: (status, body).
+pub fn http_get(url: &str) -> (u16, String) {
+    let mut response = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap_or_else(|e| panic!("GET {url} body: {e}")))
+}
+
+/// GETs `url` and parses its JSON body; panics unless the status is 200.
+pub fn http_json(url: &str) -> serde_json::Value {
+    let (status, body) = http_get(url);
+    assert_eq!(status, 200, "GET {url}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url} is not JSON ({e}): {body}"))
+}
+
+/// POSTs a JSON `body` to `url` with an optional bearer token: (status, body).
+pub fn http_post(url: &str, bearer: Option<&str>, body: &serde_json::Value) -> (u16, String) {
+    let mut request = agent().post(url).header("Content-Type", "application/json");
+    if let Some(token) = bearer {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body.to_string()).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap_or_default())
+}
