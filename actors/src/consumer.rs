@@ -351,6 +351,10 @@ async fn apply<E: DomainEvent>(
     let last = batch.last().map(|i| i.stream_seq).unwrap_or(0);
     let event_types: Option<Vec<&'static str>> =
         crate::metrics::get().map(|_| batch.iter().map(|i| i.decoded.event.event_type()).collect());
+    let traced: Option<(std::time::SystemTime, Vec<(carrier_messages::Envelope, u64)>)> = crate::telemetry::enabled()
+        .then(|| {
+            (std::time::SystemTime::now(), batch.iter().map(|i| (i.decoded.envelope.clone(), i.stream_seq)).collect())
+        });
     let (tx, rx) = ractor::concurrency::oneshot();
     let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, through, reply: tx.into() };
     state.guard.begin((first, last));
@@ -365,6 +369,9 @@ async fn apply<E: DomainEvent>(
             if let (Some(metrics), Some(types)) = (crate::metrics::get(), &event_types) {
                 metrics.record_batch(state.context, types, &outcome);
             }
+            if let Some((start, envelopes)) = traced {
+                record_spans(state.context, start, envelopes, &outcome);
+            }
             state.stats.failing_commits.store(0, Ordering::Relaxed);
             Ok(Ok(()))
         }
@@ -374,6 +381,34 @@ async fn apply<E: DomainEvent>(
         }
         // The actor died holding the batch: leave it marked in flight for the next incarnation.
         Err(_) => Err("the cache actor stopped before answering".into()),
+    }
+}
+
+/// One consumer span per event of a committed batch: a child of the span that produced the event,
+/// with the id the event's reactions already name as their parent.
+fn record_spans(
+    context: &'static str,
+    start: std::time::SystemTime,
+    envelopes: Vec<(carrier_messages::Envelope, u64)>,
+    outcome: &carrier_storage::BatchOutcome,
+) {
+    let end = std::time::SystemTime::now();
+    for ((envelope, stream_seq), disposition) in envelopes.into_iter().zip(&outcome.dispositions) {
+        let parent = envelope.trace();
+        let span = parent.consumer_span(&envelope.event_id.to_string(), context);
+        let mut attributes = crate::telemetry::event_attributes(context, &envelope);
+        attributes.push(crate::telemetry::Attribute::new("messaging.message.stream_seq", stream_seq as i64));
+        attributes.push(crate::telemetry::Attribute::new("carrier.disposition", disposition.as_str()));
+        crate::telemetry::record(crate::telemetry::SpanRecord {
+            name: format!("{context} apply {}", envelope.event_type),
+            kind: crate::telemetry::Kind::Consumer,
+            span,
+            parent: Some(parent),
+            start,
+            end,
+            attributes,
+            error: None,
+        });
     }
 }
 

@@ -32,6 +32,7 @@ mod serve;
 pub mod stores;
 pub mod supervisor;
 pub mod system;
+pub mod telemetry;
 pub mod verify;
 pub mod workload;
 

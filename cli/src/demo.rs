@@ -10,6 +10,7 @@ use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_messages::codec::Causality;
 use carrier_messages::customers::CustomersCommand;
 use carrier_messages::stores::StoresCommand;
+use carrier_messages::trace::TraceContext;
 
 use crate::inspect::money;
 
@@ -30,6 +31,8 @@ pub struct DemoArgs {
     stay: bool,
     #[command(flatten)]
     dashboard: crate::dashboard::DashboardArgs,
+    #[command(flatten)]
+    otlp: crate::otel::OtlpArgs,
 }
 
 pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +42,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let nats = crate::server::nats_or_local(args.nats_url.clone(), args.data_dir.as_deref())?;
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
+    let exporter = crate::otel::start(&args.otlp).await?;
     let system =
         CarrierSystem::start(SystemConfig::new(&nats.url, &data_dir)).await.context("carrier did not start")?;
     let dashboard = crate::dashboard::start(&args.dashboard, system.observer()).await?;
@@ -66,7 +70,11 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         StoresCommand::RemoveProduct { id: id("teapot") },
     ];
     for command in script {
-        let correlation = Causality { correlation_id: Some(uuid::Uuid::now_v7().to_string()), causation_id: None };
+        let correlation = Causality {
+            correlation_id: Some(uuid::Uuid::now_v7().to_string()),
+            causation_id: None,
+            trace: Some(TraceContext::new_root()),
+        };
         stores.execute(command, correlation).await.context("a demo command was refused")?;
     }
 
@@ -148,6 +156,9 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         dashboard.stop();
     }
     system.shutdown().await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     drop(nats);
     if problems.is_empty() {
         println!("\nOK: every cache agrees with its owner, and the order went from checkout to completion.");
@@ -194,7 +205,12 @@ async fn order_story(
         B::RemoveItem { id: basket.clone(), product_id: id("kettle"), quantity: 1 },
         B::CheckoutBasket { id: basket.clone(), payment_id: id("payment-1") },
     ];
-    let correlation = Causality { correlation_id: Some(format!("order-{basket}")), causation_id: None };
+    // One trace for the whole story: every event it sets off, in every context, joins it.
+    let correlation = Causality {
+        correlation_id: Some(format!("order-{basket}")),
+        causation_id: None,
+        trace: Some(TraceContext::new_root()),
+    };
     for command in script {
         carrier_actors::baskets::execute(&baskets, command, correlation.clone())
             .await

@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod dlq;
 mod inspect;
+mod otel;
 mod publish;
 mod run;
 mod server;
@@ -24,7 +25,22 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text for people or as JSON objects for log pipelines; `RUST_LOG` filters
+    /// them (e.g. `RUST_LOG=info,carrier_actors=debug`).
+    #[arg(long, value_enum, default_value = "pretty", global = true, env = "CARRIER_LOG_FORMAT")]
+    log_format: LogFormat,
 }
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for a terminal.
+    Pretty,
+    /// One JSON object per line, with timestamps and the current span's fields.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -59,6 +75,7 @@ pub struct DataDir {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -91,6 +108,15 @@ fn main() -> ExitCode {
 /// Logs to `writer`; `RUST_LOG` overrides `default_filter`.
 pub fn init_logging(default_filter: &str, to_stdout: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(true);
+        let _ = if to_stdout {
+            builder.with_writer(std::io::stdout).try_init()
+        } else {
+            builder.with_writer(std::io::stderr).try_init()
+        };
+        return;
+    }
     use std::io::IsTerminal;
     let ansi = if to_stdout { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().with_ansi(ansi);

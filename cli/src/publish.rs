@@ -25,6 +25,10 @@ pub struct PublishArgs {
     /// Correlation id to carry.
     #[arg(long)]
     correlation_id: Option<String>,
+    /// W3C trace context of the span publishing it (`00-<trace id>-<span id>-<flags>`); a new
+    /// trace otherwise.
+    #[arg(long)]
+    traceparent: Option<carrier_messages::trace::TraceContext>,
     /// Body encoding on the wire.
     #[arg(long, value_enum, default_value = "cbor")]
     encoding: Encoding,
@@ -47,7 +51,7 @@ pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let event = StoresEvent::decode_payload(&args.event_type, 1, ContentType::Json, args.payload.as_bytes())
         .context("the payload does not fit the event type")?;
     event.validate().context("the payload breaks the contract")?;
-    let causality = Causality { correlation_id: args.correlation_id, causation_id: None };
+    let causality = Causality { correlation_id: args.correlation_id, causation_id: None, trace: args.traceparent };
     let mut decoded = Decoded::new(event, args.aggregate_version, &causality);
     if let Some(id) = args.event_id {
         decoded.envelope.event_id = id;

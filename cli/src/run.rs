@@ -24,6 +24,8 @@ pub struct RunArgs {
     poison_threshold: u32,
     #[command(flatten)]
     dashboard: crate::dashboard::DashboardArgs,
+    #[command(flatten)]
+    otlp: crate::otel::OtlpArgs,
 }
 
 pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +41,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(%spec, "failure injection is on");
         config.faults = std::sync::Arc::new(faults);
     }
+    let exporter = crate::otel::start(&args.otlp).await?;
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
     let dashboard = crate::dashboard::start(&args.dashboard, system.observer()).await?;
     if let Some(dashboard) = &dashboard {
@@ -58,6 +61,9 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         dashboard.stop();
     }
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), system.shutdown()).await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     if stopped.is_err() {
         anyhow::bail!("shutdown took longer than 10 s");
     }

@@ -171,6 +171,9 @@ pub struct Causality {
     pub correlation_id: Option<String>,
     /// The command or event that caused this one.
     pub causation_id: Option<String>,
+    /// The span recording the event: the command's, or the consumer span whose reaction emits
+    /// it. A new trace starts when absent.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl<E: DomainEvent> Decoded<E> {
@@ -187,6 +190,7 @@ impl<E: DomainEvent> Decoded<E> {
             correlation_id: causality.correlation_id.clone().unwrap_or_else(|| event_id.to_string()),
             causation_id: causality.causation_id.clone(),
             content_type: ContentType::Cbor,
+            traceparent: Some(causality.trace.unwrap_or_else(crate::trace::TraceContext::new_root)),
         };
         Decoded { envelope, event }
     }

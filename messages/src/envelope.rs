@@ -134,6 +134,10 @@ pub struct Envelope {
     pub causation_id: Option<String>,
     /// How the body is encoded.
     pub content_type: ContentType,
+    /// W3C trace context: the span that produced the event (header `traceparent`). A malformed
+    /// value is ignored, as the W3C recommendation asks, not refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<crate::trace::TraceContext>,
 }
 
 impl Envelope {
@@ -154,7 +158,16 @@ impl Envelope {
         if let Some(causation) = &self.causation_id {
             headers.push((header::CAUSATION_ID, causation.clone()));
         }
+        if let Some(trace) = &self.traceparent {
+            headers.push((crate::trace::TRACEPARENT, trace.to_string()));
+        }
         headers
+    }
+
+    /// The span that produced the event: its `traceparent`, or, for an event a producer sent
+    /// without one, a trace named after the event id (so its consumers' spans still join up).
+    pub fn trace(&self) -> crate::trace::TraceContext {
+        self.traceparent.unwrap_or_else(|| crate::trace::TraceContext::for_untraced(self.event_id.as_bytes()))
     }
 
     /// `occurred_at` as RFC 3339 (UTC).
@@ -230,6 +243,7 @@ impl Envelope {
             correlation_id,
             causation_id,
             content_type,
+            traceparent: get(crate::trace::TRACEPARENT).and_then(|v| v.parse().ok()),
         })
     }
 }

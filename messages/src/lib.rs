@@ -28,6 +28,7 @@ pub mod payments;
 pub mod request;
 pub mod search;
 pub mod stores;
+pub mod trace;
 
 pub use codec::{DecodeError, Decoded, DomainEvent, EncodedEvent, ValidationError};
 pub use envelope::{ContentType, Envelope, EventId};

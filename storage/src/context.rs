@@ -67,6 +67,8 @@ impl<'txn, E: DomainEvent> Emitter<'txn, E> {
         let causality = Causality {
             correlation_id: Some(cause.correlation_id.clone()),
             causation_id: Some(cause.event_id.to_string()),
+            // The consumer span in which this context reacts to `cause` (see messages::trace).
+            trace: Some(cause.trace().consumer_span(&cause.event_id.to_string(), E::CONTEXT)),
         };
         self.record(event, version, &causality)
     }

@@ -7,5 +7,6 @@ mod dashboard;
 mod depot;
 mod foundation;
 mod mall;
+mod observability;
 mod reliability;
 mod versions;

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::request::{decode_request, encode_body, CommandReply, RecordedEvent};
+use carrier_messages::trace::TraceContext;
 use carrier_messages::{ContentType, Decoded};
 use carrier_storage::{CommandError, OwnerKind};
 
@@ -26,13 +27,17 @@ pub struct Commands<K: OwnerKind> {
 
 impl<K: OwnerKind> Answer for Commands<K> {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
+        let started = std::time::SystemTime::now();
         let reply = match decode_command::<K::Command>(request, content_type) {
             Err(refusal) => refusal,
             Ok((command, causality)) => {
-                match ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply }) {
+                let span = CommandSpan::new(request, &causality, started);
+                let reply = match ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply }) {
                     Err(_) => CommandReply::failed("unavailable", "the owner is restarting; try again"),
                     Ok(result) => command_reply(result),
-                }
+                };
+                span.end(&reply);
+                reply
             }
         };
         encode_body(content_type, &reply)
@@ -55,9 +60,15 @@ where
     E: Send + Sync + 'static,
 {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
+        let started = std::time::SystemTime::now();
         let reply = match decode_command::<C>(request, content_type) {
             Err(refusal) => refusal,
-            Ok((command, causality)) => command_reply((self.decide)(command, causality).await),
+            Ok((command, causality)) => {
+                let span = CommandSpan::new(request, &causality, started);
+                let reply = command_reply((self.decide)(command, causality).await);
+                span.end(&reply);
+                reply
+            }
         };
         encode_body(content_type, &reply)
     }
@@ -84,7 +95,68 @@ fn decode_command<C: DeserializeOwned>(
         }
     }
     let [correlation_id, causation_id] = ids;
-    Ok((command, Causality { correlation_id, causation_id }))
+    // The command's span continues the caller's trace when it sent one (a malformed traceparent
+    // is ignored, as W3C asks); the recorded event names this span as its producer.
+    let caller = request.header(carrier_messages::trace::TRACEPARENT).and_then(|v| v.parse::<TraceContext>().ok());
+    let trace = Some(caller.map(|c| c.child()).unwrap_or_else(TraceContext::new_root));
+    Ok((command, Causality { correlation_id, causation_id, trace }))
+}
+
+/// A command's span: from its arrival to its reply.
+struct CommandSpan {
+    subject: String,
+    span: TraceContext,
+    parent: Option<TraceContext>,
+    correlation_id: Option<String>,
+    started: std::time::SystemTime,
+}
+
+impl CommandSpan {
+    fn new(request: &IncomingRequest, causality: &Causality, started: std::time::SystemTime) -> Self {
+        let parent = request.header(carrier_messages::trace::TRACEPARENT).and_then(|v| v.parse().ok());
+        CommandSpan {
+            subject: request.subject.clone(),
+            span: causality.trace.unwrap_or_else(TraceContext::new_root),
+            parent,
+            correlation_id: causality.correlation_id.clone(),
+            started,
+        }
+    }
+
+    fn end(self, reply: &CommandReply) {
+        tracing::debug!(
+            subject = %self.subject,
+            trace_id = %self.span.trace_id_hex(),
+            span_id = %self.span.span_id_hex(),
+            correlation_id = self.correlation_id.as_deref().unwrap_or(""),
+            ok = reply.ok,
+            "command handled"
+        );
+        if !crate::telemetry::enabled() {
+            return;
+        }
+        use crate::telemetry::Attribute;
+        let mut attributes = vec![Attribute::new("messaging.destination.name", self.subject.clone())];
+        if let Some(correlation) = self.correlation_id {
+            attributes.push(Attribute::new("carrier.correlation_id", correlation));
+        }
+        if let Some(event) = &reply.event {
+            attributes.push(Attribute::new("carrier.event_id", event.event_id.clone()));
+            attributes.push(Attribute::new("carrier.event_type", event.event_type.clone()));
+            // What the command caused: the event's consumers name this as their causation id.
+            attributes.push(Attribute::new("carrier.aggregate_id", event.aggregate_id.clone()));
+        }
+        crate::telemetry::record(crate::telemetry::SpanRecord {
+            name: format!("command {}", self.subject),
+            kind: crate::telemetry::Kind::Server,
+            span: self.span,
+            parent: self.parent,
+            start: self.started,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: reply.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+        });
+    }
 }
 
 /// The reply for a command's outcome.

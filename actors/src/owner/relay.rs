@@ -1,7 +1,7 @@
 //! The outbox relay actor: publishes a context's outbox to JetStream, in order.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -147,6 +147,9 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
             }
         }
     }
+    if crate::telemetry::enabled() {
+        record_publish_spans(args.context, &rows[..acked.len()], std::time::SystemTime::now());
+    }
     if let Some(metrics) = crate::metrics::get().filter(|_| !acked.is_empty()) {
         let labels = crate::metrics::ContextLabels { context: args.context };
         metrics.outbox_published.get_or_create(&labels).inc_by(acked.len() as u64);
@@ -179,4 +182,28 @@ fn event_type_of(event: &carrier_messages::EncodedEvent) -> &str {
         .find(|(k, _)| k == carrier_messages::envelope::header::EVENT_TYPE)
         .map(|(_, v)| v.as_str())
         .unwrap_or("?")
+}
+
+/// One producer span per published event, from when the event was recorded in the outbox to
+/// JetStream's ack: the outbox's delay, in the trace of the command that caused the event.
+fn record_publish_spans(context: &'static str, rows: &[(u64, carrier_messages::EncodedEvent)], acked_at: SystemTime) {
+    for (_, event) in rows {
+        let get = |name: &str| event.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let Ok(envelope) = carrier_messages::Envelope::from_headers(get) else { continue };
+        let parent = envelope.trace();
+        let recorded_at = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_nanos(u64::try_from(envelope.occurred_at_unix_nanos).unwrap_or(0));
+        let mut attributes = crate::telemetry::event_attributes(context, &envelope);
+        attributes.push(crate::telemetry::Attribute::new("messaging.destination.name", event.subject.clone()));
+        crate::telemetry::record(crate::telemetry::SpanRecord {
+            name: format!("{context} publish {}", envelope.event_type),
+            kind: crate::telemetry::Kind::Producer,
+            span: parent.publish_span(&envelope.event_id.to_string()),
+            parent: Some(parent),
+            start: recorded_at.min(acked_at),
+            end: acked_at,
+            attributes,
+            error: None,
+        });
+    }
 }
