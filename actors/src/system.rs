@@ -79,6 +79,24 @@ impl ContextName {
         }
     }
 
+    /// The contexts whose streams it reads, each through its own durable consumer.
+    pub fn sources(self) -> &'static [&'static str] {
+        match self {
+            ContextName::Stores | ContextName::Customers => &[],
+            ContextName::Baskets => &["stores"],
+            ContextName::Ordering => &["baskets", "depot", "payments"],
+            ContextName::Depot => &["stores", "ordering"],
+            ContextName::Payments => &["customers", "ordering"],
+            ContextName::Notifications => &["customers", "ordering"],
+            ContextName::Search => &["stores", "customers", "ordering"],
+        }
+    }
+
+    /// Every (reader, source) pair: who reads whose stream.
+    pub fn subscriptions() -> Vec<(&'static str, &'static str)> {
+        ContextName::ALL.into_iter().flat_map(|c| c.sources().iter().map(move |s| (c.as_str(), *s))).collect()
+    }
+
     /// Its database file's name.
     pub fn db_file(self) -> String {
         format!("{}.redb", self.as_str())

@@ -2,6 +2,7 @@
 //!
 //! This binary is the only place that sets up a tracing subscriber and the only user of `anyhow`.
 
+mod asyncapi;
 mod bench;
 mod command;
 mod dashboard;
@@ -61,6 +62,8 @@ enum Command {
     /// Print the supervision tree, consumers, caches, outboxes and dead letters of a running
     /// carrier, from its dashboard's API.
     Status(status::StatusArgs),
+    /// Print the AsyncAPI 3.0 document of every stream, subject, event, command and query.
+    Asyncapi(asyncapi::AsyncApiArgs),
     /// Measure the cache path against a raw consume-and-ack loop over the same messages.
     Bench(bench::BenchArgs),
 }
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::main(args),
             Command::Bench(args) => bench::main(args).await,
             Command::Dlq(args) => dlq::main(args).await,
+            Command::Asyncapi(args) => asyncapi::main(args),
             Command::Status(args) => tokio::task::spawn_blocking(move || status::main(args)).await?,
         }
     });

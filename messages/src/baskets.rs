@@ -3,12 +3,13 @@
 //! A basket's items carry the store and product names and the price the baskets context's own
 //! caches held when the item was added, so that checkout never asks the stores service.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check, ValidationError};
 
 /// One line of a basket: a product, its store, its price when added, and how many.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketItem {
     /// The store that sells the product.
     pub store_id: String,
@@ -41,7 +42,7 @@ impl BasketItem {
 }
 
 /// A customer started a basket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketStarted {
     /// Basket id.
     pub id: String,
@@ -50,7 +51,7 @@ pub struct BasketStarted {
 }
 
 /// Items went into a basket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketItemAdded {
     /// Basket id.
     pub id: String,
@@ -59,7 +60,7 @@ pub struct BasketItemAdded {
 }
 
 /// Some of a basket's line was taken out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketItemRemoved {
     /// Basket id.
     pub id: String,
@@ -70,14 +71,14 @@ pub struct BasketItemRemoved {
 }
 
 /// A basket was abandoned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketCanceled {
     /// Basket id.
     pub id: String,
 }
 
 /// A basket was checked out: ordering turns it into an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketCheckedOut {
     /// Basket id.
     pub id: String,
@@ -150,7 +151,7 @@ crate::codec::domain_events! {
 }
 
 /// A request to change a basket, sent to `cmd.baskets`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum BasketsCommand {
     /// Open a basket for a customer.

@@ -337,6 +337,22 @@ macro_rules! domain_events {
             )*
         }
 
+        impl $name {
+            /// Each event type with its subject, aggregate and payload schema, for the AsyncAPI
+            /// document: generated from these types, so it cannot drift from them.
+            pub fn catalog(generator: &mut schemars::SchemaGenerator) -> Vec<$crate::asyncapi::EventEntry> {
+                vec![$(
+                    $crate::asyncapi::EventEntry {
+                        event_type: concat!($context, ".", stringify!($variant)),
+                        name: stringify!($variant),
+                        subject: $subject,
+                        aggregate: $aggregate,
+                        payload: generator.subschema_for::<$variant>(),
+                    },
+                )*]
+            }
+        }
+
         impl $crate::codec::DomainEvent for $name {
             const CONTEXT: &'static str = $context;
             const STREAM: &'static str = $stream;

@@ -3,12 +3,13 @@
 //! Names follow the MallBots design: payments authorizes only enabled customers; notifications
 //! texts the current SMS number.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check, ValidationError};
 
 /// A customer registered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerRegistered {
     /// Customer id.
     pub id: String,
@@ -19,7 +20,7 @@ pub struct CustomerRegistered {
 }
 
 /// A customer's SMS number changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerSmsChanged {
     /// Customer id.
     pub id: String,
@@ -28,14 +29,14 @@ pub struct CustomerSmsChanged {
 }
 
 /// A customer may place orders again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerEnabled {
     /// Customer id.
     pub id: String,
 }
 
 /// A customer may no longer place orders.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerDisabled {
     /// Customer id.
     pub id: String,
@@ -90,7 +91,7 @@ crate::codec::domain_events! {
 }
 
 /// A request to change the customers context's state. Each accepted command records one event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum CustomersCommand {
     /// Register a customer (enabled from the start).
@@ -134,7 +135,7 @@ impl CustomersCommand {
 }
 
 /// A question to the customers context, sent to `query.customers`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "query", rename_all = "snake_case")]
 pub enum CustomersQuery {
     /// One customer's current state.
@@ -145,7 +146,7 @@ pub enum CustomersQuery {
 }
 
 /// A customer as its owner knows it now, with the version of its last event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerSnapshot {
     /// Customer id.
     pub id: String,
@@ -160,7 +161,7 @@ pub struct CustomerSnapshot {
 }
 
 /// The answer to a [`CustomersQuery`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomersQueryReply {
     /// Whether the query was answered (a missing customer is `ok` with nothing found).
     pub ok: bool,

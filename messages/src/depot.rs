@@ -1,12 +1,13 @@
 //! The depot context: shopping lists that send the mall's bots from store to store to collect an
 //! order.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check, ValidationError};
 
 /// What to pick up at one store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StopItem {
     /// Product id.
     pub product_id: String,
@@ -17,7 +18,7 @@ pub struct StopItem {
 }
 
 /// One store on a shopping list, with everything to pick up there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Stop {
     /// Store id.
     pub store_id: String,
@@ -30,7 +31,7 @@ pub struct Stop {
 }
 
 /// A shopping list was made for an order (same id as the order), grouped by store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListCreated {
     /// Shopping list id.
     pub id: String,
@@ -41,7 +42,7 @@ pub struct ShoppingListCreated {
 }
 
 /// Everything on the list was collected: ordering readies the order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListCompleted {
     /// Shopping list id.
     pub id: String,
@@ -50,7 +51,7 @@ pub struct ShoppingListCompleted {
 }
 
 /// The order was canceled before the list was completed: the bots stand down.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListCanceled {
     /// Shopping list id.
     pub id: String,
@@ -102,7 +103,7 @@ crate::codec::domain_events! {
 }
 
 /// A request to the depot, sent to `cmd.depot` (by the bots).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum DepotCommand {
     /// Every stop of the list was visited and everything collected.

@@ -17,6 +17,7 @@
 //!
 //! `docs/wire-contract.md` is the same contract written for producers.
 
+pub mod asyncapi;
 pub mod baskets;
 pub mod cbor;
 pub mod codec;

@@ -1,13 +1,14 @@
 //! The ordering context: orders, created from checked-out baskets and moved along by the depot
 //! (shopping list completed: readied) and payments (invoice paid: completed).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::baskets::{check_items, BasketItem};
 use crate::codec::{check, ValidationError};
 
 /// An order was created from a checked-out basket (same id as the basket).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     /// Order id.
     pub id: String,
@@ -22,7 +23,7 @@ pub struct OrderCreated {
 }
 
 /// Every item of the order was collected: the order can be picked up.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderReadied {
     /// Order id.
     pub id: String,
@@ -35,7 +36,7 @@ pub struct OrderReadied {
 }
 
 /// The order will not be fulfilled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCanceled {
     /// Order id.
     pub id: String,
@@ -46,7 +47,7 @@ pub struct OrderCanceled {
 }
 
 /// The order's invoice was paid: nothing more happens to it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCompleted {
     /// Order id.
     pub id: String,
@@ -102,7 +103,7 @@ crate::codec::domain_events! {
 
 /// A request to the ordering context, sent to `cmd.ordering`. Orders are created by checkout,
 /// readied by the depot and completed by payments; people may only cancel one.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum OrderingCommand {
     /// Cancel an order that is not completed yet.
@@ -125,7 +126,7 @@ impl OrderingCommand {
 }
 
 /// Where an order stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Created, being collected.

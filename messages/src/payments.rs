@@ -1,12 +1,13 @@
 //! The payments context: authorizes an order's payment (only enabled customers may pay) and
 //! invoices it once it is readied.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check, ValidationError};
 
 /// The order's customer may not pay (unknown or disabled): ordering cancels the order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDeclined {
     /// Invoice id (the order's id).
     pub id: String,
@@ -19,7 +20,7 @@ pub struct PaymentDeclined {
 }
 
 /// The readied order's invoice was paid: ordering completes the order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InvoicePaid {
     /// Invoice id (the order's id).
     pub id: String,

@@ -5,6 +5,7 @@
 //! the same encoding. Command subjects live outside the event streams' subjects, so JetStream
 //! never captures (or answers) a request.
 
+use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::envelope::{clip, ContentType};
@@ -20,7 +21,7 @@ pub fn query_subject(context: &str) -> String {
 }
 
 /// The answer to a command.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CommandReply {
     /// Whether the command was carried out.
     pub ok: bool,
@@ -33,7 +34,7 @@ pub struct CommandReply {
 }
 
 /// The event a command recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RecordedEvent {
     /// Its id (also its `Nats-Msg-Id` when published).
     pub event_id: String,
@@ -46,7 +47,7 @@ pub struct RecordedEvent {
 }
 
 /// Why a command was not carried out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CommandFailure {
     /// `bad_request`, `not_found`, `already_exists`, `rejected`, `invalid`, or `unavailable`
     /// (the only one worth retrying unchanged).

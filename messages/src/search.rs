@@ -1,5 +1,6 @@
 //! The search context's queries: seed 001's `search.orders` read model, asked on `query.search`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::baskets::BasketItem;
@@ -12,7 +13,7 @@ pub const MAX_LIMIT: u32 = 500;
 pub const DEFAULT_LIMIT: u32 = 50;
 
 /// A question to the search context.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "query", rename_all = "snake_case")]
 pub enum SearchQuery {
     /// One order by id.
@@ -25,7 +26,7 @@ pub enum SearchQuery {
 }
 
 /// Filters of [`SearchQuery::SearchOrders`]; an absent field matches everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct OrderFilter {
     /// Only this customer's orders.
@@ -61,7 +62,7 @@ pub struct OrderFilter {
 }
 
 /// One order as search knows it: the columns of seed 001's `search.orders`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderView {
     /// Order id.
     pub order_id: String,
@@ -86,7 +87,7 @@ pub struct OrderView {
 }
 
 /// The answer to a [`SearchQuery`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SearchReply {
     /// Whether the query was answered (nothing found is still `ok`).
     pub ok: bool,

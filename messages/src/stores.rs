@@ -3,12 +3,13 @@
 //! Names follow the MallBots design (seed 001). Prices and deltas are integers in the currency's
 //! minor unit (cents), so that a delta applied once is exact.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{check, DomainEvent, ValidationError};
 
 /// A store opened in the mall.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreCreated {
     /// Store id.
     pub id: String,
@@ -19,7 +20,7 @@ pub struct StoreCreated {
 }
 
 /// A store changed its name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreRebranded {
     /// Store id.
     pub id: String,
@@ -28,21 +29,21 @@ pub struct StoreRebranded {
 }
 
 /// A store joined the mall's automated ordering.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreParticipationEnabled {
     /// Store id.
     pub id: String,
 }
 
 /// A store left the mall's automated ordering.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreParticipationDisabled {
     /// Store id.
     pub id: String,
 }
 
 /// A product was added to a store's catalogue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductAdded {
     /// Product id.
     pub id: String,
@@ -59,7 +60,7 @@ pub struct ProductAdded {
 }
 
 /// A product changed its name and description.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductRebranded {
     /// Product id.
     pub id: String,
@@ -70,7 +71,7 @@ pub struct ProductRebranded {
 }
 
 /// A product's price went up by `delta` minor units.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductPriceIncreased {
     /// Product id.
     pub id: String,
@@ -79,7 +80,7 @@ pub struct ProductPriceIncreased {
 }
 
 /// A product's price went down by `delta` minor units.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductPriceDecreased {
     /// Product id.
     pub id: String,
@@ -88,7 +89,7 @@ pub struct ProductPriceDecreased {
 }
 
 /// A product was taken out of the catalogue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductRemoved {
     /// Product id.
     pub id: String,
@@ -183,7 +184,7 @@ impl StoresEvent {
 }
 
 /// A request to change the stores context's state. Each accepted command records one event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum StoresCommand {
     /// Open a store.
@@ -275,7 +276,7 @@ impl StoresCommand {
 }
 
 /// A question to the stores context, sent to `query.stores`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "query", rename_all = "snake_case")]
 pub enum StoresQuery {
     /// One store's current state.
@@ -291,7 +292,7 @@ pub enum StoresQuery {
 }
 
 /// A store as its owner knows it now, with the version of its last event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreSnapshot {
     /// Store id.
     pub id: String,
@@ -306,7 +307,7 @@ pub struct StoreSnapshot {
 }
 
 /// A product as its owner knows it now, with the version of its last event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductSnapshot {
     /// Product id.
     pub id: String,
@@ -327,7 +328,7 @@ pub struct ProductSnapshot {
 }
 
 /// The answer to a [`StoresQuery`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoresQueryReply {
     /// Whether the query was answered (a missing entity is `ok` with nothing found).
     pub ok: bool,

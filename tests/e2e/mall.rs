@@ -276,6 +276,15 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     })
     .await;
 
+    // The table the AsyncAPI document and the docs are written from matches what runs.
+    for context in ContextName::ALL {
+        let mut running: Vec<&str> = system.consumers_of(context.as_str()).iter().map(|(s, _)| *s).collect();
+        let mut declared = context.sources().to_vec();
+        running.sort();
+        declared.sort();
+        assert_eq!(running, declared, "{context:?}");
+    }
+
     let mut durables = Vec::new();
     for stream in ["STORES", "CUSTOMERS", "BASKETS", "ORDERING", "DEPOT", "PAYMENTS"] {
         let stream = bus.jetstream().get_stream(stream).await.expect("stream");

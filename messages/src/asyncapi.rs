@@ -1,0 +1,374 @@
+//! The wire contract as an AsyncAPI 3.0 document, generated from the message types themselves
+//! (`carrier asyncapi` prints it): every stream and subject, every event with its headers and
+//! payload schema, every command and query with its reply, and the dead-letter streams.
+//!
+//! Payload schemas come from `schemars` derives on the same types the code encodes and decodes,
+//! so the document cannot drift from the code; a test validates it against the AsyncAPI 3.0
+//! schema.
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+use crate::envelope::header;
+
+/// One event type, as the document shows it.
+pub struct EventEntry {
+    /// `stores.StoreCreated`.
+    pub event_type: &'static str,
+    /// `StoreCreated`.
+    pub name: &'static str,
+    /// The subject it is published on.
+    pub subject: &'static str,
+    /// The entity it is about.
+    pub aggregate: &'static str,
+    /// Its payload's schema (a reference into `components/schemas`).
+    pub payload: Schema,
+}
+
+/// A context's stream and events.
+struct Stream {
+    context: &'static str,
+    stream: &'static str,
+    subjects: &'static str,
+    events: Vec<EventEntry>,
+}
+
+/// Request/reply endpoints of a context: (subject kind, request schema, reply schema, reply name).
+struct Endpoint {
+    context: &'static str,
+    kind: &'static str,
+    request: Schema,
+    request_name: String,
+    reply: Schema,
+    reply_name: &'static str,
+}
+
+/// The document. `readers` says which context reads which context's stream (consumer, source),
+/// as the actors wire them.
+pub fn document(version: &str, readers: &[(&str, &str)]) -> Value {
+    let mut settings = SchemaSettings::draft07();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+
+    let streams = vec![
+        stream::<crate::stores::StoresEvent>(&mut generator, crate::stores::StoresEvent::catalog),
+        stream::<crate::customers::CustomersEvent>(&mut generator, crate::customers::CustomersEvent::catalog),
+        stream::<crate::baskets::BasketsEvent>(&mut generator, crate::baskets::BasketsEvent::catalog),
+        stream::<crate::ordering::OrderingEvent>(&mut generator, crate::ordering::OrderingEvent::catalog),
+        stream::<crate::depot::DepotEvent>(&mut generator, crate::depot::DepotEvent::catalog),
+        stream::<crate::payments::PaymentsEvent>(&mut generator, crate::payments::PaymentsEvent::catalog),
+    ];
+    let endpoints = vec![
+        endpoint::<crate::stores::StoresCommand, crate::request::CommandReply>(
+            &mut generator,
+            "stores",
+            "cmd",
+            "CommandReply",
+        ),
+        endpoint::<crate::customers::CustomersCommand, crate::request::CommandReply>(
+            &mut generator,
+            "customers",
+            "cmd",
+            "CommandReply",
+        ),
+        endpoint::<crate::baskets::BasketsCommand, crate::request::CommandReply>(
+            &mut generator,
+            "baskets",
+            "cmd",
+            "CommandReply",
+        ),
+        endpoint::<crate::ordering::OrderingCommand, crate::request::CommandReply>(
+            &mut generator,
+            "ordering",
+            "cmd",
+            "CommandReply",
+        ),
+        endpoint::<crate::depot::DepotCommand, crate::request::CommandReply>(
+            &mut generator,
+            "depot",
+            "cmd",
+            "CommandReply",
+        ),
+        endpoint::<crate::stores::StoresQuery, crate::stores::StoresQueryReply>(
+            &mut generator,
+            "stores",
+            "query",
+            "StoresQueryReply",
+        ),
+        endpoint::<crate::customers::CustomersQuery, crate::customers::CustomersQueryReply>(
+            &mut generator,
+            "customers",
+            "query",
+            "CustomersQueryReply",
+        ),
+        endpoint::<crate::search::SearchQuery, crate::search::SearchReply>(
+            &mut generator,
+            "search",
+            "query",
+            "SearchReply",
+        ),
+    ];
+
+    let mut channels = Map::new();
+    let mut operations = Map::new();
+    let mut messages = Map::new();
+
+    for s in &streams {
+        for e in &s.events {
+            let channel_id = e.subject.to_string();
+            let readers_of: Vec<&str> = readers.iter().filter(|(_, src)| *src == s.context).map(|(c, _)| *c).collect();
+            channels.insert(
+                channel_id.clone(),
+                json!({
+                    "address": e.subject,
+                    "title": e.event_type,
+                    "description": format!(
+                        "{} events about a {}, in JetStream stream {} ({}). Read by: {}.",
+                        s.context,
+                        e.aggregate,
+                        s.stream,
+                        s.subjects,
+                        if readers_of.is_empty() { "no context yet".to_string() } else { readers_of.join(", ") }
+                    ),
+                    "messages": { e.name: { "$ref": format!("#/components/messages/{}", e.event_type) } },
+                }),
+            );
+            messages.insert(
+                e.event_type.to_string(),
+                json!({
+                    "name": e.event_type,
+                    "title": e.name,
+                    "summary": format!("The {} context's {} event (schema version {}).", s.context, e.name, crate::envelope::SCHEMA_VERSION),
+                    "contentType": "application/cbor",
+                    "headers": { "$ref": "#/components/schemas/EventHeaders" },
+                    "payload": e.payload,
+                    "correlationId": { "$ref": "#/components/correlationIds/Correlation" },
+                }),
+            );
+            let op = |action: &str| {
+                json!({
+                    "action": action,
+                    "channel": { "$ref": format!("#/channels/{channel_id}") },
+                    "messages": [{ "$ref": format!("#/channels/{channel_id}/messages/{}", e.name) }],
+                })
+            };
+            let mut publish = op("send");
+            publish["summary"] =
+                json!(format!("The {} context publishes {} through its outbox.", s.context, e.event_type));
+            operations.insert(format!("{}.publish.{}", s.context, e.name), publish);
+            for reader in readers_of {
+                let mut receive = op("receive");
+                receive["summary"] = json!(format!(
+                    "{reader} applies {} from its durable consumer {reader}-{}.",
+                    e.event_type, s.context
+                ));
+                operations.insert(format!("{reader}.receive.{}", e.event_type), receive);
+            }
+        }
+    }
+
+    for ep in &endpoints {
+        let address = format!("{}.{}", ep.kind, ep.context);
+        let reply_channel = format!("{address}.reply");
+        let request_message = format!("{address}.request");
+        let reply_message = format!("{address}.{}", ep.reply_name);
+        let what = if ep.kind == "cmd" { "Commands" } else { "Queries" };
+        channels.insert(
+            address.clone(),
+            json!({
+                "address": address,
+                "title": format!("{what} to {}", ep.context),
+                "description": format!("NATS request/reply: send a {} (JSON or CBOR, per Content-Type) and get one reply on the request's inbox.", ep.request_name),
+                "messages": { "request": { "$ref": format!("#/components/messages/{request_message}") } },
+            }),
+        );
+        channels.insert(
+            reply_channel.clone(),
+            json!({
+                "address": null,
+                "title": format!("Replies from {address}"),
+                "description": "The requester's NATS inbox (the request's reply subject).",
+                "messages": { "reply": { "$ref": format!("#/components/messages/{reply_message}") } },
+            }),
+        );
+        messages.insert(
+            request_message.clone(),
+            json!({
+                "name": ep.request_name,
+                "contentType": "application/json",
+                "headers": { "$ref": "#/components/schemas/RequestHeaders" },
+                "payload": ep.request,
+            }),
+        );
+        messages.insert(
+            reply_message.clone(),
+            json!({ "name": ep.reply_name, "contentType": "application/json", "payload": ep.reply }),
+        );
+        operations.insert(
+            format!("{}.handle.{}", ep.context, ep.kind),
+            json!({
+                "action": "receive",
+                "summary": format!("The {} context answers {} on {address}.", ep.context, what.to_lowercase()),
+                "channel": { "$ref": format!("#/channels/{address}") },
+                "messages": [{ "$ref": format!("#/channels/{address}/messages/request") }],
+                "reply": {
+                    "channel": { "$ref": format!("#/channels/{reply_channel}") },
+                    "messages": [{ "$ref": format!("#/channels/{reply_channel}/messages/reply") }],
+                },
+            }),
+        );
+    }
+
+    let mut consuming: Vec<&str> = readers.iter().map(|(c, _)| *c).collect();
+    consuming.sort();
+    consuming.dedup();
+    for context in consuming {
+        let id = format!("dlq.{context}");
+        channels.insert(
+            id.clone(),
+            json!({
+                "address": format!("dlq.{context}.{{originalSubject}}"),
+                "title": format!("Dead letters of {context}"),
+                "description": format!("JetStream stream DLQ_{}: events {context} could not apply, with the original headers and body and why.", context.to_ascii_uppercase()),
+                "parameters": { "originalSubject": { "description": "The subject the event was published on." } },
+                "messages": { "deadLetter": { "$ref": "#/components/messages/DeadLetter" } },
+            }),
+        );
+        operations.insert(
+            format!("{context}.deadLetter"),
+            json!({
+                "action": "send",
+                "channel": { "$ref": format!("#/channels/{id}") },
+                "messages": [{ "$ref": format!("#/channels/{id}/messages/deadLetter") }],
+            }),
+        );
+    }
+    messages.insert(
+        "DeadLetter".into(),
+        json!({
+            "name": "DeadLetter",
+            "summary": "The original message, untouched, plus Carrier-Dlq-* headers.",
+            "headers": { "$ref": "#/components/schemas/DeadLetterHeaders" },
+            "payload": { "description": "The original body, byte for byte." },
+        }),
+    );
+
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    schemas.insert("EventHeaders".into(), event_headers());
+    schemas.insert("RequestHeaders".into(), request_headers());
+    schemas.insert("DeadLetterHeaders".into(), dead_letter_headers());
+
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Carrier",
+            "version": version,
+            "description": "Event-carried state transfer between bounded contexts on NATS JetStream. Owners publish domain events through an outbox; other contexts keep caches and read models of them through durable consumers, apply each event once, and dead-letter what they cannot apply. See docs/wire-contract.md.",
+            "license": { "name": "Apache-2.0" },
+        },
+        "defaultContentType": "application/cbor",
+        "servers": {
+            "local": {
+                "host": "127.0.0.1:4222",
+                "protocol": "nats",
+                "description": "A NATS server with JetStream (carrier demo starts one on a free port).",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": schemas,
+            "messages": messages,
+            "correlationIds": {
+                "Correlation": {
+                    "description": "Shared by everything one request set off.",
+                    "location": "$message.header#/Carrier-Correlation-Id",
+                }
+            },
+        },
+    })
+}
+
+fn stream<E: crate::DomainEvent>(
+    generator: &mut SchemaGenerator,
+    catalog: fn(&mut SchemaGenerator) -> Vec<EventEntry>,
+) -> Stream {
+    Stream { context: E::CONTEXT, stream: E::STREAM, subjects: E::STREAM_SUBJECTS, events: catalog(generator) }
+}
+
+fn endpoint<Req: JsonSchema, Rep: JsonSchema>(
+    generator: &mut SchemaGenerator,
+    context: &'static str,
+    kind: &'static str,
+    reply_name: &'static str,
+) -> Endpoint {
+    Endpoint {
+        context,
+        kind,
+        request: generator.subschema_for::<Req>(),
+        request_name: Req::schema_name().to_string(),
+        reply: generator.subschema_for::<Rep>(),
+        reply_name,
+    }
+}
+
+fn string(description: &str) -> Value {
+    json!({ "type": "string", "description": description })
+}
+
+fn event_headers() -> Value {
+    json!({
+        "type": "object",
+        "description": "Every event's envelope travels in NATS headers; the body is only the payload.",
+        "required": [header::EVENT_ID, header::EVENT_TYPE, header::AGGREGATE_ID, header::AGGREGATE_VERSION],
+        "properties": {
+            (header::NATS_MSG_ID): string("Same as Carrier-Event-Id: JetStream drops a re-publish within its duplicate window."),
+            (header::EVENT_ID): { "type": "string", "format": "uuid", "description": "Unique per event; consumers apply each id once." },
+            (header::EVENT_TYPE): string("<context>.<EventName>, e.g. stores.StoreCreated."),
+            (header::SCHEMA_VERSION): { "type": "string", "pattern": "^[0-9]+$", "description": "The payload's schema version; 1 when absent." },
+            (header::AGGREGATE_ID): { "type": "string", "minLength": 1, "maxLength": crate::envelope::MAX_ID_LEN, "description": "The entity the event is about." },
+            (header::AGGREGATE_VERSION): { "type": "string", "pattern": "^[1-9][0-9]*$", "description": "The entity's version after this event; consumers apply versions in order." },
+            (header::OCCURRED_AT): { "type": "string", "format": "date-time", "description": "RFC 3339; when the owner decided the event." },
+            (header::CORRELATION_ID): string("Shared by everything one request set off; the event id when absent."),
+            (header::CAUSATION_ID): string("The command or event that caused this one."),
+            (header::CONTENT_TYPE): { "type": "string", "enum": ["application/cbor", "application/json"], "description": "The body's encoding; CBOR when absent." },
+            (crate::trace::TRACEPARENT): { "type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "W3C trace context of the span that produced the event; ignored when malformed." },
+        },
+    })
+}
+
+fn request_headers() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            (header::CONTENT_TYPE): { "type": "string", "enum": ["application/json", "application/cbor"], "description": "The request's encoding; the reply uses the same. JSON when absent." },
+            (header::CORRELATION_ID): string("Carried into the recorded event."),
+            (header::CAUSATION_ID): string("Carried into the recorded event."),
+            (crate::trace::TRACEPARENT): string("W3C trace context: the command's span continues this trace."),
+        },
+    })
+}
+
+fn dead_letter_headers() -> Value {
+    json!({
+        "type": "object",
+        "required": ["Carrier-Dlq-Reason", "Carrier-Dlq-Original-Subject"],
+        "properties": {
+            "Carrier-Dlq-Reason": json!({
+                "type": "string",
+                "enum": [
+                    "missing_header", "bad_header", "unknown_event_type", "unsupported_schema_version",
+                    "body_too_large", "undecodable_body", "subject_mismatch", "aggregate_mismatch",
+                    "invalid_payload", "apply_failed"
+                ],
+                "description": "Why the event was dead-lettered.",
+            }),
+            "Carrier-Dlq-Error": string("The error in words."),
+            "Carrier-Dlq-Original-Subject": string("Where the event was published."),
+            "Carrier-Dlq-Original-Sequence": string("Its sequence in the original stream."),
+            "Carrier-Dlq-Delivery-Count": string("How often it had been delivered."),
+            "Carrier-Dlq-Context": string("The consuming context that gave up on it."),
+        },
+    })
+}
