@@ -216,6 +216,56 @@ impl Bus {
         })
     }
 
+    /// Reads `stream` from sequence `from` on with an ephemeral consumer that acknowledges nothing
+    /// and leaves nothing behind (the server drops it after 10 s without pulls): for rebuilding
+    /// caches while the durable consumers go on as they were.
+    pub async fn replay(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+        from: u64,
+        batch_max: usize,
+    ) -> Result<DurableConsumer, BusError> {
+        let label = format!("replay of {stream}");
+        let consumer_error =
+            |reason: String| BusError::Consumer { stream: stream.to_string(), durable: label.clone(), reason };
+        let handle = self.js.get_stream(stream).await.map_err(|e| consumer_error(e.to_string()))?;
+        let config = pull::Config {
+            description: Some("carrier rebuild: replays the stream into a fresh cache".into()),
+            filter_subject: filter_subject.to_string(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer =
+            handle.create_consumer(config).await.map_err(|e| consumer_error(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch((batch_max.max(1) * 4).clamp(256, 8192))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?
+            .ready_chunks(batch_max.max(1));
+        Ok(DurableConsumer {
+            durable: label.clone(),
+            consumer,
+            messages,
+            overflow: std::collections::VecDeque::new(),
+            batch_max: batch_max.max(1),
+            linger: Duration::from_millis(2),
+        })
+    }
+
+    /// The last sequence stored in a stream (0 when empty).
+    pub async fn last_sequence(&self, stream: &str) -> Result<u64, BusError> {
+        let stream_error = |reason: String| BusError::Stream { stream: stream.to_string(), reason };
+        let mut handle = self.js.get_stream(stream).await.map_err(|e| stream_error(e.to_string()))?;
+        Ok(handle.info().await.map_err(|e| stream_error(e.to_string()))?.state.last_sequence)
+    }
+
     /// Publishes one event and waits for JetStream to store it.
     pub async fn publish(&self, event: &EncodedEvent) -> Result<PublishReceipt, BusError> {
         let ack = self.send(event).await?;

@@ -313,6 +313,8 @@ pub struct CacheHandle<K: 'static> {
     pub(crate) probes: Vec<crate::observe::ConsumerProbe>,
     /// Cache lookups answered from the file, and those that were not.
     pub(crate) lookups: Arc<crate::observe::LookupStats>,
+    /// Its caches of owners' data and how to refill them from the streams.
+    pub(crate) cache_sources: Vec<crate::rebuild::CacheSource<K>>,
     writer: ActorSlot<WriterMsg<K>>,
 }
 
@@ -325,6 +327,7 @@ impl<K: 'static> Clone for CacheHandle<K> {
             customers_fallback: self.customers_fallback.clone(),
             probes: self.probes.clone(),
             lookups: self.lookups.clone(),
+            cache_sources: self.cache_sources.clone(),
             writer: self.writer.clone(),
         }
     }
@@ -433,6 +436,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             customers_fallback: None,
             probes: Vec::new(),
             lookups: Arc::default(),
+            cache_sources: Vec::new(),
             writer: ActorSlot::default(),
         };
         ContextBuilder {
@@ -518,6 +522,10 @@ impl<K: ContextKind> ContextBuilder<K> {
     {
         let fallback = Arc::new(Fallback::new("stores", self.bus.clone(), self.settings.fallback));
         self.handle.stores_fallback = Some(fallback.clone());
+        self.handle.cache_sources.push(crate::rebuild::CacheSource {
+            set: carrier_storage::rebuild::stores_caches(stores_durable_name(self.context)),
+            replay: crate::rebuild::replay_source::<K, carrier_messages::StoresEvent>(),
+        });
         let resolver: GapResolver<K> =
             Arc::new(move |aggregate: String, id: String| {
                 let fallback = fallback.clone();
@@ -546,6 +554,10 @@ impl<K: ContextKind> ContextBuilder<K> {
     {
         let fallback = Arc::new(Fallback::new("customers", self.bus.clone(), self.settings.fallback));
         self.handle.customers_fallback = Some(fallback.clone());
+        self.handle.cache_sources.push(crate::rebuild::CacheSource {
+            set: carrier_storage::rebuild::customers_caches(durable_name(self.context, "customers")),
+            replay: crate::rebuild::replay_source::<K, carrier_messages::customers::CustomersEvent>(),
+        });
         let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
             let fallback = fallback.clone();
             Box::pin(async move {

@@ -26,6 +26,7 @@ pub mod observe;
 pub mod ordering;
 pub mod owner;
 pub mod payments;
+pub mod rebuild;
 pub mod responder;
 pub mod search;
 mod serve;

@@ -98,7 +98,16 @@ pub(crate) struct ObservedContext {
     pub fallbacks: Vec<Arc<Fallback>>,
     /// Whether it publishes events (has an outbox relay).
     pub publishes: bool,
+    /// Rebuilds its caches from the streams, when it has any.
+    pub rebuild: Option<RebuildFn>,
 }
+
+/// Starts a rebuild of one context's caches, reporting into the progress given.
+pub(crate) type RebuildFn = Arc<
+    dyn Fn(crate::rebuild::Progress) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// One supervised actor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -321,6 +330,9 @@ pub struct Snapshot {
     pub outbox: Vec<OutboxReport>,
     /// Every consuming context's dead letters.
     pub dead_letters: Vec<DeadLetterReport>,
+    /// Cache rebuilds started since the dashboard started, running or finished.
+    #[serde(default)]
+    pub rebuilds: Vec<crate::rebuild::RebuildProgress>,
 }
 
 /// Reads the running system for operators. Cheap to clone.
@@ -330,6 +342,7 @@ pub struct Observer {
     tree: SupervisionTree,
     contexts: Arc<Vec<ObservedContext>>,
     rates: Arc<Mutex<BTreeMap<String, Rates>>>,
+    rebuilds: Arc<Mutex<BTreeMap<String, crate::rebuild::Progress>>>,
 }
 
 #[derive(Default)]
@@ -343,7 +356,7 @@ const LATEST_DEAD_LETTERS: usize = 5;
 
 impl Observer {
     pub(crate) fn new(bus: Bus, tree: SupervisionTree, contexts: Vec<ObservedContext>) -> Observer {
-        Observer { bus, tree, contexts: Arc::new(contexts), rates: Arc::default() }
+        Observer { bus, tree, contexts: Arc::new(contexts), rates: Arc::default(), rebuilds: Arc::default() }
     }
 
     /// Every supervised actor, parents before children.
@@ -545,7 +558,52 @@ impl Observer {
             caches,
             outbox,
             dead_letters,
+            rebuilds: self.rebuilds(),
         }
+    }
+
+    /// Starts rebuilding `context`'s caches from the streams in the background (see
+    /// [`crate::rebuild`]); refuses while one is running for it.
+    pub fn start_rebuild(&self, context: &str) -> Result<crate::rebuild::RebuildProgress, String> {
+        let observed = self
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .ok_or_else(|| format!("{context:?} is not running here"))?;
+        let rebuild = observed.rebuild.clone().ok_or_else(|| {
+            let with: Vec<&str> = self.contexts.iter().filter(|c| c.rebuild.is_some()).map(|c| c.name).collect();
+            format!("{context} keeps no caches of other contexts' data (contexts with caches: {})", with.join(", "))
+        })?;
+        let mut rebuilds = self.rebuilds.lock().map_err(|_| "rebuild registry poisoned".to_string())?;
+        if let Some(running) = rebuilds.get(context) {
+            let state = running.lock().map(|p| p.state.clone()).unwrap_or_default();
+            if state == "replaying" || state == "swapping" {
+                return Err(format!("a rebuild of {context} is already {state}"));
+            }
+        }
+        let progress: crate::rebuild::Progress = Arc::new(Mutex::new(crate::rebuild::RebuildProgress {
+            context: context.to_string(),
+            state: "replaying".into(),
+            started_at: rfc3339(SystemTime::now()),
+            ..Default::default()
+        }));
+        rebuilds.insert(context.to_string(), progress.clone());
+        let snapshot = progress.lock().map(|p| p.clone()).unwrap_or_default();
+        let name = context.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = rebuild(progress).await {
+                tracing::error!(context = %name, %error, "cache rebuild failed");
+            }
+        });
+        Ok(snapshot)
+    }
+
+    /// Every rebuild started here, by context.
+    pub fn rebuilds(&self) -> Vec<crate::rebuild::RebuildProgress> {
+        self.rebuilds
+            .lock()
+            .map(|r| r.values().filter_map(|p| p.lock().ok().map(|p| p.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Records each consumer's rate since the last call (call it once a second).

@@ -389,10 +389,20 @@ impl CarrierSystem {
                 lookups: None,
                 fallbacks: Vec::new(),
                 publishes: true,
+                rebuild: None,
             })
         }
-        fn consuming<K: ContextKind>(h: &Option<CacheHandle<K>>) -> Option<ObservedContext> {
+        let bus = &self.bus;
+        fn consuming<K: ContextKind>(h: &Option<CacheHandle<K>>, bus: &Bus) -> Option<ObservedContext> {
             use carrier_messages::DomainEvent;
+            let rebuild: Option<crate::observe::RebuildFn> = h.as_ref().filter(|h| h.has_caches()).map(|h| {
+                let (h, bus) = (h.clone(), bus.clone());
+                let f: crate::observe::RebuildFn = Arc::new(move |progress| {
+                    let (h, bus) = (h.clone(), bus.clone());
+                    Box::pin(async move { h.rebuild_caches(&bus, progress).await })
+                });
+                f
+            });
             h.as_ref().map(|h| ObservedContext {
                 name: K::NAME,
                 file: h.db.clone(),
@@ -400,17 +410,18 @@ impl CarrierSystem {
                 lookups: Some(h.lookups.clone()),
                 fallbacks: h.stores_fallback.iter().chain(h.customers_fallback.iter()).cloned().collect(),
                 publishes: !<K::Event as DomainEvent>::EVENT_TYPES.is_empty(),
+                rebuild,
             })
         }
         let contexts = [
             owner(stores::CONTEXT, &self.stores),
             owner(customers::CONTEXT, &self.customers),
-            consuming(&self.baskets),
-            consuming(&self.ordering),
-            consuming(&self.depot),
-            consuming(&self.payments),
-            consuming(&self.notifications),
-            consuming(&self.search),
+            consuming(&self.baskets, bus),
+            consuming(&self.ordering, bus),
+            consuming(&self.depot, bus),
+            consuming(&self.payments, bus),
+            consuming(&self.notifications, bus),
+            consuming(&self.search, bus),
         ];
         crate::observe::Observer::new(self.bus.clone(), self.tree.clone(), contexts.into_iter().flatten().collect())
     }

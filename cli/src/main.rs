@@ -10,7 +10,9 @@ mod demo;
 mod dlq;
 mod inspect;
 mod otel;
+mod progress;
 mod publish;
+mod rebuild;
 mod run;
 mod server;
 mod status;
@@ -62,6 +64,8 @@ enum Command {
     /// Print the supervision tree, consumers, caches, outboxes and dead letters of a running
     /// carrier, from its dashboard's API.
     Status(status::StatusArgs),
+    /// Rebuild a running context's caches from the owners' streams, then swap them in.
+    Rebuild(rebuild::RebuildArgs),
     /// Print the AsyncAPI 3.0 document of every stream, subject, event, command and query.
     Asyncapi(asyncapi::AsyncApiArgs),
     /// Measure the cache path against a raw consume-and-ack loop over the same messages.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::main(args).await,
             Command::Dlq(args) => dlq::main(args).await,
             Command::Asyncapi(args) => asyncapi::main(args),
+            Command::Rebuild(args) => tokio::task::spawn_blocking(move || rebuild::main(args)).await?,
             Command::Status(args) => tokio::task::spawn_blocking(move || status::main(args)).await?,
         }
     });

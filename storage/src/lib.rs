@@ -32,6 +32,7 @@ pub mod ordering;
 pub mod outbox;
 pub mod owner;
 pub mod payments;
+pub mod rebuild;
 pub mod search;
 pub mod stores;
 

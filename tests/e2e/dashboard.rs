@@ -194,6 +194,28 @@ fn actions_need_the_flag_and_the_key_and_a_restart_shows_in_tree_and_metrics() {
         find(&find(&caches, "context", "baskets")["tables"], "table", "stores_cache")["rows"] == json!(1)
     });
     assert!(carrier.output().contains("restarted by the operator"), "the action is logged");
+
+    // `carrier rebuild` through the same API: progress, then the tables swapped.
+    let rebuild = |args: &[&str]| {
+        Command::new(carrier_bin()).arg("rebuild").args(args).args(["--url", &dashboard]).output().expect("runs")
+    };
+    let out = rebuild(&["baskets", "--api-key", KEY]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("stores_cache") && stdout.contains("rows after"), "{stdout}");
+    assert!(
+        stderr.contains("rebuild baskets:") && stderr.contains("done in"),
+        "plain progress lines off a terminal: {stderr}"
+    );
+    let rebuilds = http_json(&format!("{dashboard}/api/rebuilds"));
+    assert_eq!(find(&rebuilds, "context", "baskets")["state"], json!("done"));
+    let caches = http_json(&format!("{dashboard}/api/caches"));
+    assert_eq!(find(&find(&caches, "context", "baskets")["tables"], "table", "stores_cache")["rows"], json!(1));
+    let refused = rebuild(&["baskets", "--api-key", "test-key-0123456789abcdeX"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("wrong API key"));
+    let absent = rebuild(&["search", "--api-key", KEY]);
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("not running here"));
     drop(carrier);
 }
 

@@ -9,5 +9,6 @@ mod depot;
 mod foundation;
 mod mall;
 mod observability;
+mod rebuild;
 mod reliability;
 mod versions;

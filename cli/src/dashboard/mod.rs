@@ -135,6 +135,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/events", get(events))
         .route("/api/actors/restart", post(restart_actor))
         .route("/api/dead-letters/{context}/replay", post(replay_dead_letters))
+        .route("/api/contexts/{context}/rebuild", post(start_rebuild))
+        .route("/api/rebuilds", get(rebuilds))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -179,6 +181,8 @@ async fn index() -> impl IntoResponse {
             "GET /api/events": "server-sent events: one `snapshot` event a second",
             "POST /api/actors/restart": "{\"path\": \"carrier/baskets/cache\", \"kill\": false}; needs actions and the key",
             "POST /api/dead-letters/{context}/replay": "replays every dead letter of a context; needs actions and the key",
+            "POST /api/contexts/{context}/rebuild": "rebuilds a context's caches from the streams, then swaps them in; needs actions and the key",
+            "GET /api/rebuilds": "progress of the rebuilds started since carrier started",
             "GET /healthz": "200 unless a context was given up on",
             "GET /readyz": "200 when every actor runs and NATS is connected",
             "GET /metrics": "Prometheus text exposition"
@@ -300,4 +304,22 @@ async fn replay_dead_letters(
         state.observer.replay_dead_letters(&context).await.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     tracing::warn!(%context, replayed, "dead letters replayed by the operator from the dashboard");
     Ok(Json(serde_json::json!({ "context": context, "replayed": replayed })).into_response())
+}
+
+async fn start_rebuild(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(context): Path<String>,
+) -> AppResult {
+    authorize(&state, &headers)?;
+    let progress = state.observer.start_rebuild(&context).map_err(|e| {
+        let status = if e.contains("already") { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+        ApiError(status, e)
+    })?;
+    tracing::warn!(%context, "cache rebuild started by the operator");
+    Ok((StatusCode::ACCEPTED, Json(progress)).into_response())
+}
+
+async fn rebuilds(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(state.observer.rebuilds())
 }

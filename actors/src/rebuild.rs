@@ -1,0 +1,269 @@
+//! Rebuilding a running context's caches from the owners' streams (`carrier rebuild`).
+//!
+//! The streams are replayed into a fresh file beside the live one by an ephemeral consumer,
+//! while the live file, its consumers and its servers go on as before. Then the context's writer
+//! swaps the cache tables in, in one transaction, once the fresh file has applied at least as far
+//! as the live one in every stream (if the live consumers moved on meanwhile, the replay catches
+//! up and the swap is tried again). Reads see the old caches until that commit and the rebuilt
+//! ones after it; nothing is ever half-swapped. See [`carrier_storage::rebuild`] for why only
+//! caches are rebuilt.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use carrier_messages::{Decoded, DomainEvent};
+use carrier_storage::engine::Inbound;
+use carrier_storage::rebuild::CacheSet;
+use carrier_storage::{ContextDb, ContextFile, ContextKind, Reacts};
+
+use crate::bus::Bus;
+use crate::cache::CacheHandle;
+
+/// How many times the swap is retried after catching up with live consumers that moved on.
+const SWAP_ATTEMPTS: usize = 20;
+
+/// One stream being replayed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceProgress {
+    /// The stream.
+    pub stream: String,
+    /// The durable consumer whose position the rebuilt cache takes over.
+    pub consumer: String,
+    /// The last stream sequence applied to the fresh file.
+    pub applied_through: u64,
+    /// The stream's last sequence when the replay started (or the live position to catch up to).
+    pub target: u64,
+}
+
+/// A table's rows before and after the swap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChange {
+    /// The table.
+    pub table: String,
+    /// Rows before.
+    pub before: u64,
+    /// Rows after.
+    pub after: u64,
+}
+
+/// Where a rebuild is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RebuildProgress {
+    /// The context.
+    pub context: String,
+    /// `replaying`, `swapping`, `done` or `failed`.
+    pub state: String,
+    /// Each stream replayed.
+    pub sources: Vec<SourceProgress>,
+    /// Events applied to the fresh file.
+    pub events: u64,
+    /// Events to replay in all (grows if the replay has to catch up).
+    pub total: u64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// How long it took, once finished.
+    pub seconds: Option<f64>,
+    /// The tables swapped, once done.
+    pub tables: Vec<TableChange>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Shared progress of one rebuild.
+pub type Progress = Arc<Mutex<RebuildProgress>>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Replays one owner's stream into a fresh file of kind `K`, from the fresh file's checkpoint up
+/// to `through` (the stream's end when `None`).
+pub(crate) type ReplaySource<K> =
+    Arc<dyn Fn(Bus, Arc<ContextFile<K>>, Progress, usize, Option<u64>) -> BoxFuture<Result<(), String>> + Send + Sync>;
+
+/// A cache of a context and how to refill it.
+pub(crate) struct CacheSource<K> {
+    pub set: CacheSet,
+    pub replay: ReplaySource<K>,
+}
+
+impl<K> Clone for CacheSource<K> {
+    fn clone(&self) -> Self {
+        CacheSource { set: self.set.clone(), replay: self.replay.clone() }
+    }
+}
+
+/// The replay of `E`'s stream for a context of kind `K`.
+pub(crate) fn replay_source<K: Reacts<E>, E: DomainEvent>() -> ReplaySource<K> {
+    Arc::new(|bus, fresh, progress, index, through| Box::pin(replay::<K, E>(bus, fresh, progress, index, through)))
+}
+
+async fn replay<K: Reacts<E>, E: DomainEvent>(
+    bus: Bus,
+    fresh: Arc<ContextFile<K>>,
+    progress: Progress,
+    index: usize,
+    through: Option<u64>,
+) -> Result<(), String> {
+    let consumer = lock(&progress).sources[index].consumer.clone();
+    let checkpoint = {
+        let (fresh, consumer) = (fresh.clone(), consumer.clone());
+        tokio::task::spawn_blocking(move || fresh.checkpoint(&consumer)).await.map_err(|e| e.to_string())?
+    }
+    .map_err(|e| e.to_string())?;
+    let target = match through {
+        Some(target) => target,
+        None => bus.last_sequence(E::STREAM).await.map_err(|e| e.to_string())?,
+    };
+    {
+        let mut p = lock(&progress);
+        p.total += target.saturating_sub(checkpoint);
+        p.sources[index].stream = E::STREAM.to_string();
+        p.sources[index].target = target;
+        p.sources[index].applied_through = checkpoint;
+    }
+    if checkpoint >= target {
+        return Ok(());
+    }
+    let mut stream = bus.replay(E::STREAM, E::STREAM_SUBJECTS, checkpoint + 1, 512).await.map_err(|e| e.to_string())?;
+    loop {
+        let deliveries = stream.next_batch(Duration::from_secs(1)).await.map_err(|e| e.to_string())?;
+        let Some(last) = deliveries.last().map(|d| d.stream_seq) else {
+            // Nothing more is coming: the target was deleted from the stream, say.
+            let (pending, _, _) = stream.lag().await.map_err(|e| e.to_string())?;
+            if pending == 0 {
+                return Ok(());
+            }
+            continue;
+        };
+        let wanted: Vec<_> = deliveries.iter().filter(|d| d.stream_seq <= target).collect();
+        // What cannot be decoded was dead-lettered when it was first delivered; skip it here.
+        let batch: Vec<Inbound<E>> = wanted
+            .iter()
+            .filter_map(|d| {
+                Decoded::<E>::decode(&d.subject, |name| d.header(name), &d.payload)
+                    .ok()
+                    .map(|decoded| Inbound { stream_seq: d.stream_seq, decoded })
+            })
+            .collect();
+        let applied_through = wanted.last().map(|d| d.stream_seq).unwrap_or(last.min(target));
+        let count = wanted.len() as u64;
+        let (file, name) = (fresh.clone(), consumer.clone());
+        tokio::task::spawn_blocking(move || file.apply(&name, &batch, applied_through))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        {
+            let mut p = lock(&progress);
+            p.events += count;
+            p.sources[index].applied_through = applied_through;
+        }
+        if applied_through >= target {
+            return Ok(());
+        }
+    }
+}
+
+impl<K: ContextKind> CacheHandle<K> {
+    /// Whether this context has caches to rebuild.
+    pub fn has_caches(&self) -> bool {
+        !self.cache_sources.is_empty()
+    }
+
+    /// Rebuilds every cache of the context from the owners' streams into a fresh file beside the
+    /// live one, then swaps them in on the writer. `progress` is updated as it goes.
+    pub async fn rebuild_caches(&self, bus: &Bus, progress: Progress) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let result = self.rebuild_inner(bus, &progress).await;
+        let mut p = lock(&progress);
+        p.seconds = Some(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => p.state = "done".into(),
+            Err(e) => {
+                p.state = "failed".into();
+                p.error = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    async fn rebuild_inner(&self, bus: &Bus, progress: &Progress) -> Result<(), String> {
+        if self.cache_sources.is_empty() {
+            return Err(format!("{} keeps no caches of other contexts' data", K::NAME));
+        }
+        {
+            let mut p = lock(progress);
+            p.context = K::NAME.to_string();
+            p.state = "replaying".into();
+            p.sources = self
+                .cache_sources
+                .iter()
+                .map(|s| SourceProgress {
+                    stream: String::new(),
+                    consumer: s.set.consumer.clone(),
+                    ..Default::default()
+                })
+                .collect();
+        }
+        let path = fresh_path(self.db.path());
+        let _ = std::fs::remove_file(&path);
+        let fresh = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || ContextFile::<K>::open(&path)).await.map_err(|e| e.to_string())?
+        }
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let fresh = Arc::new(fresh);
+        let outcome = self.replay_and_swap(bus, progress, &fresh).await;
+        drop(fresh);
+        let _ = std::fs::remove_file(&path);
+        outcome
+    }
+
+    async fn replay_and_swap(&self, bus: &Bus, progress: &Progress, fresh: &Arc<ContextFile<K>>) -> Result<(), String> {
+        for (index, source) in self.cache_sources.iter().enumerate() {
+            (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+        }
+        let sets: Vec<CacheSet> = self.cache_sources.iter().map(|s| s.set.clone()).collect();
+        for _ in 0..SWAP_ATTEMPTS {
+            lock(progress).state = "swapping".into();
+            let (file, swap_sets) = (fresh.clone(), sets.clone());
+            let swapped = self
+                .write(move |db| db.adopt_caches(&file, &swap_sets))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            match swapped {
+                Ok(tables) => {
+                    lock(progress).tables = tables
+                        .into_iter()
+                        .map(|t| TableChange { table: t.table.to_string(), before: t.before, after: t.after })
+                        .collect();
+                    tracing::info!(context = K::NAME, "caches rebuilt from the streams and swapped in");
+                    return Ok(());
+                }
+                Err(behind) => {
+                    // The live consumer applied more while we replayed. Catch up past it, to the
+                    // stream's end (which it cannot pass), so that the next swap usually holds.
+                    tracing::debug!(?behind, "rebuilt caches behind the live ones; catching up");
+                    lock(progress).state = "replaying".into();
+                    let index = sets.iter().position(|s| s.consumer == behind.consumer).unwrap_or(0);
+                    let source = &self.cache_sources[index];
+                    (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+                }
+            }
+        }
+        Err(format!("the live consumers kept moving; no swap after {SWAP_ATTEMPTS} attempts"))
+    }
+}
+
+/// `baskets.redb` → `baskets.rebuild.redb`.
+fn fresh_path(live: &std::path::Path) -> std::path::PathBuf {
+    let stem = live.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "context".into());
+    live.with_file_name(format!("{stem}.rebuild.redb"))
+}
+
+fn lock(progress: &Progress) -> std::sync::MutexGuard<'_, RebuildProgress> {
+    progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,81 @@
+//! `carrier rebuild <context>`: rebuild a running context's caches from the owners' streams into
+//! a fresh file while the old caches keep serving, then swap; with progress.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use carrier_actors::rebuild::RebuildProgress;
+use carrier_actors::ContextName;
+
+/// Arguments of `carrier rebuild`.
+#[derive(clap::Args)]
+pub struct RebuildArgs {
+    /// The consuming context whose caches to rebuild (baskets, depot, payments, notifications,
+    /// search).
+    context: ContextName,
+    /// The dashboard of the running `carrier run` that owns the context's file.
+    #[arg(long, env = "CARRIER_DASHBOARD_URL", default_value = "http://127.0.0.1:7878")]
+    url: String,
+    /// The API key the dashboard was started with (`--dashboard-actions --api-key`).
+    #[arg(long, env = "CARRIER_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+pub fn main(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+    let base = args.url.trim_end_matches('/');
+    let context = args.context.as_str();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("{base}/api/contexts/{context}/rebuild");
+    let mut response = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {}", args.api_key))
+        .send_empty()
+        .with_context(|| format!("cannot reach the dashboard at {base} (is `carrier run` serving it?)"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if status != 202 {
+        let error = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!("the dashboard refused the rebuild ({status}): {error}");
+    }
+    let started: RebuildProgress = serde_json::from_str(&body).context("the dashboard's answer")?;
+    let mut bar = crate::progress::Progress::new(&format!("rebuild {context}"), 0);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let rebuilds: Vec<RebuildProgress> = agent
+            .get(&format!("{base}/api/rebuilds"))
+            .call()
+            .context("polling the rebuild")?
+            .body_mut()
+            .read_json()
+            .context("the dashboard's rebuild report")?;
+        let Some(p) = rebuilds.into_iter().find(|p| p.context == context && p.started_at == started.started_at) else {
+            bail!("the rebuild of {context} disappeared from the dashboard (was carrier restarted?)");
+        };
+        bar.set_total(p.total);
+        let streams: Vec<String> =
+            p.sources.iter().map(|s| format!("{}@{}/{}", s.stream, s.applied_through, s.target)).collect();
+        bar.update(p.events, &format!("{} {}", p.state, streams.join(" ")));
+        match p.state.as_str() {
+            "done" => {
+                bar.finish(&format!("done in {:.1} s", p.seconds.unwrap_or(0.0)));
+                for t in &p.tables {
+                    println!("{:<16} {:>8} rows before  {:>8} rows after", t.table, t.before, t.after);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" => {
+                bar.finish("failed");
+                bail!("the rebuild of {context} failed: {}", p.error.unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+}
