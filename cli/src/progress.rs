@@ -62,6 +62,14 @@ impl Progress {
         }
     }
 
+    /// Prints a line of results to stdout without tearing the bar.
+    pub fn println(&self, line: &str) {
+        match self {
+            Progress::Bar(bar) => bar.suspend(|| println!("{line}")),
+            Progress::Plain { .. } => println!("{line}"),
+        }
+    }
+
     /// Done: the bar stays with `message`; a plain line says it.
     pub fn finish(self, message: &str) {
         match self {
