@@ -81,7 +81,11 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })
             .await?;
             done += count;
-            if metrics_on { on_rates.push(rate.0) } else { off_rates.push(rate.0) }
+            if metrics_on {
+                on_rates.push(rate.0)
+            } else {
+                off_rates.push(rate.0)
+            }
             progress.println(&format!(
                 "  round {}: carrier, {label:<11} {:>9.0} events/s   {:.2} of raw   ({} batches, {:.0} events per commit)",
                 round + 1,
@@ -91,7 +95,11 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 count as f64 / rate.1.max(1) as f64
             ));
         }
-        progress.println(&format!("  round {}: raw consume + ack   {:>9.0} msg/s", round + 1, raw_rates[round as usize]));
+        progress.println(&format!(
+            "  round {}: raw consume + ack   {:>9.0} msg/s",
+            round + 1,
+            raw_rates[round as usize]
+        ));
     }
     progress.finish("done");
     let raw = median(&mut raw_rates);

@@ -94,10 +94,14 @@ pub async fn main(args: DlqArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Replay { context, seqs, all } => {
             let seqs = if all { every_seq(&bus, context).await? } else { seqs };
-            for seq in seqs {
-                let receipt = bus.replay_dead_letter(context.as_str(), seq).await?;
-                println!("replayed dead letter {seq}: stored at stream seq {}", receipt.stream_seq);
+            let mut progress =
+                crate::progress::Progress::new(&format!("replay {}", context.as_str()), seqs.len() as u64);
+            for (done, seq) in seqs.iter().enumerate() {
+                let receipt = bus.replay_dead_letter(context.as_str(), *seq).await?;
+                progress.println(&format!("replayed dead letter {seq}: stored at stream seq {}", receipt.stream_seq));
+                progress.update(done as u64 + 1, "");
             }
+            progress.finish(&format!("{} replayed", seqs.len()));
         }
         Action::Purge { context, seqs, all } => {
             if all {

@@ -273,6 +273,19 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
            return true;"#,
     );
     save_screenshot(&browser, "dashboard-restart.png");
+
+    // The page's own restart button, with the key typed in: the actions work from the browser.
+    browser.eval(&format!(
+        r#"document.querySelector('#key').value = '{KEY}';
+           document.querySelector('button[data-restart="carrier/search/cache"]').click();
+           return true;"#
+    ));
+    browser.wait_for(
+        Duration::from_secs(5),
+        "the restart of carrier/search/cache from its button",
+        r#"const row = document.querySelector('#tree tr[data-path="carrier/search/cache"]');
+           return !!row && row.dataset.restarts === '1' && row.dataset.state === 'running';"#,
+    );
     drop(browser);
     drop(demo);
 }
