@@ -286,6 +286,13 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
         r#"const row = document.querySelector('#tree tr[data-path="carrier/search/cache"]');
            return !!row && row.dataset.restarts === '1' && row.dataset.state === 'running';"#,
     );
+    // And a cache rebuild from the caches table, followed to the end on the page.
+    browser.eval(r#"document.querySelector('button[data-rebuild="depot"]').click(); return true;"#);
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the depot's cache rebuild done",
+        r#"return !!document.querySelector('#rebuilds tr[data-context="depot"][data-state="done"]');"#,
+    );
     drop(browser);
     drop(demo);
 }
