@@ -124,7 +124,9 @@ impl Bus {
         self.ensure_stream(&dead_letter_stream(context), &format!("{}.>", dead_letter_subject_prefix(context))).await
     }
 
-    async fn ensure_stream(&self, name: &str, subjects: &str) -> Result<(), BusError> {
+    /// Creates the stream `name` capturing `subjects` if it does not exist (idempotent, and
+    /// safe when several processes start at once).
+    pub async fn ensure_stream(&self, name: &str, subjects: &str) -> Result<(), BusError> {
         let config = jetstream::stream::Config {
             name: name.to_string(),
             subjects: vec![subjects.to_string()],

@@ -105,6 +105,12 @@ pub enum WriterMsg<K> {
         /// Consecutive failed attempts so far (for backoff).
         attempt: u32,
     },
+    /// Keep delivered batches waiting (unapplied, so unacknowledged) until
+    /// [`WriterMsg::ReleaseBatches`]: a rebuild's last catch-up and swap see the live position
+    /// standing still. Commands, reads and the owners' answers go on.
+    HoldBatches,
+    /// Apply the held batches, in the order they came, and stop holding.
+    ReleaseBatches,
 }
 
 /// Finds an entity's state at its owner and returns the write that adopts it; `Ok(None)` when no
@@ -146,6 +152,8 @@ pub struct WriterArgs<K> {
 pub struct WriterState<K> {
     args: WriterArgs<K>,
     repair_scheduled: bool,
+    /// Batches kept waiting while a rebuild swaps caches in.
+    held: Option<Vec<Box<dyn WriteJob<K>>>>,
 }
 
 /// How long the inbox keeps applied event ids.
@@ -175,7 +183,7 @@ impl<K: ContextKind> Actor for ContextWriter<K> {
         myself.send_after(args.gap_grace, || WriterMsg::RepairGaps { attempt: 0 });
         // Whatever an earlier incarnation left in the outbox goes out now.
         args.relay_wakeup.notify_one();
-        Ok(WriterState { args, repair_scheduled: true })
+        Ok(WriterState { args, repair_scheduled: true, held: None })
     }
 
     async fn handle(
@@ -184,87 +192,131 @@ impl<K: ContextKind> Actor for ContextWriter<K> {
         msg: WriterMsg<K>,
         writer: &mut WriterState<K>,
     ) -> Result<(), ActorProcessingErr> {
-        let state = &writer.args;
         match msg {
-            WriterMsg::Apply(job) => {
-                if Faults::take(&state.faults.cache_panics) {
-                    panic!("injected panic in the {} cache", state.context);
-                }
-                let poison = state.faults.cache_panic_on_id.lock().ok().and_then(|id| id.clone());
-                if let Some(id) = poison {
-                    if job.touches(&id) {
-                        panic!("injected panic on an event about {id}");
-                    }
-                }
-                if Faults::take(&state.faults.cache_commit_failures) {
-                    job.fail(StorageError::io("commit", std::io::Error::other("injected storage failure")));
-                    return Ok(());
-                }
-                let db = state.db.clone();
-                let parked = tokio::task::spawn_blocking(move || job.run(&db)).await?;
-                state.relay_wakeup.notify_one();
-                if parked && !writer.repair_scheduled {
-                    writer.repair_scheduled = true;
-                    myself.send_after(state.gap_grace, || WriterMsg::RepairGaps { attempt: 0 });
+            WriterMsg::Apply(job) => match writer.held.as_mut() {
+                Some(held) => held.push(job),
+                None => apply(&myself, writer, job).await?,
+            },
+            WriterMsg::HoldBatches => {
+                writer.held.get_or_insert_with(Vec::new);
+            }
+            WriterMsg::ReleaseBatches => {
+                for job in writer.held.take().unwrap_or_default() {
+                    apply(&myself, writer, job).await?;
                 }
             }
-            WriterMsg::Run(job) => {
-                let db = state.db.clone();
-                tokio::task::spawn_blocking(move || job(&db)).await?;
-                state.relay_wakeup.notify_one();
-            }
-            WriterMsg::PruneInbox => {
-                let (db, horizon) = (state.db.clone(), state.inbox_retention.horizon);
-                match tokio::task::spawn_blocking(move || db.prune_inbox(horizon, PRUNE_BATCH)).await? {
-                    Ok(0) => {}
-                    Ok(removed) => {
-                        tracing::debug!(removed, "pruned the inbox");
-                        // A full batch means more is due: continue right away, between batches.
-                        if removed as usize >= PRUNE_BATCH {
-                            myself.send_message(WriterMsg::PruneInbox)?;
-                        }
-                    }
-                    // Pruning is housekeeping: a failure is retried at the next tick.
-                    Err(error) => tracing::warn!(%error, "inbox pruning failed"),
-                }
-            }
-            WriterMsg::RepairGaps { attempt } => {
-                writer.repair_scheduled = false;
-                let db = state.db.clone();
-                let gaps = tokio::task::spawn_blocking(move || db.gaps()).await??;
-                if gaps.is_empty() {
-                    return Ok(());
-                }
-                writer.repair_scheduled = true;
-                // The owner is asked off the write path: the answers come back as Run messages.
-                let (resolver, myself) = (state.resolver.clone(), myself.clone());
-                let grace = state.gap_grace;
-                tokio::spawn(async move {
-                    let mut failed = false;
-                    for (aggregate, id, current, waiting) in gaps {
-                        tracing::info!(aggregate = %aggregate, id = %id, current, waiting, "version gap; asking the owner");
-                        match resolver(aggregate.clone(), id.clone()).await {
-                            Ok(Some(adopt)) => {
-                                let _ = myself.send_message(WriterMsg::Run(adopt));
-                            }
-                            Ok(None) => {
-                                tracing::warn!(aggregate = %aggregate, id = %id, "no owner knows an entity with parked events; waiting for the missing event");
-                                failed = true;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "gap repair must wait for the owner");
-                                failed = true;
-                            }
-                        }
-                    }
-                    let next = if failed { attempt + 1 } else { 0 };
-                    let delay = grace.saturating_mul(1 << next.min(5)).min(Duration::from_secs(30));
-                    // Check again: either the repair went through or it is retried with backoff.
-                    myself.send_after(delay, move || WriterMsg::RepairGaps { attempt: next });
-                });
-            }
+            msg => handle_other(&myself, writer, msg).await?,
         }
         Ok(())
+    }
+}
+
+/// Applies one delivered batch on a blocking thread, then wakes the relay and schedules gap
+/// repair when the batch parked an event.
+async fn apply<K: ContextKind>(
+    myself: &ActorRef<WriterMsg<K>>,
+    writer: &mut WriterState<K>,
+    job: Box<dyn WriteJob<K>>,
+) -> Result<(), ActorProcessingErr> {
+    let state = &writer.args;
+    if Faults::take(&state.faults.cache_panics) {
+        panic!("injected panic in the {} cache", state.context);
+    }
+    let poison = state.faults.cache_panic_on_id.lock().ok().and_then(|id| id.clone());
+    if let Some(id) = poison {
+        if job.touches(&id) {
+            panic!("injected panic on an event about {id}");
+        }
+    }
+    if Faults::take(&state.faults.cache_commit_failures) {
+        job.fail(StorageError::io("commit", std::io::Error::other("injected storage failure")));
+        return Ok(());
+    }
+    let db = state.db.clone();
+    let parked = tokio::task::spawn_blocking(move || job.run(&db)).await?;
+    state.relay_wakeup.notify_one();
+    if parked && !writer.repair_scheduled {
+        writer.repair_scheduled = true;
+        myself.send_after(state.gap_grace, || WriterMsg::RepairGaps { attempt: 0 });
+    }
+    Ok(())
+}
+
+/// Everything but batches: one-off writes, pruning and gap repair.
+async fn handle_other<K: ContextKind>(
+    myself: &ActorRef<WriterMsg<K>>,
+    writer: &mut WriterState<K>,
+    msg: WriterMsg<K>,
+) -> Result<(), ActorProcessingErr> {
+    let state = &writer.args;
+    match msg {
+        WriterMsg::Apply(_) | WriterMsg::HoldBatches | WriterMsg::ReleaseBatches => {}
+        WriterMsg::Run(job) => {
+            let db = state.db.clone();
+            tokio::task::spawn_blocking(move || job(&db)).await?;
+            state.relay_wakeup.notify_one();
+        }
+        WriterMsg::PruneInbox => {
+            let (db, horizon) = (state.db.clone(), state.inbox_retention.horizon);
+            match tokio::task::spawn_blocking(move || db.prune_inbox(horizon, PRUNE_BATCH)).await? {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::debug!(removed, "pruned the inbox");
+                    // A full batch means more is due: continue right away, between batches.
+                    if removed as usize >= PRUNE_BATCH {
+                        myself.send_message(WriterMsg::PruneInbox)?;
+                    }
+                }
+                // Pruning is housekeeping: a failure is retried at the next tick.
+                Err(error) => tracing::warn!(%error, "inbox pruning failed"),
+            }
+        }
+        WriterMsg::RepairGaps { attempt } => {
+            writer.repair_scheduled = false;
+            let db = state.db.clone();
+            let gaps = tokio::task::spawn_blocking(move || db.gaps()).await??;
+            if gaps.is_empty() {
+                return Ok(());
+            }
+            writer.repair_scheduled = true;
+            // The owner is asked off the write path: the answers come back as Run messages.
+            let (resolver, myself) = (state.resolver.clone(), myself.clone());
+            let grace = state.gap_grace;
+            tokio::spawn(async move {
+                let mut failed = false;
+                for (aggregate, id, current, waiting) in gaps {
+                    tracing::info!(aggregate = %aggregate, id = %id, current, waiting, "version gap; asking the owner");
+                    match resolver(aggregate.clone(), id.clone()).await {
+                        Ok(Some(adopt)) => {
+                            let _ = myself.send_message(WriterMsg::Run(adopt));
+                        }
+                        Ok(None) => {
+                            tracing::warn!(aggregate = %aggregate, id = %id, "no owner knows an entity with parked events; waiting for the missing event");
+                            failed = true;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "gap repair must wait for the owner");
+                            failed = true;
+                        }
+                    }
+                }
+                let next = if failed { attempt + 1 } else { 0 };
+                let delay = grace.saturating_mul(1 << next.min(5)).min(Duration::from_secs(30));
+                // Check again: either the repair went through or it is retried with backoff.
+                myself.send_after(delay, move || WriterMsg::RepairGaps { attempt: next });
+            });
+        }
+    }
+    Ok(())
+}
+
+/// While alive, the writer keeps delivered batches waiting; dropping it releases them, even when
+/// the rebuild that held them failed or was cancelled.
+pub(crate) struct HeldBatches<K: ContextKind>(ActorRef<WriterMsg<K>>);
+
+impl<K: ContextKind> Drop for HeldBatches<K> {
+    fn drop(&mut self) {
+        let _ = self.0.send_message(WriterMsg::ReleaseBatches);
     }
 }
 
@@ -352,6 +404,35 @@ impl<K: ContextKind> CacheHandle<K> {
             })))
             .map_err(|_| LookupError::Unavailable)?;
         rx.await.map_err(|_| LookupError::Unavailable)
+    }
+
+    /// Keeps delivered batches waiting until the returned guard drops (see
+    /// [`WriterMsg::HoldBatches`]).
+    pub(crate) async fn hold_batches(&self) -> Result<HeldBatches<K>, LookupError> {
+        let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
+        writer.send_message(WriterMsg::HoldBatches).map_err(|_| LookupError::Unavailable)?;
+        Ok(HeldBatches(writer))
+    }
+
+    /// What operators see of this context.
+    pub(crate) fn observed(&self, bus: &crate::bus::Bus) -> crate::observe::ObservedContext {
+        let rebuild: Option<crate::observe::RebuildFn> = self.has_caches().then(|| {
+            let (h, bus) = (self.clone(), bus.clone());
+            let f: crate::observe::RebuildFn = Arc::new(move |progress| {
+                let (h, bus) = (h.clone(), bus.clone());
+                Box::pin(async move { h.rebuild_caches(&bus, progress).await })
+            });
+            f
+        });
+        crate::observe::ObservedContext {
+            name: K::NAME,
+            file: self.db.clone(),
+            consumers: self.probes.clone(),
+            lookups: Some(self.lookups.clone()),
+            fallbacks: self.stores_fallback.iter().chain(self.customers_fallback.iter()).cloned().collect(),
+            publishes: !<K::Event as DomainEvent>::EVENT_TYPES.is_empty(),
+            rebuild,
+        }
     }
 
     fn fallback(&self, which: &Option<Arc<Fallback>>) -> Result<Arc<Fallback>, LookupError> {
@@ -455,6 +536,11 @@ impl<K: ContextKind> ContextBuilder<K> {
     /// The handle as built so far (lookups work once the writer runs).
     pub(crate) fn handle(&self) -> CacheHandle<K> {
         self.handle.clone()
+    }
+
+    /// The connection.
+    pub(crate) fn bus(&self) -> crate::bus::Bus {
+        self.bus.clone()
     }
 
     /// Adds a consumer of `E`'s stream on the durable `<context>-<source>`.

@@ -90,6 +90,7 @@ impl<K: OwnerKind> ObservedFile for OwnerFile<K> {
 }
 
 /// One running context, as the observer sees it.
+#[derive(Clone)]
 pub(crate) struct ObservedContext {
     pub name: &'static str,
     pub file: Arc<dyn ObservedFile>,

@@ -222,6 +222,13 @@ impl<K: ContextKind> CacheHandle<K> {
     }
 
     async fn replay_and_swap(&self, bus: &Bus, progress: &Progress, fresh: &Arc<ContextFile<K>>) -> Result<(), String> {
+        // The bulk of the replay runs while the live caches keep applying events.
+        for (index, source) in self.cache_sources.iter().enumerate() {
+            (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+        }
+        // Then the live batches wait (unacknowledged) while the fresh file catches up with the
+        // few events they applied meanwhile, so the swap cannot find the live caches ahead.
+        let _held = self.hold_batches().await.map_err(|e| e.to_string())?;
         for (index, source) in self.cache_sources.iter().enumerate() {
             (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
         }
@@ -244,8 +251,8 @@ impl<K: ContextKind> CacheHandle<K> {
                     return Ok(());
                 }
                 Err(behind) => {
-                    // The live consumer applied more while we replayed. Catch up past it, to the
-                    // stream's end (which it cannot pass), so that the next swap usually holds.
+                    // Only a batch already being applied when the hold began can get here: catch
+                    // up past it, to the stream's end, and try again.
                     tracing::debug!(?behind, "rebuilt caches behind the live ones; catching up");
                     lock(progress).state = "replaying".into();
                     let index = sets.iter().position(|s| s.consumer == behind.consumer).unwrap_or(0);

@@ -1,11 +1,15 @@
 //! Children that serve a context's commands and queries over request/reply.
 
+use std::marker::PhantomData;
+use std::sync::Arc;
+
 use ractor::Actor;
 
-use carrier_messages::request::{command_subject, query_subject};
+use carrier_messages::request::{command_subject, decode_request, encode_body, query_subject, QueryReply};
+use carrier_messages::ContentType;
 use serde::de::DeserializeOwned;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, IncomingRequest};
 use crate::owner::{ContextCommands, Decide};
 use crate::responder::{Answer, Responder, ResponderArgs};
 use crate::supervisor::ChildSpec;
@@ -31,22 +35,56 @@ where
     })
 }
 
-/// The `queries` child: serves `query.<context>` with a handler made by `handler`.
-pub(crate) fn queries<H: Answer>(
-    context: &'static str,
-    bus: Bus,
-    handler: impl Fn() -> H + Send + Sync + 'static,
-) -> ChildSpec {
+/// The `queries` child: serves `query.<context>`, answering each query of type `Q` with
+/// `answer` on a blocking thread (it reads redb) against `db`.
+pub(crate) fn queries<D, Q, R, F>(context: &'static str, bus: Bus, db: Arc<D>, answer: Arc<F>) -> ChildSpec
+where
+    D: Send + Sync + 'static,
+    Q: DeserializeOwned + Send + 'static,
+    R: QueryReply,
+    F: Fn(&D, Q) -> R + Send + Sync + 'static,
+{
     ChildSpec::new("queries", move |supervisor, _siblings| {
         let args = ResponderArgs {
             bus: bus.clone(),
             subject: query_subject(context),
             queue_group: context.to_string(),
-            handler: handler(),
+            handler: Queries { context, db: db.clone(), answer: answer.clone(), query: PhantomData },
         };
         async move {
-            let (actor, _) = Actor::spawn_linked(None, Responder::<H>::default(), args, supervisor).await?;
+            let (actor, _) =
+                Actor::spawn_linked(None, Responder::<Queries<D, Q, F>>::default(), args, supervisor).await?;
             Ok(actor.get_cell())
         }
     })
+}
+
+/// Answers a context's queries from its file.
+struct Queries<D, Q, F> {
+    context: &'static str,
+    db: Arc<D>,
+    answer: Arc<F>,
+    query: PhantomData<fn() -> Q>,
+}
+
+impl<D, Q, R, F> Answer for Queries<D, Q, F>
+where
+    D: Send + Sync + 'static,
+    Q: DeserializeOwned + Send + 'static,
+    R: QueryReply,
+    F: Fn(&D, Q) -> R + Send + Sync + 'static,
+{
+    async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
+        let reply = match decode_request::<Q>(content_type, &request.payload) {
+            Err(reason) => R::failed("bad_request", format!("not a {} query: {reason}", self.context)),
+            Ok(query) => {
+                let (db, answer) = (self.db.clone(), self.answer.clone());
+                match tokio::task::spawn_blocking(move || answer(&db, query)).await {
+                    Ok(reply) => reply,
+                    Err(e) => R::failed("unavailable", e.to_string()),
+                }
+            }
+        };
+        encode_body(content_type, &reply)
+    }
 }

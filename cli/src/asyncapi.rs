@@ -12,9 +12,8 @@ pub struct AsyncApiArgs {
     output: Option<std::path::PathBuf>,
 }
 
-pub fn main(args: AsyncApiArgs) -> anyhow::Result<ExitCode> {
-    let readers = carrier_actors::ContextName::subscriptions();
-    let document = carrier_messages::asyncapi::document(env!("CARGO_PKG_VERSION"), &readers);
+pub fn main(args: AsyncApiArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
+    let document = carrier_actors::context::asyncapi(env!("CARGO_PKG_VERSION"), &app.contexts);
     let text = serde_json::to_string_pretty(&document)? + "\n";
     match args.output {
         Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,

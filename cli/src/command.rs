@@ -11,7 +11,7 @@ use carrier_messages::request::{command_subject, query_subject, CommandReply};
 /// Arguments of `carrier command`.
 #[derive(clap::Args)]
 pub struct CommandArgs {
-    /// The context: stores, customers, baskets, ordering or depot.
+    /// The context (one that takes commands, e.g. stores).
     context: String,
     /// The command as JSON, e.g. '{"command":"create_store","id":"s-1","name":"Corner Shop","location":"North"}'.
     command: String,
@@ -26,8 +26,21 @@ pub struct CommandArgs {
     nats_url: String,
 }
 
-pub async fn main(args: CommandArgs) -> anyhow::Result<ExitCode> {
+/// Refuses a context this binary does not declare, or one without `kind` endpoints.
+fn check_endpoint(app: &crate::App, context: &str, kind: &str) -> anyhow::Result<()> {
+    let declared = app.context(context)?;
+    if !declared.endpoints().iter().any(|e| e.kind == kind) {
+        let with: Vec<&str> =
+            app.contexts.iter().filter(|c| c.endpoints().iter().any(|e| e.kind == kind)).map(|c| c.name()).collect();
+        let what = if kind == "cmd" { "commands" } else { "queries" };
+        anyhow::bail!("{context} takes no {what} (contexts with {what}: {})", with.join(", "));
+    }
+    Ok(())
+}
+
+pub async fn main(args: CommandArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn", false);
+    check_endpoint(app, &args.context, "cmd")?;
     let body: serde_json::Value = serde_json::from_str(&args.command).context("the command is not JSON")?;
     let bus = Bus::connect(&args.nats_url, "carrier-command", Duration::from_secs(5)).await?;
     let mut headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];
@@ -47,7 +60,7 @@ pub async fn main(args: CommandArgs) -> anyhow::Result<ExitCode> {
 /// Arguments of `carrier query`.
 #[derive(clap::Args)]
 pub struct QueryArgs {
-    /// The context: stores, customers or search.
+    /// The context (one that answers queries, e.g. stores).
     context: String,
     /// The query as JSON, e.g. '{"query":"search_orders","status":"completed","limit":10}'.
     query: String,
@@ -60,8 +73,9 @@ pub struct QueryArgs {
 }
 
 /// Sends a query to `query.<context>` and prints the reply as JSON; fails when it is not `ok`.
-pub async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
+pub async fn query(args: QueryArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn", false);
+    check_endpoint(app, &args.context, "query")?;
     let body: serde_json::Value = serde_json::from_str(&args.query).context("the query is not JSON")?;
     let bus = Bus::connect(&args.nats_url, "carrier-query", Duration::from_secs(5)).await?;
     let headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];

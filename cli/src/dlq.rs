@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use carrier_actors::bus::{dead_letter_header as dlq, Bus, DeadLetter};
-use carrier_actors::ContextName;
 use carrier_messages::envelope::header;
 
 /// Arguments of `carrier dlq`.
@@ -23,7 +22,7 @@ enum Action {
     /// List dead letters, oldest first: sequence, time, reason, subject, event.
     List {
         /// The consuming context.
-        context: ContextName,
+        context: String,
         /// Start at this sequence of the dead-letter stream.
         #[arg(long, default_value_t = 1)]
         from: u64,
@@ -34,14 +33,14 @@ enum Action {
     /// Show one dead letter: every header and the body.
     Show {
         /// The consuming context.
-        context: ContextName,
+        context: String,
         /// Its sequence in the dead-letter stream.
         seq: u64,
     },
     /// Publish dead letters again to their original subjects (same event ids), then delete them.
     Replay {
         /// The consuming context.
-        context: ContextName,
+        context: String,
         /// Sequences to replay.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         seqs: Vec<u64>,
@@ -52,7 +51,7 @@ enum Action {
     /// Delete dead letters without replaying them.
     Purge {
         /// The consuming context.
-        context: ContextName,
+        context: String,
         /// Sequences to delete.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         seqs: Vec<u64>,
@@ -62,14 +61,24 @@ enum Action {
     },
 }
 
-pub async fn main(args: DlqArgs) -> anyhow::Result<ExitCode> {
+pub async fn main(args: DlqArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn", false);
+    let named = match &args.action {
+        Action::List { context, .. }
+        | Action::Show { context, .. }
+        | Action::Replay { context, .. }
+        | Action::Purge { context, .. } => context.clone(),
+    };
+    let declared = app.context(&named)?;
+    if !declared.consumes() {
+        bail!("{named} reads no stream, so it has no dead letters");
+    }
     let bus = Bus::connect(&args.nats_url, "carrier-dlq", Duration::from_secs(5)).await?;
     match args.action {
         Action::List { context, from, limit } => {
-            let letters = bus.dead_letters(context.as_str(), from, limit).await?;
+            let letters = bus.dead_letters(&context, from, limit).await?;
             if letters.is_empty() {
-                println!("no dead letters for {}", context.as_str());
+                println!("no dead letters for {}", context);
             }
             for letter in letters {
                 println!(
@@ -87,17 +96,16 @@ pub async fn main(args: DlqArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Show { context, seq } => {
             let letter = bus
-                .read_dead_letter(context.as_str(), seq)
+                .read_dead_letter(&context, seq)
                 .await?
-                .with_context(|| format!("no dead letter {seq} for {}", context.as_str()))?;
+                .with_context(|| format!("no dead letter {seq} for {}", context))?;
             show(&letter);
         }
         Action::Replay { context, seqs, all } => {
-            let seqs = if all { every_seq(&bus, context).await? } else { seqs };
-            let mut progress =
-                crate::progress::Progress::new(&format!("replay {}", context.as_str()), seqs.len() as u64);
+            let seqs = if all { every_seq(&bus, &context).await? } else { seqs };
+            let mut progress = crate::progress::Progress::new(&format!("replay {}", context), seqs.len() as u64);
             for (done, seq) in seqs.iter().enumerate() {
-                let receipt = bus.replay_dead_letter(context.as_str(), *seq).await?;
+                let receipt = bus.replay_dead_letter(&context, *seq).await?;
                 progress.println(&format!("replayed dead letter {seq}: stored at stream seq {}", receipt.stream_seq));
                 progress.update(done as u64 + 1, "");
             }
@@ -105,12 +113,12 @@ pub async fn main(args: DlqArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Purge { context, seqs, all } => {
             if all {
-                let purged = bus.purge_dead_letters(context.as_str(), None).await?;
-                println!("purged {purged} dead letters of {}", context.as_str());
+                let purged = bus.purge_dead_letters(&context, None).await?;
+                println!("purged {purged} dead letters of {}", context);
             } else {
                 for seq in seqs {
-                    if bus.purge_dead_letters(context.as_str(), Some(seq)).await? == 0 {
-                        bail!("no dead letter {seq} for {}", context.as_str());
+                    if bus.purge_dead_letters(&context, Some(seq)).await? == 0 {
+                        bail!("no dead letter {seq} for {}", context);
                     }
                     println!("deleted dead letter {seq}");
                 }
@@ -120,11 +128,11 @@ pub async fn main(args: DlqArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn every_seq(bus: &Bus, context: ContextName) -> anyhow::Result<Vec<u64>> {
+async fn every_seq(bus: &Bus, context: &str) -> anyhow::Result<Vec<u64>> {
     let mut seqs = Vec::new();
     let mut from = 1;
     loop {
-        let page = bus.dead_letters(context.as_str(), from, 1000).await?;
+        let page = bus.dead_letters(context, from, 1000).await?;
         let Some(last) = page.last().map(|l| l.seq) else { break };
         seqs.extend(page.iter().map(|l| l.seq));
         from = last + 1;

@@ -9,7 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// How often a plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);
 
-/// One piece of long work.
+/// One piece of long work. Its variants are how it shows; use its methods.
+#[allow(missing_docs)]
 pub enum Progress {
     /// A bar on the terminal.
     Bar(ProgressBar),

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use carrier_actors::rebuild::RebuildProgress;
-use carrier_actors::ContextName;
 
 /// Arguments of `carrier rebuild`.
 #[derive(clap::Args)]
 pub struct RebuildArgs {
     /// The consuming context whose caches to rebuild (baskets, depot, payments, notifications,
     /// search).
-    context: ContextName,
+    pub(crate) context: String,
     /// The dashboard of the running `carrier run` that owns the context's file.
     #[arg(long, env = "CARRIER_DASHBOARD_URL", default_value = "http://127.0.0.1:7878")]
     url: String,
@@ -22,9 +21,9 @@ pub struct RebuildArgs {
     api_key: String,
 }
 
-pub fn main(args: RebuildArgs) -> anyhow::Result<ExitCode> {
+pub fn main(args: RebuildArgs, name: &str) -> anyhow::Result<ExitCode> {
     let base = args.url.trim_end_matches('/');
-    let context = args.context.as_str();
+    let context = name;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))

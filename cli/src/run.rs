@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use carrier_actors::{CarrierSystem, ContextName, SystemConfig};
+use carrier_actors::{CarrierSystem, SystemConfig};
 
 /// Arguments of `carrier run`.
 #[derive(clap::Args)]
@@ -11,11 +11,15 @@ pub struct RunArgs {
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Start a nats-server with JetStream on a free loopback port (its store under the data
+    /// directory) and run against it instead of `--nats-url`: a whole local setup in one command.
+    #[arg(long)]
+    local_nats: bool,
     #[command(flatten)]
     data: crate::DataDir,
-    /// Contexts to run, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "stores,baskets,depot")]
-    contexts: Vec<ContextName>,
+    /// Contexts to run, comma separated (default: every context this binary declares).
+    #[arg(long, value_delimiter = ',')]
+    contexts: Vec<String>,
     /// Most events applied per transaction.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_max: u32,
@@ -28,10 +32,25 @@ pub struct RunArgs {
     otlp: crate::otel::OtlpArgs,
 }
 
-pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     crate::init_logging("info", false);
-    let mut config = SystemConfig::new(&args.nats_url, &args.data.data_dir);
-    config.contexts = args.contexts.clone();
+    let contexts = if args.contexts.is_empty() {
+        app.contexts.clone()
+    } else {
+        carrier_actors::context::select(&app.contexts, &args.contexts)?
+    };
+    let names: Vec<&str> = contexts.iter().map(|c| c.name()).collect();
+    let names = names.join(",");
+    let nats = if args.local_nats {
+        std::fs::create_dir_all(&args.data.data_dir)
+            .with_context(|| format!("cannot create {}", args.data.data_dir.display()))?;
+        let nats = crate::server::nats_or_local(None, Some(&args.data.data_dir))?;
+        println!("nats-server with JetStream at {}", nats.url);
+        nats
+    } else {
+        crate::server::Nats { url: args.nats_url.clone(), _local: None }
+    };
+    let mut config = SystemConfig::new(&nats.url, &args.data.data_dir, contexts);
     config.batch_max = args.batch_max as usize;
     config.poison_threshold = args.poison_threshold;
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
@@ -47,10 +66,9 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(dashboard) = &dashboard {
         tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
     }
-    let names: Vec<&str> = args.contexts.iter().map(|c| c.as_str()).collect();
     tracing::info!(
-        contexts = %names.join(","),
-        nats = %args.nats_url,
+        contexts = %names,
+        nats = %nats.url,
         server_version = %system.bus.server_version(),
         data_dir = %args.data.data_dir.display(),
         "carrier is running; SIGINT or SIGTERM stops it"
@@ -72,7 +90,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Waits for SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -7,7 +7,7 @@
 //! schema.
 
 use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
+pub use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::envelope::header;
@@ -26,12 +26,60 @@ pub struct EventEntry {
     pub payload: Schema,
 }
 
-/// A context's stream and events.
-struct Stream {
-    context: &'static str,
-    stream: &'static str,
-    subjects: &'static str,
-    events: Vec<EventEntry>,
+/// A context's stream, as the document shows it: the stream, its subjects and its events.
+#[derive(Clone, Copy)]
+pub struct StreamDoc {
+    /// The owning context.
+    pub context: &'static str,
+    /// The JetStream stream.
+    pub stream: &'static str,
+    /// The subjects it captures.
+    pub subjects: &'static str,
+    /// Its events, with their payload schemas.
+    pub catalog: fn(&mut SchemaGenerator) -> Vec<EventEntry>,
+}
+
+impl StreamDoc {
+    /// The stream of `E`'s context.
+    pub fn of<E: crate::DomainEvent>() -> StreamDoc {
+        StreamDoc { context: E::CONTEXT, stream: E::STREAM, subjects: E::STREAM_SUBJECTS, catalog: E::catalog }
+    }
+}
+
+/// A context's request/reply endpoint, as the document shows it.
+#[derive(Clone, Copy)]
+pub struct EndpointDoc {
+    /// The context that answers.
+    pub context: &'static str,
+    /// `cmd` (on `cmd.<context>`) or `query` (on `query.<context>`).
+    pub kind: &'static str,
+    request: fn(&mut SchemaGenerator) -> Schema,
+    request_name: fn() -> String,
+    reply: fn(&mut SchemaGenerator) -> Schema,
+    reply_name: fn() -> String,
+}
+
+impl EndpointDoc {
+    /// Commands of type `C` on `cmd.<context>`, answered with a [`CommandReply`](crate::request::CommandReply).
+    pub fn command<C: JsonSchema>(context: &'static str) -> EndpointDoc {
+        EndpointDoc::new::<C, crate::request::CommandReply>(context, "cmd")
+    }
+
+    /// Queries of type `Q` on `query.<context>`, answered with an `R`.
+    pub fn query<Q: JsonSchema, R: JsonSchema>(context: &'static str) -> EndpointDoc {
+        EndpointDoc::new::<Q, R>(context, "query")
+    }
+
+    fn new<Req: JsonSchema, Rep: JsonSchema>(context: &'static str, kind: &'static str) -> EndpointDoc {
+        EndpointDoc {
+            context,
+            kind,
+            request: |g| g.subschema_for::<Req>(),
+            request_name: || Req::schema_name().to_string(),
+            reply: |g| g.subschema_for::<Rep>(),
+            reply_name: || Rep::schema_name().to_string(),
+        }
+    }
 }
 
 /// Request/reply endpoints of a context: (subject kind, request schema, reply schema, reply name).
@@ -41,74 +89,44 @@ struct Endpoint {
     request: Schema,
     request_name: String,
     reply: Schema,
-    reply_name: &'static str,
+    reply_name: String,
 }
 
-/// The document. `readers` says which context reads which context's stream (consumer, source),
-/// as the actors wire them.
-pub fn document(version: &str, readers: &[(&str, &str)]) -> Value {
+/// One stream with its events.
+struct Stream {
+    context: &'static str,
+    stream: &'static str,
+    subjects: &'static str,
+    events: Vec<EventEntry>,
+}
+
+/// The document of `streams` and `endpoints`. `readers` says which context reads which context's
+/// stream (consumer, source), as the actors wire them.
+pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc], readers: &[(&str, &str)]) -> Value {
     let mut settings = SchemaSettings::draft07();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = settings.into_generator();
 
-    let streams = vec![
-        stream::<crate::stores::StoresEvent>(&mut generator, crate::stores::StoresEvent::catalog),
-        stream::<crate::customers::CustomersEvent>(&mut generator, crate::customers::CustomersEvent::catalog),
-        stream::<crate::baskets::BasketsEvent>(&mut generator, crate::baskets::BasketsEvent::catalog),
-        stream::<crate::ordering::OrderingEvent>(&mut generator, crate::ordering::OrderingEvent::catalog),
-        stream::<crate::depot::DepotEvent>(&mut generator, crate::depot::DepotEvent::catalog),
-        stream::<crate::payments::PaymentsEvent>(&mut generator, crate::payments::PaymentsEvent::catalog),
-    ];
-    let endpoints = vec![
-        endpoint::<crate::stores::StoresCommand, crate::request::CommandReply>(
-            &mut generator,
-            "stores",
-            "cmd",
-            "CommandReply",
-        ),
-        endpoint::<crate::customers::CustomersCommand, crate::request::CommandReply>(
-            &mut generator,
-            "customers",
-            "cmd",
-            "CommandReply",
-        ),
-        endpoint::<crate::baskets::BasketsCommand, crate::request::CommandReply>(
-            &mut generator,
-            "baskets",
-            "cmd",
-            "CommandReply",
-        ),
-        endpoint::<crate::ordering::OrderingCommand, crate::request::CommandReply>(
-            &mut generator,
-            "ordering",
-            "cmd",
-            "CommandReply",
-        ),
-        endpoint::<crate::depot::DepotCommand, crate::request::CommandReply>(
-            &mut generator,
-            "depot",
-            "cmd",
-            "CommandReply",
-        ),
-        endpoint::<crate::stores::StoresQuery, crate::stores::StoresQueryReply>(
-            &mut generator,
-            "stores",
-            "query",
-            "StoresQueryReply",
-        ),
-        endpoint::<crate::customers::CustomersQuery, crate::customers::CustomersQueryReply>(
-            &mut generator,
-            "customers",
-            "query",
-            "CustomersQueryReply",
-        ),
-        endpoint::<crate::search::SearchQuery, crate::search::SearchReply>(
-            &mut generator,
-            "search",
-            "query",
-            "SearchReply",
-        ),
-    ];
+    let streams: Vec<Stream> = streams
+        .iter()
+        .map(|s| Stream {
+            context: s.context,
+            stream: s.stream,
+            subjects: s.subjects,
+            events: (s.catalog)(&mut generator),
+        })
+        .collect();
+    let endpoints: Vec<Endpoint> = endpoints
+        .iter()
+        .map(|e| Endpoint {
+            context: e.context,
+            kind: e.kind,
+            request: (e.request)(&mut generator),
+            request_name: (e.request_name)(),
+            reply: (e.reply)(&mut generator),
+            reply_name: (e.reply_name)(),
+        })
+        .collect();
 
     let mut channels = Map::new();
     let mut operations = Map::new();
@@ -288,29 +306,6 @@ pub fn document(version: &str, readers: &[(&str, &str)]) -> Value {
             },
         },
     })
-}
-
-fn stream<E: crate::DomainEvent>(
-    generator: &mut SchemaGenerator,
-    catalog: fn(&mut SchemaGenerator) -> Vec<EventEntry>,
-) -> Stream {
-    Stream { context: E::CONTEXT, stream: E::STREAM, subjects: E::STREAM_SUBJECTS, events: catalog(generator) }
-}
-
-fn endpoint<Req: JsonSchema, Rep: JsonSchema>(
-    generator: &mut SchemaGenerator,
-    context: &'static str,
-    kind: &'static str,
-    reply_name: &'static str,
-) -> Endpoint {
-    Endpoint {
-        context,
-        kind,
-        request: generator.subschema_for::<Req>(),
-        request_name: Req::schema_name().to_string(),
-        reply: generator.subschema_for::<Rep>(),
-        reply_name,
-    }
 }
 
 fn string(description: &str) -> Value {

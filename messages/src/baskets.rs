@@ -140,7 +140,7 @@ pub(crate) fn check_items(items: &[BasketItem]) -> Result<(), ValidationError> {
     items.iter().try_for_each(BasketItem::validate)
 }
 
-crate::codec::domain_events! {
+crate::domain_events! {
     /// Every event the baskets context publishes.
     enum BasketsEvent, context "baskets", stream "BASKETS", subjects "baskets.>";
     BasketStarted => "basket", "baskets.basket.started";

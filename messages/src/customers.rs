@@ -81,7 +81,7 @@ impl CustomerDisabled {
     }
 }
 
-crate::codec::domain_events! {
+crate::domain_events! {
     /// Every event the customers context publishes.
     enum CustomersEvent, context "customers", stream "CUSTOMERS", subjects "customers.>";
     CustomerRegistered => "customer", "customers.customer.registered";
@@ -171,6 +171,16 @@ pub struct CustomersQueryReply {
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::request::CommandFailure>,
+}
+
+impl crate::request::QueryReply for CustomersQueryReply {
+    fn failed(code: &str, message: String) -> Self {
+        CustomersQueryReply {
+            ok: false,
+            customer: None,
+            error: Some(crate::request::CommandFailure { code: code.to_string(), message }),
+        }
+    }
 }
 
 #[cfg(test)]

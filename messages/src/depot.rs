@@ -94,7 +94,7 @@ impl ShoppingListCanceled {
     }
 }
 
-crate::codec::domain_events! {
+crate::domain_events! {
     /// Every event the depot context publishes.
     enum DepotEvent, context "depot", stream "DEPOT", subjects "depot.>";
     ShoppingListCreated => "shopping_list", "depot.shopping_list.created";

@@ -273,7 +273,8 @@ fn id_header<'a>(get: &impl Fn(&str) -> Option<&'a str>, name: &'static str) -> 
 }
 
 /// Shortens untrusted text before it goes into an error message.
-pub(crate) fn clip(text: &str) -> String {
+#[doc(hidden)]
+pub fn clip(text: &str) -> String {
     const MAX: usize = 64;
     if text.len() <= MAX {
         return text.to_string();

@@ -31,6 +31,9 @@ pub mod search;
 pub mod stores;
 pub mod trace;
 
-pub use codec::{DecodeError, Decoded, DomainEvent, EncodedEvent, ValidationError};
+pub use codec::{check, Causality, DecodeError, Decoded, DomainEvent, EncodedEvent, NoEvents, ValidationError};
 pub use envelope::{ContentType, Envelope, EventId};
+pub use request::{CommandReply, QueryReply};
+/// The schema derive payloads, commands and queries need (`#[derive(JsonSchema)]`).
+pub use schemars;
 pub use stores::StoresEvent;

@@ -92,7 +92,7 @@ impl OrderCompleted {
     }
 }
 
-crate::codec::domain_events! {
+crate::domain_events! {
     /// Every event the ordering context publishes.
     enum OrderingEvent, context "ordering", stream "ORDERING", subjects "ordering.>";
     OrderCreated => "order", "ordering.order.created";

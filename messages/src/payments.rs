@@ -53,7 +53,7 @@ impl InvoicePaid {
     }
 }
 
-crate::codec::domain_events! {
+crate::domain_events! {
     /// Every event the payments context publishes.
     enum PaymentsEvent, context "payments", stream "PAYMENTS", subjects "payments.>";
     PaymentDeclined => "invoice", "payments.invoice.declined";

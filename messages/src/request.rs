@@ -67,6 +67,13 @@ impl CommandReply {
     }
 }
 
+/// The answer type of a context's queries: Carrier answers a request it cannot decode, or a
+/// query that failed in storage, with [`QueryReply::failed`].
+pub trait QueryReply: Serialize + JsonSchema + Send + 'static {
+    /// A failure with `code` (`bad_request`, `unavailable`, ...) and a sentence for people.
+    fn failed(code: &str, message: String) -> Self;
+}
+
 /// Decodes a request body of the given encoding.
 pub fn decode_request<T: DeserializeOwned>(content_type: ContentType, body: &[u8]) -> Result<T, String> {
     if body.len() > crate::codec::MAX_BODY_BYTES {

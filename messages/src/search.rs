@@ -105,6 +105,12 @@ pub struct SearchReply {
     pub error: Option<CommandFailure>,
 }
 
+impl crate::request::QueryReply for SearchReply {
+    fn failed(code: &str, message: String) -> Self {
+        SearchReply::failed(code, message)
+    }
+}
+
 impl SearchReply {
     /// A refusal with `code`.
     pub fn failed(code: &str, message: impl Into<String>) -> Self {

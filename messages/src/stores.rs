@@ -161,7 +161,7 @@ impl ProductRemoved {
     }
 }
 
-crate::codec::domain_events! {
+crate::domain_events! {
     /// Every event the stores context publishes.
     enum StoresEvent, context "stores", stream "STORES", subjects "stores.>";
     StoreCreated => "store", "stores.store.created";
@@ -341,6 +341,17 @@ pub struct StoresQueryReply {
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::request::CommandFailure>,
+}
+
+impl crate::request::QueryReply for StoresQueryReply {
+    fn failed(code: &str, message: String) -> Self {
+        StoresQueryReply {
+            ok: false,
+            store: None,
+            product: None,
+            error: Some(crate::request::CommandFailure { code: code.to_string(), message }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -44,8 +44,10 @@ impl StorageError {
     }
 }
 
-/// Attaches the operation's name to any redb error.
-pub(crate) trait RedbResultExt<T> {
+/// Attaches the operation's name to any redb error, making it a [`StorageError`]: for a
+/// context's own table code (`txn.open_table(T).during("open t")?`).
+pub trait RedbResultExt<T> {
+    /// The result, with a redb error named after `operation`.
     fn during(self, operation: &'static str) -> Result<T, StorageError>;
 }
 

@@ -13,6 +13,7 @@
 //!   ([`SearchDb`]): each context's own tables and reactions.
 //! - [`customers`]: the customers context's own state ([`CustomersDb`]).
 //! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
+//! - [`inspect`]: any file's tables and rows as JSON, opened read-only (`carrier inspect`).
 //! - [`outbox`]: the outbox table any owning context writes in the same transaction as its state.
 //!
 //! `docs/storage.md` describes the tables and the dedup protocol.
@@ -27,6 +28,7 @@ pub mod customer_cache;
 pub mod customers;
 pub mod depot;
 pub mod engine;
+pub mod inspect;
 pub mod notifications;
 pub mod ordering;
 pub mod outbox;
@@ -43,10 +45,11 @@ pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
-pub use error::StorageError;
+pub use error::{RedbResultExt, StorageError};
 pub use notifications::NotificationsDb;
 pub use ordering::OrderingDb;
 pub use owner::{CommandError, OwnerFile, OwnerKind};
 pub use payments::PaymentsDb;
+pub use rows::{Rows, RowsMut};
 pub use search::SearchDb;
 pub use stores::StoresDb;

@@ -113,6 +113,16 @@ impl<K: OwnerKind> OwnerFile<K> {
         }
     }
 
+    /// Runs `read` on a read snapshot (queries; never waits for the writer).
+    pub fn read<T>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        use redb::ReadableDatabase;
+        let txn = self.db.begin_read().during("begin_read")?;
+        read(&txn)
+    }
+
     /// The oldest `limit` unpublished events.
     pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
         outbox::pending(&self.db, limit)

@@ -1,10 +1,12 @@
-//! Reading whole rows of `id → CBOR` tables.
+//! Tables of `id → CBOR` rows: [`Rows`] for a context's own tables, and whole-table reads.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::engine;
-use crate::error::{decode_row, RedbResultExt};
+use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::StorageError;
 
 /// One row by id.
@@ -55,4 +57,106 @@ pub(crate) fn all_rows_with_version<T: DeserializeOwned>(
         out.push((id, decode_row(name, v.value())?, version));
     }
     Ok(out)
+}
+
+/// A table of rows of type `T` by string id, stored as CBOR: what most of a context's own
+/// tables are. Declare one as a constant and open it in a transaction:
+///
+/// ```
+/// use carrier_storage::Rows;
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Listing { name: String }
+/// const LISTINGS: Rows<Listing> = Rows::new("listings");
+/// ```
+pub struct Rows<T> {
+    name: &'static str,
+    row: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Rows<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Rows<T> {}
+
+impl<T: Serialize + DeserializeOwned> Rows<T> {
+    /// The table `name`.
+    pub const fn new(name: &'static str) -> Self {
+        Rows { name, row: PhantomData }
+    }
+
+    fn definition(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+
+    /// Creates the table (for a context's `create_tables`).
+    pub fn create(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
+        txn.open_table(self.definition()).during("create table")?;
+        Ok(())
+    }
+
+    /// Opens the table for writing in `txn`.
+    pub fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<RowsMut<'txn, T>, StorageError> {
+        Ok(RowsMut {
+            table: txn.open_table(self.definition()).during("open table")?,
+            name: self.name,
+            row: PhantomData,
+        })
+    }
+
+    /// One row, read in `txn`.
+    pub fn get(&self, txn: &ReadTransaction, id: &str) -> Result<Option<T>, StorageError> {
+        let table = txn.open_table(self.definition()).during("open table")?;
+        let row = table.get(id).during("read row")?;
+        row.map(|bytes| decode_row(self.name, bytes.value())).transpose()
+    }
+
+    /// Every row by id, read in `txn`.
+    pub fn all(&self, txn: &ReadTransaction) -> Result<Vec<(String, T)>, StorageError> {
+        let table = txn.open_table(self.definition()).during("open table")?;
+        let mut out = Vec::new();
+        for entry in table.iter().during("read table")? {
+            let (k, v) = entry.during("read table")?;
+            out.push((k.value().to_string(), decode_row(self.name, v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+/// A [`Rows`] table opened for writing in one transaction.
+pub struct RowsMut<'txn, T> {
+    table: Table<'txn, &'static str, &'static [u8]>,
+    name: &'static str,
+    row: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> RowsMut<'_, T> {
+    /// One row.
+    pub fn get(&self, id: &str) -> Result<Option<T>, StorageError> {
+        let row = self.table.get(id).during("read row")?;
+        row.map(|bytes| decode_row(self.name, bytes.value())).transpose()
+    }
+
+    /// Writes a row.
+    pub fn put(&mut self, id: &str, row: &T) -> Result<(), StorageError> {
+        let bytes = encode_row(self.name, row)?;
+        self.table.insert(id, bytes.as_slice()).during("write row")?;
+        Ok(())
+    }
+
+    /// Changes a row in place; returns whether it existed (a missing row is left missing).
+    pub fn update(&mut self, id: &str, change: impl FnOnce(&mut T)) -> Result<bool, StorageError> {
+        let Some(mut row) = self.get(id)? else { return Ok(false) };
+        change(&mut row);
+        self.put(id, &row)?;
+        Ok(true)
+    }
+
+    /// Deletes a row.
+    pub fn remove(&mut self, id: &str) -> Result<(), StorageError> {
+        self.table.remove(id).during("remove row")?;
+        Ok(())
+    }
 }

@@ -130,7 +130,7 @@ fn carrier(args: &[&str], url: &str) -> (bool, String, String) {
 async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     use carrier_messages::envelope::header;
     let env = TestEnv::start();
-    let system = env.system(&[carrier_actors::ContextName::Baskets]).await;
+    let system = env.system(&["baskets"]).await;
     let client = env.plain_client().await;
     let js = async_nats::jetstream::new(client.clone());
 
@@ -162,7 +162,7 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         .await
         .expect("stored");
 
-    let baskets = system.baskets.clone().expect("baskets");
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     wait_until(Duration::from_secs(30), "the poison message is dead-lettered", || {
         let b = baskets.clone();
         async move {

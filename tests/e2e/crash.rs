@@ -152,10 +152,10 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     let crashed = db.products().expect("read");
     drop(db);
     let replay_dir = tempfile::tempdir().expect("dir");
-    let mut config = env.config(&[carrier_actors::ContextName::Baskets]);
+    let mut config = env.config(&["baskets"]);
     config.data_dir = replay_dir.path().to_path_buf();
     let replay = carrier_actors::CarrierSystem::start(config).await.expect("replay starts");
-    let handle = replay.baskets.clone().expect("baskets");
+    let handle = replay.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     wait_until(Duration::from_secs(300), "the replay reaches the end of the stream", || {
         let h = handle.clone();
         async move { h.consumer("stores").expect("stores consumer").acked_stream_seq.load(Ordering::Relaxed) >= last }
@@ -198,7 +198,7 @@ fn spawn_owner(env: &TestEnv, faults: Option<&str>, incarnation: usize) -> Child
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effect() {
     let env = TestEnv::start();
-    let cache = env.system(&[carrier_actors::ContextName::Baskets]).await;
+    let cache = env.system(&["baskets"]).await;
     let bus = cache.bus.clone();
 
     // This incarnation dies, as under SIGKILL, right after JetStream acknowledges its first publish.
@@ -219,7 +219,7 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     let refused = command(&bus, r#"{"command":"rebrand_store","id":"nope","name":"X"}"#).await;
     assert_eq!(refused.error.map(|e| e.code), Some("not_found".to_string()));
 
-    let db = cache.baskets.as_ref().expect("baskets").db.clone();
+    let db = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone();
     wait_until(Duration::from_secs(30), "the cache has every effect", || {
         let db = db.clone();
         async move {
@@ -229,7 +229,12 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     .await;
     let stored = bus.stream_message_count("STORES").await.expect("info").expect("stream");
     assert_eq!(stored, 5, "the re-sent StoreCreated was dropped by JetStream as a duplicate");
-    let stats = cache.baskets.as_ref().expect("baskets").consumer("stores").expect("stores consumer").clone();
+    let stats = cache
+        .handle::<carrier_actors::baskets::BasketsHandle>()
+        .expect("baskets")
+        .consumer("stores")
+        .expect("stores consumer")
+        .clone();
     let counted = stats.clone();
     // The counter moves just after the commit the cache already shows.
     wait_until(Duration::from_secs(10), "the consumer counts its batches", move || {

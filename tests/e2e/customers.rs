@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use carrier_actors::ContextName;
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::request::CommandReply;
 use carrier_messages::Decoded;
@@ -21,7 +20,7 @@ async fn command(bus: &carrier_actors::bus::Bus, json: &str) -> CommandReply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_commands_record_events_published_in_order_on_their_stream() {
     let env = TestEnv::start();
-    let system = env.system(&[ContextName::Customers]).await;
+    let system = env.system(&["customers"]).await;
     let bus = system.bus.clone();
     let reply = command(&bus, r#"{"command":"register_customer","id":"c1","name":"Ada","sms_number":"+441234"}"#).await;
     assert!(reply.ok, "{reply:?}");
@@ -47,7 +46,7 @@ async fn customers_commands_record_events_published_in_order_on_their_stream() {
     let unknown = command(&bus, r#"{"command":"change_sms_number","id":"nobody","sms_number":"+1234"}"#).await;
     assert_eq!(unknown.error.map(|e| e.code), Some("not_found".to_string()));
 
-    let customers = system.customers.clone().expect("customers");
+    let customers = system.handle::<carrier_actors::customers::CustomersHandle>().expect("customers");
     let db = customers.db.clone();
     wait_until(Duration::from_secs(30), "the outbox is published", || {
         let db = db.clone();

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use carrier_actors::verify::{baskets_against_stores, depot_against_stores};
-use carrier_actors::ContextName;
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::StoresCommand;
 use carrier_tests::TestEnv;
@@ -12,8 +11,8 @@ use carrier_tests::TestEnv;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable() {
     let env = TestEnv::start();
-    let system = env.system(&[ContextName::Stores, ContextName::Baskets, ContextName::Depot]).await;
-    let stores = system.stores.clone().expect("stores");
+    let system = env.system(&["stores", "baskets", "depot"]).await;
+    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
     let c = Causality::default;
     stores
         .execute(
@@ -55,8 +54,11 @@ async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable
     stores.execute(StoresCommand::RemoveProduct { id: "p5".into() }, c()).await.expect("ok");
     let events = 26u64;
 
-    let (owner, baskets, depot) =
-        (stores.db.clone(), system.baskets.clone().expect("baskets"), system.depot.clone().expect("depot"));
+    let (owner, baskets, depot) = (
+        stores.db.clone(),
+        system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets"),
+        system.handle::<carrier_actors::depot::DepotHandle>().expect("depot"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut problems = baskets_against_stores(&owner, &baskets.db).expect("readable");

@@ -6,21 +6,21 @@ use std::time::Duration;
 
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
 use carrier_actors::verify::baskets_against_stores;
-use carrier_actors::{CarrierSystem, ContextName};
+use carrier_actors::CarrierSystem;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::stores::StoresCommand;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
-const BOTH: [ContextName; 2] = [ContextName::Stores, ContextName::Baskets];
+const BOTH: [&str; 2] = ["stores", "baskets"];
 const LIMIT: Duration = Duration::from_secs(30);
 
 async fn run(
     system: &CarrierSystem,
     command: StoresCommand,
 ) -> carrier_messages::Decoded<carrier_messages::StoresEvent> {
-    let stores = system.stores.as_ref().expect("stores runs here");
+    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores runs here");
     stores.execute(command, Causality::default()).await.expect("command accepted")
 }
 
@@ -41,8 +41,8 @@ fn add_product(id: &str, store: &str, price: i64) -> StoresCommand {
 
 /// Waits until the baskets caches equal the stores owner's state.
 async fn converge(owner: &CarrierSystem, cache: &CarrierSystem) {
-    let stores_db = owner.stores.as_ref().expect("stores").db.clone();
-    let baskets_db = cache.baskets.as_ref().expect("baskets").db.clone();
+    let stores_db = owner.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.clone();
+    let baskets_db = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone();
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
         let problems = baskets_against_stores(&stores_db, &baskets_db).expect("both readable");
@@ -74,7 +74,7 @@ async fn every_stores_event_reaches_the_right_cache_effect() {
     run(&system, StoresCommand::RemoveProduct { id: "p2".into() }).await;
     converge(&system, &system).await;
 
-    let baskets = &system.baskets.as_ref().expect("baskets").db;
+    let baskets = &system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db;
     assert_eq!(baskets.store("s1").expect("read").expect("cached").name, "Corner Market");
     let kettle = baskets.product("p1").expect("read").expect("cached");
     assert_eq!((kettle.name.as_str(), kettle.price, kettle.store_id.as_str()), ("Kettle", 1100, "s1"));
@@ -84,7 +84,11 @@ async fn every_stores_event_reaches_the_right_cache_effect() {
     assert_eq!(s2_version, Some(3), "participation events advance the store's version");
     let stats = baskets.engine_stats().expect("stats");
     assert_eq!(stats.inbox, 11, "one inbox record per event");
-    assert_eq!(system.stores.as_ref().expect("stores").db.outbox_len().expect("outbox"), 0, "outbox drained");
+    assert_eq!(
+        system.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.outbox_len().expect("outbox"),
+        0,
+        "outbox drained"
+    );
     system.shutdown().await;
 }
 
@@ -104,7 +108,7 @@ async fn an_event_republished_after_the_duplicate_window_changes_nothing() {
     let receipt = system.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored again");
     assert!(!receipt.duplicate, "JetStream stored the copy");
 
-    let baskets = system.baskets.as_ref().expect("baskets").clone();
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").clone();
     wait_until(LIMIT, "the copy is delivered and recognised", || {
         let stats = baskets.consumer("stores").expect("stores consumer").clone();
         async move {
@@ -129,7 +133,7 @@ async fn a_lost_ack_redelivers_a_committed_batch_without_doubling_it() {
     // after the ack wait (2 s here) to the same, live consumer.
     env_faults(&system).consumer_lost_acks.store(1, Ordering::SeqCst);
     run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 40 }).await;
-    let baskets = system.baskets.as_ref().expect("baskets").clone();
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").clone();
     wait_until(LIMIT, "the redelivered batch is recognised as a duplicate", || {
         let stats = baskets.consumer("stores").expect("stores consumer").clone();
         async move { stats.duplicates.load(Ordering::Relaxed) >= 1 }
@@ -156,7 +160,7 @@ async fn a_consumer_crashing_between_commit_and_ack_resumes_from_its_checkpoint(
     })
     .await;
     converge(&system, &system).await;
-    let baskets = system.baskets.as_ref().expect("baskets");
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 542, "each delta exactly once");
     system.shutdown().await;
 }
@@ -173,7 +177,7 @@ async fn a_failing_commit_is_retried_in_order_and_applied_once() {
         run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 10 }).await;
     }
     converge(&system, &system).await;
-    let baskets = system.baskets.as_ref().expect("baskets");
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 550);
     assert_eq!(baskets.consumer("stores").expect("stores consumer").commit_failures.load(Ordering::Relaxed), 3);
     system.shutdown().await;
@@ -182,12 +186,12 @@ async fn a_failing_commit_is_retried_in_order_and_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_resumes_with_nothing_lost_or_doubled() {
     let env = TestEnv::start();
-    let owner = env.system(&[ContextName::Stores]).await;
+    let owner = env.system(&["stores"]).await;
     run(&owner, create_store("s", "Shop")).await;
     for i in 0..20 {
         run(&owner, add_product(&format!("p{i}"), "s", 1000)).await;
     }
-    let mut cache = env.system(&[ContextName::Baskets]).await;
+    let mut cache = env.system(&["baskets"]).await;
     // Price changes keep coming while the baskets context is killed and started again, twice.
     for round in 0..3 {
         for i in 0..20 {
@@ -197,11 +201,13 @@ async fn a_killed_consumer_resumes_with_nothing_lost_or_doubled() {
         }
         if round < 2 {
             cache.kill().await;
-            cache = env.system(&[ContextName::Baskets]).await;
+            cache = env.system(&["baskets"]).await;
         }
     }
     converge(&owner, &cache).await;
-    for (_, product, _) in cache.baskets.as_ref().expect("baskets").db.products().expect("read") {
+    for (_, product, _) in
+        cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.products().expect("read")
+    {
         assert_eq!(product.price, 1000 + 3 * 5, "every delta exactly once");
     }
     cache.shutdown().await;
@@ -227,7 +233,7 @@ async fn an_undecodable_payload_is_dead_lettered_and_does_not_block_the_events_b
     run(&system, create_store("s", "Behind The Poison")).await;
     converge(&system, &system).await;
 
-    let baskets = system.baskets.as_ref().expect("baskets");
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed), 1);
     assert_eq!(baskets.db.store("bad").expect("read"), None, "nothing written for the poison message");
     let dlq =
@@ -256,11 +262,12 @@ async fn a_relay_crash_between_publish_and_mark_causes_no_double_effect() {
         run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 1 }).await;
     }
     converge(&system, &system).await;
-    let baskets = system.baskets.as_ref().expect("baskets");
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 110);
     // The caches converge from the first publish; the relay is restarted and its outbox
     // drained a little later.
-    let (tree, stores_db) = (system.tree.clone(), system.stores.as_ref().expect("stores").db.clone());
+    let (tree, stores_db) =
+        (system.tree.clone(), system.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.clone());
     wait_until(LIMIT, "the relay was restarted twice and drained the outbox", || {
         let (tree, db) = (tree.clone(), stores_db.clone());
         async move {
@@ -282,7 +289,7 @@ async fn a_relay_crash_between_publish_and_mark_causes_no_double_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_event_from_a_plain_nats_client_is_applied_like_a_cbor_one() {
     let env = TestEnv::start();
-    let system = env.system(&[ContextName::Baskets]).await;
+    let system = env.system(&["baskets"]).await;
     let client = env.plain_client().await;
     let js = async_nats::jetstream::new(client);
     let send = |id: &'static str,
@@ -317,7 +324,7 @@ async fn a_json_event_from_a_plain_nats_client_is_applied_like_a_cbor_one() {
         r#"{"id":"json-store","name":"Renamed In JSON"}"#,
     )
     .await;
-    let db = system.baskets.as_ref().expect("baskets").db.clone();
+    let db = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone();
     wait_until(LIMIT, "the JSON events reach the cache", || {
         let db = db.clone();
         async move { db.store("json-store").ok().flatten().is_some_and(|s| s.name == "Renamed In JSON") }
@@ -336,7 +343,17 @@ async fn a_panicking_cache_is_restarted_with_its_consumer_and_loses_nothing() {
     run(&system, add_product("p", "s", 300)).await;
     run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 3 }).await;
     converge(&system, &system).await;
-    assert_eq!(system.baskets.as_ref().expect("baskets").db.product("p").expect("read").expect("cached").price, 303);
+    assert_eq!(
+        system
+            .handle::<carrier_actors::baskets::BasketsHandle>()
+            .expect("baskets")
+            .db
+            .product("p")
+            .expect("read")
+            .expect("cached")
+            .price,
+        303
+    );
     let tree = system.tree.snapshot();
     assert!(tree["carrier/baskets/cache"].restarts >= 1);
     assert!(tree["carrier/baskets/stores-consumer"].restarts >= 1, "rest-for-one restarted the consumer too");

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use carrier_actors::ContextName;
 use carrier_messages::ordering::OrderStatus;
 use carrier_messages::request::CommandReply;
 use carrier_messages::search::SearchReply;
@@ -49,7 +48,7 @@ async fn seed(bus: &carrier_actors::bus::Bus) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_found_by_search() {
     let env = TestEnv::start();
-    let system = env.system(&ContextName::ALL).await;
+    let system = env.system(&carrier_tests::ALL).await;
     let bus = system.bus.clone();
     seed(&bus).await;
 
@@ -69,7 +68,13 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     let unknown =
         command(&bus, "baskets", r#"{"command":"add_item","id":"b1","product_id":"nope","quantity":1}"#).await;
     assert_eq!(unknown.error.map(|e| e.code), Some("not_found".to_string()));
-    let basket = system.baskets.as_ref().expect("baskets").db.basket("b1").expect("read").expect("basket");
+    let basket = system
+        .handle::<carrier_actors::baskets::BasketsHandle>()
+        .expect("baskets")
+        .db
+        .basket("b1")
+        .expect("read")
+        .expect("basket");
     assert_eq!(
         basket.items.iter().map(|i| (i.product_id.as_str(), i.quantity)).collect::<Vec<_>>(),
         [("p1", 2), ("p2", 1)]
@@ -78,7 +83,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     let checkout = command(&bus, "baskets", r#"{"command":"checkout_basket","id":"b1","payment_id":"pay-1"}"#).await;
     assert!(checkout.ok, "{checkout:?}");
 
-    let depot = system.depot.clone().expect("depot");
+    let depot = system.handle::<carrier_actors::depot::DepotHandle>().expect("depot");
     wait_until(Duration::from_secs(30), "the depot makes the shopping list", || {
         let depot = depot.clone();
         async move { depot.db.shopping_list("b1").ok().flatten().is_some() }
@@ -99,12 +104,12 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     assert_eq!(order.store_ids, ["s1", "s2"]);
     assert_eq!(order.items.iter().map(|i| i.product_name.as_str()).collect::<Vec<_>>(), ["Kettle", "Music box"]);
 
-    let ordering = system.ordering.clone().expect("ordering");
+    let ordering = system.handle::<carrier_actors::ordering::OrderingHandle>().expect("ordering");
     let row = ordering.db.order("b1").expect("read").expect("order");
     assert_eq!((row.status, row.version), (OrderStatus::Completed, 3));
-    let payments = system.payments.clone().expect("payments");
+    let payments = system.handle::<carrier_actors::payments::PaymentsHandle>().expect("payments");
     assert_eq!(payments.db.invoices().expect("read").len(), 1);
-    let notifications = system.notifications.clone().expect("notifications");
+    let notifications = system.handle::<carrier_actors::notifications::NotificationsHandle>().expect("notifications");
     let sent: Vec<String> = notifications.db.sent().expect("read").into_iter().map(|(_, n)| n.kind).collect();
     assert_eq!(
         sent.iter().collect::<BTreeSet<_>>(),
@@ -117,7 +122,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     // A crash and restart redoes nothing: no second text, no second order event.
     drop((ordering, payments, notifications, depot));
     system.kill().await;
-    let system = env.system(&ContextName::ALL).await;
+    let system = env.system(&carrier_tests::ALL).await;
     let bus = system.bus.clone();
     for json in [
         r#"{"command":"start_basket","id":"b2","customer_id":"ada"}"#,
@@ -126,7 +131,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     ] {
         assert!(command(&bus, "baskets", json).await.ok, "{json}");
     }
-    let notifications = system.notifications.clone().expect("notifications");
+    let notifications = system.handle::<carrier_actors::notifications::NotificationsHandle>().expect("notifications");
     wait_until(Duration::from_secs(20), "the restarted system texts about the next order", || {
         let n = notifications.clone();
         async move { n.db.sent().map(|s| s.iter().any(|(_, r)| r.order_id == "b2")).unwrap_or(false) }
@@ -134,7 +139,17 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     .await;
     assert_eq!(notifications.db.sent().expect("read").len(), 3, "b1's two texts were not sent again");
     drop(notifications);
-    assert_eq!(system.ordering.as_ref().expect("ordering").db.order("b1").expect("read").expect("order").version, 3);
+    assert_eq!(
+        system
+            .handle::<carrier_actors::ordering::OrderingHandle>()
+            .expect("ordering")
+            .db
+            .order("b1")
+            .expect("read")
+            .expect("order")
+            .version,
+        3
+    );
     system.shutdown().await;
 }
 
@@ -154,7 +169,7 @@ async fn loop_until_status(bus: &carrier_actors::bus::Bus, id: &str, status: Ord
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_filters_and_pages_and_a_disabled_customer_has_the_order_canceled() {
     let env = TestEnv::start();
-    let system = env.system(&ContextName::ALL).await;
+    let system = env.system(&carrier_tests::ALL).await;
     let bus = system.bus.clone();
     seed(&bus).await;
     let reply = command(
@@ -215,7 +230,7 @@ async fn search_filters_and_pages_and_a_disabled_customer_has_the_order_canceled
 
     // Bob is disabled; once payments knows, his checkout is declined and the order canceled.
     assert!(command(&bus, "customers", r#"{"command":"disable_customer","id":"bob"}"#).await.ok);
-    let payments = system.payments.clone().expect("payments");
+    let payments = system.handle::<carrier_actors::payments::PaymentsHandle>().expect("payments");
     wait_until(Duration::from_secs(20), "payments learns bob is disabled", || {
         let p = payments.clone();
         async move { p.db.customer("bob").ok().flatten().is_some_and(|c| !c.enabled) }
@@ -233,7 +248,7 @@ async fn search_filters_and_pages_and_a_disabled_customer_has_the_order_canceled
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_event() {
     let env = TestEnv::start();
-    let system = env.system(&ContextName::ALL).await;
+    let system = env.system(&carrier_tests::ALL).await;
     let bus = system.bus.clone();
     seed(&bus).await;
     for id in ["x1", "x2", "x3"] {
@@ -277,9 +292,9 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     .await;
 
     // The table the AsyncAPI document and the docs are written from matches what runs.
-    for context in ContextName::ALL {
-        let mut running: Vec<&str> = system.consumers_of(context.as_str()).iter().map(|(s, _)| *s).collect();
-        let mut declared = context.sources().to_vec();
+    for context in carrier_actors::mall::contexts() {
+        let mut running: Vec<&str> = system.consumers_of(context.name()).iter().map(|(s, _)| *s).collect();
+        let mut declared: Vec<&str> = context.reads().iter().map(|s| s.context).collect();
         running.sort();
         declared.sort();
         assert_eq!(running, declared, "{context:?}");

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carrier_actors::rebuild::RebuildProgress;
-use carrier_actors::ContextName;
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::StoresCommand;
 use carrier_tests::{wait_until, TestEnv};
@@ -19,9 +18,9 @@ fn rows<T: serde::Serialize>(rows: Vec<(String, T, u64)>) -> Vec<(String, serde_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_refills_the_caches_from_the_streams_while_they_keep_serving_and_events_keep_coming() {
     let env = TestEnv::start();
-    let system = env.system(&[ContextName::Stores, ContextName::Baskets]).await;
-    let stores = system.stores.clone().expect("stores");
-    let baskets = system.baskets.clone().expect("baskets");
+    let system = env.system(&["stores", "baskets"]).await;
+    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     for i in 0..STORES {
         let create =
             StoresCommand::CreateStore { id: format!("s{i}"), name: format!("Store {i}"), location: "Hall".into() };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use carrier_actors::cache::LookupError;
 use carrier_actors::fallback::{BreakerState, FallbackError};
 use carrier_actors::verify::baskets_against_stores;
-use carrier_actors::{CarrierSystem, ContextName};
+use carrier_actors::CarrierSystem;
 use carrier_messages::codec::{Causality, Decoded};
 use carrier_messages::stores::*;
 use carrier_tests::{wait_until, TestEnv};
@@ -16,11 +16,16 @@ use carrier_tests::{wait_until, TestEnv};
 const LIMIT: Duration = Duration::from_secs(30);
 
 async fn run(system: &CarrierSystem, command: StoresCommand) {
-    system.stores.as_ref().expect("stores").execute(command, Causality::default()).await.expect("accepted");
+    system
+        .handle::<carrier_actors::stores::StoresHandle>()
+        .expect("stores")
+        .execute(command, Causality::default())
+        .await
+        .expect("accepted");
 }
 
 async fn outbox_drained(system: &CarrierSystem) {
-    let db = system.stores.as_ref().expect("stores").db.clone();
+    let db = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.clone();
     wait_until(LIMIT, "the outbox is published", || {
         let db = db.clone();
         async move { db.outbox_len().map(|n| n == 0).unwrap_or(false) }
@@ -43,7 +48,7 @@ async fn converge(owner: &carrier_storage::StoresDb, cache: &carrier_storage::Ba
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_started_after_the_stream_was_trimmed_repairs_its_gaps_through_the_owner() {
     let env = TestEnv::start();
-    let owner = env.system(&[ContextName::Stores]).await;
+    let owner = env.system(&["stores"]).await;
     run(&owner, StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "Hall".into() }).await;
     let add = StoresCommand::AddProduct {
         id: "p".into(),
@@ -64,11 +69,11 @@ async fn a_cache_started_after_the_stream_was_trimmed_repairs_its_gaps_through_t
     let purged = stream.purge().sequence(4).await.expect("purged");
     assert_eq!(purged.purged, 3);
 
-    let mut config = env.config(&[ContextName::Baskets]);
+    let mut config = env.config(&["baskets"]);
     config.gap_grace = Duration::from_millis(200);
     let cache = CarrierSystem::start(config).await.expect("starts");
-    let baskets = cache.baskets.clone().expect("baskets");
-    converge(&owner.stores.as_ref().expect("stores").db, &baskets.db).await;
+    let baskets = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    converge(&owner.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db, &baskets.db).await;
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 1050);
     assert!(
         baskets.stores_fallback.as_ref().expect("stores fallback").stats.ok.load(Ordering::Relaxed) >= 2,
@@ -82,7 +87,7 @@ async fn a_cache_started_after_the_stream_was_trimmed_repairs_its_gaps_through_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_asking_it() {
     let env = TestEnv::start();
-    let cache = env.system(&[ContextName::Baskets]).await;
+    let cache = env.system(&["baskets"]).await;
     let c = Causality::default();
     let added = Decoded::new(
         StoresEvent::ProductAdded(ProductAdded {
@@ -109,7 +114,7 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
         let headers: Vec<(String, String)> = wire.headers.into_iter().filter(|(k, _)| k != "Nats-Msg-Id").collect();
         cache.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored");
     }
-    let baskets = cache.baskets.clone().expect("baskets");
+    let baskets = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     wait_until(LIMIT, "every event is committed", || {
         let b = baskets.clone();
         // Acknowledged means committed; counting deliveries alone would race the last commit.
@@ -135,18 +140,18 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     let env = TestEnv::start();
-    let owner = env.system(&[ContextName::Stores]).await;
+    let owner = env.system(&["stores"]).await;
     run(&owner, StoresCommand::CreateStore { id: "far".into(), name: "Far Away".into(), location: "Annex".into() })
         .await;
     outbox_drained(&owner).await;
     // The baskets cache never sees the event: the stream lost it.
     owner.bus.jetstream().get_stream("STORES").await.expect("stream").purge().await.expect("purged");
 
-    let mut config = env.config(&[ContextName::Baskets]);
+    let mut config = env.config(&["baskets"]);
     config.fallback.open_for = Duration::from_millis(500);
     config.fallback.timeout = Duration::from_millis(300);
     let cache = CarrierSystem::start(config).await.expect("starts");
-    let baskets = cache.baskets.clone().expect("baskets");
+    let baskets = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.store("far").expect("read"), None, "not cached yet");
     let found = baskets.store("far").await.expect("answered by the owner").expect("exists");
     assert_eq!(found.name, "Far Away");
@@ -172,7 +177,7 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     assert_eq!(baskets.store("far").await.expect("from the cache").map(|s| s.name), Some("Far Away".to_string()));
 
     // The owner comes back; after the breaker's pause a trial call closes it again.
-    let owner = env.system(&[ContextName::Stores]).await;
+    let owner = env.system(&["stores"]).await;
     let add = StoresCommand::AddProduct {
         id: "p-1".into(),
         store_id: "far".into(),

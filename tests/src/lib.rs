@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use carrier_actors::nats_server::LocalNatsServer;
-use carrier_actors::{CarrierSystem, ContextName, SystemConfig};
+use carrier_actors::{CarrierSystem, SystemConfig};
+
+/// Every context of the mall, by name.
+pub const ALL: [&str; 8] =
+    ["stores", "customers", "baskets", "ordering", "depot", "payments", "notifications", "search"];
 
 /// One test's world: a nats-server and a data directory.
 pub struct TestEnv {
@@ -44,15 +48,16 @@ impl TestEnv {
 
     /// A config for `contexts` against this environment, with a short ack wait so that
     /// redelivery tests finish quickly.
-    pub fn config(&self, contexts: &[ContextName]) -> SystemConfig {
-        let mut config = SystemConfig::new(self.url(), self.data_dir());
-        config.contexts = contexts.to_vec();
+    pub fn config(&self, contexts: &[&str]) -> SystemConfig {
+        let declared = carrier_actors::context::select(&carrier_actors::mall::contexts(), contexts)
+            .expect("the mall declares these contexts");
+        let mut config = SystemConfig::new(self.url(), self.data_dir(), declared);
         config.ack_wait = Duration::from_secs(2);
         config
     }
 
     /// Starts a system running `contexts`.
-    pub async fn system(&self, contexts: &[ContextName]) -> CarrierSystem {
+    pub async fn system(&self, contexts: &[&str]) -> CarrierSystem {
         CarrierSystem::start(self.config(contexts)).await.expect("system starts")
     }
 

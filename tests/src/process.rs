@@ -15,7 +15,12 @@ pub struct CarrierProcess {
 impl CarrierProcess {
     /// Starts `carrier <args>`, capturing stdout and stderr together.
     pub fn spawn(args: &[&str]) -> CarrierProcess {
-        let mut child = Command::new(crate::carrier_bin())
+        CarrierProcess::spawn_program(&crate::carrier_bin(), args)
+    }
+
+    /// Starts `program` (a binary built on Carrier's CLI, such as an example's) with `args`.
+    pub fn spawn_program(program: &std::path::Path, args: &[&str]) -> CarrierProcess {
+        let mut child = Command::new(program)
             .args(args)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())

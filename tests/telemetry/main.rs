@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use carrier_actors::ContextName;
 use carrier_messages::request::CommandReply;
 use carrier_messages::trace::TraceContext;
 use carrier_tests::{wait_until, TestEnv};
@@ -35,7 +34,7 @@ async fn one_trace_follows_a_checkout_through_every_context() {
     let exporter = InMemorySpanExporter::default();
     let _provider = carrier_actors::telemetry::install(exporter.clone(), false);
     let env = TestEnv::start();
-    let system = env.system(&ContextName::ALL).await;
+    let system = env.system(&carrier_tests::ALL).await;
     let bus = system.bus.clone();
     for (context, json) in [
         ("stores", r#"{"command":"create_store","id":"s1","name":"Waldorf's Wares","location":"North wing"}"#),

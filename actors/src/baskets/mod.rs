@@ -6,18 +6,13 @@
 //! `baskets.redb`), `stores-consumer` (the durable `baskets-stores` on `STORES`), `outbox-relay`
 //! (to `BASKETS`) and `commands` (on `cmd.baskets`).
 
-use std::sync::Arc;
-
 use carrier_messages::baskets::{BasketItem, BasketsCommand, BasketsEvent};
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::baskets::Baskets;
-use carrier_storage::{BasketsDb, CommandError, StorageError};
+use carrier_storage::{CommandError, StorageError};
 
-use crate::bus::Bus;
-use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, LookupError};
-use crate::faults::Faults;
-use crate::owner::Decide;
-use crate::supervisor::{SupervisionTree, SupervisorArgs};
+use crate::cache::{CacheHandle, LookupError};
+use crate::context::BoundedContext;
 
 /// The context's name, as used in durable names, paths and dead-letter streams.
 pub const CONTEXT: &str = "baskets";
@@ -30,24 +25,15 @@ pub fn stores_durable_name() -> String {
     crate::cache::stores_durable_name(CONTEXT)
 }
 
-/// Builds the context's supervisor arguments.
-pub(crate) fn supervisor_args(
-    bus: Bus,
-    db: Arc<BasketsDb>,
-    settings: CacheSettings,
-    faults: Arc<Faults>,
-    tree: SupervisionTree,
-    path: String,
-) -> (SupervisorArgs, BasketsHandle) {
-    let mut builder = ContextBuilder::new(bus.clone(), db, settings, faults);
-    builder.stores_fallback().consume::<StoresEvent>(None);
-    let handle = builder.handle();
-    let decide: Decide<BasketsCommand, BasketsEvent> = Arc::new(move |command, causality| {
-        let handle = handle.clone();
-        Box::pin(async move { execute(&handle, command, causality).await })
-    });
-    builder.serve(crate::serve::commands(CONTEXT, bus, decide));
-    builder.build(tree, path)
+/// The context's declaration.
+pub fn context() -> BoundedContext {
+    BoundedContext::consuming::<Baskets>()
+        .stores_fallback()
+        .consume::<StoresEvent>()
+        .commands(|handle: BasketsHandle, command: BasketsCommand, causality| async move {
+            execute(&handle, command, causality).await
+        })
+        .build()
 }
 
 /// Carries out a basket command: an item's names and price come from the caches (or, on a miss,

@@ -10,17 +10,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use carrier_messages::depot::{DepotCommand, DepotEvent};
+use carrier_messages::depot::DepotCommand;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::depot::Depot;
-use carrier_storage::{CommandError, DepotDb, StorageError};
+use carrier_storage::{CommandError, StorageError};
 
-use crate::bus::Bus;
-use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, Prefetch};
-use crate::faults::Faults;
-use crate::owner::Decide;
-use crate::supervisor::{SupervisionTree, SupervisorArgs};
+use crate::cache::{CacheHandle, Prefetch};
+use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "depot";
@@ -28,16 +25,8 @@ pub const CONTEXT: &str = "depot";
 /// What the rest of the process may use of a running depot context.
 pub type DepotHandle = CacheHandle<Depot>;
 
-/// Builds the context's supervisor arguments.
-pub(crate) fn supervisor_args(
-    bus: Bus,
-    db: Arc<DepotDb>,
-    settings: CacheSettings,
-    faults: Arc<Faults>,
-    tree: SupervisionTree,
-    path: String,
-) -> (SupervisorArgs, DepotHandle) {
-    let mut builder = ContextBuilder::new(bus.clone(), db, settings, faults);
+/// The context's declaration.
+pub fn context() -> BoundedContext {
     // A new order's stores must be in the cache before its shopping list is made.
     let prefetch: Prefetch<Depot, OrderingEvent> = Arc::new(|handle, events| {
         Box::pin(async move {
@@ -56,15 +45,13 @@ pub(crate) fn supervisor_args(
             }
         })
     });
-    builder.stores_fallback().consume::<StoresEvent>(None).consume::<OrderingEvent>(Some(prefetch));
-    let handle = builder.handle();
-    let decide: Decide<DepotCommand, DepotEvent> = Arc::new(move |command, causality| {
-        let handle = handle.clone();
-        Box::pin(async move {
+    BoundedContext::consuming::<Depot>()
+        .stores_fallback()
+        .consume::<StoresEvent>()
+        .consume_with_prefetch::<OrderingEvent>(prefetch)
+        .commands(|handle: DepotHandle, command: DepotCommand, causality| async move {
             let result = handle.write(move |db| db.execute_depot(&command, &causality)).await;
             result.map_err(|e| CommandError::Storage(StorageError::NotReady(e.to_string())))?
         })
-    });
-    builder.serve(crate::serve::commands(CONTEXT, bus, decide));
-    builder.build(tree, path)
+        .build()
 }

@@ -6,17 +6,12 @@
 //! of `notifications.redb`, whose `sent` table is the default sink), `customers-consumer`
 //! (`notifications-customers`) and `ordering-consumer` (`notifications-ordering`).
 
-use std::sync::Arc;
-
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_storage::notifications::Notifications;
-use carrier_storage::NotificationsDb;
 
-use crate::bus::Bus;
-use crate::cache::{CacheHandle, CacheSettings, ContextBuilder};
-use crate::faults::Faults;
-use crate::supervisor::{SupervisionTree, SupervisorArgs};
+use crate::cache::CacheHandle;
+use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "notifications";
@@ -24,17 +19,11 @@ pub const CONTEXT: &str = "notifications";
 /// What the rest of the process may use of a running notifications context.
 pub type NotificationsHandle = CacheHandle<Notifications>;
 
-/// Builds the context's supervisor arguments.
-pub(crate) fn supervisor_args(
-    bus: Bus,
-    db: Arc<NotificationsDb>,
-    settings: CacheSettings,
-    faults: Arc<Faults>,
-    tree: SupervisionTree,
-    path: String,
-) -> (SupervisorArgs, NotificationsHandle) {
-    let mut builder = ContextBuilder::new(bus, db, settings, faults);
-    let prefetch = crate::payments::prefetch_customers();
-    builder.customers_fallback().consume::<CustomersEvent>(None).consume::<OrderingEvent>(Some(prefetch));
-    builder.build(tree, path)
+/// The context's declaration.
+pub fn context() -> BoundedContext {
+    BoundedContext::consuming::<Notifications>()
+        .customers_fallback()
+        .consume::<CustomersEvent>()
+        .consume_with_prefetch::<OrderingEvent>(crate::payments::prefetch_customers())
+        .build()
 }

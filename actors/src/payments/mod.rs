@@ -10,12 +10,10 @@ use std::sync::Arc;
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_storage::payments::Payments;
-use carrier_storage::{CustomerCacheKind, PaymentsDb};
+use carrier_storage::CustomerCacheKind;
 
-use crate::bus::Bus;
-use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, Prefetch};
-use crate::faults::Faults;
-use crate::supervisor::{SupervisionTree, SupervisorArgs};
+use crate::cache::{CacheHandle, Prefetch};
+use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "payments";
@@ -23,18 +21,13 @@ pub const CONTEXT: &str = "payments";
 /// What the rest of the process may use of a running payments context.
 pub type PaymentsHandle = CacheHandle<Payments>;
 
-/// Builds the context's supervisor arguments.
-pub(crate) fn supervisor_args(
-    bus: Bus,
-    db: Arc<PaymentsDb>,
-    settings: CacheSettings,
-    faults: Arc<Faults>,
-    tree: SupervisionTree,
-    path: String,
-) -> (SupervisorArgs, PaymentsHandle) {
-    let mut builder = ContextBuilder::new(bus, db, settings, faults);
-    builder.customers_fallback().consume::<CustomersEvent>(None).consume::<OrderingEvent>(Some(prefetch_customers()));
-    builder.build(tree, path)
+/// The context's declaration.
+pub fn context() -> BoundedContext {
+    BoundedContext::consuming::<Payments>()
+        .customers_fallback()
+        .consume::<CustomersEvent>()
+        .consume_with_prefetch::<OrderingEvent>(prefetch_customers())
+        .build()
 }
 
 /// Looks up the customers of new orders, so that a customer registered a moment ago (whose event

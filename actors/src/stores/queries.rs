@@ -1,37 +1,13 @@
 //! Stores queries over NATS request/reply on `query.stores`: the owner's current state, which
-//! other contexts' caches fall back on when they miss or find a gap.
+//! the stores caches of other contexts fall back on.
 
-use std::sync::Arc;
-
-use carrier_messages::request::{decode_request, encode_body, CommandFailure};
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresQuery, StoresQueryReply};
-use carrier_messages::ContentType;
+use carrier_messages::QueryReply;
 use carrier_storage::{StorageError, StoresDb};
 
-use crate::bus::IncomingRequest;
-use crate::responder::Answer;
-
-/// Answers queries from the owner's database. It only reads, so it never waits on the owner.
-pub struct StoresQueries {
-    /// The owner's database.
-    pub db: Arc<StoresDb>,
-}
-
-impl Answer for StoresQueries {
-    async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
-        let reply = match decode_request::<StoresQuery>(content_type, &request.payload) {
-            Err(reason) => failed("bad_request", format!("not a stores query: {reason}")),
-            Ok(query) => {
-                let db = self.db.clone();
-                match tokio::task::spawn_blocking(move || lookup(&db, query)).await {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(e)) => failed("unavailable", e.to_string()),
-                    Err(e) => failed("unavailable", e.to_string()),
-                }
-            }
-        };
-        encode_body(content_type, &reply)
-    }
+/// Answers one query from the owner's file (read transactions: never waits for the owner).
+pub fn answer(db: &StoresDb, query: StoresQuery) -> StoresQueryReply {
+    lookup(db, query).unwrap_or_else(|e| StoresQueryReply::failed("unavailable", e.to_string()))
 }
 
 fn lookup(db: &StoresDb, query: StoresQuery) -> Result<StoresQueryReply, StorageError> {
@@ -60,13 +36,4 @@ fn lookup(db: &StoresDb, query: StoresQuery) -> Result<StoresQueryReply, Storage
         }
     }
     Ok(reply)
-}
-
-fn failed(code: &str, message: String) -> StoresQueryReply {
-    StoresQueryReply {
-        ok: false,
-        store: None,
-        product: None,
-        error: Some(CommandFailure { code: code.to_string(), message }),
-    }
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use carrier_actors::baskets::stores_durable_name;
 use carrier_actors::bus::Bus;
 use carrier_actors::workload::Workload;
-use carrier_actors::{CarrierSystem, ContextName, SystemConfig};
+use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_messages::stores::StoresEvent;
 use carrier_messages::DomainEvent;
 
@@ -31,12 +31,12 @@ pub struct BenchArgs {
 }
 
 pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::init_logging("warn", false);
+    carrier_cli::init_logging("warn", false);
     if args.products + 1 >= args.events {
         bail!("--events ({}) must exceed --products + 1 ({})", args.events, args.products + 1);
     }
     // Always a private server: the benchmark fills and drains the STORES stream.
-    let nats = crate::server::nats_or_local(None, None)?;
+    let nats = carrier_cli::server::nats_or_local(None, None)?;
     let bus = Bus::connect(&nats.url, "carrier-bench", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
 
@@ -60,7 +60,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut raw_rates = Vec::new();
     let mut off_rates = Vec::new();
     let mut on_rates = Vec::new();
-    let mut progress = crate::progress::Progress::new("bench", count * 3 * u64::from(args.rounds));
+    let mut progress = carrier_cli::progress::Progress::new("bench", count * 3 * u64::from(args.rounds));
     let mut done = 0u64;
     for round in 0..args.rounds {
         progress.update(done, &format!("round {}: raw consume + ack", round + 1));
@@ -127,8 +127,7 @@ async fn cache_path(
     let count = workload.events.len() as u64;
     let data = tempfile::Builder::new().prefix("carrier-bench-").tempdir()?;
     bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
-    let mut config = SystemConfig::new(url, data.path());
-    config.contexts = vec![ContextName::Baskets];
+    let mut config = SystemConfig::new(url, data.path(), vec![carrier_actors::baskets::context()]);
     config.batch_max = args.batch_max as usize;
     if metrics_on {
         carrier_actors::metrics::enable();
@@ -149,7 +148,7 @@ async fn cache_path(
     } else {
         None
     };
-    let baskets = system.baskets.clone().context("baskets missing")?;
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().context("baskets missing")?;
     let consumer = baskets.consumer("stores").context("stores consumer missing")?;
     let deadline = t0 + Duration::from_secs(600);
     let mut last_report = Instant::now();

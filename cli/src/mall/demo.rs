@@ -12,7 +12,7 @@ use carrier_messages::customers::CustomersCommand;
 use carrier_messages::stores::StoresCommand;
 use carrier_messages::trace::TraceContext;
 
-use crate::inspect::money;
+use carrier_cli::money;
 
 /// Arguments of `carrier demo`.
 #[derive(clap::Args)]
@@ -30,26 +30,27 @@ pub struct DemoArgs {
     #[arg(long)]
     stay: bool,
     #[command(flatten)]
-    dashboard: crate::dashboard::DashboardArgs,
+    dashboard: carrier_cli::dashboard::DashboardArgs,
     #[command(flatten)]
-    otlp: crate::otel::OtlpArgs,
+    otlp: carrier_cli::otel::OtlpArgs,
 }
 
-pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::init_logging("warn,carrier::flow=info", true);
+pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<ExitCode> {
+    carrier_cli::init_logging("warn,carrier::flow=info", true);
     let temp = tempfile_dir()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let nats = crate::server::nats_or_local(args.nats_url.clone(), args.data_dir.as_deref())?;
+    let nats = carrier_cli::server::nats_or_local(args.nats_url.clone(), args.data_dir.as_deref())?;
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
-    let exporter = crate::otel::start(&args.otlp).await?;
-    let system =
-        CarrierSystem::start(SystemConfig::new(&nats.url, &data_dir)).await.context("carrier did not start")?;
-    let dashboard = crate::dashboard::start(&args.dashboard, system.observer()).await?;
+    let exporter = carrier_cli::otel::start(&args.otlp).await?;
+    let system = CarrierSystem::start(SystemConfig::new(&nats.url, &data_dir, app.contexts.clone()))
+        .await
+        .context("carrier did not start")?;
+    let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         println!("Dashboard: {}/ (JSON API under /api, metrics at /metrics)\n", dashboard.url());
     }
-    let stores = system.stores.clone().context("stores context missing")?;
+    let stores = system.handle::<carrier_actors::stores::StoresHandle>().context("stores context missing")?;
     let run_id = &uuid::Uuid::now_v7().simple().to_string()[..8];
     let id = |name: &str| format!("{name}-{run_id}");
     let script = vec![
@@ -78,7 +79,8 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         stores.execute(command, correlation).await.context("a demo command was refused")?;
     }
 
-    let customers = system.customers.clone().context("customers context missing")?;
+    let customers =
+        system.handle::<carrier_actors::customers::CustomersHandle>().context("customers context missing")?;
     let people = [
         CustomersCommand::RegisterCustomer { id: id("ada"), name: "Ada".into(), sms_number: "+15550100".into() },
         CustomersCommand::RegisterCustomer { id: id("grace"), name: "Grace".into(), sms_number: "+15550101".into() },
@@ -88,8 +90,8 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         customers.execute(command, Causality::default()).await.context("a demo command was refused")?;
     }
 
-    let baskets = system.baskets.clone().context("baskets context missing")?;
-    let depot = system.depot.clone().context("depot context missing")?;
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().context("baskets context missing")?;
+    let depot = system.handle::<carrier_actors::depot::DepotHandle>().context("depot context missing")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut problems;
     loop {
@@ -150,7 +152,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
             Some(d) => println!("\nStill running: the dashboard is at {}/ ; Ctrl-C stops.", d.url()),
             None => println!("\nStill running; Ctrl-C stops."),
         }
-        crate::run::shutdown_signal().await;
+        carrier_cli::shutdown_signal().await;
     }
     if let Some(dashboard) = dashboard {
         dashboard.stop();
@@ -186,13 +188,16 @@ async fn order_story(
     use carrier_messages::ordering::OrderStatus;
     use carrier_messages::search::{OrderFilter, SearchQuery};
 
-    let baskets = system.baskets.clone().context("baskets context missing")?;
-    let depot = system.depot.clone().context("depot context missing")?;
-    let ordering = system.ordering.clone().context("ordering context missing")?;
-    let payments = system.payments.clone().context("payments context missing")?;
-    let notifications = system.notifications.clone().context("notifications context missing")?;
-    let search = system.search.clone().context("search context missing")?;
-    let customers = system.customers.clone().context("customers context missing")?;
+    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().context("baskets context missing")?;
+    let depot = system.handle::<carrier_actors::depot::DepotHandle>().context("depot context missing")?;
+    let ordering = system.handle::<carrier_actors::ordering::OrderingHandle>().context("ordering context missing")?;
+    let payments = system.handle::<carrier_actors::payments::PaymentsHandle>().context("payments context missing")?;
+    let notifications = system
+        .handle::<carrier_actors::notifications::NotificationsHandle>()
+        .context("notifications context missing")?;
+    let search = system.handle::<carrier_actors::search::SearchHandle>().context("search context missing")?;
+    let customers =
+        system.handle::<carrier_actors::customers::CustomersHandle>().context("customers context missing")?;
     let mut problems = Vec::new();
 
     println!("\n--- the order story ---");

@@ -1,0 +1,412 @@
+//! A bounded context, declared once: [`BoundedContext`].
+//!
+//! A declaration says what a context is: its name, the streams it reads (one per typed
+//! [`consume`](ConsumingContext::consume) call, so there is no second list to keep in step), the
+//! stream it publishes, its commands and queries, and which owners' entities it caches. The
+//! running system is a list of declarations; everything else is derived from them: start order,
+//! supervision, health, the dashboard, `/metrics`, `carrier inspect`, `carrier dlq`,
+//! `carrier rebuild`, the AsyncAPI document and the durable names. Nothing matches on a context's
+//! name.
+//!
+//! ```no_run
+//! # use carrier_actors::BoundedContext;
+//! # fn contexts(inventory: BoundedContext, storefront: BoundedContext) -> Vec<BoundedContext> {
+//! vec![inventory, storefront]
+//! # }
+//! ```
+//!
+//! Two kinds of context exist today. An **owner** ([`BoundedContext::owner`]) decides commands
+//! against its own state ([`OwnerKind`]) and publishes what it decided through its outbox. A
+//! **consuming** context ([`BoundedContext::consuming`]) reacts to other contexts' events
+//! ([`Reacts`]) in its own file, may decide commands of its own and may publish too.
+
+use std::any::Any;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
+use carrier_messages::codec::Causality;
+use carrier_messages::{Decoded, DomainEvent, QueryReply};
+use carrier_storage::{
+    CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, OwnerFile, OwnerKind, Reacts,
+};
+
+use crate::bus::Bus;
+use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, Prefetch};
+use crate::consumer::ConsumerStats;
+use crate::faults::Faults;
+use crate::observe::ObservedContext;
+use crate::owner::{owner_context, Decide};
+use crate::supervisor::{ChildSpec, SupervisionTree, SupervisorArgs};
+use crate::system::StartError;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A stream a context reads: whose it is, its name and the subjects it captures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceStream {
+    /// The context that publishes it, e.g. `stores`.
+    pub context: &'static str,
+    /// The JetStream stream, e.g. `STORES`.
+    pub stream: &'static str,
+    /// Its subjects, e.g. `stores.>`.
+    pub subjects: &'static str,
+}
+
+impl SourceStream {
+    /// The stream of `E`'s context.
+    pub fn of<E: DomainEvent>() -> SourceStream {
+        SourceStream { context: E::CONTEXT, stream: E::STREAM, subjects: E::STREAM_SUBJECTS }
+    }
+}
+
+/// What the system hands a context when it starts it.
+pub(crate) struct StartEnv {
+    pub bus: Bus,
+    pub data_dir: PathBuf,
+    pub settings: CacheSettings,
+    pub faults: Arc<Faults>,
+    pub tree: SupervisionTree,
+    /// The context supervisor's path, `carrier/<name>`.
+    pub path: String,
+}
+
+/// A context the system started: its supervisor's arguments and what the system keeps of it.
+pub(crate) struct Started {
+    pub args: SupervisorArgs,
+    /// Its handle ([`OwnerHandle`] or [`CacheHandle`]), found again by type.
+    pub handle: Arc<dyn Any + Send + Sync>,
+    pub observed: ObservedContext,
+    pub consumers: Vec<(&'static str, Arc<ConsumerStats>)>,
+    /// How many handles to its file are alive (a killed system waits until none is).
+    pub file_refs: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+type StartFn = Arc<dyn Fn(StartEnv) -> BoxFuture<Result<Started, StartError>> + Send + Sync>;
+
+/// One bounded context, declared once. Build it with [`BoundedContext::owner`] or
+/// [`BoundedContext::consuming`]; hand a list of them to [`SystemConfig`](crate::SystemConfig)
+/// (or to the CLI, which does that for you).
+#[derive(Clone)]
+pub struct BoundedContext {
+    name: &'static str,
+    reads: Vec<SourceStream>,
+    publishes: Option<StreamDoc>,
+    endpoints: Vec<EndpointDoc>,
+    start: StartFn,
+}
+
+impl std::fmt::Debug for BoundedContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedContext")
+            .field("name", &self.name)
+            .field("reads", &self.reads)
+            .field("publishes", &self.publishes.map(|s| s.stream))
+            .finish()
+    }
+}
+
+impl BoundedContext {
+    /// An owning context: `K` decides its commands (on `cmd.<context>`) against its state and
+    /// each decision is published through the outbox to `K::Event`'s stream.
+    pub fn owner<K: OwnerKind>() -> OwnerContext<K>
+    where
+        K::Command: JsonSchema,
+    {
+        OwnerContext { queries: Vec::new(), endpoints: vec![EndpointDoc::command::<K::Command>(K::Event::CONTEXT)] }
+    }
+
+    /// A context that keeps its own file of kind `K` and reacts to other contexts' events.
+    pub fn consuming<K: ContextKind>() -> ConsumingContext<K> {
+        ConsumingContext {
+            reads: Vec::new(),
+            endpoints: Vec::new(),
+            fallbacks: Vec::new(),
+            steps: Vec::new(),
+            servers: Vec::new(),
+        }
+    }
+
+    /// Its name, e.g. `baskets`: in paths, durable names, subjects and its file's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The streams it reads, each through a durable consumer of its own.
+    pub fn reads(&self) -> &[SourceStream] {
+        &self.reads
+    }
+
+    /// The stream it publishes, when it publishes.
+    pub fn publishes(&self) -> Option<&StreamDoc> {
+        self.publishes.as_ref()
+    }
+
+    /// Its commands and queries, for the AsyncAPI document.
+    pub fn endpoints(&self) -> &[EndpointDoc] {
+        &self.endpoints
+    }
+
+    /// Its redb file's name, `<name>.redb`.
+    pub fn db_file(&self) -> String {
+        format!("{}.redb", self.name)
+    }
+
+    /// Whether it reads any stream (and so has a dead-letter stream).
+    pub fn consumes(&self) -> bool {
+        !self.reads.is_empty()
+    }
+
+    pub(crate) fn start(&self, env: StartEnv) -> BoxFuture<Result<Started, StartError>> {
+        (self.start)(env)
+    }
+}
+
+/// Every (reader, source) pair of `contexts`: who reads whose stream.
+pub fn subscriptions(contexts: &[BoundedContext]) -> Vec<(&'static str, &'static str)> {
+    contexts.iter().flat_map(|c| c.reads.iter().map(move |s| (c.name, s.context))).collect()
+}
+
+/// The AsyncAPI document of `contexts`: every stream they publish or read, every command and
+/// query, and who reads what.
+pub fn asyncapi(version: &str, contexts: &[BoundedContext]) -> serde_json::Value {
+    let mut streams: Vec<StreamDoc> = contexts.iter().filter_map(|c| c.publishes).collect();
+    streams.sort_by_key(|s| s.stream);
+    streams.dedup_by_key(|s| s.stream);
+    let endpoints: Vec<EndpointDoc> = contexts.iter().flat_map(|c| c.endpoints.iter().copied()).collect();
+    carrier_messages::asyncapi::document(version, &streams, &endpoints, &subscriptions(contexts))
+}
+
+/// A name given that no declared context has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown context {name:?} (known: {known})")]
+pub struct UnknownContext {
+    /// The name asked for.
+    pub name: String,
+    /// The declared names, comma separated.
+    pub known: String,
+}
+
+/// The declarations named in `names`, in the order `all` declares them (which is their start
+/// order), each once.
+pub fn select<S: AsRef<str>>(all: &[BoundedContext], names: &[S]) -> Result<Vec<BoundedContext>, UnknownContext> {
+    for name in names {
+        find(all, name.as_ref())?;
+    }
+    Ok(all.iter().filter(|c| names.iter().any(|n| n.as_ref() == c.name)).cloned().collect())
+}
+
+/// The declaration named `name`.
+pub fn find<'a>(all: &'a [BoundedContext], name: &str) -> Result<&'a BoundedContext, UnknownContext> {
+    all.iter().find(|c| c.name == name).ok_or_else(|| UnknownContext {
+        name: name.to_string(),
+        known: all.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Makes a child of the context's supervisor, given the connection and the context's file.
+type ChildOf<F> = Box<dyn Fn(Bus, Arc<F>) -> ChildSpec + Send + Sync>;
+
+/// The declaration of an owning context; see [`BoundedContext::owner`].
+pub struct OwnerContext<K: OwnerKind> {
+    queries: Vec<ChildOf<OwnerFile<K>>>,
+    endpoints: Vec<EndpointDoc>,
+}
+
+impl<K: OwnerKind> OwnerContext<K> {
+    /// Answers queries of type `Q` on `query.<context>` from the owner's file (read
+    /// transactions, so they never wait for the owner). This is what other contexts' caches fall
+    /// back on.
+    pub fn queries<Q, R>(mut self, answer: impl Fn(&OwnerFile<K>, Q) -> R + Send + Sync + 'static) -> Self
+    where
+        Q: DeserializeOwned + JsonSchema + Send + 'static,
+        R: QueryReply,
+    {
+        let name = K::Event::CONTEXT;
+        self.endpoints.push(EndpointDoc::query::<Q, R>(name));
+        let answer = Arc::new(answer);
+        self.queries.push(Box::new(move |bus, db| crate::serve::queries(name, bus, db, answer.clone())));
+        self
+    }
+
+    /// The declaration.
+    pub fn build(self) -> BoundedContext {
+        let name = K::Event::CONTEXT;
+        let queries = Arc::new(self.queries);
+        let start: StartFn = Arc::new(move |env: StartEnv| {
+            let queries = queries.clone();
+            Box::pin(async move {
+                let db = Arc::new(OwnerFile::<K>::open(env.data_dir.join(format!("{name}.redb")))?);
+                let extra = queries.iter().map(|q| q(env.bus.clone(), db.clone())).collect();
+                let (args, handle) =
+                    owner_context(name, env.bus.clone(), db.clone(), env.faults, env.tree, env.path, extra);
+                let observed = ObservedContext {
+                    name,
+                    file: db.clone(),
+                    consumers: Vec::new(),
+                    lookups: None,
+                    fallbacks: Vec::new(),
+                    publishes: true,
+                    rebuild: None,
+                };
+                let file = Arc::downgrade(&db);
+                Ok(Started {
+                    args,
+                    handle: Arc::new(handle) as Arc<dyn Any + Send + Sync>,
+                    observed,
+                    consumers: Vec::new(),
+                    file_refs: Box::new(move || file.strong_count()),
+                })
+            })
+        });
+        BoundedContext {
+            name,
+            reads: Vec::new(),
+            publishes: Some(StreamDoc::of::<K::Event>()),
+            endpoints: self.endpoints,
+            start,
+        }
+    }
+}
+
+type Step<K> = Box<dyn Fn(&mut ContextBuilder<K>) + Send + Sync>;
+
+/// The declaration of a consuming context; see [`BoundedContext::consuming`].
+pub struct ConsumingContext<K: ContextKind> {
+    reads: Vec<SourceStream>,
+    endpoints: Vec<EndpointDoc>,
+    /// Fallbacks, set up before any consumer so that every consumer's prefetch can use them.
+    fallbacks: Vec<Step<K>>,
+    /// Consumers, in declaration order.
+    steps: Vec<Step<K>>,
+    /// Commands and queries, started after everything else and given the finished handle.
+    servers: Vec<Step<K>>,
+}
+
+impl<K: ContextKind> ConsumingContext<K> {
+    /// Reads `E`'s stream through the durable `<context>-<source>` and applies each batch with
+    /// `K`'s reaction to `E`, in one transaction per batch.
+    pub fn consume<E: DomainEvent>(self) -> Self
+    where
+        K: Reacts<E>,
+    {
+        self.consume_inner::<E>(None)
+    }
+
+    /// Like [`consume`](Self::consume), but first looks up, off the write path, what the
+    /// batch's reactions will read from the caches (so a miss asks the owner before the writer
+    /// runs, never inside its transaction).
+    pub fn consume_with_prefetch<E: DomainEvent>(self, prefetch: Prefetch<K, E>) -> Self
+    where
+        K: Reacts<E>,
+    {
+        self.consume_inner::<E>(Some(prefetch))
+    }
+
+    fn consume_inner<E: DomainEvent>(mut self, prefetch: Option<Prefetch<K, E>>) -> Self
+    where
+        K: Reacts<E>,
+    {
+        self.reads.push(SourceStream::of::<E>());
+        self.steps.push(Box::new(move |b| {
+            b.consume::<E>(prefetch.clone());
+        }));
+        self
+    }
+
+    /// Keeps its stores and products caches filled through the stores context's queries
+    /// (lookups, gap repair and rebuilds).
+    pub fn stores_fallback(mut self) -> Self
+    where
+        K: CacheKind,
+    {
+        self.fallbacks.push(Box::new(|b| {
+            b.stores_fallback();
+        }));
+        self
+    }
+
+    /// Keeps its customers cache filled through the customers context's queries.
+    pub fn customers_fallback(mut self) -> Self
+    where
+        K: CustomerCacheKind,
+    {
+        self.fallbacks.push(Box::new(|b| {
+            b.customers_fallback();
+        }));
+        self
+    }
+
+    /// Decides commands of type `C` on `cmd.<context>`. `decide` is given the context's handle
+    /// (cache lookups, and [`CacheHandle::write`] to run the decision on the file's writer) and
+    /// returns the event it recorded.
+    pub fn commands<C, F, Fut>(mut self, decide: F) -> Self
+    where
+        C: DeserializeOwned + JsonSchema + Send + Sync + 'static,
+        F: Fn(CacheHandle<K>, C, Causality) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Decoded<K::Event>, CommandError>> + Send + 'static,
+    {
+        self.endpoints.push(EndpointDoc::command::<C>(K::NAME));
+        let decide = Arc::new(decide);
+        self.servers.push(Box::new(move |b| {
+            let (handle, decide) = (b.handle(), decide.clone());
+            let decide: Decide<C, K::Event> = Arc::new(move |command, causality| {
+                Box::pin(decide(handle.clone(), command, causality)) as BoxFuture<_>
+            });
+            let spec = crate::serve::commands(K::NAME, b.bus(), decide);
+            b.serve(spec);
+        }));
+        self
+    }
+
+    /// Answers queries of type `Q` on `query.<context>` from the context's file (read
+    /// transactions, so they never wait for the writer).
+    pub fn queries<Q, R>(mut self, answer: impl Fn(&ContextFile<K>, Q) -> R + Send + Sync + 'static) -> Self
+    where
+        Q: DeserializeOwned + JsonSchema + Send + 'static,
+        R: QueryReply,
+    {
+        self.endpoints.push(EndpointDoc::query::<Q, R>(K::NAME));
+        let answer = Arc::new(answer);
+        self.servers.push(Box::new(move |b| {
+            let spec = crate::serve::queries(K::NAME, b.bus(), b.handle().db.clone(), answer.clone());
+            b.serve(spec);
+        }));
+        self
+    }
+
+    /// The declaration.
+    pub fn build(self) -> BoundedContext {
+        let ConsumingContext { reads, endpoints, mut fallbacks, steps, servers } = self;
+        fallbacks.extend(steps);
+        fallbacks.extend(servers);
+        let steps = Arc::new(fallbacks);
+        let start: StartFn = Arc::new(move |env: StartEnv| {
+            let steps = steps.clone();
+            Box::pin(async move {
+                env.bus.ensure_dead_letter_stream(K::NAME).await?;
+                let db = Arc::new(ContextFile::<K>::open(env.data_dir.join(format!("{}.redb", K::NAME)))?);
+                let mut builder = ContextBuilder::new(env.bus.clone(), db, env.settings, env.faults);
+                for step in steps.iter() {
+                    step(&mut builder);
+                }
+                let (args, handle) = builder.build(env.tree, env.path);
+                let observed = handle.observed(&env.bus);
+                let file = Arc::downgrade(&handle.db);
+                Ok(Started {
+                    args,
+                    consumers: handle.consumers.clone(),
+                    observed,
+                    handle: Arc::new(handle) as Arc<dyn Any + Send + Sync>,
+                    file_refs: Box::new(move || file.strong_count()),
+                })
+            })
+        });
+        let publishes = (!K::Event::EVENT_TYPES.is_empty()).then(StreamDoc::of::<K::Event>);
+        BoundedContext { name: K::NAME, reads, publishes, endpoints, start }
+    }
+}

@@ -1,0 +1,215 @@
+//! Carrier's command line, as a library: hand it your contexts and your binary gets every
+//! subcommand (`run`, `status`, `inspect`, `dlq`, `rebuild`, `asyncapi`, `command`, `query`,
+//! `publish`) and the dashboard, for those contexts.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     carrier_cli::main(carrier_actors::mall::contexts())
+//! }
+//! ```
+//!
+//! A binary with subcommands of its own (the mall's `demo` and `bench`) uses [`main_with`].
+//! This crate is the only place that sets up a tracing subscriber and the only user of `anyhow`.
+
+mod asyncapi;
+mod command;
+pub mod dashboard;
+mod dlq;
+mod inspect;
+pub mod otel;
+pub mod progress;
+mod publish;
+mod rebuild;
+mod run;
+pub mod server;
+mod status;
+
+pub use inspect::money;
+pub use run::shutdown_signal;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use clap::{ArgMatches, Command as ClapCommand, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use carrier_actors::BoundedContext;
+
+/// Event-carried state transfer between bounded contexts, on NATS JetStream and redb.
+#[derive(Parser)]
+#[command(name = "carrier", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log lines as text for people or as JSON objects for log pipelines; `RUST_LOG` filters
+    /// them (e.g. `RUST_LOG=info,carrier_actors=debug`).
+    #[arg(long, value_enum, default_value = "pretty", global = true, env = "CARRIER_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for a terminal.
+    Pretty,
+    /// One JSON object per line, with timestamps and the current span's fields.
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run chosen bounded contexts as a service until SIGINT or SIGTERM.
+    Run(run::RunArgs),
+    /// Send a command to a context over NATS request/reply and print the reply.
+    Command(command::CommandArgs),
+    /// Send a query to a context and print the reply.
+    Query(command::QueryArgs),
+    /// Publish one event given as JSON, as a producer would.
+    Publish(publish::PublishArgs),
+    /// Print a context's tables (caches, inbox, outbox, checkpoints) from its redb file, read-only.
+    Inspect(inspect::InspectArgs),
+    /// List, show, replay or purge a consuming context's dead letters.
+    Dlq(dlq::DlqArgs),
+    /// Print the supervision tree, consumers, caches, outboxes and dead letters of a running
+    /// carrier, from its dashboard's API.
+    Status(status::StatusArgs),
+    /// Rebuild a running context's caches from the owners' streams, then swap them in.
+    Rebuild(rebuild::RebuildArgs),
+    /// Print the AsyncAPI 3.0 document of every stream, subject, event, command and query.
+    Asyncapi(asyncapi::AsyncApiArgs),
+}
+
+/// Where the contexts keep their redb files.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataDir {
+    /// Directory for the contexts' redb files.
+    #[arg(long, env = "CARRIER_DATA_DIR", default_value = "./carrier-data")]
+    pub data_dir: PathBuf,
+}
+
+/// What every subcommand knows: the contexts this binary declares.
+pub struct App {
+    /// Every declared context, in start order.
+    pub contexts: Vec<BoundedContext>,
+}
+
+impl App {
+    /// The declaration named `name`, or an error listing the declared names.
+    pub fn context(&self, name: &str) -> anyhow::Result<&BoundedContext> {
+        Ok(carrier_actors::context::find(&self.contexts, name)?)
+    }
+}
+
+/// A binary's own subcommands' future.
+pub type ExtraFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<ExitCode>> + 'a>>;
+
+/// No subcommands beyond Carrier's own.
+#[derive(Subcommand)]
+pub enum NoExtra {}
+
+/// Parses the command line and runs the subcommand over `contexts`.
+pub fn main(contexts: Vec<BoundedContext>) -> ExitCode {
+    main_with::<NoExtra>(contexts, |never, _| match never {})
+}
+
+/// Like [`main`], with the binary's own subcommands `X` beside Carrier's, run by `extra`.
+pub fn main_with<X: Subcommand>(
+    contexts: Vec<BoundedContext>,
+    extra: impl for<'a> FnOnce(X, &'a App) -> ExtraFuture<'a>,
+) -> ExitCode {
+    let own = Cli::command();
+    let about = own.get_about().cloned();
+    // The extra enum's doc comment would otherwise replace the binary's description.
+    let mut command: ClapCommand = X::augment_subcommands(own);
+    if let Some(about) = about {
+        command = command.about(about);
+    }
+    let matches = command.get_matches();
+    let format = matches.get_one::<LogFormat>("log_format").copied().unwrap_or(LogFormat::Pretty);
+    let _ = LOG_FORMAT.set(format);
+    let app = App { contexts };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match parse::<X>(&matches) {
+            Ok(Parsed::Extra(x)) => extra(x, &app).await,
+            Ok(Parsed::Own(command)) => run_command(command, &app).await,
+            Err(e) => e.exit(),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Parsed<X> {
+    Own(Command),
+    Extra(X),
+}
+
+fn parse<X: Subcommand>(matches: &ArgMatches) -> Result<Parsed<X>, clap::Error> {
+    match matches.subcommand_name() {
+        Some(name) if X::has_subcommand(name) => X::from_arg_matches(matches).map(Parsed::Extra),
+        _ => Cli::from_arg_matches(matches).map(|cli| Parsed::Own(cli.command)),
+    }
+}
+
+async fn run_command(command: Command, app: &App) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::main(args, app).await,
+        Command::Publish(args) => publish::main(args).await,
+        Command::Command(args) => command::main(args, app).await,
+        Command::Query(args) => command::query(args, app).await,
+        Command::Inspect(args) => inspect::main(args, app),
+        Command::Dlq(args) => dlq::main(args, app).await,
+        Command::Asyncapi(args) => asyncapi::main(args, app),
+        Command::Rebuild(args) => {
+            let name = app.context(&args.context)?.name();
+            tokio::task::spawn_blocking(move || rebuild::main(args, name)).await?
+        }
+        Command::Status(args) => tokio::task::spawn_blocking(move || status::main(args)).await?,
+    }
+}
+
+/// Logs to `writer`; `RUST_LOG` overrides `default_filter`.
+pub fn init_logging(default_filter: &str, to_stdout: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(true);
+        let _ = if to_stdout {
+            builder.with_writer(std::io::stdout).try_init()
+        } else {
+            builder.with_writer(std::io::stderr).try_init()
+        };
+        return;
+    }
+    use std::io::IsTerminal;
+    let ansi = if to_stdout { std::io::stdout().is_terminal() } else { std::io::stderr().is_terminal() };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().with_ansi(ansi);
+    let _ = if to_stdout {
+        builder.with_writer(std::io::stdout).try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,4 @@
+//! The mall's own subcommands.
+
+pub mod bench;
+pub mod demo;

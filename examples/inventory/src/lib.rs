@@ -1,0 +1,220 @@
+//! A user's own bounded contexts on Carrier's public API: `inventory` owns products and
+//! `storefront` keeps a cache of them, publishing `ProductSoldOut` when stock runs out.
+#![allow(missing_docs)]
+
+use carrier_actors::BoundedContext;
+use carrier_messages::request::CommandFailure;
+use carrier_messages::{check, domain_events, DomainEvent, Envelope, QueryReply, ValidationError};
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Emitter, OwnerKind, Reacts, Rows, RowsMut, StorageError,
+};
+use redb::WriteTransaction;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProductAdded {
+    pub id: String,
+    pub name: String,
+    pub price: i64,
+    pub quantity: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StockAdjusted {
+    pub id: String,
+    pub delta: i64,
+    pub quantity: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProductSoldOut {
+    pub id: String,
+}
+
+impl ProductAdded {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check::name("name", &self.name)?;
+        check::non_negative("price", self.price)?;
+        check::non_negative("quantity", self.quantity)
+    }
+}
+
+impl StockAdjusted {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check::non_negative("quantity", self.quantity)
+    }
+}
+
+impl ProductSoldOut {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)
+    }
+}
+
+domain_events! {
+    /// What the inventory publishes.
+    enum InventoryEvent, context "inventory", stream "INVENTORY", subjects "inventory.>";
+    ProductAdded => "product", "inventory.product.added";
+    StockAdjusted => "product", "inventory.product.stock_adjusted";
+}
+
+domain_events! {
+    /// What the storefront publishes.
+    enum StorefrontEvent, context "storefront", stream "STOREFRONT", subjects "storefront.>";
+    ProductSoldOut => "listing", "storefront.listing.sold_out";
+}
+
+/// The inventory's commands, on `cmd.inventory`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum InventoryCommand {
+    AddProduct { id: String, name: String, price: i64, quantity: i64 },
+    AdjustStock { id: String, delta: i64 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Product {
+    pub name: String,
+    pub price: i64,
+    pub quantity: i64,
+    pub version: u64,
+}
+
+const PRODUCTS: Rows<Product> = Rows::new("products");
+
+/// The inventory: the owner of products.
+pub struct Inventory;
+
+impl OwnerKind for Inventory {
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+
+    fn command_name(command: &InventoryCommand) -> &'static str {
+        match command {
+            InventoryCommand::AddProduct { .. } => "AddProduct",
+            InventoryCommand::AdjustStock { .. } => "AdjustStock",
+        }
+    }
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        PRODUCTS.create(txn)
+    }
+
+    fn decide(txn: &WriteTransaction, command: &InventoryCommand) -> Result<(InventoryEvent, u64), CommandError> {
+        let mut products = PRODUCTS.open(txn)?;
+        let (event, product) = match command.clone() {
+            InventoryCommand::AddProduct { id, name, price, quantity } => {
+                if products.get(&id)?.is_some() {
+                    return Err(CommandError::AlreadyExists { kind: "product", id });
+                }
+                let product = Product { name: name.clone(), price, quantity, version: 1 };
+                (InventoryEvent::ProductAdded(ProductAdded { id, name, price, quantity }), product)
+            }
+            InventoryCommand::AdjustStock { id, delta } => {
+                let not_found = || CommandError::NotFound { kind: "product", id: id.clone() };
+                let mut product = products.get(&id)?.ok_or_else(not_found)?;
+                product.quantity = product.quantity.checked_add(delta).filter(|q| *q >= 0).ok_or_else(|| {
+                    CommandError::Rejected(format!(
+                        "{id:?} has {} in stock, cannot adjust by {delta}",
+                        product.quantity
+                    ))
+                })?;
+                product.version += 1;
+                (InventoryEvent::StockAdjusted(StockAdjusted { id, delta, quantity: product.quantity }), product)
+            }
+        };
+        event.validate()?;
+        products.put(event.aggregate_id(), &product)?;
+        Ok((event, product.version))
+    }
+}
+
+/// A product as the storefront lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Listing {
+    pub name: String,
+    pub price: i64,
+    pub in_stock: bool,
+}
+
+const LISTINGS: Rows<Listing> = Rows::new("listings");
+
+/// The storefront: a cache of the inventory's products.
+pub struct Storefront;
+
+impl ContextKind for Storefront {
+    const NAME: &'static str = "storefront";
+    type Event = StorefrontEvent;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        LISTINGS.create(txn)
+    }
+}
+
+impl Reacts<InventoryEvent> for Storefront {
+    type Tables<'txn> = RowsMut<'txn, Listing>;
+
+    fn open<'txn>(txn: &'txn WriteTransaction) -> Result<RowsMut<'txn, Listing>, StorageError> {
+        LISTINGS.open(txn)
+    }
+
+    fn react(
+        listings: &mut RowsMut<'_, Listing>,
+        emit: &mut Emitter<'_, StorefrontEvent>,
+        envelope: &Envelope,
+        event: &InventoryEvent,
+    ) -> Result<(), StorageError> {
+        match event {
+            InventoryEvent::ProductAdded(e) => {
+                listings.put(&e.id, &Listing { name: e.name.clone(), price: e.price, in_stock: e.quantity > 0 })
+            }
+            InventoryEvent::StockAdjusted(e) => {
+                let was_in_stock = listings.get(&e.id)?.is_some_and(|l| l.in_stock);
+                listings.update(&e.id, |l| l.in_stock = e.quantity > 0)?;
+                if was_in_stock && e.quantity == 0 {
+                    let sold_out = StorefrontEvent::ProductSoldOut(ProductSoldOut { id: e.id.clone() });
+                    emit.emit(sold_out, envelope.aggregate_version, envelope)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The storefront's queries, on `query.storefront`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum StorefrontQuery {
+    GetListing { id: String },
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ListingReply {
+    pub ok: bool,
+    pub listing: Option<Listing>,
+    pub error: Option<CommandFailure>,
+}
+
+impl QueryReply for ListingReply {
+    fn failed(code: &str, message: String) -> Self {
+        ListingReply { ok: false, listing: None, error: Some(CommandFailure { code: code.into(), message }) }
+    }
+}
+
+fn get_listing(db: &ContextFile<Storefront>, StorefrontQuery::GetListing { id }: StorefrontQuery) -> ListingReply {
+    match db.read(|txn| LISTINGS.get(txn, &id)) {
+        Ok(listing) => ListingReply { ok: true, listing, error: None },
+        Err(e) => ListingReply::failed("unavailable", e.to_string()),
+    }
+}
+
+/// Both contexts, in start order.
+pub fn contexts() -> Vec<BoundedContext> {
+    vec![
+        BoundedContext::owner::<Inventory>().build(),
+        BoundedContext::consuming::<Storefront>().consume::<InventoryEvent>().queries(get_listing).build(),
+    ]
+}
