@@ -13,11 +13,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
-use carrier_messages::DomainEvent;
+use carrier_messages::codec::Causality;
+use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::{
-    Adopted, CacheKind, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb, Disposition, Reacts,
-    StorageError, StoresCacheDb,
+    Adopted, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
+    Decides, Disposition, Reacts, StorageError, StoresCacheDb,
 };
 
 use crate::consumer::{ApplyBatch, ApplyFailed, BatchTarget, ConsumerStats};
@@ -351,8 +352,31 @@ pub struct CacheSettings {
     pub poison_threshold: u32,
 }
 
-/// What the rest of the process may use of a running consuming context.
-pub struct CacheHandle<K: 'static> {
+/// Why a command sent through a [`ContextHandle`] got no answer from the context.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// The command was refused or failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The writer is down (restarting, or the context failed), or stopped while the command
+    /// was in flight (it may or may not have been recorded; commands carry their ids so that a
+    /// retry is safe).
+    #[error(transparent)]
+    Unavailable(#[from] LookupError),
+}
+
+impl From<ExecuteError> for CommandError {
+    fn from(error: ExecuteError) -> CommandError {
+        match error {
+            ExecuteError::Command(e) => e,
+            ExecuteError::Unavailable(e) => CommandError::unavailable(e),
+        }
+    }
+}
+
+/// What the rest of the process may use of a running context: reads of its file, lookups, and
+/// writes that run on its one writer.
+pub struct ContextHandle<K: 'static> {
     /// Its file, for reading.
     pub db: Arc<ContextFile<K>>,
     /// Each consumer's counters, by the stream's owning context (`stores`, `ordering`, ...).
@@ -370,9 +394,9 @@ pub struct CacheHandle<K: 'static> {
     writer: ActorSlot<WriterMsg<K>>,
 }
 
-impl<K: 'static> Clone for CacheHandle<K> {
+impl<K: 'static> Clone for ContextHandle<K> {
     fn clone(&self) -> Self {
-        CacheHandle {
+        ContextHandle {
             db: self.db.clone(),
             consumers: self.consumers.clone(),
             stores_fallback: self.stores_fallback.clone(),
@@ -385,10 +409,31 @@ impl<K: 'static> Clone for CacheHandle<K> {
     }
 }
 
-impl<K: ContextKind> CacheHandle<K> {
+impl<K: ContextKind> ContextHandle<K> {
     /// The counters of the consumer of `source`'s stream.
     pub fn consumer(&self, source: &str) -> Option<Arc<ConsumerStats>> {
         self.consumers.iter().find(|(s, _)| *s == source).map(|(_, c)| c.clone())
+    }
+
+    /// Decides `command` with the context's rules ([`Decides`]) on its writer, in one
+    /// transaction with the outbox row of the event it records.
+    pub async fn execute<C: Send + 'static>(
+        &self,
+        command: C,
+        causality: Causality,
+    ) -> Result<Decoded<K::Event>, ExecuteError>
+    where
+        K: Decides<C>,
+    {
+        let label = format!("{}.{}", flow::capitalize(K::NAME), K::command_name(&command));
+        flow::enter(&label);
+        let result = self.write(move |db| db.execute(&command, &causality)).await;
+        match &result {
+            Ok(Ok(_)) => flow::leave(&label, None),
+            Ok(Err(e)) => flow::leave(&label, Some(&e.to_string())),
+            Err(e) => flow::leave(&label, Some(&e.to_string())),
+        }
+        Ok(result??)
     }
 
     /// Runs `job` on the writer (the file's only writer) and returns what it returned.
@@ -440,7 +485,7 @@ impl<K: ContextKind> CacheHandle<K> {
     }
 }
 
-impl<K: CacheKind> CacheHandle<K> {
+impl<K: CacheKind> ContextHandle<K> {
     /// A store as this context keeps it: from the cache, or else from the owner (then cached).
     pub async fn store(&self, id: &str) -> Result<Option<K::Store>, LookupError> {
         if let Some(store) = self.db.cached_store(id)? {
@@ -468,7 +513,7 @@ impl<K: CacheKind> CacheHandle<K> {
     }
 }
 
-impl<K: CustomerCacheKind> CacheHandle<K> {
+impl<K: CustomerCacheKind> ContextHandle<K> {
     /// A customer as this context keeps them: from the cache, or else from the owner (then
     /// cached).
     pub async fn customer(&self, id: &str) -> Result<Option<K::Customer>, LookupError> {
@@ -487,7 +532,8 @@ impl<K: CustomerCacheKind> CacheHandle<K> {
 /// Looks up, before a batch is applied, what its reactions will read from the caches, so that a
 /// miss is filled through the fallback off the write path. A lookup that fails is not an error
 /// here: the reaction then finds the row missing and the batch is retried.
-pub type Prefetch<K, E> = Arc<dyn Fn(CacheHandle<K>, Vec<E>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub type Prefetch<K, E> =
+    Arc<dyn Fn(ContextHandle<K>, Vec<E>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Assembles a consuming context's supervisor: `cache` (the writer) first, then a consumer per
 /// stream, the outbox relay when the context publishes, then its servers.
@@ -496,7 +542,7 @@ pub(crate) struct ContextBuilder<K: ContextKind> {
     bus: crate::bus::Bus,
     settings: CacheSettings,
     faults: Arc<Faults>,
-    handle: CacheHandle<K>,
+    handle: ContextHandle<K>,
     resolvers: Vec<(&'static str, GapResolver<K>)>,
     consumers: Vec<ChildSpec>,
     servers: Vec<ChildSpec>,
@@ -510,7 +556,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         settings: CacheSettings,
         faults: Arc<Faults>,
     ) -> Self {
-        let handle = CacheHandle {
+        let handle = ContextHandle {
             db,
             consumers: Vec::new(),
             stores_fallback: None,
@@ -534,7 +580,7 @@ impl<K: ContextKind> ContextBuilder<K> {
     }
 
     /// The handle as built so far (lookups work once the writer runs).
-    pub(crate) fn handle(&self) -> CacheHandle<K> {
+    pub(crate) fn handle(&self) -> ContextHandle<K> {
         self.handle.clone()
     }
 
@@ -662,7 +708,7 @@ impl<K: ContextKind> ContextBuilder<K> {
     }
 
     /// The supervisor's arguments and the handle.
-    pub(crate) fn build(self, tree: SupervisionTree, path: String) -> (SupervisorArgs, CacheHandle<K>) {
+    pub(crate) fn build(self, tree: SupervisionTree, path: String) -> (SupervisorArgs, ContextHandle<K>) {
         let ContextBuilder { context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup } = self;
         let resolvers = Arc::new(resolvers);
         let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
@@ -676,7 +722,9 @@ impl<K: ContextKind> ContextBuilder<K> {
         });
         let slot = handle.writer.clone();
         let (db, writer_faults, writer_wakeup) = (handle.db.clone(), faults.clone(), wakeup.clone());
-        let writer = ChildSpec::new("cache", move |supervisor, _siblings| {
+        // The writer of a context that reads no stream is its owner; otherwise it is its cache.
+        let writer_name: &'static str = if consumers.is_empty() { "owner" } else { "cache" };
+        let writer = ChildSpec::new(writer_name, move |supervisor, _siblings| {
             let args = WriterArgs {
                 context,
                 db: db.clone(),
@@ -700,9 +748,9 @@ impl<K: ContextKind> ContextBuilder<K> {
             let relay = ChildSpec::new("outbox-relay", move |supervisor, siblings| {
                 let (bus, db, wakeup, faults) = (bus.clone(), db.clone(), wakeup.clone(), faults.clone());
                 async move {
-                    use crate::owner::{MarkPublished, OutboxRelay, ReadOutbox, RelayArgs};
+                    use crate::relay::{MarkError, MarkPublished, OutboxRelay, ReadOutbox, RelayArgs};
                     let writer: ActorRef<WriterMsg<K>> =
-                        siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
+                        siblings.get(writer_name).cloned().ok_or("the writer is not running")?.into();
                     let pending: ReadOutbox = Arc::new(move |limit| db.outbox_pending(limit));
                     let mark: MarkPublished = Arc::new(move |keys| {
                         let writer = writer.clone();
@@ -712,8 +760,8 @@ impl<K: ContextKind> ContextBuilder<K> {
                                 .send_message(WriterMsg::Run(Box::new(move |db| {
                                     let _ = tx.send(db.outbox_remove(&keys));
                                 })))
-                                .map_err(|e| e.to_string())?;
-                            rx.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+                                .map_err(|_| MarkError::WriterGone)?;
+                            Ok(rx.await.map_err(|_| MarkError::WriterGone)??)
                         })
                     });
                     let args = RelayArgs { bus, context, pending, mark, wakeup, faults };
@@ -739,7 +787,7 @@ fn apply_target<K: Reacts<E>, E: DomainEvent>(
     writer: ActorRef<WriterMsg<K>>,
     context: &'static str,
     prefetch: Option<Prefetch<K, E>>,
-    handle: CacheHandle<K>,
+    handle: ContextHandle<K>,
 ) -> BatchTarget<E> {
     Arc::new(move |batch: ApplyBatch<E>| {
         let job = ApplyJob { batch, context };

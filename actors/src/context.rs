@@ -15,10 +15,12 @@
 //! # }
 //! ```
 //!
-//! Two kinds of context exist today. An **owner** ([`BoundedContext::owner`]) decides commands
-//! against its own state ([`OwnerKind`]) and publishes what it decided through its outbox. A
-//! **consuming** context ([`BoundedContext::consuming`]) reacts to other contexts' events
-//! ([`Reacts`]) in its own file, may decide commands of its own and may publish too.
+//! Every context is one stack: its redb file ([`ContextFile`]), written only by its writer actor,
+//! a handle ([`ContextHandle`]) for the rest of the process, and an outbox relay when it
+//! publishes. An **owner** decides commands ([`Decides`]) and reacts to nothing; a **cache** or
+//! **read model** reacts to other contexts' events ([`Reacts`]); a context may do both (ordering
+//! reacts to baskets and decides `cancel_order`). Whatever it decides or emits while reacting
+//! goes to its outbox in the same transaction.
 
 use std::any::Any;
 use std::future::Future;
@@ -31,17 +33,15 @@ use serde::de::DeserializeOwned;
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
 use carrier_messages::codec::Causality;
 use carrier_messages::{Decoded, DomainEvent, QueryReply};
-use carrier_storage::{
-    CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, OwnerFile, OwnerKind, Reacts,
-};
+use carrier_storage::{CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, Reacts};
 
 use crate::bus::Bus;
-use crate::cache::{CacheHandle, CacheSettings, ContextBuilder, Prefetch};
+use crate::cache::{CacheSettings, ContextBuilder, ContextHandle, Prefetch};
+use crate::commands::Decide;
 use crate::consumer::ConsumerStats;
 use crate::faults::Faults;
 use crate::observe::ObservedContext;
-use crate::owner::{owner_context, Decide};
-use crate::supervisor::{ChildSpec, SupervisionTree, SupervisorArgs};
+use crate::supervisor::{SupervisionTree, SupervisorArgs};
 use crate::system::StartError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -78,7 +78,7 @@ pub(crate) struct StartEnv {
 /// A context the system started: its supervisor's arguments and what the system keeps of it.
 pub(crate) struct Started {
     pub args: SupervisorArgs,
-    /// Its handle ([`OwnerHandle`] or [`CacheHandle`]), found again by type.
+    /// Its [`ContextHandle`], found again by type.
     pub handle: Arc<dyn Any + Send + Sync>,
     pub observed: ObservedContext,
     pub consumers: Vec<(&'static str, Arc<ConsumerStats>)>,
@@ -88,8 +88,7 @@ pub(crate) struct Started {
 
 type StartFn = Arc<dyn Fn(StartEnv) -> BoxFuture<Result<Started, StartError>> + Send + Sync>;
 
-/// One bounded context, declared once. Build it with [`BoundedContext::owner`] or
-/// [`BoundedContext::consuming`]; hand a list of them to [`SystemConfig`](crate::SystemConfig)
+/// One bounded context, declared once. Build it with [`BoundedContext::of`]; hand a list of them to [`SystemConfig`](crate::SystemConfig)
 /// (or to the CLI, which does that for you).
 #[derive(Clone)]
 pub struct BoundedContext {
@@ -111,18 +110,12 @@ impl std::fmt::Debug for BoundedContext {
 }
 
 impl BoundedContext {
-    /// An owning context: `K` decides its commands (on `cmd.<context>`) against its state and
-    /// each decision is published through the outbox to `K::Event`'s stream.
-    pub fn owner<K: OwnerKind>() -> OwnerContext<K>
-    where
-        K::Command: JsonSchema,
-    {
-        OwnerContext { queries: Vec::new(), endpoints: vec![EndpointDoc::command::<K::Command>(K::Event::CONTEXT)] }
-    }
-
-    /// A context that keeps its own file of kind `K` and reacts to other contexts' events.
-    pub fn consuming<K: ContextKind>() -> ConsumingContext<K> {
-        ConsumingContext {
+    /// The context whose file is of kind `K` (`K::NAME` is its name): add what it
+    /// [`decides`](ContextDecl::decides), what it [`consume`](ContextDecl::consume)s, its
+    /// queries, then [`build`](ContextDecl::build) it. An owner is a context that decides
+    /// commands and reacts to nothing; a cache or read model reacts to other contexts' events.
+    pub fn of<K: ContextKind>() -> ContextDecl<K> {
+        ContextDecl {
             reads: Vec::new(),
             endpoints: Vec::new(),
             fallbacks: Vec::new(),
@@ -208,75 +201,10 @@ pub fn find<'a>(all: &'a [BoundedContext], name: &str) -> Result<&'a BoundedCont
     })
 }
 
-/// Makes a child of the context's supervisor, given the connection and the context's file.
-type ChildOf<F> = Box<dyn Fn(Bus, Arc<F>) -> ChildSpec + Send + Sync>;
-
-/// The declaration of an owning context; see [`BoundedContext::owner`].
-pub struct OwnerContext<K: OwnerKind> {
-    queries: Vec<ChildOf<OwnerFile<K>>>,
-    endpoints: Vec<EndpointDoc>,
-}
-
-impl<K: OwnerKind> OwnerContext<K> {
-    /// Answers queries of type `Q` on `query.<context>` from the owner's file (read
-    /// transactions, so they never wait for the owner). This is what other contexts' caches fall
-    /// back on.
-    pub fn queries<Q, R>(mut self, answer: impl Fn(&OwnerFile<K>, Q) -> R + Send + Sync + 'static) -> Self
-    where
-        Q: DeserializeOwned + JsonSchema + Send + 'static,
-        R: QueryReply,
-    {
-        let name = K::Event::CONTEXT;
-        self.endpoints.push(EndpointDoc::query::<Q, R>(name));
-        let answer = Arc::new(answer);
-        self.queries.push(Box::new(move |bus, db| crate::serve::queries(name, bus, db, answer.clone())));
-        self
-    }
-
-    /// The declaration.
-    pub fn build(self) -> BoundedContext {
-        let name = K::Event::CONTEXT;
-        let queries = Arc::new(self.queries);
-        let start: StartFn = Arc::new(move |env: StartEnv| {
-            let queries = queries.clone();
-            Box::pin(async move {
-                let db = Arc::new(OwnerFile::<K>::open(env.data_dir.join(format!("{name}.redb")))?);
-                let extra = queries.iter().map(|q| q(env.bus.clone(), db.clone())).collect();
-                let (args, handle) =
-                    owner_context(name, env.bus.clone(), db.clone(), env.faults, env.tree, env.path, extra);
-                let observed = ObservedContext {
-                    name,
-                    file: db.clone(),
-                    consumers: Vec::new(),
-                    lookups: None,
-                    fallbacks: Vec::new(),
-                    publishes: true,
-                    rebuild: None,
-                };
-                let file = Arc::downgrade(&db);
-                Ok(Started {
-                    args,
-                    handle: Arc::new(handle) as Arc<dyn Any + Send + Sync>,
-                    observed,
-                    consumers: Vec::new(),
-                    file_refs: Box::new(move || file.strong_count()),
-                })
-            })
-        });
-        BoundedContext {
-            name,
-            reads: Vec::new(),
-            publishes: Some(StreamDoc::of::<K::Event>()),
-            endpoints: self.endpoints,
-            start,
-        }
-    }
-}
-
 type Step<K> = Box<dyn Fn(&mut ContextBuilder<K>) + Send + Sync>;
 
-/// The declaration of a consuming context; see [`BoundedContext::consuming`].
-pub struct ConsumingContext<K: ContextKind> {
+/// The declaration of a context under construction; see [`BoundedContext::of`].
+pub struct ContextDecl<K: ContextKind> {
     reads: Vec<SourceStream>,
     endpoints: Vec<EndpointDoc>,
     /// Fallbacks, set up before any consumer so that every consumer's prefetch can use them.
@@ -287,7 +215,7 @@ pub struct ConsumingContext<K: ContextKind> {
     servers: Vec<Step<K>>,
 }
 
-impl<K: ContextKind> ConsumingContext<K> {
+impl<K: ContextKind> ContextDecl<K> {
     /// Reads `E`'s stream through the durable `<context>-<source>` and applies each batch with
     /// `K`'s reaction to `E`, in one transaction per batch.
     pub fn consume<E: DomainEvent>(self) -> Self
@@ -341,13 +269,26 @@ impl<K: ContextKind> ConsumingContext<K> {
         self
     }
 
-    /// Decides commands of type `C` on `cmd.<context>`. `decide` is given the context's handle
-    /// (cache lookups, and [`CacheHandle::write`] to run the decision on the file's writer) and
+    /// Decides commands of type `C` on `cmd.<context>` with `K`'s rules ([`Decides`]), on the
+    /// context's writer, each in one transaction with the outbox row of its event.
+    pub fn decides<C>(self) -> Self
+    where
+        C: DeserializeOwned + JsonSchema + Send + Sync + 'static,
+        K: Decides<C>,
+    {
+        self.commands(|handle: ContextHandle<K>, command: C, causality| async move {
+            handle.execute(command, causality).await.map_err(CommandError::from)
+        })
+    }
+
+    /// Decides commands of type `C` on `cmd.<context>` with `decide`, for decisions that need
+    /// lookups first (off the write path). `decide` is given the context's handle
+    /// (cache lookups, and [`ContextHandle::write`] to run the decision on the file's writer) and
     /// returns the event it recorded.
     pub fn commands<C, F, Fut>(mut self, decide: F) -> Self
     where
         C: DeserializeOwned + JsonSchema + Send + Sync + 'static,
-        F: Fn(CacheHandle<K>, C, Causality) -> Fut + Send + Sync + 'static,
+        F: Fn(ContextHandle<K>, C, Causality) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Decoded<K::Event>, CommandError>> + Send + 'static,
     {
         self.endpoints.push(EndpointDoc::command::<C>(K::NAME));
@@ -381,7 +322,7 @@ impl<K: ContextKind> ConsumingContext<K> {
 
     /// The declaration.
     pub fn build(self) -> BoundedContext {
-        let ConsumingContext { reads, endpoints, mut fallbacks, steps, servers } = self;
+        let ContextDecl { reads, endpoints, mut fallbacks, steps, servers } = self;
         fallbacks.extend(steps);
         fallbacks.extend(servers);
         let steps = Arc::new(fallbacks);

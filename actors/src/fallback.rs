@@ -207,7 +207,7 @@ impl Fallback {
         let answer = self.bus.request(&query_subject(owner), &headers, body, self.config.timeout).await;
         let reply = answer
             .map_err(|e| e.to_string())
-            .and_then(|bytes| decode_request::<R>(ContentType::Cbor, &bytes))
+            .and_then(|bytes| decode_request::<R>(ContentType::Cbor, &bytes).map_err(|e| e.to_string()))
             .and_then(|reply| match reply.refusal() {
                 None => Ok(reply),
                 Some(Some(e)) => Err(format!("{}: {}", e.code, e.message)),

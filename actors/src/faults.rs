@@ -29,14 +29,21 @@ pub struct Faults {
     pub consumer_start_failures: AtomicU32,
 }
 
+/// A `CARRIER_FAULTS` value that does not parse, with what is wrong in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FaultSpecError(String);
+
 impl Faults {
     /// Parses `name=count` pairs separated by commas (the `CARRIER_FAULTS` variable), e.g.
     /// `relay_abort_after_publish=1,cache_commit_failures=3`.
-    pub fn from_spec(spec: &str) -> Result<Faults, String> {
+    pub fn from_spec(spec: &str) -> Result<Faults, FaultSpecError> {
         let faults = Faults::default();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, count) = pair.split_once('=').ok_or_else(|| format!("fault {pair:?} is not name=count"))?;
-            let count: u32 = count.trim().parse().map_err(|_| format!("fault {name}: {count:?} is not a count"))?;
+            let (name, count) =
+                pair.split_once('=').ok_or_else(|| FaultSpecError(format!("fault {pair:?} is not name=count")))?;
+            let count: u32 =
+                count.trim().parse().map_err(|_| FaultSpecError(format!("fault {name}: {count:?} is not a count")))?;
             let counter = match name.trim() {
                 "relay_abort_after_publish" => &faults.relay_abort_after_publish,
                 "relay_crash_after_publish" => &faults.relay_crash_after_publish,
@@ -45,7 +52,7 @@ impl Faults {
                 "cache_commit_failures" => &faults.cache_commit_failures,
                 "cache_panics" => &faults.cache_panics,
                 "consumer_start_failures" => &faults.consumer_start_failures,
-                other => return Err(format!("unknown fault {other:?}")),
+                other => return Err(FaultSpecError(format!("unknown fault {other:?}"))),
             };
             counter.store(count, Ordering::SeqCst);
         }

@@ -13,6 +13,7 @@
 pub mod baskets;
 pub mod bus;
 pub mod cache;
+pub mod commands;
 pub mod consumer;
 pub mod context;
 pub mod customers;
@@ -26,9 +27,9 @@ pub mod nats_server;
 pub mod notifications;
 pub mod observe;
 pub mod ordering;
-pub mod owner;
 pub mod payments;
 pub mod rebuild;
+mod relay;
 pub mod responder;
 pub mod search;
 mod serve;

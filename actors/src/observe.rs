@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use carrier_storage::engine::EngineStats;
-use carrier_storage::{ContextDb, ContextFile, ContextKind, OwnerFile, OwnerKind, StorageError};
+use carrier_storage::{ContextDb, ContextFile, ContextKind, StorageError};
 
 use crate::bus::{dead_letter_header, Bus};
 use crate::consumer::ConsumerStats;
@@ -61,7 +61,7 @@ impl LookupStats {
 pub(crate) trait ObservedFile: Send + Sync {
     fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError>;
     fn outbox_len(&self) -> Result<u64, StorageError>;
-    /// The engine's tables (inbox, versions, checkpoints); owners have none.
+    /// The engine's tables (inbox, versions, checkpoints).
     fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>>;
 }
 
@@ -74,18 +74,6 @@ impl<K: ContextKind> ObservedFile for ContextFile<K> {
     }
     fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>> {
         Some(ContextDb::engine_stats(self))
-    }
-}
-
-impl<K: OwnerKind> ObservedFile for OwnerFile<K> {
-    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError> {
-        OwnerFile::table_sizes(self)
-    }
-    fn outbox_len(&self) -> Result<u64, StorageError> {
-        OwnerFile::outbox_len(self)
-    }
-    fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>> {
-        None
     }
 }
 
@@ -105,10 +93,54 @@ pub(crate) struct ObservedContext {
 
 /// Starts a rebuild of one context's caches, reporting into the progress given.
 pub(crate) type RebuildFn = Arc<
-    dyn Fn(crate::rebuild::Progress) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    dyn Fn(
+            crate::rebuild::Progress,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::rebuild::RebuildError>> + Send>>
         + Send
         + Sync,
 >;
+
+/// Why an operator's action (restart, replay, rebuild) was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// No running context has that name.
+    #[error("{0:?} is not running here")]
+    NotRunning(String),
+    /// The context reads no stream, so it has no dead letters.
+    #[error("{0:?} is not a running consuming context")]
+    NotConsuming(String),
+    /// The context keeps no caches to rebuild.
+    #[error("{context} keeps no caches of other contexts' data (contexts with caches: {with})")]
+    NoCaches {
+        /// The context.
+        context: String,
+        /// The running contexts that have caches, comma separated.
+        with: String,
+    },
+    /// A rebuild of the context is running already.
+    #[error("a rebuild of {context} is already {state}")]
+    AlreadyRebuilding {
+        /// The context.
+        context: String,
+        /// `replaying` or `swapping`.
+        state: String,
+    },
+    /// The actor could not be restarted.
+    #[error(transparent)]
+    Restart(#[from] crate::supervisor::RestartError),
+    /// NATS refused.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+impl ActionError {
+    /// Whether the action conflicts with one already running (HTTP 409), rather than being
+    /// wrong in itself.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ActionError::AlreadyRebuilding { .. })
+    }
+}
 
 /// One supervised actor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -565,21 +597,21 @@ impl Observer {
 
     /// Starts rebuilding `context`'s caches from the streams in the background (see
     /// [`crate::rebuild`]); refuses while one is running for it.
-    pub fn start_rebuild(&self, context: &str) -> Result<crate::rebuild::RebuildProgress, String> {
+    pub fn start_rebuild(&self, context: &str) -> Result<crate::rebuild::RebuildProgress, ActionError> {
         let observed = self
             .contexts
             .iter()
             .find(|c| c.name == context)
-            .ok_or_else(|| format!("{context:?} is not running here"))?;
+            .ok_or_else(|| ActionError::NotRunning(context.to_string()))?;
         let rebuild = observed.rebuild.clone().ok_or_else(|| {
             let with: Vec<&str> = self.contexts.iter().filter(|c| c.rebuild.is_some()).map(|c| c.name).collect();
-            format!("{context} keeps no caches of other contexts' data (contexts with caches: {})", with.join(", "))
+            ActionError::NoCaches { context: context.to_string(), with: with.join(", ") }
         })?;
-        let mut rebuilds = self.rebuilds.lock().map_err(|_| "rebuild registry poisoned".to_string())?;
+        let mut rebuilds = self.rebuilds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(running) = rebuilds.get(context) {
             let state = running.lock().map(|p| p.state.clone()).unwrap_or_default();
             if state == "replaying" || state == "swapping" {
-                return Err(format!("a rebuild of {context} is already {state}"));
+                return Err(ActionError::AlreadyRebuilding { context: context.to_string(), state });
             }
         }
         let progress: crate::rebuild::Progress = Arc::new(Mutex::new(crate::rebuild::RebuildProgress {
@@ -661,23 +693,23 @@ impl Observer {
 
     /// Ends the actor at `path` so that its supervisor restarts it (see
     /// [`SupervisionTree::restart`]).
-    pub fn restart(&self, path: &str, kill: bool) -> Result<(), String> {
-        self.tree.restart(path, kill)
+    pub fn restart(&self, path: &str, kill: bool) -> Result<(), ActionError> {
+        Ok(self.tree.restart(path, kill)?)
     }
 
     /// Publishes every dead letter of `context` again and deletes it. Returns how many.
-    pub async fn replay_dead_letters(&self, context: &str) -> Result<u64, String> {
+    pub async fn replay_dead_letters(&self, context: &str) -> Result<u64, ActionError> {
         if !self.contexts.iter().any(|c| c.name == context && !c.consumers.is_empty()) {
-            return Err(format!("{context:?} is not a running consuming context"));
+            return Err(ActionError::NotConsuming(context.to_string()));
         }
         let mut replayed = 0;
         loop {
-            let letters = self.bus.dead_letters(context, 1, 100).await.map_err(|e| e.to_string())?;
+            let letters = self.bus.dead_letters(context, 1, 100).await?;
             if letters.is_empty() {
                 return Ok(replayed);
             }
             for letter in letters {
-                self.bus.replay_dead_letter(context, letter.seq).await.map_err(|e| e.to_string())?;
+                self.bus.replay_dead_letter(context, letter.seq).await?;
                 replayed += 1;
             }
         }

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::rebuild::CacheSet;
-use carrier_storage::{ContextDb, ContextFile, ContextKind, Reacts};
+use carrier_storage::{ContextDb, ContextFile, ContextKind, Reacts, StorageError};
 
 use crate::bus::Bus;
-use crate::cache::CacheHandle;
+use crate::cache::ContextHandle;
 
 /// How many times the swap is retried after catching up with live consumers that moved on.
 const SWAP_ATTEMPTS: usize = 20;
@@ -73,6 +73,45 @@ pub struct RebuildProgress {
     pub error: Option<String>,
 }
 
+/// Why a rebuild failed. The live caches are untouched by a failed rebuild: the swap is the
+/// only write to them, and it is one transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// The context keeps no caches of other contexts' data.
+    #[error("{context} keeps no caches of other contexts' data")]
+    NoCaches {
+        /// The context.
+        context: &'static str,
+    },
+    /// The fresh file could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        /// The fresh file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: StorageError,
+    },
+    /// Reading the streams failed.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    /// Writing the fresh file, or the swap, failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The context's writer is not running.
+    #[error(transparent)]
+    Writer(#[from] crate::cache::LookupError),
+    /// A blocking task failed.
+    #[error("a storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The live consumers kept applying events past the fresh file.
+    #[error("the live consumers kept moving; no swap after {attempts} attempts")]
+    KeptMoving {
+        /// Swaps tried.
+        attempts: usize,
+    },
+}
+
 /// Shared progress of one rebuild.
 pub type Progress = Arc<Mutex<RebuildProgress>>;
 
@@ -80,8 +119,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Replays one owner's stream into a fresh file of kind `K`, from the fresh file's checkpoint up
 /// to `through` (the stream's end when `None`).
-pub(crate) type ReplaySource<K> =
-    Arc<dyn Fn(Bus, Arc<ContextFile<K>>, Progress, usize, Option<u64>) -> BoxFuture<Result<(), String>> + Send + Sync>;
+pub(crate) type ReplaySource<K> = Arc<
+    dyn Fn(Bus, Arc<ContextFile<K>>, Progress, usize, Option<u64>) -> BoxFuture<Result<(), RebuildError>> + Send + Sync,
+>;
 
 /// A cache of a context and how to refill it.
 pub(crate) struct CacheSource<K> {
@@ -106,16 +146,15 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
     progress: Progress,
     index: usize,
     through: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), RebuildError> {
     let consumer = lock(&progress).sources[index].consumer.clone();
     let checkpoint = {
         let (fresh, consumer) = (fresh.clone(), consumer.clone());
-        tokio::task::spawn_blocking(move || fresh.checkpoint(&consumer)).await.map_err(|e| e.to_string())?
-    }
-    .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || fresh.checkpoint(&consumer)).await?
+    }?;
     let target = match through {
         Some(target) => target,
-        None => bus.last_sequence(E::STREAM).await.map_err(|e| e.to_string())?,
+        None => bus.last_sequence(E::STREAM).await?,
     };
     {
         let mut p = lock(&progress);
@@ -127,12 +166,12 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
     if checkpoint >= target {
         return Ok(());
     }
-    let mut stream = bus.replay(E::STREAM, E::STREAM_SUBJECTS, checkpoint + 1, 512).await.map_err(|e| e.to_string())?;
+    let mut stream = bus.replay(E::STREAM, E::STREAM_SUBJECTS, checkpoint + 1, 512).await?;
     loop {
-        let deliveries = stream.next_batch(Duration::from_secs(1)).await.map_err(|e| e.to_string())?;
+        let deliveries = stream.next_batch(Duration::from_secs(1)).await?;
         let Some(last) = deliveries.last().map(|d| d.stream_seq) else {
             // Nothing more is coming: the target was deleted from the stream, say.
-            let (pending, _, _) = stream.lag().await.map_err(|e| e.to_string())?;
+            let (pending, _, _) = stream.lag().await?;
             if pending == 0 {
                 return Ok(());
             }
@@ -151,10 +190,7 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
         let applied_through = wanted.last().map(|d| d.stream_seq).unwrap_or(last.min(target));
         let count = wanted.len() as u64;
         let (file, name) = (fresh.clone(), consumer.clone());
-        tokio::task::spawn_blocking(move || file.apply(&name, &batch, applied_through))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || file.apply(&name, &batch, applied_through)).await??;
         {
             let mut p = lock(&progress);
             p.events += count;
@@ -166,7 +202,7 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
     }
 }
 
-impl<K: ContextKind> CacheHandle<K> {
+impl<K: ContextKind> ContextHandle<K> {
     /// Whether this context has caches to rebuild.
     pub fn has_caches(&self) -> bool {
         !self.cache_sources.is_empty()
@@ -174,7 +210,7 @@ impl<K: ContextKind> CacheHandle<K> {
 
     /// Rebuilds every cache of the context from the owners' streams into a fresh file beside the
     /// live one, then swaps them in on the writer. `progress` is updated as it goes.
-    pub async fn rebuild_caches(&self, bus: &Bus, progress: Progress) -> Result<(), String> {
+    pub async fn rebuild_caches(&self, bus: &Bus, progress: Progress) -> Result<(), RebuildError> {
         let started = std::time::Instant::now();
         let result = self.rebuild_inner(bus, &progress).await;
         let mut p = lock(&progress);
@@ -183,15 +219,15 @@ impl<K: ContextKind> CacheHandle<K> {
             Ok(()) => p.state = "done".into(),
             Err(e) => {
                 p.state = "failed".into();
-                p.error = Some(e.clone());
+                p.error = Some(e.to_string());
             }
         }
         result
     }
 
-    async fn rebuild_inner(&self, bus: &Bus, progress: &Progress) -> Result<(), String> {
+    async fn rebuild_inner(&self, bus: &Bus, progress: &Progress) -> Result<(), RebuildError> {
         if self.cache_sources.is_empty() {
-            return Err(format!("{} keeps no caches of other contexts' data", K::NAME));
+            return Err(RebuildError::NoCaches { context: K::NAME });
         }
         {
             let mut p = lock(progress);
@@ -211,9 +247,9 @@ impl<K: ContextKind> CacheHandle<K> {
         let _ = std::fs::remove_file(&path);
         let fresh = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || ContextFile::<K>::open(&path)).await.map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || ContextFile::<K>::open(&path)).await?
         }
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        .map_err(|source| RebuildError::Create { path: path.clone(), source })?;
         let fresh = Arc::new(fresh);
         let outcome = self.replay_and_swap(bus, progress, &fresh).await;
         drop(fresh);
@@ -221,14 +257,19 @@ impl<K: ContextKind> CacheHandle<K> {
         outcome
     }
 
-    async fn replay_and_swap(&self, bus: &Bus, progress: &Progress, fresh: &Arc<ContextFile<K>>) -> Result<(), String> {
+    async fn replay_and_swap(
+        &self,
+        bus: &Bus,
+        progress: &Progress,
+        fresh: &Arc<ContextFile<K>>,
+    ) -> Result<(), RebuildError> {
         // The bulk of the replay runs while the live caches keep applying events.
         for (index, source) in self.cache_sources.iter().enumerate() {
             (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
         }
         // Then the live batches wait (unacknowledged) while the fresh file catches up with the
         // few events they applied meanwhile, so the swap cannot find the live caches ahead.
-        let _held = self.hold_batches().await.map_err(|e| e.to_string())?;
+        let _held = self.hold_batches().await?;
         for (index, source) in self.cache_sources.iter().enumerate() {
             (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
         }
@@ -236,11 +277,7 @@ impl<K: ContextKind> CacheHandle<K> {
         for _ in 0..SWAP_ATTEMPTS {
             lock(progress).state = "swapping".into();
             let (file, swap_sets) = (fresh.clone(), sets.clone());
-            let swapped = self
-                .write(move |db| db.adopt_caches(&file, &swap_sets))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let swapped = self.write(move |db| db.adopt_caches(&file, &swap_sets)).await??;
             match swapped {
                 Ok(tables) => {
                     lock(progress).tables = tables
@@ -261,7 +298,7 @@ impl<K: ContextKind> CacheHandle<K> {
                 }
             }
         }
-        Err(format!("the live consumers kept moving; no swap after {SWAP_ATTEMPTS} attempts"))
+        Err(RebuildError::KeptMoving { attempts: SWAP_ATTEMPTS })
     }
 }
 

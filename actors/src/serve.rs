@@ -10,7 +10,7 @@ use carrier_messages::ContentType;
 use serde::de::DeserializeOwned;
 
 use crate::bus::{Bus, IncomingRequest};
-use crate::owner::{ContextCommands, Decide};
+use crate::commands::{ContextCommands, Decide};
 use crate::responder::{Answer, Responder, ResponderArgs};
 use crate::supervisor::ChildSpec;
 

@@ -163,11 +163,11 @@ impl SupervisionTree {
 
     /// Ends the actor at `path` so that its supervisor restarts it, as after a failure: `kill`
     /// ends it at once, as a crash would; otherwise it stops after its current message.
-    pub fn restart(&self, path: &str, kill: bool) -> Result<(), String> {
+    pub fn restart(&self, path: &str, kill: bool) -> Result<(), RestartError> {
         let cell = self.cells.lock().ok().and_then(|m| m.get(path).cloned());
-        let cell = cell.ok_or_else(|| format!("no supervised actor at {path:?}"))?;
+        let cell = cell.ok_or_else(|| RestartError::NoSuchActor { path: path.to_string() })?;
         if self.get(path).is_some_and(|n| n.state != NodeState::Running) {
-            return Err(format!("{path} is not running"));
+            return Err(RestartError::NotRunning { path: path.to_string() });
         }
         if kill {
             cell.kill();
@@ -195,6 +195,23 @@ impl SupervisionTree {
             change(node);
         }
     }
+}
+
+/// Why an operator's restart was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    /// No supervised actor has that path.
+    #[error("no supervised actor at {path:?}")]
+    NoSuchActor {
+        /// The path asked for.
+        path: String,
+    },
+    /// It is restarting or stopped already.
+    #[error("{path} is not running")]
+    NotRunning {
+        /// Its path.
+        path: String,
+    },
 }
 
 /// What a supervisor is started with.

@@ -165,9 +165,8 @@ impl CarrierSystem {
         Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task })
     }
 
-    /// The handle of the running context whose handle has type `H`: an
-    /// [`OwnerHandle`](crate::owner::OwnerHandle) of an owner's kind, or a
-    /// [`CacheHandle`](crate::cache::CacheHandle) of a consuming context's kind.
+    /// The handle of the running context whose handle has type `H`: the
+    /// [`ContextHandle`](crate::cache::ContextHandle) of its kind, e.g. `ContextHandle<Stores>`.
     pub fn handle<H: Clone + 'static>(&self) -> Option<H> {
         self.contexts.iter().find_map(|c| c.handle.downcast_ref::<H>().cloned())
     }

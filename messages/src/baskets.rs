@@ -90,21 +90,21 @@ pub struct BasketCheckedOut {
     pub items: Vec<BasketItem>,
 }
 
-impl BasketStarted {
+impl crate::codec::Validate for BasketStarted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)
     }
 }
 
-impl BasketItemAdded {
+impl crate::codec::Validate for BasketItemAdded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         self.item.validate()
     }
 }
 
-impl BasketItemRemoved {
+impl crate::codec::Validate for BasketItemRemoved {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("product_id", &self.product_id)?;
@@ -112,13 +112,13 @@ impl BasketItemRemoved {
     }
 }
 
-impl BasketCanceled {
+impl crate::codec::Validate for BasketCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl BasketCheckedOut {
+impl crate::codec::Validate for BasketCheckedOut {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;

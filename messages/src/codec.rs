@@ -46,6 +46,16 @@ pub trait DomainEvent: Sized + Clone + Send + Sync + Serialize + DeserializeOwne
     }
 }
 
+/// A payload's field limits beyond what its types say, checked when an event is recorded and
+/// when one arrives. [`domain_events!`](crate::domain_events) checks every payload's `id`
+/// ([`check::id`]) first; a payload with no other limits implements this with no body.
+pub trait Validate {
+    /// The first field that breaks a limit.
+    fn validate(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
 /// A field that breaks the contract's limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}` {problem}")]
@@ -340,11 +350,11 @@ pub mod check {
 ///
 /// Each payload is a struct of the same name as its variant, with an `id: String` field (the
 /// aggregate id), `Serialize`, `Deserialize`, `JsonSchema` (from `schemars`) and
-/// `Clone + Debug + PartialEq + Eq` derives, and an inherent
-/// `fn validate(&self) -> Result<(), ValidationError>` (see [`check`]).
+/// `Clone + Debug + PartialEq + Eq` derives, and an impl of [`Validate`] for its limits
+/// (see [`check`]).
 ///
 /// ```
-/// use carrier_messages::{check, domain_events, ValidationError};
+/// use carrier_messages::{domain_events, Validate};
 /// use schemars::JsonSchema;
 /// use serde::{Deserialize, Serialize};
 ///
@@ -352,11 +362,7 @@ pub mod check {
 /// pub struct ParcelShipped {
 ///     pub id: String,
 /// }
-/// impl ParcelShipped {
-///     fn validate(&self) -> Result<(), ValidationError> {
-///         check::id("id", &self.id)
-///     }
-/// }
+/// impl Validate for ParcelShipped {}
 /// domain_events! {
 ///     /// What the shipping context publishes.
 ///     enum ShippingEvent, context "shipping", stream "SHIPPING", subjects "shipping.>";
@@ -404,7 +410,10 @@ macro_rules! domain_events {
             }
 
             fn validate(&self) -> Result<(), $crate::codec::ValidationError> {
-                match self { $(Self::$variant(e) => e.validate(),)* }
+                match self { $(Self::$variant(e) => {
+                    $crate::codec::check::id("id", &e.id)?;
+                    $crate::codec::Validate::validate(e)
+                })* }
             }
 
             fn encode_payload(&self, content_type: $crate::envelope::ContentType) -> Result<Vec<u8>, $crate::codec::EncodeError> {

@@ -54,7 +54,7 @@ fn check_sms(value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-impl CustomerRegistered {
+impl crate::codec::Validate for CustomerRegistered {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -62,20 +62,20 @@ impl CustomerRegistered {
     }
 }
 
-impl CustomerSmsChanged {
+impl crate::codec::Validate for CustomerSmsChanged {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check_sms(&self.sms_number)
     }
 }
 
-impl CustomerEnabled {
+impl crate::codec::Validate for CustomerEnabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl CustomerDisabled {
+impl crate::codec::Validate for CustomerDisabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }

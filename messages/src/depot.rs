@@ -59,7 +59,7 @@ pub struct ShoppingListCanceled {
     pub order_id: String,
 }
 
-impl ShoppingListCreated {
+impl crate::codec::Validate for ShoppingListCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;
@@ -80,14 +80,14 @@ impl ShoppingListCreated {
     }
 }
 
-impl ShoppingListCompleted {
+impl crate::codec::Validate for ShoppingListCompleted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)
     }
 }
 
-impl ShoppingListCanceled {
+impl crate::codec::Validate for ShoppingListCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)

@@ -31,9 +31,11 @@ pub mod search;
 pub mod stores;
 pub mod trace;
 
-pub use codec::{check, Causality, DecodeError, Decoded, DomainEvent, EncodedEvent, NoEvents, ValidationError};
+pub use codec::{
+    check, Causality, DecodeError, Decoded, DomainEvent, EncodedEvent, NoEvents, Validate, ValidationError,
+};
 pub use envelope::{ContentType, Envelope, EventId};
-pub use request::{CommandReply, QueryReply};
+pub use request::{CommandReply, Found, QueryReply};
 /// The schema derive payloads, commands and queries need (`#[derive(JsonSchema)]`).
 pub use schemars;
 pub use stores::StoresEvent;

@@ -57,7 +57,7 @@ pub struct OrderCompleted {
     pub invoice_id: String,
 }
 
-impl OrderCreated {
+impl crate::codec::Validate for OrderCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -67,7 +67,7 @@ impl OrderCreated {
     }
 }
 
-impl OrderReadied {
+impl crate::codec::Validate for OrderReadied {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -76,7 +76,7 @@ impl OrderReadied {
     }
 }
 
-impl OrderCanceled {
+impl crate::codec::Validate for OrderCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -84,7 +84,7 @@ impl OrderCanceled {
     }
 }
 
-impl OrderCompleted {
+impl crate::codec::Validate for OrderCompleted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;

@@ -34,7 +34,7 @@ pub struct InvoicePaid {
     pub amount: i64,
 }
 
-impl PaymentDeclined {
+impl crate::codec::Validate for PaymentDeclined {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;
@@ -43,7 +43,7 @@ impl PaymentDeclined {
     }
 }
 
-impl InvoicePaid {
+impl crate::codec::Validate for InvoicePaid {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;

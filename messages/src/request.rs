@@ -74,14 +74,63 @@ pub trait QueryReply: Serialize + JsonSchema + Send + 'static {
     fn failed(code: &str, message: String) -> Self;
 }
 
+/// The answer to a query that finds one thing or nothing, which is what most queries are:
+/// `{"ok": true, "found": {...}}`, `{"ok": true}` when nothing was found, or
+/// `{"ok": false, "error": {"code": ..., "message": ...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Found<T> {
+    /// Whether the query was answered (finding nothing is an answer).
+    pub ok: bool,
+    /// What was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<T>,
+    /// Why not, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CommandFailure>,
+}
+
+impl<T> Found<T> {
+    /// The answer for a lookup's result; a failed lookup answers `unavailable`.
+    pub fn answer<E: std::fmt::Display>(result: Result<Option<T>, E>) -> Self {
+        match result {
+            Ok(found) => Found { ok: true, found, error: None },
+            Err(e) => Found {
+                ok: false,
+                found: None,
+                error: Some(CommandFailure { code: "unavailable".into(), message: e.to_string() }),
+            },
+        }
+    }
+}
+
+impl<T: Serialize + JsonSchema + Send + 'static> QueryReply for Found<T> {
+    fn failed(code: &str, message: String) -> Self {
+        Found { ok: false, found: None, error: Some(CommandFailure { code: code.to_string(), message }) }
+    }
+}
+
+/// Why a request (or reply) body did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Over [`MAX_BODY_BYTES`](crate::codec::MAX_BODY_BYTES).
+    #[error("body of {len} bytes is over the limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// Not the expected shape in its encoding; the decoder's words, shortened.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 /// Decodes a request body of the given encoding.
-pub fn decode_request<T: DeserializeOwned>(content_type: ContentType, body: &[u8]) -> Result<T, String> {
+pub fn decode_request<T: DeserializeOwned>(content_type: ContentType, body: &[u8]) -> Result<T, RequestError> {
     if body.len() > crate::codec::MAX_BODY_BYTES {
-        return Err(format!("body of {} bytes is over the limit", body.len()));
+        return Err(RequestError::TooLarge { len: body.len() });
     }
     match content_type {
-        ContentType::Json => serde_json::from_slice(body).map_err(|e| clip(&e.to_string())),
-        ContentType::Cbor => crate::cbor::from_slice(body).map_err(|e| clip(&e.to_string())),
+        ContentType::Json => serde_json::from_slice(body).map_err(|e| RequestError::Malformed(clip(&e.to_string()))),
+        ContentType::Cbor => crate::cbor::from_slice(body).map_err(|e| RequestError::Malformed(clip(&e.to_string()))),
     }
 }
 

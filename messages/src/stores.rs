@@ -95,7 +95,7 @@ pub struct ProductRemoved {
     pub id: String,
 }
 
-impl StoreCreated {
+impl crate::codec::Validate for StoreCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -103,26 +103,26 @@ impl StoreCreated {
     }
 }
 
-impl StoreRebranded {
+impl crate::codec::Validate for StoreRebranded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)
     }
 }
 
-impl StoreParticipationEnabled {
+impl crate::codec::Validate for StoreParticipationEnabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl StoreParticipationDisabled {
+impl crate::codec::Validate for StoreParticipationDisabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl ProductAdded {
+impl crate::codec::Validate for ProductAdded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("store_id", &self.store_id)?;
@@ -133,7 +133,7 @@ impl ProductAdded {
     }
 }
 
-impl ProductRebranded {
+impl crate::codec::Validate for ProductRebranded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -141,21 +141,21 @@ impl ProductRebranded {
     }
 }
 
-impl ProductPriceIncreased {
+impl crate::codec::Validate for ProductPriceIncreased {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::positive("delta", self.delta)
     }
 }
 
-impl ProductPriceDecreased {
+impl crate::codec::Validate for ProductPriceDecreased {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::positive("delta", self.delta)
     }
 }
 
-impl ProductRemoved {
+impl crate::codec::Validate for ProductRemoved {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }

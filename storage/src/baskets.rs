@@ -88,7 +88,7 @@ impl ContextFile<Baskets> {
         item: Option<BasketItem>,
         causality: &Causality,
     ) -> Result<Decoded<BasketsEvent>, CommandError> {
-        self.execute(|txn, emit| {
+        self.decide_with(|txn, emit| {
             let (event, row) = decide_basket(txn, command, item)?;
             event.validate()?;
             let mut table = txn.open_table(BASKETS).during("open baskets")?;

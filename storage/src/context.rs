@@ -26,8 +26,35 @@ pub trait ContextKind: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     /// What it publishes ([`carrier_messages::codec::NoEvents`] when nothing).
     type Event: DomainEvent;
-    /// Creates its own tables (the engine's and the outbox are created for it).
-    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError>;
+    /// Creates its own tables (the engine's and the outbox are created for it). By default
+    /// none: a [`Rows`](crate::Rows) table is created by its first write and reads as empty
+    /// before.
+    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+        let _ = txn;
+        Ok(())
+    }
+}
+
+/// How a context decides commands of type `C`: against its own tables, recording each event it
+/// decides through the emitter, in the transaction of the change. An owner is a context that
+/// decides commands and reacts to nothing; any context may do both.
+pub trait Decides<C>: ContextKind {
+    /// The command's name for logs, e.g. `CreateStore` (by default the command type's name).
+    fn command_name(command: &C) -> &'static str {
+        let _ = command;
+        let full = std::any::type_name::<C>();
+        full.rsplit("::").next().unwrap_or(full)
+    }
+
+    /// Decides `command`: reads and writes the context's tables in `txn` and records what it
+    /// decided with [`Emitter::record`] (with `causality`). Nothing is kept unless it returns
+    /// `Ok` having recorded an event.
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, Self::Event>,
+        command: &C,
+        causality: &Causality,
+    ) -> Result<(), CommandError>;
 }
 
 /// How a context applies another context's events of type `E`.
@@ -71,6 +98,13 @@ impl<'txn, E: DomainEvent> Emitter<'txn, E> {
             trace: Some(cause.trace().consumer_span(&cause.event_id.to_string(), E::CONTEXT)),
         };
         self.record(event, version, &causality)
+    }
+
+    /// Records the event a command decided, at `version` of its entity: an event that breaks
+    /// a field limit refuses the command ([`CommandError::Invalid`]).
+    pub fn decided(&mut self, event: E, version: u64, causality: &Causality) -> Result<(), CommandError> {
+        event.validate()?;
+        Ok(self.record(event, version, causality)?)
     }
 
     /// Records `event` at `version` with the given causality (commands).
@@ -159,10 +193,18 @@ impl<K: ContextKind> ContextFile<K> {
         engine::adopt::<E, _>(&self.db, &projection, aggregate, id, version, |tables| write(&mut tables.0))
     }
 
+    /// Decides `command` with `K`'s rules ([`Decides`]) in one transaction, with its outbox row.
+    pub fn execute<C>(&self, command: &C, causality: &Causality) -> Result<Decoded<K::Event>, CommandError>
+    where
+        K: Decides<C>,
+    {
+        self.decide_with(|txn, emit| K::decide(txn, emit, command, causality))
+    }
+
     /// Decides a command against the file in one transaction: `decide` reads and writes the
     /// context's tables and records its event through the emitter. Nothing is kept unless it
     /// returns `Ok` having recorded an event.
-    pub fn execute(
+    pub fn decide_with(
         &self,
         decide: impl FnOnce(&WriteTransaction, &mut Emitter<'_, K::Event>) -> Result<(), CommandError>,
     ) -> Result<Decoded<K::Event>, CommandError> {

@@ -6,9 +6,12 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::customers::*;
 use carrier_messages::DomainEvent;
 
+use carrier_messages::codec::Causality;
+
+use crate::context::{ContextFile, ContextKind, Decides, Emitter};
 use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::owner::{CommandError, OwnerFile, OwnerKind};
 use crate::rows::{all_rows, get_row};
+use crate::CommandError;
 use crate::StorageError;
 
 const CUSTOMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("customers");
@@ -27,25 +30,32 @@ pub struct CustomerRow {
 }
 
 /// `customers.redb`: customers and the outbox.
-pub type CustomersDb = OwnerFile<Customers>;
+pub type CustomersDb = ContextFile<Customers>;
 
-/// The customers context's state and rules.
+/// The customers context's state and rules: an owner, deciding commands and reacting to nothing.
 pub struct Customers;
 
-impl OwnerKind for Customers {
-    type Command = CustomersCommand;
+impl ContextKind for Customers {
+    const NAME: &'static str = "customers";
     type Event = CustomersEvent;
-
-    fn command_name(command: &CustomersCommand) -> &'static str {
-        command.name()
-    }
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
         txn.open_table(CUSTOMERS).during("create customers")?;
         Ok(())
     }
+}
 
-    fn decide(txn: &WriteTransaction, command: &CustomersCommand) -> Result<(CustomersEvent, u64), CommandError> {
+impl Decides<CustomersCommand> for Customers {
+    fn command_name(command: &CustomersCommand) -> &'static str {
+        command.name()
+    }
+
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, CustomersEvent>,
+        command: &CustomersCommand,
+        causality: &Causality,
+    ) -> Result<(), CommandError> {
         use CustomersCommand as C;
         let mut table = txn.open_table(CUSTOMERS).during("open customers")?;
         let current: Option<CustomerRow> = {
@@ -97,11 +107,12 @@ impl OwnerKind for Customers {
         event.validate()?;
         let bytes = encode_row("customers", &row)?;
         table.insert(event.aggregate_id(), bytes.as_slice()).during("write customers")?;
-        Ok((event, row.version))
+        emit.record(event, row.version, causality)?;
+        Ok(())
     }
 }
 
-impl OwnerFile<Customers> {
+impl ContextFile<Customers> {
     /// One customer.
     pub fn customer(&self, id: &str) -> Result<Option<CustomerRow>, StorageError> {
         get_row(&self.db, CUSTOMERS, "customers", id)
@@ -116,7 +127,6 @@ impl OwnerFile<Customers> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use carrier_messages::codec::Causality;
 
     #[test]
     fn customers_register_change_and_toggle_with_versions_and_rules() {

@@ -198,7 +198,7 @@ impl ContextFile<Depot> {
         command: &DepotCommand,
         causality: &Causality,
     ) -> Result<Decoded<DepotEvent>, CommandError> {
-        self.execute(|txn, emit| {
+        self.decide_with(|txn, emit| {
             let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
             match command {
                 DepotCommand::CompleteShoppingList { id } => {

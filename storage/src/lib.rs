@@ -13,6 +13,7 @@
 //!   ([`SearchDb`]): each context's own tables and reactions.
 //! - [`customers`]: the customers context's own state ([`CustomersDb`]).
 //! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
+//! - [`command`]: [`CommandError`], why a command was refused.
 //! - [`inspect`]: any file's tables and rows as JSON, opened read-only (`carrier inspect`).
 //! - [`outbox`]: the outbox table any owning context writes in the same transaction as its state.
 //!
@@ -23,6 +24,7 @@ mod rows;
 
 pub mod baskets;
 pub mod cache;
+pub mod command;
 pub mod context;
 pub mod customer_cache;
 pub mod customers;
@@ -32,7 +34,6 @@ pub mod inspect;
 pub mod notifications;
 pub mod ordering;
 pub mod outbox;
-pub mod owner;
 pub mod payments;
 pub mod rebuild;
 pub mod search;
@@ -40,7 +41,8 @@ pub mod stores;
 
 pub use baskets::BasketsDb;
 pub use cache::{CacheKind, StoresCacheDb};
-pub use context::{ContextDb, ContextFile, ContextKind, Emitter, Reacts};
+pub use command::CommandError;
+pub use context::{ContextDb, ContextFile, ContextKind, Decides, Emitter, Reacts};
 pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;
 pub use depot::DepotDb;
@@ -48,7 +50,6 @@ pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::{RedbResultExt, StorageError};
 pub use notifications::NotificationsDb;
 pub use ordering::OrderingDb;
-pub use owner::{CommandError, OwnerFile, OwnerKind};
 pub use payments::PaymentsDb;
 pub use rows::{Rows, RowsMut};
 pub use search::SearchDb;

@@ -216,7 +216,7 @@ impl ContextFile<Ordering> {
         command: &OrderingCommand,
         causality: &Causality,
     ) -> Result<Decoded<OrderingEvent>, CommandError> {
-        self.execute(|txn, emit| {
+        self.decide_with(|txn, emit| {
             let mut orders = txn.open_table(ORDERS).during("open orders")?;
             match command {
                 OrderingCommand::CancelOrder { id, reason } => {

@@ -19,13 +19,6 @@ pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("out
 /// late delete for a published row can never hit a new one.
 pub(crate) const OUTBOX_NEXT: TableDefinition<&str, u64> = TableDefinition::new("outbox_next");
 
-/// Appends `event` under the next key.
-pub(crate) fn append(txn: &redb::WriteTransaction, event: &EncodedEvent) -> Result<u64, StorageError> {
-    let mut counter = txn.open_table(OUTBOX_NEXT).during("open outbox_next")?;
-    let mut table = txn.open_table(OUTBOX).during("open outbox")?;
-    append_to(&mut table, &mut counter, event)
-}
-
 /// Appends `event` under the next key, with the tables already open.
 pub(crate) fn append_to(
     table: &mut redb::Table<'_, u64, &'static [u8]>,

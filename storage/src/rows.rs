@@ -91,7 +91,8 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         TableDefinition::new(self.name)
     }
 
-    /// Creates the table (for a context's `create_tables`).
+    /// Creates the table (for a context's `create_tables`, so that `carrier inspect` lists it
+    /// before its first row; a table is also created by its first write).
     pub fn create(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
         txn.open_table(self.definition()).during("create table")?;
         Ok(())
@@ -106,16 +107,28 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         })
     }
 
+    /// The table in a read transaction; `None` before anything was ever written to it.
+    fn read<'a>(
+        &self,
+        txn: &'a ReadTransaction,
+    ) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, StorageError> {
+        match txn.open_table(self.definition()) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e).during("open table"),
+        }
+    }
+
     /// One row, read in `txn`.
     pub fn get(&self, txn: &ReadTransaction, id: &str) -> Result<Option<T>, StorageError> {
-        let table = txn.open_table(self.definition()).during("open table")?;
+        let Some(table) = self.read(txn)? else { return Ok(None) };
         let row = table.get(id).during("read row")?;
         row.map(|bytes| decode_row(self.name, bytes.value())).transpose()
     }
 
     /// Every row by id, read in `txn`.
     pub fn all(&self, txn: &ReadTransaction) -> Result<Vec<(String, T)>, StorageError> {
-        let table = txn.open_table(self.definition()).during("open table")?;
+        let Some(table) = self.read(txn)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for entry in table.iter().during("read table")? {
             let (k, v) = entry.during("read table")?;

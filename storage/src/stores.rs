@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::stores::*;
 use carrier_messages::DomainEvent;
 
+use carrier_messages::codec::Causality;
+
+use crate::context::{ContextFile, ContextKind, Decides, Emitter};
 use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::owner::{CommandError, OwnerFile, OwnerKind};
 use crate::rows::{all_rows, get_row};
+use crate::CommandError;
 use crate::StorageError;
 
 const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
@@ -51,36 +54,44 @@ pub struct ProductRow {
 }
 
 /// `stores.redb`: stores, products and the outbox.
-pub type StoresDb = OwnerFile<Stores>;
+pub type StoresDb = ContextFile<Stores>;
 
-/// The stores context's state and rules.
+/// The stores context's state and rules: an owner, deciding commands and reacting to nothing.
 pub struct Stores;
 
-impl OwnerKind for Stores {
-    type Command = StoresCommand;
+impl ContextKind for Stores {
+    const NAME: &'static str = "stores";
     type Event = StoresEvent;
-
-    fn command_name(command: &StoresCommand) -> &'static str {
-        command.name()
-    }
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
         txn.open_table(STORES).during("create stores")?;
         txn.open_table(PRODUCTS).during("create products")?;
         Ok(())
     }
+}
 
-    fn decide(txn: &WriteTransaction, command: &StoresCommand) -> Result<(StoresEvent, u64), CommandError> {
+impl Decides<StoresCommand> for Stores {
+    fn command_name(command: &StoresCommand) -> &'static str {
+        command.name()
+    }
+
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, StoresEvent>,
+        command: &StoresCommand,
+        causality: &Causality,
+    ) -> Result<(), CommandError> {
         let mut stores = txn.open_table(STORES).during("open stores")?;
         let mut products = txn.open_table(PRODUCTS).during("open products")?;
         let (event, version) = decide(&stores, &products, command)?;
         event.validate()?;
         evolve(&mut stores, &mut products, &event, version)?;
-        Ok((event, version))
+        emit.record(event, version, causality)?;
+        Ok(())
     }
 }
 
-impl OwnerFile<Stores> {
+impl ContextFile<Stores> {
     /// One store.
     pub fn store(&self, id: &str) -> Result<Option<StoreRow>, StorageError> {
         get_row(&self.db, STORES, "stores", id)
@@ -277,7 +288,6 @@ fn change<T: Versioned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use carrier_messages::codec::Causality;
 
     fn db() -> (tempfile::TempDir, StoresDb) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -9,16 +9,16 @@
 use carrier_messages::baskets::{BasketItem, BasketsCommand, BasketsEvent};
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::baskets::Baskets;
-use carrier_storage::{CommandError, StorageError};
+use carrier_storage::CommandError;
 
-use crate::cache::{CacheHandle, LookupError};
+use crate::cache::{ContextHandle, LookupError};
 use crate::context::BoundedContext;
 
 /// The context's name, as used in durable names, paths and dead-letter streams.
 pub const CONTEXT: &str = "baskets";
 
 /// What the rest of the process may use of a running baskets context.
-pub type BasketsHandle = CacheHandle<Baskets>;
+pub type BasketsHandle = ContextHandle<Baskets>;
 
 /// The durable consumer's name on the stores stream.
 pub fn stores_durable_name() -> String {
@@ -27,7 +27,7 @@ pub fn stores_durable_name() -> String {
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
-    BoundedContext::consuming::<Baskets>()
+    BoundedContext::of::<Baskets>()
         .stores_fallback()
         .consume::<StoresEvent>()
         .commands(|handle: BasketsHandle, command: BasketsCommand, causality| async move {
@@ -73,5 +73,5 @@ async fn lookup_item(
 }
 
 fn unavailable(error: LookupError) -> CommandError {
-    CommandError::Storage(StorageError::NotReady(error.to_string()))
+    CommandError::unavailable(error)
 }

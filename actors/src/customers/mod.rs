@@ -1,22 +1,24 @@
 //! The customers bounded context: the owner of customers.
 //!
-//! Under the `carrier/customers` supervisor: the [`owner`](crate::owner) actors (owner, outbox
-//! relay to the `CUSTOMERS` stream, command server on `cmd.customers`) and `queries`, which answers `query.customers`: the fallback of the customers caches.
+//! Under the `carrier/customers` supervisor: `cache` (the writer of `customers.redb`, deciding
+//! commands), `outbox-relay` (to `CUSTOMERS`), `commands` (on `cmd.customers`) and `queries`, which answers `query.customers`: the fallback of the customers caches.
 
 pub mod queries;
 
 use carrier_storage::customers::Customers;
 
+use carrier_messages::customers::CustomersCommand;
+
+use crate::cache::ContextHandle;
 use crate::context::BoundedContext;
-use crate::owner::OwnerHandle;
 
 /// The context's name.
 pub const CONTEXT: &str = "customers";
 
 /// What the rest of the process may use of a running customers context.
-pub type CustomersHandle = OwnerHandle<Customers>;
+pub type CustomersHandle = ContextHandle<Customers>;
 
 /// The context's declaration: the owner actors and `query.customers`.
 pub fn context() -> BoundedContext {
-    BoundedContext::owner::<Customers>().queries(queries::answer).build()
+    BoundedContext::of::<Customers>().decides::<CustomersCommand>().queries(queries::answer).build()
 }

@@ -14,16 +14,16 @@ use carrier_messages::depot::DepotCommand;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::depot::Depot;
-use carrier_storage::{CommandError, StorageError};
+use carrier_storage::CommandError;
 
-use crate::cache::{CacheHandle, Prefetch};
+use crate::cache::{ContextHandle, Prefetch};
 use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "depot";
 
 /// What the rest of the process may use of a running depot context.
-pub type DepotHandle = CacheHandle<Depot>;
+pub type DepotHandle = ContextHandle<Depot>;
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
@@ -45,13 +45,13 @@ pub fn context() -> BoundedContext {
             }
         })
     });
-    BoundedContext::consuming::<Depot>()
+    BoundedContext::of::<Depot>()
         .stores_fallback()
         .consume::<StoresEvent>()
         .consume_with_prefetch::<OrderingEvent>(prefetch)
         .commands(|handle: DepotHandle, command: DepotCommand, causality| async move {
             let result = handle.write(move |db| db.execute_depot(&command, &causality)).await;
-            result.map_err(|e| CommandError::Storage(StorageError::NotReady(e.to_string())))?
+            result.map_err(CommandError::unavailable)?
         })
         .build()
 }

@@ -10,18 +10,18 @@ use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_storage::notifications::Notifications;
 
-use crate::cache::CacheHandle;
+use crate::cache::ContextHandle;
 use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "notifications";
 
 /// What the rest of the process may use of a running notifications context.
-pub type NotificationsHandle = CacheHandle<Notifications>;
+pub type NotificationsHandle = ContextHandle<Notifications>;
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
-    BoundedContext::consuming::<Notifications>()
+    BoundedContext::of::<Notifications>()
         .customers_fallback()
         .consume::<CustomersEvent>()
         .consume_with_prefetch::<OrderingEvent>(crate::payments::prefetch_customers())

@@ -11,26 +11,26 @@ use carrier_messages::depot::DepotEvent;
 use carrier_messages::ordering::OrderingCommand;
 use carrier_messages::payments::PaymentsEvent;
 use carrier_storage::ordering::Ordering;
-use carrier_storage::{CommandError, StorageError};
+use carrier_storage::CommandError;
 
-use crate::cache::CacheHandle;
+use crate::cache::ContextHandle;
 use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "ordering";
 
 /// What the rest of the process may use of a running ordering context.
-pub type OrderingHandle = CacheHandle<Ordering>;
+pub type OrderingHandle = ContextHandle<Ordering>;
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
-    BoundedContext::consuming::<Ordering>()
+    BoundedContext::of::<Ordering>()
         .consume::<BasketsEvent>()
         .consume::<DepotEvent>()
         .consume::<PaymentsEvent>()
         .commands(|handle: OrderingHandle, command: OrderingCommand, causality| async move {
             let result = handle.write(move |db| db.execute_ordering(&command, &causality)).await;
-            result.map_err(|e| CommandError::Storage(StorageError::NotReady(e.to_string())))?
+            result.map_err(CommandError::unavailable)?
         })
         .build()
 }

@@ -12,18 +12,18 @@ use carrier_messages::ordering::OrderingEvent;
 use carrier_storage::payments::Payments;
 use carrier_storage::CustomerCacheKind;
 
-use crate::cache::{CacheHandle, Prefetch};
+use crate::cache::{ContextHandle, Prefetch};
 use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "payments";
 
 /// What the rest of the process may use of a running payments context.
-pub type PaymentsHandle = CacheHandle<Payments>;
+pub type PaymentsHandle = ContextHandle<Payments>;
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
-    BoundedContext::consuming::<Payments>()
+    BoundedContext::of::<Payments>()
         .customers_fallback()
         .consume::<CustomersEvent>()
         .consume_with_prefetch::<OrderingEvent>(prefetch_customers())
@@ -33,7 +33,7 @@ pub fn context() -> BoundedContext {
 /// Looks up the customers of new orders, so that a customer registered a moment ago (whose event
 /// has not arrived yet) is asked of the customers context instead of failing the batch.
 pub(crate) fn prefetch_customers<K: CustomerCacheKind>() -> Prefetch<K, OrderingEvent> {
-    Arc::new(|handle: CacheHandle<K>, events: Vec<OrderingEvent>| {
+    Arc::new(|handle: ContextHandle<K>, events: Vec<OrderingEvent>| {
         Box::pin(async move {
             let mut customers: Vec<String> = events
                 .iter()

@@ -12,18 +12,18 @@ use carrier_messages::stores::StoresEvent;
 use carrier_storage::search::Search;
 use carrier_storage::{CommandError, SearchDb};
 
-use crate::cache::CacheHandle;
+use crate::cache::ContextHandle;
 use crate::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "search";
 
 /// What the rest of the process may use of a running search context.
-pub type SearchHandle = CacheHandle<Search>;
+pub type SearchHandle = ContextHandle<Search>;
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
-    BoundedContext::consuming::<Search>()
+    BoundedContext::of::<Search>()
         .stores_fallback()
         .customers_fallback()
         .consume::<StoresEvent>()

@@ -1,25 +1,27 @@
 //! The stores bounded context: the owner of stores and products.
 //!
-//! Under the `carrier/stores` supervisor: the [`owner`](crate::owner) actors (owner, outbox relay,
-//! command server on `cmd.stores`) and `queries`, which answers `query.stores` from the database:
+//! Under the `carrier/stores` supervisor: `cache` (the writer of `stores.redb`, deciding
+//! commands), `outbox-relay` (to `STORES`), `commands` (on `cmd.stores`) and `queries`, which answers `query.stores` from the database:
 //! the fallback other contexts' caches use.
 
 pub mod queries;
 
 use carrier_storage::stores::Stores;
 
-use crate::context::BoundedContext;
-use crate::owner::OwnerHandle;
+use carrier_messages::stores::StoresCommand;
 
-pub use crate::owner::ExecuteError;
+use crate::cache::ContextHandle;
+use crate::context::BoundedContext;
+
+pub use crate::cache::ExecuteError;
 
 /// The context's name.
 pub const CONTEXT: &str = "stores";
 
 /// What the rest of the process may use of a running stores context.
-pub type StoresHandle = OwnerHandle<Stores>;
+pub type StoresHandle = ContextHandle<Stores>;
 
 /// The context's declaration: the owner actors and `query.stores`.
 pub fn context() -> BoundedContext {
-    BoundedContext::owner::<Stores>().queries(queries::answer).build()
+    BoundedContext::of::<Stores>().decides::<StoresCommand>().queries(queries::answer).build()
 }

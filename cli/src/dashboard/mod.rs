@@ -49,9 +49,14 @@ pub struct DashboardArgs {
     api_key: Option<String>,
 }
 
-fn parse_api_key(key: &str) -> Result<String, String> {
+/// An `--api-key` too short to resist guessing.
+#[derive(Debug, thiserror::Error)]
+#[error("the API key must be at least 16 characters")]
+struct ApiKeyTooShort;
+
+fn parse_api_key(key: &str) -> Result<String, ApiKeyTooShort> {
     if key.chars().count() < 16 {
-        return Err("the API key must be at least 16 characters".into());
+        return Err(ApiKeyTooShort);
     }
     Ok(key.to_string())
 }
@@ -289,7 +294,7 @@ async fn restart_actor(State(state): State<Arc<AppState>>, headers: HeaderMap, b
     authorize(&state, &headers)?;
     let request: RestartRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("expected {{\"path\": ..., \"kill\": bool}}: {e}")))?;
-    state.observer.restart(&request.path, request.kill).map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    state.observer.restart(&request.path, request.kill).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
     tracing::warn!(actor = %request.path, kill = request.kill, "restarted by the operator from the dashboard");
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "restarting": request.path }))).into_response())
 }
@@ -300,8 +305,11 @@ async fn replay_dead_letters(
     Path(context): Path<String>,
 ) -> AppResult {
     authorize(&state, &headers)?;
-    let replayed =
-        state.observer.replay_dead_letters(&context).await.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let replayed = state
+        .observer
+        .replay_dead_letters(&context)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     tracing::warn!(%context, replayed, "dead letters replayed by the operator from the dashboard");
     Ok(Json(serde_json::json!({ "context": context, "replayed": replayed })).into_response())
 }
@@ -313,8 +321,8 @@ async fn start_rebuild(
 ) -> AppResult {
     authorize(&state, &headers)?;
     let progress = state.observer.start_rebuild(&context).map_err(|e| {
-        let status = if e.contains("already") { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
-        ApiError(status, e)
+        let status = if e.is_conflict() { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+        ApiError(status, e.to_string())
     })?;
     tracing::warn!(%context, "cache rebuild started by the operator");
     Ok((StatusCode::ACCEPTED, Json(progress)).into_response())

@@ -3,11 +3,8 @@
 #![allow(missing_docs)]
 
 use carrier_actors::BoundedContext;
-use carrier_messages::request::CommandFailure;
-use carrier_messages::{check, domain_events, DomainEvent, Envelope, QueryReply, ValidationError};
-use carrier_storage::{
-    CommandError, ContextFile, ContextKind, Emitter, OwnerKind, Reacts, Rows, RowsMut, StorageError,
-};
+use carrier_messages::{check, domain_events, Causality, DomainEvent, Envelope, Found, Validate, ValidationError};
+use carrier_storage::{CommandError, ContextKind, Decides, Emitter, Reacts, Rows, RowsMut, StorageError};
 use redb::WriteTransaction;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,27 +29,21 @@ pub struct ProductSoldOut {
     pub id: String,
 }
 
-impl ProductAdded {
+impl Validate for ProductAdded {
     fn validate(&self) -> Result<(), ValidationError> {
-        check::id("id", &self.id)?;
         check::name("name", &self.name)?;
         check::non_negative("price", self.price)?;
         check::non_negative("quantity", self.quantity)
     }
 }
 
-impl StockAdjusted {
+impl Validate for StockAdjusted {
     fn validate(&self) -> Result<(), ValidationError> {
-        check::id("id", &self.id)?;
         check::non_negative("quantity", self.quantity)
     }
 }
 
-impl ProductSoldOut {
-    fn validate(&self) -> Result<(), ValidationError> {
-        check::id("id", &self.id)
-    }
-}
+impl Validate for ProductSoldOut {}
 
 domain_events! {
     /// What the inventory publishes.
@@ -85,25 +76,21 @@ pub struct Product {
 
 const PRODUCTS: Rows<Product> = Rows::new("products");
 
-/// The inventory: the owner of products.
+/// The inventory: the owner of products. It decides commands and reacts to nothing.
 pub struct Inventory;
 
-impl OwnerKind for Inventory {
-    type Command = InventoryCommand;
+impl ContextKind for Inventory {
+    const NAME: &'static str = "inventory";
     type Event = InventoryEvent;
+}
 
-    fn command_name(command: &InventoryCommand) -> &'static str {
-        match command {
-            InventoryCommand::AddProduct { .. } => "AddProduct",
-            InventoryCommand::AdjustStock { .. } => "AdjustStock",
-        }
-    }
-
-    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        PRODUCTS.create(txn)
-    }
-
-    fn decide(txn: &WriteTransaction, command: &InventoryCommand) -> Result<(InventoryEvent, u64), CommandError> {
+impl Decides<InventoryCommand> for Inventory {
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, InventoryEvent>,
+        command: &InventoryCommand,
+        causality: &Causality,
+    ) -> Result<(), CommandError> {
         let mut products = PRODUCTS.open(txn)?;
         let (event, product) = match command.clone() {
             InventoryCommand::AddProduct { id, name, price, quantity } => {
@@ -117,18 +104,14 @@ impl OwnerKind for Inventory {
                 let not_found = || CommandError::NotFound { kind: "product", id: id.clone() };
                 let mut product = products.get(&id)?.ok_or_else(not_found)?;
                 product.quantity = product.quantity.checked_add(delta).filter(|q| *q >= 0).ok_or_else(|| {
-                    CommandError::Rejected(format!(
-                        "{id:?} has {} in stock, cannot adjust by {delta}",
-                        product.quantity
-                    ))
+                    CommandError::Rejected(format!("{id:?} has {} in stock, not {}", product.quantity, -delta))
                 })?;
                 product.version += 1;
                 (InventoryEvent::StockAdjusted(StockAdjusted { id, delta, quantity: product.quantity }), product)
             }
         };
-        event.validate()?;
         products.put(event.aggregate_id(), &product)?;
-        Ok((event, product.version))
+        emit.decided(event, product.version, causality)
     }
 }
 
@@ -148,10 +131,6 @@ pub struct Storefront;
 impl ContextKind for Storefront {
     const NAME: &'static str = "storefront";
     type Event = StorefrontEvent;
-
-    fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        LISTINGS.create(txn)
-    }
 }
 
 impl Reacts<InventoryEvent> for Storefront {
@@ -172,9 +151,9 @@ impl Reacts<InventoryEvent> for Storefront {
                 listings.put(&e.id, &Listing { name: e.name.clone(), price: e.price, in_stock: e.quantity > 0 })
             }
             InventoryEvent::StockAdjusted(e) => {
-                let was_in_stock = listings.get(&e.id)?.is_some_and(|l| l.in_stock);
                 listings.update(&e.id, |l| l.in_stock = e.quantity > 0)?;
-                if was_in_stock && e.quantity == 0 {
+                // Stock that fell to zero: the listing sells out once per time it empties.
+                if e.quantity == 0 && e.delta < 0 {
                     let sold_out = StorefrontEvent::ProductSoldOut(ProductSoldOut { id: e.id.clone() });
                     emit.emit(sold_out, envelope.aggregate_version, envelope)?;
                 }
@@ -191,30 +170,13 @@ pub enum StorefrontQuery {
     GetListing { id: String },
 }
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
-pub struct ListingReply {
-    pub ok: bool,
-    pub listing: Option<Listing>,
-    pub error: Option<CommandFailure>,
-}
-
-impl QueryReply for ListingReply {
-    fn failed(code: &str, message: String) -> Self {
-        ListingReply { ok: false, listing: None, error: Some(CommandFailure { code: code.into(), message }) }
-    }
-}
-
-fn get_listing(db: &ContextFile<Storefront>, StorefrontQuery::GetListing { id }: StorefrontQuery) -> ListingReply {
-    match db.read(|txn| LISTINGS.get(txn, &id)) {
-        Ok(listing) => ListingReply { ok: true, listing, error: None },
-        Err(e) => ListingReply::failed("unavailable", e.to_string()),
-    }
-}
-
 /// Both contexts, in start order.
 pub fn contexts() -> Vec<BoundedContext> {
     vec![
-        BoundedContext::owner::<Inventory>().build(),
-        BoundedContext::consuming::<Storefront>().consume::<InventoryEvent>().queries(get_listing).build(),
+        BoundedContext::of::<Inventory>().decides::<InventoryCommand>().build(),
+        BoundedContext::of::<Storefront>()
+            .consume::<InventoryEvent>()
+            .queries(|db, StorefrontQuery::GetListing { id }| Found::answer(db.read(|txn| LISTINGS.get(txn, &id))))
+            .build(),
     ]
 }

@@ -66,7 +66,7 @@ fn the_example_binary_runs_its_own_contexts_with_every_tool() {
     let query = r#"{"query":"get_listing","id":"p-1"}"#;
     wait(Duration::from_secs(30), "the storefront lists p-1 as sold out", || {
         let reply = ok_json(inventory(&["query", "storefront", query, "--nats-url", &url]));
-        reply["listing"] == json!({ "name": "Kettle", "price": 2999, "in_stock": false })
+        reply["found"] == json!({ "name": "Kettle", "price": 2999, "in_stock": false })
     });
 
     // The storefront's reaction published ProductSoldOut through its outbox.

@@ -23,21 +23,32 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// file's writer delete the acknowledged rows. A crash in between republishes those rows;
 /// JetStream's duplicate window and every consumer's inbox make that harmless.
 #[derive(Default)]
-pub struct OutboxRelay;
+pub(crate) struct OutboxRelay;
 
 /// Reads the oldest `limit` outbox rows.
-pub type ReadOutbox = Arc<dyn Fn(usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> + Send + Sync>;
+pub(crate) type ReadOutbox = Arc<dyn Fn(usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> + Send + Sync>;
 /// Has the file's only writer delete published rows.
-pub type MarkPublished = Arc<dyn Fn(Vec<u64>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub(crate) type MarkPublished = Arc<dyn Fn(Vec<u64>) -> BoxFuture<'static, Result<(), MarkError>> + Send + Sync>;
+
+/// Why published rows could not be deleted yet (they are published again later, harmlessly).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MarkError {
+    /// The writer is down (restarting with its context).
+    #[error("the file's writer is not running")]
+    WriterGone,
+    /// The delete did not commit.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
 
 /// The relay's only message.
-pub enum RelayMsg {
+pub(crate) enum RelayMsg {
     /// Publish what is pending, then wait for more.
     Drain,
 }
 
 /// What [`OutboxRelay`] is started with.
-pub struct RelayArgs {
+pub(crate) struct RelayArgs {
     /// The connection.
     pub bus: Bus,
     /// The publishing context, for the flow log.
@@ -53,7 +64,7 @@ pub struct RelayArgs {
 }
 
 /// The relay's state.
-pub struct RelayState {
+pub(crate) struct RelayState {
     args: RelayArgs,
     failures: u32,
 }

@@ -1,11 +1,10 @@
-//! Commands over NATS request/reply on `cmd.<context>`: decoded, checked, passed to the context's
-//! writer, and answered with a [`CommandReply`].
+//! Commands over NATS request/reply on `cmd.<context>`: decoded, checked, decided on the
+//! context's writer, and answered with a [`CommandReply`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ractor::ActorRef;
 use serde::de::DeserializeOwned;
 
 use carrier_messages::codec::Causality;
@@ -13,42 +12,16 @@ use carrier_messages::envelope::header;
 use carrier_messages::request::{decode_request, encode_body, CommandReply, RecordedEvent};
 use carrier_messages::trace::TraceContext;
 use carrier_messages::{ContentType, Decoded};
-use carrier_storage::{CommandError, OwnerKind};
+use carrier_storage::CommandError;
 
 use crate::bus::IncomingRequest;
-use crate::owner::actor::OwnerMsg;
 use crate::responder::Answer;
-
-/// Answers commands sent by any NATS client by passing them to the owner.
-pub struct Commands<K: OwnerKind> {
-    /// The owner that decides commands.
-    pub owner: ActorRef<OwnerMsg<K>>,
-}
-
-impl<K: OwnerKind> Answer for Commands<K> {
-    async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
-        let started = std::time::SystemTime::now();
-        let reply = match decode_command::<K::Command>(request, content_type) {
-            Err(refusal) => refusal,
-            Ok((command, causality)) => {
-                let span = CommandSpan::new(request, &causality, started);
-                let reply = match ractor::call!(self.owner, |reply| OwnerMsg::Execute { command, causality, reply }) {
-                    Err(_) => CommandReply::failed("unavailable", "the owner is restarting; try again"),
-                    Ok(result) => command_reply(result),
-                };
-                span.end(&reply);
-                reply
-            }
-        };
-        encode_body(content_type, &reply)
-    }
-}
 
 /// Decides a command of type `C`, returning the event it recorded.
 pub type Decide<C, E> =
     Arc<dyn Fn(C, Causality) -> Pin<Box<dyn Future<Output = Result<Decoded<E>, CommandError>> + Send>> + Send + Sync>;
 
-/// Answers commands of a consuming context (baskets, ordering, depot) with a [`Decide`].
+/// Answers a context's commands with a [`Decide`].
 pub struct ContextCommands<C, E> {
     /// What carries a command out.
     pub decide: Decide<C, E>,
@@ -178,7 +151,7 @@ pub(crate) fn command_reply<E>(result: Result<Decoded<E>, CommandError>) -> Comm
                 CommandError::AlreadyExists { .. } => "already_exists",
                 CommandError::Rejected(_) => "rejected",
                 CommandError::Invalid(_) => "invalid",
-                CommandError::Storage(_) => "unavailable",
+                CommandError::Storage(_) | CommandError::Unavailable(_) => "unavailable",
             };
             CommandReply::failed(code, error.to_string())
         }
