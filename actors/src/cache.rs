@@ -18,21 +18,24 @@ use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::{
     Adopted, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
-    Decides, Disposition, Reacts, StorageError, StoresCacheDb,
+    Decides, Disposition, FileWriter, Reacts, StorageError, StoresCacheDb,
 };
 
+use crate::bus::Bus;
 use crate::consumer::{ApplyBatch, ApplyFailed, BatchTarget, ConsumerStats};
 use crate::fallback::Fallback;
 use crate::faults::Faults;
 use crate::flow;
+use crate::rebuild::{fresh_path, lock, Progress, RebuildError, SourceProgress, TableChange, SWAP_ATTEMPTS};
 use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
+use carrier_storage::rebuild::CacheSet;
 
 /// A write to the context's file that the writer runs on its turn.
 pub trait WriteJob<K>: Send + 'static {
     /// Whether the job carries an event about `aggregate_id` (for failure drills).
     fn touches(&self, aggregate_id: &str) -> bool;
     /// Runs the job; returns whether an event was parked behind a missing version.
-    fn run(self: Box<Self>, db: &ContextFile<K>) -> bool;
+    fn run(self: Box<Self>, db: &FileWriter<K>) -> bool;
     /// Reports a failure without running (for failure drills).
     fn fail(self: Box<Self>, error: StorageError);
 }
@@ -48,7 +51,7 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
         self.batch.batch.iter().any(|i| i.decoded.envelope.aggregate_id == aggregate_id)
     }
 
-    fn run(self: Box<Self>, db: &ContextFile<K>) -> bool {
+    fn run(self: Box<Self>, db: &FileWriter<K>) -> bool {
         let ApplyBatch { consumer, batch, through, reply } = self.batch;
         let context = self.context;
         let labels: Option<Vec<String>> = flow::enabled().then(|| {
@@ -91,7 +94,7 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
 }
 
 /// A one-off write (a command, an owner's answer), which replies on its own.
-pub type RunJob<K> = Box<dyn FnOnce(&ContextFile<K>) + Send + 'static>;
+pub type RunJob<K> = Box<dyn FnOnce(&FileWriter<K>) + Send + 'static>;
 
 /// Messages of [`ContextWriter`].
 pub enum WriterMsg<K> {
@@ -135,7 +138,7 @@ pub struct WriterArgs<K> {
     /// The context, for logs.
     pub context: &'static str,
     /// The file it alone writes.
-    pub db: Arc<ContextFile<K>>,
+    pub db: Arc<FileWriter<K>>,
     /// Injected failures.
     pub faults: Arc<Faults>,
     /// How long applied event ids stay in the inbox, and how often older ones are deleted.
@@ -311,6 +314,110 @@ async fn handle_other<K: ContextKind>(
     Ok(())
 }
 
+/// Rebuilding a context's caches (see [`crate::rebuild`]).
+impl<K: ContextKind> ContextHandle<K> {
+    /// Whether this context has caches to rebuild.
+    pub fn has_caches(&self) -> bool {
+        !self.cache_sources.is_empty()
+    }
+
+    /// Rebuilds every cache of the context from the owners' streams into a fresh file beside the
+    /// live one, then swaps them in on the writer. `progress` is updated as it goes.
+    pub async fn rebuild_caches(&self, bus: &Bus, progress: Progress) -> Result<(), RebuildError> {
+        let started = std::time::Instant::now();
+        let result = self.rebuild_inner(bus, &progress).await;
+        let mut p = lock(&progress);
+        p.seconds = Some(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => p.state = "done".into(),
+            Err(e) => {
+                p.state = "failed".into();
+                p.error = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn rebuild_inner(&self, bus: &Bus, progress: &Progress) -> Result<(), RebuildError> {
+        if self.cache_sources.is_empty() {
+            return Err(RebuildError::NoCaches { context: K::NAME });
+        }
+        {
+            let mut p = lock(progress);
+            p.context = K::NAME.to_string();
+            p.state = "replaying".into();
+            p.sources = self
+                .cache_sources
+                .iter()
+                .map(|s| SourceProgress {
+                    stream: String::new(),
+                    consumer: s.set.consumer.clone(),
+                    ..Default::default()
+                })
+                .collect();
+        }
+        let path = fresh_path(self.db.path());
+        let _ = std::fs::remove_file(&path);
+        let fresh = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || FileWriter::<K>::open(&path)).await?
+        }
+        .map_err(|source| RebuildError::Create { path: path.clone(), source })?;
+        let fresh = Arc::new(fresh);
+        let outcome = self.replay_and_swap(bus, progress, &fresh).await;
+        drop(fresh);
+        let _ = std::fs::remove_file(&path);
+        outcome
+    }
+
+    async fn replay_and_swap(
+        &self,
+        bus: &Bus,
+        progress: &Progress,
+        fresh: &Arc<FileWriter<K>>,
+    ) -> Result<(), RebuildError> {
+        // The bulk of the replay runs while the live caches keep applying events.
+        for (index, source) in self.cache_sources.iter().enumerate() {
+            (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+        }
+        // Then the live batches wait (unacknowledged) while the fresh file catches up with the
+        // few events they applied meanwhile, so the swap cannot find the live caches ahead.
+        let _held = self.hold_batches().await.map_err(|_| RebuildError::WriterGone)?;
+        for (index, source) in self.cache_sources.iter().enumerate() {
+            (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+        }
+        let sets: Vec<CacheSet> = self.cache_sources.iter().map(|s| s.set.clone()).collect();
+        for _ in 0..SWAP_ATTEMPTS {
+            lock(progress).state = "swapping".into();
+            let (file, swap_sets) = (fresh.clone(), sets.clone());
+            let swapped = self
+                .write(move |db| db.adopt_caches(&file, &swap_sets))
+                .await
+                .map_err(|_| RebuildError::WriterGone)??;
+            match swapped {
+                Ok(tables) => {
+                    lock(progress).tables = tables
+                        .into_iter()
+                        .map(|t| TableChange { table: t.table.to_string(), before: t.before, after: t.after })
+                        .collect();
+                    tracing::info!(context = K::NAME, "caches rebuilt from the streams and swapped in");
+                    return Ok(());
+                }
+                Err(behind) => {
+                    // Only a batch already being applied when the hold began can get here: catch
+                    // up past it, to the stream's end, and try again.
+                    tracing::debug!(?behind, "rebuilt caches behind the live ones; catching up");
+                    lock(progress).state = "replaying".into();
+                    let index = sets.iter().position(|s| s.consumer == behind.consumer).unwrap_or(0);
+                    let source = &self.cache_sources[index];
+                    (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+                }
+            }
+        }
+        Err(RebuildError::KeptMoving { attempts: SWAP_ATTEMPTS })
+    }
+}
+
 /// While alive, the writer keeps delivered batches waiting; dropping it releases them, even when
 /// the rebuild that held them failed or was cancelled.
 pub(crate) struct HeldBatches<K: ContextKind>(ActorRef<WriterMsg<K>>);
@@ -439,7 +546,7 @@ impl<K: ContextKind> ContextHandle<K> {
     /// Runs `job` on the writer (the file's only writer) and returns what it returned.
     pub async fn write<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&ContextFile<K>) -> T + Send + 'static,
+        job: impl FnOnce(&FileWriter<K>) -> T + Send + 'static,
     ) -> Result<T, LookupError> {
         let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -475,7 +582,7 @@ impl<K: ContextKind> ContextHandle<K> {
             consumers: self.probes.clone(),
             lookups: Some(self.lookups.clone()),
             fallbacks: self.stores_fallback.iter().chain(self.customers_fallback.iter()).cloned().collect(),
-            publishes: !<K::Event as DomainEvent>::EVENT_TYPES.is_empty(),
+            stream: (!<K::Event as DomainEvent>::EVENT_TYPES.is_empty()).then_some(K::Event::STREAM),
             rebuild,
         }
     }
@@ -488,26 +595,26 @@ impl<K: ContextKind> ContextHandle<K> {
 impl<K: CacheKind> ContextHandle<K> {
     /// A store as this context keeps it: from the cache, or else from the owner (then cached).
     pub async fn store(&self, id: &str) -> Result<Option<K::Store>, LookupError> {
-        if let Some(store) = self.db.cached_store(id)? {
+        if let Some(store) = self.db.store(id)? {
             self.lookups.hit();
             return Ok(Some(store));
         }
         self.lookups.miss();
         let Some(snapshot) = self.fallback(&self.stores_fallback)?.store(id).await? else { return Ok(None) };
-        let row = <ContextFile<K> as StoresCacheDb>::store_row(&snapshot);
+        let row = K::store_row(&snapshot);
         self.write(move |db| db.adopt_store(&snapshot)).await??;
         Ok(Some(row))
     }
 
     /// A product as this context keeps it: from the cache, or else from the owner (then cached).
     pub async fn product(&self, id: &str) -> Result<Option<K::Product>, LookupError> {
-        if let Some(product) = self.db.cached_product(id)? {
+        if let Some(product) = self.db.product(id)? {
             self.lookups.hit();
             return Ok(Some(product));
         }
         self.lookups.miss();
         let Some(snapshot) = self.fallback(&self.stores_fallback)?.product(id).await? else { return Ok(None) };
-        let row = <ContextFile<K> as StoresCacheDb>::product_row(&snapshot);
+        let row = K::product_row(&snapshot);
         self.write(move |db| db.adopt_product(&snapshot)).await??;
         Ok(row)
     }
@@ -517,13 +624,13 @@ impl<K: CustomerCacheKind> ContextHandle<K> {
     /// A customer as this context keeps them: from the cache, or else from the owner (then
     /// cached).
     pub async fn customer(&self, id: &str) -> Result<Option<K::Customer>, LookupError> {
-        if let Some(customer) = self.db.cached_customer(id)? {
+        if let Some(customer) = self.db.customer(id)? {
             self.lookups.hit();
             return Ok(Some(customer));
         }
         self.lookups.miss();
         let Some(snapshot) = self.fallback(&self.customers_fallback)?.customer(id).await? else { return Ok(None) };
-        let row = <ContextFile<K> as CustomersCacheDb>::customer_row(&snapshot);
+        let row = K::customer_row(&snapshot);
         self.write(move |db| db.adopt_customer(&snapshot)).await??;
         Ok(Some(row))
     }
@@ -547,17 +654,15 @@ pub(crate) struct ContextBuilder<K: ContextKind> {
     consumers: Vec<ChildSpec>,
     servers: Vec<ChildSpec>,
     wakeup: Arc<Notify>,
+    /// The file's one writer, which only the writer actor gets.
+    file: Arc<FileWriter<K>>,
 }
 
 impl<K: ContextKind> ContextBuilder<K> {
-    pub(crate) fn new(
-        bus: crate::bus::Bus,
-        db: Arc<ContextFile<K>>,
-        settings: CacheSettings,
-        faults: Arc<Faults>,
-    ) -> Self {
+    pub(crate) fn new(bus: crate::bus::Bus, file: FileWriter<K>, settings: CacheSettings, faults: Arc<Faults>) -> Self {
+        let file = Arc::new(file);
         let handle = ContextHandle {
-            db,
+            db: file.file(),
             consumers: Vec::new(),
             stores_fallback: None,
             customers_fallback: None,
@@ -576,6 +681,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             consumers: Vec::new(),
             servers: Vec::new(),
             wakeup: Arc::new(Notify::new()),
+            file,
         }
     }
 
@@ -665,10 +771,10 @@ impl<K: ContextKind> ContextBuilder<K> {
                     let job: Option<RunJob<K>> =
                         match aggregate.as_str() {
                             "store" => fallback.store(&id).await.map_err(|e| e.to_string())?.map(|s| {
-                                Box::new(move |db: &ContextFile<K>| log_adopt(db.adopt_store(&s))) as RunJob<K>
+                                Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_store(&s))) as RunJob<K>
                             }),
                             _ => fallback.product(&id).await.map_err(|e| e.to_string())?.map(|p| {
-                                Box::new(move |db: &ContextFile<K>| log_adopt(db.adopt_product(&p))) as RunJob<K>
+                                Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_product(&p))) as RunJob<K>
                             }),
                         };
                     Ok(job)
@@ -694,7 +800,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             let fallback = fallback.clone();
             Box::pin(async move {
                 let snapshot = fallback.customer(&id).await.map_err(|e| e.to_string())?;
-                Ok(snapshot.map(|c| Box::new(move |db: &ContextFile<K>| log_adopt(db.adopt_customer(&c))) as RunJob<K>))
+                Ok(snapshot.map(|c| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_customer(&c))) as RunJob<K>))
             })
         });
         self.resolvers.push(("customer", resolver));
@@ -709,7 +815,8 @@ impl<K: ContextKind> ContextBuilder<K> {
 
     /// The supervisor's arguments and the handle.
     pub(crate) fn build(self, tree: SupervisionTree, path: String) -> (SupervisorArgs, ContextHandle<K>) {
-        let ContextBuilder { context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup } = self;
+        let ContextBuilder { context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup, file } =
+            self;
         let resolvers = Arc::new(resolvers);
         let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
             let found = resolvers.iter().find(|(kind, _)| *kind == aggregate).map(|(_, r)| r.clone());
@@ -721,7 +828,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             })
         });
         let slot = handle.writer.clone();
-        let (db, writer_faults, writer_wakeup) = (handle.db.clone(), faults.clone(), wakeup.clone());
+        let (db, writer_faults, writer_wakeup) = (file, faults.clone(), wakeup.clone());
         // The writer of a context that reads no stream is its owner; otherwise it is its cache.
         let writer_name: &'static str = if consumers.is_empty() { "owner" } else { "cache" };
         let writer = ChildSpec::new(writer_name, move |supervisor, _siblings| {

@@ -296,6 +296,26 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         } else if !batch.is_empty() || !poison.is_empty() {
             match apply(state, batch, through).await? {
                 Ok(()) => {}
+                Err(ApplyFailed { error: StorageError::Poison { stream_seq, reason }, batch })
+                    if deliveries.iter().any(|d| d.stream_seq == stream_seq) =>
+                {
+                    // The reaction refused this event for good: dead-letter it, then apply the
+                    // rest of the batch (the checkpoint still covers it, so it is never redone).
+                    let index = deliveries.iter().position(|d| d.stream_seq == stream_seq).unwrap_or(0);
+                    tracing::warn!(consumer = state.consumer.name(), stream.seq = stream_seq, %reason, "a reaction refused an event; dead-lettering it");
+                    state.bus.dead_letter(state.context, &deliveries[index], "rejected", &reason).await?;
+                    state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(metrics) = crate::metrics::get() {
+                        if let Some(refused) = batch.iter().find(|i| i.stream_seq == stream_seq) {
+                            metrics.record_dead_letter(state.context, refused.decoded.event.event_type());
+                        }
+                    }
+                    poison.push(index);
+                    let batch = batch.into_iter().filter(|i| i.stream_seq != stream_seq).collect();
+                    state.retry = Some(Retry { deliveries, poison, batch });
+                    myself.send_message(ConsumerMsg::Poll)?;
+                    return Ok(());
+                }
                 Err(ApplyFailed { error, batch }) => {
                     state.failures += 1;
                     state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -440,7 +460,17 @@ async fn apply_one_by_one<E: DomainEvent>(
             poison.push(index);
             continue;
         }
+        let event_type = inbound.decoded.event.event_type();
         if let Err(ApplyFailed { error, .. }) = apply(state, vec![inbound], 0).await? {
+            if let StorageError::Poison { reason, .. } = &error {
+                state.bus.dead_letter(state.context, &deliveries[index], "rejected", reason).await?;
+                state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = crate::metrics::get() {
+                    metrics.record_dead_letter(state.context, event_type);
+                }
+                poison.push(index);
+                continue;
+            }
             // Storage, not the event: start again from the checkpoint once it recovers.
             return Err(format!("commit failed while isolating a poison event: {error}").into());
         }

@@ -33,18 +33,33 @@ use serde::de::DeserializeOwned;
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
 use carrier_messages::codec::Causality;
 use carrier_messages::{Decoded, DomainEvent, QueryReply};
-use carrier_storage::{CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, Reacts};
+use carrier_storage::{
+    CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, FileWriter, Reacts, StorageError,
+};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError};
 use crate::cache::{CacheSettings, ContextBuilder, ContextHandle, Prefetch};
 use crate::commands::Decide;
 use crate::consumer::ConsumerStats;
 use crate::faults::Faults;
 use crate::observe::ObservedContext;
 use crate::supervisor::{SupervisionTree, SupervisorArgs};
-use crate::system::StartError;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Why the system did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// NATS was unreachable or refused a stream.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A database could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An actor failed to start.
+    #[error("actors failed to start: {0}")]
+    Actors(String),
+}
 
 /// A stream a context reads: whose it is, its name and the subjects it captures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,7 +345,7 @@ impl<K: ContextKind> ContextDecl<K> {
             let steps = steps.clone();
             Box::pin(async move {
                 env.bus.ensure_dead_letter_stream(K::NAME).await?;
-                let db = Arc::new(ContextFile::<K>::open(env.data_dir.join(format!("{}.redb", K::NAME)))?);
+                let db = FileWriter::<K>::open(env.data_dir.join(format!("{}.redb", K::NAME)))?;
                 let mut builder = ContextBuilder::new(env.bus.clone(), db, env.settings, env.faults);
                 for step in steps.iter() {
                     step(&mut builder);

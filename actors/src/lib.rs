@@ -1,14 +1,28 @@
 //! Carrier's actors: one supervised ractor group per bounded context, and the JetStream bus.
 //!
-//! - [`system`]: [`CarrierSystem::start`] builds the whole tree from a [`SystemConfig`].
+//! What a user needs:
+//! - [`BoundedContext`] ([`context`]): a context declared once; a list of them is the system.
+//! - [`CarrierSystem`] and [`SystemConfig`] ([`system`]): start the list, find a running
+//!   context's [`ContextHandle`] by type, watch its [`Health`], shut it down.
+//! - [`ContextHandle`] ([`cache`]): execute commands on a context's writer, read its file,
+//!   look up cached entities.
+//!
+//! The machinery, for reading the code:
+//! - [`cache`]: the writer actor (the only writer of a context's file), the handle, the builder
+//!   that assembles a context's supervisor, and cache rebuilds.
+//! - [`consumer`]: the durable consumer actor that feeds the writer in batches; [`bus`]: the
+//!   only module that touches `async-nats`; `relay`: the outbox relay.
+//! - [`commands`], [`responder`]: commands and queries over request/reply.
+//! - [`fallback`]: asking an owner for what a cache lacks, with timeout, breaker and negative
+//!   cache.
 //! - [`supervisor`]: the restarting [`Supervisor`](supervisor::Supervisor) and the shared
-//!   [`SupervisionTree`](supervisor::SupervisionTree) of actor states.
-//! - [`consumer`]: the generic consumer actor that feeds a cache actor in batches.
-//! - [`stores`]: the stores context (owner and outbox relay).
-//! - [`baskets`]: the baskets context (cache and its consumer).
-//! - [`bus`]: the only module that touches `async-nats`.
-//! - [`nats_server`]: a local `nats-server` child process for the demo and tests.
-//! - [`flow`]: the MallBots-style flow log; [`faults`]: failure injection for drills.
+//!   [`SupervisionTree`](supervisor::SupervisionTree).
+//! - [`observe`], [`metrics`], [`telemetry`]: what operators see; [`rebuild`]: rebuild progress.
+//! - [`flow`]: the MallBots-style flow log; [`faults`]: failure injection for drills;
+//!   [`nats_server`]: a local `nats-server` child process.
+//! - The mall (seed 001), built on the same API: [`mall`] (its list), [`stores`], [`customers`],
+//!   [`baskets`], [`ordering`], [`depot`], [`payments`], [`notifications`], [`search`], and the
+//!   test oracles [`verify`] and [`workload`].
 
 pub mod baskets;
 pub mod bus;
@@ -40,5 +54,6 @@ pub mod telemetry;
 pub mod verify;
 pub mod workload;
 
+pub use cache::{ContextHandle, ExecuteError};
 pub use context::{BoundedContext, SourceStream, UnknownContext};
 pub use system::{CarrierSystem, Health, StartError, SystemConfig};

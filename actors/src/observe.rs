@@ -21,7 +21,18 @@ use crate::bus::{dead_letter_header, Bus};
 use crate::consumer::ConsumerStats;
 use crate::fallback::{BreakerState, Fallback};
 use crate::supervisor::{NodeState, NodeStatus, SupervisionTree};
-use crate::system::Health;
+
+/// A context's health, as an operator would want it summed up.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum Health {
+    /// Every actor running, storage committing.
+    Healthy,
+    /// Working on it: an actor is restarting, or commits are failing and being retried.
+    Degraded(String),
+    /// Given up on after too many failures; other contexts keep running.
+    Failed(String),
+}
 
 /// How many one-second rate samples a consumer keeps for its sparkline.
 pub const RATE_HISTORY: usize = 60;
@@ -85,8 +96,8 @@ pub(crate) struct ObservedContext {
     pub consumers: Vec<ConsumerProbe>,
     pub lookups: Option<Arc<LookupStats>>,
     pub fallbacks: Vec<Arc<Fallback>>,
-    /// Whether it publishes events (has an outbox relay).
-    pub publishes: bool,
+    /// The stream it publishes to (through its outbox relay), when it publishes.
+    pub stream: Option<&'static str>,
     /// Rebuilds its caches from the streams, when it has any.
     pub rebuild: Option<RebuildFn>,
 }
@@ -366,6 +377,30 @@ pub struct Snapshot {
     /// Cache rebuilds started since the dashboard started, running or finished.
     #[serde(default)]
     pub rebuilds: Vec<crate::rebuild::RebuildProgress>,
+    /// Who publishes and who reads each stream: the graph the dashboard draws (its edges' rates
+    /// and lag are the `consumers` of the same durable).
+    #[serde(default)]
+    pub topology: Vec<StreamNode>,
+}
+
+/// One stream in the topology: its publisher and its readers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamNode {
+    /// The JetStream stream.
+    pub stream: String,
+    /// The context that publishes it, when it runs here.
+    pub publisher: Option<String>,
+    /// Each reading context with its durable consumer.
+    pub readers: Vec<StreamReader>,
+}
+
+/// A context reading a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReader {
+    /// The reading context.
+    pub context: String,
+    /// Its durable consumer of the stream.
+    pub durable: String,
 }
 
 /// Reads the running system for operators. Cheap to clone.
@@ -505,7 +540,7 @@ impl Observer {
     pub fn outbox(&self) -> Vec<OutboxReport> {
         self.contexts
             .iter()
-            .filter(|c| c.publishes)
+            .filter(|c| c.stream.is_some())
             .map(|c| match c.file.outbox_len() {
                 Ok(backlog) => OutboxReport { context: c.name.to_string(), backlog, error: None },
                 Err(e) => OutboxReport { context: c.name.to_string(), backlog: 0, error: Some(e.to_string()) },
@@ -592,6 +627,7 @@ impl Observer {
             outbox,
             dead_letters,
             rebuilds: self.rebuilds(),
+            topology: self.topology(),
         }
     }
 
@@ -629,6 +665,22 @@ impl Observer {
             }
         });
         Ok(snapshot)
+    }
+
+    /// Who publishes and who reads each stream of the running contexts, by stream name.
+    pub fn topology(&self) -> Vec<StreamNode> {
+        let mut nodes: BTreeMap<&str, StreamNode> = BTreeMap::new();
+        let node = |stream: &str| StreamNode { stream: stream.to_string(), publisher: None, readers: Vec::new() };
+        for c in self.contexts.iter() {
+            if let Some(stream) = c.stream {
+                nodes.entry(stream).or_insert_with(|| node(stream)).publisher = Some(c.name.to_string());
+            }
+            for probe in &c.consumers {
+                let entry = nodes.entry(probe.stream).or_insert_with(|| node(probe.stream));
+                entry.readers.push(StreamReader { context: c.name.to_string(), durable: probe.durable.clone() });
+            }
+        }
+        nodes.into_values().collect()
     }
 
     /// Every rebuild started here, by context.
@@ -741,7 +793,7 @@ impl Observer {
 
 /// A context's health from the tree and its consumers' failing commits.
 pub(crate) fn context_health(tree: &BTreeMap<String, NodeStatus>, name: &str, failing_commits: u64) -> Health {
-    let prefix = format!("{}/{name}", crate::system::ROOT);
+    let prefix = format!("{}/{name}", crate::supervisor::ROOT);
     let nodes: Vec<_> =
         tree.iter().filter(|(path, _)| *path == &prefix || path.starts_with(&format!("{prefix}/"))).collect();
     let failed = nodes.iter().find(|(_, n)| n.state == NodeState::Failed);

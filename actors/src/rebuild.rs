@@ -18,13 +18,12 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::rebuild::CacheSet;
-use carrier_storage::{ContextDb, ContextFile, ContextKind, Reacts, StorageError};
+use carrier_storage::{ContextDb, FileWriter, Reacts, StorageError};
 
 use crate::bus::Bus;
-use crate::cache::ContextHandle;
 
 /// How many times the swap is retried after catching up with live consumers that moved on.
-const SWAP_ATTEMPTS: usize = 20;
+pub(crate) const SWAP_ATTEMPTS: usize = 20;
 
 /// One stream being replayed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,8 +98,8 @@ pub enum RebuildError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The context's writer is not running.
-    #[error(transparent)]
-    Writer(#[from] crate::cache::LookupError),
+    #[error("the context's writer is not running")]
+    WriterGone,
     /// A blocking task failed.
     #[error("a storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -120,7 +119,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Replays one owner's stream into a fresh file of kind `K`, from the fresh file's checkpoint up
 /// to `through` (the stream's end when `None`).
 pub(crate) type ReplaySource<K> = Arc<
-    dyn Fn(Bus, Arc<ContextFile<K>>, Progress, usize, Option<u64>) -> BoxFuture<Result<(), RebuildError>> + Send + Sync,
+    dyn Fn(Bus, Arc<FileWriter<K>>, Progress, usize, Option<u64>) -> BoxFuture<Result<(), RebuildError>> + Send + Sync,
 >;
 
 /// A cache of a context and how to refill it.
@@ -142,7 +141,7 @@ pub(crate) fn replay_source<K: Reacts<E>, E: DomainEvent>() -> ReplaySource<K> {
 
 async fn replay<K: Reacts<E>, E: DomainEvent>(
     bus: Bus,
-    fresh: Arc<ContextFile<K>>,
+    fresh: Arc<FileWriter<K>>,
     progress: Progress,
     index: usize,
     through: Option<u64>,
@@ -202,112 +201,12 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
     }
 }
 
-impl<K: ContextKind> ContextHandle<K> {
-    /// Whether this context has caches to rebuild.
-    pub fn has_caches(&self) -> bool {
-        !self.cache_sources.is_empty()
-    }
-
-    /// Rebuilds every cache of the context from the owners' streams into a fresh file beside the
-    /// live one, then swaps them in on the writer. `progress` is updated as it goes.
-    pub async fn rebuild_caches(&self, bus: &Bus, progress: Progress) -> Result<(), RebuildError> {
-        let started = std::time::Instant::now();
-        let result = self.rebuild_inner(bus, &progress).await;
-        let mut p = lock(&progress);
-        p.seconds = Some(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(()) => p.state = "done".into(),
-            Err(e) => {
-                p.state = "failed".into();
-                p.error = Some(e.to_string());
-            }
-        }
-        result
-    }
-
-    async fn rebuild_inner(&self, bus: &Bus, progress: &Progress) -> Result<(), RebuildError> {
-        if self.cache_sources.is_empty() {
-            return Err(RebuildError::NoCaches { context: K::NAME });
-        }
-        {
-            let mut p = lock(progress);
-            p.context = K::NAME.to_string();
-            p.state = "replaying".into();
-            p.sources = self
-                .cache_sources
-                .iter()
-                .map(|s| SourceProgress {
-                    stream: String::new(),
-                    consumer: s.set.consumer.clone(),
-                    ..Default::default()
-                })
-                .collect();
-        }
-        let path = fresh_path(self.db.path());
-        let _ = std::fs::remove_file(&path);
-        let fresh = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || ContextFile::<K>::open(&path)).await?
-        }
-        .map_err(|source| RebuildError::Create { path: path.clone(), source })?;
-        let fresh = Arc::new(fresh);
-        let outcome = self.replay_and_swap(bus, progress, &fresh).await;
-        drop(fresh);
-        let _ = std::fs::remove_file(&path);
-        outcome
-    }
-
-    async fn replay_and_swap(
-        &self,
-        bus: &Bus,
-        progress: &Progress,
-        fresh: &Arc<ContextFile<K>>,
-    ) -> Result<(), RebuildError> {
-        // The bulk of the replay runs while the live caches keep applying events.
-        for (index, source) in self.cache_sources.iter().enumerate() {
-            (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
-        }
-        // Then the live batches wait (unacknowledged) while the fresh file catches up with the
-        // few events they applied meanwhile, so the swap cannot find the live caches ahead.
-        let _held = self.hold_batches().await?;
-        for (index, source) in self.cache_sources.iter().enumerate() {
-            (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
-        }
-        let sets: Vec<CacheSet> = self.cache_sources.iter().map(|s| s.set.clone()).collect();
-        for _ in 0..SWAP_ATTEMPTS {
-            lock(progress).state = "swapping".into();
-            let (file, swap_sets) = (fresh.clone(), sets.clone());
-            let swapped = self.write(move |db| db.adopt_caches(&file, &swap_sets)).await??;
-            match swapped {
-                Ok(tables) => {
-                    lock(progress).tables = tables
-                        .into_iter()
-                        .map(|t| TableChange { table: t.table.to_string(), before: t.before, after: t.after })
-                        .collect();
-                    tracing::info!(context = K::NAME, "caches rebuilt from the streams and swapped in");
-                    return Ok(());
-                }
-                Err(behind) => {
-                    // Only a batch already being applied when the hold began can get here: catch
-                    // up past it, to the stream's end, and try again.
-                    tracing::debug!(?behind, "rebuilt caches behind the live ones; catching up");
-                    lock(progress).state = "replaying".into();
-                    let index = sets.iter().position(|s| s.consumer == behind.consumer).unwrap_or(0);
-                    let source = &self.cache_sources[index];
-                    (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
-                }
-            }
-        }
-        Err(RebuildError::KeptMoving { attempts: SWAP_ATTEMPTS })
-    }
-}
-
 /// `baskets.redb` → `baskets.rebuild.redb`.
-fn fresh_path(live: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn fresh_path(live: &std::path::Path) -> std::path::PathBuf {
     let stem = live.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "context".into());
     live.with_file_name(format!("{stem}.rebuild.redb"))
 }
 
-fn lock(progress: &Progress) -> std::sync::MutexGuard<'_, RebuildProgress> {
+pub(crate) fn lock(progress: &Progress) -> std::sync::MutexGuard<'_, RebuildProgress> {
     progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

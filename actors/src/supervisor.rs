@@ -18,6 +18,9 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Serialize;
 
+/// The root of the supervision tree.
+pub const ROOT: &str = "carrier";
+
 /// Starts one child linked to `supervisor`; `siblings` are the children started before it.
 pub type StartFn =
     Arc<dyn Fn(ActorCell, Siblings) -> BoxFuture<'static, Result<ActorCell, ActorProcessingErr>> + Send + Sync>;

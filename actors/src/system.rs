@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
-use carrier_storage::StorageError;
-
-use crate::bus::{Bus, BusError};
+use crate::bus::Bus;
 use crate::cache::{CacheSettings, InboxRetention};
 use crate::consumer::ConsumerStats;
 use crate::context::{BoundedContext, StartEnv};
@@ -20,8 +18,9 @@ use crate::faults::Faults;
 use crate::observe::ObservedContext;
 use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, Supervisor, SupervisorArgs, SupervisorMsg};
 
-/// The root of the supervision tree.
-pub const ROOT: &str = "carrier";
+pub use crate::context::StartError;
+pub use crate::observe::Health;
+pub use crate::supervisor::ROOT;
 
 /// How to start the system.
 #[derive(Clone)]
@@ -68,20 +67,6 @@ impl SystemConfig {
             faults: Arc::new(Faults::default()),
         }
     }
-}
-
-/// Why the system did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// NATS was unreachable or refused a stream.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// A database could not be opened.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// An actor failed to start.
-    #[error("actors failed to start: {0}")]
-    Actors(String),
 }
 
 /// A running Carrier: the supervision tree and handles to each context.
@@ -184,18 +169,6 @@ impl CarrierSystem {
         // Publishes and acks are buffered by the client; make sure they leave the process.
         let _ = self.bus.flush().await;
     }
-}
-
-/// A context's health, as an operator would want it summed up.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
-pub enum Health {
-    /// Every actor running, storage committing.
-    Healthy,
-    /// Working on it: an actor is restarting, or commits are failing and being retried.
-    Degraded(String),
-    /// Given up on after too many failures; other contexts keep running.
-    Failed(String),
 }
 
 impl CarrierSystem {

@@ -355,7 +355,7 @@ fn dead_letter_headers() -> Value {
                 "enum": [
                     "missing_header", "bad_header", "unknown_event_type", "unsupported_schema_version",
                     "body_too_large", "undecodable_body", "subject_mismatch", "aggregate_mismatch",
-                    "invalid_payload", "apply_failed"
+                    "invalid_payload", "apply_failed", "rejected"
                 ],
                 "description": "Why the event was dead-lettered.",
             }),

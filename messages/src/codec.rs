@@ -5,8 +5,8 @@ use time::OffsetDateTime;
 
 use crate::envelope::{clip, ContentType, Envelope, EventId, SCHEMA_VERSION};
 
-/// The largest body Carrier decodes (NATS's own default maximum payload).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub use crate::error::{DecodeError, EncodeError, ValidationError};
+pub use crate::limits::MAX_BODY_BYTES;
 
 /// The events of one bounded context: one enum per owning context, one variant per event type.
 pub trait DomainEvent: Sized + Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
@@ -53,108 +53,6 @@ pub trait Validate {
     /// The first field that breaks a limit.
     fn validate(&self) -> Result<(), ValidationError> {
         Ok(())
-    }
-}
-
-/// A field that breaks the contract's limits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field `{field}` {problem}")]
-pub struct ValidationError {
-    /// The payload field.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-/// Why an event could not be encoded (only a bug can cause this: all payloads are plain data).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot encode {event_type}: {reason}")]
-pub struct EncodeError {
-    /// The event type.
-    pub event_type: &'static str,
-    /// The encoder's message.
-    pub reason: String,
-}
-
-/// Why a received message is not a valid event. Every case is permanent: retrying the same bytes
-/// cannot succeed, so the message goes to the dead-letter stream with this reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// A required header is absent or empty.
-    #[error("missing header {0}")]
-    MissingHeader(&'static str),
-    /// A header is present but unusable.
-    #[error("bad header {header}: {reason}")]
-    BadHeader {
-        /// The header name.
-        header: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The event type is not one this context knows.
-    #[error("unknown event type {0:?}")]
-    UnknownEventType(String),
-    /// The event type is known but not at this schema version.
-    #[error("{event_type} has no schema version {version} (supported: {SCHEMA_VERSION})")]
-    UnsupportedSchemaVersion {
-        /// The event type.
-        event_type: String,
-        /// The version the message claims.
-        version: u32,
-    },
-    /// The body is larger than [`MAX_BODY_BYTES`].
-    #[error("body of {len} bytes is over the {MAX_BODY_BYTES}-byte limit")]
-    BodyTooLarge {
-        /// The body's length.
-        len: usize,
-    },
-    /// The body does not decode as the event type's payload.
-    #[error("{content_type} body is not a valid {event_type} payload: {reason}")]
-    Body {
-        /// The event type.
-        event_type: String,
-        /// `application/cbor` or `application/json`.
-        content_type: &'static str,
-        /// The decoder's message.
-        reason: String,
-    },
-    /// The subject is not the one the event type is published on.
-    #[error("event type {event_type} belongs on subject {expected}, not {subject}")]
-    SubjectMismatch {
-        /// The event type.
-        event_type: String,
-        /// The subject it came on.
-        subject: String,
-        /// The subject it belongs on.
-        expected: &'static str,
-    },
-    /// The aggregate id header and the payload's `id` differ.
-    #[error("header Carrier-Aggregate-Id {header:?} differs from payload id {payload:?}")]
-    AggregateMismatch {
-        /// The header's value.
-        header: String,
-        /// The payload's `id`.
-        payload: String,
-    },
-    /// The payload decoded but breaks a field limit.
-    #[error("invalid payload: {0}")]
-    Invalid(#[from] ValidationError),
-}
-
-impl DecodeError {
-    /// A short, stable code for the dead-letter headers and metrics.
-    pub fn code(&self) -> &'static str {
-        match self {
-            DecodeError::MissingHeader(_) => "missing_header",
-            DecodeError::BadHeader { .. } => "bad_header",
-            DecodeError::UnknownEventType(_) => "unknown_event_type",
-            DecodeError::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
-            DecodeError::BodyTooLarge { .. } => "body_too_large",
-            DecodeError::Body { .. } => "undecodable_body",
-            DecodeError::SubjectMismatch { .. } => "subject_mismatch",
-            DecodeError::AggregateMismatch { .. } => "aggregate_mismatch",
-            DecodeError::Invalid(_) => "invalid_payload",
-        }
     }
 }
 

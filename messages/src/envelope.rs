@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::codec::DecodeError;
+use crate::error::DecodeError;
 
 /// Header names. They are part of the stable wire contract: never rename one.
 pub mod header {
@@ -38,8 +38,7 @@ pub mod header {
 /// The longest id (aggregate, correlation, causation) Carrier accepts, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
-/// The schema version Carrier writes and the only one it reads today.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use crate::limits::SCHEMA_VERSION;
 
 /// An event's unique id. Carrier makes UUIDv7s (time-ordered); it accepts any UUID from others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -24,6 +24,8 @@ pub mod codec;
 pub mod customers;
 pub mod depot;
 pub mod envelope;
+mod error;
+mod limits;
 pub mod ordering;
 pub mod payments;
 pub mod request;

@@ -112,7 +112,7 @@ impl<T: Serialize + JsonSchema + Send + 'static> QueryReply for Found<T> {
 /// Why a request (or reply) body did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    /// Over [`MAX_BODY_BYTES`](crate::codec::MAX_BODY_BYTES).
+    /// Over [`MAX_BODY_BYTES`](crate::limits::MAX_BODY_BYTES).
     #[error("body of {len} bytes is over the limit")]
     TooLarge {
         /// Its length.
@@ -125,7 +125,7 @@ pub enum RequestError {
 
 /// Decodes a request body of the given encoding.
 pub fn decode_request<T: DeserializeOwned>(content_type: ContentType, body: &[u8]) -> Result<T, RequestError> {
-    if body.len() > crate::codec::MAX_BODY_BYTES {
+    if body.len() > crate::limits::MAX_BODY_BYTES {
         return Err(RequestError::TooLarge { len: body.len() });
     }
     match content_type {

@@ -11,7 +11,7 @@ use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::{Decoded, DomainEvent};
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
-use crate::context::{ContextFile, ContextKind};
+use crate::context::{ContextFile, ContextKind, FileWriter};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -78,7 +78,7 @@ impl ContextKind for Baskets {
     }
 }
 
-impl ContextFile<Baskets> {
+impl FileWriter<Baskets> {
     /// Decides a basket command. For `AddItem`, `item` is the line as the caches know it now
     /// (store and product names, price; the quantity is the command's), looked up by the caller
     /// beforehand so that no lookup runs inside the write transaction.
@@ -98,7 +98,9 @@ impl ContextFile<Baskets> {
             Ok(())
         })
     }
+}
 
+impl ContextFile<Baskets> {
     /// One basket.
     pub fn basket(&self, id: &str) -> Result<Option<BasketRow>, StorageError> {
         get_row(&self.db, BASKETS, "baskets", id)
@@ -264,9 +266,9 @@ mod tests {
         event(StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta }), version)
     }
 
-    fn db() -> (tempfile::TempDir, BasketsDb) {
+    fn db() -> (tempfile::TempDir, crate::FileWriter<Baskets>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = BasketsDb::open(dir.path().join("baskets.redb")).expect("open");
+        let db = crate::FileWriter::<Baskets>::open(dir.path().join("baskets.redb")).expect("open");
         (dir, db)
     }
 
@@ -367,7 +369,7 @@ mod adopt_tests {
     #[test]
     fn an_owner_snapshot_closes_a_gap_and_later_parked_events_follow() {
         let dir = tempfile::tempdir().expect("dir");
-        let db = BasketsDb::open(dir.path().join("b.redb")).expect("open");
+        let db = crate::FileWriter::<Baskets>::open(dir.path().join("b.redb")).expect("open");
         // The cache never saw versions 1 to 3 (the stream was trimmed); 4 and 6 arrive.
         db.apply_stores_events("c", &[raise(10, 4), raise(1, 6)]).expect("apply");
         assert_eq!(db.gaps().expect("gaps"), vec![("product".into(), "p".into(), 0, 4)]);

@@ -13,7 +13,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
 
-use crate::context::{ContextDb, ContextFile, ContextKind, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
 use crate::engine::{Adopted, BatchOutcome, Inbound};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows_with_version, get_row};
@@ -144,8 +144,9 @@ impl<K: CacheKind> ContextFile<K> {
     }
 }
 
-/// What lookups with a fallback need of a context that caches stores data.
-pub trait StoresCacheDb: ContextDb {
+/// What lookups with a fallback need of a context that caches stores data: on its writer, since
+/// adopting an owner's answer writes.
+pub trait StoresCacheDb {
     /// A cached store, as this context keeps it.
     type Store: Clone + Send + 'static;
     /// A cached product, as this context keeps it.
@@ -181,7 +182,7 @@ pub trait StoresCacheDb: ContextDb {
     fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError>;
 }
 
-impl<K: CacheKind> StoresCacheDb for ContextFile<K> {
+impl<K: CacheKind> StoresCacheDb for FileWriter<K> {
     type Store = K::Store;
     type Product = K::Product;
 

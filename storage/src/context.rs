@@ -8,6 +8,7 @@
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, Table, WriteTransaction};
@@ -138,7 +139,8 @@ impl<K: Reacts<E>, E: DomainEvent> Projection<E> for ReactProjection<K, E> {
     }
 }
 
-/// A context's redb file, `<context>.redb`.
+/// A context's redb file, `<context>.redb`, for reading: what handles, queries, the dashboard and
+/// tests hold. Only its [`FileWriter`] writes it.
 pub struct ContextFile<K> {
     pub(crate) db: Database,
     path: PathBuf,
@@ -146,9 +148,8 @@ pub struct ContextFile<K> {
 }
 
 impl<K: ContextKind> ContextFile<K> {
-    /// Opens or creates the file and its tables.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let path = path.as_ref().to_path_buf();
+    fn open(path: &Path) -> Result<Self, StorageError> {
+        let path = path.to_path_buf();
         let db = engine::open_database(&path, |txn| {
             engine::create_tables(txn)?;
             txn.open_table(OUTBOX).during("create outbox")?;
@@ -161,6 +162,48 @@ impl<K: ContextKind> ContextFile<K> {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `read` on a read snapshot.
+    pub fn read<T>(&self, read: impl FnOnce(&ReadTransaction) -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let txn = self.db.begin_read().during("begin_read")?;
+        read(&txn)
+    }
+
+    /// The oldest `limit` unpublished events.
+    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
+        outbox::pending(&self.db, limit)
+    }
+
+    /// Unpublished events.
+    pub fn outbox_len(&self) -> Result<u64, StorageError> {
+        outbox::len(&self.db)
+    }
+}
+
+/// The one writer of a context's file. Whoever opens the file holds it (the context's writer
+/// actor); everyone else gets the [`ContextFile`] it hands out, which only reads. A second
+/// writer of the same file cannot exist: redb refuses to open a file twice.
+pub struct FileWriter<K> {
+    file: Arc<ContextFile<K>>,
+}
+
+impl<K> std::ops::Deref for FileWriter<K> {
+    type Target = ContextFile<K>;
+    fn deref(&self) -> &ContextFile<K> {
+        &self.file
+    }
+}
+
+impl<K: ContextKind> FileWriter<K> {
+    /// Opens or creates the file and its tables.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Ok(FileWriter { file: Arc::new(ContextFile::open(path.as_ref())?) })
+    }
+
+    /// The file, for reading: what the writer hands to everyone else.
+    pub fn file(&self) -> Arc<ContextFile<K>> {
+        self.file.clone()
     }
 
     /// Applies a delivered batch of `E` events in one transaction (see [`engine::apply_batch`]),
@@ -227,25 +270,15 @@ impl<K: ContextKind> ContextFile<K> {
         }
     }
 
-    /// Runs `read` on a read snapshot.
-    pub fn read<T>(&self, read: impl FnOnce(&ReadTransaction) -> Result<T, StorageError>) -> Result<T, StorageError> {
-        let txn = self.db.begin_read().during("begin_read")?;
-        read(&txn)
-    }
-
-    /// The oldest `limit` unpublished events.
-    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
-        outbox::pending(&self.db, limit)
-    }
-
     /// Deletes published outbox rows.
     pub fn outbox_remove(&self, keys: &[u64]) -> Result<(), StorageError> {
         outbox::remove(&self.db, keys)
     }
 
-    /// Unpublished events.
-    pub fn outbox_len(&self) -> Result<u64, StorageError> {
-        outbox::len(&self.db)
+    /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
+    pub fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
+        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
+        engine::prune_inbox(&self.db, cutoff, limit)
     }
 }
 
@@ -259,8 +292,6 @@ pub trait ContextDb: Send + Sync + 'static {
     fn inbox(&self, limit: usize) -> Result<Vec<(EventId, u64)>, StorageError>;
     /// The last stream sequence committed for `consumer` (0 when none).
     fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError>;
-    /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
-    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError>;
     /// Entities waiting for a missing version: (aggregate type, id, current version, lowest
     /// parked version).
     fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError>;
@@ -289,11 +320,6 @@ impl<K: ContextKind> ContextDb for ContextFile<K> {
 
     fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
         engine::checkpoint(&self.db, consumer)
-    }
-
-    fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
-        let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
-        engine::prune_inbox(&self.db, cutoff, limit)
     }
 
     fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
 use carrier_messages::Envelope;
 
-use crate::context::{ContextDb, ContextFile, ContextKind, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
 use crate::engine::Adopted;
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows_with_version, get_row};
@@ -96,7 +96,7 @@ impl<K: CustomerCacheKind> ContextFile<K> {
 }
 
 /// What lookups with a fallback need of a context that caches customers.
-pub trait CustomersCacheDb: ContextDb {
+pub trait CustomersCacheDb {
     /// A cached customer, as this context keeps it.
     type Customer: Clone + Send + 'static;
     /// One cached customer.
@@ -107,7 +107,7 @@ pub trait CustomersCacheDb: ContextDb {
     fn adopt_customer(&self, snapshot: &CustomerSnapshot) -> Result<Adopted, StorageError>;
 }
 
-impl<K: CustomerCacheKind> CustomersCacheDb for ContextFile<K> {
+impl<K: CustomerCacheKind> CustomersCacheDb for FileWriter<K> {
     type Customer = K::Customer;
 
     fn cached_customer(&self, id: &str) -> Result<Option<K::Customer>, StorageError> {

@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn customers_register_change_and_toggle_with_versions_and_rules() {
         let dir = tempfile::tempdir().expect("dir");
-        let db = CustomersDb::open(dir.path().join("customers.redb")).expect("open");
+        let db = crate::FileWriter::<Customers>::open(dir.path().join("customers.redb")).expect("open");
         let c = Causality::default();
         let register =
             CustomersCommand::RegisterCustomer { id: "c".into(), name: "Ada".into(), sms_number: "+4411".into() };

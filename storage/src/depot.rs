@@ -14,7 +14,7 @@ use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::{Decoded, Envelope};
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables, PRODUCTS_CACHE, STORES_CACHE};
-use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -191,7 +191,7 @@ fn put_list(
     Ok(())
 }
 
-impl ContextFile<Depot> {
+impl FileWriter<Depot> {
     /// Decides a depot command (the bots report a list collected).
     pub fn execute_depot(
         &self,
@@ -220,7 +220,9 @@ impl ContextFile<Depot> {
             }
         })
     }
+}
 
+impl ContextFile<Depot> {
     /// One shopping list.
     pub fn shopping_list(&self, id: &str) -> Result<Option<ShoppingListRow>, StorageError> {
         get_row(&self.db, SHOPPING_LISTS, "shopping_lists", id)

@@ -149,14 +149,16 @@ where
             let disposition = if version <= current {
                 Disposition::Stale { current }
             } else if version == current + 1 {
-                projection.apply(&mut tables, envelope, &item.decoded.event)?;
+                projection.apply(&mut tables, envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
                 let mut now = version;
                 while parked_any {
                     let next = parked.remove((key.0, key.1, now + 1)).during("take parked")?;
                     let Some(bytes) = next else { break };
                     let waiting: Inbound<E> = decode_row("parked", bytes.value())?;
                     drop(bytes);
-                    projection.apply(&mut tables, &waiting.decoded.envelope, &waiting.decoded.event)?;
+                    projection
+                        .apply(&mut tables, &waiting.decoded.envelope, &waiting.decoded.event)
+                        .map_err(|e| e.at(waiting.stream_seq))?;
                     outcome.unparked += 1;
                     now += 1;
                 }

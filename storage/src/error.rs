@@ -27,6 +27,17 @@ pub enum StorageError {
     /// asked: the batch is retried, nothing is acknowledged.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// A reaction refused the event for good (it can never be applied, e.g. it names something
+    /// that does not exist): the consumer dead-letters it with this reason (`rejected`) and applies
+    /// the rest of its batch without it. Return it before writing anything for the event. Build
+    /// it with [`StorageError::poison`]; the engine fills in the stream sequence.
+    #[error("event at stream sequence {stream_seq} refused: {reason}")]
+    Poison {
+        /// The refused event's stream sequence.
+        stream_seq: u64,
+        /// Why, for the dead letter.
+        reason: String,
+    },
     /// A stored row does not decode.
     #[error("corrupt row in table {table}: {reason}")]
     Corrupt {
@@ -38,6 +49,20 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A reaction's verdict that the event it was given can never be applied (see
+    /// [`StorageError::Poison`]); every other error is retried.
+    pub fn poison(reason: impl Into<String>) -> Self {
+        StorageError::Poison { stream_seq: 0, reason: reason.into() }
+    }
+
+    /// Names the event a [`Poison`](StorageError::Poison) verdict is about.
+    pub(crate) fn at(self, seq: u64) -> Self {
+        match self {
+            StorageError::Poison { reason, .. } => StorageError::Poison { stream_seq: seq, reason },
+            other => other,
+        }
+    }
+
     /// An I/O failure during `operation` (also how failure drills simulate a failing disk).
     pub fn io(operation: &'static str, error: std::io::Error) -> Self {
         StorageError::Redb { operation, source: redb::Error::Io(error) }

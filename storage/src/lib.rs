@@ -42,7 +42,7 @@ pub mod stores;
 pub use baskets::BasketsDb;
 pub use cache::{CacheKind, StoresCacheDb};
 pub use command::CommandError;
-pub use context::{ContextDb, ContextFile, ContextKind, Decides, Emitter, Reacts};
+pub use context::{ContextDb, ContextFile, ContextKind, Decides, Emitter, FileWriter, Reacts};
 pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;
 pub use depot::DepotDb;
@@ -51,6 +51,9 @@ pub use error::{RedbResultExt, StorageError};
 pub use notifications::NotificationsDb;
 pub use ordering::OrderingDb;
 pub use payments::PaymentsDb;
+/// The redb transactions a context's own table code works in, so that it needs no redb
+/// dependency of its own.
+pub use redb::{ReadTransaction, WriteTransaction};
 pub use rows::{Rows, RowsMut};
 pub use search::SearchDb;
 pub use stores::StoresDb;

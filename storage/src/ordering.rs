@@ -14,7 +14,7 @@ use carrier_messages::ordering::*;
 use carrier_messages::payments::PaymentsEvent;
 use carrier_messages::{Decoded, Envelope};
 
-use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -209,7 +209,7 @@ impl Reacts<PaymentsEvent> for Ordering {
     }
 }
 
-impl ContextFile<Ordering> {
+impl FileWriter<Ordering> {
     /// Decides an ordering command.
     pub fn execute_ordering(
         &self,
@@ -234,7 +234,9 @@ impl ContextFile<Ordering> {
             }
         })
     }
+}
 
+impl ContextFile<Ordering> {
     /// One order.
     pub fn order(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
         get_row(&self.db, ORDERS, "orders", id)

@@ -10,7 +10,7 @@
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::context::{ContextFile, ContextKind};
+use crate::context::{ContextFile, ContextKind, FileWriter};
 use crate::engine::{CHECKPOINTS, INBOX, INBOX_BY_TIME, PARKED, VERSIONS};
 use crate::error::RedbResultExt;
 use crate::StorageError;
@@ -58,7 +58,7 @@ pub struct Behind {
     pub rebuilt_through: u64,
 }
 
-impl<K: ContextKind> ContextFile<K> {
+impl<K: ContextKind> FileWriter<K> {
     /// Replaces this file's caches in `sets` with `fresh`'s, in one transaction, provided that
     /// `fresh` has applied at least as far as this file in every set's stream; otherwise changes
     /// nothing and says how far it must get. Run it on the file's writer, so that no batch

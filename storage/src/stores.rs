@@ -289,9 +289,9 @@ fn change<T: Versioned>(
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, StoresDb) {
+    fn db() -> (tempfile::TempDir, crate::FileWriter<Stores>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = StoresDb::open(dir.path().join("stores.redb")).expect("open");
+        let db = crate::FileWriter::<Stores>::open(dir.path().join("stores.redb")).expect("open");
         (dir, db)
     }
 

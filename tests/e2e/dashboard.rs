@@ -253,6 +253,34 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
         r#"return document.querySelector('#consumers tr[data-durable="search-ordering"]').children[4].textContent;"#,
     );
     assert_ne!(delivered, json!("0"), "the row shows the search read model's deliveries");
+
+    // The topology: every context that publishes, every stream, every reader, and an edge per
+    // durable whose label carries its rate and lag.
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the topology graph",
+        r#"return !!document.querySelector('#topology [data-node="stream:ORDERING"]')
+            && !!document.querySelector('#topology [data-node="context:stores"]')
+            && !!document.querySelector('#topology [data-node="reader:search"]');"#,
+    );
+    let graph = browser.eval(
+        r#"return {
+            streams: [...document.querySelectorAll('#topology .node.stream')].map((n) => n.dataset.node).sort(),
+            edges: [...document.querySelectorAll('#topology path.edge')].map((e) => e.dataset.edge).sort(),
+            label: document.querySelector('#topology [data-edge-label="search-ordering"]').textContent,
+            lag: document.querySelector('#topology [data-edge-label="search-ordering"]').dataset.lag,
+        };"#,
+    );
+    let streams: Vec<String> = ["BASKETS", "CUSTOMERS", "DEPOT", "ORDERING", "PAYMENTS", "STORES"]
+        .iter()
+        .map(|s| format!("stream:{s}"))
+        .collect();
+    assert_eq!(graph["streams"], json!(streams), "{graph:#}");
+    let edges = graph["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 6 + 13, "a publish edge per stream and a read edge per durable: {graph:#}");
+    assert!(edges.contains(&json!("publish:ordering")) && edges.contains(&json!("depot-ordering")), "{graph:#}");
+    assert!(graph["label"].as_str().is_some_and(|l| l.contains("/s · lag")), "{graph:#}");
+    assert_eq!(graph["lag"], json!("0"), "the story settled, so nothing lags: {graph:#}");
     save_screenshot(&browser, "dashboard.png");
 
     // An actor failure: the ordering cache is killed, as a crash would end it.

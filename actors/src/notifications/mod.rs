@@ -24,6 +24,6 @@ pub fn context() -> BoundedContext {
     BoundedContext::of::<Notifications>()
         .customers_fallback()
         .consume::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::payments::prefetch_customers())
+        .consume_with_prefetch::<OrderingEvent>(crate::mall::prefetch_customers())
         .build()
 }

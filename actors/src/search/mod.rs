@@ -28,7 +28,7 @@ pub fn context() -> BoundedContext {
         .customers_fallback()
         .consume::<StoresEvent>()
         .consume::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::payments::prefetch_customers())
+        .consume_with_prefetch::<OrderingEvent>(crate::mall::prefetch_customers())
         .queries(answer)
         .build()
 }

@@ -4,8 +4,8 @@
 
 use carrier_actors::BoundedContext;
 use carrier_messages::{check, domain_events, Causality, DomainEvent, Envelope, Found, Validate, ValidationError};
-use carrier_storage::{CommandError, ContextKind, Decides, Emitter, Reacts, Rows, RowsMut, StorageError};
-use redb::WriteTransaction;
+use carrier_storage::{CommandError, ContextKind, Decides, Emitter, Reacts};
+use carrier_storage::{Rows, RowsMut, StorageError, WriteTransaction};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
