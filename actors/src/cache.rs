@@ -17,13 +17,13 @@ use carrier_messages::codec::Causality;
 use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::{
-    Adopted, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
+    Adopted, Adopts, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
     Decides, Disposition, FileWriter, Reacts, StorageError, StoresCacheDb,
 };
 
 use crate::bus::Bus;
 use crate::consumer::{ApplyBatch, ApplyFailed, BatchTarget, ConsumerStats};
-use crate::fallback::Fallback;
+use crate::fallback::{Fallback, FallbackError};
 use crate::faults::Faults;
 use crate::flow;
 use crate::rebuild::{fresh_path, lock, Progress, RebuildError, SourceProgress, TableChange, SWAP_ATTEMPTS};
@@ -120,7 +120,9 @@ pub enum WriterMsg<K> {
 /// Finds an entity's state at its owner and returns the write that adopts it; `Ok(None)` when no
 /// owner can be asked about that kind of entity or the owner does not know it.
 pub type GapResolver<K> = Arc<
-    dyn Fn(String, String) -> Pin<Box<dyn Future<Output = Result<Option<RunJob<K>>, String>> + Send>> + Send + Sync,
+    dyn Fn(String, String) -> Pin<Box<dyn Future<Output = Result<Option<RunJob<K>>, FallbackError>> + Send>>
+        + Send
+        + Sync,
 >;
 
 /// Owns a context's redb file: every write goes through this actor's mailbox, so redb's single
@@ -492,6 +494,8 @@ pub struct ContextHandle<K: 'static> {
     pub stores_fallback: Option<Arc<Fallback>>,
     /// The fallback to the customers context, when it caches customers.
     pub customers_fallback: Option<Arc<Fallback>>,
+    /// Fallbacks to owners' entity endpoints, one per owner whose entities it caches.
+    pub entity_fallbacks: Vec<Arc<Fallback>>,
     /// Each consumer: stream, durable and counters, for the dashboard.
     pub(crate) probes: Vec<crate::observe::ConsumerProbe>,
     /// Cache lookups answered from the file, and those that were not.
@@ -508,6 +512,7 @@ impl<K: 'static> Clone for ContextHandle<K> {
             consumers: self.consumers.clone(),
             stores_fallback: self.stores_fallback.clone(),
             customers_fallback: self.customers_fallback.clone(),
+            entity_fallbacks: self.entity_fallbacks.clone(),
             probes: self.probes.clone(),
             lookups: self.lookups.clone(),
             cache_sources: self.cache_sources.clone(),
@@ -581,7 +586,13 @@ impl<K: ContextKind> ContextHandle<K> {
             file: self.db.clone(),
             consumers: self.probes.clone(),
             lookups: Some(self.lookups.clone()),
-            fallbacks: self.stores_fallback.iter().chain(self.customers_fallback.iter()).cloned().collect(),
+            fallbacks: self
+                .stores_fallback
+                .iter()
+                .chain(self.customers_fallback.iter())
+                .chain(self.entity_fallbacks.iter())
+                .cloned()
+                .collect(),
             stream: (!<K::Event as DomainEvent>::EVENT_TYPES.is_empty()).then_some(K::Event::STREAM),
             rebuild,
         }
@@ -666,6 +677,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             consumers: Vec::new(),
             stores_fallback: None,
             customers_fallback: None,
+            entity_fallbacks: Vec::new(),
             probes: Vec::new(),
             lookups: Arc::default(),
             cache_sources: Vec::new(),
@@ -764,22 +776,22 @@ impl<K: ContextKind> ContextBuilder<K> {
             set: carrier_storage::rebuild::stores_caches(stores_durable_name(self.context)),
             replay: crate::rebuild::replay_source::<K, carrier_messages::StoresEvent>(),
         });
-        let resolver: GapResolver<K> =
-            Arc::new(move |aggregate: String, id: String| {
-                let fallback = fallback.clone();
-                Box::pin(async move {
-                    let job: Option<RunJob<K>> =
-                        match aggregate.as_str() {
-                            "store" => fallback.store(&id).await.map_err(|e| e.to_string())?.map(|s| {
-                                Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_store(&s))) as RunJob<K>
-                            }),
-                            _ => fallback.product(&id).await.map_err(|e| e.to_string())?.map(|p| {
-                                Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_product(&p))) as RunJob<K>
-                            }),
-                        };
-                    Ok(job)
-                })
-            });
+        let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
+            let fallback = fallback.clone();
+            Box::pin(async move {
+                let job: Option<RunJob<K>> = match aggregate.as_str() {
+                    "store" => fallback
+                        .store(&id)
+                        .await?
+                        .map(|s| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_store(&s))) as RunJob<K>),
+                    _ => fallback
+                        .product(&id)
+                        .await?
+                        .map(|p| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_product(&p))) as RunJob<K>),
+                };
+                Ok(job)
+            })
+        });
         self.resolvers.push(("store", resolver.clone()));
         self.resolvers.push(("product", resolver));
         self
@@ -799,11 +811,45 @@ impl<K: ContextKind> ContextBuilder<K> {
         let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
             let fallback = fallback.clone();
             Box::pin(async move {
-                let snapshot = fallback.customer(&id).await.map_err(|e| e.to_string())?;
+                let snapshot = fallback.customer(&id).await?;
                 Ok(snapshot.map(|c| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_customer(&c))) as RunJob<K>))
             })
         });
         self.resolvers.push(("customer", resolver));
+        self
+    }
+
+    /// Repairs version gaps of the entities of `E`'s owner through the owner's entity endpoint
+    /// (`query.<owner>.entity`), adopting what the owner reports with `K`'s [`Adopts`].
+    pub(crate) fn entity_fallback<E: DomainEvent>(&mut self) -> &mut Self
+    where
+        K: Adopts<E>,
+    {
+        let fallback = Arc::new(Fallback::new(E::CONTEXT, self.bus.clone(), self.settings.fallback));
+        self.handle.entity_fallbacks.push(fallback.clone());
+        let mut aggregates: Vec<&'static str> = E::catalog(&mut carrier_messages::asyncapi::SchemaGenerator::default())
+            .iter()
+            .map(|e| e.aggregate)
+            .collect();
+        aggregates.sort();
+        aggregates.dedup();
+        for aggregate in aggregates {
+            let fallback = fallback.clone();
+            let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
+                let fallback = fallback.clone();
+                Box::pin(async move {
+                    let entity = fallback.entity::<K::State>(aggregate, &id).await?;
+                    Ok(entity.map(|entity| {
+                        Box::new(move |db: &FileWriter<K>| {
+                            log_adopt(db.adopt::<E>(aggregate, &id, entity.version, |tables| {
+                                K::adopt(tables, aggregate, &id, entity.state)
+                            }))
+                        }) as RunJob<K>
+                    }))
+                })
+            });
+            self.resolvers.push((aggregate, resolver));
+        }
         self
     }
 

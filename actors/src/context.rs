@@ -32,9 +32,11 @@ use serde::de::DeserializeOwned;
 
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
 use carrier_messages::codec::Causality;
-use carrier_messages::{Decoded, DomainEvent, QueryReply};
+use carrier_messages::request::{Entity, EntityQuery};
+use carrier_messages::{Decoded, DomainEvent, Found, QueryReply};
 use carrier_storage::{
-    CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, FileWriter, Reacts, StorageError,
+    Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, FileWriter, Reacts,
+    StorageError,
 };
 
 use crate::bus::{Bus, BusError};
@@ -257,6 +259,41 @@ impl<K: ContextKind> ContextDecl<K> {
         self.reads.push(SourceStream::of::<E>());
         self.steps.push(Box::new(move |b| {
             b.consume::<E>(prefetch.clone());
+        }));
+        self
+    }
+
+    /// Like [`consume`](Self::consume), for a cache of `E`'s owner's entities: a version gap that
+    /// stays open is repaired by asking the owner for the entity's state (its
+    /// [`entities`](Self::entities) endpoint) and adopting it with `K`'s [`Adopts`], never over a
+    /// newer version; with the fallback's timeout, circuit breaker and negative cache.
+    pub fn caches<E: DomainEvent>(mut self) -> Self
+    where
+        K: Adopts<E>,
+    {
+        self.fallbacks.push(Box::new(|b| {
+            b.entity_fallback::<E>();
+        }));
+        self.consume::<E>()
+    }
+
+    /// Answers the owner's entity endpoint, `query.<context>.entity`: the current state of one
+    /// entity (`{"aggregate": ..., "id": ...}`), which every cache of this context's entities
+    /// falls back on. `answer` reads the file and returns the entity with its version
+    /// ([`Entity::of`](carrier_messages::request::Entity::of)), or `None`.
+    pub fn entities(
+        mut self,
+        answer: impl Fn(&ContextFile<K>, &str, &str) -> Result<Option<Entity<serde_json::Value>>, StorageError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.endpoints.push(EndpointDoc::entity::<EntityQuery, Found<Entity<serde_json::Value>>>(K::NAME));
+        let answer =
+            Arc::new(move |db: &ContextFile<K>, q: EntityQuery| Found::answer(answer(db, &q.aggregate, &q.id)));
+        self.servers.push(Box::new(move |b| {
+            let spec = crate::serve::entities(K::NAME, b.bus(), b.handle().db.clone(), answer.clone());
+            b.serve(spec);
         }));
         self
     }

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use carrier_messages::customers::{CustomerSnapshot, CustomersQuery, CustomersQueryReply};
 use carrier_messages::envelope::header;
 use carrier_messages::request::CommandFailure;
-use carrier_messages::request::{decode_request, encode_body, query_subject};
+use carrier_messages::request::{decode_request, encode_body, entity_subject, query_subject, Entity, EntityQuery};
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresQuery, StoresQueryReply};
 use carrier_messages::ContentType;
+use carrier_messages::Found;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bus::Bus;
@@ -122,6 +123,15 @@ impl OwnerReply for StoresQueryReply {
     }
 }
 
+impl<T: DeserializeOwned> OwnerReply for Found<T> {
+    fn refusal(&self) -> Option<Option<&CommandFailure>> {
+        (!self.ok).then_some(self.error.as_ref())
+    }
+    fn found(&self) -> bool {
+        self.found.is_some()
+    }
+}
+
 impl OwnerReply for CustomersQueryReply {
     fn refusal(&self) -> Option<Option<&CommandFailure>> {
         (!self.ok).then_some(self.error.as_ref())
@@ -182,8 +192,30 @@ impl Fallback {
         }
     }
 
+    /// An entity's current state from the owner's generic entity endpoint
+    /// ([`entity_subject`]), `None` when the owner does not know it.
+    pub async fn entity<S: DeserializeOwned + Send + 'static>(
+        &self,
+        aggregate: &'static str,
+        id: &str,
+    ) -> Result<Option<Entity<S>>, FallbackError> {
+        let query = EntityQuery { aggregate: aggregate.to_string(), id: id.to_string() };
+        let reply: Option<Found<Entity<S>>> = self.ask_on(&entity_subject(self.owner), aggregate, id, query).await?;
+        Ok(reply.and_then(|r| r.found))
+    }
+
     async fn ask<Q: Serialize, R: OwnerReply>(
         &self,
+        kind: &'static str,
+        id: &str,
+        query: Q,
+    ) -> Result<Option<R>, FallbackError> {
+        self.ask_on(&query_subject(self.owner), kind, id, query).await
+    }
+
+    async fn ask_on<Q: Serialize, R: OwnerReply>(
+        &self,
+        subject: &str,
         kind: &'static str,
         id: &str,
         query: Q,
@@ -204,7 +236,7 @@ impl Fallback {
         let started = Instant::now();
         let headers = vec![(header::CONTENT_TYPE.to_string(), ContentType::Cbor.as_str().to_string())];
         let body = encode_body(ContentType::Cbor, &query);
-        let answer = self.bus.request(&query_subject(owner), &headers, body, self.config.timeout).await;
+        let answer = self.bus.request(subject, &headers, body, self.config.timeout).await;
         let reply = answer
             .map_err(|e| e.to_string())
             .and_then(|bytes| decode_request::<R>(ContentType::Cbor, &bytes).map_err(|e| e.to_string()))

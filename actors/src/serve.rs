@@ -44,10 +44,39 @@ where
     R: QueryReply,
     F: Fn(&D, Q) -> R + Send + Sync + 'static,
 {
-    ChildSpec::new("queries", move |supervisor, _siblings| {
+    serve_queries("queries", query_subject(context), context, bus, db, answer)
+}
+
+/// The `entities` child: serves `query.<context>.entity`, answering each
+/// [`EntityQuery`](carrier_messages::request::EntityQuery) with `answer` against `db`.
+pub(crate) fn entities<D, Q, R, F>(context: &'static str, bus: Bus, db: Arc<D>, answer: Arc<F>) -> ChildSpec
+where
+    D: Send + Sync + 'static,
+    Q: DeserializeOwned + Send + 'static,
+    R: QueryReply,
+    F: Fn(&D, Q) -> R + Send + Sync + 'static,
+{
+    serve_queries("entities", carrier_messages::request::entity_subject(context), context, bus, db, answer)
+}
+
+fn serve_queries<D, Q, R, F>(
+    child: &'static str,
+    subject: String,
+    context: &'static str,
+    bus: Bus,
+    db: Arc<D>,
+    answer: Arc<F>,
+) -> ChildSpec
+where
+    D: Send + Sync + 'static,
+    Q: DeserializeOwned + Send + 'static,
+    R: QueryReply,
+    F: Fn(&D, Q) -> R + Send + Sync + 'static,
+{
+    ChildSpec::new(child, move |supervisor, _siblings| {
         let args = ResponderArgs {
             bus: bus.clone(),
-            subject: query_subject(context),
+            subject: subject.clone(),
             queue_group: context.to_string(),
             handler: Queries { context, db: db.clone(), answer: answer.clone(), query: PhantomData },
         };

@@ -51,7 +51,8 @@ impl StreamDoc {
 pub struct EndpointDoc {
     /// The context that answers.
     pub context: &'static str,
-    /// `cmd` (on `cmd.<context>`) or `query` (on `query.<context>`).
+    /// `cmd` (on `cmd.<context>`), `query` (on `query.<context>`) or `entity` (on
+    /// `query.<context>.entity`).
     pub kind: &'static str,
     request: fn(&mut SchemaGenerator) -> Schema,
     request_name: fn() -> String,
@@ -63,6 +64,12 @@ impl EndpointDoc {
     /// Commands of type `C` on `cmd.<context>`, answered with a [`CommandReply`](crate::request::CommandReply).
     pub fn command<C: JsonSchema>(context: &'static str) -> EndpointDoc {
         EndpointDoc::new::<C, crate::request::CommandReply>(context, "cmd")
+    }
+
+    /// The owner's entity endpoint, `query.<context>.entity` (see
+    /// [`EntityQuery`](crate::request::EntityQuery)).
+    pub fn entity<Q: JsonSchema, R: JsonSchema>(context: &'static str) -> EndpointDoc {
+        EndpointDoc::new::<Q, R>(context, "entity")
     }
 
     /// Queries of type `Q` on `query.<context>`, answered with an `R`.
@@ -187,7 +194,10 @@ pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc],
     }
 
     for ep in &endpoints {
-        let address = format!("{}.{}", ep.kind, ep.context);
+        let address = match ep.kind {
+            "entity" => crate::request::entity_subject(ep.context),
+            kind => format!("{kind}.{}", ep.context),
+        };
         let reply_channel = format!("{address}.reply");
         let request_message = format!("{address}.request");
         let reply_message = format!("{address}.{}", ep.reply_name);

@@ -78,6 +78,7 @@ pub trait QueryReply: Serialize + JsonSchema + Send + 'static {
 /// `{"ok": true, "found": {...}}`, `{"ok": true}` when nothing was found, or
 /// `{"ok": false, "error": {"code": ..., "message": ...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
 pub struct Found<T> {
     /// Whether the query was answered (finding nothing is an answer).
     pub ok: bool,
@@ -106,6 +107,38 @@ impl<T> Found<T> {
 impl<T: Serialize + JsonSchema + Send + 'static> QueryReply for Found<T> {
     fn failed(code: &str, message: String) -> Self {
         Found { ok: false, found: None, error: Some(CommandFailure { code: code.to_string(), message }) }
+    }
+}
+
+/// The subject an owner answers [`EntityQuery`]s on, e.g. `query.inventory.entity`: how any
+/// cache of its entities repairs a version gap, whatever the owner's own queries are.
+pub fn entity_subject(owner: &str) -> String {
+    format!("query.{owner}.entity")
+}
+
+/// Asks an owner for one entity's current state; answered with a [`Found`]`<`[`Entity`]`>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EntityQuery {
+    /// The kind of entity, as its events name it (`product`).
+    pub aggregate: String,
+    /// Its id.
+    pub id: String,
+}
+
+/// An entity's state as its owner has it, at the version of its last event. The owner sends
+/// its own row; each cache reads the fields it keeps (so `S` differs on the two sides).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Entity<S> {
+    /// The version of its last event.
+    pub version: u64,
+    /// Its state.
+    pub state: S,
+}
+
+impl Entity<serde_json::Value> {
+    /// The entity `row` at `version`, for an owner's answer.
+    pub fn of<T: Serialize>(version: u64, row: &T) -> Self {
+        Entity { version, state: serde_json::to_value(row).unwrap_or(serde_json::Value::Null) }
     }
 }
 

@@ -58,6 +58,17 @@ pub trait Decides<C>: ContextKind {
     ) -> Result<(), CommandError>;
 }
 
+/// How a context that caches another context's entities (events of type `E`) adopts an entity's
+/// state when the owner reports it: after a version gap stayed open, it asks the owner
+/// ([`carrier_messages::request::EntityQuery`]) and writes what it keeps, never over a newer
+/// version.
+pub trait Adopts<E: DomainEvent>: Reacts<E> {
+    /// The fields of the owner's row this context keeps (the owner may send more).
+    type State: serde::de::DeserializeOwned + Send + 'static;
+    /// Writes the entity `aggregate`/`id` in the state the owner reported.
+    fn adopt(tables: &mut Self::Tables<'_>, aggregate: &str, id: &str, state: Self::State) -> Result<(), StorageError>;
+}
+
 /// How a context applies another context's events of type `E`.
 pub trait Reacts<E: DomainEvent>: ContextKind {
     /// Its tables, opened once per batch transaction.
