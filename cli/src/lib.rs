@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! fn main() -> std::process::ExitCode {
-//!     carrier_cli::main(carrier_actors::mall::contexts())
+//!     carrier_cli::main(carrier_mall::contexts())
 //! }
 //! ```
 //!

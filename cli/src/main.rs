@@ -19,7 +19,7 @@ enum MallCommand {
 }
 
 fn main() -> ExitCode {
-    carrier_cli::main_with(carrier_actors::mall::contexts(), |command: MallCommand, app| {
+    carrier_cli::main_with(carrier_mall::contexts(), |command: MallCommand, app| {
         Box::pin(async move {
             match command {
                 MallCommand::Demo(args) => mall::demo::main(args, app).await,

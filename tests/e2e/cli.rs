@@ -162,7 +162,7 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         .await
         .expect("stored");
 
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(Duration::from_secs(30), "the poison message is dead-lettered", || {
         let b = baskets.clone();
         async move {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carrier_actors::bus::Bus;
-use carrier_actors::workload::Workload;
+use carrier_mall::workload::Workload;
 use carrier_messages::stores::StoresEvent;
 use carrier_tests::{carrier_bin, wait_until, TestEnv};
 
@@ -156,7 +156,7 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     let mut config = env.config(&["baskets"]);
     config.data_dir = replay_dir.path().to_path_buf();
     let replay = carrier_actors::CarrierSystem::start(config).await.expect("replay starts");
-    let handle = replay.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let handle = replay.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(Duration::from_secs(300), "the replay reaches the end of the stream", || {
         let h = handle.clone();
         async move { h.consumer("stores").expect("stores consumer").acked_stream_seq.load(Ordering::Relaxed) >= last }
@@ -220,7 +220,7 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     let refused = command(&bus, r#"{"command":"rebrand_store","id":"nope","name":"X"}"#).await;
     assert_eq!(refused.error.map(|e| e.code), Some("not_found".to_string()));
 
-    let db = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone();
+    let db = cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.clone();
     wait_until(Duration::from_secs(30), "the cache has every effect", || {
         let db = db.clone();
         async move {
@@ -231,7 +231,7 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     let stored = bus.stream_message_count("STORES").await.expect("info").expect("stream");
     assert_eq!(stored, 5, "the re-sent StoreCreated was dropped by JetStream as a duplicate");
     let stats = cache
-        .handle::<carrier_actors::baskets::BasketsHandle>()
+        .handle::<carrier_mall::baskets::BasketsHandle>()
         .expect("baskets")
         .consumer("stores")
         .expect("stores consumer")
@@ -252,7 +252,7 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
         carrier_storage::FileWriter::<carrier_storage::stores::Stores>::open(env.data_dir().join("stores.redb"))
             .expect("owner readable");
     assert_eq!(owner_db.outbox_len().expect("outbox"), 0, "the outbox drained after the restart");
-    let problems = carrier_actors::verify::baskets_against_stores(&owner_db, &db).expect("readable");
+    let problems = carrier_mall::verify::baskets_against_stores(&owner_db, &db).expect("readable");
     assert!(problems.is_empty(), "{problems:?}");
     cache.shutdown().await;
 }

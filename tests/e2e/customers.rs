@@ -46,7 +46,7 @@ async fn customers_commands_record_events_published_in_order_on_their_stream() {
     let unknown = command(&bus, r#"{"command":"change_sms_number","id":"nobody","sms_number":"+1234"}"#).await;
     assert_eq!(unknown.error.map(|e| e.code), Some("not_found".to_string()));
 
-    let customers = system.handle::<carrier_actors::customers::CustomersHandle>().expect("customers");
+    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().expect("customers");
     let db = customers.db.clone();
     wait_until(Duration::from_secs(30), "the outbox is published", || {
         let db = db.clone();

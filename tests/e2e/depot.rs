@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use carrier_actors::verify::{baskets_against_stores, depot_against_stores};
+use carrier_mall::verify::{baskets_against_stores, depot_against_stores};
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::StoresCommand;
 use carrier_tests::TestEnv;
@@ -12,7 +12,7 @@ use carrier_tests::TestEnv;
 async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable() {
     let env = TestEnv::start();
     let system = env.system(&["stores", "baskets", "depot"]).await;
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     let c = Causality::default;
     stores
         .execute(
@@ -56,8 +56,8 @@ async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable
 
     let (owner, baskets, depot) = (
         stores.db.clone(),
-        system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets"),
-        system.handle::<carrier_actors::depot::DepotHandle>().expect("depot"),
+        system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets"),
+        system.handle::<carrier_mall::depot::DepotHandle>().expect("depot"),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

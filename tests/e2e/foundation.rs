@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
-use carrier_actors::verify::baskets_against_stores;
 use carrier_actors::CarrierSystem;
+use carrier_mall::verify::baskets_against_stores;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::stores::StoresCommand;
@@ -20,7 +20,7 @@ async fn run(
     system: &CarrierSystem,
     command: StoresCommand,
 ) -> carrier_messages::Decoded<carrier_messages::StoresEvent> {
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores runs here");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores runs here");
     stores.execute(command, Causality::default()).await.expect("command accepted")
 }
 
@@ -41,8 +41,8 @@ fn add_product(id: &str, store: &str, price: i64) -> StoresCommand {
 
 /// Waits until the baskets caches equal the stores owner's state.
 async fn converge(owner: &CarrierSystem, cache: &CarrierSystem) {
-    let stores_db = owner.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.clone();
-    let baskets_db = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone();
+    let stores_db = owner.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db.clone();
+    let baskets_db = cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.clone();
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
         let problems = baskets_against_stores(&stores_db, &baskets_db).expect("both readable");
@@ -74,7 +74,7 @@ async fn every_stores_event_reaches_the_right_cache_effect() {
     run(&system, StoresCommand::RemoveProduct { id: "p2".into() }).await;
     converge(&system, &system).await;
 
-    let baskets = &system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db;
+    let baskets = &system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db;
     assert_eq!(baskets.store("s1").expect("read").expect("cached").name, "Corner Market");
     let kettle = baskets.product("p1").expect("read").expect("cached");
     assert_eq!((kettle.name.as_str(), kettle.price, kettle.store_id.as_str()), ("Kettle", 1100, "s1"));
@@ -85,7 +85,7 @@ async fn every_stores_event_reaches_the_right_cache_effect() {
     let stats = baskets.engine_stats().expect("stats");
     assert_eq!(stats.inbox, 11, "one inbox record per event");
     assert_eq!(
-        system.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.outbox_len().expect("outbox"),
+        system.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db.outbox_len().expect("outbox"),
         0,
         "outbox drained"
     );
@@ -108,7 +108,7 @@ async fn an_event_republished_after_the_duplicate_window_changes_nothing() {
     let receipt = system.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored again");
     assert!(!receipt.duplicate, "JetStream stored the copy");
 
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").clone();
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").clone();
     wait_until(LIMIT, "the copy is delivered and recognised", || {
         let stats = baskets.consumer("stores").expect("stores consumer").clone();
         async move {
@@ -133,7 +133,7 @@ async fn a_lost_ack_redelivers_a_committed_batch_without_doubling_it() {
     // after the ack wait (2 s here) to the same, live consumer.
     env_faults(&system).consumer_lost_acks.store(1, Ordering::SeqCst);
     run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 40 }).await;
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").clone();
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").clone();
     wait_until(LIMIT, "the redelivered batch is recognised as a duplicate", || {
         let stats = baskets.consumer("stores").expect("stores consumer").clone();
         async move { stats.duplicates.load(Ordering::Relaxed) >= 1 }
@@ -160,7 +160,7 @@ async fn a_consumer_crashing_between_commit_and_ack_resumes_from_its_checkpoint(
     })
     .await;
     converge(&system, &system).await;
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 542, "each delta exactly once");
     system.shutdown().await;
 }
@@ -177,7 +177,7 @@ async fn a_failing_commit_is_retried_in_order_and_applied_once() {
         run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 10 }).await;
     }
     converge(&system, &system).await;
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 550);
     assert_eq!(baskets.consumer("stores").expect("stores consumer").commit_failures.load(Ordering::Relaxed), 3);
     system.shutdown().await;
@@ -206,7 +206,7 @@ async fn a_killed_consumer_resumes_with_nothing_lost_or_doubled() {
     }
     converge(&owner, &cache).await;
     for (_, product, _) in
-        cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.products().expect("read")
+        cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.products().expect("read")
     {
         assert_eq!(product.price, 1000 + 3 * 5, "every delta exactly once");
     }
@@ -233,7 +233,7 @@ async fn an_undecodable_payload_is_dead_lettered_and_does_not_block_the_events_b
     run(&system, create_store("s", "Behind The Poison")).await;
     converge(&system, &system).await;
 
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed), 1);
     assert_eq!(baskets.db.store("bad").expect("read"), None, "nothing written for the poison message");
     let dlq =
@@ -262,12 +262,12 @@ async fn a_relay_crash_between_publish_and_mark_causes_no_double_effect() {
         run(&system, StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 1 }).await;
     }
     converge(&system, &system).await;
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 110);
     // The caches converge from the first publish; the relay is restarted and its outbox
     // drained a little later.
     let (tree, stores_db) =
-        (system.tree.clone(), system.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.clone());
+        (system.tree.clone(), system.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db.clone());
     wait_until(LIMIT, "the relay was restarted twice and drained the outbox", || {
         let (tree, db) = (tree.clone(), stores_db.clone());
         async move {
@@ -324,7 +324,7 @@ async fn a_json_event_from_a_plain_nats_client_is_applied_like_a_cbor_one() {
         r#"{"id":"json-store","name":"Renamed In JSON"}"#,
     )
     .await;
-    let db = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone();
+    let db = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.clone();
     wait_until(LIMIT, "the JSON events reach the cache", || {
         let db = db.clone();
         async move { db.store("json-store").ok().flatten().is_some_and(|s| s.name == "Renamed In JSON") }
@@ -345,7 +345,7 @@ async fn a_panicking_cache_is_restarted_with_its_consumer_and_loses_nothing() {
     converge(&system, &system).await;
     assert_eq!(
         system
-            .handle::<carrier_actors::baskets::BasketsHandle>()
+            .handle::<carrier_mall::baskets::BasketsHandle>()
             .expect("baskets")
             .db
             .product("p")

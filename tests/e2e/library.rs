@@ -49,10 +49,10 @@ impl Reacts<StoresEvent> for Picky {
 async fn a_reaction_that_refuses_an_event_dead_letters_it_and_the_rest_of_the_batch_applies() {
     let env = TestEnv::start();
     let picky = BoundedContext::of::<Picky>().consume::<StoresEvent>().build();
-    let mut config = SystemConfig::new(env.url(), env.data_dir(), vec![carrier_actors::stores::context(), picky]);
+    let mut config = SystemConfig::new(env.url(), env.data_dir(), vec![carrier_mall::stores::context(), picky]);
     config.ack_wait = Duration::from_secs(2);
     let system = CarrierSystem::start(config).await.expect("starts");
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     for (id, name) in [("a", "Apples"), ("p", "Poison"), ("b", "Bread")] {
         let create = StoresCommand::CreateStore { id: id.into(), name: name.into(), location: "Hall".into() };
         stores.execute(create, Causality::default()).await.expect("created");

@@ -69,7 +69,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
         command(&bus, "baskets", r#"{"command":"add_item","id":"b1","product_id":"nope","quantity":1}"#).await;
     assert_eq!(unknown.error.map(|e| e.code), Some("not_found".to_string()));
     let basket = system
-        .handle::<carrier_actors::baskets::BasketsHandle>()
+        .handle::<carrier_mall::baskets::BasketsHandle>()
         .expect("baskets")
         .db
         .basket("b1")
@@ -83,7 +83,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     let checkout = command(&bus, "baskets", r#"{"command":"checkout_basket","id":"b1","payment_id":"pay-1"}"#).await;
     assert!(checkout.ok, "{checkout:?}");
 
-    let depot = system.handle::<carrier_actors::depot::DepotHandle>().expect("depot");
+    let depot = system.handle::<carrier_mall::depot::DepotHandle>().expect("depot");
     wait_until(Duration::from_secs(30), "the depot makes the shopping list", || {
         let depot = depot.clone();
         async move { depot.db.shopping_list("b1").ok().flatten().is_some() }
@@ -104,12 +104,12 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     assert_eq!(order.store_ids, ["s1", "s2"]);
     assert_eq!(order.items.iter().map(|i| i.product_name.as_str()).collect::<Vec<_>>(), ["Kettle", "Music box"]);
 
-    let ordering = system.handle::<carrier_actors::ordering::OrderingHandle>().expect("ordering");
+    let ordering = system.handle::<carrier_mall::ordering::OrderingHandle>().expect("ordering");
     let row = ordering.db.order("b1").expect("read").expect("order");
     assert_eq!((row.status, row.version), (OrderStatus::Completed, 3));
-    let payments = system.handle::<carrier_actors::payments::PaymentsHandle>().expect("payments");
+    let payments = system.handle::<carrier_mall::payments::PaymentsHandle>().expect("payments");
     assert_eq!(payments.db.invoices().expect("read").len(), 1);
-    let notifications = system.handle::<carrier_actors::notifications::NotificationsHandle>().expect("notifications");
+    let notifications = system.handle::<carrier_mall::notifications::NotificationsHandle>().expect("notifications");
     let sent: Vec<String> = notifications.db.sent().expect("read").into_iter().map(|(_, n)| n.kind).collect();
     assert_eq!(
         sent.iter().collect::<BTreeSet<_>>(),
@@ -131,7 +131,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     ] {
         assert!(command(&bus, "baskets", json).await.ok, "{json}");
     }
-    let notifications = system.handle::<carrier_actors::notifications::NotificationsHandle>().expect("notifications");
+    let notifications = system.handle::<carrier_mall::notifications::NotificationsHandle>().expect("notifications");
     wait_until(Duration::from_secs(20), "the restarted system texts about the next order", || {
         let n = notifications.clone();
         async move { n.db.sent().map(|s| s.iter().any(|(_, r)| r.order_id == "b2")).unwrap_or(false) }
@@ -141,7 +141,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     drop(notifications);
     assert_eq!(
         system
-            .handle::<carrier_actors::ordering::OrderingHandle>()
+            .handle::<carrier_mall::ordering::OrderingHandle>()
             .expect("ordering")
             .db
             .order("b1")
@@ -230,7 +230,7 @@ async fn search_filters_and_pages_and_a_disabled_customer_has_the_order_canceled
 
     // Bob is disabled; once payments knows, his checkout is declined and the order canceled.
     assert!(command(&bus, "customers", r#"{"command":"disable_customer","id":"bob"}"#).await.ok);
-    let payments = system.handle::<carrier_actors::payments::PaymentsHandle>().expect("payments");
+    let payments = system.handle::<carrier_mall::payments::PaymentsHandle>().expect("payments");
     wait_until(Duration::from_secs(20), "payments learns bob is disabled", || {
         let p = payments.clone();
         async move { p.db.customer("bob").ok().flatten().is_some_and(|c| !c.enabled) }
@@ -292,7 +292,7 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     .await;
 
     // The table the AsyncAPI document and the docs are written from matches what runs.
-    for context in carrier_actors::mall::contexts() {
+    for context in carrier_mall::contexts() {
         let mut running: Vec<&str> = system.consumers_of(context.name()).iter().map(|(s, _)| *s).collect();
         let mut declared: Vec<&str> = context.reads().iter().map(|s| s.context).collect();
         running.sort();

@@ -19,8 +19,8 @@ fn rows<T: serde::Serialize>(rows: Vec<(String, T, u64)>) -> Vec<(String, serde_
 async fn a_rebuild_refills_the_caches_from_the_streams_while_they_keep_serving_and_events_keep_coming() {
     let env = TestEnv::start();
     let system = env.system(&["stores", "baskets"]).await;
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     for i in 0..STORES {
         let create =
             StoresCommand::CreateStore { id: format!("s{i}"), name: format!("Store {i}"), location: "Hall".into() };

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
-use carrier_actors::verify::baskets_against_stores;
+use carrier_mall::verify::baskets_against_stores;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::stores::StoresCommand;
@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-async fn create_shop(stores: &carrier_actors::stores::StoresHandle) {
+async fn create_shop(stores: &carrier_mall::stores::StoresHandle) {
     let create = StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "l".into() };
     stores.execute(create, Causality::default()).await.expect("accepted");
 }
@@ -155,7 +155,7 @@ async fn malformed_input_is_dead_lettered_with_its_reason_and_writes_nothing() {
         client.publish_with_headers(bad.subject, h, bad.body.clone().into()).await.expect("sent");
     }
     client.flush().await.expect("flushed");
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     stores
         .execute(
             StoresCommand::CreateStore { id: "good".into(), name: "Good".into(), location: "here".into() },
@@ -164,7 +164,7 @@ async fn malformed_input_is_dead_lettered_with_its_reason_and_writes_nothing() {
         .await
         .expect("accepted");
 
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").clone();
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").clone();
     let expected = cases.len() as u64;
     wait_until(LIMIT, "every malformed message is dead-lettered and the good one applied", || {
         let b = baskets.clone();
@@ -198,7 +198,7 @@ async fn malformed_input_is_dead_lettered_with_its_reason_and_writes_nothing() {
 async fn consumers_and_relays_resume_by_themselves_when_nats_server_is_killed_and_restarted() {
     let mut env = TestEnv::start();
     let system = env.system(&["stores", "baskets"]).await;
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     create_shop(&stores).await;
     for i in 0..10 {
         let add = StoresCommand::AddProduct {
@@ -224,7 +224,7 @@ async fn consumers_and_relays_resume_by_themselves_when_nats_server_is_killed_an
         stores.execute(raise, Causality::default()).await.expect("accepted");
     }
     let (owner, cache) =
-        (stores.db.clone(), system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets").db.clone());
+        (stores.db.clone(), system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let problems = baskets_against_stores(&owner, &cache).expect("readable");
@@ -247,7 +247,7 @@ async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
     config.inbox_retention =
         carrier_actors::cache::InboxRetention { horizon: Duration::ZERO, every: Duration::from_millis(100) };
     let system = carrier_actors::CarrierSystem::start(config).await.expect("starts");
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     create_shop(&stores).await;
     let add = StoresCommand::AddProduct {
         id: "p".into(),
@@ -262,7 +262,7 @@ async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
         .execute(StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 9 }, Causality::default())
         .await
         .expect("ok");
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(LIMIT, "the events are applied and then pruned from the inbox", || {
         let b = baskets.clone();
         async move {
@@ -293,7 +293,7 @@ async fn a_context_that_keeps_crashing_is_given_up_while_the_others_keep_running
     // The cache crashes once, and its consumer can never start again.
     system.faults.cache_panics.store(1, Ordering::SeqCst);
     system.faults.consumer_start_failures.store(u32::MAX, Ordering::SeqCst);
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     create_shop(&stores).await;
     let tree = system.tree.clone();
     wait_until(Duration::from_secs(90), "the root gives the baskets context up", || {
@@ -318,19 +318,19 @@ async fn failing_storage_makes_the_context_degraded_until_it_recovers_by_itself(
     let env = TestEnv::start();
     let system = env.system(&["stores", "baskets"]).await;
     system.faults.cache_commit_failures.store(u32::MAX, Ordering::SeqCst);
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     create_shop(&stores).await;
     let sys = &system;
     wait_until(LIMIT, "the baskets context reports degraded storage", || async move {
         matches!(sys.health()["baskets"], carrier_actors::Health::Degraded(ref r) if r.contains("commits failed"))
     })
     .await;
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.store("s").expect("read"), None, "nothing applied while storage fails");
     // The disk comes back.
     system.faults.cache_commit_failures.store(0, Ordering::SeqCst);
     wait_until(LIMIT, "the cache catches up and the context is healthy again", || async move {
-        sys.handle::<carrier_actors::baskets::BasketsHandle>().is_some_and(|b| b.db.store("s").ok().flatten().is_some())
+        sys.handle::<carrier_mall::baskets::BasketsHandle>().is_some_and(|b| b.db.store("s").ok().flatten().is_some())
             && sys.health()["baskets"] == carrier_actors::Health::Healthy
     })
     .await;
@@ -342,7 +342,7 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
     let env = TestEnv::start();
     let system = env.system(&["stores", "baskets"]).await;
     *system.faults.cache_panic_on_id.lock().expect("lock") = Some("p3".to_string());
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     create_shop(&stores).await;
     for i in 1..=5 {
         let add = StoresCommand::AddProduct {
@@ -355,7 +355,7 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
         };
         stores.execute(add, Causality::default()).await.expect("accepted");
     }
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(LIMIT, "the poison event is dead-lettered and the others applied", || {
         let b = baskets.clone();
         async move {
@@ -403,7 +403,7 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
     h.insert(header::CONTENT_TYPE, "application/json");
     client.publish_with_headers("stores.store.created", h, "not json".into()).await.expect("sent");
     client.flush().await.expect("flushed");
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(LIMIT, "the poison message is dead-lettered and checkpointed", || {
         let b = baskets.clone();
         async move {
@@ -427,7 +427,7 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
         &Causality::default(),
     );
     again.bus.publish(&created.encode().expect("encodes")).await.expect("stored");
-    let baskets = again.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = again.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(LIMIT, "the next event is applied", || {
         let b = baskets.clone();
         async move { b.db.store("after").ok().flatten().is_some() }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use carrier_actors::cache::LookupError;
 use carrier_actors::fallback::{BreakerState, FallbackError};
-use carrier_actors::verify::baskets_against_stores;
 use carrier_actors::CarrierSystem;
+use carrier_mall::verify::baskets_against_stores;
 use carrier_messages::codec::{Causality, Decoded};
 use carrier_messages::stores::*;
 use carrier_tests::{wait_until, TestEnv};
@@ -17,7 +17,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 async fn run(system: &CarrierSystem, command: StoresCommand) {
     system
-        .handle::<carrier_actors::stores::StoresHandle>()
+        .handle::<carrier_mall::stores::StoresHandle>()
         .expect("stores")
         .execute(command, Causality::default())
         .await
@@ -25,7 +25,7 @@ async fn run(system: &CarrierSystem, command: StoresCommand) {
 }
 
 async fn outbox_drained(system: &CarrierSystem) {
-    let db = system.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db.clone();
+    let db = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db.clone();
     wait_until(LIMIT, "the outbox is published", || {
         let db = db.clone();
         async move { db.outbox_len().map(|n| n == 0).unwrap_or(false) }
@@ -72,8 +72,8 @@ async fn a_cache_started_after_the_stream_was_trimmed_repairs_its_gaps_through_t
     let mut config = env.config(&["baskets"]);
     config.gap_grace = Duration::from_millis(200);
     let cache = CarrierSystem::start(config).await.expect("starts");
-    let baskets = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
-    converge(&owner.handle::<carrier_actors::stores::StoresHandle>().expect("stores").db, &baskets.db).await;
+    let baskets = cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    converge(&owner.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db, &baskets.db).await;
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 1050);
     assert!(
         baskets.stores_fallback.as_ref().expect("stores fallback").stats.ok.load(Ordering::Relaxed) >= 2,
@@ -114,7 +114,7 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
         let headers: Vec<(String, String)> = wire.headers.into_iter().filter(|(k, _)| k != "Nats-Msg-Id").collect();
         cache.bus.publish_raw(&wire.subject, &headers, wire.body.into()).await.expect("stored");
     }
-    let baskets = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     wait_until(LIMIT, "every event is committed", || {
         let b = baskets.clone();
         // Acknowledged means committed; counting deliveries alone would race the last commit.
@@ -151,7 +151,7 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     config.fallback.open_for = Duration::from_millis(500);
     config.fallback.timeout = Duration::from_millis(300);
     let cache = CarrierSystem::start(config).await.expect("starts");
-    let baskets = cache.handle::<carrier_actors::baskets::BasketsHandle>().expect("baskets");
+    let baskets = cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
     assert_eq!(baskets.db.store("far").expect("read"), None, "not cached yet");
     let found = baskets.store("far").await.expect("answered by the owner").expect("exists");
     assert_eq!(found.name, "Far Away");

@@ -49,7 +49,7 @@ impl TestEnv {
     /// A config for `contexts` against this environment, with a short ack wait so that
     /// redelivery tests finish quickly.
     pub fn config(&self, contexts: &[&str]) -> SystemConfig {
-        let declared = carrier_actors::context::select(&carrier_actors::mall::contexts(), contexts)
+        let declared = carrier_actors::context::select(&carrier_mall::contexts(), contexts)
             .expect("the mall declares these contexts");
         let mut config = SystemConfig::new(self.url(), self.data_dir(), declared);
         config.ack_wait = Duration::from_secs(2);

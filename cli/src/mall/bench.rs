@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use carrier_actors::baskets::stores_durable_name;
 use carrier_actors::bus::Bus;
-use carrier_actors::workload::Workload;
 use carrier_actors::{CarrierSystem, SystemConfig};
+use carrier_mall::baskets::stores_durable_name;
+use carrier_mall::workload::Workload;
 use carrier_messages::stores::StoresEvent;
 use carrier_messages::DomainEvent;
 
@@ -127,7 +127,7 @@ async fn cache_path(
     let count = workload.events.len() as u64;
     let data = tempfile::Builder::new().prefix("carrier-bench-").tempdir()?;
     bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
-    let mut config = SystemConfig::new(url, data.path(), vec![carrier_actors::baskets::context()]);
+    let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
     config.batch_max = args.batch_max as usize;
     if metrics_on {
         carrier_actors::metrics::enable();
@@ -148,7 +148,7 @@ async fn cache_path(
     } else {
         None
     };
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().context("baskets missing")?;
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets missing")?;
     let consumer = baskets.consumer("stores").context("stores consumer missing")?;
     let deadline = t0 + Duration::from_secs(600);
     let mut last_report = Instant::now();

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use carrier_actors::verify::{baskets_against_stores, depot_against_stores};
 use carrier_actors::{CarrierSystem, SystemConfig};
+use carrier_mall::verify::{baskets_against_stores, depot_against_stores};
 use carrier_messages::codec::Causality;
 use carrier_messages::customers::CustomersCommand;
 use carrier_messages::stores::StoresCommand;
@@ -50,7 +50,7 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
     if let Some(dashboard) = &dashboard {
         println!("Dashboard: {}/ (JSON API under /api, metrics at /metrics)\n", dashboard.url());
     }
-    let stores = system.handle::<carrier_actors::stores::StoresHandle>().context("stores context missing")?;
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().context("stores context missing")?;
     let run_id = &uuid::Uuid::now_v7().simple().to_string()[..8];
     let id = |name: &str| format!("{name}-{run_id}");
     let script = vec![
@@ -79,8 +79,7 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
         stores.execute(command, correlation).await.context("a demo command was refused")?;
     }
 
-    let customers =
-        system.handle::<carrier_actors::customers::CustomersHandle>().context("customers context missing")?;
+    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().context("customers context missing")?;
     let people = [
         CustomersCommand::RegisterCustomer { id: id("ada"), name: "Ada".into(), sms_number: "+15550100".into() },
         CustomersCommand::RegisterCustomer { id: id("grace"), name: "Grace".into(), sms_number: "+15550101".into() },
@@ -90,8 +89,8 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
         customers.execute(command, Causality::default()).await.context("a demo command was refused")?;
     }
 
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().context("baskets context missing")?;
-    let depot = system.handle::<carrier_actors::depot::DepotHandle>().context("depot context missing")?;
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets context missing")?;
+    let depot = system.handle::<carrier_mall::depot::DepotHandle>().context("depot context missing")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut problems;
     loop {
@@ -188,16 +187,14 @@ async fn order_story(
     use carrier_messages::ordering::OrderStatus;
     use carrier_messages::search::{OrderFilter, SearchQuery};
 
-    let baskets = system.handle::<carrier_actors::baskets::BasketsHandle>().context("baskets context missing")?;
-    let depot = system.handle::<carrier_actors::depot::DepotHandle>().context("depot context missing")?;
-    let ordering = system.handle::<carrier_actors::ordering::OrderingHandle>().context("ordering context missing")?;
-    let payments = system.handle::<carrier_actors::payments::PaymentsHandle>().context("payments context missing")?;
-    let notifications = system
-        .handle::<carrier_actors::notifications::NotificationsHandle>()
-        .context("notifications context missing")?;
-    let search = system.handle::<carrier_actors::search::SearchHandle>().context("search context missing")?;
-    let customers =
-        system.handle::<carrier_actors::customers::CustomersHandle>().context("customers context missing")?;
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets context missing")?;
+    let depot = system.handle::<carrier_mall::depot::DepotHandle>().context("depot context missing")?;
+    let ordering = system.handle::<carrier_mall::ordering::OrderingHandle>().context("ordering context missing")?;
+    let payments = system.handle::<carrier_mall::payments::PaymentsHandle>().context("payments context missing")?;
+    let notifications =
+        system.handle::<carrier_mall::notifications::NotificationsHandle>().context("notifications context missing")?;
+    let search = system.handle::<carrier_mall::search::SearchHandle>().context("search context missing")?;
+    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().context("customers context missing")?;
     let mut problems = Vec::new();
 
     println!("\n--- the order story ---");
@@ -217,7 +214,7 @@ async fn order_story(
         trace: Some(TraceContext::new_root()),
     };
     for command in script {
-        carrier_actors::baskets::execute(&baskets, command, correlation.clone())
+        carrier_mall::baskets::execute(&baskets, command, correlation.clone())
             .await
             .context("a basket command was refused")?;
     }
@@ -260,7 +257,7 @@ async fn order_story(
         B::AddItem { id: basket2.clone(), product_id: id("musicbox"), quantity: 1 },
         B::CheckoutBasket { id: basket2.clone(), payment_id: id("payment-2") },
     ] {
-        carrier_actors::baskets::execute(&baskets, command, Causality::default())
+        carrier_mall::baskets::execute(&baskets, command, Causality::default())
             .await
             .context("a basket command was refused")?;
     }
@@ -313,7 +310,7 @@ async fn order_story(
     for (_, n) in notifications.db.sent()? {
         println!("  to {:<12} {}", n.sms_number, n.text);
     }
-    let reply = carrier_actors::search::answer(
+    let reply = carrier_mall::search::answer(
         &search.db,
         SearchQuery::SearchOrders(OrderFilter { customer_id: Some(ada.clone()), ..Default::default() }),
     );

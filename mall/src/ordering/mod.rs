@@ -13,8 +13,8 @@ use carrier_messages::payments::PaymentsEvent;
 use carrier_storage::ordering::Ordering;
 use carrier_storage::CommandError;
 
-use crate::cache::ContextHandle;
-use crate::context::BoundedContext;
+use carrier_actors::cache::ContextHandle;
+use carrier_actors::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "ordering";

@@ -12,8 +12,8 @@ use carrier_messages::stores::StoresEvent;
 use carrier_storage::search::Search;
 use carrier_storage::{CommandError, SearchDb};
 
-use crate::cache::ContextHandle;
-use crate::context::BoundedContext;
+use carrier_actors::cache::ContextHandle;
+use carrier_actors::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "search";
@@ -28,7 +28,7 @@ pub fn context() -> BoundedContext {
         .customers_fallback()
         .consume::<StoresEvent>()
         .consume::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::mall::prefetch_customers())
+        .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
         .queries(answer)
         .build()
 }

@@ -11,8 +11,8 @@ use carrier_messages::stores::StoresEvent;
 use carrier_storage::baskets::Baskets;
 use carrier_storage::CommandError;
 
-use crate::cache::{ContextHandle, LookupError};
-use crate::context::BoundedContext;
+use carrier_actors::cache::{ContextHandle, LookupError};
+use carrier_actors::context::BoundedContext;
 
 /// The context's name, as used in durable names, paths and dead-letter streams.
 pub const CONTEXT: &str = "baskets";
@@ -22,7 +22,7 @@ pub type BasketsHandle = ContextHandle<Baskets>;
 
 /// The durable consumer's name on the stores stream.
 pub fn stores_durable_name() -> String {
-    crate::cache::stores_durable_name(CONTEXT)
+    carrier_actors::cache::stores_durable_name(CONTEXT)
 }
 
 /// The context's declaration.

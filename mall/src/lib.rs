@@ -1,13 +1,31 @@
-//! The MallBots mall (seed 001): its eight bounded contexts as declarations, in start order
-//! (owners first). `carrier` runs these; a user's binary runs its own list the same way.
+//! The MallBots mall (seed 001) as a user of Carrier: its eight bounded contexts declared on
+//! Carrier's public API, in start order (owners first). `carrier` runs [`contexts`]; a user's
+//! binary runs its own list the same way.
+//!
+//! - [`stores`], [`customers`]: the owners, with their queries (the caches' fallbacks).
+//! - [`baskets`], [`ordering`], [`depot`], [`payments`], [`notifications`], [`search`]: the
+//!   contexts that cache and react, each a declaration of a few builder calls.
+//! - [`verify`]: compares caches with their owner (the demo's verdict, the tests' oracle);
+//!   [`workload`]: synthetic events with a known end state (the bench and the crash tests).
+
+pub mod baskets;
+pub mod customers;
+pub mod depot;
+pub mod notifications;
+pub mod ordering;
+pub mod payments;
+pub mod search;
+pub mod stores;
+pub mod verify;
+pub mod workload;
 
 use std::sync::Arc;
 
 use carrier_messages::ordering::OrderingEvent;
 use carrier_storage::CustomerCacheKind;
 
-use crate::cache::{ContextHandle, Prefetch};
-use crate::context::BoundedContext;
+use carrier_actors::cache::{ContextHandle, Prefetch};
+use carrier_actors::context::BoundedContext;
 
 /// Every context of the mall, owners first.
 pub fn contexts() -> Vec<BoundedContext> {

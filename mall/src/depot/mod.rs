@@ -16,8 +16,8 @@ use carrier_messages::stores::StoresEvent;
 use carrier_storage::depot::Depot;
 use carrier_storage::CommandError;
 
-use crate::cache::{ContextHandle, Prefetch};
-use crate::context::BoundedContext;
+use carrier_actors::cache::{ContextHandle, Prefetch};
+use carrier_actors::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "depot";

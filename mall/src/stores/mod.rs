@@ -10,10 +10,10 @@ use carrier_storage::stores::Stores;
 
 use carrier_messages::stores::StoresCommand;
 
-use crate::cache::ContextHandle;
-use crate::context::BoundedContext;
+use carrier_actors::cache::ContextHandle;
+use carrier_actors::context::BoundedContext;
 
-pub use crate::cache::ExecuteError;
+pub use carrier_actors::cache::ExecuteError;
 
 /// The context's name.
 pub const CONTEXT: &str = "stores";

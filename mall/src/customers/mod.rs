@@ -9,8 +9,8 @@ use carrier_storage::customers::Customers;
 
 use carrier_messages::customers::CustomersCommand;
 
-use crate::cache::ContextHandle;
-use crate::context::BoundedContext;
+use carrier_actors::cache::ContextHandle;
+use carrier_actors::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "customers";

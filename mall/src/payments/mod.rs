@@ -9,8 +9,8 @@ use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_storage::payments::Payments;
 
-use crate::cache::ContextHandle;
-use crate::context::BoundedContext;
+use carrier_actors::cache::ContextHandle;
+use carrier_actors::context::BoundedContext;
 
 /// The context's name.
 pub const CONTEXT: &str = "payments";
@@ -23,6 +23,6 @@ pub fn context() -> BoundedContext {
     BoundedContext::of::<Payments>()
         .customers_fallback()
         .consume::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::mall::prefetch_customers())
+        .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
         .build()
 }
