@@ -209,3 +209,31 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     assert!(!ok && err.contains(&format!("no dead letter {poison}")), "{err}");
     system.shutdown().await;
 }
+
+#[test]
+fn run_with_local_nats_is_a_whole_setup_in_one_command_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::Builder::new().prefix("carrier-local-").tempdir().expect("temp dir");
+    let dir = data.path().to_string_lossy().to_string();
+    let mut carrier = carrier_tests::CarrierProcess::spawn(&[
+        "run",
+        "--local-nats",
+        "--contexts",
+        "stores",
+        "--data-dir",
+        &dir,
+        "--dashboard-addr",
+        "127.0.0.1:0",
+    ]);
+    let out = carrier.wait_for_output("carrier is running", Duration::from_secs(30));
+    let start = out.find("nats://127.0.0.1:").expect("the local server's URL is printed");
+    let url: String = out[start..].chars().take_while(|c| !c.is_whitespace()).collect();
+    let create = r#"{"command":"create_store","id":"s-1","name":"Local","location":"Here"}"#;
+    let reply =
+        Command::new(carrier_bin()).args(["command", "stores", create, "--nats-url", &url]).output().expect("runs");
+    assert!(reply.status.success(), "{}", String::from_utf8_lossy(&reply.stderr));
+    assert!(data.path().join("nats").join("jetstream").is_dir(), "the server's store is under the data directory");
+    let pid = carrier.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let out = carrier.wait_for_output("stopped", Duration::from_secs(15));
+    assert!(!out.contains("shutdown took longer"), "{out}");
+}
