@@ -1,7 +1,7 @@
 //! A bounded context, declared once: [`BoundedContext`].
 //!
 //! A declaration says what a context is: its name, the streams it reads (one per typed
-//! [`consume`](ConsumingContext::consume) call, so there is no second list to keep in step), the
+//! [`consume`](ContextDecl::consume) call, so there is no second list to keep in step), the
 //! stream it publishes, its commands and queries, and which owners' entities it caches. The
 //! running system is a list of declarations; everything else is derived from them: start order,
 //! supervision, health, the dashboard, `/metrics`, `carrier inspect`, `carrier dlq`,

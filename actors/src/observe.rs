@@ -4,7 +4,7 @@
 //!
 //! Everything here reads: shared counters, the supervision tree, read transactions on the files
 //! (which never wait for a writer in redb) and the server's consumer info. Nothing takes a lock
-//! the write path takes, so watching the system does not slow it down. A [`Sampler`] takes one
+//! the write path takes, so watching the system does not slow it down. The sampler ([`Observer::start_sampler`]) takes one
 //! [`Snapshot`] a second, which every client then shares.
 
 use std::collections::{BTreeMap, VecDeque};

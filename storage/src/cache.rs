@@ -161,7 +161,7 @@ pub trait StoresCacheDb {
     /// The product as this context keeps it, from the owner's snapshot (`None` if removed).
     fn product_row(snapshot: &ProductSnapshot) -> Option<Self::Product>;
     /// Applies a batch of stores events in one transaction, moving the checkpoint to at least
-    /// `through` (see [`engine::apply_batch`]).
+    /// `through` (see [`crate::engine::apply_batch`]).
     fn apply_stores_events_through(
         &self,
         consumer: &str,
@@ -176,7 +176,7 @@ pub trait StoresCacheDb {
     ) -> Result<BatchOutcome, StorageError> {
         self.apply_stores_events_through(consumer, batch, 0)
     }
-    /// Writes a store as its owner reported it (see [`engine::adopt`]).
+    /// Writes a store as its owner reported it (see [`crate::engine::adopt`]).
     fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError>;
     /// Writes a product as its owner reported it; a removed one leaves the cache.
     fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError>;

@@ -2,7 +2,7 @@
 //! checkpoints) and an outbox, all written by the context's one writer actor.
 //!
 //! A context reacts to other contexts' events ([`Reacts`]) and decides commands
-//! ([`ContextFile::execute`]). Either way, what it publishes goes into the outbox in the same
+//! ([`FileWriter::execute`]). Either way, what it publishes goes into the outbox in the same
 //! transaction as the change that caused it, so a reaction to a redelivered event can neither
 //! publish twice nor change state without publishing.
 

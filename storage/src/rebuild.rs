@@ -1,6 +1,6 @@
 //! Rebuilding a context's caches: the owners' streams are replayed into a fresh file (a
 //! [`ContextFile`] of the same kind, beside the live one) while the live file keeps serving;
-//! then [`ContextFile::adopt_caches`] swaps the cache tables in, in one transaction on the live
+//! then [`FileWriter::adopt_caches`] swaps the cache tables in, in one transaction on the live
 //! file's writer.
 //!
 //! Only caches are rebuilt (`stores_cache`, `products_cache`, `customers_cache`, with their

@@ -3,7 +3,7 @@
 //!
 //! Actors, under the `carrier/search` supervisor (rest-for-one): `cache` (the only writer of
 //! `search.redb`), `stores-consumer`, `customers-consumer` and `ordering-consumer` (durables
-//! `search-stores`, `search-customers`, `search-ordering`) and `queries` ([`SearchQueries`]).
+//! `search-stores`, `search-customers`, `search-ordering`) and `queries` (on `query.search`, answered by [`answer`]).
 
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
