@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
 use carrier_messages::codec::Causality;
-use carrier_messages::request::{Entity, EntityQuery};
+use carrier_messages::request::{entity_subject, query_subject, Entity, EntityQuery};
 use carrier_messages::{Decoded, DomainEvent, Found, QueryReply};
 use carrier_storage::{
     Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, FileWriter, Reacts,
@@ -292,7 +292,14 @@ impl<K: ContextKind> ContextDecl<K> {
         let answer =
             Arc::new(move |db: &ContextFile<K>, q: EntityQuery| Found::answer(answer(db, &q.aggregate, &q.id)));
         self.servers.push(Box::new(move |b| {
-            let spec = crate::serve::entities(K::NAME, b.bus(), b.handle().db.clone(), answer.clone());
+            let spec = crate::serve::queries(
+                "entities",
+                entity_subject(K::NAME),
+                K::NAME,
+                b.bus(),
+                b.handle().db.clone(),
+                answer.clone(),
+            );
             b.serve(spec);
         }));
         self
@@ -366,7 +373,14 @@ impl<K: ContextKind> ContextDecl<K> {
         self.endpoints.push(EndpointDoc::query::<Q, R>(K::NAME));
         let answer = Arc::new(answer);
         self.servers.push(Box::new(move |b| {
-            let spec = crate::serve::queries(K::NAME, b.bus(), b.handle().db.clone(), answer.clone());
+            let spec = crate::serve::queries(
+                "queries",
+                query_subject(K::NAME),
+                K::NAME,
+                b.bus(),
+                b.handle().db.clone(),
+                answer.clone(),
+            );
             b.serve(spec);
         }));
         self

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::Actor;
 
-use carrier_messages::request::{command_subject, decode_request, encode_body, query_subject, QueryReply};
+use carrier_messages::request::{command_subject, decode_request, encode_body, QueryReply};
 use carrier_messages::ContentType;
 use serde::de::DeserializeOwned;
 
@@ -35,31 +35,10 @@ where
     })
 }
 
-/// The `queries` child: serves `query.<context>`, answering each query of type `Q` with
-/// `answer` on a blocking thread (it reads redb) against `db`.
-pub(crate) fn queries<D, Q, R, F>(context: &'static str, bus: Bus, db: Arc<D>, answer: Arc<F>) -> ChildSpec
-where
-    D: Send + Sync + 'static,
-    Q: DeserializeOwned + Send + 'static,
-    R: QueryReply,
-    F: Fn(&D, Q) -> R + Send + Sync + 'static,
-{
-    serve_queries("queries", query_subject(context), context, bus, db, answer)
-}
-
-/// The `entities` child: serves `query.<context>.entity`, answering each
-/// [`EntityQuery`](carrier_messages::request::EntityQuery) with `answer` against `db`.
-pub(crate) fn entities<D, Q, R, F>(context: &'static str, bus: Bus, db: Arc<D>, answer: Arc<F>) -> ChildSpec
-where
-    D: Send + Sync + 'static,
-    Q: DeserializeOwned + Send + 'static,
-    R: QueryReply,
-    F: Fn(&D, Q) -> R + Send + Sync + 'static,
-{
-    serve_queries("entities", carrier_messages::request::entity_subject(context), context, bus, db, answer)
-}
-
-fn serve_queries<D, Q, R, F>(
+/// A child named `child` that serves `subject` (`query.<context>`, or the entity endpoint
+/// `query.<context>.entity`), answering each query of type `Q` with `answer` on a blocking
+/// thread (it reads redb) against `db`.
+pub(crate) fn queries<D, Q, R, F>(
     child: &'static str,
     subject: String,
     context: &'static str,
