@@ -14,8 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use carrier_storage::engine::EngineStats;
-use carrier_storage::{ContextDb, ContextFile, ContextKind, StorageError};
+use carrier_storage::ContextDb;
 
 use crate::bus::{dead_letter_header, Bus};
 use crate::consumer::ConsumerStats;
@@ -68,31 +67,11 @@ impl LookupStats {
     }
 }
 
-/// A context's file, as far as the dashboard reads it.
-pub(crate) trait ObservedFile: Send + Sync {
-    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError>;
-    fn outbox_len(&self) -> Result<u64, StorageError>;
-    /// The engine's tables (inbox, versions, checkpoints).
-    fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>>;
-}
-
-impl<K: ContextKind> ObservedFile for ContextFile<K> {
-    fn table_sizes(&self) -> Result<Vec<(String, u64)>, StorageError> {
-        ContextDb::table_sizes(self)
-    }
-    fn outbox_len(&self) -> Result<u64, StorageError> {
-        ContextDb::outbox_len(self)
-    }
-    fn engine_stats(&self) -> Option<Result<EngineStats, StorageError>> {
-        Some(ContextDb::engine_stats(self))
-    }
-}
-
 /// One running context, as the observer sees it.
 #[derive(Clone)]
 pub(crate) struct ObservedContext {
     pub name: &'static str,
-    pub file: Arc<dyn ObservedFile>,
+    pub file: Arc<dyn ContextDb>,
     pub consumers: Vec<ConsumerProbe>,
     pub lookups: Option<Arc<LookupStats>>,
     pub fallbacks: Vec<Arc<Fallback>>,
@@ -518,7 +497,7 @@ impl Observer {
                     Err(e) => report.error = Some(e.to_string()),
                 }
                 match c.file.engine_stats() {
-                    Some(Ok(stats)) => {
+                    Ok(stats) => {
                         report.inbox = stats.inbox;
                         report.parked = stats.parked;
                         report.entities = stats.entities;
@@ -528,8 +507,7 @@ impl Observer {
                             .map(|(consumer, stream_seq)| AppliedThrough { consumer, stream_seq })
                             .collect();
                     }
-                    Some(Err(e)) => report.error = Some(e.to_string()),
-                    None => {}
+                    Err(e) => report.error = Some(e.to_string()),
                 }
                 report
             })
