@@ -377,7 +377,10 @@ impl Bus {
         let mut headers = delivery.headers.clone().unwrap_or_default();
         // The copy's Nats-Msg-Id is replaced below; a producer that gave the event id only there
         // must not lose it, or a replay could not be de-duplicated.
-        if delivery.header(carrier_messages::envelope::header::EVENT_ID).is_none() {
+        // (Only the header framing has the id in a header; the structured one carries it in the body.)
+        if delivery.header(carrier_messages::envelope::header::EVENT_TYPE).is_some()
+            && delivery.header(carrier_messages::envelope::header::EVENT_ID).is_none()
+        {
             if let Some(id) = delivery.header("Nats-Msg-Id") {
                 headers.insert(carrier_messages::envelope::header::EVENT_ID, id);
             }
@@ -731,6 +734,12 @@ impl DeadLetter {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The dead event's envelope, in whichever framing it came; `None` when the envelope itself
+    /// is what could not be read.
+    pub fn envelope(&self) -> Option<carrier_messages::Envelope> {
+        carrier_messages::Envelope::read(|name| self.header(name), &self.body).ok().map(|framed| framed.envelope)
     }
 }
 

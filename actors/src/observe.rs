@@ -549,7 +549,7 @@ impl Observer {
                             reason: l.header(dead_letter_header::REASON).unwrap_or("?").to_string(),
                             error: l.header(dead_letter_header::ERROR).unwrap_or("").to_string(),
                             subject: l.header(dead_letter_header::ORIGINAL_SUBJECT).unwrap_or("?").to_string(),
-                            event_type: l.header(carrier_messages::envelope::header::EVENT_TYPE).map(str::to_string),
+                            event_type: l.envelope().map(|e| e.event_type),
                         })
                         .collect(),
                     error: None,

@@ -186,21 +186,15 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
     })
 }
 
-fn event_type_of(event: &carrier_messages::EncodedEvent) -> &str {
-    event
-        .headers
-        .iter()
-        .find(|(k, _)| k == carrier_messages::envelope::header::EVENT_TYPE)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("?")
+fn event_type_of(event: &carrier_messages::EncodedEvent) -> String {
+    event.envelope().map(|e| e.event_type).unwrap_or_else(|_| "?".to_string())
 }
 
 /// One producer span per published event, from when the event was recorded in the outbox to
 /// JetStream's ack: the outbox's delay, in the trace of the command that caused the event.
 fn record_publish_spans(context: &'static str, rows: &[(u64, carrier_messages::EncodedEvent)], acked_at: SystemTime) {
     for (_, event) in rows {
-        let get = |name: &str| event.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let Ok(envelope) = carrier_messages::Envelope::from_headers(get) else { continue };
+        let Ok(envelope) = event.envelope() else { continue };
         let parent = envelope.trace();
         let recorded_at = SystemTime::UNIX_EPOCH
             + std::time::Duration::from_nanos(u64::try_from(envelope.occurred_at_unix_nanos).unwrap_or(0));

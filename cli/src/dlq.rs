@@ -81,15 +81,16 @@ pub async fn main(args: DlqArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
                 println!("no dead letters for {}", context);
             }
             for letter in letters {
+                let envelope = letter.envelope();
                 println!(
                     "{:>6}  {}  {:<26} {:<36} {} {}@{}  {}",
                     letter.seq,
                     rfc3339(letter.stored_at_unix_nanos),
                     letter.header(dlq::REASON).unwrap_or("?"),
                     letter.header(dlq::ORIGINAL_SUBJECT).unwrap_or("?"),
-                    letter.header(header::EVENT_TYPE).unwrap_or("-"),
-                    letter.header(header::AGGREGATE_ID).unwrap_or("-"),
-                    letter.header(header::AGGREGATE_VERSION).unwrap_or("-"),
+                    envelope.as_ref().map(|e| e.event_type.as_str()).unwrap_or("-"),
+                    envelope.as_ref().map(|e| e.aggregate_id.as_str()).unwrap_or("-"),
+                    envelope.as_ref().map(|e| e.aggregate_version.to_string()).unwrap_or_else(|| "-".into()),
                     clip(letter.header(dlq::ERROR).unwrap_or(""), 80),
                 );
             }
@@ -145,9 +146,9 @@ fn show(letter: &DeadLetter) {
     for (name, value) in &letter.headers {
         println!("  {name}: {value}");
     }
-    let content_type = letter.header(header::CONTENT_TYPE).unwrap_or("application/cbor");
+    let content_type = letter.header(header::CONTENT_TYPE).unwrap_or("application/cloudevents+cbor");
     println!("body ({} bytes, {content_type}):", letter.body.len());
-    let as_json = if content_type.starts_with("application/json") {
+    let as_json = if content_type.contains("json") {
         serde_json::from_slice::<serde_json::Value>(&letter.body).ok()
     } else {
         carrier_messages::cbor::from_slice::<serde_json::Value>(&letter.body).ok()

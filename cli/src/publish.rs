@@ -1,4 +1,5 @@
-//! `carrier publish`: one event from JSON, encoded and published as Carrier itself would.
+//! `carrier publish`: one event from JSON, encoded and published as Carrier itself would (or in
+//! any other framing Carrier reads).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use anyhow::{bail, Context};
 use carrier_actors::bus::Bus;
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::StoresEvent;
-use carrier_messages::{ContentType, Decoded, DomainEvent, EventId};
+use carrier_messages::{ContentType, Decoded, DomainEvent, EventId, WireFormat};
 
 /// Arguments of `carrier publish`.
 #[derive(clap::Args)]
@@ -29,9 +30,13 @@ pub struct PublishArgs {
     /// trace otherwise.
     #[arg(long)]
     traceparent: Option<carrier_messages::trace::TraceContext>,
-    /// Body encoding on the wire.
+    /// The payload's encoding.
     #[arg(long, value_enum, default_value = "cbor")]
     encoding: Encoding,
+    /// The framing: Carrier's structured CBOR (what Carrier writes), CloudEvents structured JSON
+    /// or binary mode, or Carrier's older headers (docs/wire-contract.md, "Framing").
+    #[arg(long, value_enum, default_value = "structured")]
+    format: Format,
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
@@ -41,6 +46,25 @@ pub struct PublishArgs {
 enum Encoding {
     Cbor,
     Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Structured,
+    CloudeventsJson,
+    CloudeventsBinary,
+    Headers,
+}
+
+impl From<Format> for WireFormat {
+    fn from(format: Format) -> WireFormat {
+        match format {
+            Format::Structured => WireFormat::Structured,
+            Format::CloudeventsJson => WireFormat::CloudEventsJson,
+            Format::CloudeventsBinary => WireFormat::CloudEventsBinary,
+            Format::Headers => WireFormat::Headers,
+        }
+    }
 }
 
 pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -62,7 +86,7 @@ pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Encoding::Json = args.encoding {
         decoded.envelope.content_type = ContentType::Json;
     }
-    let wire = decoded.encode().context("encoding failed")?;
+    let wire = decoded.encode_as(args.format.into()).context("encoding failed")?;
     let bus = Bus::connect(&args.nats_url, "carrier-publish", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
     let receipt = bus.publish(&wire).await?;

@@ -54,16 +54,26 @@ impl Workload {
 
     /// Every difference between `db` and the expected end state; empty when they agree.
     pub fn check(&self, db: &carrier_storage::BasketsDb) -> Result<Vec<String>, carrier_storage::StorageError> {
-        let cached = db.products()?;
+        // A map, not a search per product: the check is linear, so a million products can be
+        // verified as fast as they are cached.
+        let cached: std::collections::HashMap<String, (i64, u64)> =
+            db.products()?.into_iter().map(|(id, row, version)| (id, (row.price, version))).collect();
         let mut problems = Vec::new();
         for (id, price, version) in &self.expected {
-            match cached.iter().find(|(c, _, _)| c == id) {
+            match cached.get(id.as_str()) {
                 None => problems.push(format!("{id}: missing")),
-                Some((_, row, v)) if row.price != *price || v != version => {
-                    problems.push(format!("{id}: price {} v{v}, expected {price} v{version}", row.price))
+                Some((p, v)) if p != price || v != version => {
+                    problems.push(format!("{id}: price {p} v{v}, expected {price} v{version}"))
                 }
                 Some(_) => {}
             }
+            if problems.len() >= 20 {
+                problems.push("...".into());
+                break;
+            }
+        }
+        if cached.len() != self.expected.len() {
+            problems.push(format!("{} products cached, {} expected", cached.len(), self.expected.len()));
         }
         Ok(problems)
     }

@@ -165,9 +165,10 @@ pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc],
                     "name": e.event_type,
                     "title": e.name,
                     "summary": format!("The {} context's {} event (schema version {}).", s.context, e.name, crate::envelope::SCHEMA_VERSION),
-                    "contentType": "application/cbor",
+                    "contentType": crate::structured::CLOUDEVENTS_CBOR,
+                    "description": "What Carrier writes: the whole event, a CloudEvent, as one CBOR map in the body; only Nats-Msg-Id in a header. Carrier also reads the same attributes as CloudEvents binary mode (ce-* headers) or structured JSON (Content-Type: application/cloudevents+json), and its older header framing (Carrier-* headers, the payload alone in the body): see docs/wire-contract.md.",
                     "headers": { "$ref": "#/components/schemas/EventHeaders" },
-                    "payload": e.payload,
+                    "payload": structured_event(e.event_type, json!(e.payload)),
                     "correlationId": { "$ref": "#/components/correlationIds/Correlation" },
                 }),
             );
@@ -295,7 +296,7 @@ pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc],
             "description": "Event-carried state transfer between bounded contexts on NATS JetStream. Owners publish domain events through an outbox; other contexts keep caches and read models of them through durable consumers, apply each event once, and dead-letter what they cannot apply. See docs/wire-contract.md.",
             "license": { "name": "Apache-2.0" },
         },
-        "defaultContentType": "application/cbor",
+        "defaultContentType": crate::structured::CLOUDEVENTS_CBOR,
         "servers": {
             "local": {
                 "host": "127.0.0.1:4222",
@@ -311,7 +312,7 @@ pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc],
             "correlationIds": {
                 "Correlation": {
                     "description": "Shared by everything one request set off.",
-                    "location": "$message.header#/Carrier-Correlation-Id",
+                    "location": "$message.payload#/correlationid",
                 }
             },
         },
@@ -325,20 +326,36 @@ fn string(description: &str) -> Value {
 fn event_headers() -> Value {
     json!({
         "type": "object",
-        "description": "Every event's envelope travels in NATS headers; the body is only the payload.",
-        "required": [header::EVENT_ID, header::EVENT_TYPE, header::AGGREGATE_ID, header::AGGREGATE_VERSION],
+        "description": "Carrier writes only Nats-Msg-Id; the envelope is in the body. Optional: Content-Type application/cloudevents+cbor (the default).",
         "properties": {
-            (header::NATS_MSG_ID): string("Same as Carrier-Event-Id: JetStream drops a re-publish within its duplicate window."),
-            (header::EVENT_ID): { "type": "string", "format": "uuid", "description": "Unique per event; consumers apply each id once." },
-            (header::EVENT_TYPE): string("<context>.<EventName>, e.g. stores.StoreCreated."),
-            (header::SCHEMA_VERSION): { "type": "string", "pattern": "^[0-9]+$", "description": "The payload's schema version; 1 when absent." },
-            (header::AGGREGATE_ID): { "type": "string", "minLength": 1, "maxLength": crate::envelope::MAX_ID_LEN, "description": "The entity the event is about." },
-            (header::AGGREGATE_VERSION): { "type": "string", "pattern": "^[1-9][0-9]*$", "description": "The entity's version after this event; consumers apply versions in order." },
-            (header::OCCURRED_AT): { "type": "string", "format": "date-time", "description": "RFC 3339; when the owner decided the event." },
-            (header::CORRELATION_ID): string("Shared by everything one request set off; the event id when absent."),
-            (header::CAUSATION_ID): string("The command or event that caused this one."),
-            (header::CONTENT_TYPE): { "type": "string", "enum": ["application/cbor", "application/json"], "description": "The body's encoding; CBOR when absent." },
-            (crate::trace::TRACEPARENT): { "type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "W3C trace context of the span that produced the event; ignored when malformed." },
+            (header::NATS_MSG_ID): { "type": "string", "minLength": 1, "description": "The event id: JetStream drops a re-publish within its duplicate window. Recommended, not required." },
+            (header::CONTENT_TYPE): { "type": "string", "enum": [crate::structured::CLOUDEVENTS_CBOR], "description": "application/cloudevents+cbor when present." },
+        },
+    })
+}
+
+/// The structured body of one event type: CloudEvents attributes with Carrier's limits, and the
+/// payload under `data`.
+fn structured_event(event_type: &str, payload: Value) -> Value {
+    use crate::structured::attribute as a;
+    let id = |description: &str| json!({ "type": "string", "minLength": 1, "maxLength": crate::envelope::MAX_ID_LEN, "description": description });
+    json!({
+        "type": "object",
+        "required": [a::ID, a::TYPE, a::AGGREGATEVERSION, a::DATA],
+        "properties": {
+            (a::SPECVERSION): { "type": "string", "const": "1.0" },
+            (a::ID): id("The event id: a UUID (Carrier writes v7), or any string unique within source (mapped to a name-based UUID)."),
+            (a::TYPE): { "type": "string", "const": event_type },
+            (a::SOURCE): string("Who produced it; Carrier writes /carrier/<context>."),
+            (a::SUBJECT): id("The aggregate id; equals data.id. The payload's id when absent."),
+            (a::TIME): { "type": "string", "format": "date-time", "description": "RFC 3339; when the owner decided the event. Receipt time when absent." },
+            (a::DATACONTENTTYPE): { "type": "string", "enum": ["application/cbor", "application/json"], "description": "The payload's encoding; CBOR when absent (data then embedded)." },
+            (a::AGGREGATEVERSION): { "type": "integer", "minimum": 1, "description": "The entity's version after this event; consumers apply versions in order." },
+            (a::SCHEMAVERSION): { "type": "integer", "const": crate::envelope::SCHEMA_VERSION, "description": "The payload's schema version; 1 when absent." },
+            (a::CORRELATIONID): id("Shared by everything one request set off; the event id when absent."),
+            (a::CAUSATIONID): id("The command or event that caused this one."),
+            (a::TRACEPARENT): { "type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "W3C trace context of the span that produced the event; ignored when malformed." },
+            (a::DATA): payload,
         },
     })
 }
@@ -363,7 +380,8 @@ fn dead_letter_headers() -> Value {
             "Carrier-Dlq-Reason": json!({
                 "type": "string",
                 "enum": [
-                    "missing_header", "bad_header", "unknown_event_type", "unsupported_schema_version",
+                    "missing_header", "bad_header", "undecodable_envelope", "missing_attribute", "bad_attribute",
+                    "unknown_event_type", "unsupported_schema_version",
                     "body_too_large", "undecodable_body", "subject_mismatch", "aggregate_mismatch",
                     "invalid_payload", "apply_failed", "rejected"
                 ],

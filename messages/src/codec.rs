@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use time::OffsetDateTime;
 
-use crate::envelope::{clip, ContentType, Envelope, EventId, SCHEMA_VERSION};
+use crate::envelope::{clip, header, ContentType, Envelope, EventId, SCHEMA_VERSION};
 
 pub use crate::error::{DecodeError, EncodeError, ValidationError};
 pub use crate::limits::MAX_BODY_BYTES;
@@ -109,28 +109,104 @@ impl<E: DomainEvent> Decoded<E> {
         Decoded { envelope, event }
     }
 
-    /// Encodes the event for the wire in the envelope's content type.
+    /// Encodes the event for the wire as Carrier writes it: structured CBOR in the body, only
+    /// `Nats-Msg-Id` in the headers.
     pub fn encode(&self) -> Result<EncodedEvent, EncodeError> {
-        let body = self.event.encode_payload(self.envelope.content_type)?;
-        Ok(EncodedEvent {
-            event_id: self.envelope.event_id,
-            subject: self.event.subject().to_string(),
-            headers: self.envelope.to_headers().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            body,
-        })
+        self.encode_as(WireFormat::Structured)
     }
 
-    /// Decodes a received message. `header` looks a header up by name.
+    /// Encodes the event in one of the framings Carrier reads (for tools and tests that speak
+    /// for other producers).
+    pub fn encode_as(&self, format: WireFormat) -> Result<EncodedEvent, EncodeError> {
+        let payload = self.event.encode_payload(self.envelope.content_type)?;
+        let envelope = &self.envelope;
+        let id = envelope.event_id.to_string();
+        let source = crate::structured::source_of(E::CONTEXT);
+        let (headers, body) = match format {
+            WireFormat::Structured => {
+                (vec![(header::NATS_MSG_ID.to_string(), id)], crate::structured::encode(envelope, &source, &payload))
+            }
+            WireFormat::Headers => {
+                (envelope.to_headers().into_iter().map(|(k, v)| (k.to_string(), v)).collect(), payload)
+            }
+            WireFormat::CloudEventsBinary => {
+                let ce = |name: &str| format!("{}{name}", crate::cloudevents::HEADER_PREFIX);
+                use crate::structured::attribute as a;
+                let mut headers = vec![
+                    (header::NATS_MSG_ID.to_string(), id.clone()),
+                    (ce(a::SPECVERSION), "1.0".to_string()),
+                    (ce(a::ID), id),
+                    (ce(a::TYPE), envelope.event_type.clone()),
+                    (ce(a::SOURCE), source),
+                    (ce(a::SUBJECT), envelope.aggregate_id.clone()),
+                    (ce(a::TIME), envelope.occurred_at_rfc3339()),
+                    (ce(a::AGGREGATEVERSION), envelope.aggregate_version.to_string()),
+                    (ce(a::CORRELATIONID), envelope.correlation_id.clone()),
+                    (header::CONTENT_TYPE.to_string(), envelope.content_type.as_str().to_string()),
+                ];
+                if let Some(causation) = &envelope.causation_id {
+                    headers.push((ce(a::CAUSATIONID), causation.clone()));
+                }
+                if let Some(trace) = &envelope.traceparent {
+                    headers.push((crate::trace::TRACEPARENT.to_string(), trace.to_string()));
+                }
+                (headers, payload)
+            }
+            WireFormat::CloudEventsJson => {
+                let mut event = serde_json::json!({
+                    "specversion": "1.0",
+                    "id": id,
+                    "type": envelope.event_type,
+                    "source": source,
+                    "subject": envelope.aggregate_id,
+                    "time": envelope.occurred_at_rfc3339(),
+                    "aggregateversion": envelope.aggregate_version,
+                    "correlationid": envelope.correlation_id,
+                });
+                match envelope.content_type {
+                    ContentType::Json => {
+                        event["datacontenttype"] = "application/json".into();
+                        event["data"] = serde_json::from_slice(&payload)
+                            .map_err(|e| EncodeError { event_type: self.event.event_type(), reason: e.to_string() })?;
+                    }
+                    ContentType::Cbor => {
+                        use base64::Engine as _;
+                        event["datacontenttype"] = "application/cbor".into();
+                        event["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&payload).into();
+                    }
+                }
+                if let Some(causation) = &envelope.causation_id {
+                    event["causationid"] = causation.clone().into();
+                }
+                if let Some(trace) = &envelope.traceparent {
+                    event["traceparent"] = trace.to_string().into();
+                }
+                let body = serde_json::to_vec(&event)
+                    .map_err(|e| EncodeError { event_type: self.event.event_type(), reason: e.to_string() })?;
+                (
+                    vec![
+                        (header::NATS_MSG_ID.to_string(), id),
+                        (header::CONTENT_TYPE.to_string(), crate::cloudevents::CLOUDEVENTS_JSON.to_string()),
+                    ],
+                    body,
+                )
+            }
+        };
+        Ok(EncodedEvent { event_id: envelope.event_id, subject: self.event.subject().to_string(), headers, body })
+    }
+
+    /// Decodes a received message in any framing [`Envelope::read`] recognises. `header` looks
+    /// a header up by name.
     pub fn decode<'a>(
         subject: &str,
         header: impl Fn(&str) -> Option<&'a str>,
-        body: &[u8],
+        body: &'a [u8],
     ) -> Result<Self, DecodeError> {
-        let envelope = Envelope::from_headers(header)?;
         if body.len() > MAX_BODY_BYTES {
             return Err(DecodeError::BodyTooLarge { len: body.len() });
         }
-        let event = E::decode_payload(&envelope.event_type, envelope.schema_version, envelope.content_type, body)?;
+        let crate::structured::Framed { mut envelope, data } = Envelope::read(header, body)?;
+        let event = E::decode_payload(&envelope.event_type, envelope.schema_version, envelope.content_type, &data)?;
         if event.subject() != subject {
             return Err(DecodeError::SubjectMismatch {
                 event_type: envelope.event_type.clone(),
@@ -138,7 +214,10 @@ impl<E: DomainEvent> Decoded<E> {
                 expected: event.subject(),
             });
         }
-        if event.aggregate_id() != envelope.aggregate_id {
+        if envelope.aggregate_id.is_empty() {
+            // CloudEvents `subject` is optional: the payload's id names the aggregate.
+            envelope.aggregate_id = event.aggregate_id().to_string();
+        } else if event.aggregate_id() != envelope.aggregate_id {
             return Err(DecodeError::AggregateMismatch {
                 header: clip(&envelope.aggregate_id),
                 payload: clip(event.aggregate_id()),
@@ -146,6 +225,28 @@ impl<E: DomainEvent> Decoded<E> {
         }
         event.validate()?;
         Ok(Decoded { envelope, event })
+    }
+}
+
+/// The framings Carrier reads; [`Decoded::encode_as`] writes each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireFormat {
+    /// What Carrier writes: the whole event in a CBOR map in the body, `Nats-Msg-Id` alone in
+    /// the headers.
+    Structured,
+    /// Carrier's header framing (before 0.2): `Carrier-*` headers, the payload in the body.
+    Headers,
+    /// CloudEvents binary mode: `ce-*` headers, the payload in the body.
+    CloudEventsBinary,
+    /// CloudEvents structured JSON: the whole event as JSON in the body.
+    CloudEventsJson,
+}
+
+impl EncodedEvent {
+    /// Reads the envelope back (the relay's spans and flow labels).
+    pub fn envelope(&self) -> Result<Envelope, DecodeError> {
+        let get = |name: &str| self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        Envelope::read(get, &self.body).map(|framed| framed.envelope)
     }
 }
 

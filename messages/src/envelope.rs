@@ -1,5 +1,10 @@
-//! The envelope: the metadata of an event, carried in NATS headers so that it can be read (and
-//! filtered, and deduplicated by JetStream) without decoding the body.
+//! The envelope: the metadata of an event, and the framings it travels in.
+//!
+//! Carrier writes its own framing, [`structured`](crate::structured): the whole event in one CBOR
+//! map in the body, with only `Nats-Msg-Id` (which JetStream de-duplicates on) in the headers.
+//! It reads that and every framing the wire contract has accepted, chosen by [`Envelope::read`]:
+//! Carrier's headers (`Carrier-Event-Type` and friends, the framing of Carrier before 0.2),
+//! CloudEvents binary mode (`ce-` headers) and CloudEvents structured JSON.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,7 +16,8 @@ use uuid::Uuid;
 
 use crate::error::DecodeError;
 
-/// Header names. They are part of the stable wire contract: never rename one.
+/// Header names of the header framing. They are part of the stable wire contract: never rename
+/// one. Carrier no longer writes them (except `Nats-Msg-Id`) but reads them for good.
 pub mod header {
     /// JetStream's own de-duplication id; Carrier sets it to the event id.
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
@@ -140,7 +146,8 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The headers for this envelope, in a stable order.
+    /// The headers of the header framing, in a stable order (what Carrier wrote before the
+    /// structured framing; kept so that tools and tests can still speak it).
     pub fn to_headers(&self) -> Vec<(&'static str, String)> {
         let id = self.event_id.to_string();
         let mut headers = vec![
@@ -177,7 +184,50 @@ impl Envelope {
             .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
     }
 
-    /// Reads an envelope from headers, given a lookup by header name.
+    /// Reads an event's envelope and finds its payload, in whichever framing it came:
+    ///
+    /// 1. a `Carrier-Event-Type` (or `-Aggregate-Id`, `-Aggregate-Version`) header, or
+    ///    `Content-Type` `application/cbor` / `application/json` without `ce-` headers:
+    ///    Carrier's header framing ([`Envelope::from_headers`]);
+    /// 2. a `ce-type` or `ce-specversion` header: CloudEvents binary mode;
+    /// 3. `Content-Type: application/cloudevents+json`: CloudEvents structured JSON;
+    /// 4. otherwise (no `Content-Type`, or `application/cloudevents+cbor`): Carrier's structured
+    ///    CBOR, what Carrier writes.
+    pub fn read<'a>(
+        header: impl Fn(&str) -> Option<&'a str>,
+        body: &'a [u8],
+    ) -> Result<crate::structured::Framed<'a>, DecodeError> {
+        let content_type = header(header::CONTENT_TYPE).map(|v| v.split(';').next().unwrap_or("").trim());
+        let legacy_type = content_type.and_then(ContentType::parse).is_some();
+        let carrier_headers = header(header::EVENT_TYPE).is_some()
+            || header(header::AGGREGATE_ID).is_some()
+            || header(header::AGGREGATE_VERSION).is_some();
+        let cloudevent = header("ce-type").is_some() || header("ce-specversion").is_some();
+        if carrier_headers || (legacy_type && !cloudevent) {
+            let envelope = Envelope::from_headers(header)?;
+            return Ok(crate::structured::Framed { envelope, data: std::borrow::Cow::Borrowed(body) });
+        }
+        if cloudevent {
+            return crate::cloudevents::decode_binary(header, body);
+        }
+        match content_type {
+            Some(t) if t.eq_ignore_ascii_case(crate::cloudevents::CLOUDEVENTS_JSON) => {
+                crate::cloudevents::decode_json(body)
+            }
+            None => crate::structured::decode(body),
+            Some(t) if t.eq_ignore_ascii_case(crate::structured::CLOUDEVENTS_CBOR) => crate::structured::decode(body),
+            Some(t) => Err(DecodeError::BadHeader {
+                header: header::CONTENT_TYPE,
+                reason: format!(
+                    "expected application/cloudevents+cbor, application/cloudevents+json, or (with Carrier's \
+                     headers) application/cbor or application/json, got {:?}",
+                    clip(t)
+                ),
+            }),
+        }
+    }
+
+    /// Reads an envelope from Carrier's headers, given a lookup by header name.
     ///
     /// Only the event type, the aggregate id and version, and the event id are required. The
     /// event id may come from `Carrier-Event-Id` or, failing that, `Nats-Msg-Id`; the content

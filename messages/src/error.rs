@@ -38,6 +38,25 @@ pub enum DecodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A required event attribute (structured or CloudEvents framing) is absent or empty.
+    #[error("missing attribute {0}")]
+    MissingAttribute(&'static str),
+    /// An event attribute is present but unusable.
+    #[error("bad attribute {attribute}: {reason}")]
+    BadAttribute {
+        /// The attribute name (CloudEvents naming, e.g. `aggregateversion`).
+        attribute: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The body is not a structured event at all.
+    #[error("not a {format} event: {reason}")]
+    Envelope {
+        /// The framing tried, e.g. `application/cloudevents+cbor`.
+        format: &'static str,
+        /// What the decoder said.
+        reason: String,
+    },
     /// The event type is not one this context knows.
     #[error("unknown event type {0:?}")]
     UnknownEventType(String),
@@ -75,10 +94,11 @@ pub enum DecodeError {
         /// The subject it belongs on.
         expected: &'static str,
     },
-    /// The aggregate id header and the payload's `id` differ.
-    #[error("header Carrier-Aggregate-Id {header:?} differs from payload id {payload:?}")]
+    /// The envelope's aggregate id (header `Carrier-Aggregate-Id` or attribute `subject`) and
+    /// the payload's `id` differ.
+    #[error("aggregate id {header:?} (Carrier-Aggregate-Id or subject) differs from payload id {payload:?}")]
     AggregateMismatch {
-        /// The header's value.
+        /// The envelope's value.
         header: String,
         /// The payload's `id`.
         payload: String,
@@ -94,6 +114,9 @@ impl DecodeError {
         match self {
             DecodeError::MissingHeader(_) => "missing_header",
             DecodeError::BadHeader { .. } => "bad_header",
+            DecodeError::MissingAttribute(_) => "missing_attribute",
+            DecodeError::BadAttribute { .. } => "bad_attribute",
+            DecodeError::Envelope { .. } => "undecodable_envelope",
             DecodeError::UnknownEventType(_) => "unknown_event_type",
             DecodeError::UnsupportedSchemaVersion { .. } => "unsupported_schema_version",
             DecodeError::BodyTooLarge { .. } => "body_too_large",

@@ -1,10 +1,13 @@
 //! Carrier's wire contract: what a producer in any language puts on NATS, and how Carrier reads it.
 //!
-//! An event travels as one NATS message: its [`Envelope`] in headers, its payload in the body as
-//! CBOR (or JSON, for producers that cannot write CBOR). This crate is the only one that knows
-//! either encoding; every other crate handles typed values.
+//! An event travels as one NATS message. Carrier writes it [`structured`]: the [`Envelope`] and
+//! the payload in one CBOR map in the body (a CloudEvent in CBOR), only `Nats-Msg-Id` in the
+//! headers. It also reads Carrier's older header framing and CloudEvents in binary and structured
+//! JSON mode ([`cloudevents`]). This crate is the only one that knows any encoding; every other
+//! crate handles typed values.
 //!
-//! - [`envelope`]: the headers every event carries ([`Envelope`], [`EventId`], [`ContentType`]).
+//! - [`envelope`]: an event's metadata ([`Envelope`], [`EventId`], [`ContentType`]) and
+//!   [`Envelope::read`], which recognises the framing.
 //! - [`customers`]: the customers context's events, commands and queries.
 //! - [`baskets`], [`ordering`], [`depot`], [`payments`]: the order flow's events and commands.
 //! - [`search`]: the search read model's queries.
@@ -20,6 +23,7 @@
 pub mod asyncapi;
 pub mod baskets;
 pub mod cbor;
+pub mod cloudevents;
 pub mod codec;
 pub mod customers;
 pub mod depot;
@@ -31,10 +35,11 @@ pub mod payments;
 pub mod request;
 pub mod search;
 pub mod stores;
+pub mod structured;
 pub mod trace;
 
 pub use codec::{
-    check, Causality, DecodeError, Decoded, DomainEvent, EncodedEvent, NoEvents, Validate, ValidationError,
+    check, Causality, DecodeError, Decoded, DomainEvent, EncodedEvent, NoEvents, Validate, ValidationError, WireFormat,
 };
 pub use envelope::{ContentType, Envelope, EventId};
 pub use request::{CommandReply, Found, QueryReply};

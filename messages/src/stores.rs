@@ -357,7 +357,7 @@ impl crate::request::QueryReply for StoresQueryReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Causality, Decoded};
+    use crate::codec::{Causality, Decoded, WireFormat};
     use crate::envelope::{header, ContentType};
 
     fn lookup<'h>(headers: &'h [(String, String)]) -> impl Fn(&str) -> Option<&'h str> + 'h {
@@ -377,15 +377,124 @@ mod tests {
 
     #[test]
     fn cbor_round_trip_keeps_envelope_and_payload() {
-        let original = Decoded::new(added(), 1, &Causality::default());
+        let causality = Causality { causation_id: Some("cmd-7".into()), ..Causality::default() };
+        let original = Decoded::new(added(), 1, &causality);
         let wire = original.encode().expect("encodes");
         assert_eq!(wire.subject, "stores.product.added");
+        // Only what JetStream itself reads goes in a header.
+        assert_eq!(wire.headers, vec![(header::NATS_MSG_ID.to_string(), original.envelope.event_id.to_string())]);
         let back = Decoded::<StoresEvent>::decode(&wire.subject, lookup(&wire.headers), &wire.body).expect("decodes");
-        assert_eq!(back.event, original.event);
-        assert_eq!(back.envelope.event_id, original.envelope.event_id);
-        assert_eq!(back.envelope.aggregate_version, 1);
-        // RFC 3339 keeps nanoseconds, so the timestamp survives the trip exactly.
-        assert_eq!(back.envelope.occurred_at_unix_nanos, original.envelope.occurred_at_unix_nanos);
+        // RFC 3339 keeps nanoseconds, so even the timestamp survives the trip exactly.
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn every_framing_round_trips_in_both_payload_encodings() {
+        for format in
+            [WireFormat::Structured, WireFormat::Headers, WireFormat::CloudEventsBinary, WireFormat::CloudEventsJson]
+        {
+            for content_type in [ContentType::Cbor, ContentType::Json] {
+                let causality = Causality { causation_id: Some("cmd-7".into()), ..Causality::default() };
+                let mut original = Decoded::new(added(), 3, &causality);
+                original.envelope.content_type = content_type;
+                let wire = original.encode_as(format).expect("encodes");
+                let back = Decoded::<StoresEvent>::decode(&wire.subject, lookup(&wire.headers), &wire.body)
+                    .unwrap_or_else(|e| panic!("{format:?} {content_type:?}: {e}"));
+                assert_eq!(back, original, "{format:?} {content_type:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_structured_body_is_a_cloudevent_in_cbor() {
+        let original = Decoded::new(added(), 2, &Causality::default());
+        let wire = original.encode().expect("encodes");
+        let map: std::collections::BTreeMap<String, ciborium::Value> =
+            ciborium::from_reader(wire.body.as_slice()).expect("a CBOR map");
+        let text = |k: &str| map.get(k).and_then(|v| v.as_text()).map(str::to_string);
+        assert_eq!(text("specversion").as_deref(), Some("1.0"));
+        assert_eq!(text("id"), Some(original.envelope.event_id.to_string()));
+        assert_eq!(text("type").as_deref(), Some("stores.ProductAdded"));
+        assert_eq!(text("source").as_deref(), Some("/carrier/stores"));
+        assert_eq!(text("subject").as_deref(), Some("p-1"));
+        assert_eq!(text("datacontenttype").as_deref(), Some("application/cbor"));
+        assert_eq!(map.get("aggregateversion").and_then(|v| v.as_integer()), Some(2.into()));
+        let data = map.get("data").and_then(|v| v.as_map()).expect("data is an embedded CBOR map");
+        assert!(data.iter().any(|(k, v)| k.as_text() == Some("price") && v.as_integer() == Some(1999.into())));
+    }
+
+    #[test]
+    fn a_cloudevent_from_an_sdk_decodes_without_carrier_extensions_but_the_version() {
+        // What a CloudEvents SDK sends by default: a string id that is no UUID, no subject (the
+        // payload's id names the aggregate), JSON data, the version as a string extension.
+        let body = br#"{"specversion":"1.0","id":"order-42","source":"https://shop.example/prices","type":"stores.ProductPriceIncreased","aggregateversion":"2","data":{"id":"p-1","delta":150}}"#;
+        let headers = vec![(header::CONTENT_TYPE.to_string(), "application/cloudevents+json".to_string())];
+        let got =
+            Decoded::<StoresEvent>::decode("stores.product.price_increased", lookup(&headers), body).expect("decodes");
+        assert_eq!(got.envelope.aggregate_id, "p-1");
+        assert_eq!(got.envelope.aggregate_version, 2);
+        let again =
+            Decoded::<StoresEvent>::decode("stores.product.price_increased", lookup(&headers), body).expect("decodes");
+        assert_eq!(got.envelope.event_id, again.envelope.event_id, "the same (source, id) maps to the same event id");
+        let binary = vec![
+            ("ce-specversion".to_string(), "1.0".to_string()),
+            ("ce-id".to_string(), "order-42".to_string()),
+            ("ce-source".to_string(), "https://shop.example/prices".to_string()),
+            ("ce-type".to_string(), "stores.ProductPriceIncreased".to_string()),
+            ("ce-aggregateversion".to_string(), "2".to_string()),
+        ];
+        let from_headers = Decoded::<StoresEvent>::decode(
+            "stores.product.price_increased",
+            lookup(&binary),
+            br#"{"id":"p-1","delta":150}"#,
+        )
+        .expect("binary mode decodes, JSON data by default");
+        assert_eq!(from_headers.event, got.event);
+        assert_eq!(from_headers.envelope.event_id, got.envelope.event_id);
+    }
+
+    #[test]
+    fn a_broken_structured_event_names_the_attribute() {
+        let good = Decoded::new(added(), 1, &Causality::default()).encode().expect("encodes");
+        let decode = |body: &[u8]| {
+            Decoded::<StoresEvent>::decode(&good.subject, lookup(&good.headers), body).map(|_| ()).unwrap_err()
+        };
+        let map: Vec<(ciborium::Value, ciborium::Value)> =
+            ciborium::from_reader::<ciborium::Value, _>(good.body.as_slice()).expect("map").into_map().expect("map");
+        let edit = |key: &str, value: Option<ciborium::Value>| {
+            let mut m = map.clone();
+            m.retain(|(k, _)| k.as_text() != Some(key));
+            if let Some(v) = value {
+                m.push((key.into(), v));
+            }
+            let mut out = Vec::new();
+            ciborium::into_writer(&ciborium::Value::Map(m), &mut out).expect("writes");
+            out
+        };
+        assert_eq!(decode(&edit("type", None)).to_string(), "missing attribute type");
+        assert_eq!(decode(&edit("aggregateversion", None)).to_string(), "missing attribute aggregateversion");
+        assert_eq!(decode(&edit("data", None)).to_string(), "missing attribute data");
+        let zero = decode(&edit("aggregateversion", Some(0.into())));
+        assert_eq!((zero.code(), zero.to_string().contains("aggregateversion")), ("bad_attribute", true));
+        assert_eq!(decode(&edit("aggregateversion", Some("x".into()))).code(), "bad_attribute");
+        assert_eq!(decode(&edit("time", Some("yesterday".into()))).code(), "bad_attribute");
+        assert_eq!(decode(&edit("specversion", Some("0.3".into()))).code(), "bad_attribute");
+        assert_eq!(decode(&edit("subject", Some("p-2".into()))).code(), "aggregate_mismatch");
+        assert_eq!(decode(&edit("type", Some("stores.StoreExploded".into()))).code(), "unknown_event_type");
+        assert_eq!(decode(&edit("datacontenttype", Some("text/plain".into()))).code(), "bad_attribute");
+        // Unknown attributes, however nested, are stepped over.
+        let extra =
+            ciborium::Value::Array(vec![ciborium::Value::Map(vec![(1.into(), 2.5.into())]), ciborium::Value::Null]);
+        assert!(
+            Decoded::<StoresEvent>::decode(&good.subject, lookup(&good.headers), &edit("x-extra", Some(extra))).is_ok()
+        );
+        assert_eq!(decode(&good.body[..good.body.len() - 3]).code(), "bad_attribute");
+        assert_eq!(decode(b"\xff\xff").code(), "undecodable_envelope");
+        assert_eq!(decode(b"\x83\x01\x02\x03").code(), "undecodable_envelope");
+        assert_eq!(decode(&[0x81u8; 10_000]).code(), "undecodable_envelope");
+        let mut trailing = good.body.clone();
+        trailing.push(0);
+        assert_eq!(decode(&trailing).code(), "undecodable_envelope");
     }
 
     #[test]
@@ -410,7 +519,8 @@ mod tests {
 
     #[test]
     fn every_broken_message_gets_a_specific_reason() {
-        let good = Decoded::new(added(), 1, &Causality::default()).encode().expect("encodes");
+        // The header framing, as producers written against Carrier before 0.2 still send it.
+        let good = Decoded::new(added(), 1, &Causality::default()).encode_as(WireFormat::Headers).expect("encodes");
         let with = |name: &str, value: Option<&str>| {
             let mut h: Vec<(String, String)> = good.headers.iter().filter(|(k, _)| k != name).cloned().collect();
             if let Some(v) = value {

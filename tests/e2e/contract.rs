@@ -50,7 +50,9 @@ fn every_event_command_and_query_of_the_messages_crate_is_in_the_document() {
     for event_type in all_events.iter().flat_map(|types| types.iter()) {
         let message = messages.get(*event_type).unwrap_or_else(|| panic!("{event_type} is missing"));
         let name = event_type.split('.').nth(1).expect("context.Name");
-        assert_eq!(message["payload"]["$ref"], Value::from(format!("#/components/schemas/{name}")), "{event_type}");
+        let data = &message["payload"]["properties"]["data"]["$ref"];
+        assert_eq!(*data, Value::from(format!("#/components/schemas/{name}")), "{event_type}");
+        assert_eq!(message["payload"]["properties"]["type"]["const"], Value::from(*event_type));
         assert!(schemas.contains_key(name), "no payload schema for {event_type}");
         count += 1;
     }

@@ -7,6 +7,7 @@ mod customers;
 mod dashboard;
 mod depot;
 mod foundation;
+mod framings;
 mod library;
 mod mall;
 mod observability;

@@ -137,7 +137,26 @@ fn malformed() -> Vec<Bad> {
             body: br#"{"id":"s-1","name":"n","location":"l"}"#.to_vec(),
             reason: "aggregate_mismatch",
         },
-        Bad { subject: created, headers: vec![], body: b"no headers at all".to_vec(), reason: "missing_header" },
+        // No headers: Carrier's structured framing, so the body must be an event's CBOR map.
+        Bad { subject: created, headers: vec![], body: b"no headers at all".to_vec(), reason: "undecodable_envelope" },
+        Bad {
+            subject: created,
+            headers: vec![(header::CONTENT_TYPE, "application/cloudevents+json".into())],
+            body: br#"{"specversion":"1.0","id":"ce-1","source":"/x","type":"stores.StoreCreated","data":{"id":"c1","name":"n","location":"l"}}"#.to_vec(),
+            reason: "missing_attribute",
+        },
+        Bad {
+            subject: created,
+            headers: vec![
+                ("ce-specversion", "1.0".into()),
+                ("ce-id", "ce-2".into()),
+                ("ce-source", "/x".into()),
+                ("ce-type", "stores.StoreCreated".into()),
+                ("ce-aggregateversion", "first".into()),
+            ],
+            body: br#"{"id":"c2","name":"n","location":"l"}"#.to_vec(),
+            reason: "bad_attribute",
+        },
     ]
 }
 

@@ -124,13 +124,15 @@ async fn one_trace_follows_a_checkout_through_every_context() {
         spans.iter().filter_map(|s| attribute(s, "carrier.correlation_id")).collect();
     assert_eq!(correlations.len(), 1, "{correlations:?}");
 
-    // On the wire, the checkout's event carries the command span in its traceparent header.
+    // On the wire, the checkout's event carries the command span in its traceparent attribute.
     let js = async_nats::jetstream::new(env.plain_client().await);
     let mut stream = js.get_stream("BASKETS").await.expect("stream");
     let last = stream.info().await.expect("info").state.last_sequence;
     let message = stream.get_raw_message(last).await.expect("message");
-    let header = message.headers.get("traceparent").map(|v| v.as_str().to_string()).expect("a traceparent header");
-    let on_wire: TraceContext = header.parse().expect("a valid traceparent");
+    let framed =
+        carrier_messages::Envelope::read(|name| message.headers.get(name).map(|v| v.as_str()), &message.payload)
+            .expect("a Carrier event");
+    let on_wire: TraceContext = framed.envelope.traceparent.expect("a traceparent attribute");
     assert_eq!(on_wire.trace_id, caller.trace_id);
     assert_eq!(SpanId::from_bytes(on_wire.span_id), id("command cmd.baskets"));
     system.shutdown().await;
