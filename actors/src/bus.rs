@@ -739,7 +739,9 @@ impl DeadLetter {
     /// The dead event's envelope, in whichever framing it came; `None` when the envelope itself
     /// is what could not be read.
     pub fn envelope(&self) -> Option<carrier_messages::Envelope> {
-        carrier_messages::Envelope::read(|name| self.header(name), &self.body).ok().map(|framed| framed.envelope)
+        // The copy's Nats-Msg-Id is its own (`dlq:...`), not the event's: leave it out.
+        let header = |name: &str| if name.eq_ignore_ascii_case("Nats-Msg-Id") { None } else { self.header(name) };
+        carrier_messages::Envelope::read(header, &self.body).ok().map(|framed| framed.envelope)
     }
 }
 

@@ -33,7 +33,9 @@ pub struct RunArgs {
 }
 
 pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
-    crate::init_logging("info", false);
+    // No line per event by default: the flow log (`carrier::flow`) is the demo's; turn it on with
+    // RUST_LOG=info,carrier::flow=info.
+    crate::init_logging("info,carrier::flow=warn", false);
     let contexts = if args.contexts.is_empty() {
         app.contexts.clone()
     } else {
