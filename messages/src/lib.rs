@@ -29,6 +29,7 @@ pub mod customers;
 pub mod depot;
 pub mod envelope;
 mod error;
+mod framing;
 mod limits;
 pub mod ordering;
 pub mod payments;
