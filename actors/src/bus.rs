@@ -353,6 +353,51 @@ impl Bus {
         Ok(started.elapsed())
     }
 
+    /// Publishes `events` at `per_second`, paced by the clock (not by acks), with up to `window`
+    /// PublishAcks outstanding. Returns when each was sent, in order, once all are acknowledged.
+    /// For latency measurements: the offered load stays fixed however fast the consumer is.
+    pub async fn publish_paced(
+        &self,
+        events: &[EncodedEvent],
+        per_second: u32,
+        window: usize,
+    ) -> Result<Vec<std::time::Instant>, BusError> {
+        let mut sent_at = Vec::with_capacity(events.len());
+        let mut in_flight = std::collections::VecDeque::with_capacity(window);
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut next = 0usize;
+        while next < events.len() {
+            tick.tick().await;
+            let due = ((started.elapsed().as_secs_f64() * f64::from(per_second)) as usize + 1).min(events.len());
+            while next < due {
+                if in_flight.len() >= window.max(1) {
+                    if let Some((subject, ack)) = in_flight.pop_front() {
+                        await_ack(subject, ack).await?;
+                    }
+                }
+                sent_at.push(std::time::Instant::now());
+                in_flight.push_back((events[next].subject.as_str(), self.send(&events[next]).await?));
+                next += 1;
+            }
+            // Flush now: the client would otherwise hold small writes back a little.
+            self.flush().await?;
+        }
+        while let Some((subject, ack)) = in_flight.pop_front() {
+            await_ack(subject, ack).await?;
+        }
+        Ok(sent_at)
+    }
+
+    /// Deletes every message of a stream, keeping the stream (benchmarks reload it each round).
+    pub async fn purge_stream(&self, stream: &str) -> Result<(), BusError> {
+        let stream_error = |reason: String| BusError::Stream { stream: stream.to_string(), reason };
+        let handle = self.js.get_stream(stream).await.map_err(|e| stream_error(e.to_string()))?;
+        handle.purge().await.map_err(|e| stream_error(e.to_string()))?;
+        Ok(())
+    }
+
     /// Deletes a durable consumer if it exists (benchmarks start each round from scratch).
     pub async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<(), BusError> {
         let error =

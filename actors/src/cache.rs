@@ -18,7 +18,7 @@ use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::{
     Adopted, Adopts, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
-    Decides, Disposition, FileWriter, Reacts, StorageError, StoresCacheDb,
+    Decides, Decision, Disposition, FileWriter, Reacts, StorageError, StoresCacheDb,
 };
 
 use crate::bus::Bus;
@@ -96,8 +96,52 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
 /// A one-off write (a command, an owner's answer), which replies on its own.
 pub type RunJob<K> = Box<dyn FnOnce(&FileWriter<K>) + Send + 'static>;
 
+/// Commands waiting for the writer's next group commit, each with where its answer goes.
+///
+/// Callers push here and wake the writer only when the queue was empty; the writer takes the
+/// whole queue on its turn and decides it in one transaction ([`FileWriter::decide_all`]). While
+/// that commit is on disk the next commands gather, so the group grows with the load: one fsync
+/// per group, not per command, and no waiting at all when commands come one at a time.
+pub struct DecisionQueue<K: ContextKind> {
+    queued: std::sync::Mutex<Vec<QueuedDecision<K>>>,
+}
+
+type QueuedDecision<K> =
+    (Decision<K>, tokio::sync::oneshot::Sender<Result<Decoded<<K as ContextKind>::Event>, CommandError>>);
+
+/// Most commands decided in one transaction (the rest go in the next).
+const DECISIONS_PER_COMMIT: usize = 1024;
+
+impl<K: ContextKind> Default for DecisionQueue<K> {
+    fn default() -> Self {
+        DecisionQueue { queued: std::sync::Mutex::new(Vec::new()) }
+    }
+}
+
+impl<K: ContextKind> DecisionQueue<K> {
+    /// Queues a decision; `true` when the queue was empty (the caller must wake the writer).
+    fn push(&self, decision: QueuedDecision<K>) -> bool {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        queued.push(decision);
+        queued.len() == 1
+    }
+
+    /// Takes up to [`DECISIONS_PER_COMMIT`] queued decisions, oldest first; `true` when more remain.
+    fn take(&self) -> (Vec<QueuedDecision<K>>, bool) {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        if queued.len() <= DECISIONS_PER_COMMIT {
+            (std::mem::take(&mut *queued), false)
+        } else {
+            let rest = queued.split_off(DECISIONS_PER_COMMIT);
+            (std::mem::replace(&mut *queued, rest), true)
+        }
+    }
+}
+
 /// Messages of [`ContextWriter`].
 pub enum WriterMsg<K> {
+    /// Decide the queued commands ([`DecisionQueue`]) in one transaction.
+    Decide,
     /// Apply a delivered batch; the reply comes after the commit.
     Apply(Box<dyn WriteJob<K>>),
     /// Run a one-off write.
@@ -136,7 +180,7 @@ impl<K> Default for ContextWriter<K> {
 }
 
 /// What [`ContextWriter`] is started with.
-pub struct WriterArgs<K> {
+pub struct WriterArgs<K: ContextKind> {
     /// The context, for logs.
     pub context: &'static str,
     /// The file it alone writes.
@@ -152,10 +196,12 @@ pub struct WriterArgs<K> {
     pub gap_grace: Duration,
     /// Wakes the outbox relay after a commit.
     pub relay_wakeup: Arc<Notify>,
+    /// Commands waiting for a group commit.
+    pub decisions: Arc<DecisionQueue<K>>,
 }
 
 /// The writer's state.
-pub struct WriterState<K> {
+pub struct WriterState<K: ContextKind> {
     args: WriterArgs<K>,
     repair_scheduled: bool,
     /// Batches kept waiting while a rebuild swaps caches in.
@@ -187,8 +233,10 @@ impl<K: ContextKind> Actor for ContextWriter<K> {
         myself.send_interval(args.inbox_retention.every, || WriterMsg::PruneInbox);
         // Gaps left open by an earlier incarnation are repaired too.
         myself.send_after(args.gap_grace, || WriterMsg::RepairGaps { attempt: 0 });
-        // Whatever an earlier incarnation left in the outbox goes out now.
+        // Whatever an earlier incarnation left in the outbox goes out now, and commands queued
+        // while it was down (their wakeup died with it) are decided.
         args.relay_wakeup.notify_one();
+        myself.send_message(WriterMsg::Decide)?;
         Ok(WriterState { args, repair_scheduled: true, held: None })
     }
 
@@ -257,6 +305,25 @@ async fn handle_other<K: ContextKind>(
     let state = &writer.args;
     match msg {
         WriterMsg::Apply(_) | WriterMsg::HoldBatches | WriterMsg::ReleaseBatches => {}
+        WriterMsg::Decide => {
+            let (group, more) = state.decisions.take();
+            if more {
+                myself.send_message(WriterMsg::Decide)?;
+            }
+            if group.is_empty() {
+                return Ok(());
+            }
+            let db = state.db.clone();
+            tokio::task::spawn_blocking(move || {
+                let (mut decisions, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let results = db.decide_all(&mut decisions);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            })
+            .await?;
+            state.relay_wakeup.notify_one();
+        }
         WriterMsg::Run(job) => {
             let db = state.db.clone();
             tokio::task::spawn_blocking(move || job(&db)).await?;
@@ -485,7 +552,7 @@ impl From<ExecuteError> for CommandError {
 
 /// What the rest of the process may use of a running context: reads of its file, lookups, and
 /// writes that run on its one writer.
-pub struct ContextHandle<K: 'static> {
+pub struct ContextHandle<K: ContextKind> {
     /// Its file, for reading.
     pub db: Arc<ContextFile<K>>,
     /// Each consumer's counters, by the stream's owning context (`stores`, `ordering`, ...).
@@ -503,9 +570,10 @@ pub struct ContextHandle<K: 'static> {
     /// Its caches of owners' data and how to refill them from the streams.
     pub(crate) cache_sources: Vec<crate::rebuild::CacheSource<K>>,
     writer: ActorSlot<WriterMsg<K>>,
+    decisions: Arc<DecisionQueue<K>>,
 }
 
-impl<K: 'static> Clone for ContextHandle<K> {
+impl<K: ContextKind> Clone for ContextHandle<K> {
     fn clone(&self) -> Self {
         ContextHandle {
             db: self.db.clone(),
@@ -517,6 +585,7 @@ impl<K: 'static> Clone for ContextHandle<K> {
             lookups: self.lookups.clone(),
             cache_sources: self.cache_sources.clone(),
             writer: self.writer.clone(),
+            decisions: self.decisions.clone(),
         }
     }
 }
@@ -539,13 +608,35 @@ impl<K: ContextKind> ContextHandle<K> {
     {
         let label = format!("{}.{}", flow::capitalize(K::NAME), K::command_name(&command));
         flow::enter(&label);
-        let result = self.write(move |db| db.execute(&command, &causality)).await;
+        let result = self.decide(move |txn, emit| K::decide(txn, emit, &command, &causality)).await;
         match &result {
             Ok(Ok(_)) => flow::leave(&label, None),
             Ok(Err(e)) => flow::leave(&label, Some(&e.to_string())),
             Err(e) => flow::leave(&label, Some(&e.to_string())),
         }
         Ok(result??)
+    }
+
+    /// Decides a command on the writer: `decision` reads and writes the context's tables in the
+    /// transaction and records exactly one event. Commands that arrive together share one
+    /// transaction and one commit (group commit, see [`DecisionQueue`]), so `decision` may run
+    /// more than once and must decide the same way on the same state; nothing of a refused
+    /// command is kept. Returns the event once it is committed with its outbox row.
+    pub async fn decide(
+        &self,
+        decision: impl FnMut(
+                &carrier_storage::WriteTransaction,
+                &mut carrier_storage::Emitter<'_, K::Event>,
+            ) -> Result<(), CommandError>
+            + Send
+            + 'static,
+    ) -> Result<Result<Decoded<K::Event>, CommandError>, LookupError> {
+        let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.decisions.push((Box::new(decision), tx)) {
+            writer.send_message(WriterMsg::Decide).map_err(|_| LookupError::Unavailable)?;
+        }
+        rx.await.map_err(|_| LookupError::Unavailable)
     }
 
     /// Runs `job` on the writer (the file's only writer) and returns what it returned.
@@ -682,6 +773,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             lookups: Arc::default(),
             cache_sources: Vec::new(),
             writer: ActorSlot::default(),
+            decisions: Arc::default(),
         };
         ContextBuilder {
             context: K::NAME,
@@ -874,6 +966,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             })
         });
         let slot = handle.writer.clone();
+        let decisions = handle.decisions.clone();
         let (db, writer_faults, writer_wakeup) = (file, faults.clone(), wakeup.clone());
         // The writer of a context that reads no stream is its owner; otherwise it is its cache.
         let writer_name: &'static str = if consumers.is_empty() { "owner" } else { "cache" };
@@ -886,6 +979,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                 resolver: resolver.clone(),
                 gap_grace: settings.gap_grace,
                 relay_wakeup: writer_wakeup.clone(),
+                decisions: decisions.clone(),
             };
             let slot = slot.clone();
             async move {

@@ -146,6 +146,9 @@ pub struct ConsumerStats {
     pub failing_commits: AtomicU64,
     /// The last stream sequence acknowledged.
     pub acked_stream_seq: AtomicU64,
+    /// Woken (every waiter) each time `acked_stream_seq` moves, so that a reader can wait for
+    /// a position without polling: create the `notified()` future, enable it, then read.
+    pub acked: tokio::sync::Notify,
 }
 
 impl ConsumerStats {
@@ -353,6 +356,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         }
         if let Some(last) = deliveries.last() {
             state.stats.acked_stream_seq.store(last.stream_seq, Ordering::Relaxed);
+            state.stats.acked.notify_waiters();
             state.guard.forget_through(last.stream_seq);
         }
         myself.send_message(ConsumerMsg::Poll)?;

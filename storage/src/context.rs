@@ -199,6 +199,11 @@ pub struct FileWriter<K> {
     file: Arc<ContextFile<K>>,
 }
 
+/// One command's decision for [`FileWriter::decide_all`]: reads and writes the context's tables
+/// in the transaction and records exactly one event through the emitter.
+pub type Decision<K> =
+    Box<dyn FnMut(&WriteTransaction, &mut Emitter<'_, <K as ContextKind>::Event>) -> Result<(), CommandError> + Send>;
+
 impl<K> std::ops::Deref for FileWriter<K> {
     type Target = ContextFile<K>;
     fn deref(&self) -> &ContextFile<K> {
@@ -279,6 +284,86 @@ impl<K: ContextKind> FileWriter<K> {
                 Err(e)
             }
         }
+    }
+
+    /// Decides many commands in one write transaction, each with its outbox row, and commits
+    /// once: one fsync for the lot (group commit), so an owner's throughput is not bounded by
+    /// the disk's flush rate. Returns one result per decision, in order.
+    ///
+    /// Every decision sees the effects of those before it. One that is refused (or records no
+    /// event) must leave nothing behind, so the transaction is then abandoned and the others are
+    /// decided again in a fresh one without it; decisions are therefore `FnMut` and must decide
+    /// the same way when run again on the same state (as a pure decision on the file does).
+    pub fn decide_all(&self, decisions: &mut [Decision<K>]) -> Vec<Result<Decoded<K::Event>, CommandError>> {
+        let mut results: Vec<Option<Result<Decoded<K::Event>, CommandError>>> =
+            (0..decisions.len()).map(|_| None).collect();
+        // Indices still to decide; a refused one is answered and removed, the rest run again.
+        let mut pending: Vec<usize> = (0..decisions.len()).collect();
+        while !pending.is_empty() {
+            match self.try_decide_all(decisions, &pending) {
+                Ok(decided) => {
+                    for (index, decoded) in pending.iter().zip(decided) {
+                        results[*index] = Some(Ok(decoded));
+                    }
+                    pending.clear();
+                }
+                Err((Some(position), error)) => {
+                    results[pending[position]] = Some(Err(error));
+                    pending.remove(position);
+                }
+                Err((None, error)) => {
+                    // The commit itself failed: nothing of the group was kept.
+                    let message = error.to_string();
+                    for index in pending.drain(..) {
+                        results[index] = Some(Err(CommandError::Storage(StorageError::io(
+                            "commit",
+                            std::io::Error::other(message.clone()),
+                        ))));
+                    }
+                }
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(CommandError::Rejected("not decided".into())))).collect()
+    }
+
+    /// One attempt: every decision in `pending` in one transaction, committed. On a refusal,
+    /// its position in `pending` and why; `None` for a failed commit.
+    fn try_decide_all(
+        &self,
+        decisions: &mut [Decision<K>],
+        pending: &[usize],
+    ) -> Result<Vec<Decoded<K::Event>>, (Option<usize>, CommandError)> {
+        let txn = self.db.begin_write().during("begin_write").map_err(|e| (Some(0), e.into()))?;
+        let mut decided = Vec::with_capacity(pending.len());
+        let mut refused = None;
+        {
+            let mut emitter = Emitter::open(&txn).map_err(|e| (Some(0), e.into()))?;
+            for (position, index) in pending.iter().enumerate() {
+                let before = emitter.emitted.len();
+                let outcome = (decisions[*index])(&txn, &mut emitter).and_then(|()| {
+                    if emitter.emitted.len() == before + 1 {
+                        Ok(())
+                    } else {
+                        Err(CommandError::Rejected(if emitter.emitted.len() == before {
+                            "the command changed nothing".into()
+                        } else {
+                            "a command must record exactly one event".into()
+                        }))
+                    }
+                });
+                if let Err(error) = outcome {
+                    refused = Some((position, error));
+                    break;
+                }
+            }
+            decided.extend(emitter.emitted.drain(..));
+        }
+        if let Some((position, error)) = refused {
+            let _ = txn.abort();
+            return Err((Some(position), error));
+        }
+        txn.commit().during("commit").map_err(|e| (None, e.into()))?;
+        Ok(decided)
     }
 
     /// Deletes published outbox rows.

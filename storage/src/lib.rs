@@ -42,7 +42,7 @@ pub mod stores;
 pub use baskets::BasketsDb;
 pub use cache::{CacheKind, StoresCacheDb};
 pub use command::CommandError;
-pub use context::{Adopts, ContextDb, ContextFile, ContextKind, Decides, Emitter, FileWriter, Reacts};
+pub use context::{Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Reacts};
 pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;
 pub use depot::DepotDb;

@@ -1,33 +1,82 @@
-//! `carrier bench`: the baskets cache path against a raw consume-and-ack loop, same messages,
-//! same process, same server.
+//! `carrier bench`: Carrier's hot paths against the limit of the same server and client, in one
+//! run, as ratios.
+//!
+//! Everything runs on one private nats-server, round after round, with the order of the
+//! measurements rotated by round so that none always runs on a warmer (or more tired) machine;
+//! the medians over rounds are reported. The baselines are what the server and client can move
+//! with no Carrier code at all: bare messages (one `Nats-Msg-Id` header, a body of the same size
+//! as Carrier's events), published with the same window and consumed by the same plain
+//! pull-and-ack loop.
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use carrier_actors::bus::Bus;
+use carrier_actors::consumer::ConsumerStats;
 use carrier_actors::{CarrierSystem, SystemConfig};
-use carrier_mall::baskets::stores_durable_name;
+use carrier_mall::baskets::{stores_durable_name, BasketsHandle};
+use carrier_mall::stores::StoresHandle;
 use carrier_mall::workload::Workload;
-use carrier_messages::stores::StoresEvent;
-use carrier_messages::DomainEvent;
+use carrier_messages::codec::Causality;
+use carrier_messages::stores::{StoresCommand, StoresEvent};
+use carrier_messages::{DomainEvent, EncodedEvent, EventId};
+use futures::StreamExt;
+
+/// The stream the bare baseline messages go to.
+const BARE_STREAM: &str = "BENCH";
+/// Its subjects.
+const BARE_SUBJECTS: &str = "bench.>";
+/// PublishAcks outstanding while loading a stream, for both kinds of message.
+const PUBLISH_WINDOW: usize = 4096;
+/// Commands in flight at once in the relay measurement.
+const COMMANDS_IN_FLIGHT: usize = 1024;
 
 /// Arguments of `carrier bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Events to publish and consume.
+    /// Events to publish and consume per round (one store, its products, then price changes).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     events: u64,
     /// Products the price changes are spread over.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     products: u64,
     /// Most events applied per redb transaction.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_max: u32,
-    /// Rounds of (baseline, carrier); the median of each is reported.
+    /// Rounds; the median of each measurement over the rounds is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
+    /// Events per second offered in the latency measurement.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+    /// Events published at `--rate` in the latency measurement, per round.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    latency_events: u64,
+    /// Owner commands decided in the relay measurement, per round.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    commands: u64,
+    /// Print exactly one JSON object on stdout (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One round's figures.
+#[derive(Default)]
+struct Round {
+    bare_raw: f64,
+    own_raw: f64,
+    cache_path: f64,
+    publish_bare: f64,
+    publish_own: f64,
+    relay: f64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+    lookups: f64,
+    events_per_commit: f64,
 }
 
 pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -35,157 +84,385 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.products + 1 >= args.events {
         bail!("--events ({}) must exceed --products + 1 ({})", args.events, args.products + 1);
     }
-    // Always a private server: the benchmark fills and drains the STORES stream.
+    // Always a private server: the benchmark fills, purges and drains its streams.
     let nats = carrier_cli::server::nats_or_local(None, None)?;
     let bus = Bus::connect(&nats.url, "carrier-bench", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
-
-    let workload = Workload::prices(args.events, args.products)?;
-    let events = &workload.events;
-    let started = Instant::now();
-    let last_seq = bus.publish_many(events, 4096).await?;
-    let publish_secs = started.elapsed().as_secs_f64();
-    println!(
-        "carrier bench: {} events (1 store, {} products, {} price changes), batch <= {}, nats-server {}, {} round(s)",
-        events.len(),
+    bus.ensure_stream(BARE_STREAM, BARE_SUBJECTS).await?;
+    let say = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "carrier bench: {} events per round (1 store, {} products, {} price changes), batch <= {}, nats-server {}, {} round(s)",
+        args.events,
         args.products,
-        events.len() as u64 - args.products - 1,
+        args.events - args.products - 1,
         args.batch_max,
         bus.server_version(),
         args.rounds
-    );
-    println!("  publish, 4096 acks in flight:         {:>9.0} events/s", events.len() as f64 / publish_secs);
+    ));
 
-    let count = events.len() as u64;
-    let mut raw_rates = Vec::new();
-    let mut off_rates = Vec::new();
-    let mut on_rates = Vec::new();
-    let mut progress = carrier_cli::progress::Progress::new("bench", count * 3 * u64::from(args.rounds));
-    let mut done = 0u64;
+    let mut rounds = Vec::new();
+    let mut progress = carrier_cli::progress::Progress::new("bench", u64::from(args.rounds) * 8);
     for round in 0..args.rounds {
-        progress.update(done, &format!("round {}: raw consume + ack", round + 1));
-        let raw_name = format!("bench-raw-{round}");
-        let raw = bus.raw_consume_and_ack(StoresEvent::STREAM, &raw_name, count).await?;
-        bus.delete_consumer(StoresEvent::STREAM, &raw_name).await?;
-        raw_rates.push(count as f64 / raw.as_secs_f64());
-        done += count;
-
-        // Metrics off, then on (the order alternates by round, so that neither always runs on a
-        // warmer machine). "On" is what `carrier run` does with its dashboard: every hook records,
-        // and a sampler takes a snapshot and encodes /metrics once a second.
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
-        for metrics_on in order {
-            let label = if metrics_on { "metrics on" } else { "metrics off" };
-            let rate = cache_path(&nats.url, &bus, &args, &workload, last_seq, metrics_on, |acked| {
-                progress.update(done + acked.min(count), &format!("round {}: cache path, {label}", round + 1))
-            })
-            .await?;
-            done += count;
-            if metrics_on {
-                on_rates.push(rate.0)
-            } else {
-                off_rates.push(rate.0)
-            }
-            progress.println(&format!(
-                "  round {}: carrier, {label:<11} {:>9.0} events/s   {:.2} of raw   ({} batches, {:.0} events per commit)",
-                round + 1,
-                rate.0,
-                rate.0 / raw_rates[round as usize],
-                rate.1,
-                count as f64 / rate.1.max(1) as f64
-            ));
-        }
+        let r = run_round(&nats.url, &bus, &args, round, &mut progress).await?;
         progress.println(&format!(
-            "  round {}: raw consume + ack   {:>9.0} msg/s",
+            "  round {}: bare_raw {:.0}/s, own_raw {:.0}/s, cache_path {:.0}/s ({:.0} per commit), publish_bare {:.0}/s, publish_own {:.0}/s, relay {:.0}/s, latency p50/p99/max {:.2}/{:.2}/{:.2} ms, lookups {:.0}/s",
             round + 1,
-            raw_rates[round as usize]
+            r.bare_raw,
+            r.own_raw,
+            r.cache_path,
+            r.events_per_commit,
+            r.publish_bare,
+            r.publish_own,
+            r.relay,
+            r.latency_p50_ms,
+            r.latency_p99_ms,
+            r.latency_max_ms,
+            r.lookups
         ));
+        rounds.push(r);
     }
     progress.finish("done");
-    let raw = median(&mut raw_rates);
-    let off = median(&mut off_rates);
-    let on = median(&mut on_rates);
-    println!("  raw consume + ack per message (median):   {raw:>9.0} msg/s     1.00");
-    println!("  carrier cache path, metrics off (median): {off:>9.0} events/s  {:.2} of raw", off / raw);
-    println!("  carrier cache path, metrics on (median):  {on:>9.0} events/s  {:.2} of raw", on / raw);
-    println!("  metrics on / metrics off:                 {:.3}", on / off);
-    println!("  verified: every cached price equals the owner's, every event applied exactly once");
+
+    let m = |f: fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+    let summary = Round {
+        bare_raw: m(|r| r.bare_raw),
+        own_raw: m(|r| r.own_raw),
+        cache_path: m(|r| r.cache_path),
+        publish_bare: m(|r| r.publish_bare),
+        publish_own: m(|r| r.publish_own),
+        relay: m(|r| r.relay),
+        latency_p50_ms: m(|r| r.latency_p50_ms),
+        latency_p99_ms: m(|r| r.latency_p99_ms),
+        latency_max_ms: m(|r| r.latency_max_ms),
+        lookups: m(|r| r.lookups),
+        events_per_commit: m(|r| r.events_per_commit),
+    };
+    if args.json {
+        let object = serde_json::json!({
+            "bare_raw": summary.bare_raw.round(),
+            "own_raw": summary.own_raw.round(),
+            "cache_path": summary.cache_path.round(),
+            "publish_bare": summary.publish_bare.round(),
+            "publish_own": summary.publish_own.round(),
+            "relay": summary.relay.round(),
+            "latency_p50_ms": round3(summary.latency_p50_ms),
+            "latency_p99_ms": round3(summary.latency_p99_ms),
+            "latency_max_ms": round3(summary.latency_max_ms),
+            "lookups": summary.lookups.round(),
+            "cache_path_per_bare_raw": round3(summary.cache_path / summary.bare_raw),
+            "own_raw_per_bare_raw": round3(summary.own_raw / summary.bare_raw),
+            "publish_own_per_publish_bare": round3(summary.publish_own / summary.publish_bare),
+            "relay_per_publish_bare": round3(summary.relay / summary.publish_bare),
+            "events_per_commit": summary.events_per_commit.round(),
+            "rate": args.rate,
+            "nats_server_version": bus.server_version(),
+            "events": args.events,
+            "products": args.products,
+            "rounds": args.rounds,
+        });
+        println!("{object}");
+    } else {
+        let s = &summary;
+        println!("  medians over {} round(s)                      rate            ratio   goal", args.rounds);
+        println!("  bare_raw      consume + ack, bare messages  {:>9.0} msg/s     1.00", s.bare_raw);
+        println!(
+            "  own_raw       consume + ack, Carrier's      {:>9.0} msg/s     {:.2}   >= 0.90 of bare_raw",
+            s.own_raw,
+            s.own_raw / s.bare_raw
+        );
+        println!(
+            "  cache_path    consumer -> commit -> ack     {:>9.0} events/s  {:.2}   >= 0.85 of bare_raw",
+            s.cache_path,
+            s.cache_path / s.bare_raw
+        );
+        println!("  publish_bare  async publish, bare messages  {:>9.0} msg/s     1.00", s.publish_bare);
+        println!(
+            "  publish_own   async publish, Carrier's      {:>9.0} msg/s     {:.2}   >= 0.90 of publish_bare",
+            s.publish_own,
+            s.publish_own / s.publish_bare
+        );
+        println!(
+            "  relay         command -> outbox -> ack      {:>9.0} cmd/s     {:.2}   >= 0.50 of publish_bare",
+            s.relay,
+            s.relay / s.publish_bare
+        );
+        println!(
+            "  latency       publish -> cached, {} /s     p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   p99 <= 5 ms",
+            args.rate, s.latency_p50_ms, s.latency_p99_ms, s.latency_max_ms
+        );
+        println!("  lookups       cache reads by id, 1 thread   {:>9.0} /s               >= 1,000,000", s.lookups);
+        println!("  verified: every cached price equals the owner's, every event applied exactly once");
+    }
     drop(nats);
     Ok(ExitCode::SUCCESS)
 }
 
-/// One run of the baskets cache path over the whole stream: (events/s, batches).
+async fn run_round(
+    url: &str,
+    bus: &Bus,
+    args: &BenchArgs,
+    round: u32,
+    progress: &mut carrier_cli::progress::Progress,
+) -> anyhow::Result<Round> {
+    let mut r = Round::default();
+    let label = |what: &str| format!("round {}: {what}", round + 1);
+    let mut step = u64::from(round) * 8;
+    let mut advance = |progress: &mut carrier_cli::progress::Progress, what: &str| {
+        progress.update(step, &label(what));
+        step += 1;
+    };
+
+    // Fresh ids every round: JetStream's duplicate window would drop a republished event.
+    let workload = Workload::prices(args.events, args.products)?;
+    let bare = bare_messages(&workload.events, round);
+    let count = workload.events.len() as u64;
+    bus.purge_stream(StoresEvent::STREAM).await?;
+    bus.purge_stream(BARE_STREAM).await?;
+
+    // Publishing, both kinds, the order alternating by round.
+    advance(progress, "publish");
+    let mut last_own = 0;
+    let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+    for own in order {
+        let messages = if own { &workload.events } else { &bare };
+        let started = Instant::now();
+        let last = bus.publish_many(messages, PUBLISH_WINDOW).await?;
+        let rate = count as f64 / started.elapsed().as_secs_f64();
+        if own {
+            r.publish_own = rate;
+            last_own = last;
+        } else {
+            r.publish_bare = rate;
+        }
+    }
+
+    // Consuming, the three in rotating order.
+    for which in 0..3 {
+        match (which + round) % 3 {
+            0 => {
+                advance(progress, "bare_raw");
+                let name = format!("bench-bare-{round}");
+                let took = bus.raw_consume_and_ack(BARE_STREAM, &name, count).await?;
+                bus.delete_consumer(BARE_STREAM, &name).await?;
+                r.bare_raw = count as f64 / took.as_secs_f64();
+            }
+            1 => {
+                advance(progress, "own_raw");
+                let name = format!("bench-own-{round}");
+                let took = bus.raw_consume_and_ack(StoresEvent::STREAM, &name, count).await?;
+                bus.delete_consumer(StoresEvent::STREAM, &name).await?;
+                r.own_raw = count as f64 / took.as_secs_f64();
+            }
+            _ => {
+                advance(progress, "cache_path");
+                let (rate, per_commit, lookups) = cache_path(url, bus, args, &workload, last_own).await?;
+                r.cache_path = rate;
+                r.events_per_commit = per_commit;
+                r.lookups = lookups;
+            }
+        }
+    }
+
+    advance(progress, "relay");
+    bus.purge_stream(StoresEvent::STREAM).await?;
+    r.relay = relay(url, bus, args, round).await?;
+
+    advance(progress, "latency");
+    bus.purge_stream(StoresEvent::STREAM).await?;
+    let (p50, p99, max) = latency(url, bus, args).await?;
+    (r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms) = (p50, p99, max);
+    Ok(r)
+}
+
+/// Bare messages as the baseline: one `Nats-Msg-Id` header each and a body as long as the
+/// Carrier event in the same place, so that both loops move the same bytes.
+fn bare_messages(events: &[EncodedEvent], round: u32) -> Vec<EncodedEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EncodedEvent {
+            event_id: EventId::new(),
+            subject: "bench.bare".to_string(),
+            headers: vec![("Nats-Msg-Id".to_string(), format!("bare-{round}-{i}"))],
+            body: vec![0x5a; e.body.len()],
+        })
+        .collect()
+}
+
+/// The baskets cache path over the whole STORES stream from a fresh file: (events/s, events per
+/// commit, lookups/s on the filled cache afterwards). The end state is checked.
 async fn cache_path(
     url: &str,
     bus: &Bus,
     args: &BenchArgs,
     workload: &Workload,
     last_seq: u64,
-    metrics_on: bool,
-    mut on_progress: impl FnMut(u64),
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let count = workload.events.len() as u64;
     let data = tempfile::Builder::new().prefix("carrier-bench-").tempdir()?;
     bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
     let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
     config.batch_max = args.batch_max as usize;
-    if metrics_on {
-        carrier_actors::metrics::enable();
-    } else {
-        carrier_actors::metrics::disable();
-    }
-    let t0 = Instant::now();
+    let started = Instant::now();
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
-    let sampler = if metrics_on {
-        let snapshots = system.observer().start_sampler(Duration::from_secs(1)).await;
-        Some(tokio::spawn(async move {
-            let mut snapshots = snapshots;
-            while snapshots.changed().await.is_ok() {
-                // A scrape a second, as Prometheus would.
-                let _ = carrier_actors::metrics::get().map(|m| m.encode());
-            }
-        }))
-    } else {
-        None
-    };
-    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets missing")?;
+    let baskets = system.handle::<BasketsHandle>().context("baskets missing")?;
     let consumer = baskets.consumer("stores").context("stores consumer missing")?;
-    let deadline = t0 + Duration::from_secs(600);
-    let mut last_report = Instant::now();
-    while consumer.acked_stream_seq.load(Ordering::Relaxed) < last_seq {
-        if Instant::now() > deadline {
-            bail!("the cache path did not finish within 10 minutes");
-        }
-        if last_report.elapsed() > Duration::from_millis(200) {
-            on_progress(consumer.applied.load(Ordering::Relaxed));
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    let elapsed = t0.elapsed();
-    if let Some(sampler) = sampler {
-        sampler.abort();
-    }
-    carrier_actors::metrics::disable();
+    wait_acked(&consumer, last_seq, Duration::from_secs(600)).await.context("the cache path did not finish")?;
+    let elapsed = started.elapsed();
     let applied = consumer.applied.load(Ordering::Relaxed);
-    let batches = consumer.batches.load(Ordering::Relaxed);
+    let batches = consumer.batches.load(Ordering::Relaxed).max(1);
     system.shutdown().await;
-    check(&baskets.db, workload, applied, count)?;
-    Ok((count as f64 / elapsed.as_secs_f64(), batches))
-}
-
-fn check(db: &carrier_storage::BasketsDb, workload: &Workload, applied: u64, count: u64) -> anyhow::Result<()> {
     if applied != count {
         bail!("{applied} events applied out of {count}");
     }
-    let problems = workload.check(db)?;
+    let problems = workload.check(&baskets.db)?;
     if !problems.is_empty() {
         bail!("the cache disagrees with the workload: {}", problems.join("; "));
     }
-    Ok(())
+    let lookups = lookups(&baskets, workload)?;
+    Ok((count as f64 / elapsed.as_secs_f64(), count as f64 / batches as f64, lookups))
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// Reads of cached products by id on one thread, the ids in a scattered order, for about a
+/// second. Every read must find its product.
+fn lookups(baskets: &BasketsHandle, workload: &Workload) -> anyhow::Result<f64> {
+    let ids: Vec<&str> = workload.expected.iter().map(|(id, _, _)| id.as_str()).collect();
+    let n = ids.len();
+    let mut done = 0usize;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        for _ in 0..10_000 {
+            // A multiplicative step through the ids: no two reads in a row are neighbours.
+            let id = ids[(done.wrapping_mul(7_919)) % n];
+            if baskets.db.product(id)?.is_none() {
+                bail!("lookup of {id} found nothing");
+            }
+            done += 1;
+        }
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The stores owner deciding `--commands` commands (one store, then its products), with many in
+/// flight, until JetStream has acknowledged every event its relay published: commands/s.
+async fn relay(url: &str, bus: &Bus, args: &BenchArgs, round: u32) -> anyhow::Result<f64> {
+    let data = tempfile::Builder::new().prefix("carrier-bench-relay-").tempdir()?;
+    let config = SystemConfig::new(url, data.path(), vec![carrier_mall::stores::context()]);
+    let system = CarrierSystem::start(config).await.context("the stores owner did not start")?;
+    let stores = system.handle::<StoresHandle>().context("stores missing")?;
+    let base = bus.last_sequence(StoresEvent::STREAM).await?;
+    let store = format!("bench-store-{round}");
+    let started = Instant::now();
+    let create = StoresCommand::CreateStore { id: store.clone(), name: "Bench".into(), location: "Lab".into() };
+    stores.execute(create, Causality::default()).await?;
+    let commands = (1..args.commands).map(|i| StoresCommand::AddProduct {
+        id: format!("bench-{round}-p{i}"),
+        store_id: store.clone(),
+        name: format!("Product {i}"),
+        description: "synthetic product".into(),
+        sku: format!("B{i}"),
+        price: 1_000,
+    });
+    let stores = Arc::new(stores);
+    let mut decided = futures::stream::iter(commands)
+        .map(|command| {
+            let stores = stores.clone();
+            async move { stores.execute(command, Causality::default()).await }
+        })
+        .buffer_unordered(COMMANDS_IN_FLIGHT);
+    while let Some(result) = decided.next().await {
+        result?;
+    }
+    let target = base + args.commands;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while bus.last_sequence(StoresEvent::STREAM).await? < target {
+        if Instant::now() > deadline {
+            bail!("the relay did not publish {} events within 10 minutes", args.commands);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    system.shutdown().await;
+    Ok(args.commands as f64 / elapsed.as_secs_f64())
+}
+
+/// Publish → committed in the baskets cache and acknowledged, at `--rate` offered:
+/// (p50, p99, max) in milliseconds over `--latency-events` events.
+async fn latency(url: &str, bus: &Bus, args: &BenchArgs) -> anyhow::Result<(f64, f64, f64)> {
+    let products = (args.latency_events / 4).max(1);
+    let workload = Workload::prices(args.latency_events.max(products + 2), products)?;
+    let data = tempfile::Builder::new().prefix("carrier-bench-latency-").tempdir()?;
+    bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
+    let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
+    config.batch_max = args.batch_max as usize;
+    let system = CarrierSystem::start(config).await.context("carrier did not start")?;
+    let baskets = system.handle::<BasketsHandle>().context("baskets missing")?;
+    let consumer = baskets.consumer("stores").context("stores consumer missing")?;
+    let base = bus.last_sequence(StoresEvent::STREAM).await?;
+    let count = workload.events.len();
+
+    // The watcher notes when each stream position became acknowledged (after its commit).
+    let watcher = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move {
+            let mut seen_at = Vec::with_capacity(count);
+            let target = base + count as u64;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let moved = consumer.acked.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                let acked = consumer.acked_stream_seq.load(Ordering::Relaxed);
+                let now = Instant::now();
+                while base + (seen_at.len() as u64) < acked.min(target) {
+                    seen_at.push(now);
+                }
+                if seen_at.len() == count || now > deadline {
+                    return seen_at;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), moved).await;
+            }
+        })
+    };
+    let sent_at = bus.publish_paced(&workload.events, args.rate, PUBLISH_WINDOW).await?;
+    let seen_at = watcher.await?;
+    system.shutdown().await;
+    if seen_at.len() != count {
+        bail!("only {} of {count} events were cached within 10 minutes", seen_at.len());
+    }
+    let mut ms: Vec<f64> =
+        seen_at.iter().zip(&sent_at).map(|(seen, sent)| (*seen - *sent).as_secs_f64() * 1e3).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    Ok((at(0.50), at(0.99), ms[ms.len() - 1]))
+}
+
+/// Waits until the consumer has acknowledged `seq`.
+async fn wait_acked(consumer: &ConsumerStats, seq: u64, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let moved = consumer.acked.notified();
+        tokio::pin!(moved);
+        moved.as_mut().enable();
+        if consumer.acked_stream_seq.load(Ordering::Relaxed) >= seq {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("stream sequence {seq} not acknowledged within {within:?}");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), moved).await;
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
