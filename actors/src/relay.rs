@@ -15,7 +15,7 @@ use crate::faults::Faults;
 use crate::flow;
 
 /// Rows published per round.
-const ROUND: usize = 256;
+const ROUND: usize = 2048;
 /// How long the relay sleeps when the outbox is empty and nobody wakes it.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 

@@ -65,8 +65,45 @@ pub struct EncodedEvent {
     pub subject: String,
     /// Header name and value pairs.
     pub headers: Vec<(String, String)>,
-    /// The payload.
+    /// The payload. Stored (in an outbox row) as one CBOR byte string, not an array of numbers;
+    /// rows written the old way, as an array, still read.
+    #[serde(with = "body_bytes")]
     pub body: Vec<u8>,
+}
+
+/// `Vec<u8>` as a byte string: serde's default writes a sequence, which CBOR spells one item per
+/// byte (several times the size, and most of the outbox's encode and decode time).
+mod body_bytes {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string or an array of bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes)
+    }
 }
 
 /// A received event: its envelope and typed payload.
@@ -476,5 +513,47 @@ impl DomainEvent for NoEvents {
     }
     fn decode_payload(event_type: &str, _: u32, _: ContentType, _: &[u8]) -> Result<Self, DecodeError> {
         Err(DecodeError::UnknownEventType(clip(event_type)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How outbox rows were written before the body became a byte string.
+    #[derive(Serialize)]
+    struct OldRow {
+        event_id: EventId,
+        subject: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    #[test]
+    fn the_body_is_one_byte_string_and_old_rows_still_read() {
+        let event = EncodedEvent {
+            event_id: EventId::new(),
+            subject: "stores.product.added".into(),
+            headers: vec![("Nats-Msg-Id".into(), "x".into())],
+            body: (0u8..=255).collect(),
+        };
+        let mut new = Vec::new();
+        ciborium::into_writer(&event, &mut new).unwrap();
+        // 256 bytes as a byte string: 3 bytes of header, not 256 items of up to 2 bytes each.
+        assert!(new.len() < 256 + 120, "row is {} bytes", new.len());
+        let back: EncodedEvent = ciborium::from_reader(new.as_slice()).unwrap();
+        assert_eq!(back, event);
+
+        let old = OldRow {
+            event_id: event.event_id,
+            subject: event.subject.clone(),
+            headers: event.headers.clone(),
+            body: event.body.clone(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        assert!(bytes.len() > new.len());
+        let back: EncodedEvent = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, event);
     }
 }

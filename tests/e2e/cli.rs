@@ -237,3 +237,36 @@ fn run_with_local_nats_is_a_whole_setup_in_one_command_and_stops_cleanly_on_sigt
     let out = carrier.wait_for_output("stopped", Duration::from_secs(15));
     assert!(!out.contains("shutdown took longer"), "{out}");
 }
+
+/// `carrier bench --json` runs every measurement at a small scale on its own server, checks the
+/// cache's end state, and prints one JSON object with every figure.
+#[test]
+fn bench_json_is_one_object_with_every_figure() {
+    let out = Command::new(carrier_bin())
+        .args(["bench", "--events", "2000", "--products", "100", "--rounds", "1"])
+        .args(["--latency-events", "200", "--commands", "300", "--rate", "2000", "--json"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("carrier runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
+    let figures: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    for key in
+        ["bare_raw", "own_raw", "cache_path", "publish_bare", "publish_own", "relay", "lookups", "latency_p50_ms"]
+    {
+        let value = figures[key].as_f64().unwrap_or_else(|| panic!("{key} is a number: {figures}"));
+        assert!(value > 0.0, "{key} = {value}");
+    }
+    let (p50, p99, max) = (
+        figures["latency_p50_ms"].as_f64().unwrap(),
+        figures["latency_p99_ms"].as_f64().unwrap(),
+        figures["latency_max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 <= max, "percentiles in order: {figures}");
+    assert_eq!(figures["events"], 2000);
+    assert_eq!(figures["products"], 100);
+    assert_eq!(figures["rounds"], 1);
+    assert!(figures["nats_server_version"].as_str().is_some_and(|v| !v.is_empty()));
+}

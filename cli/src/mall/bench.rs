@@ -108,7 +108,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut progress = carrier_cli::progress::Progress::new("bench", u64::from(args.rounds) * 8);
     for round in 0..args.rounds {
         let r = run_round(&nats.url, &bus, &args, round, &mut progress).await?;
-        progress.println(&format!(
+        let line = format!(
             "  round {}: bare_raw {:.0}/s, own_raw {:.0}/s, cache_path {:.0}/s ({:.0} per commit), publish_bare {:.0}/s, publish_own {:.0}/s, relay {:.0}/s, latency p50/p99/max {:.2}/{:.2}/{:.2} ms, lookups {:.0}/s",
             round + 1,
             r.bare_raw,
@@ -122,7 +122,13 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
             r.latency_p99_ms,
             r.latency_max_ms,
             r.lookups
-        ));
+        );
+        // With --json, stdout carries the one object and nothing else.
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            progress.println(&line);
+        }
         rounds.push(r);
     }
     progress.finish("done");
