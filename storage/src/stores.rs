@@ -325,6 +325,56 @@ mod tests {
         assert_eq!(db.outbox_pending(10).expect("outbox")[0].0, 4);
     }
 
+    /// Group commit: one transaction for many commands; each sees the ones before it; a refused
+    /// one (in the middle) leaves nothing behind while the others are all kept, in order.
+    #[test]
+    fn commands_decided_together_commit_once_and_a_refused_one_leaves_nothing() {
+        use crate::context::Decides;
+        let (_dir, db) = db();
+        let c = Causality::default();
+        let decision = |command: StoresCommand| -> crate::Decision<Stores> {
+            let c = c.clone();
+            Box::new(move |txn: &redb::WriteTransaction, emit: &mut crate::Emitter<'_, StoresEvent>| {
+                <Stores as Decides<StoresCommand>>::decide(txn, emit, &command, &c)
+            })
+        };
+        let add = |id: &str, price: i64| StoresCommand::AddProduct {
+            id: id.into(),
+            store_id: "s".into(),
+            name: "K".into(),
+            description: String::new(),
+            sku: String::new(),
+            price,
+        };
+        let mut decisions = vec![
+            decision(StoresCommand::CreateStore { id: "s".into(), name: "A".into(), location: "L".into() }),
+            decision(add("p1", 100)),
+            // Refused: p1 exists already (decided by the command before it, same transaction).
+            decision(add("p1", 999)),
+            decision(add("p2", 200)),
+            decision(StoresCommand::RebrandStore { id: "s".into(), name: "B".into() }),
+        ];
+        let results = db.decide_all(&mut decisions);
+        assert_eq!(results.len(), 5);
+        assert!(results[2].is_err(), "the duplicate add is refused: {:?}", results[2].as_ref().map(|_| ()));
+        let versions: Vec<u64> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, r)| r.as_ref().expect("decided").envelope.aggregate_version)
+            .collect();
+        assert_eq!(versions, vec![1, 1, 1, 2]);
+        assert_eq!(db.product("p1").expect("read").expect("p1").price, 100);
+        assert_eq!(db.product("p2").expect("read").expect("p2").price, 200);
+        assert_eq!(db.store("s").expect("read").expect("s").name, "B");
+        let pending = db.outbox_pending(10).expect("outbox");
+        let subjects: Vec<&str> = pending.iter().map(|(_, e)| e.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            vec!["stores.store.created", "stores.product.added", "stores.product.added", "stores.store.rebranded"]
+        );
+    }
+
     #[test]
     fn rejected_commands_change_nothing() {
         let (_dir, db) = db();
