@@ -199,6 +199,10 @@ pub struct FileWriter<K> {
     file: Arc<ContextFile<K>>,
 }
 
+/// Why one attempt of [`FileWriter::decide_all`] kept nothing: the refused decision's position
+/// and why, or `None` for a failed commit.
+type Refusal = (Option<usize>, CommandError);
+
 /// One command's decision for [`FileWriter::decide_all`]: reads and writes the context's tables
 /// in the transaction and records exactly one event through the emitter.
 pub type Decision<K> =
@@ -332,7 +336,7 @@ impl<K: ContextKind> FileWriter<K> {
         &self,
         decisions: &mut [Decision<K>],
         pending: &[usize],
-    ) -> Result<Vec<Decoded<K::Event>>, (Option<usize>, CommandError)> {
+    ) -> Result<Vec<Decoded<K::Event>>, Refusal> {
         let txn = self.db.begin_write().during("begin_write").map_err(|e| (Some(0), e.into()))?;
         let mut decided = Vec::with_capacity(pending.len());
         let mut refused = None;
@@ -356,7 +360,7 @@ impl<K: ContextKind> FileWriter<K> {
                     break;
                 }
             }
-            decided.extend(emitter.emitted.drain(..));
+            decided.append(&mut emitter.emitted);
         }
         if let Some((position, error)) = refused {
             let _ = txn.abort();
