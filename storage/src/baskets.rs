@@ -283,6 +283,21 @@ mod tests {
         assert_eq!(db.product("p").expect("read").expect("row").price, 1050);
     }
 
+    /// Lookups share a read snapshot, but never one from before a commit that has finished.
+    #[test]
+    fn a_lookup_after_a_commit_sees_it() {
+        let (_dir, db) = db();
+        db.apply_stores_events("c", &[added()]).expect("apply");
+        let file = db.file();
+        assert_eq!(file.product("p").expect("read").expect("row").price, 1000);
+        assert_eq!(file.product("p").expect("read").expect("row").price, 1000);
+        for (delta, version) in [(5, 2), (7, 3), (11, 4)] {
+            db.apply_stores_events("c", &[raise(delta, version)]).expect("apply");
+            let expected = 1000 + [5, 7, 11].iter().take(version as usize - 1).sum::<i64>();
+            assert_eq!(file.product("p").expect("read").expect("row").price, expected);
+        }
+    }
+
     #[test]
     fn the_same_version_under_a_new_id_is_stale() {
         let (_dir, db) = db();

@@ -16,7 +16,7 @@ use carrier_messages::Envelope;
 use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
 use crate::engine::{Adopted, BatchOutcome, Inbound};
 use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows_with_version, get_row};
+use crate::rows::all_rows_with_version;
 use crate::StorageError;
 
 pub(crate) const STORES_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("stores_cache");
@@ -125,12 +125,12 @@ pub fn create_stores_cache_tables(txn: &WriteTransaction) -> Result<(), StorageE
 impl<K: CacheKind> ContextFile<K> {
     /// One cached store.
     pub fn store(&self, id: &str) -> Result<Option<K::Store>, StorageError> {
-        get_row(&self.db, STORES_CACHE, "stores_cache", id)
+        crate::rows::get_row_in(&*self.snapshot()?, STORES_CACHE, "stores_cache", id)
     }
 
     /// One cached product.
     pub fn product(&self, id: &str) -> Result<Option<K::Product>, StorageError> {
-        get_row(&self.db, PRODUCTS_CACHE, "products_cache", id)
+        crate::rows::get_row_in(&*self.snapshot()?, PRODUCTS_CACHE, "products_cache", id)
     }
 
     /// Every cached store with its version, by id.

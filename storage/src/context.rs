@@ -156,6 +156,12 @@ pub struct ContextFile<K> {
     pub(crate) db: Database,
     path: PathBuf,
     kind: PhantomData<fn() -> K>,
+    /// A read snapshot shared by lookups until the writer's next commit: opening a read
+    /// transaction is about a third of a lookup by id. Tagged with the commit generation it
+    /// was taken in, so that it is never used after a commit (see [`ContextFile::snapshot`]).
+    snapshot: std::sync::Mutex<Option<(u64, Arc<ReadTransaction>)>>,
+    /// Bumped by the writer after every commit.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl<K: ContextKind> ContextFile<K> {
@@ -167,7 +173,43 @@ impl<K: ContextKind> ContextFile<K> {
             txn.open_table(OUTBOX_NEXT).during("create outbox_next")?;
             K::create_tables(txn)
         })?;
-        Ok(ContextFile { db, path, kind: PhantomData })
+        Ok(ContextFile {
+            db,
+            path,
+            kind: PhantomData,
+            snapshot: std::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// A read snapshot at least as new as the last commit that finished before this call:
+    /// shared by lookups until the writer commits again, then taken afresh.
+    pub(crate) fn snapshot(&self) -> Result<Arc<ReadTransaction>, StorageError> {
+        use std::sync::atomic::Ordering;
+        let current = self.generation.load(Ordering::Acquire);
+        {
+            let slot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((generation, txn)) = slot.as_ref() {
+                if *generation == current {
+                    return Ok(txn.clone());
+                }
+            }
+        }
+        let txn = Arc::new(self.db.begin_read().during("begin_read")?);
+        let mut slot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept for others only if no commit finished meanwhile (it might predate that commit).
+        if self.generation.load(Ordering::Acquire) == current {
+            *slot = Some((current, txn.clone()));
+        }
+        Ok(txn)
+    }
+
+    /// The writer committed: lookups take a new snapshot, and the old one is let go (a held
+    /// read transaction keeps redb from reusing the pages it sees).
+    fn committed(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let old = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(old);
     }
 
     /// The file.
@@ -216,6 +258,14 @@ impl<K> std::ops::Deref for FileWriter<K> {
 }
 
 impl<K: ContextKind> FileWriter<K> {
+    /// Every write of the file ends with this: lookups must not go on reading the snapshot
+    /// from before it.
+    pub(crate) fn committed(&self) {
+        self.file.committed();
+    }
+}
+
+impl<K: ContextKind> FileWriter<K> {
     /// Opens or creates the file and its tables.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         Ok(FileWriter { file: Arc::new(ContextFile::open(path.as_ref())?) })
@@ -237,7 +287,9 @@ impl<K: ContextKind> FileWriter<K> {
     where
         K: Reacts<E>,
     {
-        engine::apply_batch(&self.db, consumer, &ReactProjection::<K, E>(PhantomData), batch, through)
+        let outcome = engine::apply_batch(&self.db, consumer, &ReactProjection::<K, E>(PhantomData), batch, through);
+        self.file.committed();
+        outcome
     }
 
     /// Writes an entity's state as its owner reported it, unless the file already has that
@@ -253,7 +305,10 @@ impl<K: ContextKind> FileWriter<K> {
         K: Reacts<E>,
     {
         let projection = ReactProjection::<K, E>(PhantomData);
-        engine::adopt::<E, _>(&self.db, &projection, aggregate, id, version, |tables| write(&mut tables.0))
+        let adopted =
+            engine::adopt::<E, _>(&self.db, &projection, aggregate, id, version, |tables| write(&mut tables.0));
+        self.file.committed();
+        adopted
     }
 
     /// Decides `command` with `K`'s rules ([`Decides`]) in one transaction, with its outbox row.
@@ -280,7 +335,9 @@ impl<K: ContextKind> FileWriter<K> {
         };
         match result {
             Ok(decoded) => {
-                txn.commit().during("commit")?;
+                let committed = txn.commit().during("commit");
+                self.file.committed();
+                committed?;
                 Ok(decoded)
             }
             Err(e) => {
@@ -366,19 +423,25 @@ impl<K: ContextKind> FileWriter<K> {
             let _ = txn.abort();
             return Err((Some(position), error));
         }
-        txn.commit().during("commit").map_err(|e| (None, e.into()))?;
+        let committed = txn.commit().during("commit");
+        self.file.committed();
+        committed.map_err(|e| (None, e.into()))?;
         Ok(decided)
     }
 
     /// Deletes published outbox rows.
     pub fn outbox_remove(&self, keys: &[u64]) -> Result<(), StorageError> {
-        outbox::remove(&self.db, keys)
+        let removed = outbox::remove(&self.db, keys);
+        self.file.committed();
+        removed
     }
 
     /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
     pub fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
         let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
-        engine::prune_inbox(&self.db, cutoff, limit)
+        let pruned = engine::prune_inbox(&self.db, cutoff, limit);
+        self.file.committed();
+        pruned
     }
 }
 

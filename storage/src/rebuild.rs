@@ -138,7 +138,9 @@ impl<K: ContextKind> FileWriter<K> {
                 by_time.insert(k.value(), ()).during("write inbox_by_time")?;
             }
         }
-        txn.commit().during("commit")?;
+        let committed = txn.commit().during("commit");
+        self.committed();
+        committed?;
         Ok(Ok(swapped))
     }
 }

@@ -22,6 +22,18 @@ pub(crate) fn get_row<T: DeserializeOwned>(
     row.map(|bytes| decode_row(name, bytes.value())).transpose()
 }
 
+/// One row by id, read in `txn` (a shared snapshot, see `ContextFile::snapshot`).
+pub(crate) fn get_row_in<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    name: &'static str,
+    id: &str,
+) -> Result<Option<T>, StorageError> {
+    let table = txn.open_table(def).during("open table")?;
+    let row = table.get(id).during("read row")?;
+    row.map(|bytes| decode_row(name, bytes.value())).transpose()
+}
+
 /// Every row, by id.
 pub(crate) fn all_rows<T: DeserializeOwned>(
     db: &Database,
