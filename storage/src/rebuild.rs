@@ -127,15 +127,18 @@ impl<K: ContextKind> FileWriter<K> {
             }
         }
         {
+            // Only ids the live inbox lacks are added, with their time in both tables: an id
+            // both files hold keeps its first (live) time, so `inbox_by_time` stays one row per
+            // inbox entry however many rebuilds run (it used to gain a full copy each time).
             let mut inbox = txn.open_table(INBOX).during("open inbox")?;
+            let mut by_time = txn.open_table(INBOX_BY_TIME).during("open inbox_by_time")?;
             for entry in source.open_table(INBOX).during("open inbox")?.iter().during("read inbox")? {
                 let (k, v) = entry.during("read inbox")?;
-                inbox.insert(k.value(), v.value()).during("write inbox")?;
-            }
-            let mut by_time = txn.open_table(INBOX_BY_TIME).during("open inbox_by_time")?;
-            for entry in source.open_table(INBOX_BY_TIME).during("open inbox_by_time")?.iter().during("read inbox")? {
-                let (k, _) = entry.during("read inbox_by_time")?;
-                by_time.insert(k.value(), ()).during("write inbox_by_time")?;
+                let (id, applied_at) = (k.value(), v.value());
+                if inbox.get(id).during("read inbox")?.is_none() {
+                    inbox.insert(id, applied_at).during("write inbox")?;
+                    by_time.insert((applied_at, id), ()).during("write inbox_by_time")?;
+                }
             }
         }
         let committed = txn.commit().during("commit");
