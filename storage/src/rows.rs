@@ -16,10 +16,7 @@ pub(crate) fn get_row<T: DeserializeOwned>(
     name: &'static str,
     id: &str,
 ) -> Result<Option<T>, StorageError> {
-    let txn = db.begin_read().during("begin_read")?;
-    let table = txn.open_table(def).during("open table")?;
-    let row = table.get(id).during("read row")?;
-    row.map(|bytes| decode_row(name, bytes.value())).transpose()
+    get_row_in(&db.begin_read().during("begin_read")?, def, name, id)
 }
 
 /// One row by id, read in `txn` (a shared snapshot, see `ContextFile::snapshot`).
