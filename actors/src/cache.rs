@@ -28,7 +28,7 @@ use crate::faults::Faults;
 use crate::flow;
 use crate::rebuild::{fresh_path, lock, Progress, RebuildError, SourceProgress, TableChange, SWAP_ATTEMPTS};
 use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
-use carrier_storage::rebuild::CacheSet;
+use carrier_storage::rebuild::{CacheSet, SwapCursor, SwapStep, SWAP_ROWS};
 
 /// A write to the context's file that the writer runs on its turn.
 pub trait WriteJob<K>: Send + 'static {
@@ -428,8 +428,10 @@ impl<K: ContextKind> ContextHandle<K> {
         let path = fresh_path(self.db.path());
         let _ = std::fs::remove_file(&path);
         let fresh = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || FileWriter::<K>::open(&path)).await?
+            // A quarter of the live file's page cache: the replay writes mostly new pages, and
+            // both files' caches count towards the process's memory while it runs.
+            let (path, cache_bytes) = (path.clone(), (self.db.cache_bytes() / 4).max(4 << 20));
+            tokio::task::spawn_blocking(move || FileWriter::<K>::open_scratch(&path, cache_bytes)).await?
         }
         .map_err(|source| RebuildError::Create { path: path.clone(), source })?;
         let fresh = Arc::new(fresh);
@@ -455,16 +457,25 @@ impl<K: ContextKind> ContextHandle<K> {
         for (index, source) in self.cache_sources.iter().enumerate() {
             (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
         }
+        // The swap goes a range of ids at a time, each its own short transaction on the writer,
+        // so that commands queued meanwhile wait for one range, never for the whole table.
         let sets: Vec<CacheSet> = self.cache_sources.iter().map(|s| s.set.clone()).collect();
-        for _ in 0..SWAP_ATTEMPTS {
-            lock(progress).state = "swapping".into();
+        let mut cursor = SwapCursor::default();
+        let mut behind_count = 0;
+        lock(progress).state = "swapping".into();
+        loop {
             let (file, swap_sets) = (fresh.clone(), sets.clone());
-            let swapped = self
-                .write(move |db| db.adopt_caches(&file, &swap_sets))
+            let (step, moved) = self
+                .write(move |db| {
+                    let step = db.swap_caches_step(&file, &swap_sets, &mut cursor, SWAP_ROWS);
+                    (step, cursor)
+                })
                 .await
-                .map_err(|_| RebuildError::WriterGone)??;
-            match swapped {
-                Ok(tables) => {
+                .map_err(|_| RebuildError::WriterGone)?;
+            cursor = moved;
+            match step? {
+                Ok(SwapStep::More(_)) => {}
+                Ok(SwapStep::Done(tables)) => {
                     lock(progress).tables = tables
                         .into_iter()
                         .map(|t| TableChange { table: t.table.to_string(), before: t.before, after: t.after })
@@ -474,12 +485,17 @@ impl<K: ContextKind> ContextHandle<K> {
                 }
                 Err(behind) => {
                     // Only a batch already being applied when the hold began can get here: catch
-                    // up past it, to the stream's end, and try again.
+                    // up past it, to the stream's end, and go on where the swap was.
+                    behind_count += 1;
+                    if behind_count > SWAP_ATTEMPTS {
+                        break;
+                    }
                     tracing::debug!(?behind, "rebuilt caches behind the live ones; catching up");
                     lock(progress).state = "replaying".into();
                     let index = sets.iter().position(|s| s.consumer == behind.consumer).unwrap_or(0);
                     let source = &self.cache_sources[index];
                     (source.replay)(bus.clone(), fresh.clone(), progress.clone(), index, None).await?;
+                    lock(progress).state = "swapping".into();
                 }
             }
         }
@@ -526,6 +542,8 @@ pub struct CacheSettings {
     pub gap_grace: Duration,
     /// How often one event alone may kill the cache before it is dead-lettered.
     pub poison_threshold: u32,
+    /// redb's page cache per file, in bytes.
+    pub cache_bytes: usize,
 }
 
 /// Why a command sent through a [`ContextHandle`] got no answer from the context.

@@ -396,7 +396,8 @@ impl<K: ContextKind> ContextDecl<K> {
             let steps = steps.clone();
             Box::pin(async move {
                 env.bus.ensure_dead_letter_stream(K::NAME).await?;
-                let db = FileWriter::<K>::open(env.data_dir.join(format!("{}.redb", K::NAME)))?;
+                let path = env.data_dir.join(format!("{}.redb", K::NAME));
+                let db = FileWriter::<K>::open_with_cache(path, env.settings.cache_bytes)?;
                 let mut builder = ContextBuilder::new(env.bus.clone(), db, env.settings, env.faults);
                 for step in steps.iter() {
                     step(&mut builder);

@@ -1,12 +1,12 @@
 //! Rebuilding a running context's caches from the owners' streams (`carrier rebuild`).
 //!
 //! The streams are replayed into a fresh file beside the live one by an ephemeral consumer,
-//! while the live file, its consumers and its servers go on as before. Then the context's writer
-//! swaps the cache tables in, in one transaction, once the fresh file has applied at least as far
-//! as the live one in every stream (if the live consumers moved on meanwhile, the replay catches
-//! up and the swap is tried again). Reads see the old caches until that commit and the rebuilt
-//! ones after it; nothing is ever half-swapped. See [`carrier_storage::rebuild`] for why only
-//! caches are rebuilt.
+//! while the live file, its consumers and its servers go on as before. Then the live batches are
+//! held, the replay catches up, and the context's writer swaps the cache tables in a range of ids
+//! at a time (each range one short transaction, so commands wait for one range at most), each
+//! only once the fresh file has applied at least as far as the live one in every stream (if not,
+//! the replay catches up and the swap goes on where it was). An id's row and version always move
+//! together. See [`carrier_storage::rebuild`] for why only caches are rebuilt.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -165,10 +165,17 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
     if checkpoint >= target {
         return Ok(());
     }
-    let mut stream = bus.replay(E::STREAM, E::STREAM_SUBJECTS, checkpoint + 1, 512).await?;
+    let mut stream = bus.replay(E::STREAM, E::STREAM_SUBJECTS, checkpoint + 1, REPLAY_BATCH).await?;
+    // One batch commits on a blocking thread while the next is pulled and decoded.
+    let mut applying: Option<Applying> = None;
     loop {
         let deliveries = stream.next_batch(Duration::from_secs(1)).await?;
         let Some(last) = deliveries.last().map(|d| d.stream_seq) else {
+            if let Some(previous) = applying.take() {
+                if previous.finish(&progress, index).await? >= target {
+                    return Ok(());
+                }
+            }
             // Nothing more is coming: the target was deleted from the stream, say.
             let (pending, _, _) = stream.lag().await?;
             if pending == 0 {
@@ -188,16 +195,38 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
             .collect();
         let applied_through = wanted.last().map(|d| d.stream_seq).unwrap_or(last.min(target));
         let count = wanted.len() as u64;
-        let (file, name) = (fresh.clone(), consumer.clone());
-        tokio::task::spawn_blocking(move || file.apply(&name, &batch, applied_through)).await??;
-        {
-            let mut p = lock(&progress);
-            p.events += count;
-            p.sources[index].applied_through = applied_through;
+        if let Some(previous) = applying.take() {
+            previous.finish(&progress, index).await?;
         }
+        let (file, name) = (fresh.clone(), consumer.clone());
+        let task = tokio::task::spawn_blocking(move || file.apply(&name, &batch, applied_through).map(|_| ()));
+        let current = Applying { task, applied_through, count };
         if applied_through >= target {
+            current.finish(&progress, index).await?;
             return Ok(());
         }
+        applying = Some(current);
+    }
+}
+
+/// Events replayed per transaction of the fresh file.
+const REPLAY_BATCH: usize = 2048;
+
+/// A replayed batch being committed.
+struct Applying {
+    task: tokio::task::JoinHandle<Result<(), StorageError>>,
+    applied_through: u64,
+    count: u64,
+}
+
+impl Applying {
+    /// Waits for the commit and counts it: how far the fresh file has applied.
+    async fn finish(self, progress: &Progress, index: usize) -> Result<u64, RebuildError> {
+        self.task.await??;
+        let mut p = lock(progress);
+        p.events += self.count;
+        p.sources[index].applied_through = self.applied_through;
+        Ok(self.applied_through)
     }
 }
 

@@ -89,8 +89,13 @@ impl Actor for OutboxRelay {
         match published {
             Round::Empty => {
                 // Woken by the owner's commit, or by the periodic check that covers a lost wakeup.
-                let _ = tokio::time::timeout(IDLE_CHECK, state.args.wakeup.notified()).await;
-                myself.send_message(RelayMsg::Drain)?;
+                // Waited for off the actor's loop, so that a stop is taken at once (it used to wait
+                // for this sleep: every `carrier run` took a second to stop after SIGTERM).
+                let wakeup = state.args.wakeup.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(IDLE_CHECK, wakeup.notified()).await;
+                    let _ = myself.send_message(RelayMsg::Drain);
+                });
             }
             Round::All => {
                 state.failures = 0;

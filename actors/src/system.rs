@@ -46,6 +46,9 @@ pub struct SystemConfig {
     pub poison_threshold: u32,
     /// Failures to inject.
     pub faults: Arc<Faults>,
+    /// Memory redb may use to cache each file's pages
+    /// ([`carrier_storage::DEFAULT_CACHE_BYTES`] unless set).
+    pub cache_bytes: usize,
 }
 
 impl SystemConfig {
@@ -65,6 +68,7 @@ impl SystemConfig {
             gap_grace: Duration::from_secs(1),
             poison_threshold: crate::consumer::SOLO_FAILURES_TO_DEAD_LETTER,
             faults: Arc::new(Faults::default()),
+            cache_bytes: carrier_storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -120,6 +124,7 @@ impl CarrierSystem {
             fallback: config.fallback,
             gap_grace: config.gap_grace,
             poison_threshold: config.poison_threshold,
+            cache_bytes: config.cache_bytes,
         };
         let mut children = Vec::new();
         let mut contexts = Vec::new();

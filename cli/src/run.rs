@@ -26,6 +26,11 @@ pub struct RunArgs {
     /// How often one event, applied on its own, may make a cache fail before it is dead-lettered.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     poison_threshold: u32,
+    /// Memory, in MiB, redb may use to cache each context file's pages (a rebuild's fresh file
+    /// gets as much again); beyond it pages come from the operating system's page cache.
+    #[arg(long, env = "CARRIER_REDB_CACHE_MB", default_value_t = (carrier_storage::DEFAULT_CACHE_BYTES >> 20) as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    redb_cache_mb: u32,
     #[command(flatten)]
     dashboard: crate::dashboard::DashboardArgs,
     #[command(flatten)]
@@ -55,6 +60,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     let mut config = SystemConfig::new(&nats.url, &args.data.data_dir, contexts);
     config.batch_max = args.batch_max as usize;
     config.poison_threshold = args.poison_threshold;
+    config.cache_bytes = (args.redb_cache_mb as usize) << 20;
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see actors::faults.
         let faults =

@@ -283,6 +283,73 @@ mod tests {
         assert_eq!(db.product("p").expect("read").expect("row").price, 1050);
     }
 
+    fn product(id: &str, price: i64) -> StoresEvent {
+        StoresEvent::ProductAdded(ProductAdded {
+            id: id.into(),
+            store_id: "s".into(),
+            name: id.into(),
+            description: String::new(),
+            sku: String::new(),
+            price,
+        })
+    }
+
+    /// The swap goes a range of ids at a time; in the end the live file holds exactly the
+    /// rebuilt rows and versions (a wrong row fixed, an extra one gone, a missing one added),
+    /// and a fresh file behind the live one changes nothing.
+    #[test]
+    fn a_swap_in_steps_ends_with_exactly_the_rebuilt_caches() {
+        use crate::rebuild::{stores_caches, SwapCursor, SwapStep};
+        let (_dir, live) = db();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = crate::FileWriter::<Baskets>::open_scratch(dir.path().join("fresh.redb"), 1 << 20).expect("open");
+        let at = |e: StoresEvent, seq: u64, version: u64| Inbound {
+            stream_seq: seq,
+            decoded: Decoded::new(e, version, &Causality::default()),
+        };
+        let consumer = "baskets-stores";
+        // Live: a at the wrong price, b that the streams do not have, e; through seq 3.
+        live.apply_stores_events(
+            consumer,
+            &[at(product("a", 1), 1, 1), at(product("b", 2), 2, 1), at(product("e", 5), 3, 1)],
+        )
+        .expect("live");
+        let sets = [stores_caches(consumer.to_string())];
+        // A fresh file behind the live one: nothing moves.
+        fresh.apply_stores_events(consumer, &[at(product("a", 10), 1, 1)]).expect("fresh");
+        let mut cursor = SwapCursor::default();
+        let behind = live.swap_caches_step(&fresh.file(), &sets, &mut cursor, 1).expect("step");
+        assert!(behind.is_err(), "{behind:?}");
+        assert_eq!(live.product("a").expect("read").expect("row").price, 1);
+        // Caught up: a fixed, c and d new, e equal, b absent.
+        fresh
+            .apply_stores_events(
+                consumer,
+                &[at(product("c", 3), 2, 1), at(product("d", 4), 3, 1), at(product("e", 5), 4, 1)],
+            )
+            .expect("fresh");
+        let mut steps = 0;
+        let tables = loop {
+            steps += 1;
+            match live.swap_caches_step(&fresh.file(), &sets, &mut cursor, 2).expect("step").expect("not behind") {
+                SwapStep::More(_) => assert!(steps < 20, "the swap does not end"),
+                SwapStep::Done(tables) => break tables,
+            }
+        };
+        assert!(steps > 2, "ranges of two ids take several steps: {steps}");
+        let products: Vec<(String, i64, u64)> =
+            live.products().expect("products").into_iter().map(|(id, row, v)| (id, row.price, v)).collect();
+        let expected: Vec<(String, i64, u64)> =
+            [("a", 10), ("c", 3), ("d", 4), ("e", 5)].iter().map(|(id, p)| (id.to_string(), *p, 1)).collect();
+        assert_eq!(products, expected);
+        let products_table = tables.iter().find(|t| t.table == "products_cache").expect("products_cache swapped");
+        assert_eq!((products_table.before, products_table.after), (3, 4));
+        assert_eq!(live.checkpoint(consumer).expect("checkpoint"), 4);
+        // b's version went with its row: a new b is applied as version 1 again.
+        let out = live.apply_stores_events(consumer, &[at(product("b", 7), 5, 1)]).expect("apply");
+        assert_eq!(out.dispositions, vec![Disposition::Applied]);
+    }
+
     /// Lookups share a read snapshot, but never one from before a commit that has finished.
     #[test]
     fn a_lookup_after_a_commit_sees_it() {

@@ -162,12 +162,27 @@ pub struct ContextFile<K> {
     snapshot: std::sync::Mutex<Option<(u64, Arc<ReadTransaction>)>>,
     /// Bumped by the writer after every commit.
     generation: std::sync::atomic::AtomicU64,
+    /// redb's page cache for this file.
+    cache_bytes: usize,
+    /// A rebuild's scratch file: batches commit without fsync (see [`FileWriter::open_scratch`]).
+    scratch: bool,
+    /// Batches committed without fsync since the last one with it.
+    unsynced: std::sync::atomic::AtomicU32,
 }
 
+/// A scratch file syncs one applied batch in this many.
+pub const SCRATCH_SYNC_EVERY: u32 = 32;
+
+/// How much memory redb may keep of a file's pages, by default: 64 MiB. redb's own default is
+/// 1 GiB per file, which a process with a live file and a rebuild beside it would fill with a
+/// million cached products; past this, pages are read from the operating system's page cache
+/// (counted as the kernel's memory, not the process's, and given back under pressure).
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl<K: ContextKind> ContextFile<K> {
-    fn open(path: &Path) -> Result<Self, StorageError> {
+    fn open(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
         let path = path.to_path_buf();
-        let db = engine::open_database(&path, |txn| {
+        let db = engine::open_database(&path, cache_bytes, |txn| {
             engine::create_tables(txn)?;
             txn.open_table(OUTBOX).during("create outbox")?;
             txn.open_table(OUTBOX_NEXT).during("create outbox_next")?;
@@ -179,7 +194,15 @@ impl<K: ContextKind> ContextFile<K> {
             kind: PhantomData,
             snapshot: std::sync::Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
+            cache_bytes,
+            scratch: false,
+            unsynced: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// redb's page cache for this file, in bytes (a rebuild opens its fresh file with the same).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
     }
 
     /// A read snapshot at least as new as the last commit that finished before this call:
@@ -266,9 +289,25 @@ impl<K: ContextKind> FileWriter<K> {
 }
 
 impl<K: ContextKind> FileWriter<K> {
-    /// Opens or creates the file and its tables.
+    /// Opens or creates the file and its tables, with redb's page cache at
+    /// [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        Ok(FileWriter { file: Arc::new(ContextFile::open(path.as_ref())?) })
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`FileWriter::open`], with redb's page cache at `cache_bytes`.
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self, StorageError> {
+        Ok(FileWriter { file: Arc::new(ContextFile::open(path.as_ref(), cache_bytes)?) })
+    }
+
+    /// A scratch file, for a rebuild: applied batches commit without waiting for the disk
+    /// (every [`SCRATCH_SYNC_EVERY`]th does, so that redb can reuse the pages earlier ones
+    /// freed) and record no inbox (the swap does not take it). What a crash leaves of it is
+    /// never used: a rebuild starts from an empty file.
+    pub fn open_scratch(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self, StorageError> {
+        let mut file = ContextFile::open(path.as_ref(), cache_bytes)?;
+        file.scratch = true;
+        Ok(FileWriter { file: Arc::new(file) })
     }
 
     /// The file, for reading: what the writer hands to everyone else.
@@ -287,7 +326,16 @@ impl<K: ContextKind> FileWriter<K> {
     where
         K: Reacts<E>,
     {
-        let outcome = engine::apply_batch(&self.db, consumer, &ReactProjection::<K, E>(PhantomData), batch, through);
+        let durability = if self.scratch
+            && self.unsynced.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SCRATCH_SYNC_EVERY != 0
+        {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        let projection = ReactProjection::<K, E>(PhantomData);
+        let outcome =
+            engine::apply_batch_with(&self.db, consumer, &projection, batch, through, durability, self.scratch);
         self.file.committed();
         outcome
     }

@@ -118,7 +118,30 @@ where
     E: DomainEvent,
     P: Projection<E>,
 {
-    let txn = db.begin_write().during("begin_write")?;
+    apply_batch_with(db, consumer, projection, batch, through, redb::Durability::Immediate, false)
+}
+
+/// [`apply_batch`] for a rebuild's scratch file: thrown away when the process dies, it needs no
+/// fsync per batch (`durability`), and no inbox (`scratch`): its inbox is never merged into the
+/// live file, and a duplicate within the replay is told by its entity's version.
+pub(crate) fn apply_batch_with<E, P>(
+    db: &Database,
+    consumer: &str,
+    projection: &P,
+    batch: &[Inbound<E>],
+    through: u64,
+    durability: redb::Durability,
+    scratch: bool,
+) -> Result<BatchOutcome, StorageError>
+where
+    E: DomainEvent,
+    P: Projection<E>,
+{
+    let mut txn = db.begin_write().during("begin_write")?;
+    if !matches!(durability, redb::Durability::Immediate) {
+        // Only refused for transactions that create or delete savepoints; this one does neither.
+        let _ = txn.set_durability(durability);
+    }
     let mut outcome = BatchOutcome { dispositions: Vec::with_capacity(batch.len()), unparked: 0 };
     {
         let mut inbox = txn.open_table(INBOX).during("open inbox")?;
@@ -135,12 +158,14 @@ where
         for item in batch {
             let envelope = &item.decoded.envelope;
             let id = envelope.event_id.0.as_u128();
-            if inbox.get(id).during("read inbox")?.is_some() {
-                outcome.dispositions.push(Disposition::Duplicate);
-                continue;
+            if !scratch {
+                if inbox.get(id).during("read inbox")?.is_some() {
+                    outcome.dispositions.push(Disposition::Duplicate);
+                    continue;
+                }
+                inbox.insert(id, item.stream_seq).during("write inbox")?;
+                inbox_by_time.insert((now_ms, id), ()).during("write inbox_by_time")?;
             }
-            inbox.insert(id, item.stream_seq).during("write inbox")?;
-            inbox_by_time.insert((now_ms, id), ()).during("write inbox_by_time")?;
 
             let aggregate = item.decoded.event.aggregate_type();
             let key = (aggregate, envelope.aggregate_id.as_str());
@@ -197,13 +222,17 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> 
 /// Opens (or creates) a context's database file and makes sure its tables exist.
 pub(crate) fn open_database(
     path: &std::path::Path,
+    cache_bytes: usize,
     create: impl FnOnce(&WriteTransaction) -> Result<(), StorageError>,
 ) -> Result<Database, StorageError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // A missing directory would otherwise surface as a bare "No such file" from redb.
         let _ = std::fs::create_dir_all(dir);
     }
-    let db = Database::create(path).map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?;
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?;
     let txn = db.begin_write().during("begin_write")?;
     create(&txn)?;
     txn.commit().during("commit")?;

@@ -42,7 +42,9 @@ pub mod stores;
 pub use baskets::BasketsDb;
 pub use cache::{CacheKind, StoresCacheDb};
 pub use command::CommandError;
-pub use context::{Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Reacts};
+pub use context::{
+    Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Reacts, DEFAULT_CACHE_BYTES,
+};
 pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;
 pub use depot::DepotDb;

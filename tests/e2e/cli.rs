@@ -270,3 +270,43 @@ fn bench_json_is_one_object_with_every_figure() {
     assert_eq!(figures["rounds"], 1);
     assert!(figures["nats_server_version"].as_str().is_some_and(|v| !v.is_empty()));
 }
+
+/// `carrier bench --scale --json` runs `carrier run` as a child process through catch-up,
+/// restarts after SIGTERM and SIGKILL and two rebuilds under a command probe, checks the end
+/// state, and prints one JSON object with every figure.
+#[test]
+fn bench_scale_json_measures_a_real_carrier_run() {
+    let out = Command::new(carrier_bin())
+        .args(["bench", "--scale", "--events", "3000", "--products", "2000", "--json"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("carrier runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench --scale failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
+    let f: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    for key in [
+        "small_catch_up",
+        "catch_up",
+        "ready_after_sigterm_ms",
+        "ready_after_sigkill_ms",
+        "rss_peak_mb",
+        "rss_peak_mb_rebuilds",
+        "file_mb_after_catch_up",
+        "catch_up_per_small_catch_up",
+    ] {
+        let value = f[key].as_f64().unwrap_or_else(|| panic!("{key} is a number: {f}"));
+        assert!(value > 0.0, "{key} = {value}");
+    }
+    let rebuilds = f["rebuild_seconds"].as_array().expect("rebuild_seconds");
+    assert_eq!(rebuilds.len(), 2, "{f}");
+    assert!(rebuilds.iter().all(|s| s.as_f64().is_some_and(|s| s > 0.0)), "{f}");
+    assert!(f["probe_commands_during_rebuild"].as_u64().is_some_and(|n| n > 0), "the probe ran: {f}");
+    // One inbox_by_time row per inbox entry, however many rebuilds ran.
+    assert_eq!(f["inbox_rows"], 3000, "{f}");
+    assert_eq!(f["inbox_by_time_rows"], f["inbox_rows"], "{f}");
+    assert_eq!(f["products"], 2000);
+    // No line per event at the default level.
+    assert!(f["log_lines_during_catch_up"].as_u64().is_some_and(|n| n < 50), "{f}");
+}

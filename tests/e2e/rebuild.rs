@@ -110,7 +110,7 @@ async fn a_rebuild_refills_the_caches_from_the_streams_while_they_keep_serving_a
             (serde_json::to_value(row).expect("json"), serde_json::to_value(owner_row).expect("json"));
         assert_eq!(cached_json["name"], owner_json["name"], "{id}");
     }
-    // A later event still applies once: the merged inbox and versions carry on.
+    // A later event still applies once: the versions moved with the rows.
     stores
         .execute(StoresCommand::RebrandStore { id: "s299".into(), name: "After".into() }, Causality::default())
         .await

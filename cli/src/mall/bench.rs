@@ -31,18 +31,30 @@ const BARE_STREAM: &str = "BENCH";
 const BARE_SUBJECTS: &str = "bench.>";
 /// PublishAcks outstanding while loading a stream, for both kinds of message.
 const PUBLISH_WINDOW: usize = 4096;
+/// Events per round and products, unless given.
+const EVENTS: u64 = 100_000;
+const PRODUCTS: u64 = 1_000;
 /// Commands in flight at once in the relay measurement.
 const COMMANDS_IN_FLIGHT: usize = 1024;
 
 /// Arguments of `carrier bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Events to publish and consume per round (one store, its products, then price changes).
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
-    events: u64,
-    /// Products the price changes are spread over.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    products: u64,
+    /// Events to publish and consume per round (one store, its products, then price changes)
+    /// [default: 100000; with --scale 1200000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    events: Option<u64>,
+    /// Products the price changes are spread over [default: 1000; with --scale 1000000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    products: Option<u64>,
+    /// Measure `carrier run` at scale instead: catch-up of `--events` over `--products`, restarts
+    /// after SIGTERM and SIGKILL, two rebuilds under a command probe, resident memory throughout.
+    #[arg(long)]
+    scale: bool,
+    /// With --scale: redb's page cache per file, MiB (as `carrier run --redb-cache-mb`).
+    #[arg(long, default_value_t = (carrier_storage::DEFAULT_CACHE_BYTES >> 20) as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    redb_cache_mb: u32,
     /// Most events applied per redb transaction.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_max: u32,
@@ -81,8 +93,22 @@ struct Round {
 
 pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("warn", false);
-    if args.products + 1 >= args.events {
-        bail!("--events ({}) must exceed --products + 1 ({})", args.events, args.products + 1);
+    if args.scale {
+        let events = args.events.unwrap_or(1_200_000);
+        return super::scale::main(super::scale::ScaleArgs {
+            events,
+            products: args.products.unwrap_or(1_000_000),
+            // The small key space as `carrier bench` runs it, or smaller for a small run.
+            small_events: EVENTS.min(events),
+            small_products: PRODUCTS.min(events / 10).max(1),
+            redb_cache_mb: args.redb_cache_mb,
+            json: args.json,
+        })
+        .await;
+    }
+    let (events, products) = (args.events.unwrap_or(EVENTS), args.products.unwrap_or(PRODUCTS));
+    if products + 1 >= events {
+        bail!("--events ({events}) must exceed --products + 1 ({})", products + 1);
     }
     // Always a private server: the benchmark fills, purges and drains its streams.
     let nats = carrier_cli::server::nats_or_local(None, None)?;
@@ -96,9 +122,9 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     say(format!(
         "carrier bench: {} events per round (1 store, {} products, {} price changes), batch <= {}, nats-server {}, {} round(s)",
-        args.events,
-        args.products,
-        args.events - args.products - 1,
+        events,
+        products,
+        events - products - 1,
         args.batch_max,
         bus.server_version(),
         args.rounds
@@ -166,8 +192,8 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "events_per_commit": summary.events_per_commit.round(),
             "rate": args.rate,
             "nats_server_version": bus.server_version(),
-            "events": args.events,
-            "products": args.products,
+            "events": events,
+            "products": products,
             "rounds": args.rounds,
         });
         println!("{object}");
@@ -223,7 +249,7 @@ async fn run_round(
     };
 
     // Fresh ids every round: JetStream's duplicate window would drop a republished event.
-    let workload = Workload::prices(args.events, args.products)?;
+    let workload = Workload::prices(args.events.unwrap_or(EVENTS), args.products.unwrap_or(PRODUCTS))?;
     let bare = bare_messages(&workload.events, round);
     let count = workload.events.len() as u64;
     bus.purge_stream(StoresEvent::STREAM).await?;
