@@ -127,6 +127,13 @@ impl<K: ContextKind> FileWriter<K> {
                 rebuilt_through.push(rebuilt);
             }
         }
+        // A set with no (table, aggregate) pair left is passed over.
+        while let Some(set) = sets.get(cursor.set) {
+            if cursor.table < set.tables.len().min(set.aggregates.len()) {
+                break;
+            }
+            (cursor.set, cursor.table) = (cursor.set + 1, 0);
+        }
         let step = if let Some(set) = sets.get(cursor.set) {
             let (name, aggregate) = (set.tables[cursor.table], set.aggregates[cursor.table]);
             let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(name);
