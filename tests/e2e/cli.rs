@@ -242,17 +242,20 @@ fn run_with_local_nats_is_a_whole_setup_in_one_command_and_stops_cleanly_on_sigt
 /// cache's end state, and prints one JSON object with every figure.
 #[test]
 fn bench_json_is_one_object_with_every_figure() {
-    let out = Command::new(carrier_bin())
-        .args(["bench", "--events", "2000", "--products", "100", "--rounds", "1"])
-        .args(["--latency-events", "200", "--commands", "300", "--rate", "2000", "--json"])
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("carrier runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
-    let figures: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    let figures = bench_json(&[
+        "--events",
+        "2000",
+        "--products",
+        "100",
+        "--rounds",
+        "1",
+        "--latency-events",
+        "200",
+        "--commands",
+        "300",
+        "--rate",
+        "2000",
+    ]);
     for key in
         ["bare_raw", "own_raw", "cache_path", "publish_bare", "publish_own", "relay", "lookups", "latency_p50_ms"]
     {
@@ -276,16 +279,7 @@ fn bench_json_is_one_object_with_every_figure() {
 /// state, and prints one JSON object with every figure.
 #[test]
 fn bench_scale_json_measures_a_real_carrier_run() {
-    let out = Command::new(carrier_bin())
-        .args(["bench", "--scale", "--events", "3000", "--products", "2000", "--json"])
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("carrier runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench --scale failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
-    let f: serde_json::Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    let f = bench_json(&["--scale", "--events", "3000", "--products", "2000"]);
     for key in [
         "small_catch_up",
         "catch_up",
@@ -309,4 +303,21 @@ fn bench_scale_json_measures_a_real_carrier_run() {
     assert_eq!(f["products"], 2000);
     // No line per event at the default level.
     assert!(f["log_lines_during_catch_up"].as_u64().is_some_and(|n| n < 50), "{f}");
+}
+
+/// Runs `carrier bench <args> --json`, which must succeed and print exactly one line on stdout:
+/// that line, parsed.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(carrier_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("carrier runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
+    serde_json::from_str(lines[0]).expect("stdout is JSON")
 }
