@@ -5,6 +5,7 @@
 //! encoded event and wait for JetStream's PublishAck, and copy a poison message to the
 //! dead-letter stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
@@ -88,6 +89,16 @@ pub enum BusError {
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// How this connection was made, for [`Bus::another_connection`].
+    origin: Arc<Origin>,
+}
+
+/// Where and as whom a [`Bus`] connected.
+#[derive(Debug)]
+struct Origin {
+    url: String,
+    client_name: String,
+    timeout: Duration,
 }
 
 impl Bus {
@@ -106,7 +117,17 @@ impl Bus {
             .map_err(|_| BusError::Connect { url: url.to_string(), reason: format!("no answer within {timeout:?}") })?
             .map_err(|e| BusError::Connect { url: url.to_string(), reason: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        Ok(Bus { client, js })
+        let origin = Arc::new(Origin { url: url.to_string(), client_name: client_name.to_string(), timeout });
+        Ok(Bus { client, js, origin })
+    }
+
+    /// A second connection to the same server, for bulk reads that must not queue in front of
+    /// this connection's traffic: a rebuild's replay pulls batches of thousands of messages,
+    /// and on one connection every command request and reply waits behind them. It closes when
+    /// the returned `Bus` and its clones are dropped.
+    pub async fn another_connection(&self, purpose: &str) -> Result<Bus, BusError> {
+        let origin = &self.origin;
+        Bus::connect(&origin.url, &format!("{} ({purpose})", origin.client_name), origin.timeout).await
     }
 
     /// The server's version, e.g. `2.9.10`.

@@ -435,9 +435,16 @@ impl<K: ContextKind> ContextHandle<K> {
         }
         .map_err(|source| RebuildError::Create { path: path.clone(), source })?;
         let fresh = Arc::new(fresh);
-        let outcome = self.replay_and_swap(bus, progress, &fresh).await;
-        drop(fresh);
-        let _ = std::fs::remove_file(&path);
+        // The replay's batches on a connection of their own, not in front of commands.
+        let replay_bus = bus.another_connection("rebuild").await?;
+        let outcome = self.replay_and_swap(&replay_bus, progress, &fresh).await;
+        // Closing the scratch file flushes and syncs it (hundreds of MB after a large replay):
+        // off the runtime's threads, where it would hold up every task scheduled behind it.
+        tokio::task::spawn_blocking(move || {
+            drop(fresh);
+            let _ = std::fs::remove_file(&path);
+        })
+        .await?;
         outcome
     }
 

@@ -342,8 +342,9 @@ impl<K: ContextKind> ContextDecl<K> {
 
     /// Decides commands of type `C` on `cmd.<context>` with `decide`, for decisions that need
     /// lookups first (off the write path). `decide` is given the context's handle
-    /// (cache lookups, and [`ContextHandle::write`] to run the decision on the file's writer) and
-    /// returns the event it recorded.
+    /// (cache lookups, then [`ContextHandle::execute`] with a command type the context
+    /// [`Decides`], e.g. the command and what was looked up, so the decision shares the writer's
+    /// group commit) and returns the event it recorded.
     pub fn commands<C, F, Fut>(mut self, decide: F) -> Self
     where
         C: DeserializeOwned + JsonSchema + Send + Sync + 'static,

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::baskets::*;
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
-use carrier_messages::{Decoded, DomainEvent};
+use carrier_messages::DomainEvent;
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
-use crate::context::{ContextFile, ContextKind, FileWriter};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -78,25 +78,35 @@ impl ContextKind for Baskets {
     }
 }
 
-impl FileWriter<Baskets> {
-    /// Decides a basket command. For `AddItem`, `item` is the line as the caches know it now
-    /// (store and product names, price; the quantity is the command's), looked up by the caller
-    /// beforehand so that no lookup runs inside the write transaction.
-    pub fn execute_basket(
-        &self,
-        command: &BasketsCommand,
-        item: Option<BasketItem>,
+/// A basket command with, for `AddItem`, the line as the caches know it now (store and product
+/// names, price; the quantity is the command's). The caller looks it up beforehand so that no
+/// lookup runs inside the write transaction.
+#[derive(Clone, Debug)]
+pub struct PricedBasketCommand {
+    /// The command.
+    pub command: BasketsCommand,
+    /// The line `AddItem` adds (`None` for the other commands, or an unknown product).
+    pub item: Option<BasketItem>,
+}
+
+impl Decides<PricedBasketCommand> for Baskets {
+    fn command_name(command: &PricedBasketCommand) -> &'static str {
+        command.command.name()
+    }
+
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, BasketsEvent>,
+        command: &PricedBasketCommand,
         causality: &Causality,
-    ) -> Result<Decoded<BasketsEvent>, CommandError> {
-        self.decide_with(|txn, emit| {
-            let (event, row) = decide_basket(txn, command, item)?;
-            event.validate()?;
-            let mut table = txn.open_table(BASKETS).during("open baskets")?;
-            let bytes = encode_row("baskets", &row)?;
-            table.insert(event.aggregate_id(), bytes.as_slice()).during("write baskets")?;
-            emit.record(event, row.version, causality)?;
-            Ok(())
-        })
+    ) -> Result<(), CommandError> {
+        let (event, row) = decide_basket(txn, &command.command, command.item.clone())?;
+        event.validate()?;
+        let mut table = txn.open_table(BASKETS).during("open baskets")?;
+        let bytes = encode_row("baskets", &row)?;
+        table.insert(event.aggregate_id(), bytes.as_slice()).during("write baskets")?;
+        emit.record(event, row.version, causality)?;
+        Ok(())
     }
 }
 
@@ -243,6 +253,7 @@ mod tests {
     use crate::engine::{Disposition, Inbound};
     use crate::{ContextDb, StoresCacheDb};
     use carrier_messages::stores::*;
+    use carrier_messages::Decoded;
 
     fn event(e: StoresEvent, version: u64) -> Inbound<StoresEvent> {
         Inbound { stream_seq: version, decoded: Decoded::new(e, version, &Causality::default()) }
@@ -429,6 +440,7 @@ mod adopt_tests {
     use crate::engine::{Adopted, Inbound};
     use crate::{ContextDb, StoresCacheDb};
     use carrier_messages::stores::*;
+    use carrier_messages::Decoded;
 
     fn raise(delta: i64, version: u64) -> Inbound<StoresEvent> {
         let e = StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta });

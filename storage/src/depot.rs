@@ -11,10 +11,10 @@ use carrier_messages::codec::Causality;
 use carrier_messages::depot::*;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
-use carrier_messages::{Decoded, Envelope};
+use carrier_messages::Envelope;
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables, PRODUCTS_CACHE, STORES_CACHE};
-use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -191,34 +191,33 @@ fn put_list(
     Ok(())
 }
 
-impl FileWriter<Depot> {
-    /// Decides a depot command (the bots report a list collected).
-    pub fn execute_depot(
-        &self,
+/// A depot command: the bots report a list collected.
+impl Decides<DepotCommand> for Depot {
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, DepotEvent>,
         command: &DepotCommand,
         causality: &Causality,
-    ) -> Result<Decoded<DepotEvent>, CommandError> {
-        self.decide_with(|txn, emit| {
-            let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
-            match command {
-                DepotCommand::CompleteShoppingList { id } => {
-                    let mut row = get_list(&lists, id)?
-                        .ok_or_else(|| CommandError::NotFound { kind: "shopping list", id: id.clone() })?;
-                    if row.status != ShoppingListStatus::Available {
-                        return Err(CommandError::Rejected(format!(
-                            "shopping list {id:?} is {:?}, not available",
-                            row.status
-                        )));
-                    }
-                    row.status = ShoppingListStatus::Completed;
-                    row.version += 1;
-                    put_list(&mut lists, id, &row)?;
-                    let completed = ShoppingListCompleted { id: id.clone(), order_id: row.order_id.clone() };
-                    emit.record(DepotEvent::ShoppingListCompleted(completed), row.version, causality)?;
-                    Ok(())
+    ) -> Result<(), CommandError> {
+        let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
+        match command {
+            DepotCommand::CompleteShoppingList { id } => {
+                let mut row = get_list(&lists, id)?
+                    .ok_or_else(|| CommandError::NotFound { kind: "shopping list", id: id.clone() })?;
+                if row.status != ShoppingListStatus::Available {
+                    return Err(CommandError::Rejected(format!(
+                        "shopping list {id:?} is {:?}, not available",
+                        row.status
+                    )));
                 }
+                row.status = ShoppingListStatus::Completed;
+                row.version += 1;
+                put_list(&mut lists, id, &row)?;
+                let completed = ShoppingListCompleted { id: id.clone(), order_id: row.order_id.clone() };
+                emit.record(DepotEvent::ShoppingListCompleted(completed), row.version, causality)?;
+                Ok(())
             }
-        })
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub mod rebuild;
 pub mod search;
 pub mod stores;
 
-pub use baskets::BasketsDb;
+pub use baskets::{BasketsDb, PricedBasketCommand};
 pub use cache::{CacheKind, StoresCacheDb};
 pub use command::CommandError;
 pub use context::{

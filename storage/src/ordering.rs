@@ -12,9 +12,9 @@ use carrier_messages::codec::Causality;
 use carrier_messages::depot::DepotEvent;
 use carrier_messages::ordering::*;
 use carrier_messages::payments::PaymentsEvent;
-use carrier_messages::{Decoded, Envelope};
+use carrier_messages::Envelope;
 
-use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -209,30 +209,28 @@ impl Reacts<PaymentsEvent> for Ordering {
     }
 }
 
-impl FileWriter<Ordering> {
-    /// Decides an ordering command.
-    pub fn execute_ordering(
-        &self,
+impl Decides<OrderingCommand> for Ordering {
+    fn decide(
+        txn: &WriteTransaction,
+        emit: &mut Emitter<'_, OrderingEvent>,
         command: &OrderingCommand,
         causality: &Causality,
-    ) -> Result<Decoded<OrderingEvent>, CommandError> {
-        self.decide_with(|txn, emit| {
-            let mut orders = txn.open_table(ORDERS).during("open orders")?;
-            match command {
-                OrderingCommand::CancelOrder { id, reason } => {
-                    let row = get_order(&orders, id)?
-                        .ok_or_else(|| CommandError::NotFound { kind: "order", id: id.clone() })?;
-                    let reason = if reason.trim().is_empty() { "canceled by request" } else { reason.as_str() };
-                    if !cancel(&mut orders, emit, id, reason, Err(causality))? {
-                        return Err(CommandError::Rejected(format!(
-                            "order {id:?} is {} and can no longer be canceled",
-                            row.status.as_str()
-                        )));
-                    }
-                    Ok(())
+    ) -> Result<(), CommandError> {
+        let mut orders = txn.open_table(ORDERS).during("open orders")?;
+        match command {
+            OrderingCommand::CancelOrder { id, reason } => {
+                let row =
+                    get_order(&orders, id)?.ok_or_else(|| CommandError::NotFound { kind: "order", id: id.clone() })?;
+                let reason = if reason.trim().is_empty() { "canceled by request" } else { reason.as_str() };
+                if !cancel(&mut orders, emit, id, reason, Err(causality))? {
+                    return Err(CommandError::Rejected(format!(
+                        "order {id:?} is {} and can no longer be canceled",
+                        row.status.as_str()
+                    )));
                 }
+                Ok(())
             }
-        })
+        }
     }
 }
 

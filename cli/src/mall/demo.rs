@@ -225,8 +225,7 @@ async fn order_story(
     }
     // The bot collects everything and reports the list completed.
     let complete = DepotCommand::CompleteShoppingList { id: basket.clone() };
-    let (c, cmd) = (correlation.clone(), complete);
-    depot.write(move |db| db.execute_depot(&cmd, &c)).await?.context("the depot refused to complete the list")?;
+    depot.execute(complete, correlation.clone()).await.context("the depot refused to complete the list")?;
     let completed = wait(deadline, || {
         search.db.order(&basket).ok().flatten().is_some_and(|o| o.status == OrderStatus::Completed)
             && notifications

@@ -9,7 +9,7 @@
 use carrier_messages::baskets::{BasketItem, BasketsCommand, BasketsEvent};
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::baskets::Baskets;
-use carrier_storage::CommandError;
+use carrier_storage::{CommandError, PricedBasketCommand};
 
 use carrier_actors::cache::{ContextHandle, LookupError};
 use carrier_actors::context::BoundedContext;
@@ -47,8 +47,7 @@ pub async fn execute(
         BasketsCommand::AddItem { product_id, quantity, .. } => lookup_item(handle, product_id, *quantity).await?,
         _ => None,
     };
-    let result = handle.write(move |db| db.execute_basket(&command, item, &causality)).await;
-    result.map_err(unavailable)?
+    handle.execute(PricedBasketCommand { command, item }, causality).await.map_err(CommandError::from)
 }
 
 async fn lookup_item(

@@ -14,7 +14,6 @@ use carrier_messages::depot::DepotCommand;
 use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::depot::Depot;
-use carrier_storage::CommandError;
 
 use carrier_actors::cache::{ContextHandle, Prefetch};
 use carrier_actors::context::BoundedContext;
@@ -49,9 +48,6 @@ pub fn context() -> BoundedContext {
         .stores_fallback()
         .consume::<StoresEvent>()
         .consume_with_prefetch::<OrderingEvent>(prefetch)
-        .commands(|handle: DepotHandle, command: DepotCommand, causality| async move {
-            let result = handle.write(move |db| db.execute_depot(&command, &causality)).await;
-            result.map_err(CommandError::unavailable)?
-        })
+        .decides::<DepotCommand>()
         .build()
 }

@@ -11,7 +11,6 @@ use carrier_messages::depot::DepotEvent;
 use carrier_messages::ordering::OrderingCommand;
 use carrier_messages::payments::PaymentsEvent;
 use carrier_storage::ordering::Ordering;
-use carrier_storage::CommandError;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;
@@ -28,9 +27,6 @@ pub fn context() -> BoundedContext {
         .consume::<BasketsEvent>()
         .consume::<DepotEvent>()
         .consume::<PaymentsEvent>()
-        .commands(|handle: OrderingHandle, command: OrderingCommand, causality| async move {
-            let result = handle.write(move |db| db.execute_ordering(&command, &causality)).await;
-            result.map_err(CommandError::unavailable)?
-        })
+        .decides::<OrderingCommand>()
         .build()
 }
