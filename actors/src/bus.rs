@@ -15,6 +15,8 @@ use futures::StreamExt;
 
 use carrier_messages::{DomainEvent, EncodedEvent};
 
+use crate::nats_options::NatsOptions;
+
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -93,31 +95,75 @@ pub struct Bus {
     origin: Arc<Origin>,
 }
 
+/// Why the first connection failed, in words that name what the server refused.
+fn connect_failure(error: &async_nats::ConnectError, options: &NatsOptions) -> String {
+    use async_nats::ConnectErrorKind as Kind;
+    let presented = options.credentials();
+    match error.kind() {
+        Kind::AuthorizationViolation => {
+            if presented == "no credentials" {
+                "the server requires credentials and none were given (authorization violation; see --nats-user, --nats-creds, --nats-nkey)".to_string()
+            } else {
+                format!("the server refused {presented} (authorization violation)")
+            }
+        }
+        Kind::Authentication => format!("authenticating with {presented} failed: {error}"),
+        Kind::Tls => format!("TLS failed: {error}"),
+        _ => error.to_string(),
+    }
+}
+
+/// Logs what happens to an established connection (the client itself is kept quiet, see
+/// `carrier_cli::init_logging`): `server` is the URL without credentials.
+fn connection_event(server: &str, event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!(%server, "connected to NATS"),
+        Event::Disconnected => tracing::warn!(%server, "disconnected from NATS; reconnecting"),
+        Event::Closed => tracing::debug!(%server, "NATS connection closed"),
+        Event::ServerError(error) => tracing::warn!(%server, %error, "NATS server error"),
+        other => tracing::warn!(%server, event = %other, "NATS connection"),
+    }
+}
+
 /// Where and as whom a [`Bus`] connected.
 #[derive(Debug)]
 struct Origin {
-    url: String,
+    options: NatsOptions,
     client_name: String,
     timeout: Duration,
 }
 
 impl Bus {
-    /// Connects, failing fast (within `timeout`) when the server is not there.
-    pub async fn connect(url: &str, client_name: &str, timeout: Duration) -> Result<Bus, BusError> {
-        let connect = async_nats::ConnectOptions::new()
+    /// Connects with `options` (a URL converts into them), failing fast (within `timeout`) when
+    /// the server is not there or refuses the credentials: one error naming the server (without
+    /// secrets) and what it refused, no retries. Once connected, the client reconnects for ever.
+    pub async fn connect(
+        options: impl Into<NatsOptions>,
+        client_name: &str,
+        timeout: Duration,
+    ) -> Result<Bus, BusError> {
+        let options = options.into();
+        let (url, connect) = options.client_options().await?;
+        let shown = url.clone();
+        let connect = connect
             .name(client_name)
             .connection_timeout(timeout)
             // After the first connection, keep reconnecting for ever: a restarted server must find
             // its consumers and relays again without help.
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| Duration::from_millis((50 * attempts as u64).min(2_000)))
-            .connect(url);
+            .event_callback(move |event| {
+                let server = shown.clone();
+                async move { connection_event(&server, event) }
+            })
+            .connect(url.as_str());
         let client = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| BusError::Connect { url: url.to_string(), reason: format!("no answer within {timeout:?}") })?
-            .map_err(|e| BusError::Connect { url: url.to_string(), reason: e.to_string() })?;
+            .map_err(|_| BusError::Connect { url: url.clone(), reason: format!("no answer within {timeout:?}") })?
+            .map_err(|e| BusError::Connect { url: url.clone(), reason: connect_failure(&e, &options) })?;
         let js = jetstream::new(client.clone());
-        let origin = Arc::new(Origin { url: url.to_string(), client_name: client_name.to_string(), timeout });
+        let origin = Arc::new(Origin { options, client_name: client_name.to_string(), timeout });
         Ok(Bus { client, js, origin })
     }
 
@@ -127,7 +173,7 @@ impl Bus {
     /// the returned `Bus` and its clones are dropped.
     pub async fn another_connection(&self, purpose: &str) -> Result<Bus, BusError> {
         let origin = &self.origin;
-        Bus::connect(&origin.url, &format!("{} ({purpose})", origin.client_name), origin.timeout).await
+        Bus::connect(origin.options.clone(), &format!("{} ({purpose})", origin.client_name), origin.timeout).await
     }
 
     /// The server's version, e.g. `2.9.10`.

@@ -33,6 +33,7 @@ pub mod fallback;
 pub mod faults;
 pub mod flow;
 pub mod metrics;
+pub mod nats_options;
 pub mod nats_server;
 pub mod observe;
 pub mod rebuild;
@@ -45,4 +46,5 @@ pub mod telemetry;
 
 pub use cache::{ContextHandle, ExecuteError};
 pub use context::{BoundedContext, SourceStream, UnknownContext};
+pub use nats_options::NatsOptions;
 pub use system::{CarrierSystem, Health, StartError, SystemConfig};

@@ -42,6 +42,8 @@ pub struct LocalNatsServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// The configuration file it was started with, if any (a restart uses it again).
+    config: Option<PathBuf>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -58,15 +60,39 @@ impl LocalNatsServer {
         Ok(server)
     }
 
+    /// Starts a server like [`start_temporary`](Self::start_temporary) with `config` (nats-server's
+    /// configuration syntax: `authorization { ... }`, `tls { ... }`) written to a file beside its
+    /// store: how the tests run servers that require credentials or TLS.
+    pub fn start_temporary_with_config(config: &str) -> Result<Self, NatsServerError> {
+        let temp = tempfile::Builder::new()
+            .prefix("carrier-nats-")
+            .tempdir()
+            .map_err(|source| NatsServerError::Dir { path: std::env::temp_dir(), source })?;
+        let dir = temp.path().to_path_buf();
+        let file = dir.join("server.conf");
+        std::fs::write(&file, config).map_err(|source| NatsServerError::Dir { path: file.clone(), source })?;
+        let mut server = Self::start_with(&dir, None, Some(&file))?;
+        server._temp = Some(temp);
+        Ok(server)
+    }
+
     /// Starts a server with its store in `dir` (kept after it stops), on `port` or a free one.
     pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self, NatsServerError> {
+        Self::start_with(dir, port, None)
+    }
+
+    fn start_with(dir: &Path, port: Option<u16>, config: Option<&Path>) -> Result<Self, NatsServerError> {
         std::fs::create_dir_all(dir).map_err(|source| NatsServerError::Dir { path: dir.to_path_buf(), source })?;
         let log = dir.join("nats-server.log");
         // A fresh log per start, so the port we read below is this run's.
         let _ = std::fs::remove_file(&log);
         let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_string());
         let port_arg = port.map(|p| p.to_string()).unwrap_or_else(|| "-1".to_string());
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
             .arg(dir.join("jetstream"))
             .arg("--log")
@@ -76,7 +102,13 @@ impl LocalNatsServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|source| NatsServerError::Spawn { binary: binary.clone(), source })?;
-        let mut server = LocalNatsServer { child: Some(child), port: 0, dir: dir.to_path_buf(), _temp: None };
+        let mut server = LocalNatsServer {
+            child: Some(child),
+            port: 0,
+            dir: dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            _temp: None,
+        };
         server.port = server.wait_ready(&log, Duration::from_secs(20))?;
         Ok(server)
     }
@@ -130,7 +162,7 @@ impl LocalNatsServer {
     /// Starts the server again on the same port and store (after [`kill`](Self::kill)).
     pub fn restart(&mut self) -> Result<(), NatsServerError> {
         self.kill();
-        let mut again = Self::start_in(&self.dir, Some(self.port))?;
+        let mut again = Self::start_with(&self.dir, Some(self.port), self.config.as_deref())?;
         self.child = again.child.take();
         Ok(())
     }

@@ -15,6 +15,7 @@ use crate::cache::{CacheSettings, InboxRetention};
 use crate::consumer::ConsumerStats;
 use crate::context::{BoundedContext, StartEnv};
 use crate::faults::Faults;
+use crate::nats_options::NatsOptions;
 use crate::observe::ObservedContext;
 use crate::supervisor::{ChildSpec, RestartPolicy, SupervisionTree, Supervisor, SupervisorArgs, SupervisorMsg};
 
@@ -25,8 +26,8 @@ pub use crate::supervisor::ROOT;
 /// How to start the system.
 #[derive(Clone)]
 pub struct SystemConfig {
-    /// NATS server URL.
-    pub nats_url: String,
+    /// The NATS server and the credentials and TLS settings to reach it with.
+    pub nats: NatsOptions,
     /// Where each context keeps its redb file.
     pub data_dir: PathBuf,
     /// The contexts to run, in start order (a name given twice runs once).
@@ -53,9 +54,9 @@ pub struct SystemConfig {
 
 impl SystemConfig {
     /// `contexts`, with defaults for everything else.
-    pub fn new(nats_url: impl Into<String>, data_dir: impl Into<PathBuf>, contexts: Vec<BoundedContext>) -> Self {
+    pub fn new(nats: impl Into<NatsOptions>, data_dir: impl Into<PathBuf>, contexts: Vec<BoundedContext>) -> Self {
         SystemConfig {
-            nats_url: nats_url.into(),
+            nats: nats.into(),
             data_dir: data_dir.into(),
             contexts,
             batch_max: 512,
@@ -98,7 +99,7 @@ struct RunningContext {
 impl CarrierSystem {
     /// Connects, creates streams, opens databases and starts every configured context.
     pub async fn start(config: SystemConfig) -> Result<CarrierSystem, StartError> {
-        let bus = Bus::connect(&config.nats_url, "carrier", Duration::from_secs(5)).await?;
+        let bus = Bus::connect(config.nats.clone(), "carrier", Duration::from_secs(5)).await?;
         let mut declarations: Vec<BoundedContext> = Vec::new();
         for context in &config.contexts {
             if !declarations.iter().any(|d| d.name() == context.name()) {

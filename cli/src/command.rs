@@ -21,9 +21,8 @@ pub struct CommandArgs {
     /// How long to wait for the reply, in seconds.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 /// Refuses a context this binary does not declare, or one without `kind` endpoints.
@@ -42,7 +41,7 @@ pub async fn main(args: CommandArgs, app: &crate::App) -> anyhow::Result<ExitCod
     crate::init_logging("warn", false);
     check_endpoint(app, &args.context, "cmd")?;
     let body: serde_json::Value = serde_json::from_str(&args.command).context("the command is not JSON")?;
-    let bus = Bus::connect(&args.nats_url, "carrier-command", Duration::from_secs(5)).await?;
+    let bus = Bus::connect(args.nats.options()?, "carrier-command", Duration::from_secs(5)).await?;
     let mut headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];
     if let Some(id) = args.correlation_id {
         headers.push((header::CORRELATION_ID.to_string(), id));
@@ -67,9 +66,8 @@ pub struct QueryArgs {
     /// How long to wait for the reply, in seconds.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 /// Sends a query to `query.<context>` and prints the reply as JSON; fails when it is not `ok`.
@@ -77,7 +75,7 @@ pub async fn query(args: QueryArgs, app: &crate::App) -> anyhow::Result<ExitCode
     crate::init_logging("warn", false);
     check_endpoint(app, &args.context, "query")?;
     let body: serde_json::Value = serde_json::from_str(&args.query).context("the query is not JSON")?;
-    let bus = Bus::connect(&args.nats_url, "carrier-query", Duration::from_secs(5)).await?;
+    let bus = Bus::connect(args.nats.options()?, "carrier-query", Duration::from_secs(5)).await?;
     let headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];
     let reply = bus
         .request(&query_subject(&args.context), &headers, serde_json::to_vec(&body)?, Duration::from_secs(args.timeout))

@@ -12,9 +12,8 @@ use carrier_messages::envelope::header;
 pub struct DlqArgs {
     #[command(subcommand)]
     action: Action,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
-    nats_url: String,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -73,7 +72,7 @@ pub async fn main(args: DlqArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     if !declared.consumes() {
         bail!("{named} reads no stream, so it has no dead letters");
     }
-    let bus = Bus::connect(&args.nats_url, "carrier-dlq", Duration::from_secs(5)).await?;
+    let bus = Bus::connect(args.nats.options()?, "carrier-dlq", Duration::from_secs(5)).await?;
     match args.action {
         Action::List { context, from, limit } => {
             let letters = bus.dead_letters(&context, from, limit).await?;

@@ -16,6 +16,7 @@ mod command;
 pub mod dashboard;
 mod dlq;
 mod inspect;
+pub mod nats;
 pub mod otel;
 pub mod progress;
 mod publish;
@@ -186,7 +187,11 @@ async fn run_command(command: Command, app: &App) -> anyhow::Result<ExitCode> {
 
 /// Logs to `writer`; `RUST_LOG` overrides `default_filter`.
 pub fn init_logging(default_filter: &str, to_stdout: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    // The client's own connection errors are reported once, by the bus, in Carrier's words
+    // (which credentials were refused, the URL without secrets), not twice.
+    let default_filter = format!("{default_filter},async_nats::connector=off");
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.as_str().into());
     if LOG_FORMAT.get() == Some(&LogFormat::Json) {
         let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(true);
         let _ = if to_stdout {

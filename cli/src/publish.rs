@@ -37,9 +37,8 @@ pub struct PublishArgs {
     /// or binary mode, or Carrier's older headers (docs/wire-contract.md, "Framing").
     #[arg(long, value_enum, default_value = "structured")]
     format: Format,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -87,7 +86,7 @@ pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
         decoded.envelope.content_type = ContentType::Json;
     }
     let wire = decoded.encode_as(args.format.into()).context("encoding failed")?;
-    let bus = Bus::connect(&args.nats_url, "carrier-publish", Duration::from_secs(5)).await?;
+    let bus = Bus::connect(args.nats.options()?, "carrier-publish", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
     let receipt = bus.publish(&wire).await?;
     println!(

@@ -8,9 +8,8 @@ use carrier_actors::{CarrierSystem, SystemConfig};
 /// Arguments of `carrier run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: crate::nats::NatsArgs,
     /// Start a nats-server with JetStream on a free loopback port (its store under the data
     /// directory) and run against it instead of `--nats-url`: a whole local setup in one command.
     #[arg(long)]
@@ -55,9 +54,9 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         println!("nats-server with JetStream at {}", nats.url);
         nats
     } else {
-        crate::server::Nats { url: args.nats_url.clone(), _local: None }
+        crate::server::nats_or_local(Some(args.nats.options()?), None)?
     };
-    let mut config = SystemConfig::new(&nats.url, &args.data.data_dir, contexts);
+    let mut config = SystemConfig::new(nats.options.clone(), &args.data.data_dir, contexts);
     config.batch_max = args.batch_max as usize;
     config.poison_threshold = args.poison_threshold;
     config.cache_bytes = (args.redb_cache_mb as usize) << 20;

@@ -2,25 +2,28 @@
 
 use anyhow::Context;
 use carrier_actors::nats_server::LocalNatsServer;
+use carrier_actors::NatsOptions;
 
-/// A server URL, and the child process behind it when we started one.
+/// A server, and the child process behind it when we started one.
 pub struct Nats {
-    /// Where to connect.
+    /// Where it is, without credentials: what may be printed.
     pub url: String,
+    /// How to connect to it.
+    pub options: NatsOptions,
     /// Kept alive until dropped.
     pub _local: Option<LocalNatsServer>,
 }
 
-/// Uses `url` when given; otherwise starts `nats-server` on a free loopback port with its store
+/// Uses `given` when given; otherwise starts `nats-server` on a free loopback port with its store
 /// in `store_dir` (or a temporary directory).
-pub fn nats_or_local(url: Option<String>, store_dir: Option<&std::path::Path>) -> anyhow::Result<Nats> {
-    if let Some(url) = url {
-        return Ok(Nats { url, _local: None });
+pub fn nats_or_local(given: Option<NatsOptions>, store_dir: Option<&std::path::Path>) -> anyhow::Result<Nats> {
+    if let Some(options) = given {
+        return Ok(Nats { url: options.display_url(), options, _local: None });
     }
     let server = match store_dir {
         Some(dir) => LocalNatsServer::start_in(&dir.join("nats"), None),
         None => LocalNatsServer::start_temporary(),
     }
     .context("no --nats-url given, so carrier tried to start nats-server itself")?;
-    Ok(Nats { url: server.url(), _local: Some(server) })
+    Ok(Nats { url: server.url(), options: NatsOptions::new(server.url()), _local: Some(server) })
 }

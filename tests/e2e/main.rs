@@ -13,4 +13,5 @@ mod mall;
 mod observability;
 mod rebuild;
 mod reliability;
+mod security;
 mod versions;

@@ -17,9 +17,9 @@ use carrier_cli::money;
 /// Arguments of `carrier demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Use this NATS server instead of starting one.
-    #[arg(long, env = "NATS_URL")]
-    nats_url: Option<String>,
+    /// A NATS server to use instead of starting one (with --nats-url or --nats-context).
+    #[command(flatten)]
+    nats: carrier_cli::nats::NatsArgs,
     /// Keep the redb files (and a started server's store) here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -39,11 +39,14 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
     carrier_cli::init_logging("warn,carrier::flow=info", true);
     let temp = tempfile_dir()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let nats = carrier_cli::server::nats_or_local(args.nats_url.clone(), args.data_dir.as_deref())?;
+    let nats = carrier_cli::server::nats_or_local(
+        args.nats.names_a_server().then(|| args.nats.options()).transpose()?,
+        args.data_dir.as_deref(),
+    )?;
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
     let exporter = carrier_cli::otel::start(&args.otlp).await?;
-    let system = CarrierSystem::start(SystemConfig::new(&nats.url, &data_dir, app.contexts.clone()))
+    let system = CarrierSystem::start(SystemConfig::new(nats.options.clone(), &data_dir, app.contexts.clone()))
         .await
         .context("carrier did not start")?;
     let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
