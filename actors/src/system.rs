@@ -172,8 +172,9 @@ impl CarrierSystem {
     pub async fn shutdown(self) {
         self.root.stop(Some("shutdown".into()));
         let _ = self.root_task.await;
-        // Publishes and acks are buffered by the client; make sure they leave the process.
-        let _ = self.bus.flush().await;
+        // Publishes and acks are buffered by the client; make sure they leave the process, but
+        // not for ever: with the server gone a flush waits for a reconnect that may never come.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
     }
 }
 

@@ -26,7 +26,7 @@ pub mod server;
 mod status;
 
 pub use inspect::money;
-pub use run::shutdown_signal;
+pub use run::{shutdown_signal, stop_within, STOP_LIMIT};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -147,6 +147,8 @@ pub fn main_with<X: Subcommand>(
             Err(e) => e.exit(),
         }
     });
+    // A blocking task stuck on a dead server (a flush, an export) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {

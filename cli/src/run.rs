@@ -82,18 +82,39 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     );
     shutdown_signal().await;
     tracing::info!("stopping: finishing in-flight batches and flushing the outbox");
-    if let Some(dashboard) = dashboard {
-        dashboard.stop();
-    }
-    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), system.shutdown()).await;
-    if let Some(exporter) = exporter {
-        exporter.shutdown().await;
-    }
-    if stopped.is_err() {
-        anyhow::bail!("shutdown took longer than 10 s");
-    }
+    stop_within(async move {
+        if let Some(dashboard) = dashboard {
+            dashboard.stop();
+        }
+        system.shutdown().await;
+        if let Some(exporter) = exporter {
+            exporter.shutdown().await;
+        }
+    })
+    .await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a stop may take after SIGINT or SIGTERM.
+pub const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `stop` (after the first SIGINT or SIGTERM) for at most [`STOP_LIMIT`]; a second signal
+/// ends it sooner. Either way the process exits at once, with status 1, rather than wait on
+/// something that may never come back (a NATS server that is gone, a blocked flush): a stop is
+/// bounded whatever the network does.
+pub async fn stop_within(stop: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = stop => {}
+        () = tokio::time::sleep(STOP_LIMIT) => {
+            eprintln!("error: not stopped within {} s; exiting without finishing", STOP_LIMIT.as_secs());
+            std::process::exit(1);
+        }
+        () = shutdown_signal() => {
+            eprintln!("error: a second signal while stopping; exiting without finishing");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Waits for SIGINT or SIGTERM.

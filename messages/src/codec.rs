@@ -356,10 +356,14 @@ pub mod check {
     pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<(), ValidationError> {
         let len = value.trim().len();
         if len < min || value.len() > max {
-            return Err(ValidationError {
-                field,
-                problem: format!("must be {min} to {max} bytes (not blank), got {}", value.len()),
-            });
+            let problem = if min == 0 {
+                format!("must be at most {max} bytes (may be empty), got {}", value.len())
+            } else if value.len() > max {
+                format!("must be {min} to {max} bytes, got {}", value.len())
+            } else {
+                format!("must not be blank (at least {min} byte besides spaces), got {:?}", value)
+            };
+            return Err(ValidationError { field, problem });
         }
         Ok(())
     }
@@ -519,6 +523,17 @@ impl DomainEvent for NoEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_limit_error_says_what_the_limit_is() {
+        let blank = check::name("name", "   ").unwrap_err();
+        assert!(blank.problem.starts_with("must not be blank"), "{}", blank.problem);
+        let long = check::name("name", &"x".repeat(300)).unwrap_err();
+        assert_eq!(long.problem, "must be 1 to 256 bytes, got 300");
+        assert!(check::free_text("location", "").is_ok(), "free text may be empty or blank");
+        let text = check::free_text("location", &"x".repeat(5000)).unwrap_err();
+        assert_eq!(text.problem, "must be at most 4096 bytes (may be empty), got 5000");
+    }
 
     /// How outbox rows were written before the body became a byte string.
     #[derive(Serialize)]

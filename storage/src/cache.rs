@@ -79,8 +79,12 @@ impl<K: CacheKind> CacheTables<'_, K> {
     pub fn update_product(&mut self, id: &str, change: impl FnOnce(&mut K::Product)) -> Result<(), StorageError> {
         let current = self.products.get(id).during("read products_cache")?.map(|g| g.value().to_vec());
         let Some(bytes) = current else {
-            tracing::warn!(product.id = id, "product missing from the cache; change skipped");
-            return Ok(());
+            // Versions let a product's next event through only after its earlier ones, so a
+            // missing row means the product was removed: removal is final (the owner refuses
+            // changes to a removed product), and an event that changes one breaks the contract.
+            return Err(StorageError::poison(format!(
+                "product {id:?} was removed (or never added): a removed product takes no further changes"
+            )));
         };
         let mut row: K::Product = decode_row("products_cache", &bytes)?;
         change(&mut row);
@@ -108,9 +112,19 @@ impl<K: CacheKind> Reacts<StoresEvent> for K {
     fn react(
         tables: &mut CacheTables<'_, K>,
         _emit: &mut Emitter<'_, K::Event>,
-        _envelope: &Envelope,
+        envelope: &Envelope,
         event: &StoresEvent,
     ) -> Result<(), StorageError> {
+        // An id is never reused: the event creating an entity is its version 1, so a
+        // `ProductAdded` (or `StoreCreated`) at a later version re-adds a removed product's id.
+        let creates = matches!(event, StoresEvent::ProductAdded(_) | StoresEvent::StoreCreated(_));
+        if creates && envelope.aggregate_version != 1 {
+            return Err(StorageError::poison(format!(
+                "{} creates {:?} but has aggregate version {}: an entity is created at version 1, \
+                 and a removed product's id is not reused",
+                envelope.event_type, envelope.aggregate_id, envelope.aggregate_version
+            )));
+        }
         K::apply(tables, event)
     }
 }

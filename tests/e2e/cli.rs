@@ -321,3 +321,52 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
     assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
     serde_json::from_str(lines[0]).expect("stdout is JSON")
 }
+
+/// `carrier run` against `env`, ready, with its dashboard on a free port.
+fn ready_service(env: &TestEnv, data: &std::path::Path) -> carrier_tests::CarrierProcess {
+    let (url, data) = (env.url(), data.to_string_lossy().to_string());
+    let mut carrier = carrier_tests::CarrierProcess::spawn(&[
+        "run",
+        "--contexts",
+        "stores,baskets",
+        "--nats-url",
+        &url,
+        "--data-dir",
+        &data,
+        "--dashboard-addr",
+        "127.0.0.1:0",
+    ]);
+    let dashboard = carrier.dashboard_url(Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while carrier_tests::http_get(&format!("{dashboard}/readyz")).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready:\n{}", carrier.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    carrier
+}
+
+#[test]
+fn a_stop_is_bounded_when_the_server_is_gone_and_a_second_signal_ends_it_at_once() {
+    let mut env = TestEnv::start();
+    let data = env.data_dir();
+    // The server dies first (as `timeout` signalling the whole process group does), then SIGTERM.
+    let mut carrier = ready_service(&env, &data);
+    env.nats.kill();
+    let signalled = std::time::Instant::now();
+    carrier.signal("TERM");
+    let exited = carrier.wait_exit(Duration::from_secs(12)).expect("exits within the 10 s stop limit");
+    assert!(exited.is_some(), "exits by itself, not killed");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(11), "stop took {took:?}");
+
+    env.nats.restart().expect("server back");
+    let mut carrier = ready_service(&env, &data);
+    env.nats.kill();
+    carrier.signal("TERM");
+    std::thread::sleep(Duration::from_millis(100)); // two signals in a row, as an impatient operator sends them
+    let second = std::time::Instant::now();
+    carrier.signal("TERM");
+    let code = carrier.wait_exit(Duration::from_secs(3)).expect("a second signal ends it at once");
+    assert!(code.is_some(), "exits by itself");
+    assert!(second.elapsed() < Duration::from_secs(3));
+}

@@ -204,3 +204,59 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     cache.shutdown().await;
     owner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_product_takes_no_changes_and_its_id_is_not_reused() {
+    let env = TestEnv::start();
+    let cache = env.system(&["baskets"]).await;
+    let c = Causality::default();
+    let added = |id: &str, v: u64, price: i64| {
+        let e = ProductAdded {
+            id: id.into(),
+            store_id: "s".into(),
+            name: "Kettle".into(),
+            description: String::new(),
+            sku: String::new(),
+            price,
+        };
+        Decoded::new(StoresEvent::ProductAdded(e), v, &c)
+    };
+    let removed = |id: &str| Decoded::new(StoresEvent::ProductRemoved(ProductRemoved { id: id.into() }), 2, &c);
+    let raise =
+        Decoded::new(StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta: 5 }), 3, &c);
+    // A producer breaking the contract: a change to p after its removal; q's id added again.
+    let events = [added("p", 1, 100), removed("p"), raise, added("q", 1, 100), removed("q"), added("q", 3, 200)];
+    for event in &events {
+        let wire = event.encode().expect("encodes");
+        cache.bus.publish_raw(&wire.subject, &wire.headers, wire.body.into()).await.expect("stored");
+    }
+    let baskets = cache.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    wait_until(LIMIT, "every event is acknowledged", || {
+        let b = baskets.clone();
+        async move { b.consumer("stores").expect("stores consumer").acked_stream_seq.load(Ordering::Relaxed) == 6 }
+    })
+    .await;
+    assert!(baskets.db.product("p").expect("read").is_none(), "removal is final");
+    assert!(baskets.db.product("q").expect("read").is_none(), "a removed id is not reused");
+    let consumer = baskets.consumer("stores").expect("stores consumer");
+    assert_eq!(consumer.dead_lettered.load(Ordering::Relaxed), 2, "the change and the re-add are dead letters");
+    let dlq = cache
+        .bus
+        .jetstream()
+        .get_stream(carrier_actors::bus::dead_letter_stream("baskets"))
+        .await
+        .expect("dead-letter stream");
+    let reader = dlq.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.expect("reader");
+    use futures::StreamExt as _;
+    let mut letters = reader.fetch().max_messages(10).expires(Duration::from_secs(2)).messages().await.expect("fetch");
+    let mut errors = Vec::new();
+    while let Some(Ok(letter)) = letters.next().await {
+        let h = letter.headers.as_ref().expect("headers");
+        assert_eq!(h.get(carrier_actors::bus::dead_letter_header::REASON).map(|v| v.as_str()), Some("rejected"));
+        errors.push(h.get(carrier_actors::bus::dead_letter_header::ERROR).map(|v| v.to_string()).unwrap_or_default());
+    }
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("a removed product takes no further changes"), "{errors:?}");
+    assert!(errors[1].contains("is not reused"), "{errors:?}");
+    cache.shutdown().await;
+}

@@ -83,6 +83,27 @@ impl CarrierProcess {
     pub fn id(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends it `signal` (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} {}", self.child.id());
+    }
+
+    /// Waits up to `limit` for it to exit: its exit code (`None` for a signal), or `Err` with
+    /// its output when it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for CarrierProcess {
