@@ -176,6 +176,40 @@ impl Bus {
         Bus::connect(origin.options.clone(), &format!("{} ({purpose})", origin.client_name), origin.timeout).await
     }
 
+    /// The key-value bucket `bucket` (one value per key, each expiring `ttl` after its last
+    /// write), created if it does not exist.
+    pub async fn lease_bucket(&self, bucket: &str, ttl: Duration) -> Result<LeaseBucket, BusError> {
+        let failed = |reason: String| BusError::Stream { stream: format!("KV_{bucket}"), reason };
+        let store = match self.js.get_key_value(bucket).await {
+            Ok(store) => store,
+            Err(_) => {
+                // The bucket's stream as `create_key_value` would make it, but with a duplicate
+                // window no longer than the values live: the server refuses a longer one, and
+                // the client's default is two minutes.
+                let config = jetstream::stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some("carrier: which instance runs each context (leases)".into()),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    max_age: ttl,
+                    duplicate_window: ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    ..Default::default()
+                };
+                let created = self.js.get_or_create_stream(config).await.err();
+                self.js.get_key_value(bucket).await.map_err(|e| match created {
+                    Some(c) => failed(format!("cannot create it ({c}) nor read it ({e})")),
+                    None => failed(e.to_string()),
+                })?
+            }
+        };
+        Ok(LeaseBucket { store })
+    }
+
     /// The server's version, e.g. `2.9.10`.
     pub fn server_version(&self) -> String {
         self.client.server_info().version
@@ -1038,5 +1072,62 @@ impl Delivery {
     /// Tells the server work is still going on, resetting its ack timer.
     pub async fn in_progress(&self) -> Result<(), BusError> {
         self.acker.ack_with(AckKind::Progress).await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+}
+
+/// A key-value bucket of leases (see [`Bus::lease_bucket`]).
+#[derive(Clone)]
+pub struct LeaseBucket {
+    store: jetstream::kv::Store,
+}
+
+/// What [`LeaseBucket::claim`] found.
+#[derive(Debug)]
+pub enum Claimed {
+    /// The key is ours, at this revision.
+    Held(u64),
+    /// Someone else's value holds it.
+    Taken(Vec<u8>),
+}
+
+impl LeaseBucket {
+    /// Takes `key` with `value` unless another holder's value is there; a value `mine` accepts
+    /// (our own, left by a process of ours that died) is taken over at once.
+    pub async fn claim(&self, key: &str, value: Vec<u8>, mine: impl Fn(&[u8]) -> bool) -> Result<Claimed, BusError> {
+        let failed = |reason: String| BusError::Stream { stream: format!("lease {key}"), reason };
+        for _ in 0..5 {
+            match self.store.create(key, value.clone().into()).await {
+                Ok(revision) => return Ok(Claimed::Held(revision)),
+                Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed(e.to_string())),
+            }
+            let Some(entry) = self.store.entry(key).await.map_err(|e| failed(e.to_string()))? else {
+                continue; // expired in between: try again
+            };
+            if !mine(&entry.value) {
+                return Ok(Claimed::Taken(entry.value.to_vec()));
+            }
+            match self.store.update(key, value.clone().into(), entry.revision).await {
+                Ok(revision) => return Ok(Claimed::Held(revision)),
+                Err(_) => continue, // someone wrote in between: look again
+            }
+        }
+        Err(failed("the lease kept changing while it was being claimed".into()))
+    }
+
+    /// Writes `value` again at `revision` (extending its life); fails if anyone else wrote it.
+    pub async fn renew(&self, key: &str, value: Vec<u8>, revision: u64) -> Result<u64, BusError> {
+        self.store
+            .update(key, value.into(), revision)
+            .await
+            .map_err(|e| BusError::Stream { stream: format!("lease {key}"), reason: e.to_string() })
+    }
+
+    /// Gives `key` up if it is still at `revision`.
+    pub async fn release(&self, key: &str, revision: u64) -> Result<(), BusError> {
+        self.store
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|e| BusError::Stream { stream: format!("lease {key}"), reason: e.to_string() })
     }
 }

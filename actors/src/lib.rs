@@ -32,6 +32,7 @@ pub mod context;
 pub mod fallback;
 pub mod faults;
 pub mod flow;
+pub mod instance;
 pub mod metrics;
 pub mod nats_options;
 pub mod nats_server;

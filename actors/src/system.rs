@@ -85,6 +85,8 @@ pub struct CarrierSystem {
     contexts: Vec<RunningContext>,
     root: ActorRef<SupervisorMsg>,
     root_task: tokio::task::JoinHandle<()>,
+    /// This instance's leases of its contexts (see [`crate::instance`]).
+    leases: Option<crate::instance::Leases>,
 }
 
 /// What the system keeps of one started context.
@@ -117,6 +119,25 @@ impl CarrierSystem {
         for (stream, subjects) in streams {
             bus.ensure_stream(stream, subjects).await?;
         }
+        let names: Vec<&str> = declarations.iter().map(|d| d.name()).collect();
+        let leases = crate::instance::acquire(&bus, &config.data_dir, &names).await?;
+        match Self::start_contexts(config, bus, declarations).await {
+            Ok(mut system) => {
+                system.leases = Some(leases);
+                Ok(system)
+            }
+            Err(e) => {
+                leases.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_contexts(
+        config: SystemConfig,
+        bus: Bus,
+        declarations: Vec<BoundedContext>,
+    ) -> Result<CarrierSystem, StartError> {
         let tree = SupervisionTree::default();
         let settings = CacheSettings {
             batch_max: config.batch_max,
@@ -153,7 +174,7 @@ impl CarrierSystem {
         let (root, root_task) = Actor::spawn(None, Supervisor, root_args)
             .await
             .map_err(|e| StartError::Actors(root_cause(&e.to_string())))?;
-        Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task })
+        Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task, leases: None })
     }
 
     /// The handle of the running context whose handle has type `H`: the
@@ -172,6 +193,9 @@ impl CarrierSystem {
     pub async fn shutdown(self) {
         self.root.stop(Some("shutdown".into()));
         let _ = self.root_task.await;
+        if let Some(leases) = self.leases {
+            leases.release().await;
+        }
         // Publishes and acks are buffered by the client; make sure they leave the process, but
         // not for ever: with the server gone a flush waits for a reconnect that may never come.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;

@@ -370,3 +370,31 @@ fn a_stop_is_bounded_when_the_server_is_gone_and_a_second_signal_ends_it_at_once
     assert!(code.is_some(), "exits by itself");
     assert!(second.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn a_second_instance_of_a_context_is_refused_instead_of_splitting_its_stream() {
+    let env = TestEnv::start();
+    let first_dir = env.data_dir();
+    let mut first = ready_service(&env, &first_dir);
+    let second_dir = tempfile::tempdir().expect("dir");
+    let out = Command::new(carrier_bin())
+        .args(["run", "--contexts", "baskets", "--nats-url", &env.url(), "--data-dir"])
+        .arg(second_dir.path())
+        .args(["--dashboard-addr", "127.0.0.1:0"])
+        .output()
+        .expect("carrier runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("baskets already runs in another Carrier instance"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.id())), "names the holder: {stderr}");
+    // Once the first stops, its leases are given back and another instance starts at once.
+    first.signal("TERM");
+    first.wait_exit(Duration::from_secs(12)).expect("stops");
+    let mut second = ready_service(&env, second_dir.path());
+    // The same instance (its data directory) takes its own lease back after a crash.
+    second.signal("KILL");
+    second.wait_exit(Duration::from_secs(5)).expect("killed");
+    let again = std::time::Instant::now();
+    let _back = ready_service(&env, second_dir.path());
+    assert!(again.elapsed() < Duration::from_secs(10), "restarted without waiting for the lease to expire");
+}

@@ -1,0 +1,154 @@
+//! One running instance of each context per NATS server (or account), unless told otherwise.
+//!
+//! A context's durable consumers are named after the context and the stream (`baskets-stores`),
+//! so two processes running the same context share each durable, and JetStream hands each of
+//! them part of the events: each redb file misses what the other applied, and both look
+//! healthy. So a starting context claims a lease, a key in the KV bucket
+//! [`LEASE_BUCKET`] named after it, holding who runs it. Another instance finds the key taken
+//! and refuses to start, naming the holder. The holder renews the key every
+//! [`LEASE_TTL`]`/3`; a holder that dies (SIGKILL, lost host) stops renewing and its key expires
+//! after [`LEASE_TTL`], and the same instance (the same data directory, whose `instance.id`
+//! names it) takes its own lease back at once when it restarts.
+//!
+//! This guards against the silent split; it does not yet run several active instances.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{Bus, Claimed, LeaseBucket};
+use crate::context::StartError;
+
+/// The KV bucket of leases.
+pub const LEASE_BUCKET: &str = "carrier_instances";
+/// How long a lease lives after its holder last renewed it.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// Who holds a context's lease: what the refused instance prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The instance's id (its data directory's `instance.id`).
+    pub instance: String,
+    /// Its host name.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its data directory.
+    pub data_dir: String,
+    /// When it took the lease (RFC 3339).
+    pub since: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} on {}, data directory {}, since {}", self.pid, self.host, self.data_dir, self.since)
+    }
+}
+
+/// The leases a system holds, renewed in the background until released.
+pub struct Leases {
+    bucket: LeaseBucket,
+    held: Arc<Mutex<Vec<(String, u64)>>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// The id of the instance whose data directory is `data_dir`, made on its first start.
+pub fn instance_id(data_dir: &Path) -> Result<String, StartError> {
+    let path = data_dir.join("instance.id");
+    let io = |e: std::io::Error| StartError::Actors(format!("cannot read or write {}: {e}", path.display()));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    std::fs::write(&path, format!("{id}\n")).map_err(io)?;
+    Ok(id)
+}
+
+/// Claims the lease of every context in `contexts` for the instance of `data_dir`, or says who
+/// holds one already (and claims none).
+pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[&str]) -> Result<Leases, StartError> {
+    let instance = instance_id(data_dir)?;
+    let holder = Holder {
+        instance: instance.clone(),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        pid: std::process::id(),
+        data_dir: data_dir.display().to_string(),
+        since: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    let value = serde_json::to_vec(&holder).unwrap_or_default();
+    let bucket = bus.lease_bucket(LEASE_BUCKET, LEASE_TTL).await?;
+    let mine = |bytes: &[u8]| serde_json::from_slice::<Holder>(bytes).is_ok_and(|h| h.instance == instance);
+    let mut held = Vec::new();
+    for context in contexts {
+        match bucket.claim(context, value.clone(), mine).await? {
+            Claimed::Held(revision) => held.push((context.to_string(), revision)),
+            Claimed::Taken(bytes) => {
+                for (key, revision) in held {
+                    let _ = bucket.release(&key, revision).await;
+                }
+                let holder = serde_json::from_slice::<Holder>(&bytes)
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                return Err(StartError::AlreadyRunning { context: context.to_string(), holder });
+            }
+        }
+    }
+    let held = Arc::new(Mutex::new(held));
+    let renewer = tokio::spawn(renew(bucket.clone(), held.clone(), value));
+    Ok(Leases { bucket, held, renewer })
+}
+
+/// Renews every held lease a third of its life before it would expire; a lease someone else
+/// wrote (ours expired while this process could not reach NATS) is dropped and reported.
+async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<(String, u64)>>>, value: Vec<u8>) {
+    loop {
+        tokio::time::sleep(LEASE_TTL / 3).await;
+        let current: Vec<(String, u64)> = held.lock().map(|h| h.clone()).unwrap_or_default();
+        for (key, revision) in current {
+            match bucket.renew(&key, value.clone(), revision).await {
+                Ok(next) => {
+                    if let Ok(mut h) = held.lock() {
+                        if let Some(entry) = h.iter_mut().find(|(k, _)| *k == key) {
+                            entry.1 = next;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(context = %key, %error, "lost this instance's lease of the context; another instance may run it now");
+                    if let Ok(mut h) = held.lock() {
+                        h.retain(|(k, _)| *k != key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Leases {
+    /// A system dropped without [`CarrierSystem::shutdown`](crate::CarrierSystem::shutdown)
+    /// stops renewing; its leases expire after [`LEASE_TTL`].
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+impl Leases {
+    /// Stops renewing and gives every lease up, so another instance may start at once.
+    pub async fn release(self) {
+        self.renewer.abort();
+        let held: Vec<(String, u64)> = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        for (key, revision) in held {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.bucket.release(&key, revision)).await;
+        }
+    }
+}
