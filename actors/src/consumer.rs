@@ -27,6 +27,30 @@ use crate::faults::Faults;
 /// How long one poll waits for the first message before checking its mailbox again.
 const POLL_WAIT: Duration = Duration::from_millis(250);
 
+/// How often an idle consumer asks the server whether it holds messages it can never clear.
+const STUCK_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Fails the consumer (its supervisor restarts it, and the restart recreates the durable from
+/// the committed checkpoint, see [`crate::bus::Bus::durable`]) when the server counts messages
+/// as pending although its own ack floor is past everything it delivered. nats-server 2.9.10
+/// was seen in that state after being SIGKILLed mid-stream: 128 messages pending below the ack
+/// floor, redelivered every ack wait as duplicates and never cleared, since the server ignores
+/// acks below its floor. Nothing is lost by recreating: the checkpoint is committed, and the
+/// inbox drops what is delivered again.
+async fn check_not_stuck<E: DomainEvent>(state: &ConsumerState<E>) -> Result<(), ActorProcessingErr> {
+    let Ok(info) = state.bus.consumer_info(E::STREAM, &state.consumer.name()).await else { return Ok(()) };
+    if info.ack_pending > 0 && info.ack_floor_stream_seq >= info.delivered_stream_seq {
+        let reason = format!(
+            "the server holds {} messages pending below its own ack floor ({}), redelivering them for ever; \
+             recreating the durable from the committed checkpoint",
+            info.ack_pending, info.ack_floor_stream_seq
+        );
+        tracing::warn!(durable = %state.consumer.name(), "{reason}");
+        return Err(reason.into());
+    }
+    Ok(())
+}
+
 /// A batch for a cache actor to apply in one transaction. The reply comes after the commit.
 pub struct ApplyBatch<E> {
     /// The durable consumer it came from (its checkpoint key).
@@ -231,6 +255,8 @@ pub struct ConsumerState<E> {
     poison_threshold: u32,
     retry: Option<Retry<E>>,
     failures: u32,
+    /// When the server's view of this consumer was last checked for stuck messages.
+    checked: std::time::Instant,
 }
 
 impl<E: DomainEvent> Actor for EventConsumer<E> {
@@ -263,6 +289,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             poison_threshold: args.poison_threshold.max(1),
             retry: None,
             failures: 0,
+            checked: std::time::Instant::now(),
         })
     }
 
@@ -277,6 +304,10 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             None => {
                 let deliveries = state.consumer.next_batch(POLL_WAIT).await?;
                 if deliveries.is_empty() {
+                    if state.checked.elapsed() >= STUCK_CHECK_EVERY {
+                        state.checked = std::time::Instant::now();
+                        check_not_stuck::<E>(state).await?;
+                    }
                     myself.send_message(ConsumerMsg::Poll)?;
                     return Ok(());
                 }

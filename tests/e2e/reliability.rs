@@ -460,3 +460,60 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
     assert_eq!(again.bus.stream_message_count("DLQ_BASKETS").await.expect("info"), Some(1));
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_server_is_killed_mid_stream_no_message_stays_pending() {
+    use carrier_messages::codec::Decoded;
+    use carrier_messages::stores::{ProductAdded, StoresEvent};
+    let mut env = TestEnv::start();
+    let system = env.system(&["baskets"]).await;
+    let bus = system.bus.clone();
+    let encoded: Vec<_> = (0..20_000u64)
+        .map(|i| {
+            let e = ProductAdded {
+                id: format!("p{i}"),
+                store_id: "s".into(),
+                name: "n".into(),
+                description: String::new(),
+                sku: String::new(),
+                price: 1,
+            };
+            Decoded::new(StoresEvent::ProductAdded(e), 1, &Causality::default()).encode().expect("encodes")
+        })
+        .collect();
+    let publish = |from: usize, to: usize| {
+        let (bus, batch) = (bus.clone(), encoded[from..to].to_vec());
+        async move {
+            for wire in batch {
+                // Fire and forget: during the outage some fail; they are published again below.
+                let _ = bus.publish_raw(&wire.subject, &wire.headers, wire.body.into()).await;
+            }
+        }
+    };
+    publish(0, 10_000).await;
+    // Kill the server while the cache is still consuming what was just published.
+    env.nats.kill();
+    env.nats.restart().expect("restarts");
+    publish(10_000, 20_000).await;
+    let last = system.bus.last_sequence("STORES").await.expect("stream");
+    let durable = carrier_mall::baskets::stores_durable_name();
+    let cache = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = system.bus.consumer_info("STORES", &durable).await;
+        let cached = cache.products().map(|p| p.len() as u64).unwrap_or(0);
+        if let Ok(info) = &info {
+            // Every stored event cached once, and nothing left pending on the server.
+            if cached == last && info.ack_pending == 0 && info.pending == 0 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages stay pending after the restart (last {last}, cached {cached}): {:?}",
+            info.map(|i| (i.ack_floor_stream_seq, i.pending, i.ack_pending, i.redelivered))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    system.shutdown().await;
+}
