@@ -26,7 +26,7 @@ pub mod server;
 mod status;
 
 pub use inspect::money;
-pub use run::{shutdown_signal, stop_within, STOP_LIMIT};
+pub use run::{shutdown_signal, stop_running, stop_within, STOP_LIMIT};
 
 use std::future::Future;
 use std::path::PathBuf;

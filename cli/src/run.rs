@@ -82,6 +82,18 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     );
     shutdown_signal().await;
     tracing::info!("stopping: finishing in-flight batches and flushing the outbox");
+    stop_running(system, dashboard, exporter).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the dashboard, the system (consumers after their in-flight batch, relays after a
+/// flush) and the exporter, within [`STOP_LIMIT`] (see [`stop_within`]).
+pub async fn stop_running(
+    system: CarrierSystem,
+    dashboard: Option<crate::dashboard::Dashboard>,
+    exporter: Option<crate::otel::Exporter>,
+) {
     stop_within(async move {
         if let Some(dashboard) = dashboard {
             dashboard.stop();
@@ -92,8 +104,6 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         }
     })
     .await;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// How long a stop may take after SIGINT or SIGTERM.

@@ -324,25 +324,7 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
 
 /// `carrier run` against `env`, ready, with its dashboard on a free port.
 fn ready_service(env: &TestEnv, data: &std::path::Path) -> carrier_tests::CarrierProcess {
-    let (url, data) = (env.url(), data.to_string_lossy().to_string());
-    let mut carrier = carrier_tests::CarrierProcess::spawn(&[
-        "run",
-        "--contexts",
-        "stores,baskets",
-        "--nats-url",
-        &url,
-        "--data-dir",
-        &data,
-        "--dashboard-addr",
-        "127.0.0.1:0",
-    ]);
-    let dashboard = carrier.dashboard_url(Duration::from_secs(30));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while carrier_tests::http_get(&format!("{dashboard}/readyz")).0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "not ready:\n{}", carrier.output());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    carrier
+    carrier_tests::CarrierProcess::run_ready(&env.url(), data, "stores,baskets", &[]).0
 }
 
 #[test]

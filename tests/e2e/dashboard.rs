@@ -20,17 +20,7 @@ fn wait(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 fn run_service(env: &TestEnv, extra: &[&str]) -> (CarrierProcess, String) {
-    let data = env.data_dir();
-    let url = env.url();
-    let mut args = vec!["run", "--contexts", "stores,baskets", "--nats-url", &url, "--data-dir"];
-    let data = data.to_string_lossy().to_string();
-    args.push(&data);
-    args.extend(["--dashboard-addr", "127.0.0.1:0"]);
-    args.extend(extra);
-    let mut carrier = CarrierProcess::spawn(&args);
-    let dashboard = carrier.dashboard_url(Duration::from_secs(30));
-    wait(Duration::from_secs(30), "/readyz says ready", || http_get(&format!("{dashboard}/readyz")).0 == 200);
-    (carrier, dashboard)
+    CarrierProcess::run_ready(&env.url(), &env.data_dir(), "stores,baskets", extra)
 }
 
 fn publish_store(env: &TestEnv, id: &str, version: u64) {

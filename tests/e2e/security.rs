@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use carrier_actors::nats_server::LocalNatsServer;
 use carrier_tests::{carrier_bin, http_get, CarrierProcess};
@@ -178,24 +177,7 @@ fn a_running_carrier_never_shows_its_credentials() {
     let nats = server(r#"authorization { user: "svc", password: "run-secret-pw" }"#);
     let url = format!("nats://svc:run-secret-pw@127.0.0.1:{}", nats.port());
     let data = tempfile::tempdir().expect("dir");
-    let data = data.path().to_string_lossy().to_string();
-    let mut carrier = CarrierProcess::spawn(&[
-        "run",
-        "--contexts",
-        "stores,baskets",
-        "--nats-url",
-        &url,
-        "--data-dir",
-        &data,
-        "--dashboard-addr",
-        "127.0.0.1:0",
-    ]);
-    let dashboard = carrier.dashboard_url(Duration::from_secs(30));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while http_get(&format!("{dashboard}/readyz")).0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "not ready within 30 s:\n{}", carrier.output());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (carrier, dashboard) = CarrierProcess::run_ready(&url, data.path(), "stores,baskets", &[]);
     for path in ["/api/snapshot", "/api/config", "/api/health", "/api/consumers", "/metrics", "/"] {
         let (status, body) = http_get(&format!("{dashboard}{path}"));
         assert_eq!(status, 200, "{path}");

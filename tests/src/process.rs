@@ -13,6 +13,23 @@ pub struct CarrierProcess {
 }
 
 impl CarrierProcess {
+    /// `carrier run --contexts <contexts> --nats-url <url> --data-dir <data>` with its dashboard
+    /// on a free port, and `extra`; returns once `/readyz` answers 200, with the dashboard's URL.
+    pub fn run_ready(url: &str, data: &std::path::Path, contexts: &str, extra: &[&str]) -> (CarrierProcess, String) {
+        let data = data.to_string_lossy().to_string();
+        let mut args = vec!["run", "--contexts", contexts, "--nats-url", url, "--data-dir", &data];
+        args.extend(["--dashboard-addr", "127.0.0.1:0"]);
+        args.extend(extra);
+        let mut carrier = CarrierProcess::spawn(&args);
+        let dashboard = carrier.dashboard_url(Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::http_get(&format!("{dashboard}/readyz")).0 != 200 {
+            assert!(Instant::now() < deadline, "/readyz not 200 within 30 s:\n{}", carrier.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (carrier, dashboard)
+    }
+
     /// Starts `carrier <args>`, capturing stdout and stderr together.
     pub fn spawn(args: &[&str]) -> CarrierProcess {
         CarrierProcess::spawn_program(&crate::carrier_bin(), args)

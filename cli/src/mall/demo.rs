@@ -156,16 +156,7 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
         }
         carrier_cli::shutdown_signal().await;
     }
-    carrier_cli::stop_within(async move {
-        if let Some(dashboard) = dashboard {
-            dashboard.stop();
-        }
-        system.shutdown().await;
-        if let Some(exporter) = exporter {
-            exporter.shutdown().await;
-        }
-    })
-    .await;
+    carrier_cli::stop_running(system, dashboard, exporter).await;
     drop(nats);
     if problems.is_empty() {
         println!("\nOK: every cache agrees with its owner, and the order went from checkout to completion.");
