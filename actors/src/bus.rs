@@ -144,7 +144,8 @@ impl Bus {
         timeout: Duration,
     ) -> Result<Bus, BusError> {
         let options = options.into();
-        let (url, connect) = options.client_options().await?;
+        let (url, connect) =
+            options.client_options().await.map_err(|(url, reason)| BusError::Connect { url, reason })?;
         let shown = url.clone();
         let connect = connect
             .name(client_name)

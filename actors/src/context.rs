@@ -61,18 +61,19 @@ pub enum StartError {
     /// An actor failed to start.
     #[error("actors failed to start: {0}")]
     Actors(String),
-    /// Another instance runs the context (see [`crate::instance`]).
+    /// Another instance runs the context (see `instance`).
     #[error(
         "{context} already runs in another Carrier instance ({holder}); two instances of a context would \
          split its durable consumers and each cache would miss events. Stop that instance first (the lease \
-         of one that died expires {} s after its last renewal)",
-        crate::instance::LEASE_TTL.as_secs()
+         of one that died expires {lease_seconds} s after its last renewal)"
     )]
     AlreadyRunning {
         /// The context.
         context: String,
         /// Who holds it.
         holder: String,
+        /// How long a lease outlives its holder's last renewal.
+        lease_seconds: u64,
     },
 }
 

@@ -99,7 +99,11 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[&str]) -> Result<Le
                 let holder = serde_json::from_slice::<Holder>(&bytes)
                     .map(|h| h.to_string())
                     .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-                return Err(StartError::AlreadyRunning { context: context.to_string(), holder });
+                return Err(StartError::AlreadyRunning {
+                    context: context.to_string(),
+                    holder,
+                    lease_seconds: LEASE_TTL.as_secs(),
+                });
             }
         }
     }

@@ -63,10 +63,10 @@ impl NatsOptions {
     }
 
     /// The URL to hand the client (without user information) and the options carrying the
-    /// credentials and TLS settings.
-    pub(crate) async fn client_options(&self) -> Result<(String, async_nats::ConnectOptions), crate::bus::BusError> {
+    /// credentials and TLS settings; or, with that URL, why the settings cannot be used.
+    pub(crate) async fn client_options(&self) -> Result<(String, async_nats::ConnectOptions), (String, String)> {
         let (url, from_url) = split_user_info(&self.url);
-        let refused = |reason: String| crate::bus::BusError::Connect { url: url.clone(), reason };
+        let refused = |reason: String| (url.clone(), reason);
         let mut options = async_nats::ConnectOptions::new();
         if let Some(path) = &self.creds {
             options = options

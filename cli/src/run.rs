@@ -81,7 +81,6 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         "carrier is running; SIGINT or SIGTERM stops it"
     );
     shutdown_signal().await;
-    tracing::info!("stopping: finishing in-flight batches and flushing the outbox");
     stop_running(system, dashboard, exporter).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -95,6 +94,7 @@ pub async fn stop_running(
     exporter: Option<crate::otel::Exporter>,
 ) {
     stop_within(async move {
+        tracing::info!("stopping: finishing in-flight batches and flushing the outbox");
         if let Some(dashboard) = dashboard {
             dashboard.stop();
         }
@@ -114,16 +114,40 @@ pub const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// something that may never come back (a NATS server that is gone, a blocked flush): a stop is
 /// bounded whatever the network does.
 pub async fn stop_within(stop: impl std::future::Future<Output = ()>) {
+    // Listening before the stop starts, so a second signal sent as soon as it began counts.
+    let second = signal_listener();
     tokio::select! {
         () = stop => {}
         () = tokio::time::sleep(STOP_LIMIT) => {
             eprintln!("error: not stopped within {} s; exiting without finishing", STOP_LIMIT.as_secs());
             std::process::exit(1);
         }
-        () = shutdown_signal() => {
+        () = second => {
             eprintln!("error: a second signal while stopping; exiting without finishing");
             std::process::exit(1);
         }
+    }
+}
+
+/// A future that ends at the next SIGINT or SIGTERM, listening from the moment it is made.
+fn signal_listener() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        match (term, int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => shutdown_signal().await,
+        }
+        #[cfg(not(unix))]
+        shutdown_signal().await;
     }
 }
 

@@ -345,7 +345,8 @@ fn a_stop_is_bounded_when_the_server_is_gone_and_a_second_signal_ends_it_at_once
     let mut carrier = ready_service(&env, &data);
     env.nats.kill();
     carrier.signal("TERM");
-    std::thread::sleep(Duration::from_millis(100)); // two signals in a row, as an impatient operator sends them
+    // A second signal once the stop has begun, as an impatient operator sends it.
+    carrier.wait_for_output("stopping:", Duration::from_secs(5));
     let second = std::time::Instant::now();
     carrier.signal("TERM");
     let code = carrier.wait_exit(Duration::from_secs(3)).expect("a second signal ends it at once");
