@@ -12,10 +12,13 @@ use crate::codec::{check, ValidationError};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerRegistered {
     /// Customer id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// Display name.
+    #[schemars(length(min = 1, max = 256), pattern(r"\S"))]
     pub name: String,
     /// The number notifications go to.
+    #[schemars(length(min = 3, max = 20), pattern(r"^\+?[0-9]+$"))]
     pub sms_number: String,
 }
 
@@ -23,8 +26,10 @@ pub struct CustomerRegistered {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerSmsChanged {
     /// Customer id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// The new number.
+    #[schemars(length(min = 3, max = 20), pattern(r"^\+?[0-9]+$"))]
     pub sms_number: String,
 }
 
@@ -32,6 +37,7 @@ pub struct CustomerSmsChanged {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerEnabled {
     /// Customer id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
 }
 
@@ -39,6 +45,7 @@ pub struct CustomerEnabled {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerDisabled {
     /// Customer id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
 }
 

@@ -12,10 +12,13 @@ use crate::codec::{check, DomainEvent, ValidationError};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreCreated {
     /// Store id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// Display name.
+    #[schemars(length(min = 1, max = 256), pattern(r"\S"))]
     pub name: String,
     /// Where in the mall it is.
+    #[schemars(length(max = 4096))]
     pub location: String,
 }
 
@@ -23,8 +26,10 @@ pub struct StoreCreated {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreRebranded {
     /// Store id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// The new name.
+    #[schemars(length(min = 1, max = 256), pattern(r"\S"))]
     pub name: String,
 }
 
@@ -32,6 +37,7 @@ pub struct StoreRebranded {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreParticipationEnabled {
     /// Store id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
 }
 
@@ -39,6 +45,7 @@ pub struct StoreParticipationEnabled {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreParticipationDisabled {
     /// Store id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
 }
 
@@ -46,16 +53,22 @@ pub struct StoreParticipationDisabled {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductAdded {
     /// Product id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// The store that sells it.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub store_id: String,
     /// Display name.
+    #[schemars(length(min = 1, max = 256), pattern(r"\S"))]
     pub name: String,
     /// Free text.
+    #[schemars(length(max = 4096))]
     pub description: String,
     /// Stock keeping unit.
+    #[schemars(length(max = 64))]
     pub sku: String,
     /// Price in minor units (cents).
+    #[schemars(range(min = 0))]
     pub price: i64,
 }
 
@@ -63,10 +76,13 @@ pub struct ProductAdded {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductRebranded {
     /// Product id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// The new name.
+    #[schemars(length(min = 1, max = 256), pattern(r"\S"))]
     pub name: String,
     /// The new description.
+    #[schemars(length(max = 4096))]
     pub description: String,
 }
 
@@ -74,8 +90,10 @@ pub struct ProductRebranded {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductPriceIncreased {
     /// Product id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// How much the price rose, in minor units; greater than zero.
+    #[schemars(range(min = 1))]
     pub delta: i64,
 }
 
@@ -83,8 +101,10 @@ pub struct ProductPriceIncreased {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductPriceDecreased {
     /// Product id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
     /// How much the price fell, in minor units; greater than zero.
+    #[schemars(range(min = 1))]
     pub delta: i64,
 }
 
@@ -92,6 +112,7 @@ pub struct ProductPriceDecreased {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductRemoved {
     /// Product id.
+    #[schemars(length(min = 1, max = 128), pattern(r"\S"))]
     pub id: String,
 }
 

@@ -127,3 +127,31 @@ fn the_committed_document_is_the_generated_one() {
         "docs/asyncapi.json is stale: run `cargo run --bin carrier -- asyncapi -o docs/asyncapi.json`"
     );
 }
+
+#[test]
+fn the_payload_schemas_refuse_what_carrier_refuses() {
+    use carrier_messages::codec::Validate as _;
+    use carrier_messages::stores::ProductAdded;
+    let doc = document();
+    let schema = doc["components"]["schemas"]["ProductAdded"].clone();
+    let validator = jsonschema::validator_for(&schema).expect("the payload schema compiles");
+    let good = ProductAdded {
+        id: "p-1".into(),
+        store_id: "s-1".into(),
+        name: "Kettle".into(),
+        description: String::new(),
+        sku: "K".into(),
+        price: 0,
+    };
+    let cases: Vec<(&str, ProductAdded)> = vec![
+        ("an id over 128 bytes", ProductAdded { id: "x".repeat(129), ..good.clone() }),
+        ("a blank name", ProductAdded { name: "   ".into(), ..good.clone() }),
+        ("a sku over 64 bytes", ProductAdded { sku: "k".repeat(65), ..good.clone() }),
+        ("a negative price", ProductAdded { price: -1, ..good.clone() }),
+    ];
+    assert!(good.validate().is_ok() && validator.is_valid(&serde_json::to_value(&good).expect("json")));
+    for (what, bad) in cases {
+        assert!(bad.validate().is_err(), "Carrier refuses {what}");
+        assert!(!validator.is_valid(&serde_json::to_value(&bad).expect("json")), "the schema refuses {what}");
+    }
+}
