@@ -13,6 +13,7 @@
 
 mod asyncapi;
 mod command;
+mod config;
 pub mod dashboard;
 mod dlq;
 mod inspect;
@@ -25,6 +26,7 @@ mod run;
 pub mod server;
 mod status;
 
+pub use config::ConfigError;
 pub use inspect::money;
 pub use run::{shutdown_signal, stop_running, stop_within, STOP_LIMIT};
 
@@ -47,6 +49,11 @@ struct Cli {
     /// them (e.g. `RUST_LOG=info,carrier_actors=debug`).
     #[arg(long, value_enum, default_value = "pretty", global = true, env = "CARRIER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// A TOML file of settings (keys are the flags' long names; `[run]`, `[demo]`, ... apply to
+    /// one subcommand); default ./carrier.toml, then ~/.config/carrier/config.toml, when they
+    /// exist. Flags and environment variables win over it.
+    #[arg(long, global = true, env = "CARRIER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// How log lines look.
@@ -81,6 +88,9 @@ enum Command {
     Rebuild(rebuild::RebuildArgs),
     /// Print the AsyncAPI 3.0 document of every stream, subject, event, command and query.
     Asyncapi(asyncapi::AsyncApiArgs),
+    /// Print the effective configuration of a command line (default `run`): every setting, its
+    /// value and where it came from (flag, environment, file and line, default); secrets masked.
+    Config(config::ConfigArgs),
 }
 
 /// Where the contexts keep their redb files.
@@ -129,7 +139,15 @@ pub fn main_with<X: Subcommand>(
     if let Some(about) = about {
         command = command.about(about);
     }
-    let matches = command.get_matches();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let layered = match config::layer(command, &argv) {
+        Ok(layered) => layered,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = layered.command.clone().get_matches_from(argv);
     let format = matches.get_one::<LogFormat>("log_format").copied().unwrap_or(LogFormat::Pretty);
     let _ = LOG_FORMAT.set(format);
     let app = App { contexts };
@@ -179,6 +197,7 @@ async fn run_command(command: Command, app: &App) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::main(args, app),
         Command::Dlq(args) => dlq::main(args, app).await,
         Command::Asyncapi(args) => asyncapi::main(args, app),
+        Command::Config(args) => config::main(args),
         Command::Rebuild(args) => {
             let name = app.context(&args.context)?.name();
             tokio::task::spawn_blocking(move || rebuild::main(args, name)).await?

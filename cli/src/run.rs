@@ -40,6 +40,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     // No line per event by default: the flow log (`carrier::flow`) is the demo's; turn it on with
     // RUST_LOG=info,carrier::flow=info.
     crate::init_logging("info,carrier::flow=warn", false);
+    args.dashboard.check()?;
     let contexts = if args.contexts.is_empty() {
         app.contexts.clone()
     } else {

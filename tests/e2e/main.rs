@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real redb files, real actors.
 
 mod cli;
+mod config;
 mod contract;
 mod crash;
 mod customers;

@@ -87,12 +87,24 @@ struct AppState {
     actions_key: Option<String>,
 }
 
+impl DashboardArgs {
+    /// What clap checks only on the command line (a configuration file sets defaults): actions
+    /// need a key. Called before anything starts, and again by [`start`].
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.dashboard_actions && !self.no_dashboard && self.api_key.is_none() {
+            anyhow::bail!("dashboard-actions needs an api-key (--api-key, CARRIER_API_KEY or `api-key` in the configuration file)");
+        }
+        Ok(())
+    }
+}
+
 /// Starts the dashboard unless turned off. An address given explicitly must be free; when the
 /// default one is taken, the dashboard is skipped with a warning.
 pub async fn start(args: &DashboardArgs, observer: Observer) -> anyhow::Result<Option<Dashboard>> {
     if args.no_dashboard {
         return Ok(None);
     }
+    args.check()?;
     carrier_actors::metrics::enable();
     let (addr, explicit) = match args.dashboard_addr {
         Some(addr) => (addr, true),

@@ -37,6 +37,7 @@ pub struct DemoArgs {
 
 pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("warn,carrier::flow=info", true);
+    args.dashboard.check()?;
     let temp = tempfile_dir()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let nats = carrier_cli::server::nats_or_local(
