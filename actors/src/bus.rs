@@ -262,7 +262,10 @@ impl Bus {
         let stream = self.js.get_stream(&spec.stream).await.map_err(|e| consumer_error(e.to_string()))?;
         let reusable = match stream.consumer_info(&spec.durable).await {
             Ok(info) => {
-                let clean = info.num_ack_pending == 0 && info.ack_floor.stream_sequence <= checkpoint;
+                // The ack floor trails the checkpoint only when an ack was lost after a commit,
+                // and passes it only after an operator's seek backwards; a seek forwards leaves it
+                // behind. Reused, such a durable would deliver from the wrong place.
+                let clean = info.num_ack_pending == 0 && info.ack_floor.stream_sequence == checkpoint;
                 if !clean {
                     tracing::info!(
                         durable = %spec.durable,
@@ -361,6 +364,62 @@ impl Bus {
             batch_max: batch_max.max(1),
             linger: Duration::from_millis(2),
         })
+    }
+
+    /// A stream's first retained and last sequences (`first` is `last + 1` when it is empty).
+    pub async fn stream_bounds(&self, stream: &str) -> Result<(u64, u64), BusError> {
+        let stream_error = |reason: String| BusError::Stream { stream: stream.to_string(), reason };
+        let mut handle = self.js.get_stream(stream).await.map_err(|e| stream_error(e.to_string()))?;
+        let state = &handle.info().await.map_err(|e| stream_error(e.to_string()))?.state;
+        Ok((state.first_sequence, state.last_sequence))
+    }
+
+    /// The stream sequence of the first message on `filter_subject` stored at or after `at`, or
+    /// `None` when there is none yet: JetStream's own start-time lookup, through an ephemeral
+    /// consumer that reads one message and is deleted.
+    pub async fn first_sequence_at(
+        &self,
+        stream: &str,
+        filter_subject: &str,
+        at: std::time::SystemTime,
+    ) -> Result<Option<u64>, BusError> {
+        let label = format!("time lookup in {stream}");
+        let consumer_error =
+            |reason: String| BusError::Consumer { stream: stream.to_string(), durable: label.clone(), reason };
+        let handle = self.js.get_stream(stream).await.map_err(|e| consumer_error(e.to_string()))?;
+        let config = pull::Config {
+            description: Some("carrier consumer seek: finds the first event at a time".into()),
+            filter_subject: filter_subject.to_string(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time: at.into() },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer =
+            handle.create_consumer(config).await.map_err(|e| consumer_error(e.to_string()))?;
+        // Pending counts what the consumer has left to deliver: none means nothing that late.
+        let found = match consumer.cached_info().num_pending {
+            0 => None,
+            _ => {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .map_err(|e| consumer_error(e.to_string()))?;
+                match batch.next().await {
+                    Some(Ok(message)) => {
+                        Some(message.info().map_err(|e| consumer_error(e.to_string()))?.stream_sequence)
+                    }
+                    Some(Err(e)) => return Err(consumer_error(e.to_string())),
+                    None => None,
+                }
+            }
+        };
+        let name = consumer.cached_info().name.clone();
+        let _ = handle.delete_consumer(&name).await;
+        Ok(found)
     }
 
     /// The last sequence stored in a stream (0 when empty).

@@ -52,7 +52,12 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
     }
 
     fn run(self: Box<Self>, db: &FileWriter<K>) -> bool {
-        let ApplyBatch { consumer, batch, through, reply } = self.batch;
+        let ApplyBatch { consumer, batch, through, reposition, reply } = self.batch;
+        if reposition {
+            let outcome = db.set_checkpoint(&consumer, through).map(|()| carrier_storage::BatchOutcome::default());
+            let _ = reply.send(outcome.map_err(|error| ApplyFailed { error, batch }));
+            return false;
+        }
         let context = self.context;
         let labels: Option<Vec<String>> = flow::enabled().then(|| {
             batch
@@ -833,6 +838,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         let source = E::CONTEXT;
         let context = self.context;
         let stats = Arc::new(ConsumerStats::default());
+        let control = Arc::new(crate::offsets::ConsumerControl::default());
         self.handle.consumers.push((source, stats.clone()));
         self.handle.probes.push(crate::observe::ConsumerProbe {
             source,
@@ -840,13 +846,21 @@ impl<K: ContextKind> ContextBuilder<K> {
             durable: durable_name(context, source),
             filter_subject: E::STREAM_SUBJECTS,
             stats: stats.clone(),
+            control: control.clone(),
         });
         let guard = Arc::new(PoisonGuard::default());
         let (bus, faults, settings) = (self.bus.clone(), self.faults.clone(), self.settings);
         let handle = self.handle.clone();
         let spec = ChildSpec::new(&format!("{source}-consumer"), move |supervisor, siblings| {
-            let (bus, stats, faults, guard, handle, prefetch) =
-                (bus.clone(), stats.clone(), faults.clone(), guard.clone(), handle.clone(), prefetch.clone());
+            let (bus, stats, faults, guard, handle, prefetch, control) = (
+                bus.clone(),
+                stats.clone(),
+                faults.clone(),
+                guard.clone(),
+                handle.clone(),
+                prefetch.clone(),
+                control.clone(),
+            );
             async move {
                 let writer: ActorRef<WriterMsg<K>> =
                     siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
@@ -876,6 +890,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                     checkpoint,
                     guard,
                     poison_threshold: settings.poison_threshold,
+                    control,
                 };
                 let (actor, _) = Actor::spawn_linked(None, EventConsumer::<E>::default(), args, supervisor).await?;
                 Ok(actor.get_cell())

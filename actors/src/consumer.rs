@@ -38,14 +38,14 @@ const STUCK_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// acks below its floor. Nothing is lost by recreating: the checkpoint is committed, and the
 /// inbox drops what is delivered again.
 async fn check_not_stuck<E: DomainEvent>(state: &ConsumerState<E>) -> Result<(), ActorProcessingErr> {
-    let Ok(info) = state.bus.consumer_info(E::STREAM, &state.consumer.name()).await else { return Ok(()) };
+    let Ok(info) = state.bus.consumer_info(E::STREAM, &state.spec.durable).await else { return Ok(()) };
     if info.ack_pending > 0 && info.ack_floor_stream_seq >= info.delivered_stream_seq {
         let reason = format!(
             "the server holds {} messages pending below its own ack floor ({}), redelivering them for ever; \
              recreating the durable from the committed checkpoint",
             info.ack_pending, info.ack_floor_stream_seq
         );
-        tracing::warn!(durable = %state.consumer.name(), "{reason}");
+        tracing::warn!(durable = %state.spec.durable, "{reason}");
         return Err(reason.into());
     }
     Ok(())
@@ -60,6 +60,9 @@ pub struct ApplyBatch<E> {
     /// The last stream sequence the consumer settled, dead letters included: the checkpoint
     /// moves at least this far.
     pub through: u64,
+    /// An operator's seek or skip: the batch is empty and the checkpoint becomes exactly
+    /// `through`, even backwards.
+    pub reposition: bool,
     /// The outcome, or the batch back with the error so that it can be retried.
     pub reply: RpcReplyPort<Result<BatchOutcome, ApplyFailed<E>>>,
 }
@@ -216,6 +219,8 @@ pub struct ConsumerArgs<E> {
     pub guard: Arc<PoisonGuard>,
     /// How often one event alone may kill the cache before it is dead-lettered.
     pub poison_threshold: u32,
+    /// Outlives restarts: an operator's pause and pending seek or skip.
+    pub control: Arc<crate::offsets::ConsumerControl>,
 }
 
 /// Reads the last committed stream sequence for a durable name from the cache's database.
@@ -247,7 +252,11 @@ struct Retry<E> {
 pub struct ConsumerState<E> {
     bus: Bus,
     context: &'static str,
-    consumer: DurableConsumer,
+    spec: DurableSpec,
+    /// The pull subscription; `None` while paused.
+    consumer: Option<DurableConsumer>,
+    checkpoint: CheckpointReader,
+    control: Arc<crate::offsets::ConsumerControl>,
     target: BatchTarget<E>,
     stats: Arc<ConsumerStats>,
     faults: Arc<Faults>,
@@ -273,15 +282,21 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             return Err("injected: the consumer could not start".into());
         }
         args.guard.on_start();
-        let read = args.checkpoint.clone();
-        let durable = args.spec.durable.clone();
-        let checkpoint = tokio::task::spawn_blocking(move || read(&durable)).await??;
-        let consumer = args.bus.durable(&args.spec, checkpoint).await?;
+        args.control.set_released(args.control.is_paused());
+        let consumer = if args.control.is_paused() {
+            None
+        } else {
+            let checkpoint = read_checkpoint(&args.checkpoint, &args.spec.durable).await?;
+            Some(args.bus.durable(&args.spec, checkpoint).await?)
+        };
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(ConsumerState {
             bus: args.bus,
             context: args.context,
+            spec: args.spec,
             consumer,
+            checkpoint: args.checkpoint,
+            control: args.control,
             target: args.target,
             stats: args.stats,
             faults: args.faults,
@@ -302,7 +317,33 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         let Retry { deliveries, mut poison, batch } = match state.retry.take() {
             Some(retry) => retry,
             None => {
-                let deliveries = state.consumer.next_batch(POLL_WAIT).await?;
+                // Between batches, and only then, an operator's request or pause takes effect.
+                if let Some((change, reply)) = state.control.take() {
+                    let result = reposition(state, change).await;
+                    if let Err(error) = &result {
+                        tracing::warn!(consumer = %state.spec.durable, %error, "seek or skip refused or failed");
+                    }
+                    let _ = reply.send(result);
+                    myself.send_message(ConsumerMsg::Poll)?;
+                    return Ok(());
+                }
+                let paused = state.control.is_paused();
+                if paused && state.consumer.is_some() {
+                    // Let go of the pull subscription: nothing delivered, pending or redelivered.
+                    state.consumer = None;
+                    state.control.set_released(true);
+                    tracing::warn!(consumer = %state.spec.durable, "paused by an operator");
+                } else if !paused && state.consumer.is_none() {
+                    let checkpoint = read_checkpoint(&state.checkpoint, &state.spec.durable).await?;
+                    state.consumer = Some(state.bus.durable(&state.spec, checkpoint).await?);
+                    state.control.set_released(false);
+                    tracing::warn!(consumer = %state.spec.durable, from = checkpoint + 1, "resumed by an operator");
+                }
+                let Some(consumer) = state.consumer.as_mut() else {
+                    myself.send_after(POLL_WAIT, || ConsumerMsg::Poll);
+                    return Ok(());
+                };
+                let deliveries = consumer.next_batch(POLL_WAIT).await?;
                 if deliveries.is_empty() {
                     if state.checked.elapsed() >= STUCK_CHECK_EVERY {
                         state.checked = std::time::Instant::now();
@@ -336,7 +377,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     // The reaction refused this event for good: dead-letter it, then apply the
                     // rest of the batch (the checkpoint still covers it, so it is never redone).
                     let index = deliveries.iter().position(|d| d.stream_seq == stream_seq).unwrap_or(0);
-                    tracing::warn!(consumer = state.consumer.name(), stream.seq = stream_seq, %reason, "a reaction refused an event; dead-lettering it");
+                    tracing::warn!(consumer = state.spec.durable, stream.seq = stream_seq, %reason, "a reaction refused an event; dead-lettering it");
                     state.bus.dead_letter(state.context, &deliveries[index], "rejected", &reason).await?;
                     state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     if let Some(metrics) = crate::metrics::get() {
@@ -356,7 +397,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     state.stats.failing_commits.fetch_add(1, Ordering::Relaxed);
                     let delay = Duration::from_millis(50u64.saturating_mul(1 << state.failures.min(7)))
                         .min(Duration::from_secs(5));
-                    tracing::warn!(consumer = state.consumer.name(), %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
+                    tracing::warn!(consumer = state.spec.durable, %error, retry_in_ms = delay.as_millis() as u64, "commit failed; nothing acked; retrying the same batch");
                     // Keep the server from redelivering the batch while we retry it ourselves.
                     for d in &deliveries {
                         let _ = d.in_progress().await;
@@ -380,7 +421,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         let last_good = (0..deliveries.len()).rev().find(|i| !poison.contains(i));
         if let Some(index) = last_good {
             if Faults::take(&state.faults.consumer_lost_acks) {
-                tracing::warn!(consumer = state.consumer.name(), "injected: ack lost");
+                tracing::warn!(consumer = state.spec.durable, "injected: ack lost");
             } else {
                 deliveries[index].ack().await?;
             }
@@ -393,6 +434,115 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(())
     }
+}
+
+async fn read_checkpoint(read: &CheckpointReader, durable: &str) -> Result<u64, ActorProcessingErr> {
+    let (read, durable) = (read.clone(), durable.to_string());
+    Ok(tokio::task::spawn_blocking(move || read(&durable)).await??)
+}
+
+/// Carries out a seek or skip (see [`crate::offsets`]): works out the new position, has the
+/// cache actor set the checkpoint to it, and recreates the durable there.
+async fn reposition<E: DomainEvent>(
+    state: &mut ConsumerState<E>,
+    change: crate::offsets::Reposition,
+) -> Result<crate::offsets::Repositioned, crate::offsets::RepositionError> {
+    use crate::offsets::{Reposition, RepositionError, SeekTo, SkippedEvent};
+    let storage = |e: ActorProcessingErr| RepositionError::Storage(e.to_string());
+    let durable = state.spec.durable.clone();
+    let checkpoint = read_checkpoint(&state.checkpoint, &durable).await.map_err(storage)?;
+    let (first_retained, last_seq) = state.bus.stream_bounds(&state.spec.stream).await?;
+    let mut skipped = Vec::new();
+    let new_checkpoint = match change {
+        Reposition::Seek(SeekTo::Sequence(0)) => return Err(RepositionError::ZeroSequence),
+        Reposition::Seek(SeekTo::Sequence(seq)) if seq > last_seq + 1 => {
+            return Err(RepositionError::BeyondEnd {
+                stream: state.spec.stream.clone(),
+                requested: seq,
+                last: last_seq,
+            })
+        }
+        Reposition::Seek(SeekTo::Sequence(seq)) => seq - 1,
+        Reposition::Seek(SeekTo::Time(at)) => {
+            match state.bus.first_sequence_at(&state.spec.stream, &state.spec.filter_subject, at).await? {
+                Some(seq) => seq - 1,
+                None => last_seq,
+            }
+        }
+        Reposition::Skip { count } if count == 0 || count > crate::offsets::MAX_SKIP => {
+            return Err(RepositionError::Count(count))
+        }
+        Reposition::Skip { count } => {
+            let mut reader = state
+                .bus
+                .replay(&state.spec.stream, &state.spec.filter_subject, checkpoint + 1, count as usize)
+                .await?;
+            let mut through = checkpoint;
+            while skipped.len() < count as usize && through < last_seq {
+                let batch = reader.next_batch(Duration::from_secs(2)).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for delivery in batch.iter().take(count as usize - skipped.len()) {
+                    state
+                        .bus
+                        .dead_letter(
+                            state.context,
+                            delivery,
+                            "skipped",
+                            "skipped by an operator (carrier consumer skip)",
+                        )
+                        .await?;
+                    state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    skipped.push(SkippedEvent { stream_seq: delivery.stream_seq, subject: delivery.subject.clone() });
+                    through = delivery.stream_seq;
+                }
+            }
+            if skipped.is_empty() {
+                return Err(RepositionError::NothingToSkip { durable, next: checkpoint + 1 });
+            }
+            through
+        }
+    };
+    // The checkpoint first: a crash after it recreates the durable from it on restart.
+    let (tx, rx) = ractor::concurrency::oneshot();
+    let message = ApplyBatch {
+        consumer: durable.clone(),
+        batch: Vec::new(),
+        through: new_checkpoint,
+        reposition: true,
+        reply: tx.into(),
+    };
+    if !(state.target)(message) {
+        return Err(RepositionError::Storage("the cache actor is not running".into()));
+    }
+    match rx.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(ApplyFailed { error, .. })) => return Err(RepositionError::Storage(error.to_string())),
+        Err(_) => return Err(RepositionError::Storage("the cache actor stopped before answering".into())),
+    }
+    state.consumer = None;
+    state.bus.delete_consumer(&state.spec.stream, &durable).await?;
+    if !state.control.is_paused() {
+        state.consumer = Some(state.bus.durable(&state.spec, new_checkpoint).await?);
+    }
+    state.stats.acked_stream_seq.store(new_checkpoint, Ordering::Relaxed);
+    state.stats.acked.notify_waiters();
+    tracing::warn!(
+        consumer = %durable,
+        from = checkpoint + 1,
+        to = new_checkpoint + 1,
+        skipped = skipped.len(),
+        "position moved by an operator"
+    );
+    Ok(crate::offsets::Repositioned {
+        durable,
+        from: checkpoint + 1,
+        to: new_checkpoint + 1,
+        first_retained,
+        last_seq,
+        skipped,
+    })
 }
 
 /// Hands a batch to the cache actor and waits for its commit. `Err` when the actor died with it
@@ -411,7 +561,8 @@ async fn apply<E: DomainEvent>(
             (std::time::SystemTime::now(), batch.iter().map(|i| (i.decoded.envelope.clone(), i.stream_seq)).collect())
         });
     let (tx, rx) = ractor::concurrency::oneshot();
-    let message = ApplyBatch { consumer: state.consumer.name().to_string(), batch, through, reply: tx.into() };
+    let message =
+        ApplyBatch { consumer: state.spec.durable.clone(), batch, through, reposition: false, reply: tx.into() };
     state.guard.begin((first, last));
     if !(state.target)(message) {
         state.guard.end();
@@ -475,18 +626,14 @@ async fn apply_one_by_one<E: DomainEvent>(
     poison: &mut Vec<usize>,
     batch: Vec<Inbound<E>>,
 ) -> Result<(), ActorProcessingErr> {
-    tracing::warn!(
-        consumer = state.consumer.name(),
-        events = batch.len(),
-        "applying one event at a time after a crash"
-    );
+    tracing::warn!(consumer = state.spec.durable, events = batch.len(), "applying one event at a time after a crash");
     for inbound in batch {
         let seq = inbound.stream_seq;
         let Some(index) = deliveries.iter().position(|d| d.stream_seq == seq) else { continue };
         let failures = state.guard.solo_failures(seq);
         if failures >= state.poison_threshold {
             let error = format!("the cache actor failed {failures} times applying this event on its own");
-            tracing::error!(consumer = state.consumer.name(), stream.seq = seq, %error, "dead-lettering a poison event");
+            tracing::error!(consumer = state.spec.durable, stream.seq = seq, %error, "dead-lettering a poison event");
             state.bus.dead_letter(state.context, &deliveries[index], "apply_failed", &error).await?;
             state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             if let Some(metrics) = crate::metrics::get() {

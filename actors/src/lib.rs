@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod nats_options;
 pub mod nats_server;
 pub mod observe;
+pub mod offsets;
 pub mod rebuild;
 mod relay;
 pub mod responder;

@@ -49,6 +49,8 @@ pub struct ConsumerProbe {
     pub filter_subject: &'static str,
     /// Its counters.
     pub stats: Arc<ConsumerStats>,
+    /// Its operator controls (pause, seek, skip).
+    pub control: Arc<crate::offsets::ConsumerControl>,
 }
 
 /// Cache lookups from the serving side (commands, queries, prefetch).
@@ -116,6 +118,19 @@ pub enum ActionError {
         /// `replaying` or `swapping`.
         state: String,
     },
+    /// The context reads no stream of that source.
+    #[error("{context} reads no stream of {owner:?} (it reads: {sources})")]
+    NoSuchSource {
+        /// The context.
+        context: String,
+        /// The source (owning context) asked for.
+        owner: String,
+        /// The sources it reads, comma separated.
+        sources: String,
+    },
+    /// A seek or skip was refused or failed.
+    #[error(transparent)]
+    Reposition(#[from] crate::offsets::RepositionError),
     /// The actor could not be restarted.
     #[error(transparent)]
     Restart(#[from] crate::supervisor::RestartError),
@@ -128,7 +143,21 @@ impl ActionError {
     /// Whether the action conflicts with one already running (HTTP 409), rather than being
     /// wrong in itself.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, ActionError::AlreadyRebuilding { .. })
+        match self {
+            ActionError::AlreadyRebuilding { .. } => true,
+            ActionError::Reposition(e) => e.is_conflict(),
+            _ => false,
+        }
+    }
+
+    /// Whether no such thing runs here (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ActionError::NotRunning(_) | ActionError::NotConsuming(_) | ActionError::NoSuchSource { .. })
+    }
+
+    /// Whether the request itself was wrong (HTTP 400).
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, ActionError::Reposition(e) if e.is_bad_request())
     }
 }
 
@@ -201,6 +230,9 @@ pub struct ConsumerReport {
     pub redelivered: u64,
     /// Why the server's view is missing, when it is.
     pub server_error: Option<String>,
+    /// Paused by an operator (`carrier consumer pause`): nothing is pulled until resumed.
+    #[serde(default)]
+    pub paused: bool,
     /// The process's counters.
     pub counters: ConsumerCounters,
     /// Messages per second over the last second.
@@ -451,6 +483,7 @@ impl Observer {
                     ack_pending: 0,
                     redelivered: 0,
                     server_error: None,
+                    paused: probe.control.is_paused(),
                     counters,
                     rate_per_second: history.last().copied().unwrap_or(0.0),
                     rate_history: history,
@@ -719,6 +752,71 @@ impl Observer {
 
     fn probe(&self, durable: &str) -> Option<(&'static str, &ConsumerProbe)> {
         self.contexts.iter().find_map(|c| c.consumers.iter().find(|p| p.durable == durable).map(|p| (c.name, p)))
+    }
+
+    /// The consumer `context` reads `source` with, or why there is none.
+    fn consumer_probe(&self, context: &str, source: &str) -> Result<&ConsumerProbe, ActionError> {
+        let observed = self
+            .contexts
+            .iter()
+            .find(|c| c.name == context && !c.consumers.is_empty())
+            .ok_or_else(|| ActionError::NotConsuming(context.to_string()))?;
+        observed.consumers.iter().find(|p| p.source == source).ok_or_else(|| ActionError::NoSuchSource {
+            context: context.to_string(),
+            owner: source.to_string(),
+            sources: observed.consumers.iter().map(|p| p.source).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Pauses (`true`) or resumes the consumer `context` reads `source` with (see
+    /// [`crate::offsets`]); returns whether it was paused before. A pause returns once the
+    /// consumer has let go of its subscription (it finishes the batch in hand first), so nothing
+    /// published after it is applied until the resume.
+    pub async fn pause(&self, context: &str, source: &str, paused: bool) -> Result<bool, ActionError> {
+        const LET_GO_WITHIN: Duration = Duration::from_secs(30);
+        let control = &self.consumer_probe(context, source)?.control;
+        let was = control.set_paused(paused);
+        if paused {
+            let deadline = Instant::now() + LET_GO_WITHIN;
+            while !control.is_released() {
+                if Instant::now() >= deadline {
+                    // Paused all the same: it lets go when it next gets its turn.
+                    return Err(crate::offsets::RepositionError::NotTaken(LET_GO_WITHIN.as_secs()).into());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(was)
+    }
+
+    /// Seeks or skips the consumer `context` reads `source` with and waits (at most 30 s) for
+    /// the consumer to have done it. Refused while the context's caches are being rebuilt.
+    pub async fn reposition(
+        &self,
+        context: &str,
+        source: &str,
+        change: crate::offsets::Reposition,
+    ) -> Result<crate::offsets::Repositioned, ActionError> {
+        const TAKE_WITHIN: Duration = Duration::from_secs(30);
+        let probe = self.consumer_probe(context, source)?;
+        if let Some(state) = self.rebuild_state(context) {
+            return Err(ActionError::AlreadyRebuilding { context: context.to_string(), state });
+        }
+        let answer = probe.control.request(change)?;
+        match tokio::time::timeout(TAKE_WITHIN, answer).await {
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(_)) | Err(_) => {
+                probe.control.withdraw();
+                Err(crate::offsets::RepositionError::NotTaken(TAKE_WITHIN.as_secs()).into())
+            }
+        }
+    }
+
+    /// `replaying` or `swapping` while a rebuild of `context` runs.
+    fn rebuild_state(&self, context: &str) -> Option<String> {
+        let rebuilds = self.rebuilds.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = rebuilds.get(context)?.lock().map(|p| p.state.clone()).unwrap_or_default();
+        (state == "replaying" || state == "swapping").then_some(state)
     }
 
     /// Ends the actor at `path` so that its supervisor restarts it (see

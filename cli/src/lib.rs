@@ -14,7 +14,9 @@
 mod asyncapi;
 mod command;
 mod config;
+mod consumer;
 pub mod dashboard;
+mod dashboard_client;
 mod dlq;
 mod inspect;
 pub mod nats;
@@ -86,6 +88,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Rebuild a running context's caches from the owners' streams, then swap them in.
     Rebuild(rebuild::RebuildArgs),
+    /// Pause, resume, seek or skip a running context's consumer of a stream.
+    Consumer(consumer::ConsumerArgs),
     /// Print the AsyncAPI 3.0 document of every stream, subject, event, command and query.
     Asyncapi(asyncapi::AsyncApiArgs),
     /// Print the effective configuration of a command line (default `run`): every setting, its
@@ -203,6 +207,7 @@ async fn run_command(command: Command, app: &App) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || rebuild::main(args, name)).await?
         }
         Command::Status(args) => tokio::task::spawn_blocking(move || status::main(args)).await?,
+        Command::Consumer(args) => tokio::task::spawn_blocking(move || consumer::main(args)).await?,
     }
 }
 

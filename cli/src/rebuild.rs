@@ -13,38 +13,16 @@ pub struct RebuildArgs {
     /// The consuming context whose caches to rebuild (baskets, depot, payments, notifications,
     /// search).
     pub(crate) context: String,
-    /// The dashboard of the running `carrier run` that owns the context's file.
-    #[arg(long, env = "CARRIER_DASHBOARD_URL", default_value = "http://127.0.0.1:7878")]
-    url: String,
-    /// The API key the dashboard was started with (`--dashboard-actions --api-key`).
-    #[arg(long, env = "CARRIER_API_KEY", hide_env_values = true)]
-    api_key: String,
+    #[command(flatten)]
+    dashboard: crate::dashboard_client::DashboardClientArgs,
 }
 
 pub fn main(args: RebuildArgs, name: &str) -> anyhow::Result<ExitCode> {
-    let base = args.url.trim_end_matches('/');
+    let base = args.dashboard.base();
     let context = name;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let url = format!("{base}/api/contexts/{context}/rebuild");
-    let mut response = agent
-        .post(&url)
-        .header("Authorization", &format!("Bearer {}", args.api_key))
-        .send_empty()
-        .with_context(|| format!("cannot reach the dashboard at {base} (is `carrier run` serving it?)"))?;
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    if status != 202 {
-        let error = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or(body);
-        bail!("the dashboard refused the rebuild ({status}): {error}");
-    }
-    let started: RebuildProgress = serde_json::from_str(&body).context("the dashboard's answer")?;
+    let agent = args.dashboard.agent(Duration::from_secs(10));
+    let answer = args.dashboard.post(&agent, &format!("/api/contexts/{context}/rebuild"), None, 202, "rebuild")?;
+    let started: RebuildProgress = serde_json::from_value(answer).context("the dashboard's answer")?;
     let mut bar = crate::progress::Progress::new(&format!("rebuild {context}"), 0);
     loop {
         std::thread::sleep(Duration::from_millis(200));

@@ -81,7 +81,11 @@ pub fn render(s: &Snapshot) -> String {
                 c.counters.applied.to_string(),
                 c.counters.duplicates.to_string(),
                 format!("{:.0}", c.rate_per_second),
-                c.server_error.clone().unwrap_or_default(),
+                match (c.paused, &c.server_error) {
+                    (_, Some(error)) => error.clone(),
+                    (true, None) => "PAUSED (carrier consumer resume)".to_string(),
+                    (false, None) => String::new(),
+                },
             ]
         })
         .collect();
@@ -99,7 +103,7 @@ pub fn render(s: &Snapshot) -> String {
             "APPLIED",
             "DUPLICATES",
             "MSG/S",
-            "ERROR",
+            "NOTE",
         ],
         &rows,
         &[3, 4, 5, 6, 7, 8, 9, 10],

@@ -319,6 +319,14 @@ impl<K: ContextKind> FileWriter<K> {
         self.file.clone()
     }
 
+    /// Sets `consumer`'s checkpoint to exactly `seq` (an operator's seek or skip; see
+    /// [`engine::set_checkpoint`]).
+    pub fn set_checkpoint(&self, consumer: &str, seq: u64) -> Result<(), StorageError> {
+        engine::set_checkpoint(&self.db, consumer, seq)?;
+        self.file.committed();
+        Ok(())
+    }
+
     /// Applies a delivered batch of `E` events in one transaction (see [`engine::apply_batch`]),
     /// with whatever the reactions emit.
     pub fn apply<E: DomainEvent>(

@@ -290,6 +290,23 @@ pub(crate) fn checkpoint(db: &Database, consumer: &str) -> Result<u64, StorageEr
     Ok(seq)
 }
 
+/// Sets a consumer's checkpoint to exactly `seq` (0 removes it), in one transaction: an
+/// operator's seek or skip. Unlike a batch's, this may move the checkpoint backwards; what is
+/// delivered again is dropped by the inbox or as stale.
+pub(crate) fn set_checkpoint(db: &Database, consumer: &str, seq: u64) -> Result<(), StorageError> {
+    let txn = db.begin_write().during("begin_write")?;
+    {
+        let mut table = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+        if seq == 0 {
+            table.remove(consumer).during("write checkpoints")?;
+        } else {
+            table.insert(consumer, seq).during("write checkpoints")?;
+        }
+    }
+    txn.commit().during("commit")?;
+    Ok(())
+}
+
 /// Now, as Unix milliseconds.
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -311,6 +311,28 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
         "the depot's cache rebuild done",
         r#"return !!document.querySelector('#rebuilds tr[data-context="depot"][data-state="done"]');"#,
     );
+    // A consumer paused and resumed from its row's buttons.
+    browser.eval(
+        r#"document.querySelector('button[data-consumer="pause"][data-context="search"][data-source="ordering"]').click();
+           return true;"#,
+    );
+    browser.wait_for(
+        Duration::from_secs(5),
+        "search-ordering shown paused",
+        r#"const row = document.querySelector('#consumers tr[data-durable="search-ordering"]');
+           return !!row && row.dataset.paused === 'true' && row.textContent.includes('paused')
+               && !!row.querySelector('button[data-consumer="resume"]');"#,
+    );
+    browser.eval(
+        r#"document.querySelector('button[data-consumer="resume"][data-context="search"][data-source="ordering"]').click();
+           return true;"#,
+    );
+    browser.wait_for(
+        Duration::from_secs(5),
+        "search-ordering running again",
+        r#"const row = document.querySelector('#consumers tr[data-durable="search-ordering"]');
+           return !!row && row.dataset.paused === 'false';"#,
+    );
     drop(browser);
     drop(demo);
 }

@@ -12,6 +12,7 @@ mod framings;
 mod library;
 mod mall;
 mod observability;
+mod offsets;
 mod rebuild;
 mod reliability;
 mod security;

@@ -21,6 +21,8 @@ use axum::{Json, Router};
 use carrier_actors::observe::{Observer, Snapshot};
 use tokio::sync::watch;
 
+mod consumers;
+
 /// The page, with its styles and script inline: no CDN, no build step.
 const PAGE: &str = include_str!("page.html");
 
@@ -154,6 +156,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/dead-letters/{context}/replay", post(replay_dead_letters))
         .route("/api/contexts/{context}/rebuild", post(start_rebuild))
         .route("/api/rebuilds", get(rebuilds))
+        .route("/api/consumers/{context}/{source}/pause", post(consumers::pause))
+        .route("/api/consumers/{context}/{source}/resume", post(consumers::resume))
+        .route("/api/consumers/{context}/{source}/seek", post(consumers::seek))
+        .route("/api/consumers/{context}/{source}/skip", post(consumers::skip))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -200,6 +206,10 @@ async fn index() -> impl IntoResponse {
             "POST /api/dead-letters/{context}/replay": "replays every dead letter of a context; needs actions and the key",
             "POST /api/contexts/{context}/rebuild": "rebuilds a context's caches from the streams, then swaps them in; needs actions and the key",
             "GET /api/rebuilds": "progress of the rebuilds started since carrier started",
+            "POST /api/consumers/{context}/{source}/pause": "stops a consumer pulling until resumed; needs actions and the key",
+            "POST /api/consumers/{context}/{source}/resume": "resumes a paused consumer from its checkpoint; needs actions and the key",
+            "POST /api/consumers/{context}/{source}/seek": "{\"sequence\": N} or {\"time\": \"RFC 3339\"}: moves a consumer's position; needs actions and the key",
+            "POST /api/consumers/{context}/{source}/skip": "{\"count\": N}: passes over the next N events, dead-lettering each as `skipped`; needs actions and the key",
             "GET /healthz": "200 unless a context was given up on",
             "GET /readyz": "200 when every actor runs and NATS is connected",
             "GET /metrics": "Prometheus text exposition"
