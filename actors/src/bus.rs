@@ -93,6 +93,8 @@ pub struct Bus {
     js: jetstream::Context,
     /// How this connection was made, for [`Bus::another_connection`].
     origin: Arc<Origin>,
+    /// Replicas of the streams and buckets this connection creates.
+    replicas: usize,
 }
 
 /// Why the first connection failed, in words that name what the server refused.
@@ -124,6 +126,19 @@ fn connection_event(server: &str, event: async_nats::Event) {
         Event::ServerError(error) => tracing::warn!(%server, %error, "NATS server error"),
         other => tracing::warn!(%server, event = %other, "NATS connection"),
     }
+}
+
+/// `nats://a:4222,nats://b:4222` as the client's list of servers (it tries them in turn and
+/// learns the rest of a cluster from the one it reaches).
+fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Connect { url: u.to_string(), reason: format!("not a NATS server URL: {e}") })
+        })
+        .collect()
 }
 
 /// Where and as whom a [`Bus`] connected.
@@ -158,14 +173,22 @@ impl Bus {
                 let server = shown.clone();
                 async move { connection_event(&server, event) }
             })
-            .connect(url.as_str());
+            .connect(server_addrs(&url)?);
         let client = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| BusError::Connect { url: url.clone(), reason: format!("no answer within {timeout:?}") })?
             .map_err(|e| BusError::Connect { url: url.clone(), reason: connect_failure(&e, &options) })?;
         let js = jetstream::new(client.clone());
         let origin = Arc::new(Origin { options, client_name: client_name.to_string(), timeout });
-        Ok(Bus { client, js, origin })
+        Ok(Bus { client, js, origin, replicas: 1 })
+    }
+
+    /// The same connection, creating streams and buckets with `replicas` copies (1 on a single
+    /// server, 3 on a cluster; JetStream allows at most 5). Existing streams with another count
+    /// are changed to it when the bus first meets them.
+    pub fn with_stream_replicas(mut self, replicas: usize) -> Bus {
+        self.replicas = replicas.clamp(1, 5);
+        self
     }
 
     /// A second connection to the same server, for bulk reads that must not queue in front of
@@ -174,7 +197,9 @@ impl Bus {
     /// the returned `Bus` and its clones are dropped.
     pub async fn another_connection(&self, purpose: &str) -> Result<Bus, BusError> {
         let origin = &self.origin;
-        Bus::connect(origin.options.clone(), &format!("{} ({purpose})", origin.client_name), origin.timeout).await
+        let bus = Bus::connect(origin.options.clone(), &format!("{} ({purpose})", origin.client_name), origin.timeout)
+            .await?;
+        Ok(bus.with_stream_replicas(self.replicas))
     }
 
     /// The key-value bucket `bucket` (one value per key, each expiring `ttl` after its last
@@ -199,6 +224,7 @@ impl Bus {
                     deny_delete: true,
                     allow_direct: true,
                     discard: jetstream::stream::DiscardPolicy::New,
+                    num_replicas: self.replicas,
                     ..Default::default()
                 };
                 let created = self.js.get_or_create_stream(config).await.err();
@@ -234,15 +260,49 @@ impl Bus {
             subjects: vec![subjects.to_string()],
             storage: jetstream::stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: self.replicas,
             ..Default::default()
         };
         match self.js.get_or_create_stream(config).await {
-            Ok(_) => Ok(()),
+            Ok(stream) => {
+                let existing = stream.cached_info().config.clone();
+                if existing.num_replicas.max(1) != self.replicas {
+                    // Made earlier with another count: JetStream scales a stream in place.
+                    let wanted = jetstream::stream::Config { num_replicas: self.replicas, ..existing.clone() };
+                    match self.js.update_stream(&wanted).await {
+                        Ok(_) => tracing::info!(
+                            stream = name,
+                            from = existing.num_replicas,
+                            to = self.replicas,
+                            "stream replicas changed"
+                        ),
+                        Err(e) => {
+                            return Err(BusError::Stream {
+                                stream: name.to_string(),
+                                reason: format!(
+                                    "has {} replicas, {} configured, and the server refused the change: {e}",
+                                    existing.num_replicas, self.replicas
+                                ),
+                            })
+                        }
+                    }
+                }
+                Ok(())
+            }
             // Two processes starting at once both find no stream and both create it; the loser is
             // told the name or subjects are taken. The stream it wanted is there now.
             Err(create_error) => match self.js.get_stream(name).await {
                 Ok(_) => Ok(()),
-                Err(_) => Err(BusError::Stream { stream: name.to_string(), reason: create_error.to_string() }),
+                Err(_) => {
+                    let mut reason = create_error.to_string();
+                    if self.replicas > 1 && reason.contains("non-clustered") {
+                        reason.push_str(&format!(
+                            "; {} stream replicas need a JetStream cluster (use 1 on a single server)",
+                            self.replicas
+                        ));
+                    }
+                    Err(BusError::Stream { stream: name.to_string(), reason })
+                }
             },
         }
     }

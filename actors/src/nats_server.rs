@@ -168,6 +168,65 @@ impl LocalNatsServer {
     }
 }
 
+/// A JetStream cluster of nats-servers on loopback, each with its store in a directory of its
+/// own: how the tests try Carrier against replicated streams and a node that dies. Nodes are
+/// named `n0`, `n1`, ... (the names JetStream reports as stream leaders).
+pub struct LocalNatsCluster {
+    /// The nodes, in name order; `kill` and `restart` one to test failover.
+    pub nodes: Vec<LocalNatsServer>,
+    _temp: tempfile::TempDir,
+}
+
+impl LocalNatsCluster {
+    /// Starts `size` servers routed to each other as one cluster.
+    pub fn start(size: usize) -> Result<Self, NatsServerError> {
+        let temp = tempfile::Builder::new()
+            .prefix("carrier-nats-cluster-")
+            .tempdir()
+            .map_err(|source| NatsServerError::Dir { path: std::env::temp_dir(), source })?;
+        let route_ports =
+            free_ports(size).map_err(|source| NatsServerError::Dir { path: temp.path().into(), source })?;
+        let mut nodes = Vec::with_capacity(size);
+        for (i, port) in route_ports.iter().enumerate() {
+            let dir = temp.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&dir).map_err(|source| NatsServerError::Dir { path: dir.clone(), source })?;
+            let routes: Vec<String> = route_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats-route://127.0.0.1:{p}"))
+                .collect();
+            let config = format!(
+                "server_name: n{i}\ncluster {{\n  name: carrier-test\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            );
+            let file = dir.join("server.conf");
+            std::fs::write(&file, config).map_err(|source| NatsServerError::Dir { path: file.clone(), source })?;
+            nodes.push(LocalNatsServer::start_with(&dir, None, Some(&file))?);
+        }
+        Ok(LocalNatsCluster { nodes, _temp: temp })
+    }
+
+    /// Every node's URL, comma separated (what `--nats-url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(LocalNatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node JetStream calls `name` (`n0`, `n1`, ...).
+    pub fn node_named(&mut self, name: &str) -> Option<&mut LocalNatsServer> {
+        let index: usize = name.strip_prefix('n')?.parse().ok()?;
+        self.nodes.get_mut(index)
+    }
+}
+
+/// `count` loopback ports that were free a moment ago (a cluster's routes must be known before
+/// its servers start).
+fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect()
+}
+
 impl Drop for LocalNatsServer {
     fn drop(&mut self) {
         self.kill();

@@ -50,6 +50,9 @@ pub struct SystemConfig {
     /// Memory redb may use to cache each file's pages
     /// ([`carrier_storage::DEFAULT_CACHE_BYTES`] unless set).
     pub cache_bytes: usize,
+    /// Copies JetStream keeps of each stream and bucket Carrier creates: 1 on a single server,
+    /// 3 on a cluster (so a node may die without losing or stopping anything).
+    pub stream_replicas: usize,
 }
 
 impl SystemConfig {
@@ -70,6 +73,7 @@ impl SystemConfig {
             poison_threshold: crate::consumer::SOLO_FAILURES_TO_DEAD_LETTER,
             faults: Arc::new(Faults::default()),
             cache_bytes: carrier_storage::DEFAULT_CACHE_BYTES,
+            stream_replicas: 1,
         }
     }
 }
@@ -101,7 +105,9 @@ struct RunningContext {
 impl CarrierSystem {
     /// Connects, creates streams, opens databases and starts every configured context.
     pub async fn start(config: SystemConfig) -> Result<CarrierSystem, StartError> {
-        let bus = Bus::connect(config.nats.clone(), "carrier", Duration::from_secs(5)).await?;
+        let bus = Bus::connect(config.nats.clone(), "carrier", Duration::from_secs(5))
+            .await?
+            .with_stream_replicas(config.stream_replicas);
         let mut declarations: Vec<BoundedContext> = Vec::new();
         for context in &config.contexts {
             if !declarations.iter().any(|d| d.name() == context.name()) {

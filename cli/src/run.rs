@@ -30,6 +30,11 @@ pub struct RunArgs {
     #[arg(long, env = "CARRIER_REDB_CACHE_MB", default_value_t = (carrier_storage::DEFAULT_CACHE_BYTES >> 20) as u32,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     redb_cache_mb: u32,
+    /// Copies JetStream keeps of each stream and bucket Carrier creates: 1 on a single server,
+    /// 3 on a cluster; existing streams are changed to it.
+    #[arg(long, env = "CARRIER_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    stream_replicas: u8,
     #[command(flatten)]
     dashboard: crate::dashboard::DashboardArgs,
     #[command(flatten)]
@@ -61,6 +66,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     config.batch_max = args.batch_max as usize;
     config.poison_threshold = args.poison_threshold;
     config.cache_bytes = (args.redb_cache_mb as usize) << 20;
+    config.stream_replicas = args.stream_replicas as usize;
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see actors::faults.
         let faults =

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real redb files, real actors.
 
 mod cli;
+mod cluster;
 mod config;
 mod contract;
 mod crash;
