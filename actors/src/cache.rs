@@ -788,6 +788,8 @@ pub(crate) struct ContextBuilder<K: ContextKind> {
     wakeup: Arc<Notify>,
     /// The file's one writer, which only the writer actor gets.
     file: Arc<FileWriter<K>>,
+    /// For a read model, which runs on every instance: the instance's suffix of its durables.
+    instance: Option<String>,
 }
 
 impl<K: ContextKind> ContextBuilder<K> {
@@ -816,6 +818,22 @@ impl<K: ContextKind> ContextBuilder<K> {
             servers: Vec::new(),
             wakeup: Arc::new(Notify::new()),
             file,
+            instance: None,
+        }
+    }
+
+    /// Gives every consumer of this context a durable of this instance's own (a read model runs
+    /// on every instance, and instances sharing a durable would split its stream).
+    pub(crate) fn per_instance(&mut self, suffix: String) -> &mut Self {
+        self.instance = Some(suffix);
+        self
+    }
+
+    /// The durable this context reads `source`'s stream with.
+    fn durable(&self, source: &str) -> String {
+        match &self.instance {
+            Some(suffix) => instance_durable_name(self.context, source, suffix),
+            None => durable_name(self.context, source),
         }
     }
 
@@ -840,10 +858,14 @@ impl<K: ContextKind> ContextBuilder<K> {
         let stats = Arc::new(ConsumerStats::default());
         let control = Arc::new(crate::offsets::ConsumerControl::default());
         self.handle.consumers.push((source, stats.clone()));
+        let durable = self.durable(source);
+        // A read model moving to durables of its own keeps its place: its checkpoint was kept
+        // under the shared name before.
+        let shared = (self.instance.is_some()).then(|| durable_name(context, source));
         self.handle.probes.push(crate::observe::ConsumerProbe {
             source,
             stream: E::STREAM,
-            durable: durable_name(context, source),
+            durable: durable.clone(),
             filter_subject: E::STREAM_SUBJECTS,
             stats: stats.clone(),
             control: control.clone(),
@@ -852,6 +874,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         let (bus, faults, settings) = (self.bus.clone(), self.faults.clone(), self.settings);
         let handle = self.handle.clone();
         let spec = ChildSpec::new(&format!("{source}-consumer"), move |supervisor, siblings| {
+            let (durable, shared) = (durable.clone(), shared.clone());
             let (bus, stats, faults, guard, handle, prefetch, control) = (
                 bus.clone(),
                 stats.clone(),
@@ -866,7 +889,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                     siblings.get("cache").cloned().ok_or("the cache is not running")?.into();
                 let spec = crate::bus::DurableSpec {
                     stream: E::STREAM.to_string(),
-                    durable: durable_name(context, source),
+                    durable,
                     description: format!("{context}: reads {source} events"),
                     filter_subject: E::STREAM_SUBJECTS.to_string(),
                     ack_wait: settings.ack_wait,
@@ -878,7 +901,10 @@ impl<K: ContextKind> ContextBuilder<K> {
                     linger: Duration::ZERO,
                 };
                 let db = handle.db.clone();
-                let checkpoint: CheckpointReader = Arc::new(move |durable: &str| db.checkpoint(durable));
+                let checkpoint: CheckpointReader = Arc::new(move |durable: &str| match db.checkpoint(durable)? {
+                    0 => shared.as_deref().map_or(Ok(0), |name| db.checkpoint(name)),
+                    seq => Ok(seq),
+                });
                 let target = apply_target::<K, E>(writer, context, prefetch, handle);
                 let args = ConsumerArgs {
                     bus,
@@ -908,7 +934,9 @@ impl<K: ContextKind> ContextBuilder<K> {
         let fallback = Arc::new(Fallback::new("stores", self.bus.clone(), self.settings.fallback));
         self.handle.stores_fallback = Some(fallback.clone());
         self.handle.cache_sources.push(crate::rebuild::CacheSource {
-            set: carrier_storage::rebuild::stores_caches(stores_durable_name(self.context)),
+            set: carrier_storage::rebuild::stores_caches(
+                self.durable(<carrier_messages::StoresEvent as DomainEvent>::CONTEXT),
+            ),
             replay: crate::rebuild::replay_source::<K, carrier_messages::StoresEvent>(),
         });
         let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
@@ -940,7 +968,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         let fallback = Arc::new(Fallback::new("customers", self.bus.clone(), self.settings.fallback));
         self.handle.customers_fallback = Some(fallback.clone());
         self.handle.cache_sources.push(crate::rebuild::CacheSource {
-            set: carrier_storage::rebuild::customers_caches(durable_name(self.context, "customers")),
+            set: carrier_storage::rebuild::customers_caches(self.durable("customers")),
             replay: crate::rebuild::replay_source::<K, carrier_messages::customers::CustomersEvent>(),
         });
         let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
@@ -996,8 +1024,9 @@ impl<K: ContextKind> ContextBuilder<K> {
 
     /// The supervisor's arguments and the handle.
     pub(crate) fn build(self, tree: SupervisionTree, path: String) -> (SupervisorArgs, ContextHandle<K>) {
-        let ContextBuilder { context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup, file } =
-            self;
+        let ContextBuilder {
+            context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup, file, ..
+        } = self;
         let resolvers = Arc::new(resolvers);
         let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
             let found = resolvers.iter().find(|(kind, _)| *kind == aggregate).map(|(_, r)| r.clone());
@@ -1101,6 +1130,12 @@ fn apply_target<K: Reacts<E>, E: DomainEvent>(
 /// two contexts never share (and split) one consumer's messages.
 pub fn durable_name(context: &str, source: &str) -> String {
     format!("{context}-{source}")
+}
+
+/// The durable name an instance of a read model (which runs on every instance) reads `source`'s
+/// stream with: `<context>-<source>-<suffix>`, the suffix taken from the instance id.
+pub fn instance_durable_name(context: &str, source: &str, suffix: &str) -> String {
+    format!("{context}-{source}-{suffix}")
 }
 
 /// The durable name a context reads the stores stream with.

@@ -104,6 +104,8 @@ pub(crate) struct StartEnv {
     pub tree: SupervisionTree,
     /// The context supervisor's path, `carrier/<name>`.
     pub path: String,
+    /// This instance's suffix for a read model's own durables.
+    pub instance_suffix: String,
 }
 
 /// A context the system started: its supervisor's arguments and what the system keeps of it.
@@ -124,6 +126,7 @@ type StartFn = Arc<dyn Fn(StartEnv) -> BoxFuture<Result<Started, StartError>> + 
 #[derive(Clone)]
 pub struct BoundedContext {
     name: &'static str,
+    read_model: bool,
     reads: Vec<SourceStream>,
     publishes: Option<StreamDoc>,
     endpoints: Vec<EndpointDoc>,
@@ -136,6 +139,7 @@ impl std::fmt::Debug for BoundedContext {
             .field("name", &self.name)
             .field("reads", &self.reads)
             .field("publishes", &self.publishes.map(|s| s.stream))
+            .field("read_model", &self.read_model)
             .finish()
     }
 }
@@ -147,6 +151,8 @@ impl BoundedContext {
     /// commands and reacts to nothing; a cache or read model reacts to other contexts' events.
     pub fn of<K: ContextKind>() -> ContextDecl<K> {
         ContextDecl {
+            read_model: false,
+            decides: false,
             reads: Vec::new(),
             endpoints: Vec::new(),
             fallbacks: Vec::new(),
@@ -180,6 +186,12 @@ impl BoundedContext {
         format!("{}.redb", self.name)
     }
 
+    /// Whether it was declared a [read model](ContextDecl::read_model): it runs on every
+    /// instance, each with consumers of its own, and takes no lease.
+    pub fn is_read_model(&self) -> bool {
+        self.read_model
+    }
+
     /// Whether it reads any stream (and so has a dead-letter stream).
     pub fn consumes(&self) -> bool {
         !self.reads.is_empty()
@@ -202,7 +214,8 @@ pub fn asyncapi(version: &str, contexts: &[BoundedContext]) -> serde_json::Value
     streams.sort_by_key(|s| s.stream);
     streams.dedup_by_key(|s| s.stream);
     let endpoints: Vec<EndpointDoc> = contexts.iter().flat_map(|c| c.endpoints.iter().copied()).collect();
-    carrier_messages::asyncapi::document(version, &streams, &endpoints, &subscriptions(contexts))
+    let read_models: Vec<&str> = contexts.iter().filter(|c| c.read_model).map(|c| c.name).collect();
+    carrier_messages::asyncapi::document(version, &streams, &endpoints, &subscriptions(contexts), &read_models)
 }
 
 /// A name given that no declared context has.
@@ -236,6 +249,8 @@ type Step<K> = Box<dyn Fn(&mut ContextBuilder<K>) + Send + Sync>;
 
 /// The declaration of a context under construction; see [`BoundedContext::of`].
 pub struct ContextDecl<K: ContextKind> {
+    read_model: bool,
+    decides: bool,
     reads: Vec<SourceStream>,
     endpoints: Vec<EndpointDoc>,
     /// Fallbacks, set up before any consumer so that every consumer's prefetch can use them.
@@ -366,6 +381,7 @@ impl<K: ContextKind> ContextDecl<K> {
         Fut: Future<Output = Result<Decoded<K::Event>, CommandError>> + Send + 'static,
     {
         self.endpoints.push(EndpointDoc::command::<C>(K::NAME));
+        self.decides = true;
         let decide = Arc::new(decide);
         self.servers.push(Box::new(move |b| {
             let (handle, decide) = (b.handle(), decide.clone());
@@ -401,9 +417,31 @@ impl<K: ContextKind> ContextDecl<K> {
         self
     }
 
+    /// Declares it a **read model**: it only keeps tables of other contexts' events and answers
+    /// queries from them, so running it twice has no effect beyond its own file. Then every
+    /// instance of Carrier that runs it keeps a complete copy, each reading every stream
+    /// through a durable of its own (`<context>-<source>-<instance>`, positioned by that
+    /// instance's checkpoint), and queries are answered by whichever instance gets them (they
+    /// are served in a queue group). Any other context runs on one instance at a time (a lease).
+    ///
+    /// # Panics
+    ///
+    /// [`build`](Self::build) panics when a read model publishes events or decides commands:
+    /// those have effects that must happen once, which a read model's instances cannot promise.
+    pub fn read_model(mut self) -> Self {
+        self.read_model = true;
+        self
+    }
+
     /// The declaration.
     pub fn build(self) -> BoundedContext {
-        let ContextDecl { reads, endpoints, mut fallbacks, steps, servers } = self;
+        let ContextDecl { read_model, decides, reads, endpoints, mut fallbacks, steps, servers } = self;
+        let publishes = (!K::Event::EVENT_TYPES.is_empty()).then(StreamDoc::of::<K::Event>);
+        assert!(
+            !read_model || (publishes.is_none() && !decides),
+            "{}: a read model neither publishes events nor decides commands (its instances would each do it)",
+            K::NAME
+        );
         fallbacks.extend(steps);
         fallbacks.extend(servers);
         let steps = Arc::new(fallbacks);
@@ -414,6 +452,9 @@ impl<K: ContextKind> ContextDecl<K> {
                 let path = env.data_dir.join(format!("{}.redb", K::NAME));
                 let db = FileWriter::<K>::open_with_cache(path, env.settings.cache_bytes)?;
                 let mut builder = ContextBuilder::new(env.bus.clone(), db, env.settings, env.faults);
+                if read_model {
+                    builder.per_instance(env.instance_suffix.clone());
+                }
                 for step in steps.iter() {
                     step(&mut builder);
                 }
@@ -429,7 +470,6 @@ impl<K: ContextKind> ContextDecl<K> {
                 })
             })
         });
-        let publishes = (!K::Event::EVENT_TYPES.is_empty()).then(StreamDoc::of::<K::Event>);
-        BoundedContext { name: K::NAME, reads, publishes, endpoints, start }
+        BoundedContext { name: K::NAME, read_model, reads, publishes, endpoints, start }
     }
 }

@@ -10,7 +10,11 @@
 //! after [`LEASE_TTL`], and the same instance (the same data directory, whose `instance.id`
 //! names it) takes its own lease back at once when it restarts.
 //!
-//! This guards against the silent split; it does not yet run several active instances.
+//! A context declared a [read model](crate::context::ContextDecl::read_model) takes no lease:
+//! every instance runs it, each reading every stream through durables of its own
+//! (`<context>-<source>-<suffix>`, [`durable_suffix`]), so each keeps a complete copy. Any other
+//! context has effects that must happen once (events it publishes, commands it decides, texts it
+//! sends), and runs on the one instance holding its lease.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -68,6 +72,13 @@ pub fn instance_id(data_dir: &Path) -> Result<String, StartError> {
     let id = uuid::Uuid::now_v7().to_string();
     std::fs::write(&path, format!("{id}\n")).map_err(io)?;
     Ok(id)
+}
+
+/// The part of an instance id that names its own durables: the last 12 characters, which are
+/// random (a v7 id begins with its creation time, shared by instances made together).
+pub fn durable_suffix(instance: &str) -> String {
+    let id: String = instance.chars().filter(char::is_ascii_alphanumeric).collect();
+    id[id.len().saturating_sub(12)..].to_ascii_lowercase()
 }
 
 /// Claims the lease of every context in `contexts` for the instance of `data_dir`, or says who

@@ -392,6 +392,22 @@ pub struct Snapshot {
     /// and lag are the `consumers` of the same durable).
     #[serde(default)]
     pub topology: Vec<StreamNode>,
+    /// This instance, and what it holds.
+    #[serde(default)]
+    pub instance: InstanceReport,
+}
+
+/// One running instance of Carrier and what it holds (see [`crate::instance`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    /// Its id (from `instance.id` in its data directory).
+    pub id: String,
+    /// The suffix of its read models' own durables.
+    pub durable_suffix: String,
+    /// The contexts whose lease it holds: it alone runs them.
+    pub leases: Vec<String>,
+    /// The read models it runs, as every instance may.
+    pub read_models: Vec<String>,
 }
 
 /// One stream in the topology: its publisher and its readers.
@@ -422,6 +438,7 @@ pub struct Observer {
     contexts: Arc<Vec<ObservedContext>>,
     rates: Arc<Mutex<BTreeMap<String, Rates>>>,
     rebuilds: Arc<Mutex<BTreeMap<String, crate::rebuild::Progress>>>,
+    instance: Arc<InstanceReport>,
 }
 
 #[derive(Default)]
@@ -434,8 +451,18 @@ struct Rates {
 const LATEST_DEAD_LETTERS: usize = 5;
 
 impl Observer {
-    pub(crate) fn new(bus: Bus, tree: SupervisionTree, contexts: Vec<ObservedContext>) -> Observer {
-        Observer { bus, tree, contexts: Arc::new(contexts), rates: Arc::default(), rebuilds: Arc::default() }
+    pub(crate) fn new(
+        bus: Bus,
+        tree: SupervisionTree,
+        contexts: Vec<ObservedContext>,
+        instance: Arc<InstanceReport>,
+    ) -> Observer {
+        Observer { bus, tree, contexts: Arc::new(contexts), rates: Arc::default(), rebuilds: Arc::default(), instance }
+    }
+
+    /// This instance and what it holds.
+    pub fn instance(&self) -> InstanceReport {
+        self.instance.as_ref().clone()
     }
 
     /// Every supervised actor, parents before children.
@@ -639,6 +666,7 @@ impl Observer {
             dead_letters,
             rebuilds: self.rebuilds(),
             topology: self.topology(),
+            instance: self.instance(),
         }
     }
 

@@ -91,6 +91,7 @@ pub struct CarrierSystem {
     root_task: tokio::task::JoinHandle<()>,
     /// This instance's leases of its contexts (see [`crate::instance`]).
     leases: Option<crate::instance::Leases>,
+    instance: Arc<crate::observe::InstanceReport>,
 }
 
 /// What the system keeps of one started context.
@@ -125,7 +126,8 @@ impl CarrierSystem {
         for (stream, subjects) in streams {
             bus.ensure_stream(stream, subjects).await?;
         }
-        let names: Vec<&str> = declarations.iter().map(|d| d.name()).collect();
+        // A read model runs on every instance; anything else on one at a time.
+        let names: Vec<&str> = declarations.iter().filter(|d| !d.is_read_model()).map(|d| d.name()).collect();
         let leases = crate::instance::acquire(&bus, &config.data_dir, &names).await?;
         match Self::start_contexts(config, bus, declarations).await {
             Ok(mut system) => {
@@ -154,10 +156,13 @@ impl CarrierSystem {
             poison_threshold: config.poison_threshold,
             cache_bytes: config.cache_bytes,
         };
+        let instance = crate::instance::instance_id(&config.data_dir)?;
+        let instance_suffix = crate::instance::durable_suffix(&instance);
         let mut children = Vec::new();
         let mut contexts = Vec::new();
         for declaration in declarations {
             let env = StartEnv {
+                instance_suffix: instance_suffix.clone(),
                 bus: bus.clone(),
                 data_dir: config.data_dir.clone(),
                 settings,
@@ -180,7 +185,20 @@ impl CarrierSystem {
         let (root, root_task) = Actor::spawn(None, Supervisor, root_args)
             .await
             .map_err(|e| StartError::Actors(root_cause(&e.to_string())))?;
-        Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task, leases: None })
+        let names = |read_models: bool| {
+            contexts
+                .iter()
+                .filter(|c| c.declaration.is_read_model() == read_models)
+                .map(|c| c.declaration.name().to_string())
+                .collect()
+        };
+        let instance = Arc::new(crate::observe::InstanceReport {
+            id: instance.clone(),
+            durable_suffix: instance_suffix,
+            leases: names(false),
+            read_models: names(true),
+        });
+        Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task, leases: None, instance })
     }
 
     /// The handle of the running context whose handle has type `H`: the
@@ -230,7 +248,7 @@ impl CarrierSystem {
     /// What operators see of this system: for the dashboard, `/metrics` and `carrier status`.
     pub fn observer(&self) -> crate::observe::Observer {
         let contexts = self.contexts.iter().map(|c| c.observed.clone()).collect();
-        crate::observe::Observer::new(self.bus.clone(), self.tree.clone(), contexts)
+        crate::observe::Observer::new(self.bus.clone(), self.tree.clone(), contexts, self.instance.clone())
     }
 
     /// Kills every actor at once, with no flush and no final ack, as a crash would; waits until

@@ -42,6 +42,17 @@ pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let nats = if s.health.nats_connected { "connected" } else { "DISCONNECTED" };
     let _ = writeln!(out, "Carrier {} at {}: {} (NATS {nats})", s.version, s.taken_at, s.health.status.to_uppercase());
+    if !s.instance.id.is_empty() {
+        let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        let _ = writeln!(
+            out,
+            "Instance {} (durables ...-{}): leases {}; read models {}",
+            s.instance.id,
+            s.instance.durable_suffix,
+            list(&s.instance.leases),
+            list(&s.instance.read_models)
+        );
+    }
     for (context, health) in &s.health.contexts {
         if let carrier_actors::Health::Degraded(reason) | carrier_actors::Health::Failed(reason) = health {
             let _ = writeln!(out, "  {context}: {reason}");

@@ -109,7 +109,15 @@ struct Stream {
 
 /// The document of `streams` and `endpoints`. `readers` says which context reads which context's
 /// stream (consumer, source), as the actors wire them.
-pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc], readers: &[(&str, &str)]) -> Value {
+///
+/// A context in `read_models` runs on every instance, each with durables of its own.
+pub fn document(
+    version: &str,
+    streams: &[StreamDoc],
+    endpoints: &[EndpointDoc],
+    readers: &[(&str, &str)],
+    read_models: &[&str],
+) -> Value {
     let mut settings = SchemaSettings::draft07();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = settings.into_generator();
@@ -185,10 +193,14 @@ pub fn document(version: &str, streams: &[StreamDoc], endpoints: &[EndpointDoc],
             operations.insert(format!("{}.publish.{}", s.context, e.name), publish);
             for reader in readers_of {
                 let mut receive = op("receive");
-                receive["summary"] = json!(format!(
-                    "{reader} applies {} from its durable consumer {reader}-{}.",
-                    e.event_type, s.context
-                ));
+                receive["summary"] = json!(if read_models.contains(&reader) {
+                    format!(
+                        "{reader} (a read model: every instance runs it) applies {} from each instance's own durable consumer {reader}-{}-<instance>.",
+                        e.event_type, s.context
+                    )
+                } else {
+                    format!("{reader} applies {} from its durable consumer {reader}-{}.", e.event_type, s.context)
+                });
                 operations.insert(format!("{reader}.receive.{}", e.event_type), receive);
             }
         }

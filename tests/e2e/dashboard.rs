@@ -236,11 +236,13 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
         Duration::from_secs(15),
         "the supervision tree and a consumer row",
         r#"return !!document.querySelector('#tree tr[data-path="carrier/ordering/cache"][data-state="running"]')
-            && !!document.querySelector('#consumers tr[data-durable="search-ordering"]')
-            && document.querySelector('#overall').textContent === 'healthy';"#,
+            && !!document.querySelector('#consumers tr[data-durable^="search-ordering"]')
+            && document.querySelector('#overall').textContent === 'healthy'
+            && document.querySelector('#instance').textContent.includes('read models: search')
+            && document.querySelector('#instance').dataset.leases.split(',').includes('ordering');"#,
     );
     let delivered = browser.eval(
-        r#"return document.querySelector('#consumers tr[data-durable="search-ordering"]').children[4].textContent;"#,
+        r#"return document.querySelector('#consumers tr[data-durable^="search-ordering"]').children[4].textContent;"#,
     );
     assert_ne!(delivered, json!("0"), "the row shows the search read model's deliveries");
 
@@ -257,8 +259,8 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
         r#"return {
             streams: [...document.querySelectorAll('#topology .node.stream')].map((n) => n.dataset.node).sort(),
             edges: [...document.querySelectorAll('#topology path.edge')].map((e) => e.dataset.edge).sort(),
-            label: document.querySelector('#topology [data-edge-label="search-ordering"]').textContent,
-            lag: document.querySelector('#topology [data-edge-label="search-ordering"]').dataset.lag,
+            label: document.querySelector('#topology [data-edge-label^="search-ordering"]').textContent,
+            lag: document.querySelector('#topology [data-edge-label^="search-ordering"]').dataset.lag,
         };"#,
     );
     let streams: Vec<String> = ["BASKETS", "CUSTOMERS", "DEPOT", "ORDERING", "PAYMENTS", "STORES"]
@@ -319,7 +321,7 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
     browser.wait_for(
         Duration::from_secs(5),
         "search-ordering shown paused",
-        r#"const row = document.querySelector('#consumers tr[data-durable="search-ordering"]');
+        r#"const row = document.querySelector('#consumers tr[data-durable^="search-ordering"]');
            return !!row && row.dataset.paused === 'true' && row.textContent.includes('paused')
                && !!row.querySelector('button[data-consumer="resume"]');"#,
     );
@@ -330,7 +332,7 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
     browser.wait_for(
         Duration::from_secs(5),
         "search-ordering running again",
-        r#"const row = document.querySelector('#consumers tr[data-durable="search-ordering"]');
+        r#"const row = document.querySelector('#consumers tr[data-durable^="search-ordering"]');
            return !!row && row.dataset.paused === 'false';"#,
     );
     drop(browser);

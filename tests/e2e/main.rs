@@ -10,6 +10,7 @@ mod dashboard;
 mod depot;
 mod foundation;
 mod framings;
+mod instances;
 mod library;
 mod mall;
 mod observability;

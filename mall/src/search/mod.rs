@@ -2,8 +2,10 @@
 //! and its caches of customers, stores and products, and asked on `query.search`.
 //!
 //! Actors, under the `carrier/search` supervisor (rest-for-one): `cache` (the only writer of
-//! `search.redb`), `stores-consumer`, `customers-consumer` and `ordering-consumer` (durables
-//! `search-stores`, `search-customers`, `search-ordering`) and `queries` (on `query.search`, answered by [`answer`]).
+//! `search.redb`), `stores-consumer`, `customers-consumer` and `ordering-consumer` and `queries`
+//! (on `query.search`, answered by [`answer`]). It is a read model (it publishes and decides
+//! nothing), so every instance runs it, reading through durables of its own
+//! (`search-stores-<instance>`, `search-customers-<instance>`, `search-ordering-<instance>`).
 
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
@@ -24,6 +26,7 @@ pub type SearchHandle = ContextHandle<Search>;
 /// The context's declaration.
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Search>()
+        .read_model()
         .stores_fallback()
         .customers_fallback()
         .consume::<StoresEvent>()
