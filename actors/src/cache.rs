@@ -601,6 +601,8 @@ pub struct ContextHandle<K: ContextKind> {
     pub(crate) cache_sources: Vec<crate::rebuild::CacheSource<K>>,
     writer: ActorSlot<WriterMsg<K>>,
     decisions: Arc<DecisionQueue<K>>,
+    /// Set while this instance may not hold the context's lease: commands are refused.
+    pub(crate) fence: Arc<crate::fence::Fence>,
 }
 
 impl<K: ContextKind> Clone for ContextHandle<K> {
@@ -616,6 +618,7 @@ impl<K: ContextKind> Clone for ContextHandle<K> {
             cache_sources: self.cache_sources.clone(),
             writer: self.writer.clone(),
             decisions: self.decisions.clone(),
+            fence: self.fence.clone(),
         }
     }
 }
@@ -661,6 +664,10 @@ impl<K: ContextKind> ContextHandle<K> {
             + Send
             + 'static,
     ) -> Result<Result<Decoded<K::Event>, CommandError>, LookupError> {
+        if self.fence.is_fenced() {
+            let reason = self.fence.reason().unwrap_or_default();
+            return Ok(Err(CommandError::unavailable(crate::fence::Fenced { context: K::NAME.to_string(), reason })));
+        }
         let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.decisions.push((Box::new(decision), tx)) {
@@ -704,6 +711,7 @@ impl<K: ContextKind> ContextHandle<K> {
         });
         crate::observe::ObservedContext {
             name: K::NAME,
+            fence: self.fence.clone(),
             file: self.db.clone(),
             consumers: self.probes.clone(),
             lookups: Some(self.lookups.clone()),
@@ -806,6 +814,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             cache_sources: Vec::new(),
             writer: ActorSlot::default(),
             decisions: Arc::default(),
+            fence: Arc::default(),
         };
         ContextBuilder {
             context: K::NAME,
@@ -826,6 +835,12 @@ impl<K: ContextKind> ContextBuilder<K> {
     /// on every instance, and instances sharing a durable would split its stream).
     pub(crate) fn per_instance(&mut self, suffix: String) -> &mut Self {
         self.instance = Some(suffix);
+        self
+    }
+
+    /// The fence this instance's lease of the context sets (see [`crate::fence::Fence`]).
+    pub(crate) fn fenced_by(&mut self, fence: Arc<crate::fence::Fence>) -> &mut Self {
+        self.handle.fence = fence;
         self
     }
 
@@ -856,7 +871,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         let source = E::CONTEXT;
         let context = self.context;
         let stats = Arc::new(ConsumerStats::default());
-        let control = Arc::new(crate::offsets::ConsumerControl::default());
+        let control = Arc::new(crate::offsets::ConsumerControl::fenced_by(self.handle.fence.clone()));
         self.handle.consumers.push((source, stats.clone()));
         let durable = self.durable(source);
         // A read model moving to durables of its own keeps its place: its checkpoint was kept

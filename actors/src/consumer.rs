@@ -282,8 +282,8 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             return Err("injected: the consumer could not start".into());
         }
         args.guard.on_start();
-        args.control.set_released(args.control.is_paused());
-        let consumer = if args.control.is_paused() {
+        args.control.set_released(args.control.holds_back());
+        let consumer = if args.control.holds_back() {
             None
         } else {
             let checkpoint = read_checkpoint(&args.checkpoint, &args.spec.durable).await?;
@@ -327,17 +327,17 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     myself.send_message(ConsumerMsg::Poll)?;
                     return Ok(());
                 }
-                let paused = state.control.is_paused();
+                let paused = state.control.holds_back();
                 if paused && state.consumer.is_some() {
                     // Let go of the pull subscription: nothing delivered, pending or redelivered.
                     state.consumer = None;
                     state.control.set_released(true);
-                    tracing::warn!(consumer = %state.spec.durable, "paused by an operator");
+                    tracing::warn!(consumer = %state.spec.durable, "paused (by an operator, or its context is fenced)");
                 } else if !paused && state.consumer.is_none() {
                     let checkpoint = read_checkpoint(&state.checkpoint, &state.spec.durable).await?;
                     state.consumer = Some(state.bus.durable(&state.spec, checkpoint).await?);
                     state.control.set_released(false);
-                    tracing::warn!(consumer = %state.spec.durable, from = checkpoint + 1, "resumed by an operator");
+                    tracing::warn!(consumer = %state.spec.durable, from = checkpoint + 1, "resumed");
                 }
                 let Some(consumer) = state.consumer.as_mut() else {
                     myself.send_after(POLL_WAIT, || ConsumerMsg::Poll);
@@ -523,7 +523,7 @@ async fn reposition<E: DomainEvent>(
     }
     state.consumer = None;
     state.bus.delete_consumer(&state.spec.stream, &durable).await?;
-    if !state.control.is_paused() {
+    if !state.control.holds_back() {
         state.consumer = Some(state.bus.durable(&state.spec, new_checkpoint).await?);
     }
     state.stats.acked_stream_seq.store(new_checkpoint, Ordering::Relaxed);

@@ -106,6 +106,8 @@ pub(crate) struct StartEnv {
     pub path: String,
     /// This instance's suffix for a read model's own durables.
     pub instance_suffix: String,
+    /// Set while this instance may not hold the context's lease.
+    pub fence: Arc<crate::fence::Fence>,
 }
 
 /// A context the system started: its supervisor's arguments and what the system keeps of it.
@@ -455,6 +457,7 @@ impl<K: ContextKind> ContextDecl<K> {
                 if read_model {
                     builder.per_instance(env.instance_suffix.clone());
                 }
+                builder.fenced_by(env.fence.clone());
                 for step in steps.iter() {
                     step(&mut builder);
                 }

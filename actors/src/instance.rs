@@ -14,7 +14,8 @@
 //! every instance runs it, each reading every stream through durables of its own
 //! (`<context>-<source>-<suffix>`, [`durable_suffix`]), so each keeps a complete copy. Any other
 //! context has effects that must happen once (events it publishes, commands it decides, texts it
-//! sends), and runs on the one instance holding its lease.
+//! sends), and runs on the one instance holding its lease, fenced ([`Fence`]) whenever that
+//! lease may be someone else's.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,11 +25,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::bus::{Bus, Claimed, LeaseBucket};
 use crate::context::StartError;
+use crate::fence::Fence;
 
 /// The KV bucket of leases.
 pub const LEASE_BUCKET: &str = "carrier_instances";
 /// How long a lease lives after its holder last renewed it.
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How long a lease may go unrenewed before its holder fences the context: two renewal rounds,
+/// a third of the lease's life before another instance could claim it.
+pub const FENCE_AFTER: Duration = Duration::from_secs(10);
+/// The longest one lease operation may take in the renewal loop.
+const LEASE_OP_LIMIT: Duration = Duration::from_secs(2);
 
 /// Who holds a context's lease: what the refused instance prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +61,17 @@ impl std::fmt::Display for Holder {
 /// The leases a system holds, renewed in the background until released.
 pub struct Leases {
     bucket: LeaseBucket,
-    held: Arc<Mutex<Vec<(String, u64)>>>,
+    held: Arc<Mutex<Vec<Held>>>,
     renewer: tokio::task::JoinHandle<()>,
+}
+
+/// One lease: its key, the revision last written, when, and the context's fence.
+#[derive(Clone)]
+struct Held {
+    key: String,
+    revision: u64,
+    renewed: std::time::Instant,
+    fence: Arc<Fence>,
 }
 
 /// The id of the instance whose data directory is `data_dir`, made on its first start.
@@ -83,7 +99,7 @@ pub fn durable_suffix(instance: &str) -> String {
 
 /// Claims the lease of every context in `contexts` for the instance of `data_dir`, or says who
 /// holds one already (and claims none).
-pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[&str]) -> Result<Leases, StartError> {
+pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[(&str, Arc<Fence>)]) -> Result<Leases, StartError> {
     let instance = instance_id(data_dir)?;
     let holder = Holder {
         instance: instance.clone(),
@@ -100,12 +116,17 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[&str]) -> Result<Le
     let bucket = bus.lease_bucket(LEASE_BUCKET, LEASE_TTL).await?;
     let mine = |bytes: &[u8]| serde_json::from_slice::<Holder>(bytes).is_ok_and(|h| h.instance == instance);
     let mut held = Vec::new();
-    for context in contexts {
+    for (context, fence) in contexts {
         match bucket.claim(context, value.clone(), mine).await? {
-            Claimed::Held(revision) => held.push((context.to_string(), revision)),
+            Claimed::Held(revision) => held.push(Held {
+                key: context.to_string(),
+                revision,
+                renewed: std::time::Instant::now(),
+                fence: fence.clone(),
+            }),
             Claimed::Taken(bytes) => {
-                for (key, revision) in held {
-                    let _ = bucket.release(&key, revision).await;
+                for lease in held {
+                    let _ = bucket.release(&lease.key, lease.revision).await;
                 }
                 let holder = serde_json::from_slice::<Holder>(&bytes)
                     .map(|h| h.to_string())
@@ -119,29 +140,65 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[&str]) -> Result<Le
         }
     }
     let held = Arc::new(Mutex::new(held));
-    let renewer = tokio::spawn(renew(bucket.clone(), held.clone(), value));
+    let renewer = tokio::spawn(renew(bucket.clone(), held.clone(), value, instance));
     Ok(Leases { bucket, held, renewer })
 }
 
-/// Renews every held lease a third of its life before it would expire; a lease someone else
-/// wrote (ours expired while this process could not reach NATS) is dropped and reported.
-async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<(String, u64)>>>, value: Vec<u8>) {
+/// Renews every held lease a third of its life before it would expire. A renewal that fails is
+/// followed by a claim: the key may have expired or been deleted (then this instance takes it
+/// back), or be another's (then the context is fenced until it is free again). A lease that
+/// cannot be renewed at all (NATS unreachable) fences its context after [`FENCE_AFTER`], before
+/// another instance could claim it; the fence lifts at the first renewal or claim that works.
+async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>, instance: String) {
+    let mine = |bytes: &[u8]| serde_json::from_slice::<Holder>(bytes).is_ok_and(|h| h.instance == instance);
     loop {
         tokio::time::sleep(LEASE_TTL / 3).await;
-        let current: Vec<(String, u64)> = held.lock().map(|h| h.clone()).unwrap_or_default();
-        for (key, revision) in current {
-            match bucket.renew(&key, value.clone(), revision).await {
-                Ok(next) => {
+        let current: Vec<Held> = held.lock().map(|h| h.clone()).unwrap_or_default();
+        for lease in current {
+            let renewed = tokio::time::timeout(LEASE_OP_LIMIT, bucket.renew(&lease.key, value.clone(), lease.revision));
+            let outcome = match renewed.await {
+                Ok(Ok(revision)) => Ok(Claimed::Held(revision)),
+                _ => match tokio::time::timeout(LEASE_OP_LIMIT, bucket.claim(&lease.key, value.clone(), mine)).await {
+                    Ok(Ok(claimed)) => Ok(claimed),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {LEASE_OP_LIMIT:?}")),
+                },
+            };
+            let context = lease.key.as_str();
+            match outcome {
+                Ok(Claimed::Held(revision)) => {
+                    if lease.fence.is_fenced() {
+                        tracing::warn!(%context, "this instance holds the context's lease again; its fence is lifted");
+                        lease.fence.clear();
+                    }
                     if let Ok(mut h) = held.lock() {
-                        if let Some(entry) = h.iter_mut().find(|(k, _)| *k == key) {
-                            entry.1 = next;
+                        if let Some(entry) = h.iter_mut().find(|e| e.key == lease.key) {
+                            entry.revision = revision;
+                            entry.renewed = std::time::Instant::now();
                         }
                     }
                 }
+                Ok(Claimed::Taken(bytes)) => {
+                    if !lease.fence.is_fenced() {
+                        let holder = serde_json::from_slice::<Holder>(&bytes)
+                            .map(|h| h.to_string())
+                            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                        let reason = format!("its lease is held by another instance ({holder})");
+                        tracing::error!(%context, %reason, "fencing the context: its consumers hold back and its commands are refused");
+                        lease.fence.set(reason);
+                    }
+                }
                 Err(error) => {
-                    tracing::error!(context = %key, %error, "lost this instance's lease of the context; another instance may run it now");
-                    if let Ok(mut h) = held.lock() {
-                        h.retain(|(k, _)| *k != key);
+                    let unrenewed = lease.renewed.elapsed();
+                    if unrenewed >= FENCE_AFTER && !lease.fence.is_fenced() {
+                        let reason = format!(
+                            "its lease could not be renewed for {} s ({error}); another instance may claim it once it expires",
+                            unrenewed.as_secs()
+                        );
+                        tracing::error!(%context, %reason, "fencing the context: its consumers hold back and its commands are refused");
+                        lease.fence.set(reason);
+                    } else {
+                        tracing::warn!(%context, %error, "could not renew the context's lease; trying again");
                     }
                 }
             }
@@ -161,9 +218,9 @@ impl Leases {
     /// Stops renewing and gives every lease up, so another instance may start at once.
     pub async fn release(self) {
         self.renewer.abort();
-        let held: Vec<(String, u64)> = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
-        for (key, revision) in held {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.bucket.release(&key, revision)).await;
+        let held: Vec<Held> = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        for lease in held {
+            let _ = tokio::time::timeout(LEASE_OP_LIMIT, self.bucket.release(&lease.key, lease.revision)).await;
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod consumer;
 pub mod context;
 pub mod fallback;
 pub mod faults;
+pub mod fence;
 pub mod flow;
 pub mod instance;
 pub mod metrics;

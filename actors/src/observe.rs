@@ -73,6 +73,8 @@ impl LookupStats {
 #[derive(Clone)]
 pub(crate) struct ObservedContext {
     pub name: &'static str,
+    /// Set while its lease may be another instance's.
+    pub fence: Arc<crate::fence::Fence>,
     pub file: Arc<dyn ContextDb>,
     pub consumers: Vec<ConsumerProbe>,
     pub lookups: Option<Arc<LookupStats>>,
@@ -233,6 +235,10 @@ pub struct ConsumerReport {
     /// Paused by an operator (`carrier consumer pause`): nothing is pulled until resumed.
     #[serde(default)]
     pub paused: bool,
+    /// It holds no pull subscription now (paused, or its context fenced), so nothing is
+    /// delivered to it.
+    #[serde(default)]
+    pub held_back: bool,
     /// The process's counters.
     pub counters: ConsumerCounters,
     /// Messages per second over the last second.
@@ -511,6 +517,7 @@ impl Observer {
                     redelivered: 0,
                     server_error: None,
                     paused: probe.control.is_paused(),
+                    held_back: probe.control.is_released(),
                     counters,
                     rate_per_second: history.last().copied().unwrap_or(0.0),
                     rate_history: history,
@@ -633,7 +640,7 @@ impl Observer {
             .map(|c| {
                 let failing_commits =
                     c.consumers.iter().map(|p| p.stats.failing_commits.load(Ordering::Relaxed)).max().unwrap_or(0);
-                (c.name.to_string(), context_health(&tree, c.name, failing_commits))
+                (c.name.to_string(), fenced_health(context_health(&tree, c.name, failing_commits), &c.fence))
             })
             .collect();
         let nats_connected = self.bus.connected();
@@ -896,6 +903,16 @@ impl Observer {
 }
 
 /// A context's health from the tree and its consumers' failing commits.
+/// A fenced context is degraded (unless worse), naming why.
+pub(crate) fn fenced_health(health: Health, fence: &crate::fence::Fence) -> Health {
+    match (health, fence.reason().filter(|_| fence.is_fenced())) {
+        (Health::Healthy | Health::Degraded(_), Some(reason)) => {
+            Health::Degraded(format!("fenced (consumers held back, commands refused): {reason}"))
+        }
+        (health, _) => health,
+    }
+}
+
 pub(crate) fn context_health(tree: &BTreeMap<String, NodeStatus>, name: &str, failing_commits: u64) -> Health {
     let prefix = format!("{}/{name}", crate::supervisor::ROOT);
     let nodes: Vec<_> =

@@ -20,7 +20,7 @@
 //!   bring them back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -146,15 +146,27 @@ type Reply = tokio::sync::oneshot::Sender<Result<Repositioned, RepositionError>>
 #[derive(Default, Debug)]
 pub struct ConsumerControl {
     paused: AtomicBool,
+    /// The context's fence: while set, the consumer holds back as if paused.
+    fence: Option<Arc<crate::fence::Fence>>,
     /// Set by the actor once it holds no pull subscription (paused and let go).
     released: AtomicBool,
     pending: Mutex<Option<(Reposition, Reply)>>,
 }
 
 impl ConsumerControl {
+    /// Controls that also hold back while `fence` is set (the context lost its lease).
+    pub(crate) fn fenced_by(fence: Arc<crate::fence::Fence>) -> ConsumerControl {
+        ConsumerControl { fence: Some(fence), ..ConsumerControl::default() }
+    }
+
     /// Whether an operator paused it.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
+    }
+
+    /// Whether it must pull nothing now: paused, or its context fenced.
+    pub fn holds_back(&self) -> bool {
+        self.is_paused() || self.fence.as_ref().is_some_and(|f| f.is_fenced())
     }
 
     /// Pauses (`true`) or resumes; returns whether it was paused before. The consumer lets go

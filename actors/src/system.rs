@@ -127,9 +127,12 @@ impl CarrierSystem {
             bus.ensure_stream(stream, subjects).await?;
         }
         // A read model runs on every instance; anything else on one at a time.
-        let names: Vec<&str> = declarations.iter().filter(|d| !d.is_read_model()).map(|d| d.name()).collect();
-        let leases = crate::instance::acquire(&bus, &config.data_dir, &names).await?;
-        match Self::start_contexts(config, bus, declarations).await {
+        let fences: Vec<(&str, Arc<crate::fence::Fence>)> =
+            declarations.iter().filter(|d| !d.is_read_model()).map(|d| (d.name(), Arc::default())).collect();
+        let leases = crate::instance::acquire(&bus, &config.data_dir, &fences).await?;
+        let fences: Vec<(String, Arc<crate::fence::Fence>)> =
+            fences.into_iter().map(|(name, fence)| (name.to_string(), fence)).collect();
+        match Self::start_contexts(config, bus, declarations, fences).await {
             Ok(mut system) => {
                 system.leases = Some(leases);
                 Ok(system)
@@ -145,6 +148,7 @@ impl CarrierSystem {
         config: SystemConfig,
         bus: Bus,
         declarations: Vec<BoundedContext>,
+        fences: Vec<(String, Arc<crate::fence::Fence>)>,
     ) -> Result<CarrierSystem, StartError> {
         let tree = SupervisionTree::default();
         let settings = CacheSettings {
@@ -161,7 +165,10 @@ impl CarrierSystem {
         let mut children = Vec::new();
         let mut contexts = Vec::new();
         for declaration in declarations {
+            let fence =
+                fences.iter().find(|(n, _)| n == declaration.name()).map(|(_, f)| f.clone()).unwrap_or_default();
             let env = StartEnv {
+                fence,
                 instance_suffix: instance_suffix.clone(),
                 bus: bus.clone(),
                 data_dir: config.data_dir.clone(),
@@ -240,7 +247,8 @@ impl CarrierSystem {
                     .map(|(_, s)| s.failing_commits.load(std::sync::atomic::Ordering::Relaxed))
                     .max()
                     .unwrap_or(0);
-                (name, crate::observe::context_health(&tree, name, failing_commits))
+                let health = crate::observe::context_health(&tree, name, failing_commits);
+                (name, crate::observe::fenced_health(health, &c.observed.fence))
             })
             .collect()
     }

@@ -8,6 +8,7 @@ mod crash;
 mod customers;
 mod dashboard;
 mod depot;
+mod fencing;
 mod foundation;
 mod framings;
 mod instances;

@@ -1,0 +1,89 @@
+//! Fencing: a context whose lease this instance no longer holds stops its effects (consumers
+//! hold back, commands are refused) until the lease is its own again.
+
+use std::time::Duration;
+
+use carrier_actors::Health;
+use carrier_messages::codec::Causality;
+use carrier_messages::stores::StoresCommand;
+use carrier_tests::{wait_until, TestEnv};
+
+fn create(id: &str) -> StoresCommand {
+    StoresCommand::CreateStore { id: id.into(), name: format!("Store {id}"), location: "Hall".into() }
+}
+
+fn other_holder() -> bytes::Bytes {
+    serde_json::to_vec(&serde_json::json!({
+        "instance": "0192aaaa-0000-7000-8000-000000000000",
+        "host": "other-host",
+        "pid": 4711,
+        "data_dir": "/elsewhere",
+        "since": "2026-12-04T00:00:00Z"
+    }))
+    .expect("json")
+    .into()
+}
+
+fn fenced(system: &carrier_actors::CarrierSystem, context: &str) -> bool {
+    matches!(system.health().get(context), Some(Health::Degraded(reason)) if reason.contains("fenced"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_is_its_own_again() {
+    let env = TestEnv::start();
+    let system = env.system(&["stores", "baskets"]).await;
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    stores.execute(create("s1"), Causality::default()).await.expect("decided");
+    let js = async_nats::jetstream::new(env.plain_client().await);
+    let leases = js.get_key_value("carrier_instances").await.expect("the lease bucket");
+
+    // Another instance holds baskets' lease (as after this one was cut off past its expiry):
+    // baskets' consumer holds back, so an event published meanwhile is not applied here.
+    leases.put("baskets", other_holder()).await.expect("written");
+    let observer = system.observer();
+    wait_until(Duration::from_secs(20), "baskets fenced and its consumer holding back", || {
+        let (f, observer) = (fenced(&system, "baskets"), observer.clone());
+        async move { f && observer.consumers().await.iter().any(|c| c.durable == "baskets-stores" && c.held_back) }
+    })
+    .await;
+    assert!(!fenced(&system, "stores"), "only the context whose lease went");
+    stores.execute(create("s2"), Causality::default()).await.expect("stores still decides");
+    wait_until(Duration::from_secs(20), "s2 waits, pending, for baskets", || {
+        let observer = observer.clone();
+        async move {
+            let report = observer.consumers().await;
+            let c = report.iter().find(|c| c.durable == "baskets-stores").expect("baskets-stores");
+            c.pending == 1 && c.ack_pending == 0
+        }
+    })
+    .await;
+    assert!(baskets.db.stores().expect("stores").iter().all(|(id, _, _)| id != "s2"), "nothing applied while fenced");
+
+    // Commands of a fenced context are refused, naming why.
+    leases.put("stores", other_holder()).await.expect("written");
+    wait_until(Duration::from_secs(20), "stores fenced", || {
+        let f = fenced(&system, "stores");
+        async move { f }
+    })
+    .await;
+    let refused = stores.execute(create("s3"), Causality::default()).await.expect_err("refused");
+    assert!(refused.to_string().contains("fenced") && refused.to_string().contains("other-host"), "{refused}");
+
+    // The other instance lets go: the leases are claimed back, the fences lift, the held-back
+    // event is applied and commands are decided again.
+    leases.delete("baskets").await.expect("deleted");
+    leases.delete("stores").await.expect("deleted");
+    wait_until(Duration::from_secs(20), "both fences lifted", || {
+        let lifted = !fenced(&system, "stores") && !fenced(&system, "baskets");
+        async move { lifted }
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "s2 applied once the fence lifted", || {
+        let has = baskets.db.stores().map(|s| s.iter().any(|(id, _, _)| id == "s2")).unwrap_or(false);
+        async move { has }
+    })
+    .await;
+    stores.execute(create("s3"), Causality::default()).await.expect("decided again");
+    system.shutdown().await;
+}
