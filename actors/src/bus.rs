@@ -237,6 +237,11 @@ impl Bus {
         Ok(LeaseBucket { store })
     }
 
+    /// The bucket `bucket` if it exists (never creating it: for readers).
+    pub async fn existing_lease_bucket(&self, bucket: &str) -> Option<LeaseBucket> {
+        self.js.get_key_value(bucket).await.ok().map(|store| LeaseBucket { store })
+    }
+
     /// The server's version, e.g. `2.9.10`.
     pub fn server_version(&self) -> String {
         self.client.server_info().version
@@ -1233,6 +1238,20 @@ impl LeaseBucket {
             }
         }
         Err(failed("the lease kept changing while it was being claimed".into()))
+    }
+
+    /// Every live key and its value.
+    pub async fn entries(&self) -> Result<Vec<(String, Vec<u8>)>, BusError> {
+        let failed = |reason: String| BusError::Stream { stream: "leases".into(), reason };
+        let mut keys = self.store.keys().await.map_err(|e| failed(e.to_string()))?;
+        let mut entries = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| failed(e.to_string()))?;
+            if let Some(value) = self.store.get(&key).await.map_err(|e| failed(e.to_string()))? {
+                entries.push((key, value.to_vec()));
+            }
+        }
+        Ok(entries)
     }
 
     /// Writes `value` again at `revision` (extending its life); fails if anyone else wrote it.

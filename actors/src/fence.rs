@@ -1,8 +1,37 @@
-//! A context's fence: while its lease may be another instance's, the context holds its effects
-//! back (see [`crate::instance`], which sets and lifts it).
+//! A context's lease as others see it ([`Holder`], in [`LEASE_BUCKET`]) and its fence: while the
+//! lease may be another instance's, the context holds its effects back (see
+//! [`crate::instance`], which claims, renews, sets and lifts).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The KV bucket of leases: a key per context, its value the [`Holder`].
+pub const LEASE_BUCKET: &str = "carrier_instances";
+/// How long a lease lives after its holder last renewed it.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Who holds a context's lease: what the refused instance prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The instance's id (its data directory's `instance.id`).
+    pub instance: String,
+    /// Its host name.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its data directory.
+    pub data_dir: String,
+    /// When it took the lease (RFC 3339).
+    pub since: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} on {}, data directory {}, since {}", self.pid, self.host, self.data_dir, self.since)
+    }
+}
 
 /// A context whose lease may be someone else's stops its effects: its consumers hold back and
 /// its commands are refused (`unavailable`), until the lease is this instance's again. Set when

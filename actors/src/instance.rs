@@ -21,42 +21,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::bus::{Bus, Claimed, LeaseBucket};
 use crate::context::StartError;
 use crate::fence::Fence;
 
-/// The KV bucket of leases.
-pub const LEASE_BUCKET: &str = "carrier_instances";
-/// How long a lease lives after its holder last renewed it.
-pub const LEASE_TTL: Duration = Duration::from_secs(15);
+pub use crate::fence::{Holder, LEASE_BUCKET, LEASE_TTL};
+
 /// How long a lease may go unrenewed before its holder fences the context: two renewal rounds,
 /// a third of the lease's life before another instance could claim it.
 pub const FENCE_AFTER: Duration = Duration::from_secs(10);
 /// The longest one lease operation may take in the renewal loop.
 const LEASE_OP_LIMIT: Duration = Duration::from_secs(2);
-
-/// Who holds a context's lease: what the refused instance prints.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    /// The instance's id (its data directory's `instance.id`).
-    pub instance: String,
-    /// Its host name.
-    pub host: String,
-    /// Its process id.
-    pub pid: u32,
-    /// Its data directory.
-    pub data_dir: String,
-    /// When it took the lease (RFC 3339).
-    pub since: String,
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on {}, data directory {}, since {}", self.pid, self.host, self.data_dir, self.since)
-    }
-}
 
 /// The leases a system holds, renewed in the background until released.
 pub struct Leases {

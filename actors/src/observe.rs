@@ -403,6 +403,17 @@ pub struct Snapshot {
     pub instance: InstanceReport,
 }
 
+/// Who holds one context's lease, as the lease bucket says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReport {
+    /// The context.
+    pub context: String,
+    /// Its holder.
+    pub holder: crate::fence::Holder,
+    /// Whether the holder is this instance.
+    pub mine: bool,
+}
+
 /// One running instance of Carrier and what it holds (see [`crate::instance`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceReport {
@@ -414,6 +425,9 @@ pub struct InstanceReport {
     pub leases: Vec<String>,
     /// The read models it runs, as every instance may.
     pub read_models: Vec<String>,
+    /// Every lease in the bucket, this instance's and the others': who runs what.
+    #[serde(default)]
+    pub all_leases: Vec<LeaseReport>,
 }
 
 /// One stream in the topology: its publisher and its readers.
@@ -673,8 +687,25 @@ impl Observer {
             dead_letters,
             rebuilds: self.rebuilds(),
             topology: self.topology(),
-            instance: self.instance(),
+            instance: InstanceReport { all_leases: self.all_leases().await, ..self.instance() },
         }
+    }
+
+    /// Every lease the bucket holds (empty when it cannot be read within a second).
+    pub async fn all_leases(&self) -> Vec<LeaseReport> {
+        let read = async {
+            let bucket = self.bus.existing_lease_bucket(crate::fence::LEASE_BUCKET).await?;
+            bucket.entries().await.ok()
+        };
+        let entries = tokio::time::timeout(Duration::from_secs(1), read).await.ok().flatten().unwrap_or_default();
+        entries
+            .into_iter()
+            .filter_map(|(context, value)| {
+                let holder: crate::fence::Holder = serde_json::from_slice(&value).ok()?;
+                let mine = holder.instance == self.instance.id;
+                Some(LeaseReport { context, holder, mine })
+            })
+            .collect()
     }
 
     /// Starts rebuilding `context`'s caches from the streams in the background (see

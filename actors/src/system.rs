@@ -204,6 +204,7 @@ impl CarrierSystem {
             durable_suffix: instance_suffix,
             leases: names(false),
             read_models: names(true),
+            all_leases: Vec::new(),
         });
         Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task, leases: None, instance })
     }

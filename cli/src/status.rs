@@ -52,6 +52,10 @@ pub fn render(s: &Snapshot) -> String {
             list(&s.instance.leases),
             list(&s.instance.read_models)
         );
+        for lease in &s.instance.all_leases {
+            let mine = if lease.mine { " (this instance)" } else { "" };
+            let _ = writeln!(out, "  lease {}: {}{mine}", lease.context, lease.holder);
+        }
     }
     for (context, health) in &s.health.contexts {
         if let carrier_actors::Health::Degraded(reason) | carrier_actors::Health::Failed(reason) = health {

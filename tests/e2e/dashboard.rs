@@ -239,7 +239,8 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
             && !!document.querySelector('#consumers tr[data-durable^="search-ordering"]')
             && document.querySelector('#overall').textContent === 'healthy'
             && document.querySelector('#instance').textContent.includes('read models: search')
-            && document.querySelector('#instance').dataset.leases.split(',').includes('ordering');"#,
+            && document.querySelector('#instance').dataset.leases.split(',').includes('ordering')
+            && !!document.querySelector('#leases tr[data-context="ordering"][data-mine="true"]');"#,
     );
     let delivered = browser.eval(
         r#"return document.querySelector('#consumers tr[data-durable^="search-ordering"]').children[4].textContent;"#,

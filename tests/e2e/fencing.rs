@@ -48,6 +48,10 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
     })
     .await;
     assert!(!fenced(&system, "stores"), "only the context whose lease went");
+    let leases_seen = observer.all_leases().await;
+    let baskets_lease = leases_seen.iter().find(|l| l.context == "baskets").expect("baskets' lease listed");
+    assert!(!baskets_lease.mine && baskets_lease.holder.host == "other-host", "{leases_seen:?}");
+    assert!(leases_seen.iter().any(|l| l.context == "stores" && l.mine), "{leases_seen:?}");
     stores.execute(create("s2"), Causality::default()).await.expect("stores still decides");
     wait_until(Duration::from_secs(20), "s2 waits, pending, for baskets", || {
         let observer = observer.clone();
