@@ -359,6 +359,7 @@ impl Bus {
             ack_policy: AckPolicy::All,
             ack_wait: spec.ack_wait,
             max_ack_pending: spec.max_ack_pending,
+            inactive_threshold: spec.inactive_threshold.unwrap_or_default(),
             ..Default::default()
         };
         let consumer: jetstream::consumer::PullConsumer = if reusable {
@@ -1064,6 +1065,10 @@ pub struct DurableSpec {
     /// After the first message of a batch, how long to wait for more before handing it over.
     /// Larger batches mean fewer commits (each one an fsync); the price is this much latency.
     pub linger: Duration,
+    /// When set, the server deletes the durable after this long without a pull: for a read
+    /// model instance's own durables, which a retired instance would otherwise leave for ever.
+    /// Nothing is lost by it: the instance's checkpoint positions a new one when it returns.
+    pub inactive_threshold: Option<Duration>,
 }
 
 /// A durable pull consumer with its message stream.

@@ -554,6 +554,9 @@ pub struct CacheSettings {
     pub gap_grace: Duration,
     /// How often one event alone may kill the cache before it is dead-lettered.
     pub poison_threshold: u32,
+    /// How long a read model instance's own durable may go without a pull before the server
+    /// deletes it.
+    pub read_model_idle: Duration,
     /// redb's page cache per file, in bytes.
     pub cache_bytes: usize,
 }
@@ -890,6 +893,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         let handle = self.handle.clone();
         let spec = ChildSpec::new(&format!("{source}-consumer"), move |supervisor, siblings| {
             let (durable, shared) = (durable.clone(), shared.clone());
+            let per_instance = shared.is_some();
             let (bus, stats, faults, guard, handle, prefetch, control) = (
                 bus.clone(),
                 stats.clone(),
@@ -914,6 +918,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                     // with the load on their own; a linger only adds latency (measured: p50
                     // 5-8 ms with 2 ms, 3.4 ms without, at 5,000 events/s; the same throughput).
                     linger: Duration::ZERO,
+                    inactive_threshold: per_instance.then_some(settings.read_model_idle),
                 };
                 let db = handle.db.clone();
                 let checkpoint: CheckpointReader = Arc::new(move |durable: &str| match db.checkpoint(durable)? {

@@ -53,6 +53,10 @@ pub struct SystemConfig {
     /// Copies JetStream keeps of each stream and bucket Carrier creates: 1 on a single server,
     /// 3 on a cluster (so a node may die without losing or stopping anything).
     pub stream_replicas: usize,
+    /// How long a read model instance's own durables may go unpulled (the instance stopped or
+    /// paused) before the server deletes them; the instance's checkpoint positions new ones when
+    /// it returns. Three days unless set.
+    pub read_model_idle: Duration,
 }
 
 impl SystemConfig {
@@ -74,6 +78,7 @@ impl SystemConfig {
             faults: Arc::new(Faults::default()),
             cache_bytes: carrier_storage::DEFAULT_CACHE_BYTES,
             stream_replicas: 1,
+            read_model_idle: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }
@@ -159,6 +164,7 @@ impl CarrierSystem {
             gap_grace: config.gap_grace,
             poison_threshold: config.poison_threshold,
             cache_bytes: config.cache_bytes,
+            read_model_idle: config.read_model_idle,
         };
         let instance = crate::instance::instance_id(&config.data_dir)?;
         let instance_suffix = crate::instance::durable_suffix(&instance);

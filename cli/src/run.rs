@@ -35,6 +35,11 @@ pub struct RunArgs {
     #[arg(long, env = "CARRIER_STREAM_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=5))]
     stream_replicas: u8,
+    /// Hours a read model instance's own durables may go unpulled (the instance stopped or
+    /// paused) before the server deletes them; its checkpoint positions new ones when it returns.
+    #[arg(long, env = "CARRIER_READ_MODEL_IDLE_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(u32).range(1..=8760))]
+    read_model_idle_hours: u32,
     #[command(flatten)]
     dashboard: crate::dashboard::DashboardArgs,
     #[command(flatten)]
@@ -67,6 +72,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     config.poison_threshold = args.poison_threshold;
     config.cache_bytes = (args.redb_cache_mb as usize) << 20;
     config.stream_replicas = args.stream_replicas as usize;
+    config.read_model_idle = std::time::Duration::from_secs(u64::from(args.read_model_idle_hours) * 3600);
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see actors::faults.
         let faults =

@@ -37,6 +37,8 @@ async fn second_instance(env: &TestEnv, data: &std::path::Path) -> CarrierSystem
     let contexts = carrier_actors::context::select(&carrier_mall::contexts(), &["search"]).expect("search");
     let mut config = SystemConfig::new(env.url(), data, contexts);
     config.ack_wait = Duration::from_secs(2);
+    // Its durables go soon after it stops pulling (a retired instance leaves nothing behind).
+    config.read_model_idle = Duration::from_secs(2);
     CarrierSystem::start(config).await.expect("a second instance of a read model starts")
 }
 
@@ -121,6 +123,16 @@ async fn two_instances_of_a_read_model_each_keep_every_event_and_one_killed_mid_
         let stores_consumer = report.iter().find(|c| c.context == "search" && c.source == "stores").expect("consumer");
         assert!(stores_consumer.durable.ends_with(&system.observer().instance().durable_suffix), "{stores_consumer:?}");
     }
+    // Stopped for good, the second instance's own durables are deleted by the server after
+    // their idle time; the first's, still pulling, stay.
+    let gone = format!("search-stores-{}", second.observer().instance().durable_suffix);
+    let kept = format!("search-stores-{}", first.observer().instance().durable_suffix);
     second.shutdown().await;
+    wait_until(Duration::from_secs(30), "the stopped instance's durable is deleted", || {
+        let (bus, gone) = (first.bus.clone(), gone.clone());
+        async move { bus.consumer_info("STORES", &gone).await.is_err() }
+    })
+    .await;
+    assert!(first.bus.consumer_info("STORES", &kept).await.is_ok(), "a running instance keeps its durables");
     first.shutdown().await;
 }
