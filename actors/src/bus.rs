@@ -93,8 +93,11 @@ pub struct Bus {
     js: jetstream::Context,
     /// How this connection was made, for [`Bus::another_connection`].
     origin: Arc<Origin>,
-    /// Replicas of the streams and buckets this connection creates.
+    /// Replicas of the streams and buckets this connection creates; `rescale` when they were
+    /// asked for, so that existing ones are changed to it (never by a connection that did not
+    /// ask: a `carrier publish` must not scale an R3 stream down to the default).
     replicas: usize,
+    rescale: bool,
 }
 
 /// Why the first connection failed, in words that name what the server refused.
@@ -180,7 +183,7 @@ impl Bus {
             .map_err(|e| BusError::Connect { url: url.clone(), reason: connect_failure(&e, &options) })?;
         let js = jetstream::new(client.clone());
         let origin = Arc::new(Origin { options, client_name: client_name.to_string(), timeout });
-        Ok(Bus { client, js, origin, replicas: 1 })
+        Ok(Bus { client, js, origin, replicas: 1, rescale: false })
     }
 
     /// The same connection, creating streams and buckets with `replicas` copies (1 on a single
@@ -188,6 +191,7 @@ impl Bus {
     /// are changed to it when the bus first meets them.
     pub fn with_stream_replicas(mut self, replicas: usize) -> Bus {
         self.replicas = replicas.clamp(1, 5);
+        self.rescale = true;
         self
     }
 
@@ -199,7 +203,7 @@ impl Bus {
         let origin = &self.origin;
         let bus = Bus::connect(origin.options.clone(), &format!("{} ({purpose})", origin.client_name), origin.timeout)
             .await?;
-        Ok(bus.with_stream_replicas(self.replicas))
+        Ok(Bus { replicas: self.replicas, rescale: self.rescale, ..bus })
     }
 
     /// The key-value bucket `bucket` (one value per key, each expiring `ttl` after its last
@@ -207,7 +211,22 @@ impl Bus {
     pub async fn lease_bucket(&self, bucket: &str, ttl: Duration) -> Result<LeaseBucket, BusError> {
         let failed = |reason: String| BusError::Stream { stream: format!("KV_{bucket}"), reason };
         let store = match self.js.get_key_value(bucket).await {
-            Ok(store) => store,
+            Ok(store) => {
+                if self.rescale {
+                    if let Ok(mut stream) = self.js.get_stream(format!("KV_{bucket}")).await {
+                        if let Ok(info) = stream.info().await {
+                            if info.config.num_replicas.max(1) != self.replicas {
+                                let wanted =
+                                    jetstream::stream::Config { num_replicas: self.replicas, ..info.config.clone() };
+                                if let Err(e) = self.js.update_stream(&wanted).await {
+                                    tracing::warn!(%bucket, error = %e, "could not change the lease bucket's replicas");
+                                }
+                            }
+                        }
+                    }
+                }
+                store
+            }
             Err(_) => {
                 // The bucket's stream as `create_key_value` would make it, but with a duplicate
                 // window no longer than the values live: the server refuses a longer one, and
@@ -271,7 +290,7 @@ impl Bus {
         match self.js.get_or_create_stream(config).await {
             Ok(stream) => {
                 let existing = stream.cached_info().config.clone();
-                if existing.num_replicas.max(1) != self.replicas {
+                if self.rescale && existing.num_replicas.max(1) != self.replicas {
                     // Made earlier with another count: JetStream scales a stream in place.
                     let wanted = jetstream::stream::Config { num_replicas: self.replicas, ..existing.clone() };
                     match self.js.update_stream(&wanted).await {

@@ -921,10 +921,11 @@ impl<K: ContextKind> ContextBuilder<K> {
                     inactive_threshold: per_instance.then_some(settings.read_model_idle),
                 };
                 let db = handle.db.clone();
-                let checkpoint: CheckpointReader = Arc::new(move |durable: &str| match db.checkpoint(durable)? {
-                    0 => shared.as_deref().map_or(Ok(0), |name| db.checkpoint(name)),
-                    seq => Ok(seq),
-                });
+                let checkpoint: CheckpointReader =
+                    Arc::new(move |durable: &str| match db.checkpoint_entry(durable)? {
+                        None => shared.as_deref().map_or(Ok(0), |name| db.checkpoint(name)),
+                        Some(seq) => Ok(seq),
+                    });
                 let target = apply_target::<K, E>(writer, context, prefetch, handle);
                 let args = ConsumerArgs {
                     bus,

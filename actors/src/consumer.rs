@@ -319,7 +319,10 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             None => {
                 // Between batches, and only then, an operator's request or pause takes effect.
                 if let Some((change, reply)) = state.control.take() {
-                    let result = reposition(state, change).await;
+                    let result = match state.control.fence_reason() {
+                        Some(reason) => Err(crate::offsets::RepositionError::Fenced(reason)),
+                        None => reposition(state, change).await,
+                    };
                     if let Err(error) = &result {
                         tracing::warn!(consumer = %state.spec.durable, %error, "seek or skip refused or failed");
                     }

@@ -119,38 +119,66 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[(&str, Arc<Fence>)]
     Ok(Leases { bucket, held, renewer })
 }
 
-/// Renews every held lease a third of its life before it would expire. A renewal that fails is
-/// followed by a claim: the key may have expired or been deleted (then this instance takes it
-/// back), or be another's (then the context is fenced until it is free again). A lease that
-/// cannot be renewed at all (NATS unreachable) fences its context after [`FENCE_AFTER`], before
-/// another instance could claim it; the fence lifts at the first renewal or claim that works.
-async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>, instance: String) {
-    let mine = |bytes: &[u8]| serde_json::from_slice::<Holder>(bytes).is_ok_and(|h| h.instance == instance);
+/// Renews every held lease a third of its life before it would expire, all at once. A renewal
+/// that fails is followed by a claim: the key may have expired or been deleted (then this
+/// instance takes it back), or be another's (then the context is fenced until it is free again).
+/// A watchdog, checked every second whatever the renewals are doing, fences a context whose
+/// lease has gone [`FENCE_AFTER`] without a renewal, before another instance could claim it at
+/// [`LEASE_TTL`]; the fence lifts at the first renewal or claim that works.
+async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>, _instance: String) {
+    // Ours only if it is exactly what this process wrote: another process with the same
+    // instance id (a cloned data directory) must not take it back and forth with us.
+    let mine = |bytes: &[u8]| bytes == value.as_slice();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(LEASE_TTL / 3).await;
+        ticker.tick().await;
         let current: Vec<Held> = held.lock().map(|h| h.clone()).unwrap_or_default();
-        for lease in current {
-            let renewed = tokio::time::timeout(LEASE_OP_LIMIT, bucket.renew(&lease.key, value.clone(), lease.revision));
-            let outcome = match renewed.await {
-                Ok(Ok(revision)) => Ok(Claimed::Held(revision)),
-                _ => match tokio::time::timeout(LEASE_OP_LIMIT, bucket.claim(&lease.key, value.clone(), mine)).await {
-                    Ok(Ok(claimed)) => Ok(claimed),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {LEASE_OP_LIMIT:?}")),
-                },
-            };
+        for lease in &current {
+            let unrenewed = lease.renewed.elapsed();
+            if unrenewed >= FENCE_AFTER && !lease.fence.is_fenced() {
+                let reason = format!(
+                    "its lease could not be renewed for {} s; another instance may claim it once it expires",
+                    unrenewed.as_secs()
+                );
+                tracing::error!(context = %lease.key, %reason, "fencing the context: its consumers hold back and its commands are refused");
+                lease.fence.set(reason);
+            }
+        }
+        let due: Vec<Held> =
+            current.into_iter().filter(|l| l.renewed.elapsed() >= LEASE_TTL / 3 || l.fence.is_fenced()).collect();
+        if due.is_empty() {
+            continue;
+        }
+        let attempts = due.iter().map(|lease| {
+            let (bucket, value) = (bucket.clone(), value.clone());
+            async move {
+                let renewed =
+                    tokio::time::timeout(LEASE_OP_LIMIT, bucket.renew(&lease.key, value.clone(), lease.revision));
+                match renewed.await {
+                    Ok(Ok(revision)) => Ok(Claimed::Held(revision)),
+                    _ => match tokio::time::timeout(LEASE_OP_LIMIT, bucket.claim(&lease.key, value, mine)).await {
+                        Ok(Ok(claimed)) => Ok(claimed),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("no answer within {LEASE_OP_LIMIT:?}")),
+                    },
+                }
+            }
+        });
+        let outcomes = futures::future::join_all(attempts).await;
+        for (lease, outcome) in due.iter().zip(outcomes) {
             let context = lease.key.as_str();
             match outcome {
                 Ok(Claimed::Held(revision)) => {
-                    if lease.fence.is_fenced() {
-                        tracing::warn!(%context, "this instance holds the context's lease again; its fence is lifted");
-                        lease.fence.clear();
-                    }
                     if let Ok(mut h) = held.lock() {
                         if let Some(entry) = h.iter_mut().find(|e| e.key == lease.key) {
                             entry.revision = revision;
                             entry.renewed = std::time::Instant::now();
                         }
+                    }
+                    if lease.fence.is_fenced() {
+                        tracing::warn!(%context, "this instance holds the context's lease again; its fence is lifted");
+                        lease.fence.clear();
                     }
                 }
                 Ok(Claimed::Taken(bytes)) => {
@@ -163,19 +191,7 @@ async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>,
                         lease.fence.set(reason);
                     }
                 }
-                Err(error) => {
-                    let unrenewed = lease.renewed.elapsed();
-                    if unrenewed >= FENCE_AFTER && !lease.fence.is_fenced() {
-                        let reason = format!(
-                            "its lease could not be renewed for {} s ({error}); another instance may claim it once it expires",
-                            unrenewed.as_secs()
-                        );
-                        tracing::error!(%context, %reason, "fencing the context: its consumers hold back and its commands are refused");
-                        lease.fence.set(reason);
-                    } else {
-                        tracing::warn!(%context, %error, "could not renew the context's lease; trying again");
-                    }
-                }
+                Err(error) => tracing::warn!(%context, %error, "could not renew the context's lease; trying again"),
             }
         }
     }

@@ -865,6 +865,9 @@ impl Observer {
     ) -> Result<crate::offsets::Repositioned, ActionError> {
         const TAKE_WITHIN: Duration = Duration::from_secs(30);
         let probe = self.consumer_probe(context, source)?;
+        if let Some(reason) = probe.control.fence_reason() {
+            return Err(crate::offsets::RepositionError::Fenced(reason).into());
+        }
         if let Some(state) = self.rebuild_state(context) {
             return Err(ActionError::AlreadyRebuilding { context: context.to_string(), state });
         }

@@ -103,6 +103,9 @@ pub enum RepositionError {
     /// Outside 1..=MAX_SKIP.
     #[error("count {0}: skip passes over 1 to {MAX_SKIP} events at a time")]
     Count(u32),
+    /// The context is fenced on this instance: another may hold its lease and read the durable.
+    #[error("the context is fenced on this instance ({0}); seek or skip where it runs")]
+    Fenced(String),
     /// Another request for this consumer has not been taken yet.
     #[error("another seek or skip of this consumer is still pending")]
     Busy,
@@ -135,7 +138,7 @@ impl RepositionError {
 
     /// Whether it may work if tried again later (HTTP 409).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, RepositionError::Busy | RepositionError::NotTaken(_))
+        matches!(self, RepositionError::Busy | RepositionError::NotTaken(_) | RepositionError::Fenced(_))
     }
 }
 
@@ -162,6 +165,11 @@ impl ConsumerControl {
     /// Whether an operator paused it.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
+    }
+
+    /// Why its context is fenced, while it is.
+    pub fn fence_reason(&self) -> Option<String> {
+        self.fence.as_ref().filter(|f| f.is_fenced()).map(|f| f.reason().unwrap_or_default())
     }
 
     /// Whether it must pull nothing now: paused, or its context fenced.

@@ -52,7 +52,8 @@ pub struct SystemConfig {
     pub cache_bytes: usize,
     /// Copies JetStream keeps of each stream and bucket Carrier creates: 1 on a single server,
     /// 3 on a cluster (so a node may die without losing or stopping anything).
-    pub stream_replicas: usize,
+    /// `None` (the default) creates them with one and leaves existing ones as they are.
+    pub stream_replicas: Option<usize>,
     /// How long a read model instance's own durables may go unpulled (the instance stopped or
     /// paused) before the server deletes them; the instance's checkpoint positions new ones when
     /// it returns. Three days unless set.
@@ -77,7 +78,7 @@ impl SystemConfig {
             poison_threshold: crate::consumer::SOLO_FAILURES_TO_DEAD_LETTER,
             faults: Arc::new(Faults::default()),
             cache_bytes: carrier_storage::DEFAULT_CACHE_BYTES,
-            stream_replicas: 1,
+            stream_replicas: None,
             read_model_idle: Duration::from_secs(3 * 24 * 3600),
         }
     }
@@ -111,9 +112,10 @@ struct RunningContext {
 impl CarrierSystem {
     /// Connects, creates streams, opens databases and starts every configured context.
     pub async fn start(config: SystemConfig) -> Result<CarrierSystem, StartError> {
-        let bus = Bus::connect(config.nats.clone(), "carrier", Duration::from_secs(5))
-            .await?
-            .with_stream_replicas(config.stream_replicas);
+        let mut bus = Bus::connect(config.nats.clone(), "carrier", Duration::from_secs(5)).await?;
+        if let Some(replicas) = config.stream_replicas {
+            bus = bus.with_stream_replicas(replicas);
+        }
         let mut declarations: Vec<BoundedContext> = Vec::new();
         for context in &config.contexts {
             if !declarations.iter().any(|d| d.name() == context.name()) {

@@ -99,7 +99,9 @@ pub fn main(args: ConsumerArgs) -> anyhow::Result<ExitCode> {
             } else {
                 let at = match (seek.time, seek.ago) {
                     (Some(at), _) => at,
-                    (None, Some(ago)) => time::OffsetDateTime::from(SystemTime::now() - ago),
+                    (None, Some(ago)) => time::OffsetDateTime::from(
+                        SystemTime::now().checked_sub(ago).context("--ago reaches before 1970")?,
+                    ),
                     (None, None) => anyhow::bail!("give --sequence, --time or --ago"),
                 };
                 let at = at.format(&time::format_description::well_known::Rfc3339).context("formatting the time")?;

@@ -30,11 +30,11 @@ pub struct RunArgs {
     #[arg(long, env = "CARRIER_REDB_CACHE_MB", default_value_t = (carrier_storage::DEFAULT_CACHE_BYTES >> 20) as u32,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     redb_cache_mb: u32,
-    /// Copies JetStream keeps of each stream and bucket Carrier creates: 1 on a single server,
-    /// 3 on a cluster; existing streams are changed to it.
-    #[arg(long, env = "CARRIER_STREAM_REPLICAS", default_value_t = 1,
-          value_parser = clap::value_parser!(u8).range(1..=5))]
-    stream_replicas: u8,
+    /// Copies JetStream keeps of each stream and bucket Carrier creates: 3 on a cluster; when
+    /// given, existing streams are changed to it (when not, new ones get 1 and existing ones
+    /// keep theirs).
+    #[arg(long, env = "CARRIER_STREAM_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+    stream_replicas: Option<u8>,
     /// Hours a read model instance's own durables may go unpulled (the instance stopped or
     /// paused) before the server deletes them; its checkpoint positions new ones when it returns.
     #[arg(long, env = "CARRIER_READ_MODEL_IDLE_HOURS", default_value_t = 72,
@@ -71,7 +71,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     config.batch_max = args.batch_max as usize;
     config.poison_threshold = args.poison_threshold;
     config.cache_bytes = (args.redb_cache_mb as usize) << 20;
-    config.stream_replicas = args.stream_replicas as usize;
+    config.stream_replicas = args.stream_replicas.map(usize::from);
     config.read_model_idle = std::time::Duration::from_secs(u64::from(args.read_model_idle_hours) * 3600);
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see actors::faults.

@@ -518,6 +518,8 @@ pub trait ContextDb: Send + Sync + 'static {
     fn inbox(&self, limit: usize) -> Result<Vec<(EventId, u64)>, StorageError>;
     /// The last stream sequence committed for `consumer` (0 when none).
     fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError>;
+    /// Its checkpoint row, `None` when it has none (0 is a position: the start).
+    fn checkpoint_entry(&self, consumer: &str) -> Result<Option<u64>, StorageError>;
     /// Entities waiting for a missing version: (aggregate type, id, current version, lowest
     /// parked version).
     fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError>;
@@ -546,6 +548,10 @@ impl<K: ContextKind> ContextDb for ContextFile<K> {
 
     fn checkpoint(&self, consumer: &str) -> Result<u64, StorageError> {
         engine::checkpoint(&self.db, consumer)
+    }
+
+    fn checkpoint_entry(&self, consumer: &str) -> Result<Option<u64>, StorageError> {
+        engine::checkpoint_entry(&self.db, consumer)
     }
 
     fn gaps(&self) -> Result<Vec<(String, String, u64, u64)>, StorageError> {

@@ -282,6 +282,14 @@ pub(crate) fn inbox_entries(
     Ok(out)
 }
 
+/// The checkpoint row of a consumer, `None` when it has none.
+pub(crate) fn checkpoint_entry(db: &Database, consumer: &str) -> Result<Option<u64>, StorageError> {
+    let txn = db.begin_read().during("begin_read")?;
+    let table = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+    let seq = table.get(consumer).during("read checkpoints")?.map(|v| v.value());
+    Ok(seq)
+}
+
 /// The last stream sequence committed for a consumer (0 when none).
 pub(crate) fn checkpoint(db: &Database, consumer: &str) -> Result<u64, StorageError> {
     let txn = db.begin_read().during("begin_read")?;
@@ -290,18 +298,15 @@ pub(crate) fn checkpoint(db: &Database, consumer: &str) -> Result<u64, StorageEr
     Ok(seq)
 }
 
-/// Sets a consumer's checkpoint to exactly `seq` (0 removes it), in one transaction: an
+/// Sets a consumer's checkpoint to exactly `seq` (0 too: "from the start", kept as a row so that
+/// it is not mistaken for no checkpoint at all), in one transaction: an
 /// operator's seek or skip. Unlike a batch's, this may move the checkpoint backwards; what is
 /// delivered again is dropped by the inbox or as stale.
 pub(crate) fn set_checkpoint(db: &Database, consumer: &str, seq: u64) -> Result<(), StorageError> {
     let txn = db.begin_write().during("begin_write")?;
     {
         let mut table = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
-        if seq == 0 {
-            table.remove(consumer).during("write checkpoints")?;
-        } else {
-            table.insert(consumer, seq).during("write checkpoints")?;
-        }
+        table.insert(consumer, seq).during("write checkpoints")?;
     }
     txn.commit().during("commit")?;
     Ok(())

@@ -46,7 +46,7 @@ async fn the_stream_leaders_node_killed_mid_stream_loses_nothing_and_applies_not
     let contexts =
         carrier_actors::context::select(&carrier_mall::contexts(), &["stores", "baskets"]).expect("contexts");
     let mut config = SystemConfig::new(cluster.urls(), data.path(), contexts);
-    config.stream_replicas = 3;
+    config.stream_replicas = Some(3);
     config.ack_wait = Duration::from_secs(2);
     let system = CarrierSystem::start(config).await.expect("carrier starts on the cluster");
     let info = stream_info(&js, "STORES").await.expect("STORES");

@@ -63,6 +63,15 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
     })
     .await;
     assert!(baskets.db.stores().expect("stores").iter().all(|(id, _, _)| id != "s2"), "nothing applied while fenced");
+    // Its position is not this instance's to move while fenced.
+    let moved = observer.reposition("baskets", "stores", carrier_actors::offsets::Reposition::Skip { count: 1 }).await;
+    assert!(
+        matches!(
+            moved,
+            Err(carrier_actors::observe::ActionError::Reposition(carrier_actors::offsets::RepositionError::Fenced(_)))
+        ),
+        "{moved:?}"
+    );
 
     // Commands of a fenced context are refused, naming why.
     leases.put("stores", other_holder()).await.expect("written");
