@@ -390,7 +390,7 @@ impl<K: ContextKind> ContextDecl<K> {
             let decide: Decide<C, K::Event> = Arc::new(move |command, causality| {
                 Box::pin(decide(handle.clone(), command, causality)) as BoxFuture<_>
             });
-            let spec = crate::serve::commands(K::NAME, b.bus(), decide);
+            let spec = crate::serve::commands(K::NAME, b.bus(), decide, b.handle().fence.clone());
             b.serve(spec);
         }));
         self

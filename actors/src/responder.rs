@@ -45,13 +45,20 @@ pub struct ResponderArgs<H> {
     pub queue_group: String,
     /// What answers.
     pub handler: H,
+    /// While set, the responder leaves the queue group, so that the other instances (the one
+    /// holding the context's lease) get every request: a fenced context's commands.
+    pub fence: Option<std::sync::Arc<crate::fence::Fence>>,
 }
 
 /// The responder's state.
 pub struct ResponderState<H> {
     bus: Bus,
-    requests: RequestStream,
+    subject: String,
+    queue_group: String,
+    /// The subscription; `None` while fenced.
+    requests: Option<RequestStream>,
     handler: H,
+    fence: Option<std::sync::Arc<crate::fence::Fence>>,
 }
 
 impl<H: Answer> Actor for Responder<H> {
@@ -64,9 +71,17 @@ impl<H: Answer> Actor for Responder<H> {
         myself: ActorRef<ResponderMsg>,
         args: ResponderArgs<H>,
     ) -> Result<ResponderState<H>, ActorProcessingErr> {
-        let requests = args.bus.serve(&args.subject, &args.queue_group).await?;
+        let fenced = args.fence.as_ref().is_some_and(|f| f.is_fenced());
+        let requests = if fenced { None } else { Some(args.bus.serve(&args.subject, &args.queue_group).await?) };
         myself.send_message(ResponderMsg::Poll)?;
-        Ok(ResponderState { bus: args.bus, requests, handler: args.handler })
+        Ok(ResponderState {
+            bus: args.bus,
+            subject: args.subject,
+            queue_group: args.queue_group,
+            requests,
+            handler: args.handler,
+            fence: args.fence,
+        })
     }
 
     async fn handle(
@@ -75,7 +90,19 @@ impl<H: Answer> Actor for Responder<H> {
         _msg: ResponderMsg,
         state: &mut ResponderState<H>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(request) = state.requests.next(POLL_WAIT).await? {
+        let fenced = state.fence.as_ref().is_some_and(|f| f.is_fenced());
+        if fenced && state.requests.is_some() {
+            state.requests = None;
+            tracing::warn!(subject = %state.subject, "left the queue group while the context is fenced");
+        } else if !fenced && state.requests.is_none() {
+            state.requests = Some(state.bus.serve(&state.subject, &state.queue_group).await?);
+            tracing::warn!(subject = %state.subject, "serving again: the context's fence is lifted");
+        }
+        let Some(requests) = state.requests.as_mut() else {
+            myself.send_after(POLL_WAIT, || ResponderMsg::Poll);
+            return Ok(());
+        };
+        if let Some(request) = requests.next(POLL_WAIT).await? {
             let content_type =
                 request.header(header::CONTENT_TYPE).and_then(ContentType::parse).unwrap_or(ContentType::Json);
             let body = state.handler.answer(&request, content_type).await;

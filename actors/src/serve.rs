@@ -15,7 +15,12 @@ use crate::responder::{Answer, Responder, ResponderArgs};
 use crate::supervisor::ChildSpec;
 
 /// The `commands` child: serves `cmd.<context>` with `decide`.
-pub(crate) fn commands<C, E>(context: &'static str, bus: Bus, decide: Decide<C, E>) -> ChildSpec
+pub(crate) fn commands<C, E>(
+    context: &'static str,
+    bus: Bus,
+    decide: Decide<C, E>,
+    fence: std::sync::Arc<crate::fence::Fence>,
+) -> ChildSpec
 where
     C: DeserializeOwned + Send + Sync + 'static,
     E: Send + Sync + 'static,
@@ -26,6 +31,7 @@ where
             subject: command_subject(context),
             queue_group: context.to_string(),
             handler: ContextCommands { decide: decide.clone() },
+            fence: Some(fence.clone()),
         };
         async move {
             let (actor, _) =
@@ -58,6 +64,7 @@ where
             subject: subject.clone(),
             queue_group: context.to_string(),
             handler: Queries { context, db: db.clone(), answer: answer.clone(), query: PhantomData },
+            fence: None,
         };
         async move {
             let (actor, _) =

@@ -82,6 +82,18 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
     .await;
     let refused = stores.execute(create("s3"), Causality::default()).await.expect_err("refused");
     assert!(refused.to_string().contains("fenced") && refused.to_string().contains("other-host"), "{refused}");
+    // And it leaves the commands' queue group, so that the lease holder gets every request:
+    // with no other instance here, nobody answers.
+    let client = env.plain_client().await;
+    let body = r#"{"command":"create_store","id":"s9","name":"Nine","location":"Hall"}"#;
+    wait_until(Duration::from_secs(10), "cmd.stores has no responder while fenced", || {
+        let client = client.clone();
+        async move {
+            matches!(client.request("cmd.stores", body.into()).await,
+                     Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders)
+        }
+    })
+    .await;
 
     // The other instance lets go: the leases are claimed back, the fences lift, the held-back
     // event is applied and commands are decided again.
@@ -98,5 +110,10 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
     })
     .await;
     stores.execute(create("s3"), Causality::default()).await.expect("decided again");
+    wait_until(Duration::from_secs(10), "cmd.stores answered again", || {
+        let client = client.clone();
+        async move { client.request("cmd.stores", body.into()).await.is_ok() }
+    })
+    .await;
     system.shutdown().await;
 }
