@@ -847,7 +847,7 @@ impl Observer {
             while !control.is_released() {
                 if Instant::now() >= deadline {
                     // Paused all the same: it lets go when it next gets its turn.
-                    return Err(crate::offsets::RepositionError::NotTaken(LET_GO_WITHIN.as_secs()).into());
+                    return Err(crate::offsets::RepositionError::NotReleased(LET_GO_WITHIN.as_secs()).into());
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

@@ -109,12 +109,15 @@ pub enum RepositionError {
     /// Another request for this consumer has not been taken yet.
     #[error("another seek or skip of this consumer is still pending")]
     Busy,
-    /// The consumer did not take the request in time (it is restarting, or a batch is being
-    /// retried); nothing was changed.
+    /// The consumer did not answer in time (it is restarting, or a batch is being retried).
     #[error(
-        "the consumer did not take the request within {0} s (is it restarting or retrying a commit?); nothing changed"
+        "the consumer did not answer within {0} s (is it restarting or retrying a commit?); a request it had not \
+         taken yet was withdrawn, one it had taken may still complete: check its position before trying again"
     )]
     NotTaken(u64),
+    /// A pause is set, but the consumer has not let go of its subscription yet.
+    #[error("paused, but the consumer has not let go within {0} s (it finishes the batch in hand first); it will")]
+    NotReleased(u64),
     /// The checkpoint could not be written or read.
     #[error("the checkpoint: {0}")]
     Storage(String),
@@ -138,7 +141,13 @@ impl RepositionError {
 
     /// Whether it may work if tried again later (HTTP 409).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, RepositionError::Busy | RepositionError::NotTaken(_) | RepositionError::Fenced(_))
+        matches!(
+            self,
+            RepositionError::Busy
+                | RepositionError::NotTaken(_)
+                | RepositionError::NotReleased(_)
+                | RepositionError::Fenced(_)
+        )
     }
 }
 
