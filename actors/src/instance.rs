@@ -115,7 +115,7 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[(&str, Arc<Fence>)]
         }
     }
     let held = Arc::new(Mutex::new(held));
-    let renewer = tokio::spawn(renew(bucket.clone(), held.clone(), value, instance));
+    let renewer = tokio::spawn(renew(bucket.clone(), held.clone(), value));
     Ok(Leases { bucket, held, renewer })
 }
 
@@ -125,7 +125,7 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[(&str, Arc<Fence>)]
 /// A watchdog, checked every second whatever the renewals are doing, fences a context whose
 /// lease has gone [`FENCE_AFTER`] without a renewal, before another instance could claim it at
 /// [`LEASE_TTL`]; the fence lifts at the first renewal or claim that works.
-async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>, _instance: String) {
+async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>) {
     // Ours only if it is exactly what this process wrote: another process with the same
     // instance id (a cloned data directory) must not take it back and forth with us.
     let mine = |bytes: &[u8]| bytes == value.as_slice();

@@ -842,15 +842,9 @@ impl Observer {
         const LET_GO_WITHIN: Duration = Duration::from_secs(30);
         let control = &self.consumer_probe(context, source)?.control;
         let was = control.set_paused(paused);
-        if paused {
-            let deadline = Instant::now() + LET_GO_WITHIN;
-            while !control.is_released() {
-                if Instant::now() >= deadline {
-                    // Paused all the same: it lets go when it next gets its turn.
-                    return Err(crate::offsets::RepositionError::NotReleased(LET_GO_WITHIN.as_secs()).into());
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        if paused && !control.wait_released(LET_GO_WITHIN).await {
+            // Paused all the same: it lets go when it next gets its turn.
+            return Err(crate::offsets::RepositionError::NotReleased(LET_GO_WITHIN.as_secs()).into());
         }
         Ok(was)
     }

@@ -162,6 +162,8 @@ pub struct ConsumerControl {
     fence: Option<Arc<crate::fence::Fence>>,
     /// Set by the actor once it holds no pull subscription (paused and let go).
     released: AtomicBool,
+    /// Woken when the consumer lets go.
+    let_go: tokio::sync::Notify,
     pending: Mutex<Option<(Reposition, Reply)>>,
 }
 
@@ -197,8 +199,27 @@ impl ConsumerControl {
         self.released.load(Ordering::Acquire)
     }
 
+    /// Waits until the consumer holds no subscription, at most `limit`; whether it let go.
+    pub async fn wait_released(&self, limit: std::time::Duration) -> bool {
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.let_go.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.is_released() {
+                    return;
+                }
+                notified.await;
+            }
+        });
+        waited.await.is_ok()
+    }
+
     pub(crate) fn set_released(&self, released: bool) {
         self.released.store(released, Ordering::Release);
+        if released {
+            self.let_go.notify_waiters();
+        }
     }
 
     /// Leaves a request for the consumer; its answer comes on the returned channel.

@@ -53,20 +53,13 @@ async fn set_paused(state: &AppState, headers: &HeaderMap, context: &str, source
         .into_response())
 }
 
-pub(super) async fn pause(
+/// `pause` (`PAUSED`) and `resume`.
+pub(super) async fn pausing<const PAUSED: bool>(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path((context, source)): Path<(String, String)>,
 ) -> AppResult {
-    set_paused(&state, &headers, &context, &source, true).await
-}
-
-pub(super) async fn resume(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path((context, source)): Path<(String, String)>,
-) -> AppResult {
-    set_paused(&state, &headers, &context, &source, false).await
+    set_paused(&state, &headers, &context, &source, PAUSED).await
 }
 
 /// `{"sequence": N}` or `{"time": "2026-12-04T10:00:00Z"}`.
