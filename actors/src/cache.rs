@@ -18,7 +18,7 @@ use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::{
     Adopted, Adopts, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
-    Decides, Decision, Disposition, FileWriter, Reacts, StorageError, StoresCacheDb,
+    Decided, Decides, Decision, Disposition, FileWriter, IdempotencyKey, Reacts, StorageError, StoresCacheDb,
 };
 
 use crate::bus::Bus;
@@ -109,21 +109,54 @@ pub type RunJob<K> = Box<dyn FnOnce(&FileWriter<K>) + Send + 'static>;
 /// per group, not per command, and no waiting at all when commands come one at a time.
 pub struct DecisionQueue<K: ContextKind> {
     queued: std::sync::Mutex<Vec<QueuedDecision<K>>>,
+    /// Idempotency keys of queued decisions and of those being decided, until answered.
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-type QueuedDecision<K> =
-    (Decision<K>, tokio::sync::oneshot::Sender<Result<Decoded<<K as ContextKind>::Event>, CommandError>>);
+/// A queued command: its decision, its idempotency key (held in flight until it is answered or
+/// dropped) and where its answer goes.
+struct QueuedDecision<K: ContextKind> {
+    decision: Decision<K>,
+    key: Option<(IdempotencyKey, KeyInFlight)>,
+    reply: tokio::sync::oneshot::Sender<Result<Decided<<K as ContextKind>::Event>, CommandError>>,
+}
+
+/// Holds an idempotency key in flight; lets it go when dropped (answered, or its writer gone).
+struct KeyInFlight {
+    key: String,
+    in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Drop for KeyInFlight {
+    fn drop(&mut self) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
 
 /// Most commands decided in one transaction (the rest go in the next).
 const DECISIONS_PER_COMMIT: usize = 1024;
 
 impl<K: ContextKind> Default for DecisionQueue<K> {
     fn default() -> Self {
-        DecisionQueue { queued: std::sync::Mutex::new(Vec::new()) }
+        DecisionQueue { queued: std::sync::Mutex::new(Vec::new()), in_flight: Arc::default() }
     }
 }
 
 impl<K: ContextKind> DecisionQueue<K> {
+    /// Holds `key` in flight, or refuses it when a command with it is queued or being decided
+    /// (`idempotency_key_in_flight`: its answer is not known yet, so neither replaying it nor
+    /// deciding again would be right; the client retries later and gets the first's answer).
+    fn hold(&self, key: &IdempotencyKey) -> Result<KeyInFlight, CommandError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !in_flight.insert(key.key().to_string()) {
+            return Err(CommandError::refused(
+                "idempotency_key_in_flight",
+                format!("a command with idempotency key {:?} is being decided; retry shortly", key.key()),
+            ));
+        }
+        Ok(KeyInFlight { key: key.key().to_string(), in_flight: self.in_flight.clone() })
+    }
+
     /// Queues a decision; `true` when the queue was empty (the caller must wake the writer).
     fn push(&self, decision: QueuedDecision<K>) -> bool {
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
@@ -218,8 +251,11 @@ pub struct WriterState<K: ContextKind> {
 pub struct InboxRetention {
     /// Records older than this are deleted.
     pub horizon: Duration,
-    /// How often the cache looks for them.
+    /// How often the cache looks for them (and for expired idempotency keys).
     pub every: Duration,
+    /// How long commands' idempotency keys are kept (24 h by default): a command sent again
+    /// with a key after this is decided again.
+    pub idempotency_keys: Duration,
 }
 
 /// Records deleted per pruning transaction, so one prune never holds the writer for long.
@@ -320,10 +356,20 @@ async fn handle_other<K: ContextKind>(
             }
             let db = state.db.clone();
             tokio::task::spawn_blocking(move || {
-                let (mut decisions, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let results = db.decide_all(&mut decisions);
-                for (reply, result) in replies.into_iter().zip(results) {
+                let mut decisions = Vec::with_capacity(group.len());
+                let mut keys = Vec::with_capacity(group.len());
+                let mut answers = Vec::with_capacity(group.len());
+                for QueuedDecision { decision, key, reply } in group {
+                    decisions.push(decision);
+                    let (key, held) = key.unzip();
+                    keys.push(key);
+                    answers.push((reply, held));
+                }
+                let results = db.decide_all_keyed(&mut decisions, &keys);
+                // Each key is let go after its answer is sent (`held` drops after `send`).
+                for ((reply, held), result) in answers.into_iter().zip(results) {
                     let _ = reply.send(result);
+                    drop(held);
                 }
             })
             .await?;
@@ -335,11 +381,15 @@ async fn handle_other<K: ContextKind>(
             state.relay_wakeup.notify_one();
         }
         WriterMsg::PruneInbox => {
-            let (db, horizon) = (state.db.clone(), state.inbox_retention.horizon);
-            match tokio::task::spawn_blocking(move || db.prune_inbox(horizon, PRUNE_BATCH)).await? {
+            let (db, retention) = (state.db.clone(), state.inbox_retention);
+            let pruned = tokio::task::spawn_blocking(move || {
+                let keys = db.prune_idempotency(retention.idempotency_keys, PRUNE_BATCH)?;
+                Ok::<_, StorageError>(keys + db.prune_inbox(retention.horizon, PRUNE_BATCH)?)
+            });
+            match pruned.await? {
                 Ok(0) => {}
                 Ok(removed) => {
-                    tracing::debug!(removed, "pruned the inbox");
+                    tracing::debug!(removed, "pruned the inbox and idempotency keys");
                     // A full batch means more is due: continue right away, between batches.
                     if removed as usize >= PRUNE_BATCH {
                         myself.send_message(WriterMsg::PruneInbox)?;
@@ -633,7 +683,9 @@ impl<K: ContextKind> ContextHandle<K> {
     }
 
     /// Decides `command` with the context's rules ([`Decides`]) on its writer, in one
-    /// transaction with the outbox row of the event it records.
+    /// transaction with the outbox row of the event it records. When `causality` carries an
+    /// idempotency key, a command sent before with that key is answered with what it recorded
+    /// (see [`execute_once`](Self::execute_once) to tell the two apart).
     pub async fn execute<C: Send + 'static>(
         &self,
         command: C,
@@ -642,9 +694,23 @@ impl<K: ContextKind> ContextHandle<K> {
     where
         K: Decides<C>,
     {
+        Ok(self.execute_once(command, causality).await?.event)
+    }
+
+    /// Like [`execute`](Self::execute), saying whether the answer is a replay of an earlier send
+    /// with the same idempotency key ([`Decided::replayed`]).
+    pub async fn execute_once<C: Send + 'static>(
+        &self,
+        command: C,
+        causality: Causality,
+    ) -> Result<Decided<K::Event>, ExecuteError>
+    where
+        K: Decides<C>,
+    {
         let label = format!("{}.{}", flow::capitalize(K::NAME), K::command_name(&command));
         flow::enter(&label);
-        let result = self.decide(move |txn, emit| K::decide(txn, emit, &command, &causality)).await;
+        let key = causality.idempotency.clone();
+        let result = self.decide_once(key, move |txn, emit| K::decide(txn, emit, &command, &causality)).await;
         match &result {
             Ok(Ok(_)) => flow::leave(&label, None),
             Ok(Err(e)) => flow::leave(&label, Some(&e.to_string())),
@@ -667,13 +733,36 @@ impl<K: ContextKind> ContextHandle<K> {
             + Send
             + 'static,
     ) -> Result<Result<Decoded<K::Event>, CommandError>, LookupError> {
+        Ok(self.decide_once(None, decision).await?.map(|d| d.event))
+    }
+
+    /// Like [`decide`](Self::decide), with an idempotency key: a key seen before is answered with
+    /// the event its first command recorded, without running `decision`; a key whose command is
+    /// still queued or being decided is refused (`idempotency_key_in_flight`).
+    pub async fn decide_once(
+        &self,
+        key: Option<IdempotencyKey>,
+        decision: impl FnMut(
+                &carrier_storage::WriteTransaction,
+                &mut carrier_storage::Emitter<'_, K::Event>,
+            ) -> Result<(), CommandError>
+            + Send
+            + 'static,
+    ) -> Result<Result<Decided<K::Event>, CommandError>, LookupError> {
         if self.fence.is_fenced() {
             let reason = self.fence.reason().unwrap_or_default();
             return Ok(Err(CommandError::unavailable(crate::fence::Fenced { context: K::NAME.to_string(), reason })));
         }
+        let key = match key {
+            None => None,
+            Some(key) => match self.decisions.hold(&key) {
+                Ok(held) => Some((key, held)),
+                Err(refused) => return Ok(Err(refused)),
+            },
+        };
         let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.decisions.push((Box::new(decision), tx)) {
+        if self.decisions.push(QueuedDecision { decision: Box::new(decision), key, reply: tx }) {
             writer.send_message(WriterMsg::Decide).map_err(|_| LookupError::Unavailable)?;
         }
         rx.await.map_err(|_| LookupError::Unavailable)

@@ -10,16 +10,18 @@ use serde::de::DeserializeOwned;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
 use carrier_messages::request::{decode_request, encode_body, CommandReply, RecordedEvent};
+use carrier_messages::request::{IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
 use carrier_messages::trace::TraceContext;
-use carrier_messages::{ContentType, Decoded};
-use carrier_storage::CommandError;
+use carrier_messages::{ContentType, DomainEvent};
+use carrier_storage::{CommandError, Decided};
 
 use crate::bus::IncomingRequest;
 use crate::responder::Answer;
 
-/// Decides a command of type `C`, returning the event it recorded.
+/// Decides a command of type `C`, returning the event it recorded (or, for a command sent again
+/// with the same idempotency key, the one its first send recorded).
 pub type Decide<C, E> =
-    Arc<dyn Fn(C, Causality) -> Pin<Box<dyn Future<Output = Result<Decoded<E>, CommandError>> + Send>> + Send + Sync>;
+    Arc<dyn Fn(C, Causality) -> Pin<Box<dyn Future<Output = Result<Decided<E>, CommandError>> + Send>> + Send + Sync>;
 
 /// Answers a context's commands with a [`Decide`].
 pub struct ContextCommands<C, E> {
@@ -30,7 +32,7 @@ pub struct ContextCommands<C, E> {
 impl<C, E> Answer for ContextCommands<C, E>
 where
     C: DeserializeOwned + Send + Sync + 'static,
-    E: Send + Sync + 'static,
+    E: DomainEvent + Send + Sync + 'static,
 {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
         let started = std::time::SystemTime::now();
@@ -68,11 +70,22 @@ fn decode_command<C: DeserializeOwned>(
         }
     }
     let [correlation_id, causation_id] = ids;
+    // Two sends are the same command when their bodies say the same, whatever the order of
+    // their fields or their encoding.
+    let idempotency = match request.header(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(key) => {
+            let fingerprint = carrier_messages::request::canonical_body(content_type, &request.payload);
+            Some(IdempotencyKey::new(key, fingerprint).map_err(|e| {
+                CommandReply::failed("bad_request", format!("header {IDEMPOTENCY_KEY_HEADER}: {}", e.problem))
+            })?)
+        }
+    };
     // The command's span continues the caller's trace when it sent one (a malformed traceparent
     // is ignored, as W3C asks); the recorded event names this span as its producer.
     let caller = request.header(carrier_messages::trace::TRACEPARENT).and_then(|v| v.parse::<TraceContext>().ok());
     let trace = Some(caller.map(|c| c.child()).unwrap_or_else(TraceContext::new_root));
-    Ok((command, Causality { correlation_id, causation_id, trace }))
+    Ok((command, Causality { correlation_id, causation_id, trace, idempotency }))
 }
 
 /// A command's span: from its arrival to its reply.
@@ -133,27 +146,30 @@ impl CommandSpan {
 }
 
 /// The reply for a command's outcome.
-pub(crate) fn command_reply<E>(result: Result<Decoded<E>, CommandError>) -> CommandReply {
+pub(crate) fn command_reply<E: DomainEvent>(result: Result<Decided<E>, CommandError>) -> CommandReply {
     match result {
-        Ok(decoded) => CommandReply {
+        Ok(Decided { event: decoded, replayed }) => CommandReply {
             ok: true,
             event: Some(RecordedEvent {
                 event_id: decoded.envelope.event_id.to_string(),
                 event_type: decoded.envelope.event_type.clone(),
                 aggregate_id: decoded.envelope.aggregate_id.clone(),
                 aggregate_version: decoded.envelope.aggregate_version,
+                data: decoded
+                    .event
+                    .encode_payload(ContentType::Json)
+                    .ok()
+                    .and_then(|json| serde_json::from_slice(&json).ok()),
             }),
             error: None,
+            replayed,
         },
         Err(error) => {
-            let code = match &error {
-                CommandError::NotFound { .. } => "not_found",
-                CommandError::AlreadyExists { .. } => "already_exists",
-                CommandError::Rejected(_) => "rejected",
-                CommandError::Invalid(_) => "invalid",
-                CommandError::Storage(_) | CommandError::Unavailable(_) => "unavailable",
-            };
-            CommandReply::failed(code, error.to_string())
+            let mut reply = CommandReply::failed(error.code(), error.to_string());
+            if let (CommandError::Refused { details, .. }, Some(failure)) = (&error, reply.error.as_mut()) {
+                failure.details = (!details.is_null()).then(|| details.clone());
+            }
+            reply
         }
     }
 }

@@ -33,9 +33,9 @@ use serde::de::DeserializeOwned;
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
 use carrier_messages::codec::Causality;
 use carrier_messages::request::{entity_subject, query_subject, Entity, EntityQuery};
-use carrier_messages::{Decoded, DomainEvent, Found, QueryReply};
+use carrier_messages::{DomainEvent, Found, QueryReply};
 use carrier_storage::{
-    Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decides, FileWriter, Reacts,
+    Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decided, Decides, FileWriter, Reacts,
     StorageError,
 };
 
@@ -367,7 +367,7 @@ impl<K: ContextKind> ContextDecl<K> {
         K: Decides<C>,
     {
         self.commands(|handle: ContextHandle<K>, command: C, causality| async move {
-            handle.execute(command, causality).await.map_err(CommandError::from)
+            handle.execute_once(command, causality).await.map_err(CommandError::from)
         })
     }
 
@@ -375,12 +375,16 @@ impl<K: ContextKind> ContextDecl<K> {
     /// lookups first (off the write path). `decide` is given the context's handle
     /// (cache lookups, then [`ContextHandle::execute`] with a command type the context
     /// [`Decides`], e.g. the command and what was looked up, so the decision shares the writer's
-    /// group commit) and returns the event it recorded.
-    pub fn commands<C, F, Fut>(mut self, decide: F) -> Self
+    /// group commit) and returns the event it recorded: a [`Decoded`](carrier_messages::Decoded) event, or the [`Decided`]
+    /// that [`ContextHandle::execute_once`] returns, which also says whether it answers an
+    /// earlier send of the same idempotency key (`causality.idempotency`, from the request's
+    /// `Idempotency-Key` header).
+    pub fn commands<C, F, Fut, R>(mut self, decide: F) -> Self
     where
         C: DeserializeOwned + JsonSchema + Send + Sync + 'static,
         F: Fn(ContextHandle<K>, C, Causality) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Decoded<K::Event>, CommandError>> + Send + 'static,
+        Fut: Future<Output = Result<R, CommandError>> + Send + 'static,
+        R: Into<Decided<K::Event>>,
     {
         self.endpoints.push(EndpointDoc::command::<C>(K::NAME));
         self.decides = true;
@@ -388,7 +392,8 @@ impl<K: ContextKind> ContextDecl<K> {
         self.servers.push(Box::new(move |b| {
             let (handle, decide) = (b.handle(), decide.clone());
             let decide: Decide<C, K::Event> = Arc::new(move |command, causality| {
-                Box::pin(decide(handle.clone(), command, causality)) as BoxFuture<_>
+                let decided = decide(handle.clone(), command, causality);
+                Box::pin(async move { decided.await.map(Into::into) }) as BoxFuture<_>
             });
             let spec = crate::serve::commands(K::NAME, b.bus(), decide, b.handle().fence.clone());
             b.serve(spec);

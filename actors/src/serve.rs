@@ -23,7 +23,7 @@ pub(crate) fn commands<C, E>(
 ) -> ChildSpec
 where
     C: DeserializeOwned + Send + Sync + 'static,
-    E: Send + Sync + 'static,
+    E: carrier_messages::DomainEvent + Send + Sync + 'static,
 {
     ChildSpec::new("commands", move |supervisor, _siblings| {
         let args = ResponderArgs {

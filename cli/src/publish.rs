@@ -74,7 +74,12 @@ pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let event = StoresEvent::decode_payload(&args.event_type, 1, ContentType::Json, args.payload.as_bytes())
         .context("the payload does not fit the event type")?;
     event.validate().context("the payload breaks the contract")?;
-    let causality = Causality { correlation_id: args.correlation_id, causation_id: None, trace: args.traceparent };
+    let causality = Causality {
+        correlation_id: args.correlation_id,
+        causation_id: None,
+        trace: args.traceparent,
+        idempotency: None,
+    };
     let mut decoded = Decoded::new(event, args.aggregate_version, &causality);
     if let Some(id) = args.event_id {
         decoded.envelope.event_id = id;

@@ -125,6 +125,9 @@ pub struct Causality {
     /// The span recording the event: the command's, or the consumer span whose reaction emits
     /// it. A new trace starts when absent.
     pub trace: Option<crate::trace::TraceContext>,
+    /// The request's idempotency key, when it sent one: a command sent again with the same key
+    /// is answered with what the first one recorded.
+    pub idempotency: Option<crate::request::IdempotencyKey>,
 }
 
 impl<E: DomainEvent> Decoded<E> {

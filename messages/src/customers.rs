@@ -185,7 +185,7 @@ impl crate::request::QueryReply for CustomersQueryReply {
         CustomersQueryReply {
             ok: false,
             customer: None,
-            error: Some(crate::request::CommandFailure { code: code.to_string(), message }),
+            error: Some(crate::request::CommandFailure { code: code.to_string(), message, details: None }),
         }
     }
 }

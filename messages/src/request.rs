@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::envelope::{clip, ContentType};
+use crate::ValidationError;
 
 /// The subject a context's commands are sent to, e.g. `cmd.stores`.
 pub fn command_subject(context: &str) -> String {
@@ -18,6 +19,85 @@ pub fn command_subject(context: &str) -> String {
 /// The subject a context's queries are sent to, e.g. `query.stores`.
 pub fn query_subject(context: &str) -> String {
     format!("query.{context}")
+}
+
+/// The request header that carries a command's idempotency key (any context's `cmd.<context>`).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A command's idempotency key and what makes two sends of it "the same command": a command
+/// sent again with a key seen before is answered with the event the first one recorded, and
+/// decides nothing (see `carrier_storage::idempotency`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    key: String,
+    fingerprint: Vec<u8>,
+}
+
+impl IdempotencyKey {
+    /// `key` for a command whose parameters encode to `fingerprint`: canonical bytes of the
+    /// command without the key itself (two sends are the same command when these are equal; see
+    /// [`IdempotencyKey::for_command`]). Refuses an empty key, one over
+    /// [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, or one with control characters.
+    pub fn new(key: impl Into<String>, fingerprint: Vec<u8>) -> Result<Self, ValidationError> {
+        let key = key.into();
+        if key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || key.chars().any(char::is_control) {
+            return Err(ValidationError {
+                field: "idempotency_key",
+                problem: format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes of text without control characters"),
+            });
+        }
+        Ok(IdempotencyKey { key, fingerprint })
+    }
+
+    /// `key` for `command`, fingerprinted by its JSON with object keys sorted (so the order a
+    /// client wrote its fields in does not matter).
+    pub fn for_command<C: Serialize>(key: impl Into<String>, command: &C) -> Result<Self, ValidationError> {
+        let value = serde_json::to_value(command).unwrap_or(serde_json::Value::Null);
+        IdempotencyKey::new(key, canonical_json(&value))
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What two sends of the key must agree on.
+    pub fn fingerprint(&self) -> &[u8] {
+        &self.fingerprint
+    }
+}
+
+/// A request body's canonical bytes, for an idempotency key's fingerprint: its JSON with every
+/// object's keys sorted, whichever encoding it came in; a body that does not decode is its own
+/// bytes.
+pub fn canonical_body(content_type: ContentType, body: &[u8]) -> Vec<u8> {
+    let value: Option<serde_json::Value> = match content_type {
+        ContentType::Json => serde_json::from_slice(body).ok(),
+        ContentType::Cbor => crate::cbor::from_slice(body).ok(),
+    };
+    match value {
+        Some(value) => canonical_json(&value),
+        None => body.to_vec(),
+    }
+}
+
+/// `value` as JSON with every object's keys sorted (whatever map order serde_json was built with).
+fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    fn sorted(value: &serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sorted(value)).unwrap_or_default()
 }
 
 /// The answer to a command.
@@ -31,6 +111,10 @@ pub struct CommandReply {
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<CommandFailure>,
+    /// The command was sent before with the same idempotency key: `event` is what that one
+    /// recorded, and nothing was decided now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// The event a command recorded.
@@ -44,16 +128,25 @@ pub struct RecordedEvent {
     pub aggregate_id: String,
     /// The entity's version after it.
     pub aggregate_version: u64,
+    /// The event's payload, as JSON: the entity's state after the command, as far as the event
+    /// carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Why a command was not carried out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CommandFailure {
-    /// `bad_request`, `not_found`, `already_exists`, `rejected`, `invalid`, or `unavailable`
-    /// (the only one worth retrying unchanged).
+    /// `bad_request`, `not_found`, `already_exists`, `rejected`, `invalid`, `unavailable` (the
+    /// only one worth retrying unchanged), `idempotency_key_reused`, `idempotency_key_in_flight`
+    /// (retry later), or a context's own code for a rule it names (`version_conflict`, ...).
     pub code: String,
     /// A sentence for people.
     pub message: String,
+    /// Facts the client may act on (a context's own refusals: the entity's current version,
+    /// say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl CommandReply {
@@ -62,7 +155,8 @@ impl CommandReply {
         CommandReply {
             ok: false,
             event: None,
-            error: Some(CommandFailure { code: code.to_string(), message: message.into() }),
+            error: Some(CommandFailure { code: code.to_string(), message: message.into(), details: None }),
+            replayed: false,
         }
     }
 }
@@ -98,7 +192,7 @@ impl<T> Found<T> {
             Err(e) => Found {
                 ok: false,
                 found: None,
-                error: Some(CommandFailure { code: "unavailable".into(), message: e.to_string() }),
+                error: Some(CommandFailure { code: "unavailable".into(), message: e.to_string(), details: None }),
             },
         }
     }
@@ -106,7 +200,7 @@ impl<T> Found<T> {
 
 impl<T: Serialize + JsonSchema + Send + 'static> QueryReply for Found<T> {
     fn failed(code: &str, message: String) -> Self {
-        Found { ok: false, found: None, error: Some(CommandFailure { code: code.to_string(), message }) }
+        Found { ok: false, found: None, error: Some(CommandFailure { code: code.to_string(), message, details: None }) }
     }
 }
 

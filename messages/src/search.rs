@@ -116,7 +116,7 @@ impl SearchReply {
     pub fn failed(code: &str, message: impl Into<String>) -> Self {
         SearchReply {
             ok: false,
-            error: Some(CommandFailure { code: code.to_string(), message: message.into() }),
+            error: Some(CommandFailure { code: code.to_string(), message: message.into(), details: None }),
             ..SearchReply::default()
         }
     }

@@ -370,7 +370,7 @@ impl crate::request::QueryReply for StoresQueryReply {
             ok: false,
             store: None,
             product: None,
-            error: Some(crate::request::CommandFailure { code: code.to_string(), message }),
+            error: Some(crate::request::CommandFailure { code: code.to_string(), message, details: None }),
         }
     }
 }

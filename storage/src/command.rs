@@ -26,6 +26,18 @@ pub enum CommandError {
     /// The command breaks a business rule.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The command breaks a rule that clients tell apart by its code (`version_conflict`,
+    /// `insufficient_stock`, `idempotency_key_reused`, ...), with details they may act on (the
+    /// entity's current version, say).
+    #[error("{message}")]
+    Refused {
+        /// What clients match on, in snake_case.
+        code: &'static str,
+        /// A sentence for people.
+        message: String,
+        /// Facts the client may act on, as JSON (`null` when none).
+        details: serde_json::Value,
+    },
     /// A field breaks the contract's limits.
     #[error("invalid: {0}")]
     Invalid(#[from] ValidationError),
@@ -39,6 +51,25 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// A [`Refused`](CommandError::Refused) error with no details.
+    pub fn refused(code: &'static str, message: impl Into<String>) -> Self {
+        CommandError::Refused { code, message: message.into(), details: serde_json::Value::Null }
+    }
+
+    /// The code a reply names this error by: `not_found`, `already_exists`, `rejected`,
+    /// `invalid`, `unavailable` (the only one worth retrying unchanged), or a
+    /// [`Refused`](CommandError::Refused) error's own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::NotFound { .. } => "not_found",
+            CommandError::AlreadyExists { .. } => "already_exists",
+            CommandError::Rejected(_) => "rejected",
+            CommandError::Refused { code, .. } => code,
+            CommandError::Invalid(_) => "invalid",
+            CommandError::Storage(_) | CommandError::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// An [`Unavailable`](CommandError::Unavailable) error caused by `error`.
     pub fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         CommandError::Unavailable(Box::new(error))

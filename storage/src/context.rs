@@ -18,6 +18,7 @@ use carrier_messages::{Decoded, DomainEvent, EncodedEvent, Envelope, EventId};
 
 use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
 use crate::error::RedbResultExt;
+use crate::idempotency::{Decided, IdempotencyKey};
 use crate::outbox::{self, OUTBOX, OUTBOX_NEXT};
 use crate::{CommandError, StorageError};
 
@@ -108,6 +109,7 @@ impl<'txn, E: DomainEvent> Emitter<'txn, E> {
             causation_id: Some(cause.event_id.to_string()),
             // The consumer span in which this context reacts to `cause` (see messages::trace).
             trace: Some(cause.trace().consumer_span(&cause.event_id.to_string(), E::CONTEXT)),
+            idempotency: None,
         };
         self.record(event, version, &causality)
     }
@@ -188,6 +190,8 @@ impl<K: ContextKind> ContextFile<K> {
             engine::create_tables(txn)?;
             txn.open_table(OUTBOX).during("create outbox")?;
             txn.open_table(OUTBOX_NEXT).during("create outbox_next")?;
+            txn.open_table(crate::idempotency::IDEMPOTENCY).during("create idempotency")?;
+            txn.open_table(crate::idempotency::IDEMPOTENCY_BY_TIME).during("create idempotency_by_time")?;
             K::create_tables(txn)
         })?;
         Ok(ContextFile {
@@ -419,12 +423,24 @@ impl<K: ContextKind> FileWriter<K> {
     /// decided again in a fresh one without it; decisions are therefore `FnMut` and must decide
     /// the same way when run again on the same state (as a pure decision on the file does).
     pub fn decide_all(&self, decisions: &mut [Decision<K>]) -> Vec<Result<Decoded<K::Event>, CommandError>> {
-        let mut results: Vec<Option<Result<Decoded<K::Event>, CommandError>>> =
+        self.decide_all_keyed(decisions, &[]).into_iter().map(|r| r.map(|d| d.event)).collect()
+    }
+
+    /// Like [`decide_all`](Self::decide_all), where decision `i` may carry an idempotency key
+    /// (`keys[i]`; a shorter `keys` leaves the rest without): a key seen before answers with the
+    /// event its first command recorded and decides nothing (see [`crate::idempotency`]); a new
+    /// key is stored with its command's event, in the same transaction.
+    pub fn decide_all_keyed(
+        &self,
+        decisions: &mut [Decision<K>],
+        keys: &[Option<IdempotencyKey>],
+    ) -> Vec<Result<Decided<K::Event>, CommandError>> {
+        let mut results: Vec<Option<Result<Decided<K::Event>, CommandError>>> =
             (0..decisions.len()).map(|_| None).collect();
         // Indices still to decide; a refused one is answered and removed, the rest run again.
         let mut pending: Vec<usize> = (0..decisions.len()).collect();
         while !pending.is_empty() {
-            match self.try_decide_all(decisions, &pending) {
+            match self.try_decide_all(decisions, keys, &pending) {
                 Ok(decided) => {
                     for (index, decoded) in pending.iter().zip(decided) {
                         results[*index] = Some(Ok(decoded));
@@ -455,32 +471,29 @@ impl<K: ContextKind> FileWriter<K> {
     fn try_decide_all(
         &self,
         decisions: &mut [Decision<K>],
+        keys: &[Option<IdempotencyKey>],
         pending: &[usize],
-    ) -> Result<Vec<Decoded<K::Event>>, Refusal> {
+    ) -> Result<Vec<Decided<K::Event>>, Refusal> {
         let txn = self.db.begin_write().during("begin_write").map_err(|e| (Some(0), e.into()))?;
         let mut decided = Vec::with_capacity(pending.len());
         let mut refused = None;
         {
-            let mut emitter = Emitter::open(&txn).map_err(|e| (Some(0), e.into()))?;
+            let mut emitter = Emitter::<K::Event>::open(&txn).map_err(|e| (Some(0), e.into()))?;
+            let mut key_tables = match keys.iter().any(Option::is_some) {
+                true => Some(crate::idempotency::KeyTables::open(&txn).map_err(|e| (Some(0), e.into()))?),
+                false => None,
+            };
             for (position, index) in pending.iter().enumerate() {
-                let before = emitter.emitted.len();
-                let outcome = (decisions[*index])(&txn, &mut emitter).and_then(|()| {
-                    if emitter.emitted.len() == before + 1 {
-                        Ok(())
-                    } else {
-                        Err(CommandError::Rejected(if emitter.emitted.len() == before {
-                            "the command changed nothing".into()
-                        } else {
-                            "a command must record exactly one event".into()
-                        }))
+                let key = keys.get(*index).and_then(Option::as_ref);
+                let outcome = decide_one::<K>(&txn, &mut emitter, key_tables.as_mut().zip(key), &mut decisions[*index]);
+                match outcome {
+                    Ok(one) => decided.push(one),
+                    Err(error) => {
+                        refused = Some((position, error));
+                        break;
                     }
-                });
-                if let Err(error) = outcome {
-                    refused = Some((position, error));
-                    break;
                 }
             }
-            decided.append(&mut emitter.emitted);
         }
         if let Some((position, error)) = refused {
             let _ = txn.abort();
@@ -499,6 +512,15 @@ impl<K: ContextKind> FileWriter<K> {
         removed
     }
 
+    /// Deletes up to `limit` idempotency keys stored longer ago than `retention`. Returns how
+    /// many went.
+    pub fn prune_idempotency(&self, retention: Duration, limit: usize) -> Result<u64, StorageError> {
+        let cutoff = engine::unix_ms().saturating_sub(retention.as_millis() as u64);
+        let pruned = crate::idempotency::prune(&self.db, cutoff, limit);
+        self.file.committed();
+        pruned
+    }
+
     /// Deletes up to `limit` inbox records older than `horizon`. Returns how many went.
     pub fn prune_inbox(&self, horizon: Duration, limit: usize) -> Result<u64, StorageError> {
         let cutoff = engine::unix_ms().saturating_sub(horizon.as_millis() as u64);
@@ -506,6 +528,35 @@ impl<K: ContextKind> FileWriter<K> {
         self.file.committed();
         pruned
     }
+}
+
+/// One decision in a group's transaction: the replay of its idempotency key when the key was
+/// seen before, else the decision, which must record exactly one event (stored with its key).
+fn decide_one<K: ContextKind>(
+    txn: &WriteTransaction,
+    emitter: &mut Emitter<'_, K::Event>,
+    keyed: Option<(&mut crate::idempotency::KeyTables<'_>, &IdempotencyKey)>,
+    decision: &mut Decision<K>,
+) -> Result<Decided<K::Event>, CommandError> {
+    if let Some((tables, key)) = &keyed {
+        if let Some(replay) = tables.replay::<K::Event>(key)? {
+            return replay.map(|event| Decided { event, replayed: true });
+        }
+    }
+    let before = emitter.emitted.len();
+    decision(txn, emitter)?;
+    if emitter.emitted.len() != before + 1 {
+        return Err(CommandError::Rejected(if emitter.emitted.len() == before {
+            "the command changed nothing".into()
+        } else {
+            "a command must record exactly one event".into()
+        }));
+    }
+    let event = emitter.emitted.pop().ok_or_else(|| CommandError::Rejected("the command changed nothing".into()))?;
+    if let Some((tables, key)) = keyed {
+        tables.store(key, &event)?;
+    }
+    Ok(Decided { event, replayed: false })
 }
 
 /// What the writer actor and the operator tools need of any context's file.

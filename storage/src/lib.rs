@@ -14,6 +14,7 @@
 //! - [`customers`]: the customers context's own state ([`CustomersDb`]).
 //! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
 //! - [`command`]: [`CommandError`], why a command was refused.
+//! - [`idempotency`]: commands sent again with the same key answered with the first one's event.
 //! - [`inspect`]: any file's tables and rows as JSON, opened read-only (`carrier inspect`).
 //! - [`outbox`]: the outbox table any owning context writes in the same transaction as its state.
 //!
@@ -30,6 +31,7 @@ pub mod customer_cache;
 pub mod customers;
 pub mod depot;
 pub mod engine;
+pub mod idempotency;
 pub mod inspect;
 pub mod notifications;
 pub mod ordering;
@@ -50,6 +52,7 @@ pub use customers::CustomersDb;
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::{RedbResultExt, StorageError};
+pub use idempotency::{Decided, IdempotencyKey};
 pub use notifications::NotificationsDb;
 pub use ordering::OrderingDb;
 pub use payments::PaymentsDb;

@@ -400,4 +400,59 @@ mod tests {
         assert_eq!(db.product("p").expect("read").expect("row").price, 100);
         assert_eq!(db.outbox_len().expect("len"), 2);
     }
+
+    /// Idempotency keys: a key seen before answers with its first event and decides nothing,
+    /// also within one group; the same key with other parameters is refused; a refused command
+    /// keeps no key, so it is decided again; expired keys are pruned.
+    #[test]
+    fn a_command_sent_again_with_its_key_is_answered_with_the_first_event() {
+        use crate::context::Decides;
+        use carrier_messages::request::IdempotencyKey;
+        let (_dir, db) = db();
+        let c = Causality::default();
+        let decision = |command: StoresCommand| -> crate::Decision<Stores> {
+            let c = c.clone();
+            Box::new(move |txn: &redb::WriteTransaction, emit: &mut crate::Emitter<'_, StoresEvent>| {
+                <Stores as Decides<StoresCommand>>::decide(txn, emit, &command, &c)
+            })
+        };
+        let create = StoresCommand::CreateStore { id: "s".into(), name: "A".into(), location: "L".into() };
+        let rebrand = |name: &str| StoresCommand::RebrandStore { id: "s".into(), name: name.into() };
+        let key = |k: &str, command: &StoresCommand| Some(IdempotencyKey::for_command(k, command).expect("key"));
+        // One group: the create, a rebrand with key k1, and the same rebrand again with k1.
+        let mut decisions = vec![decision(create.clone()), decision(rebrand("B")), decision(rebrand("B"))];
+        let keys = vec![None, key("k1", &rebrand("B")), key("k1", &rebrand("B"))];
+        let results = db.decide_all_keyed(&mut decisions, &keys);
+        let first = results[1].as_ref().expect("decided");
+        let again = results[2].as_ref().expect("replayed");
+        assert!(!first.replayed && again.replayed);
+        assert_eq!(first.event.envelope.event_id, again.event.envelope.event_id);
+        assert_eq!(again.event.envelope.aggregate_version, 2);
+        assert_eq!(db.outbox_len().expect("len"), 2, "the replay recorded no event");
+        // Later, in another group: still the first event.
+        let mut later = vec![decision(rebrand("B"))];
+        let replay = db.decide_all_keyed(&mut later, &[key("k1", &rebrand("B"))]).remove(0).expect("replayed");
+        assert!(replay.replayed);
+        assert_eq!(replay.event.envelope.event_id, first.event.envelope.event_id);
+        // The same key with other parameters is refused, and nothing is decided.
+        let mut other = vec![decision(rebrand("C"))];
+        let refused = db.decide_all_keyed(&mut other, &[key("k1", &rebrand("C"))]).remove(0);
+        assert!(matches!(refused, Err(CommandError::Refused { code: "idempotency_key_reused", .. })), "{refused:?}");
+        assert_eq!(db.store("s").expect("read").expect("s").name, "B");
+        // A refused command keeps no key: sent again once it can succeed, it is decided.
+        let missing = StoresCommand::RebrandStore { id: "t".into(), name: "X".into() };
+        let mut refused = vec![decision(missing.clone())];
+        assert!(db.decide_all_keyed(&mut refused, &[key("k2", &missing)]).remove(0).is_err());
+        let create_t = StoresCommand::CreateStore { id: "t".into(), name: "T".into(), location: "L".into() };
+        db.execute(&create_t, &c).expect("create t");
+        let mut retried = vec![decision(missing.clone())];
+        let decided = db.decide_all_keyed(&mut retried, &[key("k2", &missing)]).remove(0).expect("decided");
+        assert!(!decided.replayed);
+        // Pruning: keys older than the retention go; with a long retention none do.
+        assert_eq!(db.prune_idempotency(std::time::Duration::from_secs(3600), 100).expect("prune"), 0);
+        assert_eq!(db.prune_idempotency(std::time::Duration::ZERO, 100).expect("prune"), 2);
+        let mut after = vec![decision(rebrand("B"))];
+        let fresh = db.decide_all_keyed(&mut after, &[key("k1", &rebrand("B"))]).remove(0).expect("decided again");
+        assert!(!fresh.replayed, "a pruned key is new again");
+    }
 }

@@ -334,3 +334,47 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     assert_eq!(durables, expected);
     system.shutdown().await;
 }
+
+/// Any context's commands honour an `Idempotency-Key` header: a command sent again with its
+/// key is answered with the first one's event (`replayed`) and decided once; the same key with
+/// other parameters is refused; the reply carries the event's payload and a refusal's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_again_with_its_idempotency_key_is_decided_once() {
+    let env = TestEnv::start();
+    let system = env.system(&["stores"]).await;
+    let bus = system.bus.clone();
+    let send = |json: &'static str, key: &'static str| {
+        let bus = bus.clone();
+        async move {
+            let headers = vec![
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("Idempotency-Key".to_string(), key.to_string()),
+            ];
+            let body = bus.request("cmd.stores", &headers, json.as_bytes().to_vec(), Duration::from_secs(5)).await;
+            serde_json::from_slice::<CommandReply>(&body.expect("answered")).expect("a command reply")
+        }
+    };
+    let create = r#"{"command":"create_store","id":"s1","name":"Waldorf's Wares","location":"North wing"}"#;
+    // The same command, its fields in another order: still the same command.
+    let reordered = r#"{"location":"North wing","name":"Waldorf's Wares","id":"s1","command":"create_store"}"#;
+    let first = send(create, "order-1").await;
+    assert!(first.ok && !first.replayed, "{first:?}");
+    let event = first.event.clone().expect("the recorded event");
+    assert_eq!(event.data.as_ref().and_then(|d| d.get("name")).and_then(|n| n.as_str()), Some("Waldorf's Wares"));
+    let again = send(reordered, "order-1").await;
+    assert!(again.ok && again.replayed, "{again:?}");
+    assert_eq!(again.event.map(|e| e.event_id), Some(event.event_id));
+    // Without the key the same command is decided, and refused: the store exists.
+    let plain = command(&bus, "stores", create).await;
+    assert_eq!(plain.error.map(|e| e.code).as_deref(), Some("already_exists"));
+    // The key with other parameters.
+    let other = r#"{"command":"create_store","id":"s2","name":"Tiny Treasures","location":"South wing"}"#;
+    let reused = send(other, "order-1").await;
+    assert_eq!(reused.error.map(|e| e.code).as_deref(), Some("idempotency_key_reused"));
+    let db = &system.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db;
+    assert!(db.store("s2").expect("read").is_none(), "a refused key decides nothing");
+    // A bad key is a bad request.
+    let bad = send(create, " ").await;
+    assert_eq!(bad.error.map(|e| e.code).as_deref(), Some("bad_request"));
+    system.shutdown().await;
+}

@@ -263,8 +263,11 @@ async fn consumers_and_relays_resume_by_themselves_when_nats_server_is_killed_an
 async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
     let env = TestEnv::start();
     let mut config = env.config(&["stores", "baskets"]);
-    config.inbox_retention =
-        carrier_actors::cache::InboxRetention { horizon: Duration::ZERO, every: Duration::from_millis(100) };
+    config.inbox_retention = carrier_actors::cache::InboxRetention {
+        horizon: Duration::ZERO,
+        every: Duration::from_millis(100),
+        idempotency_keys: carrier_storage::idempotency::DEFAULT_RETENTION,
+    };
     let system = carrier_actors::CarrierSystem::start(config).await.expect("starts");
     let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
     create_shop(&stores).await;

@@ -79,6 +79,7 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
             correlation_id: Some(uuid::Uuid::now_v7().to_string()),
             causation_id: None,
             trace: Some(TraceContext::new_root()),
+            idempotency: None,
         };
         stores.execute(command, correlation).await.context("a demo command was refused")?;
     }
@@ -210,6 +211,7 @@ async fn order_story(
         correlation_id: Some(format!("order-{basket}")),
         causation_id: None,
         trace: Some(TraceContext::new_root()),
+        idempotency: None,
     };
     for command in script {
         carrier_mall::baskets::execute(&baskets, command, correlation.clone())
