@@ -145,8 +145,9 @@ impl CommandSpan {
     }
 }
 
-/// The reply for a command's outcome.
-pub(crate) fn command_reply<E: DomainEvent>(result: Result<Decided<E>, CommandError>) -> CommandReply {
+/// The reply a command's outcome gets on the wire (`cmd.<context>`): also what an HTTP front of
+/// a context (the central inventory's, say) maps to its own shapes, so both say the same.
+pub fn command_reply<E: DomainEvent>(result: Result<Decided<E>, CommandError>) -> CommandReply {
     match result {
         Ok(Decided { event: decoded, replayed }) => CommandReply {
             ok: true,
@@ -166,8 +167,13 @@ pub(crate) fn command_reply<E: DomainEvent>(result: Result<Decided<E>, CommandEr
         },
         Err(error) => {
             let mut reply = CommandReply::failed(error.code(), error.to_string());
-            if let (CommandError::Refused { details, .. }, Some(failure)) = (&error, reply.error.as_mut()) {
-                failure.details = (!details.is_null()).then(|| details.clone());
+            if let Some(failure) = reply.error.as_mut() {
+                failure.details = match &error {
+                    CommandError::Refused { details, .. } => (!details.is_null()).then(|| details.clone()),
+                    // The field a client must correct.
+                    CommandError::Invalid(e) => Some(serde_json::json!({ "field": e.field })),
+                    _ => None,
+                };
             }
             reply
         }

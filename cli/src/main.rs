@@ -1,11 +1,13 @@
-//! `carrier`: the MallBots mall's eight contexts on Carrier's command line, plus the mall's own
-//! `demo` (the order story, every cache checked) and `bench` (the cache path against the raw
-//! consume loop).
+//! `carrier`: the MallBots mall's eight contexts and seed 003's central inventory on Carrier's
+//! command line, plus the mall's own `demo` (the order story, every cache checked) and `bench`
+//! (the cache path against the raw consume loop), and `central` (the central inventory with its
+//! HTTP API).
 //!
 //! A binary of a user's own contexts is the same few lines with its own list (see
 //! `examples/inventory`).
 
 mod mall;
+mod storenodes;
 
 use std::process::ExitCode;
 
@@ -16,14 +18,22 @@ enum MallCommand {
     Demo(mall::demo::DemoArgs),
     /// Measure the cache path against a raw consume-and-ack loop over the same messages.
     Bench(mall::bench::BenchArgs),
+    /// Run seed 003's central inventory: its context (`cmd.central`, `query.central`, the stream
+    /// CENTRAL) and its HTTP API.
+    Central(storenodes::central::CentralArgs),
 }
 
 fn main() -> ExitCode {
-    carrier_cli::main_with(carrier_mall::contexts(), |command: MallCommand, app| {
+    // The mall's eight contexts and seed 003's central inventory (`carrier central` runs it with
+    // its HTTP API; `carrier run` runs it bare, on NATS).
+    let mut contexts = carrier_mall::contexts();
+    contexts.extend(carrier_storenodes::contexts());
+    carrier_cli::main_with(contexts, |command: MallCommand, _app| {
         Box::pin(async move {
             match command {
-                MallCommand::Demo(args) => mall::demo::main(args, app).await,
+                MallCommand::Demo(args) => mall::demo::main(args).await,
                 MallCommand::Bench(args) => mall::bench::main(args).await,
+                MallCommand::Central(args) => storenodes::central::main(args).await,
             }
         })
     })

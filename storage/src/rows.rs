@@ -135,6 +135,48 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         row.map(|bytes| decode_row(self.name, bytes.value())).transpose()
     }
 
+    /// How many rows, read in `txn`.
+    pub fn len(&self, txn: &ReadTransaction) -> Result<u64, StorageError> {
+        use redb::ReadableTableMetadata;
+        let Some(table) = self.read(txn)? else { return Ok(0) };
+        table.len().during("count rows")
+    }
+
+    /// Up to `limit` rows in id order, starting after the id `after` (from the first when
+    /// `None`): a page that stays right while rows are added and removed between pages, so a
+    /// walk of the whole table by pages misses no row that stayed throughout.
+    pub fn page(
+        &self,
+        txn: &ReadTransaction,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, StorageError> {
+        use std::ops::Bound;
+        let Some(table) = self.read(txn)? else { return Ok(Vec::new()) };
+        let start = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in table.range::<&str>((start, Bound::Unbounded)).during("read table")?.take(limit) {
+            let (k, v) = entry.during("read table")?;
+            out.push((k.value().to_string(), decode_row(self.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` rows in id order, skipping the first `offset` (an offset page: the cost of
+    /// skipping grows with `offset`; [`page`](Self::page) does not).
+    pub fn slice(&self, txn: &ReadTransaction, offset: usize, limit: usize) -> Result<Vec<(String, T)>, StorageError> {
+        let Some(table) = self.read(txn)? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for entry in table.iter().during("read table")?.skip(offset).take(limit) {
+            let (k, v) = entry.during("read table")?;
+            out.push((k.value().to_string(), decode_row(self.name, v.value())?));
+        }
+        Ok(out)
+    }
+
     /// Every row by id, read in `txn`.
     pub fn all(&self, txn: &ReadTransaction) -> Result<Vec<(String, T)>, StorageError> {
         let Some(table) = self.read(txn)? else { return Ok(Vec::new()) };

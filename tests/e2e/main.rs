@@ -1,5 +1,6 @@
 //! End-to-end tests: real nats-server, real redb files, real actors.
 
+mod central;
 mod cli;
 mod cluster;
 mod config;

@@ -7,7 +7,7 @@
 pub mod browser;
 pub mod process;
 
-pub use process::{http_get, http_json, http_post, CarrierProcess};
+pub use process::{http, http_get, http_json, http_post, http_post_oversized, CarrierProcess, HttpResponse};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -96,6 +96,16 @@ impl CarrierProcess {
         rest[..end].trim_end_matches('/').to_string()
     }
 
+    /// The first URL it printed after `label=` (e.g. `http=http://127.0.0.1:41234`).
+    pub fn url_after(&mut self, label: &str, limit: Duration) -> String {
+        let needle = format!("{label}=http://");
+        let out = self.wait_for_output(&needle, limit);
+        let start = out.find(&needle).expect("found above") + label.len() + 1;
+        let rest = &out[start..];
+        let end = rest.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(rest.len());
+        rest[..end].trim_end_matches('/').to_string()
+    }
+
     /// Its process id.
     pub fn id(&self) -> u32 {
         self.child.id()
@@ -169,4 +179,75 @@ pub fn http_post(url: &str, bearer: Option<&str>, body: &serde_json::Value) -> (
     let mut response = request.send(body.to_string()).unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// A response: status, headers (names lower-case) and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower-case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Sends `method url` with `headers` and a `body` (sent as JSON when given): any status is an
+/// answer, not an error.
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpResponse {
+    let request = ureq::http::Request::builder().method(method).uri(url);
+    let request = headers.iter().fold(request, |r, (k, v)| r.header(*k, *v));
+    let request = match body {
+        Some(_) => request.header("Content-Type", "application/json"),
+        None => request,
+    };
+    let request = request.body(body.unwrap_or_default().to_string()).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let mut response = agent().run(request).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    HttpResponse { status, headers, body: response.body_mut().read_to_string().unwrap_or_default() }
+}
+
+/// POSTs a `body` too large for the server to read: the server may answer and close before the
+/// body is sent, which HTTP clients report as a broken pipe, so this writes what it can and then
+/// reads the answer. Returns the status line's code and the body.
+pub fn http_post_oversized(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("{url}: http only"));
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(authority).unwrap_or_else(|e| panic!("connect {authority}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("write to {url}: {e}"));
+    // The server may close its side after answering: a failed write is expected.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }

@@ -35,7 +35,7 @@ pub struct DemoArgs {
     otlp: carrier_cli::otel::OtlpArgs,
 }
 
-pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<ExitCode> {
+pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("warn,carrier::flow=info", true);
     args.dashboard.check()?;
     let temp = tempfile_dir()?;
@@ -47,7 +47,7 @@ pub async fn main(args: DemoArgs, app: &carrier_cli::App) -> anyhow::Result<Exit
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
     let exporter = carrier_cli::otel::start(&args.otlp).await?;
-    let system = CarrierSystem::start(SystemConfig::new(nats.options.clone(), &data_dir, app.contexts.clone()))
+    let system = CarrierSystem::start(SystemConfig::new(nats.options.clone(), &data_dir, carrier_mall::contexts()))
         .await
         .context("carrier did not start")?;
     let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;

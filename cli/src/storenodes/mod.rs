@@ -1,0 +1,5 @@
+//! Seed 003's store nodes on the `carrier` binary: `carrier central` runs the central inventory
+//! (its context and its HTTP API). The contexts and the HTTP APIs live in `carrier-storenodes`,
+//! built on Carrier's public API; this is only their process: flags, environment, start and stop.
+
+pub mod central;

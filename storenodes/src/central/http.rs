@@ -1,0 +1,510 @@
+//! The central inventory's HTTP API, seed 003's shapes (camelCase JSON, prices as decimal
+//! numbers): products, stock updates one at a time or in batches with a result per item, and
+//! `/health`. Every command goes through the same path as `cmd.central` (the context's handle,
+//! group commit, idempotency keys), and its outcome is mapped from the same [`CommandReply`].
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use carrier_actors::commands::command_reply;
+use carrier_actors::ContextHandle;
+use carrier_messages::request::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
+use carrier_messages::Causality;
+use carrier_storage::CommandError;
+
+use super::{Central, CentralCommand, ProductView, PRODUCTS};
+use crate::http::{cents, price, require_api_key, ApiError, ApiKeys, JsonBody, Paging};
+
+/// Most items in one batch update.
+pub const MAX_BATCH: usize = 1000;
+
+/// A product as the HTTP API shows it (seed 003's shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductJson {
+    /// Its id.
+    pub product_id: String,
+    /// Its name.
+    pub name: String,
+    /// Units in stock.
+    pub available: i64,
+    /// The version of its last change.
+    pub version: u64,
+    /// When it last changed, RFC 3339.
+    pub last_updated: String,
+    /// Its price in currency units (`99.99`).
+    pub price: f64,
+}
+
+impl From<ProductView> for ProductJson {
+    fn from(p: ProductView) -> Self {
+        ProductJson {
+            product_id: p.product_id,
+            name: p.name,
+            available: p.available,
+            version: p.version,
+            last_updated: p.last_updated,
+            price: price(p.price),
+        }
+    }
+}
+
+/// One stock update (`POST /v1/inventory/updates`, or an item of a batch).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// The store asking (a store node's requests carry it).
+    #[serde(default)]
+    pub store_id: Option<String>,
+    /// The product.
+    pub product_id: String,
+    /// The change; not 0.
+    pub delta: i64,
+    /// The version the caller expects the product to be at.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Makes a retry safe: a second send with the key is answered with the first's result.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A batch of updates (`POST /v1/inventory/batch-updates`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The store asking.
+    #[serde(default)]
+    pub store_id: Option<String>,
+    /// The updates, each decided on its own.
+    pub updates: Vec<BatchItem>,
+}
+
+/// An item of a batch.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchItem {
+    /// The product.
+    pub product_id: String,
+    /// The change; not 0.
+    pub delta: i64,
+    /// The version the caller expects.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// The item's own idempotency key.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The result of one update (seed 003's shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateResult {
+    /// The product.
+    pub product_id: String,
+    /// Units in stock after it (or now, when it was refused for a version or stock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_quantity: Option<i64>,
+    /// The product's version after it (or now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<u64>,
+    /// Whether it was carried out.
+    pub applied: bool,
+    /// When, for an applied update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
+    /// Why not: `version_conflict`, `insufficient_stock`, `product_not_found`, `invalid`,
+    /// `idempotency_key_reused`, `idempotency_key_in_flight`, `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// Why not, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// A note (a store node says when its cache has not caught up with an applied update yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl UpdateResult {
+    /// The result a command's reply says, and whether it was a replay.
+    pub fn from_reply(product_id: &str, reply: &CommandReply) -> (UpdateResult, bool) {
+        let mut result = UpdateResult {
+            product_id: product_id.to_string(),
+            new_quantity: None,
+            new_version: None,
+            applied: reply.ok,
+            last_updated: None,
+            error_type: None,
+            error_message: None,
+            note: None,
+        };
+        if let Some(event) = &reply.event {
+            let data = event.data.as_ref();
+            result.new_quantity = data.and_then(|d| d.get("available")).and_then(|v| v.as_i64());
+            result.new_version = Some(event.aggregate_version);
+            result.last_updated = data.and_then(|d| d.get("last_updated")).and_then(|v| v.as_str()).map(String::from);
+        }
+        if let Some(error) = &reply.error {
+            let details = error.details.as_ref();
+            result.new_quantity = details.and_then(|d| d.get("available")).and_then(|v| v.as_i64());
+            result.new_version = details.and_then(|d| d.get("current_version")).and_then(|v| v.as_u64());
+            result.error_type =
+                Some(if error.code == "not_found" { "product_not_found".to_string() } else { error.code.clone() });
+            result.error_message = Some(error.message.clone());
+        }
+        (result, reply.replayed)
+    }
+
+    /// The HTTP status a single update answers with.
+    pub fn status(&self) -> StatusCode {
+        match self.error_type.as_deref() {
+            None => StatusCode::OK,
+            Some("version_conflict" | "idempotency_key_in_flight") => StatusCode::CONFLICT,
+            Some("product_not_found") => StatusCode::NOT_FOUND,
+            Some("insufficient_stock" | "idempotency_key_reused") => StatusCode::UNPROCESSABLE_ENTITY,
+            Some("unavailable") => StatusCode::SERVICE_UNAVAILABLE,
+            Some(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The batch's answer (seed 003's shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResult {
+    /// The store that asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<String>,
+    /// Items.
+    pub total_count: usize,
+    /// Items applied.
+    pub success_count: usize,
+    /// Items refused.
+    pub failure_count: usize,
+    /// One per item, in order.
+    pub results: Vec<UpdateResult>,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct CentralApi {
+    /// The running central context.
+    pub handle: ContextHandle<Central>,
+}
+
+/// The API: `/health` open, everything under `/v1` behind `X-API-Key`.
+pub fn router(api: CentralApi, keys: ApiKeys) -> Router {
+    let v1 = Router::new()
+        .route("/v1/inventory", get(list).post(create))
+        .route("/v1/inventory/updates", post(update))
+        .route("/v1/inventory/batch-updates", post(batch_update))
+        .route("/v1/inventory/{product_id}", get(product).patch(modify).delete(delete))
+        .layer(axum::middleware::from_fn(move |headers, request, next| {
+            require_api_key(keys.clone(), headers, request, next)
+        }))
+        .with_state(api.clone());
+    Router::new()
+        .route("/health", get(health))
+        .with_state(api)
+        .merge(v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY_BYTES))
+}
+
+async fn health(State(api): State<CentralApi>) -> Response {
+    let count = api.handle.db.read(|txn| PRODUCTS.len(txn)).unwrap_or(0);
+    crate::http::health(serde_json::json!({ "service": "central-inventory", "products": count }))
+}
+
+/// Runs a command on the central's writer and answers with its wire reply.
+async fn execute(api: &CentralApi, command: CentralCommand, key: Option<IdempotencyKey>) -> CommandReply {
+    let causality = Causality { idempotency: key, ..Causality::default() };
+    let result = api.handle.execute_once(command, causality).await.map_err(CommandError::from);
+    command_reply(result)
+}
+
+/// The idempotency key of a request: the body's, else the header's.
+fn key_of(
+    body: Option<&str>,
+    headers: &HeaderMap,
+    command: &CentralCommand,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let header = headers.get(IDEMPOTENCY_KEY_HEADER).and_then(|v| v.to_str().ok());
+    match body.or(header) {
+        None => Ok(None),
+        Some(key) => IdempotencyKey::for_command(key, command)
+            .map(Some)
+            .map_err(|e| ApiError::bad_field("idempotencyKey", e.problem)),
+    }
+}
+
+/// A refusal that is not a per-item result, as an HTTP error.
+fn refusal(reply: &CommandReply) -> ApiError {
+    let (code, message, details) = match &reply.error {
+        Some(e) => (e.code.as_str(), e.message.clone(), e.details.clone()),
+        None => ("unavailable", "no answer".to_string(), None),
+    };
+    let (status, code) = match code {
+        "not_found" => (StatusCode::NOT_FOUND, "product_not_found"),
+        "already_exists" => (StatusCode::CONFLICT, "product_exists"),
+        "version_conflict" => (StatusCode::CONFLICT, "version_conflict"),
+        "idempotency_key_in_flight" => (StatusCode::CONFLICT, "idempotency_key_in_flight"),
+        "idempotency_key_reused" => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+        "invalid" | "bad_request" => (StatusCode::BAD_REQUEST, "invalid"),
+        "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+    };
+    let mut error = ApiError::new(status, code, message);
+    error.details = details.map(crate::http::camel_case_keys);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        error = error.with_header("retry-after", "1");
+    }
+    error
+}
+
+/// The product a command's reply left, read back from the file (its event carries only what
+/// changed for some commands).
+fn product_after(api: &CentralApi, product_id: &str) -> Option<ProductJson> {
+    let row = api.handle.db.read(|txn| PRODUCTS.get(txn, product_id)).ok().flatten()?;
+    Some(ProductView::of(product_id.to_string(), row).into())
+}
+
+fn replayed_header(mut response: Response, replayed: bool) -> Response {
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    response
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateRequest {
+    product_id: String,
+    name: String,
+    price: f64,
+    available: i64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+async fn create(
+    State(api): State<CentralApi>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateRequest>,
+) -> Response {
+    let price = match cents("price", body.price) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let command = CentralCommand::CreateProduct {
+        product_id: body.product_id.clone(),
+        name: body.name,
+        price,
+        available: body.available,
+    };
+    let key = match key_of(body.idempotency_key.as_deref(), &headers, &command) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let reply = execute(&api, command, key).await;
+    if !reply.ok {
+        return refusal(&reply).into_response();
+    }
+    match product_after(&api, &body.product_id) {
+        Some(product) => replayed_header((StatusCode::CREATED, axum::Json(product)).into_response(), reply.replayed),
+        None => ApiError::new(StatusCode::CONFLICT, "product_changed", "created, then changed before it could be read")
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    offset: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list(State(api): State<CentralApi>, Query(params): Query<ListParams>) -> Response {
+    let paging = match Paging::parse(params.offset.as_deref(), params.limit.as_deref(), 50, super::MAX_PAGE) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let read = api.handle.db.read(|txn| Ok((PRODUCTS.slice(txn, paging.offset, paging.limit)?, PRODUCTS.len(txn)?)));
+    match read {
+        Ok((rows, total)) => {
+            let products: Vec<ProductJson> = rows.into_iter().map(|(id, p)| ProductView::of(id, p).into()).collect();
+            let has_more = (paging.offset + products.len()) < total as usize;
+            axum::Json(serde_json::json!({
+                "products": products,
+                "pagination": { "offset": paging.offset, "limit": paging.limit, "total": total, "hasMore": has_more },
+            }))
+            .into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).into_response(),
+    }
+}
+
+async fn product(State(api): State<CentralApi>, Path(product_id): Path<String>) -> Response {
+    match api.handle.db.read(|txn| PRODUCTS.get(txn, &product_id)) {
+        Ok(Some(row)) => {
+            let version = row.version;
+            let mut response = axum::Json(ProductJson::from(ProductView::of(product_id, row))).into_response();
+            if let Ok(etag) = axum::http::HeaderValue::from_str(&format!("\"{version}\"")) {
+                response.headers_mut().insert(axum::http::header::ETAG, etag);
+            }
+            response
+        }
+        Ok(None) => ApiError::new(StatusCode::NOT_FOUND, "product_not_found", "no such product")
+            .with_details(serde_json::json!({ "productId": product_id }))
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ModifyRequest {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    price: Option<f64>,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// The version an `If-Match` header names (`"7"` or `7`), when it names one.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default().trim().trim_start_matches("W/").trim_matches('"');
+    text.parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_field("If-Match", format!("must name a version, like \"7\"; got {text:?}")))
+}
+
+async fn modify(
+    State(api): State<CentralApi>,
+    Path(product_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ModifyRequest>,
+) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let price = body.price.map(|p| cents("price", p)).transpose()?;
+        let version = body.version.or(if_match(&headers)?);
+        let command = CentralCommand::ModifyProduct { product_id: product_id.clone(), name: body.name, price, version };
+        let key = key_of(None, &headers, &command)?;
+        let reply = execute(&api, command, key).await;
+        if !reply.ok {
+            return Err(precondition(refusal(&reply), &headers));
+        }
+        let product = product_after(&api, &product_id).ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, "product_changed", "changed again before it could be read")
+        })?;
+        Ok(replayed_header(axum::Json(product).into_response(), reply.replayed))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A version conflict on a request that named its version in `If-Match` is a failed
+/// precondition (412), as HTTP clients expect.
+fn precondition(error: ApiError, headers: &HeaderMap) -> ApiError {
+    if error.code == "version_conflict" && headers.contains_key(axum::http::header::IF_MATCH) {
+        return ApiError { status: StatusCode::PRECONDITION_FAILED, ..error };
+    }
+    error
+}
+
+async fn delete(State(api): State<CentralApi>, Path(product_id): Path<String>, headers: HeaderMap) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let command = CentralCommand::DeleteProduct { product_id: product_id.clone(), version: if_match(&headers)? };
+        let key = key_of(None, &headers, &command)?;
+        let reply = execute(&api, command, key).await;
+        if !reply.ok {
+            return Err(precondition(refusal(&reply), &headers));
+        }
+        let version = reply.event.as_ref().map(|e| e.aggregate_version);
+        let body = serde_json::json!({ "productId": product_id, "deleted": true, "version": version });
+        Ok(replayed_header(axum::Json(body).into_response(), reply.replayed))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Decides one stock update; the result and whether it was a replay.
+async fn update_one(
+    api: &CentralApi,
+    headers: &HeaderMap,
+    product_id: String,
+    delta: i64,
+    version: Option<u64>,
+    key: Option<&str>,
+) -> (UpdateResult, bool) {
+    let command = CentralCommand::UpdateInventory { product_id: product_id.clone(), delta, version };
+    let key = match key_of(key, headers, &command) {
+        Ok(key) => key,
+        Err(e) => {
+            let reply = CommandReply::failed("invalid", e.message);
+            return UpdateResult::from_reply(&product_id, &reply);
+        }
+    };
+    UpdateResult::from_reply(&product_id, &execute(api, command, key).await)
+}
+
+async fn update(
+    State(api): State<CentralApi>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateRequest>,
+) -> Response {
+    let version = match if_match(&headers) {
+        Ok(v) => body.version.or(v),
+        Err(e) => return e.into_response(),
+    };
+    let (result, replayed) =
+        update_one(&api, &headers, body.product_id, body.delta, version, body.idempotency_key.as_deref()).await;
+    let status = match result.status() {
+        StatusCode::CONFLICT
+            if result.error_type.as_deref() == Some("version_conflict") && headers.contains_key("if-match") =>
+        {
+            StatusCode::PRECONDITION_FAILED
+        }
+        status => status,
+    };
+    replayed_header((status, axum::Json(result)).into_response(), replayed)
+}
+
+async fn batch_update(State(api): State<CentralApi>, JsonBody(body): JsonBody<BatchRequest>) -> Response {
+    if body.updates.is_empty() || body.updates.len() > MAX_BATCH {
+        let problem = format!("must hold 1 to {MAX_BATCH} updates, got {}", body.updates.len());
+        return ApiError::bad_field("updates", problem).into_response();
+    }
+    // The items are queued in order on the first poll (join_all polls each in turn), so they
+    // share the writer's group commit and each sees the ones before it; each is decided on its
+    // own, so a refused item leaves the others.
+    let no_headers = HeaderMap::new();
+    let results = futures::future::join_all(body.updates.into_iter().map(|item| {
+        let (api, no_headers) = (&api, &no_headers);
+        async move {
+            let key = item.idempotency_key.as_deref();
+            update_one(api, no_headers, item.product_id, item.delta, item.version, key).await.0
+        }
+    }))
+    .await;
+    let success_count = results.iter().filter(|r| r.applied).count();
+    let body = BatchResult {
+        store_id: body.store_id,
+        total_count: results.len(),
+        success_count,
+        failure_count: results.len() - success_count,
+        results,
+    };
+    axum::Json(body).into_response()
+}

@@ -1,0 +1,16 @@
+//! Seed 003's store nodes, built on Carrier's public API as a user would build them:
+//!
+//! - [`central`]: the central inventory, the owner of products and stock. Its commands decide
+//!   in one redb transaction with their outbox row and idempotency key; its events go to the
+//!   stream `CENTRAL`; [`central::http`] is its HTTP API (`carrier central`).
+//! - [`http`]: what the HTTP APIs share (JSON errors naming the field, API keys compared in
+//!   constant time, prices as decimal numbers kept in cents).
+
+pub mod central;
+pub mod http;
+
+/// The contexts of seed 003 a binary declares beside its own, so that its operator tools
+/// (`carrier command central ...`, `inspect`, `dlq`, `asyncapi`) know them.
+pub fn contexts() -> Vec<carrier_actors::BoundedContext> {
+    vec![central::context()]
+}
