@@ -344,6 +344,9 @@ impl Bus {
         let consumer_error =
             |reason: String| BusError::Consumer { stream: spec.stream.clone(), durable: spec.durable.clone(), reason };
         let stream = self.js.get_stream(&spec.stream).await.map_err(|e| consumer_error(e.to_string()))?;
+        // Below the first retained sequence nothing can be delivered any more.
+        let first = stream.cached_info().state.first_sequence;
+        let trimmed = (first > checkpoint + 1).then_some((checkpoint + 1, first));
         let reusable = match stream.consumer_info(&spec.durable).await {
             Ok(info) => {
                 // The ack floor trails the checkpoint only when an ack was lost after a commit,
@@ -405,6 +408,7 @@ impl Bus {
             overflow: std::collections::VecDeque::new(),
             batch_max: spec.batch_max.max(1),
             linger: spec.linger,
+            trimmed,
         })
     }
 
@@ -448,6 +452,7 @@ impl Bus {
             overflow: std::collections::VecDeque::new(),
             batch_max: batch_max.max(1),
             linger: Duration::from_millis(2),
+            trimmed: None,
         })
     }
 
@@ -1099,6 +1104,10 @@ pub struct DurableConsumer {
     overflow: std::collections::VecDeque<PullItem>,
     batch_max: usize,
     linger: Duration,
+    /// Events the stream no longer held when this consumer was made: (first sequence asked
+    /// for, first sequence retained). JetStream says nothing of it: asked to start below its
+    /// first retained sequence, a consumer silently starts at the first one.
+    trimmed: Option<(u64, u64)>,
 }
 
 type PullItem = Result<jetstream::Message, pull::MessagesError>;
@@ -1107,6 +1116,13 @@ impl DurableConsumer {
     /// The durable name.
     pub fn name(&self) -> &str {
         &self.durable
+    }
+
+    /// The events the stream had dropped (by its limits or a purge) before this consumer could
+    /// read them: the first sequence it was asked to start at and the first the stream still
+    /// holds. `None` when nothing was missing.
+    pub fn trimmed(&self) -> Option<(u64, u64)> {
+        self.trimmed
     }
 
     /// The next batch of whatever has arrived, waiting at most `max_wait` for the first message.

@@ -199,6 +199,15 @@ pub enum WriterMsg<K> {
     ReleaseBatches,
 }
 
+/// The kinds of entity `E`'s events are about, each once.
+fn aggregates_of<E: DomainEvent>() -> Vec<&'static str> {
+    let mut aggregates: Vec<&'static str> =
+        E::catalog(&mut carrier_messages::asyncapi::SchemaGenerator::default()).iter().map(|e| e.aggregate).collect();
+    aggregates.sort();
+    aggregates.dedup();
+    aggregates
+}
+
 /// Finds an entity's state at its owner and returns the write that adopts it; `Ok(None)` when no
 /// owner can be asked about that kind of entity or the owner does not know it.
 pub type GapResolver<K> = Arc<
@@ -656,6 +665,10 @@ pub struct ContextHandle<K: ContextKind> {
     decisions: Arc<DecisionQueue<K>>,
     /// Set while this instance may not hold the context's lease: commands are refused.
     pub(crate) fence: Arc<crate::fence::Fence>,
+    /// The owners it resyncs from (see [`crate::resync`]).
+    pub(crate) resync_sources: Vec<crate::resync::ResyncSource<K>>,
+    /// Its full syncs' status.
+    pub(crate) resync: Arc<crate::resync::ResyncState>,
 }
 
 impl<K: ContextKind> Clone for ContextHandle<K> {
@@ -672,6 +685,8 @@ impl<K: ContextKind> Clone for ContextHandle<K> {
             writer: self.writer.clone(),
             decisions: self.decisions.clone(),
             fence: self.fence.clone(),
+            resync_sources: self.resync_sources.clone(),
+            resync: self.resync.clone(),
         }
     }
 }
@@ -907,6 +922,8 @@ impl<K: ContextKind> ContextBuilder<K> {
             writer: ActorSlot::default(),
             decisions: Arc::default(),
             fence: Arc::default(),
+            resync_sources: Vec::new(),
+            resync: Arc::default(),
         };
         ContextBuilder {
             context: K::NAME,
@@ -1015,8 +1032,33 @@ impl<K: ContextKind> ContextBuilder<K> {
                         None => shared.as_deref().map_or(Ok(0), |name| db.checkpoint(name)),
                         Some(seq) => Ok(seq),
                     });
+                // A context that resyncs from its owners does so when the stream no longer holds
+                // its position, retrying until one sync succeeds; another only reports it.
+                let on_position_lost = (!handle.resync_sources.is_empty()).then(|| {
+                    let handle = handle.clone();
+                    Arc::new(move |lost: crate::consumer::PositionLost| {
+                        let handle = handle.clone();
+                        tokio::spawn(async move {
+                            let reason = format!(
+                                "position lost: asked for {} but {source} retains from {}",
+                                lost.requested, lost.first_retained
+                            );
+                            let mut wait = Duration::from_secs(1);
+                            loop {
+                                match handle.resync(&reason).await {
+                                    Ok(_) | Err(crate::resync::ResyncError::InProgress) => break,
+                                    Err(_) => {
+                                        tokio::time::sleep(wait).await;
+                                        wait = (wait * 2).min(Duration::from_secs(30));
+                                    }
+                                }
+                            }
+                        });
+                    }) as crate::consumer::PositionLostHook
+                });
                 let target = apply_target::<K, E>(writer, context, prefetch, handle);
                 let args = ConsumerArgs {
+                    on_position_lost,
                     bus,
                     context,
                     spec,
@@ -1092,6 +1134,17 @@ impl<K: ContextKind> ContextBuilder<K> {
         self
     }
 
+    /// Resyncs the entities of `E`'s owner from its snapshot endpoint (see [`crate::resync`]).
+    pub(crate) fn resync_source<E: DomainEvent>(&mut self) -> &mut Self
+    where
+        K: carrier_storage::Resyncs<E>,
+    {
+        let aggregates = aggregates_of::<E>();
+        let source = crate::resync::source::<K, E>(self.bus.clone(), self.durable(E::CONTEXT), aggregates);
+        self.handle.resync_sources.push(source);
+        self
+    }
+
     /// Repairs version gaps of the entities of `E`'s owner through the owner's entity endpoint
     /// (`query.<owner>.entity`), adopting what the owner reports with `K`'s [`Adopts`].
     pub(crate) fn entity_fallback<E: DomainEvent>(&mut self) -> &mut Self
@@ -1100,13 +1153,7 @@ impl<K: ContextKind> ContextBuilder<K> {
     {
         let fallback = Arc::new(Fallback::new(E::CONTEXT, self.bus.clone(), self.settings.fallback));
         self.handle.entity_fallbacks.push(fallback.clone());
-        let mut aggregates: Vec<&'static str> = E::catalog(&mut carrier_messages::asyncapi::SchemaGenerator::default())
-            .iter()
-            .map(|e| e.aggregate)
-            .collect();
-        aggregates.sort();
-        aggregates.dedup();
-        for aggregate in aggregates {
+        for aggregate in aggregates_of::<E>() {
             let fallback = fallback.clone();
             let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
                 let fallback = fallback.clone();

@@ -176,7 +176,28 @@ pub struct ConsumerStats {
     /// Woken (every waiter) each time `acked_stream_seq` moves, so that a reader can wait for
     /// a position without polling: create the `notified()` future, enable it, then read.
     pub acked: tokio::sync::Notify,
+    /// How often the stream no longer held this consumer's position when it was (re)made.
+    pub positions_lost: AtomicU64,
+    /// The last time it did: the first sequence asked for and the first the stream retained.
+    pub position_lost: std::sync::Mutex<Option<PositionLost>>,
 }
+
+/// The stream had dropped events (by its limits or a purge) before a consumer read them:
+/// JetStream then starts it at its first retained sequence without a word, so Carrier compares
+/// the two itself whenever it makes a consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PositionLost {
+    /// The first sequence the consumer was asked to start at (its checkpoint + 1).
+    pub requested: u64,
+    /// The first sequence the stream still held.
+    pub first_retained: u64,
+    /// When it was found, Unix ms.
+    pub at_unix_ms: u64,
+}
+
+/// What a context does when a consumer's position is no longer in its stream (a full sync from
+/// the owner's snapshot, for a context that [resyncs](crate::context::ContextDecl::resyncs)).
+pub type PositionLostHook = Arc<dyn Fn(PositionLost) + Send + Sync>;
 
 impl ConsumerStats {
     fn record(&self, outcome: &BatchOutcome) {
@@ -221,6 +242,8 @@ pub struct ConsumerArgs<E> {
     pub poison_threshold: u32,
     /// Outlives restarts: an operator's pause and pending seek or skip.
     pub control: Arc<crate::offsets::ConsumerControl>,
+    /// Called when the stream no longer holds the consumer's position.
+    pub on_position_lost: Option<PositionLostHook>,
 }
 
 /// Reads the last committed stream sequence for a durable name from the cache's database.
@@ -257,6 +280,7 @@ pub struct ConsumerState<E> {
     consumer: Option<DurableConsumer>,
     checkpoint: CheckpointReader,
     control: Arc<crate::offsets::ConsumerControl>,
+    on_position_lost: Option<PositionLostHook>,
     target: BatchTarget<E>,
     stats: Arc<ConsumerStats>,
     faults: Arc<Faults>,
@@ -287,7 +311,9 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             None
         } else {
             let checkpoint = read_checkpoint(&args.checkpoint, &args.spec.durable).await?;
-            Some(args.bus.durable(&args.spec, checkpoint).await?)
+            let consumer = args.bus.durable(&args.spec, checkpoint).await?;
+            noticed_position(&args.spec.durable, &consumer, &args.stats, &args.on_position_lost);
+            Some(consumer)
         };
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(ConsumerState {
@@ -297,6 +323,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             consumer,
             checkpoint: args.checkpoint,
             control: args.control,
+            on_position_lost: args.on_position_lost,
             target: args.target,
             stats: args.stats,
             faults: args.faults,
@@ -338,7 +365,9 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     tracing::warn!(consumer = %state.spec.durable, "paused (by an operator, or its context is fenced)");
                 } else if !paused && state.consumer.is_none() {
                     let checkpoint = read_checkpoint(&state.checkpoint, &state.spec.durable).await?;
-                    state.consumer = Some(state.bus.durable(&state.spec, checkpoint).await?);
+                    let consumer = state.bus.durable(&state.spec, checkpoint).await?;
+                    noticed_position(&state.spec.durable, &consumer, &state.stats, &state.on_position_lost);
+                    state.consumer = Some(consumer);
                     state.control.set_released(false);
                     tracing::warn!(consumer = %state.spec.durable, from = checkpoint + 1, "resumed");
                 }
@@ -436,6 +465,33 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         }
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(())
+    }
+}
+
+/// Records, logs and reports a consumer made where its stream no longer holds its position.
+fn noticed_position(
+    durable: &str,
+    consumer: &DurableConsumer,
+    stats: &ConsumerStats,
+    hook: &Option<PositionLostHook>,
+) {
+    let Some((requested, first_retained)) = consumer.trimmed() else { return };
+    let at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let lost = PositionLost { requested, first_retained, at_unix_ms };
+    stats.positions_lost.fetch_add(1, Ordering::Relaxed);
+    *stats.position_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(lost);
+    match hook {
+        Some(hook) => {
+            tracing::warn!(consumer = %durable, requested, first_retained,
+                "the stream no longer holds this consumer's position: a full sync from the owner follows");
+            hook(lost);
+        }
+        None => tracing::error!(consumer = %durable, requested, first_retained,
+            "the stream no longer holds this consumer's position: events {requested}..{} were dropped before this \
+             cache applied them; rebuild it or declare it resyncs from its owner", first_retained - 1),
     }
 }
 

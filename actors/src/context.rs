@@ -32,11 +32,11 @@ use serde::de::DeserializeOwned;
 
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
 use carrier_messages::codec::Causality;
-use carrier_messages::request::{entity_subject, query_subject, Entity, EntityQuery};
+use carrier_messages::request::{entity_subject, query_subject, snapshot_subject, Entity, EntityQuery, SnapshotEntity};
 use carrier_messages::{DomainEvent, Found, QueryReply};
 use carrier_storage::{
     Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decided, Decides, FileWriter, Reacts,
-    StorageError,
+    Resyncs, StorageError,
 };
 
 use crate::bus::{Bus, BusError};
@@ -332,6 +332,70 @@ impl<K: ContextKind> ContextDecl<K> {
                 answer.clone(),
             );
             b.serve(spec);
+        }));
+        self
+    }
+
+    /// Answers the owner's snapshot endpoint, `query.<context>.snapshot`: its entities of one
+    /// kind in pages by id, which every cache that [`resyncs`](Self::resyncs) from this context
+    /// walks for a full sync. `answer(db, aggregate, after, limit)` reads up to `limit` entities
+    /// of kind `aggregate` with ids after `after` (from the first when `None`), in id order, each
+    /// with its version and state, and how many there are in all; `limit` is 1 to
+    /// [`MAX_SNAPSHOT_PAGE`](carrier_messages::request::MAX_SNAPSHOT_PAGE).
+    pub fn snapshots(
+        mut self,
+        answer: impl Fn(
+                &ContextFile<K>,
+                &str,
+                Option<&str>,
+                usize,
+            ) -> Result<(Vec<SnapshotEntity<serde_json::Value>>, u64), StorageError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        use carrier_messages::request::{SnapshotPage, SnapshotQuery, MAX_SNAPSHOT_PAGE};
+        self.endpoints.push(EndpointDoc::snapshot::<SnapshotQuery, SnapshotPage<serde_json::Value>>(K::NAME));
+        let answer = Arc::new(move |db: &ContextFile<K>, q: SnapshotQuery| -> SnapshotPage<serde_json::Value> {
+            if q.limit == 0 || q.limit > MAX_SNAPSHOT_PAGE {
+                let problem = format!("limit must be 1 to {MAX_SNAPSHOT_PAGE}, got {}", q.limit);
+                return QueryReply::failed("bad_request", problem);
+            }
+            match answer(db, &q.aggregate, q.after.as_deref(), q.limit) {
+                Ok((entities, total)) => {
+                    let next = (entities.len() == q.limit).then(|| entities.last().map(|e| e.id.clone())).flatten();
+                    SnapshotPage { ok: true, entities, total, next, error: None }
+                }
+                Err(e) => QueryReply::failed("unavailable", e.to_string()),
+            }
+        });
+        self.servers.push(Box::new(move |b| {
+            let spec = crate::serve::queries(
+                "snapshots",
+                snapshot_subject(K::NAME),
+                K::NAME,
+                b.bus(),
+                b.handle().db.clone(),
+                answer.clone(),
+            );
+            b.serve(spec);
+        }));
+        self
+    }
+
+    /// Replaces its cache of `E`'s owner's entities wholesale with the owner's snapshot
+    /// (`query.<owner>.snapshot`, see [`snapshots`](Self::snapshots)) when the stream no longer
+    /// holds its consumer's position, and whenever [`ContextHandle::resync`] is called (a store
+    /// node's first start, a forced sync): a full sync, in one transaction, with nothing lost or
+    /// applied twice between the snapshot and the stream (see [`crate::resync`]). Declare it
+    /// with [`caches`](Self::caches) for the same `E`.
+    pub fn resyncs<E: DomainEvent>(mut self) -> Self
+    where
+        K: Resyncs<E>,
+    {
+        // Set up before the consumers, which call on it when their position is lost.
+        self.fallbacks.push(Box::new(|b| {
+            b.resync_source::<E>();
         }));
         self
     }

@@ -14,7 +14,7 @@
 //!   only module that touches `async-nats`; `relay`: the outbox relay.
 //! - [`commands`], [`responder`]: commands and queries over request/reply.
 //! - [`fallback`]: asking an owner for what a cache lacks, with timeout, breaker and negative
-//!   cache.
+//!   cache; [`resync`]: replacing a cache wholesale with its owner's snapshot (a full sync).
 //! - [`supervisor`]: the restarting [`Supervisor`](supervisor::Supervisor) and the shared
 //!   [`SupervisionTree`](supervisor::SupervisionTree).
 //! - [`observe`], [`metrics`], [`telemetry`]: what operators see; [`rebuild`]: rebuild progress.
@@ -42,6 +42,7 @@ pub mod offsets;
 pub mod rebuild;
 mod relay;
 pub mod responder;
+pub mod resync;
 mod serve;
 pub mod supervisor;
 pub mod system;

@@ -21,6 +21,9 @@ enum MallCommand {
     /// Run seed 003's central inventory: its context (`cmd.central`, `query.central`, the stream
     /// CENTRAL) and its HTTP API.
     Central(storenodes::central::CentralArgs),
+    /// Run one of seed 003's store nodes: a local cache of the central inventory, fed by its
+    /// stream, with its HTTP API (reads from the cache, writes proxied to the central).
+    StoreNode(storenodes::store_node::StoreNodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
                 MallCommand::Demo(args) => mall::demo::main(args).await,
                 MallCommand::Bench(args) => mall::bench::main(args).await,
                 MallCommand::Central(args) => storenodes::central::main(args).await,
+                MallCommand::StoreNode(args) => storenodes::store_node::main(args).await,
             }
         })
     })

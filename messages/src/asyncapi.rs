@@ -51,8 +51,8 @@ impl StreamDoc {
 pub struct EndpointDoc {
     /// The context that answers.
     pub context: &'static str,
-    /// `cmd` (on `cmd.<context>`), `query` (on `query.<context>`) or `entity` (on
-    /// `query.<context>.entity`).
+    /// `cmd` (on `cmd.<context>`), `query` (on `query.<context>`), `entity` (on
+    /// `query.<context>.entity`) or `snapshot` (on `query.<context>.snapshot`).
     pub kind: &'static str,
     request: fn(&mut SchemaGenerator) -> Schema,
     request_name: fn() -> String,
@@ -70,6 +70,12 @@ impl EndpointDoc {
     /// [`EntityQuery`](crate::request::EntityQuery)).
     pub fn entity<Q: JsonSchema, R: JsonSchema>(context: &'static str) -> EndpointDoc {
         EndpointDoc::new::<Q, R>(context, "entity")
+    }
+
+    /// The owner's snapshot endpoint, `query.<context>.snapshot` (see
+    /// [`SnapshotQuery`](crate::request::SnapshotQuery)).
+    pub fn snapshot<Q: JsonSchema, R: JsonSchema>(context: &'static str) -> EndpointDoc {
+        EndpointDoc::new::<Q, R>(context, "snapshot")
     }
 
     /// Queries of type `Q` on `query.<context>`, answered with an `R`.
@@ -209,6 +215,7 @@ pub fn document(
     for ep in &endpoints {
         let address = match ep.kind {
             "entity" => crate::request::entity_subject(ep.context),
+            "snapshot" => crate::request::snapshot_subject(ep.context),
             kind => format!("{kind}.{}", ep.context),
         };
         let reply_channel = format!("{address}.reply");

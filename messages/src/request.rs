@@ -236,6 +236,72 @@ impl Entity<serde_json::Value> {
     }
 }
 
+/// The subject an owner answers [`SnapshotQuery`]s on, e.g. `query.central.snapshot`: every
+/// entity of a kind, in pages by id, which a cache's full sync walks.
+pub fn snapshot_subject(owner: &str) -> String {
+    format!("query.{owner}.snapshot")
+}
+
+/// Most entities in one [`SnapshotPage`].
+pub const MAX_SNAPSHOT_PAGE: usize = 1000;
+
+/// Asks an owner for a page of its entities of one kind, in id order after `after`; answered
+/// with a [`SnapshotPage`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotQuery {
+    /// The kind of entity, as its events name it (`product`).
+    pub aggregate: String,
+    /// The last id of the previous page; none for the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// How many at most (1 to [`MAX_SNAPSHOT_PAGE`]).
+    pub limit: usize,
+}
+
+/// One entity in a snapshot: its id, the version of its last event and its state (the owner's
+/// row; each cache reads the fields it keeps).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotEntity<S> {
+    /// Its id.
+    pub id: String,
+    /// The version of its last event.
+    pub version: u64,
+    /// Its state.
+    pub state: S,
+}
+
+/// A page of an owner's entities: `next` is the `after` of the next page, absent on the last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
+pub struct SnapshotPage<S> {
+    /// Whether the query was answered.
+    pub ok: bool,
+    /// The entities, in id order.
+    #[serde(default)]
+    pub entities: Vec<SnapshotEntity<S>>,
+    /// How many entities of the kind there are in all (progress: done of total).
+    #[serde(default)]
+    pub total: u64,
+    /// Where the next page starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Why not, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CommandFailure>,
+}
+
+impl<S: Serialize + JsonSchema + Send + 'static> QueryReply for SnapshotPage<S> {
+    fn failed(code: &str, message: String) -> Self {
+        SnapshotPage {
+            ok: false,
+            entities: Vec::new(),
+            total: 0,
+            next: None,
+            error: Some(CommandFailure { code: code.to_string(), message, details: None }),
+        }
+    }
+}
+
 /// Why a request (or reply) body did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

@@ -70,6 +70,14 @@ pub trait Adopts<E: DomainEvent>: Reacts<E> {
     fn adopt(tables: &mut Self::Tables<'_>, aggregate: &str, id: &str, state: Self::State) -> Result<(), StorageError>;
 }
 
+/// How a cache of `E`'s owner's entities is replaced wholesale by the owner's snapshot (a full
+/// sync: on first start, when the stream no longer holds the cache's position, or on demand).
+pub trait Resyncs<E: DomainEvent>: Adopts<E> {
+    /// Removes every entity of kind `aggregate` the context keeps, before the snapshot's are
+    /// written in with [`Adopts::adopt`] (all in one transaction).
+    fn clear(tables: &mut Self::Tables<'_>, aggregate: &str) -> Result<(), StorageError>;
+}
+
 /// How a context applies another context's events of type `E`.
 pub trait Reacts<E: DomainEvent>: ContextKind {
     /// Its tables, opened once per batch transaction.
@@ -376,6 +384,36 @@ impl<K: ContextKind> FileWriter<K> {
             engine::adopt::<E, _>(&self.db, &projection, aggregate, id, version, |tables| write(&mut tables.0));
         self.file.committed();
         adopted
+    }
+
+    /// Replaces every entity of kind `aggregate` with the owner's snapshot `entities` (id,
+    /// version, state) in one transaction (see [`engine::resync`]): the context's rows of that
+    /// kind, their versions and parked events, and `consumer`'s checkpoint, which becomes at
+    /// least `through` (the stream's last sequence before the snapshot was read). Returns how many
+    /// entities were written.
+    pub fn resync<E: DomainEvent>(
+        &self,
+        aggregate: &str,
+        consumer: &str,
+        through: u64,
+        entities: Vec<(String, u64, K::State)>,
+    ) -> Result<u64, StorageError>
+    where
+        K: Resyncs<E>,
+    {
+        let projection = ReactProjection::<K, E>(PhantomData);
+        let written = engine::resync::<E, _, _>(
+            &self.db,
+            &projection,
+            aggregate,
+            consumer,
+            through,
+            entities,
+            |tables| K::clear(&mut tables.0, aggregate),
+            |tables, id, state| K::adopt(&mut tables.0, aggregate, id, state),
+        );
+        self.file.committed();
+        written
     }
 
     /// Decides `command` with `K`'s rules ([`Decides`]) in one transaction, with its outbox row.

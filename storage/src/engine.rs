@@ -419,6 +419,74 @@ where
     Ok(outcome)
 }
 
+/// Replaces every entity of kind `aggregate` with an owner's snapshot, in one transaction: `clear`
+/// empties the context's rows of that kind, `write` writes each entity's state; the kind's
+/// versions become exactly the snapshot's and its parked events go (everything after `through`
+/// is delivered again, as the checkpoint says). `consumer`'s checkpoint becomes
+/// `max(checkpoint, through)`, `through` being the stream's last sequence read before the
+/// snapshot was: every event up to it is reflected in the snapshot, so nothing before it needs
+/// delivering again, and an event after it that the snapshot already reflects is stale by its
+/// version. The caller must keep batches from being applied while it reads the snapshot (an event
+/// applied in between would be in the inbox, and so skipped on redelivery, while the snapshot
+/// may predate it). Returns how many entities were written.
+#[allow(clippy::too_many_arguments)]
+pub fn resync<E, P, S>(
+    db: &Database,
+    projection: &P,
+    aggregate: &str,
+    consumer: &str,
+    through: u64,
+    entities: Vec<(String, u64, S)>,
+    clear: impl FnOnce(&mut P::Tables<'_>) -> Result<(), StorageError>,
+    mut write: impl FnMut(&mut P::Tables<'_>, &str, S) -> Result<(), StorageError>,
+) -> Result<u64, StorageError>
+where
+    E: DomainEvent,
+    P: Projection<E>,
+{
+    let txn = db.begin_write().during("begin_write")?;
+    let written = entities.len() as u64;
+    {
+        let mut tables = projection.open(&txn)?;
+        clear(&mut tables)?;
+        let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
+        let mut old: Vec<String> = Vec::new();
+        for entry in versions.range((aggregate, "")..).during("read entity_versions")? {
+            let (key, _) = entry.during("read entity_versions")?;
+            let (a, id) = key.value();
+            if a != aggregate {
+                break;
+            }
+            old.push(id.to_string());
+        }
+        for id in old {
+            versions.remove((aggregate, id.as_str())).during("clear entity_versions")?;
+        }
+        let mut parked = txn.open_table(PARKED).during("open parked")?;
+        let mut waiting: Vec<(String, u64)> = Vec::new();
+        for entry in parked.range((aggregate, "", 0)..).during("read parked")? {
+            let (key, _) = entry.during("read parked")?;
+            let (a, id, v) = key.value();
+            if a != aggregate {
+                break;
+            }
+            waiting.push((id.to_string(), v));
+        }
+        for (id, v) in waiting {
+            parked.remove((aggregate, id.as_str(), v)).during("clear parked")?;
+        }
+        for (id, version, state) in entities {
+            write(&mut tables, &id, state)?;
+            versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
+        }
+        let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+        let current = checkpoints.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
+        checkpoints.insert(consumer, current.max(through)).during("write checkpoints")?;
+    }
+    txn.commit().during("commit")?;
+    Ok(written)
+}
+
 /// Entities with events parked behind a missing version: (aggregate type, id, current version,
 /// lowest parked version).
 pub(crate) fn gaps(db: &Database) -> Result<Vec<(String, String, u64, u64)>, StorageError> {

@@ -45,7 +45,8 @@ pub use baskets::{BasketsDb, PricedBasketCommand};
 pub use cache::{CacheKind, StoresCacheDb};
 pub use command::CommandError;
 pub use context::{
-    Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Reacts, DEFAULT_CACHE_BYTES,
+    Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Reacts, Resyncs,
+    DEFAULT_CACHE_BYTES,
 };
 pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
 pub use customers::CustomersDb;

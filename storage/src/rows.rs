@@ -223,4 +223,16 @@ impl<T: Serialize + DeserializeOwned> RowsMut<'_, T> {
         self.table.remove(id).during("remove row")?;
         Ok(())
     }
+
+    /// Deletes every row (a full sync writes the owner's snapshot into an empty table).
+    pub fn clear(&mut self) -> Result<(), StorageError> {
+        self.table.retain(|_, _| false).during("clear table")?;
+        Ok(())
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> Result<u64, StorageError> {
+        use redb::ReadableTableMetadata;
+        self.table.len().during("count rows")
+    }
 }

@@ -38,7 +38,7 @@ pub struct CentralArgs {
 }
 
 /// At least one key, none blank.
-fn parse_keys(list: &str) -> Result<ApiKeys, String> {
+pub(crate) fn parse_keys(list: &str) -> Result<ApiKeys, String> {
     let keys = ApiKeys::parse(list);
     if keys.is_empty() {
         return Err("name at least one key (comma separated)".into());

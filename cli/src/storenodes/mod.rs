@@ -1,5 +1,6 @@
 //! Seed 003's store nodes on the `carrier` binary: `carrier central` runs the central inventory
-//! (its context and its HTTP API). The contexts and the HTTP APIs live in `carrier-storenodes`,
+//! (its context and its HTTP API), `carrier store-node` one store's cache of it and its HTTP API. The contexts and the HTTP APIs live in `carrier-storenodes`,
 //! built on Carrier's public API; this is only their process: flags, environment, start and stop.
 
 pub mod central;
+pub mod store_node;

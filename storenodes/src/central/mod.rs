@@ -4,8 +4,8 @@
 //! It decides [`CentralCommand`]s (each in one redb transaction with the outbox row of its
 //! event, and with its idempotency key when the request carried one), publishes
 //! [`CentralEvent`]s on the stream `CENTRAL`, and answers [`CentralQuery`]s (a product, an
-//! offset page, and the id-ordered pages a store node's full sync walks) and the entity
-//! endpoint every cache of its products repairs version gaps through. [`http`] is its HTTP API.
+//! offset page), the entity endpoint every cache of its products repairs version gaps through,
+//! and the snapshot endpoint a store node's full sync walks (`query.central.snapshot`). [`http`] is its HTTP API.
 //!
 //! Rules a real inventory has: stock never goes below zero (`insufficient_stock`), an update
 //! may name the version it expects (`version_conflict` with the current version and stock when
@@ -16,7 +16,7 @@
 pub mod http;
 
 use carrier_actors::BoundedContext;
-use carrier_messages::request::{CommandFailure, Entity};
+use carrier_messages::request::{CommandFailure, Entity, SnapshotEntity};
 use carrier_messages::{check, domain_events, Causality, Found, QueryReply, Validate, ValidationError};
 use carrier_storage::{CommandError, ContextFile, ContextKind, Decides, Emitter, Rows, StorageError, WriteTransaction};
 use schemars::JsonSchema;
@@ -380,16 +380,6 @@ pub enum CentralQuery {
         /// How many at most (up to [`MAX_PAGE`]).
         limit: usize,
     },
-    /// Products in id order after the id `after`: the pages a full sync walks (rows added or
-    /// removed between pages do not shift the rest). Answered with a [`ProductPage`] whose
-    /// `next` is the `after` of the next page, `None` at the end.
-    Snapshot {
-        /// The last id of the previous page; none for the first.
-        #[serde(default)]
-        after: Option<String>,
-        /// How many at most (up to [`MAX_PAGE`]).
-        limit: usize,
-    },
 }
 
 /// A page of products.
@@ -403,9 +393,6 @@ pub struct ProductPage {
     /// How many products there are in all.
     #[serde(default)]
     pub total: u64,
-    /// Where the next page starts (`after`), for a snapshot; none at the end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<CommandFailure>,
@@ -445,30 +432,21 @@ pub fn answer(db: &ContextFile<Central>, query: CentralQuery) -> CentralReply {
         )),
         CentralQuery::ListProducts { offset, limit } => {
             match db.read(|txn| Ok((PRODUCTS.slice(txn, offset, limit.min(MAX_PAGE))?, PRODUCTS.len(txn)?))) {
-                Ok((rows, total)) => CentralReply::Page(page(rows, total, None)),
-                Err(e) => failed(e),
-            }
-        }
-        CentralQuery::Snapshot { after, limit } => {
-            let limit = limit.clamp(1, MAX_PAGE);
-            match db.read(|txn| Ok((PRODUCTS.page(txn, after.as_deref(), limit)?, PRODUCTS.len(txn)?))) {
-                Ok((rows, total)) => {
-                    let next = (rows.len() == limit).then(|| rows.last().map(|(id, _)| id.clone())).flatten();
-                    CentralReply::Page(page(rows, total, next))
-                }
+                Ok((rows, total)) => CentralReply::Page(page(rows, total)),
                 Err(e) => failed(e),
             }
         }
     }
 }
 
-fn page(rows: Vec<(String, Product)>, total: u64, next: Option<String>) -> ProductPage {
+fn page(rows: Vec<(String, Product)>, total: u64) -> ProductPage {
     let products = rows.into_iter().map(|(id, p)| ProductView::of(id, p)).collect();
-    ProductPage { ok: true, products, total, next, error: None }
+    ProductPage { ok: true, products, total, error: None }
 }
 
 /// The central inventory's declaration: commands on `cmd.central`, queries on `query.central`,
-/// and the entity endpoint `query.central.entity` that caches of its products fall back on.
+/// the entity endpoint `query.central.entity` that caches of its products fall back on, and the
+/// snapshot endpoint `query.central.snapshot` that their full syncs walk.
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Central>()
         .decides::<CentralCommand>()
@@ -479,6 +457,23 @@ pub fn context() -> BoundedContext {
             }
             db.read(|txn| {
                 Ok(PRODUCTS.get(txn, id)?.map(|p| Entity::of(p.version, &ProductView::of(id.to_string(), p))))
+            })
+        })
+        .snapshots(|db, aggregate, after, limit| {
+            if aggregate != "product" {
+                return Ok((Vec::new(), 0));
+            }
+            db.read(|txn| {
+                let rows = PRODUCTS.page(txn, after, limit)?;
+                let entities = rows
+                    .into_iter()
+                    .map(|(id, p)| SnapshotEntity {
+                        version: p.version,
+                        state: serde_json::to_value(ProductView::of(id.clone(), p)).unwrap_or_default(),
+                        id,
+                    })
+                    .collect();
+                Ok((entities, PRODUCTS.len(txn)?))
             })
         })
         .build()
