@@ -1140,7 +1140,8 @@ impl<K: ContextKind> ContextBuilder<K> {
         K: carrier_storage::Resyncs<E>,
     {
         let aggregates = aggregates_of::<E>();
-        let source = crate::resync::source::<K, E>(self.bus.clone(), self.durable(E::CONTEXT), aggregates);
+        let source =
+            crate::resync::source::<K, E>(self.bus.clone(), self.durable(E::CONTEXT), aggregates, self.faults.clone());
         self.handle.resync_sources.push(source);
         self
     }

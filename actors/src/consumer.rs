@@ -469,12 +469,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
 }
 
 /// Records, logs and reports a consumer made where its stream no longer holds its position.
-fn noticed_position(
-    durable: &str,
-    consumer: &DurableConsumer,
-    stats: &ConsumerStats,
-    hook: &Option<PositionLostHook>,
-) {
+fn noticed_position(durable: &str, consumer: &DurableConsumer, stats: &ConsumerStats, hook: &Option<PositionLostHook>) {
     let Some((requested, first_retained)) = consumer.trimmed() else { return };
     let at_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -27,6 +27,9 @@ pub struct Faults {
     pub cache_panic_on_id: std::sync::Mutex<Option<String>>,
     /// A consumer fails to start, as with a consumer the server refuses.
     pub consumer_start_failures: AtomicU32,
+    /// A full sync waits 200 ms before asking for each of its next pages, as a large snapshot
+    /// over a slow link would (so that a drill can stop the process mid-sync).
+    pub resync_slow_pages: AtomicU32,
 }
 
 /// A `CARRIER_FAULTS` value that does not parse, with what is wrong in it.
@@ -52,6 +55,7 @@ impl Faults {
                 "cache_commit_failures" => &faults.cache_commit_failures,
                 "cache_panics" => &faults.cache_panics,
                 "consumer_start_failures" => &faults.consumer_start_failures,
+                "resync_slow_pages" => &faults.resync_slow_pages,
                 other => return Err(FaultSpecError(format!("unknown fault {other:?}"))),
             };
             counter.store(count, Ordering::SeqCst);

@@ -132,13 +132,18 @@ impl<K: ContextKind> Clone for ResyncSource<K> {
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The source for `E`'s owner: its aggregates' snapshots, into the consumer `durable`'s file.
-pub(crate) fn source<K, E>(bus: Bus, durable: String, aggregates: Vec<&'static str>) -> ResyncSource<K>
+pub(crate) fn source<K, E>(
+    bus: Bus,
+    durable: String,
+    aggregates: Vec<&'static str>,
+    faults: Arc<crate::faults::Faults>,
+) -> ResyncSource<K>
 where
     K: Resyncs<E>,
     E: DomainEvent,
 {
     let run = move |handle: ContextHandle<K>, state: Arc<ResyncState>| {
-        let (bus, durable, aggregates) = (bus.clone(), durable.clone(), aggregates.clone());
+        let (bus, durable, aggregates, faults) = (bus.clone(), durable.clone(), aggregates.clone(), faults.clone());
         Box::pin(async move {
             let owner = E::CONTEXT;
             // Nothing is applied from here until the snapshot is in (see the module's steps).
@@ -149,8 +154,14 @@ where
                 let mut entities: Vec<(String, u64, K::State)> = Vec::new();
                 let mut after: Option<String> = None;
                 loop {
-                    let query =
-                        SnapshotQuery { aggregate: aggregate.to_string(), after: after.take(), limit: MAX_SNAPSHOT_PAGE };
+                    let query = SnapshotQuery {
+                        aggregate: aggregate.to_string(),
+                        after: after.take(),
+                        limit: MAX_SNAPSHOT_PAGE,
+                    };
+                    if crate::faults::Faults::take(&faults.resync_slow_pages) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     let page = ask_page(&bus, owner, &query).await?;
                     for entity in page.entities {
                         let state: K::State = serde_json::from_value(entity.state).map_err(|e| ResyncError::Owner {
@@ -188,7 +199,8 @@ async fn ask_page(
     let failed = |reason: String| ResyncError::Owner { owner, reason };
     let body = serde_json::to_vec(query).map_err(|e| failed(e.to_string()))?;
     let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
-    let reply = bus.request(&snapshot_subject(owner), &headers, body, PAGE_TIMEOUT).await.map_err(|e| failed(e.to_string()))?;
+    let reply =
+        bus.request(&snapshot_subject(owner), &headers, body, PAGE_TIMEOUT).await.map_err(|e| failed(e.to_string()))?;
     let page: SnapshotPage<serde_json::Value> =
         serde_json::from_slice(&reply).map_err(|e| failed(format!("an unreadable page: {e}")))?;
     if !page.ok {
@@ -252,7 +264,12 @@ impl<K: ContextKind> ContextHandle<K> {
             }
         });
         match &result {
-            Ok(n) => tracing::info!(context = K::NAME, entities = n, duration_ms = elapsed.as_millis() as u64, "full sync done"),
+            Ok(n) => tracing::info!(
+                context = K::NAME,
+                entities = n,
+                duration_ms = elapsed.as_millis() as u64,
+                "full sync done"
+            ),
             Err(error) => tracing::warn!(context = K::NAME, %error, "full sync failed; the cache keeps its rows"),
         }
         result

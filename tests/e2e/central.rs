@@ -8,7 +8,7 @@ use carrier_tests::{http, CarrierProcess, HttpResponse, TestEnv};
 const KEY: (&str, &str) = ("X-API-Key", "demo");
 
 /// `carrier central` against `env`'s server, its HTTP API on a free loopback port.
-fn start_central(env: &TestEnv, data: &std::path::Path) -> (CarrierProcess, String) {
+pub(crate) fn start_central(env: &TestEnv, data: &std::path::Path) -> (CarrierProcess, String) {
     let url = env.url();
     let data = data.to_string_lossy().to_string();
     let args = ["central", "--nats-url", &url, "--data-dir", &data, "--host", "127.0.0.1", "--port", "0"];
@@ -227,4 +227,81 @@ async fn a_bad_setting_names_itself() {
         assert_eq!(code, Some(2), "{args:?}: {}", carrier.output());
         assert!(carrier.output().contains(needle), "{args:?} names {needle}: {}", carrier.output());
     }
+}
+
+/// The HTTP long-poll feed of `CENTRAL` for clients that do not speak NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_long_polls_the_stream_and_says_when_an_offset_is_gone() {
+    let env = TestEnv::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_central, base) = start_central(&env, dir.path());
+    assert_eq!(
+        post(&base, "/v1/inventory", r#"{"productId":"P","name":"Kettle","price":29.99,"available":5}"#).status,
+        201
+    );
+    assert_eq!(post(&base, "/v1/inventory/updates", r#"{"productId":"P","delta":-2}"#).status, 200);
+    // The relay publishes after the commit: wait until both events are in the stream.
+    let feed = |query: &str| http("GET", &format!("{base}/v1/events?{query}"), &[KEY], None);
+    carrier_tests::wait_until(Duration::from_secs(10), "two events in the feed", || {
+        let got = feed("offset=0&wait=0");
+        async move { got.json()["events"].as_array().map_or(0, Vec::len) == 2 }
+    })
+    .await;
+    let page = feed("offset=0&limit=10").json();
+    let events = page["events"].as_array().expect("events");
+    assert_eq!((events[0]["offset"].as_u64(), events[0]["eventType"].as_str()), (Some(1), Some("product_created")));
+    assert_eq!((events[1]["eventType"].as_str(), events[1]["version"].as_u64()), (Some("inventory_updated"), Some(2)));
+    // Every event carries the product's whole state (seed 003's `data`).
+    assert_eq!(events[1]["data"]["available"], 3);
+    assert_eq!(events[1]["data"]["price"], 29.99);
+    assert_eq!(events[1]["data"]["name"], "Kettle");
+    assert_eq!(page["offset"], 2);
+    // The list says the offset it is as of.
+    assert_eq!(http("GET", &format!("{base}/v1/inventory"), &[KEY], None).json()["asOfOffset"], 2);
+
+    // A timeout answers 200 with no events and the same offset.
+    let started = std::time::Instant::now();
+    let empty = feed("offset=2&wait=1");
+    assert_eq!(
+        (empty.status, empty.json()["events"].as_array().map(Vec::len), empty.json()["offset"].as_u64()),
+        (200, Some(0), Some(2))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+    // A long poll answers as soon as an event arrives.
+    let waiting = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let answer = http("GET", &format!("{base}/v1/events?offset=2&wait=20"), &[KEY], None);
+            (answer, started.elapsed())
+        })
+    };
+    carrier_tests::wait_until(Duration::from_secs(10), "the update is decided", || {
+        let base = base.clone();
+        async move {
+            post(&base, "/v1/inventory/updates", r#"{"productId":"P","delta":1,"idempotencyKey":"poll"}"#).status == 200
+        }
+    })
+    .await;
+    let (answer, took) = waiting.join().expect("the poller");
+    assert_eq!(answer.json()["events"][0]["offset"], 3, "{}", answer.body);
+    assert!(took < Duration::from_secs(10), "the long poll answered when the event came, not at its end: {took:?}");
+
+    // Parameters are checked and named.
+    for (query, field) in
+        [("limit=0", "limit"), ("limit=5000", "limit"), ("wait=soon", "wait"), ("offset=-1", "offset")]
+    {
+        let refused = feed(query);
+        assert_eq!((refused.status, error_field(&refused)), (400, field.to_string()), "{query}");
+    }
+    // The stream trimmed below an offset: 409, saying from where it holds events.
+    let js = async_nats::jetstream::new(env.plain_client().await);
+    js.get_stream("CENTRAL").await.expect("CENTRAL").purge().keep(1).await.expect("purged");
+    let gone = feed("offset=0");
+    assert_eq!(gone.status, 409);
+    let error = &gone.json()["error"];
+    assert_eq!(
+        (error["code"].as_str(), error["requested"].as_u64(), error["firstRetained"].as_u64()),
+        (Some("offset_not_retained"), Some(1), Some(3))
+    );
 }

@@ -20,4 +20,5 @@ mod offsets;
 mod rebuild;
 mod reliability;
 mod security;
+mod store_nodes;
 mod versions;

@@ -37,8 +37,19 @@ impl CarrierProcess {
 
     /// Starts `program` (a binary built on Carrier's CLI, such as an example's) with `args`.
     pub fn spawn_program(program: &std::path::Path, args: &[&str]) -> CarrierProcess {
+        CarrierProcess::spawn_program_env(program, args, &[])
+    }
+
+    /// Starts `carrier <args>` with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> CarrierProcess {
+        CarrierProcess::spawn_program_env(&crate::carrier_bin(), args, env)
+    }
+
+    /// Starts `program` with `args` and extra environment variables.
+    pub fn spawn_program_env(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> CarrierProcess {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

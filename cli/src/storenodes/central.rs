@@ -64,7 +64,7 @@ pub async fn main(args: CentralArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("--port {}: cannot listen on {addr}", args.port))?;
     let addr = listener.local_addr().context("listening address")?;
-    let app = carrier_storenodes::central::http::router(CentralApi { handle }, args.api_keys);
+    let app = carrier_storenodes::central::http::router(CentralApi { handle, bus: system.bus.clone() }, args.api_keys);
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the HTTP API stopped");

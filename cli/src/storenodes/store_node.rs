@@ -80,13 +80,21 @@ pub async fn main(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
     let nats = carrier_cli::server::nats_or_local(Some(args.nats.options()?), None)?;
     let mut config = SystemConfig::new(nats.options.clone(), &data_dir, vec![node::context()]);
     config.batch_max = args.event_batch_limit as usize;
+    if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
+        // Failure drills only: see carrier_actors::faults.
+        let faults =
+            carrier_actors::faults::Faults::from_spec(&spec).map_err(|e| anyhow::anyhow!("CARRIER_FAULTS: {e}"))?;
+        tracing::warn!(%spec, "failure injection is on");
+        config.faults = std::sync::Arc::new(faults);
+    }
     let system = CarrierSystem::start(config).await.context("the store node did not start")?;
     let handle = system.handle::<StoreHandle>().context("the store cache is not running")?;
     let store = StoreNode::new(args.store_id.clone(), handle, system.bus.clone());
     let monitor = store.start(Duration::from_secs(u64::from(args.sync_interval_minutes) * 60), true);
     let addr = SocketAddr::new(args.host, args.port);
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--port {}: cannot listen on {addr}", args.port))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--port {}: cannot listen on {addr}", args.port))?;
     let addr = listener.local_addr().context("listening address")?;
     let app = node::http::router(NodeApi::new(store), args.api_keys);
     let server = tokio::spawn(async move {

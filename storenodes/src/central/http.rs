@@ -10,13 +10,14 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
+use carrier_actors::bus::Bus;
 use carrier_actors::commands::command_reply;
 use carrier_actors::ContextHandle;
 use carrier_messages::request::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
-use carrier_messages::Causality;
+use carrier_messages::{Causality, DomainEvent};
 use carrier_storage::CommandError;
 
-use super::{Central, CentralCommand, ProductView, PRODUCTS};
+use super::{Central, CentralCommand, CentralEvent, ProductView, PRODUCTS};
 use crate::http::{cents, price, require_api_key, ApiError, ApiKeys, JsonBody, Paging};
 
 /// Most items in one batch update.
@@ -193,6 +194,8 @@ pub struct BatchResult {
 pub struct CentralApi {
     /// The running central context.
     pub handle: ContextHandle<Central>,
+    /// The connection (the event feed reads the stream through it).
+    pub bus: Bus,
 }
 
 /// The API: `/health` open, everything under `/v1` behind `X-API-Key`.
@@ -202,6 +205,7 @@ pub fn router(api: CentralApi, keys: ApiKeys) -> Router {
         .route("/v1/inventory/updates", post(update))
         .route("/v1/inventory/batch-updates", post(batch_update))
         .route("/v1/inventory/{product_id}", get(product).patch(modify).delete(delete))
+        .route("/v1/events", get(events))
         .layer(axum::middleware::from_fn(move |headers, request, next| {
             require_api_key(keys.clone(), headers, request, next)
         }))
@@ -338,6 +342,11 @@ async fn list(State(api): State<CentralApi>, Query(params): Query<ListParams>) -
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    // Read before the page: every event up to it was committed before it was published, so the
+    // page reflects it; a client that pages through everything and then follows the event feed
+    // from the first page's `asOfOffset` misses nothing (a later event it already has is stale
+    // by its version).
+    let as_of = api.bus.last_sequence(<CentralEvent as DomainEvent>::STREAM).await.ok();
     let read = api.handle.db.read(|txn| Ok((PRODUCTS.slice(txn, paging.offset, paging.limit)?, PRODUCTS.len(txn)?)));
     match read {
         Ok((rows, total)) => {
@@ -346,6 +355,7 @@ async fn list(State(api): State<CentralApi>, Query(params): Query<ListParams>) -
             axum::Json(serde_json::json!({
                 "products": products,
                 "pagination": { "offset": paging.offset, "limit": paging.limit, "total": total, "hasMore": has_more },
+                "asOfOffset": as_of,
             }))
             .into_response()
         }
@@ -507,4 +517,140 @@ async fn batch_update(State(api): State<CentralApi>, JsonBody(body): JsonBody<Ba
         results,
     };
     axum::Json(body).into_response()
+}
+
+/// Longest a feed request waits for an event.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+/// Most events in one feed answer.
+pub const MAX_EVENTS: usize = 1000;
+
+#[derive(Deserialize)]
+struct FeedParams {
+    offset: Option<String>,
+    limit: Option<String>,
+    wait: Option<String>,
+}
+
+/// `GET /v1/events?offset=&limit=&wait=`: the stream `CENTRAL` for clients that do not speak
+/// NATS. `offset` is the last stream sequence the client has (0 for none); the answer holds the
+/// events after it, as soon as there is at least one, waiting up to `wait` seconds (default 20,
+/// at most 60) for the first; a wait that ends with none answers 200 with no events and the same
+/// offset. An offset the stream no longer holds the events after answers 409
+/// `offset_not_retained`: the client full-syncs (`GET /v1/inventory`, then the feed from its
+/// `asOfOffset`).
+async fn events(State(api): State<CentralApi>, Query(params): Query<FeedParams>) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let number = |field: &str, raw: Option<&str>, default: u64| -> Result<u64, ApiError> {
+            match raw {
+                None | Some("") => Ok(default),
+                Some(raw) => raw.parse::<u64>().map_err(|_| ApiError::bad_field(field, format!("must be a whole number of 0 or more, got {raw:?}"))),
+            }
+        };
+        let offset = number("offset", params.offset.as_deref(), 0)?;
+        let limit = number("limit", params.limit.as_deref(), 100)?;
+        if limit == 0 || limit > MAX_EVENTS as u64 {
+            return Err(ApiError::bad_field("limit", format!("must be 1 to {MAX_EVENTS}, got {limit}")));
+        }
+        let wait = std::time::Duration::from_secs(number("wait", params.wait.as_deref(), 20)?.min(MAX_WAIT_SECONDS));
+        let stream = <CentralEvent as DomainEvent>::STREAM;
+        let unavailable = |e: carrier_actors::bus::BusError| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).with_header("retry-after", "1")
+        };
+        let (first, last) = api.bus.stream_bounds(stream).await.map_err(unavailable)?;
+        if first > offset + 1 {
+            let mut error = ApiError::new(
+                StatusCode::CONFLICT,
+                "offset_not_retained",
+                format!("the stream holds events from {first} on; events {} to {} are gone: full-sync, then follow from asOfOffset", offset + 1, first - 1),
+            );
+            error.details = Some(serde_json::json!({ "requested": offset + 1, "firstRetained": first }));
+            return Err(error);
+        }
+        let mut events = Vec::new();
+        if offset < last || !wait.is_zero() {
+            let mut reader = api.bus.replay(stream, <CentralEvent as DomainEvent>::STREAM_SUBJECTS, offset + 1, limit as usize).await.map_err(unavailable)?;
+            let wait = if offset < last { std::time::Duration::from_secs(5) } else { wait };
+            for delivery in reader.next_batch(wait).await.map_err(unavailable)? {
+                events.push(feed_event(&delivery));
+            }
+        }
+        let next = events.last().and_then(|e| e["offset"].as_u64()).unwrap_or(offset);
+        Ok(axum::Json(serde_json::json!({ "events": events, "offset": next, "lastOffset": last.max(next) })).into_response())
+    }
+    .await;
+    match result {
+        Ok(response) => response,
+        Err(e) if e.code == "offset_not_retained" => {
+            // The shape: the positions beside the code, where a client looks first.
+            let details = e.details.clone().unwrap_or_default();
+            let body = serde_json::json!({ "error": {
+                "code": e.code, "message": e.message,
+                "requested": details["requested"], "firstRetained": details["firstRetained"],
+            }});
+            (StatusCode::CONFLICT, axum::Json(body)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// One stream message as the feed shows it (seed 003's event shape).
+fn feed_event(delivery: &carrier_actors::bus::Delivery) -> serde_json::Value {
+    let decoded = carrier_messages::Decoded::<CentralEvent>::decode(
+        &delivery.subject,
+        |name| delivery.header(name),
+        &delivery.payload,
+    );
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            return serde_json::json!({ "offset": delivery.stream_seq, "eventType": "undecodable", "error": e.to_string() });
+        }
+    };
+    let envelope = &decoded.envelope;
+    let version = envelope.aggregate_version;
+    let (kind, data) = match &decoded.event {
+        CentralEvent::ProductCreated(e) => {
+            ("product_created", product_data(&e.id, &e.name, e.price, e.available, version, &e.last_updated))
+        }
+        CentralEvent::ProductModified(e) => {
+            ("product_modified", product_data(&e.id, &e.name, e.price, e.available, version, &e.last_updated))
+        }
+        CentralEvent::InventoryUpdated(e) => {
+            let mut data = product_data(&e.id, &e.name, e.price, e.available, version, &e.last_updated);
+            data["delta"] = e.delta.into();
+            ("inventory_updated", data)
+        }
+        CentralEvent::ProductDeleted(e) => (
+            "product_deleted",
+            serde_json::json!({ "productId": e.id, "deleted": true, "version": version, "lastUpdated": e.last_updated }),
+        ),
+    };
+    serde_json::json!({
+        "offset": delivery.stream_seq,
+        "eventId": envelope.event_id.to_string(),
+        "timestamp": envelope.occurred_at_rfc3339(),
+        "eventType": kind,
+        "productId": envelope.aggregate_id,
+        "version": version,
+        "data": data,
+    })
+}
+
+fn product_data(
+    id: &str,
+    name: &str,
+    cents: i64,
+    available: i64,
+    version: u64,
+    last_updated: &str,
+) -> serde_json::Value {
+    serde_json::to_value(ProductJson {
+        product_id: id.to_string(),
+        name: name.to_string(),
+        available,
+        version,
+        last_updated: last_updated.to_string(),
+        price: price(cents),
+    })
+    .unwrap_or_default()
 }

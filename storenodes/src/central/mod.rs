@@ -43,7 +43,9 @@ pub struct ProductCreated {
     pub last_updated: String,
 }
 
-/// A product's name or price changed; the event carries both as they now are.
+/// A product's name or price changed. Like every event of the central but a deletion, it
+/// carries the product's whole state after the change (event-carried state transfer: a reader
+/// never needs an earlier event to know what the product is).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductModified {
     /// The product id.
@@ -52,11 +54,13 @@ pub struct ProductModified {
     pub name: String,
     /// Its price now, in cents.
     pub price: i64,
+    /// Units in stock.
+    pub available: i64,
     /// When, RFC 3339.
     pub last_updated: String,
 }
 
-/// Stock moved by `delta`, to `available`.
+/// Stock moved by `delta`, to `available`; with the product's whole state after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InventoryUpdated {
     /// The product id.
@@ -65,6 +69,10 @@ pub struct InventoryUpdated {
     pub delta: i64,
     /// Units in stock after it.
     pub available: i64,
+    /// Its name.
+    pub name: String,
+    /// Its price in cents.
+    pub price: i64,
     /// When, RFC 3339.
     pub last_updated: String,
 }
@@ -95,6 +103,7 @@ impl Validate for ProductModified {
     fn validate(&self) -> Result<(), ValidationError> {
         check::name("name", &self.name)?;
         check::non_negative("price", self.price)?;
+        check::non_negative("available", self.available)?;
         check_time(&self.last_updated)
     }
 }
@@ -105,6 +114,8 @@ impl Validate for InventoryUpdated {
             return Err(ValidationError { field: "delta", problem: "must not be 0".into() });
         }
         check::non_negative("available", self.available)?;
+        check::name("name", &self.name)?;
+        check::non_negative("price", self.price)?;
         check_time(&self.last_updated)
     }
 }
@@ -285,8 +296,13 @@ impl Decides<CentralCommand> for Central {
                 product.price = price.unwrap_or(product.price);
                 product.version += 1;
                 product.last_updated = last_updated.clone();
-                let event =
-                    ProductModified { id: id.clone(), name: product.name.clone(), price: product.price, last_updated };
+                let event = ProductModified {
+                    id: id.clone(),
+                    name: product.name.clone(),
+                    price: product.price,
+                    available: product.available,
+                    last_updated,
+                };
                 (CentralEvent::ProductModified(event), product)
             }
             CentralCommand::UpdateInventory { delta, version, .. } => {
@@ -308,10 +324,15 @@ impl Decides<CentralCommand> for Central {
                 product.available = available;
                 product.version += 1;
                 product.last_updated = last_updated.clone();
-                (
-                    CentralEvent::InventoryUpdated(InventoryUpdated { id: id.clone(), delta, available, last_updated }),
-                    product,
-                )
+                let event = InventoryUpdated {
+                    id: id.clone(),
+                    delta,
+                    available,
+                    name: product.name.clone(),
+                    price: product.price,
+                    last_updated,
+                };
+                (CentralEvent::InventoryUpdated(event), product)
             }
             CentralCommand::DeleteProduct { version, .. } => {
                 let mut product = products.get(&id)?.ok_or_else(not_found)?;

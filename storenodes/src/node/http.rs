@@ -101,7 +101,11 @@ pub fn router(api: NodeApi, keys: ApiKeys) -> Router {
         .merge(v1)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY_BYTES))
 }
@@ -122,9 +126,7 @@ fn freshness(node: &StoreNode, mut response: Response) -> Response {
     let caught_up = node.monitor.caught_up_unix_ms.load(Ordering::Relaxed);
     let age = if caught_up == 0 { 0 } else { unix_ms(SystemTime::now()).saturating_sub(caught_up) / 1000 };
     let headers = response.headers_mut();
-    for (name, value) in
-        [("x-carrier-lag", node.lag()), ("x-carrier-position", node.position()), ("age", age)]
-    {
+    for (name, value) in [("x-carrier-lag", node.lag()), ("x-carrier-position", node.position()), ("age", age)] {
         headers.insert(name, HeaderValue::from(value));
     }
     response
@@ -291,8 +293,12 @@ async fn wait_for_version(node: &StoreNode, product_id: &str, version: u64) -> b
 /// whether the central was unreachable (answered 503 with `Retry-After`).
 async fn proxy_update(api: &NodeApi, item: UpdateRequest) -> Result<(UpdateResult, bool), ApiError> {
     let unreachable = |why: String, retry: Duration| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "central_unavailable", format!("the central inventory cannot be reached: {why}"))
-            .with_header("retry-after", retry.as_secs().max(1).to_string())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "central_unavailable",
+            format!("the central inventory cannot be reached: {why}"),
+        )
+        .with_header("retry-after", retry.as_secs().max(1).to_string())
     };
     if let Some(open) = api.breaker.open_for() {
         return Err(unreachable("it failed repeatedly; not asking again for a moment".into(), open));
@@ -310,7 +316,8 @@ async fn proxy_update(api: &NodeApi, item: UpdateRequest) -> Result<(UpdateResul
         // The store's prefix keeps two stores' keys apart at the central (seed 003).
         headers.push((IDEMPOTENCY_KEY_HEADER.to_string(), format!("{}-{key}", api.node.store_id)));
     }
-    let body = serde_json::to_vec(&command).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let body = serde_json::to_vec(&command)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let answer = api.node.bus.request(&command_subject(crate::central::CONTEXT), &headers, body, CENTRAL_TIMEOUT).await;
     let reply: CommandReply = match answer.map(|bytes| serde_json::from_slice::<CommandReply>(&bytes)) {
         Ok(Ok(reply)) => reply,
@@ -341,7 +348,11 @@ async fn proxy_update(api: &NodeApi, item: UpdateRequest) -> Result<(UpdateResul
     Ok((result, replayed))
 }
 
-async fn update(State(api): State<NodeApi>, headers: HeaderMap, JsonBody(mut body): JsonBody<UpdateRequest>) -> Response {
+async fn update(
+    State(api): State<NodeApi>,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody<UpdateRequest>,
+) -> Response {
     let result: Result<Response, ApiError> = async {
         if let Some(version) = if_match(&headers)? {
             body.version = body.version.or(Some(version));
@@ -351,7 +362,10 @@ async fn update(State(api): State<NodeApi>, headers: HeaderMap, JsonBody(mut bod
         }
         if let Some(store) = &body.store_id {
             if store != &api.node.store_id {
-                return Err(ApiError::bad_field("storeId", format!("this node is {:?}, not {store:?}", api.node.store_id)));
+                return Err(ApiError::bad_field(
+                    "storeId",
+                    format!("this node is {:?}, not {store:?}", api.node.store_id),
+                ));
             }
         }
         let (result, replayed) = proxy_update(&api, body).await?;
@@ -384,9 +398,13 @@ async fn batch_update(State(api): State<NodeApi>, JsonBody(body): JsonBody<Batch
         }
     }
     if let Some(open) = api.breaker.open_for() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "central_unavailable", "the central inventory cannot be reached")
-            .with_header("retry-after", open.as_secs().max(1).to_string())
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "central_unavailable",
+            "the central inventory cannot be reached",
+        )
+        .with_header("retry-after", open.as_secs().max(1).to_string())
+        .into_response();
     }
     // In order, one request each, all in flight together (the central decides them in one group
     // commit, in the order they arrive).
@@ -475,11 +493,13 @@ async fn force_sync(State(api): State<NodeApi>) -> Response {
             }))
             .into_response()
         }
-        Err(carrier_actors::resync::ResyncError::InProgress) => {
-            ApiError::new(StatusCode::CONFLICT, "sync_in_progress", "a full sync is already running; see /v1/store/sync/status")
-                .with_header("retry-after", "1")
-                .into_response()
-        }
+        Err(carrier_actors::resync::ResyncError::InProgress) => ApiError::new(
+            StatusCode::CONFLICT,
+            "sync_in_progress",
+            "a full sync is already running; see /v1/store/sync/status",
+        )
+        .with_header("retry-after", "1")
+        .into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sync_failed", e.to_string())
             .with_details(status_json(&api.node))
             .with_header("retry-after", "5")

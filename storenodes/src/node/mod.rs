@@ -50,6 +50,10 @@ pub struct CachedProduct {
 }
 
 impl CachedProduct {
+    fn of(name: &str, price: i64, available: i64, version: u64, last_updated: &str) -> Self {
+        CachedProduct { name: name.to_string(), price, available, version, last_updated: last_updated.to_string() }
+    }
+
     /// As the central's views show it.
     pub fn view(&self, id: &str) -> ProductView {
         ProductView {
@@ -92,46 +96,20 @@ impl Reacts<CentralEvent> for StoreCache {
         event: &CentralEvent,
     ) -> Result<(), StorageError> {
         let version = envelope.aggregate_version;
-        match event {
-            CentralEvent::ProductCreated(e) => products.put(
-                &e.id,
-                &CachedProduct {
-                    name: e.name.clone(),
-                    price: e.price,
-                    available: e.available,
-                    version,
-                    last_updated: e.last_updated.clone(),
-                },
-            ),
-            CentralEvent::ProductModified(e) => {
-                changed(products, &e.id, |p| {
-                    p.name = e.name.clone();
-                    p.price = e.price;
-                    p.version = version;
-                    p.last_updated = e.last_updated.clone();
-                })
+        // Every event but a deletion carries the product's whole state: write it.
+        let (id, product) = match event {
+            CentralEvent::ProductDeleted(e) => return products.remove(&e.id),
+            CentralEvent::ProductCreated(e) => {
+                (&e.id, CachedProduct::of(&e.name, e.price, e.available, version, &e.last_updated))
             }
-            CentralEvent::InventoryUpdated(e) => changed(products, &e.id, |p| {
-                p.available = e.available;
-                p.version = version;
-                p.last_updated = e.last_updated.clone();
-            }),
-            CentralEvent::ProductDeleted(e) => products.remove(&e.id),
-        }
-    }
-}
-
-/// Changes a cached product; one that is missing (the engine applies only an entity's next
-/// version, so its creation was applied) is a bug in the owner's history, refused for good.
-fn changed(
-    products: &mut RowsMut<'_, CachedProduct>,
-    id: &str,
-    change: impl FnOnce(&mut CachedProduct),
-) -> Result<(), StorageError> {
-    if products.update(id, change)? {
-        Ok(())
-    } else {
-        Err(StorageError::poison(format!("product {id:?} changed before it was created")))
+            CentralEvent::ProductModified(e) => {
+                (&e.id, CachedProduct::of(&e.name, e.price, e.available, version, &e.last_updated))
+            }
+            CentralEvent::InventoryUpdated(e) => {
+                (&e.id, CachedProduct::of(&e.name, e.price, e.available, version, &e.last_updated))
+            }
+        };
+        products.put(id, &product)
     }
 }
 
