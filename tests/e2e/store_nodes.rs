@@ -380,3 +380,21 @@ async fn bad_requests_to_a_store_node_get_a_4xx_naming_the_problem() {
         assert!(carrier.output().contains(needle), "{args:?}: {}", carrier.output());
     }
 }
+
+#[test]
+fn the_inventory_demo_exits_zero_when_both_nodes_equal_the_central() {
+    let env = TestEnv::start();
+    let out = std::process::Command::new(carrier_tests::carrier_bin())
+        .args(["demo", "--story", "inventory", "--nats-url", &env.url(), "--data-dir"])
+        .arg(env.data_dir())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("carrier runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("version_conflict (409)"), "{stdout}");
+    assert!(stdout.contains("Idempotent-Replayed: true"), "{stdout}");
+    assert!(stdout.contains("answers 503 central_unavailable"), "{stdout}");
+    assert!(stdout.contains("--> Central.UpdateInventory"), "the flow log names the command: {stdout}");
+    assert!(stdout.contains("OK: both store nodes' caches equal the central inventory."), "{stdout}");
+}

@@ -29,10 +29,23 @@ pub struct DemoArgs {
     /// After the story, keep running (and serving the dashboard) until SIGINT or SIGTERM.
     #[arg(long)]
     stay: bool,
+    /// Which story: the MallBots mall (seed 001) or seed 003's store nodes (a central inventory
+    /// and two store nodes, each with its HTTP API).
+    #[arg(long, value_enum, default_value = "mall")]
+    story: Story,
     #[command(flatten)]
     dashboard: carrier_cli::dashboard::DashboardArgs,
     #[command(flatten)]
     otlp: carrier_cli::otel::OtlpArgs,
+}
+
+/// The demo's stories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Story {
+    /// Seed 001: every context of the mall, the order flow, every cache checked.
+    Mall,
+    /// Seed 003: a central inventory and two store nodes.
+    Inventory,
 }
 
 pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +57,10 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.nats.names_a_server().then(|| args.nats.options()).transpose()?,
         args.data_dir.as_deref(),
     )?;
+    if args.story == Story::Inventory {
+        println!("Carrier demo, seed 003's store nodes, on JetStream at {}\n", nats.url);
+        return crate::storenodes::demo::main(&nats.options, &data_dir, Duration::from_secs(args.timeout)).await;
+    }
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
     let exporter = carrier_cli::otel::start(&args.otlp).await?;

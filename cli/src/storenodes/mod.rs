@@ -3,4 +3,5 @@
 //! built on Carrier's public API; this is only their process: flags, environment, start and stop.
 
 pub mod central;
+pub mod demo;
 pub mod store_node;

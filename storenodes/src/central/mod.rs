@@ -251,6 +251,15 @@ fn expect_version(expected: Option<u64>, product: &Product) -> Result<(), Comman
 }
 
 impl Decides<CentralCommand> for Central {
+    fn command_name(command: &CentralCommand) -> &'static str {
+        match command {
+            CentralCommand::CreateProduct { .. } => "CreateProduct",
+            CentralCommand::ModifyProduct { .. } => "ModifyProduct",
+            CentralCommand::UpdateInventory { .. } => "UpdateInventory",
+            CentralCommand::DeleteProduct { .. } => "DeleteProduct",
+        }
+    }
+
     fn decide(
         txn: &WriteTransaction,
         emit: &mut Emitter<'_, CentralEvent>,
