@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-nats-server.sh
 scripts/ensure-chromium.sh
+scripts/ensure-wrk.sh
 cargo build --workspace --all-targets --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -398,3 +398,39 @@ fn the_inventory_demo_exits_zero_when_both_nodes_equal_the_central() {
     assert!(stdout.contains("--> Central.UpdateInventory"), "the flow log names the command: {stdout}");
     assert!(stdout.contains("OK: both store nodes' caches equal the central inventory."), "{stdout}");
 }
+
+/// `carrier bench --store-node --json` at a small scale: one object with the HTTP figures of the
+/// node and of its static baseline, measured by wrk in the same run, and the full-sync times.
+#[test]
+fn the_store_node_bench_measures_reads_against_a_static_baseline() {
+    let out = std::process::Command::new(carrier_tests::carrier_bin())
+        .args([
+            "bench",
+            "--store-node",
+            "--products",
+            "2000",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--connections",
+            "8",
+            "--json",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("carrier runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout:\n{stdout}");
+    let f: Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(f["products"], 2000);
+    for side in ["baseline", "node"] {
+        assert!(f[side]["requests_per_s"].as_f64().is_some_and(|r| r > 0.0), "{f}");
+        assert!(f[side]["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "{f}");
+    }
+    assert_eq!(f["node"]["errors"], 0, "every read found its product: {f}");
+    assert!(f["node_over_baseline"].as_f64().is_some_and(|r| r > 0.0), "{f}");
+    assert!(f["first_sync_s"].as_f64().is_some_and(|s| s > 0.0) && f["forced_sync_s"].as_f64().is_some(), "{f}");
+}

@@ -51,6 +51,16 @@ pub struct BenchArgs {
     /// after SIGTERM and SIGKILL, two rebuilds under a command probe, resident memory throughout.
     #[arg(long)]
     scale: bool,
+    /// Measure a store node (seed 003) instead: product reads over HTTP against a static
+    /// baseline, with wrk, and the full sync of `--products` products [default: 100000].
+    #[arg(long, conflicts_with = "scale")]
+    store_node: bool,
+    /// With --store-node: seconds of HTTP load per measurement.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+    seconds: u32,
+    /// With --store-node: wrk's connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: u32,
     /// With --scale: redb's page cache per file, MiB (as `carrier run --redb-cache-mb`).
     #[arg(long, default_value_t = (carrier_storage::DEFAULT_CACHE_BYTES >> 20) as u32,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -93,6 +103,16 @@ struct Round {
 
 pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("warn", false);
+    if args.store_node {
+        return crate::storenodes::bench::main(crate::storenodes::bench::StoreNodeBench {
+            products: args.products.unwrap_or(100_000),
+            seconds: args.seconds,
+            connections: args.connections,
+            rounds: args.rounds,
+            json: args.json,
+        })
+        .await;
+    }
     if args.scale {
         let events = args.events.unwrap_or(1_200_000);
         return super::scale::main(super::scale::ScaleArgs {

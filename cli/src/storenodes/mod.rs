@@ -2,6 +2,7 @@
 //! (its context and its HTTP API), `carrier store-node` one store's cache of it and its HTTP API. The contexts and the HTTP APIs live in `carrier-storenodes`,
 //! built on Carrier's public API; this is only their process: flags, environment, start and stop.
 
+pub mod bench;
 pub mod central;
 pub mod demo;
 pub mod store_node;
