@@ -831,6 +831,7 @@ impl<K: ContextKind> ContextHandle<K> {
                 .collect(),
             stream: (!<K::Event as DomainEvent>::EVENT_TYPES.is_empty()).then_some(K::Event::STREAM),
             rebuild,
+            resync: (!self.resync_sources.is_empty()).then(|| self.resync.clone()),
         }
     }
 

@@ -83,6 +83,8 @@ pub(crate) struct ObservedContext {
     pub stream: Option<&'static str>,
     /// Rebuilds its caches from the streams, when it has any.
     pub rebuild: Option<RebuildFn>,
+    /// Its full syncs from owners' snapshots, when it resyncs.
+    pub resync: Option<Arc<crate::resync::ResyncState>>,
 }
 
 /// Starts a rebuild of one context's caches, reporting into the progress given.
@@ -401,7 +403,41 @@ pub struct Snapshot {
     /// This instance, and what it holds.
     #[serde(default)]
     pub instance: InstanceReport,
+    /// Every context that resyncs from its owners: its full syncs and the positions its
+    /// consumers found no longer in their streams.
+    #[serde(default)]
+    pub full_syncs: Vec<FullSyncReport>,
+    /// What the application running Carrier adds (a store node's sync state, say), each a
+    /// titled list of settings and values.
+    #[serde(default)]
+    pub panels: Vec<PanelReport>,
 }
+
+/// A context's full syncs (see [`crate::resync`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullSyncReport {
+    /// The context.
+    pub context: String,
+    /// Whether one runs, its progress, how the last one ended.
+    pub status: FullSyncStatus,
+    /// How often its consumers found the stream no longer holding their position.
+    pub positions_lost: u64,
+}
+
+/// [`crate::resync::ResyncStatus`], as reports carry it.
+pub type FullSyncStatus = crate::resync::ResyncStatus;
+
+/// A panel the application adds to the dashboard: a title and rows of (name, value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanelReport {
+    /// Its title.
+    pub title: String,
+    /// Its rows.
+    pub rows: Vec<(String, String)>,
+}
+
+/// Reads a panel's rows when a snapshot is taken.
+pub type PanelFn = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 
 /// Who holds one context's lease, as the lease bucket says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -456,6 +492,7 @@ pub struct Observer {
     bus: Bus,
     tree: SupervisionTree,
     contexts: Arc<Vec<ObservedContext>>,
+    panels: Arc<Mutex<Vec<(String, PanelFn)>>>,
     rates: Arc<Mutex<BTreeMap<String, Rates>>>,
     rebuilds: Arc<Mutex<BTreeMap<String, crate::rebuild::Progress>>>,
     instance: Arc<InstanceReport>,
@@ -477,7 +514,42 @@ impl Observer {
         contexts: Vec<ObservedContext>,
         instance: Arc<InstanceReport>,
     ) -> Observer {
-        Observer { bus, tree, contexts: Arc::new(contexts), rates: Arc::default(), rebuilds: Arc::default(), instance }
+        Observer {
+            bus,
+            tree,
+            contexts: Arc::new(contexts),
+            panels: Arc::default(),
+            rates: Arc::default(),
+            rebuilds: Arc::default(),
+            instance,
+        }
+    }
+
+    /// Adds a panel to what this observer reports (the dashboard shows it as a table): the
+    /// application's own state beside Carrier's, read by `rows` at every snapshot (so keep it
+    /// cheap: counters and flags, no I/O).
+    pub fn add_panel(&self, title: impl Into<String>, rows: PanelFn) {
+        if let Ok(mut panels) = self.panels.lock() {
+            panels.push((title.into(), rows));
+        }
+    }
+
+    /// The application's panels, read now.
+    pub fn panels(&self) -> Vec<PanelReport> {
+        let panels = self.panels.lock().map(|p| p.clone()).unwrap_or_default();
+        panels.into_iter().map(|(title, rows)| PanelReport { title, rows: rows() }).collect()
+    }
+
+    /// Every context that resyncs from its owners: its full syncs' status.
+    pub fn full_syncs(&self) -> Vec<FullSyncReport> {
+        self.contexts
+            .iter()
+            .filter_map(|c| {
+                let state = c.resync.as_ref()?;
+                let positions_lost = c.consumers.iter().map(|p| p.stats.positions_lost.load(Ordering::Relaxed)).sum();
+                Some(FullSyncReport { context: c.name.to_string(), status: state.status(), positions_lost })
+            })
+            .collect()
     }
 
     /// This instance and what it holds.
@@ -688,6 +760,8 @@ impl Observer {
             rebuilds: self.rebuilds(),
             topology: self.topology(),
             instance: InstanceReport { all_leases: self.all_leases().await, ..self.instance() },
+            full_syncs: self.full_syncs(),
+            panels: self.panels(),
         }
     }
 

@@ -62,7 +62,8 @@ pub enum ResyncError {
 }
 
 /// What operators and the store nodes' sync status see of a context's full syncs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ResyncStatus {
     /// A full sync is running.
     pub in_progress: bool,

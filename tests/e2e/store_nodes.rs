@@ -434,3 +434,51 @@ fn the_store_node_bench_measures_reads_against_a_static_baseline() {
     assert!(f["node_over_baseline"].as_f64().is_some_and(|r| r > 0.0), "{f}");
     assert!(f["first_sync_s"].as_f64().is_some_and(|s| s > 0.0) && f["forced_sync_s"].as_f64().is_some(), "{f}");
 }
+
+/// A store node's dashboard, in a real headless browser: its sync state, lag and fallback mode in
+/// the store node's panel, and its full syncs (first start, then a forced one) in their table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_nodes_dashboard_shows_its_sync_state_lag_and_full_syncs() {
+    let env = TestEnv::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_central, central) = start_central(&env, &dir.path().join("central"));
+    create_products(&env, "D", 25).await;
+    let url = env.url();
+    let data = dir.path().join("s1").to_string_lossy().to_string();
+    let args = [
+        "store-node",
+        "--store-id",
+        "store-s1",
+        "--nats-url",
+        &url,
+        "--data-dir",
+        &data,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--api-keys",
+        "demo",
+        "--dashboard-addr",
+        "127.0.0.1:0",
+    ];
+    let mut node = CarrierProcess::spawn(&args);
+    let s1 = node.url_after("http", Duration::from_secs(30));
+    let dashboard = node.url_after("url", Duration::from_secs(30));
+    converged(&central, &s1, Duration::from_secs(20)).await;
+    assert_eq!(post(&s1, "/v1/store/sync/force", "").status, 200);
+
+    let browser = carrier_tests::browser::Browser::start();
+    browser.goto(&format!("{dashboard}/"));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the store node's panel and its full syncs",
+        r#"const panel = document.querySelector('section.panel[data-title="Store node store-s1"]');
+           const row = (k) => panel && panel.querySelector(`tr[data-key="${k}"] td`)?.textContent;
+           const sync = document.querySelector('#full-syncs tr[data-context="store"]');
+           return !!panel && row('sync state') === 'following events' && row('lag (events)') === '0'
+               && row('fallback mode') === 'false' && row('applied through') === '25'
+               && !!sync && sync.dataset.state === 'synced' && sync.textContent.includes('forced')
+               && sync.children[7].textContent.trim() === '2 / 0';"#,
+    );
+}

@@ -71,6 +71,9 @@ pub async fn main(args: CentralArgs) -> anyhow::Result<ExitCode> {
         }
     });
     let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
+    if let Some(dashboard) = &dashboard {
+        tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
+    }
     tracing::info!(http = %format!("http://{addr}"), nats = %nats.url, data_dir = %args.data_dir.display(),
         "the central inventory is running; SIGINT or SIGTERM stops it");
     carrier_cli::shutdown_signal().await;

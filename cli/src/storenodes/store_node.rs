@@ -96,13 +96,19 @@ pub async fn main(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("--port {}: cannot listen on {addr}", args.port))?;
     let addr = listener.local_addr().context("listening address")?;
-    let app = node::http::router(NodeApi::new(store), args.api_keys);
+    let app = node::http::router(NodeApi::new(store.clone()), args.api_keys);
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     });
-    let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
+    let observer = system.observer();
+    let panel = store.clone();
+    observer.add_panel(format!("Store node {}", args.store_id), std::sync::Arc::new(move || panel.panel_rows()));
+    let dashboard = carrier_cli::dashboard::start(&args.dashboard, observer).await?;
+    if let Some(dashboard) = &dashboard {
+        tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
+    }
     tracing::info!(store = %args.store_id, http = %format!("http://{addr}"), nats = %nats.url, data_dir = %data_dir.display(),
         "the store node is running; SIGINT or SIGTERM stops it");
     carrier_cli::shutdown_signal().await;

@@ -295,6 +295,35 @@ impl StoreNode {
     }
 }
 
+impl StoreNode {
+    /// The node's sync state as rows for the dashboard's panel (see
+    /// [`carrier_actors::observe::Observer::add_panel`]): read from counters, no I/O.
+    pub fn panel_rows(&self) -> Vec<(String, String)> {
+        let m = &self.monitor;
+        let resync = self.handle.resync_status();
+        let sync_state = if resync.in_progress {
+            format!("full sync in progress ({} / {})", resync.done, resync.total)
+        } else if m.fallback_mode.load(Ordering::Relaxed) {
+            "fallback mode".to_string()
+        } else {
+            "following events".to_string()
+        };
+        vec![
+            ("store".into(), self.store_id.clone()),
+            ("sync state".into(), sync_state),
+            ("lag (events)".into(), self.lag().to_string()),
+            ("applied through".into(), self.position().to_string()),
+            ("stream last".into(), m.stream_last.load(Ordering::Relaxed).to_string()),
+            ("fallback mode".into(), m.fallback_mode.load(Ordering::Relaxed).to_string()),
+            ("consecutive failures".into(), m.consecutive_failures.load(Ordering::Relaxed).to_string()),
+            (
+                "last caught up".into(),
+                rfc3339(m.caught_up_unix_ms.load(Ordering::Relaxed)).unwrap_or_else(|| "never".into()),
+            ),
+        ]
+    }
+}
+
 /// Unix ms of `at`.
 pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
