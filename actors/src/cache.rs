@@ -1044,10 +1044,18 @@ impl<K: ContextKind> ContextBuilder<K> {
                                 "position lost: asked for {} but {source} retains from {}",
                                 lost.requested, lost.first_retained
                             );
+                            // Until a sync succeeds (which lets the consumer go on): one that
+                            // runs already may succeed for it, else this one tries again.
+                            let lost = |handle: &ContextHandle<K>| {
+                                handle.probes.iter().any(|p| p.source == source && p.control.position_lost())
+                            };
                             let mut wait = Duration::from_secs(1);
-                            loop {
+                            while lost(&handle) {
                                 match handle.resync(&reason).await {
-                                    Ok(_) | Err(crate::resync::ResyncError::InProgress) => break,
+                                    Ok(_) => break,
+                                    Err(crate::resync::ResyncError::InProgress) => {
+                                        tokio::time::sleep(Duration::from_millis(200)).await
+                                    }
                                     Err(_) => {
                                         tokio::time::sleep(wait).await;
                                         wait = (wait * 2).min(Duration::from_secs(30));

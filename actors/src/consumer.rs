@@ -312,7 +312,9 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         } else {
             let checkpoint = read_checkpoint(&args.checkpoint, &args.spec.durable).await?;
             let consumer = args.bus.durable(&args.spec, checkpoint).await?;
-            noticed_position(&args.spec.durable, &consumer, &args.stats, &args.on_position_lost);
+            noticed_position(&args.spec.durable, &consumer, &args.stats, &args.control, &args.on_position_lost);
+            // Where it stands from the start, before its first ack.
+            args.stats.acked_stream_seq.fetch_max(checkpoint, Ordering::Relaxed);
             Some(consumer)
         };
         myself.send_message(ConsumerMsg::Poll)?;
@@ -362,12 +364,20 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     // Let go of the pull subscription: nothing delivered, pending or redelivered.
                     state.consumer = None;
                     state.control.set_released(true);
-                    tracing::warn!(consumer = %state.spec.durable, "paused (by an operator, or its context is fenced)");
+                    tracing::warn!(consumer = %state.spec.durable, "held back (paused by an operator, its context fenced, or a full sync)");
                 } else if !paused && state.consumer.is_none() {
                     let checkpoint = read_checkpoint(&state.checkpoint, &state.spec.durable).await?;
                     let consumer = state.bus.durable(&state.spec, checkpoint).await?;
-                    noticed_position(&state.spec.durable, &consumer, &state.stats, &state.on_position_lost);
+                    noticed_position(
+                        &state.spec.durable,
+                        &consumer,
+                        &state.stats,
+                        &state.control,
+                        &state.on_position_lost,
+                    );
                     state.consumer = Some(consumer);
+                    // A full sync may have moved the checkpoint while it was held back.
+                    state.stats.acked_stream_seq.fetch_max(checkpoint, Ordering::Relaxed);
                     state.control.set_released(false);
                     tracing::warn!(consumer = %state.spec.durable, from = checkpoint + 1, "resumed");
                 }
@@ -469,7 +479,13 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
 }
 
 /// Records, logs and reports a consumer made where its stream no longer holds its position.
-fn noticed_position(durable: &str, consumer: &DurableConsumer, stats: &ConsumerStats, hook: &Option<PositionLostHook>) {
+fn noticed_position(
+    durable: &str,
+    consumer: &DurableConsumer,
+    stats: &ConsumerStats,
+    control: &crate::offsets::ConsumerControl,
+    hook: &Option<PositionLostHook>,
+) {
     let Some((requested, first_retained)) = consumer.trimmed() else { return };
     let at_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -482,6 +498,8 @@ fn noticed_position(durable: &str, consumer: &DurableConsumer, stats: &ConsumerS
         Some(hook) => {
             tracing::warn!(consumer = %durable, requested, first_retained,
                 "the stream no longer holds this consumer's position: a full sync from the owner follows");
+            // Nothing is applied past the hole until the sync has filled it.
+            control.set_position_lost(true);
             hook(lost);
         }
         None => tracing::error!(consumer = %durable, requested, first_retained,

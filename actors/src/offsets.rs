@@ -158,6 +158,12 @@ type Reply = tokio::sync::oneshot::Sender<Result<Repositioned, RepositionError>>
 #[derive(Default, Debug)]
 pub struct ConsumerControl {
     paused: AtomicBool,
+    /// Held back while its context replaces its cache from the owner's snapshot.
+    resyncing: AtomicBool,
+    /// Held back from the moment its stream was found not to hold its position until a full sync
+    /// succeeds: nothing is applied past the hole, so the checkpoint stays below it and a crash
+    /// in between finds the hole again at the next start.
+    position_lost: AtomicBool,
     /// The context's fence: while set, the consumer holds back as if paused.
     fence: Option<Arc<crate::fence::Fence>>,
     /// Set by the actor once it holds no pull subscription (paused and let go).
@@ -183,9 +189,29 @@ impl ConsumerControl {
         self.fence.as_ref().filter(|f| f.is_fenced()).map(|f| f.reason().unwrap_or_default())
     }
 
-    /// Whether it must pull nothing now: paused, or its context fenced.
+    /// Whether it must pull nothing now: paused, its context fenced, a full sync running, or its
+    /// position lost and not yet resynced.
     pub fn holds_back(&self) -> bool {
-        self.is_paused() || self.fence.as_ref().is_some_and(|f| f.is_fenced())
+        self.is_paused()
+            || self.fence.as_ref().is_some_and(|f| f.is_fenced())
+            || self.resyncing.load(Ordering::Acquire)
+            || self.position_lost.load(Ordering::Acquire)
+    }
+
+    /// Holds it back (`true`) while a full sync runs, or lets it go on.
+    pub(crate) fn set_resyncing(&self, on: bool) {
+        self.resyncing.store(on, Ordering::Release);
+    }
+
+    /// Whether its stream was found not to hold its position and no full sync has filled the
+    /// hole yet.
+    pub fn position_lost(&self) -> bool {
+        self.position_lost.load(Ordering::Acquire)
+    }
+
+    /// Holds it back (`true`) from a lost position until a full sync succeeded.
+    pub(crate) fn set_position_lost(&self, on: bool) {
+        self.position_lost.store(on, Ordering::Release);
     }
 
     /// Pauses (`true`) or resumes; returns whether it was paused before. The consumer lets go

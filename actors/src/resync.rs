@@ -147,12 +147,31 @@ where
         let (bus, durable, aggregates, faults) = (bus.clone(), durable.clone(), aggregates.clone(), faults.clone());
         Box::pin(async move {
             let owner = E::CONTEXT;
-            // Nothing is applied from here until the snapshot is in (see the module's steps).
+            // The consumers of the owner's stream let go of their subscriptions, so that they
+            // start again from the checkpoint the sync leaves (not replaying, stale, what the
+            // snapshot already holds); the writer holds whatever batch was already on its way.
+            let controls: Vec<Arc<crate::offsets::ConsumerControl>> =
+                handle.probes.iter().filter(|p| p.source == owner).map(|p| p.control.clone()).collect();
+            let _resuming = Resume(controls.clone());
+            for control in &controls {
+                control.set_resyncing(true);
+            }
+            for control in &controls {
+                control.wait_released(Duration::from_secs(5)).await;
+            }
             let held = handle.hold_batches().await?;
-            let through = bus.last_sequence(E::STREAM).await?;
+            // Without the stream's position (JetStream out of reach: a fallback sync) the
+            // snapshot is merged where newer, and the checkpoint stays.
+            let through = match bus.last_sequence(E::STREAM).await {
+                Ok(seq) => Some(seq),
+                Err(error) => {
+                    tracing::warn!(context = K::NAME, %error, "the stream cannot be read: merging the owner's snapshot where it is newer");
+                    None
+                }
+            };
             let mut written = 0;
             for aggregate in aggregates {
-                let mut entities: Vec<(String, u64, K::State)> = Vec::new();
+                let mut entities: Vec<(String, u64, Option<K::State>)> = Vec::new();
                 let mut after: Option<String> = None;
                 loop {
                     let query = SnapshotQuery {
@@ -165,9 +184,8 @@ where
                     }
                     let page = ask_page(&bus, owner, &query).await?;
                     for entity in page.entities {
-                        let state: K::State = serde_json::from_value(entity.state).map_err(|e| ResyncError::Owner {
-                            owner,
-                            reason: format!("{aggregate} {:?}: {e}", entity.id),
+                        let state = entity.state.map(serde_json::from_value::<K::State>).transpose().map_err(|e| {
+                            ResyncError::Owner { owner, reason: format!("{aggregate} {:?}: {e}", entity.id) }
                         })?;
                         entities.push((entity.id, entity.version, state));
                     }
@@ -185,11 +203,30 @@ where
                 written += handle.write(move |w| w.resync::<E>(aggregate, &durable, through, entities)).await??;
             }
             drop(held);
-            state.update(|s| s.last_through = through);
+            if let Some(through) = through {
+                state.update(|s| s.last_through = through);
+                // The hole a lost position left is filled: its consumers may go on, from `through`.
+                for probe in handle.probes.iter().filter(|p| p.source == owner) {
+                    probe.stats.acked_stream_seq.fetch_max(through, std::sync::atomic::Ordering::Relaxed);
+                    probe.stats.acked.notify_waiters();
+                    probe.control.set_position_lost(false);
+                }
+            }
             Ok(written)
         }) as BoxFuture<_>
     };
     ResyncSource { run: Arc::new(run) }
+}
+
+/// Lets the consumers go on when the sync ends, whichever way it ends.
+struct Resume(Vec<Arc<crate::offsets::ConsumerControl>>);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        for control in &self.0 {
+            control.set_resyncing(false);
+        }
+    }
 }
 
 async fn ask_page(

@@ -259,15 +259,18 @@ pub struct SnapshotQuery {
 }
 
 /// One entity in a snapshot: its id, the version of its last event and its state (the owner's
-/// row; each cache reads the fields it keeps).
+/// row; each cache reads the fields it keeps), or no state for an entity the owner deleted (a
+/// tombstone: its version keeps a cache from applying older events of it again).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct SnapshotEntity<S> {
     /// Its id.
     pub id: String,
-    /// The version of its last event.
+    /// The version of its last event (its deletion's, for a tombstone).
     pub version: u64,
-    /// Its state.
-    pub state: S,
+    /// Its state; `null` when the owner deleted it.
+    #[serde(default)]
+    pub state: Option<S>,
 }
 
 /// A page of an owner's entities: `next` is the `after` of the next page, absent on the last.

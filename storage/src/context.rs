@@ -387,16 +387,17 @@ impl<K: ContextKind> FileWriter<K> {
     }
 
     /// Replaces every entity of kind `aggregate` with the owner's snapshot `entities` (id,
-    /// version, state) in one transaction (see [`engine::resync`]): the context's rows of that
-    /// kind, their versions and parked events, and `consumer`'s checkpoint, which becomes at
-    /// least `through` (the stream's last sequence before the snapshot was read). Returns how many
-    /// entities were written.
+    /// version, state, or no state for a tombstone) in one transaction (see [`engine::resync`]):
+    /// the context's rows of that kind, their versions and parked events, and `consumer`'s
+    /// checkpoint, which becomes at least `through` (the stream's last sequence before the
+    /// snapshot was read); without `through`, merges the snapshot where it is newer. Returns how
+    /// many entities were written.
     pub fn resync<E: DomainEvent>(
         &self,
         aggregate: &str,
         consumer: &str,
-        through: u64,
-        entities: Vec<(String, u64, K::State)>,
+        through: Option<u64>,
+        entities: Vec<(String, u64, Option<K::State>)>,
     ) -> Result<u64, StorageError>
     where
         K: Resyncs<E>,

@@ -420,23 +420,29 @@ where
 }
 
 /// Replaces every entity of kind `aggregate` with an owner's snapshot, in one transaction: `clear`
-/// empties the context's rows of that kind, `write` writes each entity's state; the kind's
-/// versions become exactly the snapshot's and its parked events go (everything after `through`
-/// is delivered again, as the checkpoint says). `consumer`'s checkpoint becomes
-/// `max(checkpoint, through)`, `through` being the stream's last sequence read before the
-/// snapshot was: every event up to it is reflected in the snapshot, so nothing before it needs
-/// delivering again, and an event after it that the snapshot already reflects is stale by its
-/// version. The caller must keep batches from being applied while it reads the snapshot (an event
-/// applied in between would be in the inbox, and so skipped on redelivery, while the snapshot
-/// may predate it). Returns how many entities were written.
+/// empties the context's rows of that kind, `write` writes each entity's state (a tombstone,
+/// with no state, keeps only its version); the kind's versions become exactly the snapshot's and
+/// its parked events go (everything after `through` is delivered again, as the checkpoint says).
+/// `consumer`'s checkpoint becomes `max(checkpoint, through)`, `through` being the stream's last
+/// sequence read before the snapshot was: every event up to it is reflected in the snapshot, so
+/// nothing before it needs delivering again, and an event after it that the snapshot already
+/// reflects is stale by its version. The caller must keep batches from being applied while it
+/// reads the snapshot (an event applied in between would be in the inbox, and so skipped on
+/// redelivery, while the snapshot may predate it).
+///
+/// Without `through` (the stream could not be read: a fallback sync while JetStream is out of
+/// reach) the snapshot is merged instead: an entity is written only where it is newer than what
+/// the file holds, nothing is cleared, tombstones are skipped, and the checkpoint stays; events
+/// still to come are then stale or next by their versions as usual. Returns how many entities
+/// were written.
 #[allow(clippy::too_many_arguments)]
 pub fn resync<E, P, S>(
     db: &Database,
     projection: &P,
     aggregate: &str,
     consumer: &str,
-    through: u64,
-    entities: Vec<(String, u64, S)>,
+    through: Option<u64>,
+    entities: Vec<(String, u64, Option<S>)>,
     clear: impl FnOnce(&mut P::Tables<'_>) -> Result<(), StorageError>,
     mut write: impl FnMut(&mut P::Tables<'_>, &str, S) -> Result<(), StorageError>,
 ) -> Result<u64, StorageError>
@@ -445,11 +451,24 @@ where
     P: Projection<E>,
 {
     let txn = db.begin_write().during("begin_write")?;
-    let written = entities.len() as u64;
+    let mut written = 0;
     {
         let mut tables = projection.open(&txn)?;
-        clear(&mut tables)?;
         let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
+        let Some(through) = through else {
+            for (id, version, state) in entities {
+                let current = versions.get((aggregate, id.as_str())).during("read entity_versions")?.map(|v| v.value());
+                if let (Some(state), true) = (state, current.unwrap_or(0) < version) {
+                    write(&mut tables, &id, state)?;
+                    versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
+                    written += 1;
+                }
+            }
+            drop((tables, versions));
+            txn.commit().during("commit")?;
+            return Ok(written);
+        };
+        clear(&mut tables)?;
         let mut old: Vec<String> = Vec::new();
         for entry in versions.range((aggregate, "")..).during("read entity_versions")? {
             let (key, _) = entry.during("read entity_versions")?;
@@ -476,7 +495,10 @@ where
             parked.remove((aggregate, id.as_str(), v)).during("clear parked")?;
         }
         for (id, version, state) in entities {
-            write(&mut tables, &id, state)?;
+            if let Some(state) = state {
+                write(&mut tables, &id, state)?;
+                written += 1;
+            }
             versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
         }
         let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;

@@ -281,6 +281,19 @@ async fn a_stream_trimmed_below_a_nodes_position_is_noticed_and_full_synced() {
     assert!(lost["firstRetained"].as_u64().expect("first retained") > position + 1, "{status}");
     assert!(status["eventSync"]["positionsLost"].as_u64() >= Some(1));
     assert!(status["fullSync"]["lastReason"].as_str().unwrap_or_default().starts_with("position lost"), "{status}");
+    // After the sync the consumer starts at the snapshot's position, not replaying what the
+    // snapshot already holds: it acknowledges up to the stream's end with nothing left to apply.
+    assert_eq!(status["eventSync"]["lastEventOffset"], status["fullSync"]["lastThrough"], "{status}");
+    drop(_s1_again);
+
+    // The product deleted while the node was down came as a tombstone: its version is kept.
+    let file = dir.path().join("s1").join("store.redb");
+    let tables = carrier_storage::inspect::dump(&file, 10_000).expect("store.redb reads");
+    let versions = tables.iter().find(|t| t.table == "entity_versions").expect("entity_versions");
+    let deleted = versions.entries.iter().find(|(k, _)| k.to_string().contains("T-00029")).map(|(_, v)| v.clone());
+    assert_eq!(deleted, Some(Value::from(2)), "the tombstone's version: {:?}", versions.entries.last());
+    let products = tables.iter().find(|t| t.table == "products").expect("products");
+    assert_eq!(products.rows, 29, "the deleted product is gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -493,17 +493,24 @@ pub fn context() -> BoundedContext {
             if aggregate != "product" {
                 return Ok((Vec::new(), 0));
             }
+            // Products and the tombstones of deleted ones, merged in id order (an id is in one
+            // table or the other): a cache that full-syncs keeps a deleted product's version,
+            // so its older events are stale, never a product come back.
             db.read(|txn| {
-                let rows = PRODUCTS.page(txn, after, limit)?;
-                let entities = rows
-                    .into_iter()
-                    .map(|(id, p)| SnapshotEntity {
-                        version: p.version,
-                        state: serde_json::to_value(ProductView::of(id.clone(), p)).unwrap_or_default(),
-                        id,
-                    })
-                    .collect();
-                Ok((entities, PRODUCTS.len(txn)?))
+                let live = PRODUCTS.page(txn, after, limit)?.into_iter().map(|(id, p)| SnapshotEntity {
+                    version: p.version,
+                    state: serde_json::to_value(ProductView::of(id.clone(), p)).ok(),
+                    id,
+                });
+                let gone = DELETED.page(txn, after, limit)?.into_iter().map(|(id, version)| SnapshotEntity {
+                    id,
+                    version,
+                    state: None,
+                });
+                let mut entities: Vec<SnapshotEntity<serde_json::Value>> = live.chain(gone).collect();
+                entities.sort_by(|a, b| a.id.cmp(&b.id));
+                entities.truncate(limit);
+                Ok((entities, PRODUCTS.len(txn)? + DELETED.len(txn)?))
             })
         })
         .build()
