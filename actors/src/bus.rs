@@ -880,7 +880,7 @@ impl Bus {
             .await
             .map_err(|_| BusError::Publish {
                 subject: subject.to_string(),
-                reason: format!("no reply within {timeout:?}"),
+                reason: format!("{NO_REPLY_WITHIN} {timeout:?}"),
             })?
             .map_err(|e| BusError::Publish { subject: subject.to_string(), reason: e.to_string() })?;
         Ok(reply.payload)
@@ -920,6 +920,17 @@ impl Bus {
     /// Direct access for the raw-baseline benchmark and tests' plain-client checks.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+}
+
+/// How a request's timeout is worded (see [`BusError::is_timeout`]).
+const NO_REPLY_WITHIN: &str = "no reply within";
+
+impl BusError {
+    /// Whether a request got no reply in time: unlike "no responders", the request may have
+    /// been received and acted on, so its outcome is unknown.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, BusError::Publish { reason, .. } if reason.starts_with(NO_REPLY_WITHIN))
     }
 }
 

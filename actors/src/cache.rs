@@ -109,6 +109,8 @@ pub type RunJob<K> = Box<dyn FnOnce(&FileWriter<K>) + Send + 'static>;
 /// per group, not per command, and no waiting at all when commands come one at a time.
 pub struct DecisionQueue<K: ContextKind> {
     queued: std::sync::Mutex<Vec<QueuedDecision<K>>>,
+    /// Numbers queued decisions, so that a caller can withdraw its own.
+    next_id: std::sync::atomic::AtomicU64,
     /// Idempotency keys of queued decisions and of those being decided, until answered.
     in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -116,6 +118,7 @@ pub struct DecisionQueue<K: ContextKind> {
 /// A queued command: its decision, its idempotency key (held in flight until it is answered or
 /// dropped) and where its answer goes.
 struct QueuedDecision<K: ContextKind> {
+    id: u64,
     decision: Decision<K>,
     key: Option<(IdempotencyKey, KeyInFlight)>,
     reply: tokio::sync::oneshot::Sender<Result<Decided<<K as ContextKind>::Event>, CommandError>>,
@@ -133,12 +136,20 @@ impl Drop for KeyInFlight {
     }
 }
 
+/// How long a queued command waits for its writer to take it before it is withdrawn and
+/// answered unavailable (its writer was given up, or keeps failing to start).
+const DECIDE_WAIT: Duration = Duration::from_secs(30);
+
 /// Most commands decided in one transaction (the rest go in the next).
 const DECISIONS_PER_COMMIT: usize = 1024;
 
 impl<K: ContextKind> Default for DecisionQueue<K> {
     fn default() -> Self {
-        DecisionQueue { queued: std::sync::Mutex::new(Vec::new()), in_flight: Arc::default() }
+        DecisionQueue {
+            queued: std::sync::Mutex::new(Vec::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            in_flight: Arc::default(),
+        }
     }
 }
 
@@ -155,6 +166,20 @@ impl<K: ContextKind> DecisionQueue<K> {
             ));
         }
         Ok(KeyInFlight { key: key.key().to_string(), in_flight: self.in_flight.clone() })
+    }
+
+    /// A number for a decision about to be queued.
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes decision `id` back if the writer has not taken it yet: then it is certain it will
+    /// never be decided. `true` when it was still queued.
+    fn withdraw(&self, id: u64) -> bool {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let before = queued.len();
+        queued.retain(|d| d.id != id);
+        queued.len() != before
     }
 
     /// Queues a decision; `true` when the queue was empty (the caller must wake the writer).
@@ -368,7 +393,7 @@ async fn handle_other<K: ContextKind>(
                 let mut decisions = Vec::with_capacity(group.len());
                 let mut keys = Vec::with_capacity(group.len());
                 let mut answers = Vec::with_capacity(group.len());
-                for QueuedDecision { decision, key, reply } in group {
+                for QueuedDecision { decision, key, reply, .. } in group {
                     decisions.push(decision);
                     let (key, held) = key.unzip();
                     keys.push(key);
@@ -776,11 +801,27 @@ impl<K: ContextKind> ContextHandle<K> {
             },
         };
         let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.decisions.push(QueuedDecision { decision: Box::new(decision), key, reply: tx }) {
-            writer.send_message(WriterMsg::Decide).map_err(|_| LookupError::Unavailable)?;
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let id = self.decisions.id();
+        if self.decisions.push(QueuedDecision { id, decision: Box::new(decision), key, reply: tx })
+            && writer.send_message(WriterMsg::Decide).is_err()
+        {
+            // The writer is gone: take the command back, so that "unavailable" means it was not
+            // decided (a restarted writer would otherwise decide it after the caller gave up).
+            if self.decisions.withdraw(id) {
+                return Err(LookupError::Unavailable);
+            }
         }
-        rx.await.map_err(|_| LookupError::Unavailable)
+        tokio::select! {
+            reply = &mut rx => reply.map_err(|_| LookupError::Unavailable),
+            () = tokio::time::sleep(DECIDE_WAIT) => {
+                // Still queued after this long: its writer is not coming back for it.
+                if self.decisions.withdraw(id) {
+                    return Err(LookupError::Unavailable);
+                }
+                rx.await.map_err(|_| LookupError::Unavailable)
+            }
+        }
     }
 
     /// Runs `job` on the writer (the file's only writer) and returns what it returned.

@@ -14,6 +14,11 @@ use crate::bus::{Bus, IncomingRequest, RequestStream};
 /// How long one poll waits for a request before checking its mailbox again.
 const POLL_WAIT: Duration = Duration::from_millis(250);
 
+/// Requests answered at once. Answering one at a time would serialize every client behind each
+/// command's commit and defeat the writer's group commit (commands that arrive together share
+/// one transaction); answering without a bound would let a burst queue unboundedly.
+pub const IN_FLIGHT: usize = 256;
+
 /// What a [`Responder`] does with one request: the reply body, in the request's encoding.
 pub trait Answer: Send + Sync + 'static {
     /// Answers `request`, whose body is in `content_type` (JSON when the header is absent).
@@ -55,9 +60,11 @@ pub struct ResponderState<H> {
     bus: Bus,
     subject: String,
     queue_group: String,
+    /// Requests being answered (at most [`IN_FLIGHT`]).
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     /// The subscription; `None` while fenced.
     requests: Option<RequestStream>,
-    handler: H,
+    handler: std::sync::Arc<H>,
     fence: Option<std::sync::Arc<crate::fence::Fence>>,
 }
 
@@ -79,8 +86,9 @@ impl<H: Answer> Actor for Responder<H> {
             subject: args.subject,
             queue_group: args.queue_group,
             requests,
-            handler: args.handler,
+            handler: std::sync::Arc::new(args.handler),
             fence: args.fence,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
         })
     }
 
@@ -102,11 +110,19 @@ impl<H: Answer> Actor for Responder<H> {
             myself.send_after(POLL_WAIT, || ResponderMsg::Poll);
             return Ok(());
         };
+        // A slot before the next request: at most IN_FLIGHT are being answered.
+        let slot = state.in_flight.clone().acquire_owned().await?;
         if let Some(request) = requests.next(POLL_WAIT).await? {
             let content_type =
                 request.header(header::CONTENT_TYPE).and_then(ContentType::parse).unwrap_or(ContentType::Json);
-            let body = state.handler.answer(&request, content_type).await;
-            state.bus.respond(&request, content_type.as_str(), body).await?;
+            let (handler, bus) = (state.handler.clone(), state.bus.clone());
+            tokio::spawn(async move {
+                let body = handler.answer(&request, content_type).await;
+                if let Err(error) = bus.respond(&request, content_type.as_str(), body).await {
+                    tracing::warn!(subject = %request.subject, %error, "a reply could not be sent");
+                }
+                drop(slot);
+            });
         }
         myself.send_message(ResponderMsg::Poll)?;
         Ok(())

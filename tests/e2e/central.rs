@@ -155,14 +155,41 @@ async fn the_central_inventory_answers_seed_003s_api_with_its_rules() {
     assert_eq!((gone.status, error_code(&gone).as_str()), (404, "product_not_found"));
     let back = post(&base, "/v1/inventory", r#"{"productId":"PROD-002","name":"Cable","price":5,"available":3}"#);
     assert_eq!((back.status, back.json()["version"].as_u64()), (201, Some(3)));
+    // A replayed create answers what the first send made, whatever happened since.
+    let keyed = r#"{"productId":"PROD-003","name":"Lamp","price":12.5,"available":2,"idempotencyKey":"create-3"}"#;
+    assert_eq!(post(&base, "/v1/inventory", keyed).status, 201);
+    assert_eq!(post(&base, "/v1/inventory/updates", r#"{"productId":"PROD-003","delta":1}"#).status, 200);
+    let replayed = post(&base, "/v1/inventory", keyed);
+    assert_eq!((replayed.status, replayed.header("idempotent-replayed")), (201, Some("true")));
+    assert_eq!((replayed.json()["available"].as_i64(), replayed.json()["version"].as_u64()), (Some(2), Some(1)));
+    // Paging by id: every product once, however rows come and go between pages.
+    let first = http("GET", &format!("{base}/v1/inventory?limit=2&after="), &[KEY], None).json();
+    let next = first["pagination"]["next"].as_str().expect("a next id").to_string();
+    let rest = http("GET", &format!("{base}/v1/inventory?limit=2&after={next}"), &[KEY], None).json();
+    let ids: Vec<&str> = first["products"]
+        .as_array()
+        .into_iter()
+        .chain(rest["products"].as_array())
+        .flatten()
+        .filter_map(|p| p["productId"].as_str())
+        .collect();
+    assert_eq!(ids, ["PROD-001", "PROD-002", "PROD-003"]);
+    // A batch takes keys per item, not one header for all.
+    let header = http(
+        "POST",
+        &format!("{base}/v1/inventory/batch-updates"),
+        &[KEY, ("Idempotency-Key", "b")],
+        Some(r#"{"updates":[{"productId":"PROD-001","delta":1}]}"#),
+    );
+    assert_eq!((header.status, error_field(&header).as_str()), (400, "Idempotency-Key"));
 
     // Every applied command is one event on the stream CENTRAL; refusals and replays none.
     let client = env.plain_client().await;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("CENTRAL").await.expect("the stream CENTRAL");
     let info = stream.info().await.expect("stream info");
-    // 2 creates + 1 update + 2 batch items + 1 modify + 1 delete + 1 create again.
-    assert_eq!(info.state.messages, 8);
+    // 2 creates + 1 update + 2 batch items + 1 modify + 1 delete + 1 create again + 1 create + 1 update.
+    assert_eq!(info.state.messages, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,6 +314,9 @@ async fn the_event_feed_long_polls_the_stream_and_says_when_an_offset_is_gone() 
     assert_eq!(answer.json()["events"][0]["offset"], 3, "{}", answer.body);
     assert!(took < Duration::from_secs(10), "the long poll answered when the event came, not at its end: {took:?}");
 
+    // An offset past the stream's end (the stream was recreated, say) is refused, not skipped to.
+    let ahead = feed("offset=99&wait=0");
+    assert_eq!((ahead.status, ahead.json()["error"]["code"].as_str()), (409, Some("offset_ahead")));
     // Parameters are checked and named.
     for (query, field) in
         [("limit=0", "limit"), ("limit=5000", "limit"), ("wait=soon", "wait"), ("offset=-1", "offset")]

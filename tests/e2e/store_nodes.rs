@@ -479,6 +479,11 @@ async fn a_store_nodes_dashboard_shows_its_sync_state_lag_and_full_syncs() {
     let s1 = node.url_after("http", Duration::from_secs(30));
     let dashboard = node.url_after("url", Duration::from_secs(30));
     converged(&central, &s1, Duration::from_secs(20)).await;
+    wait_until(Duration::from_secs(20), "the first full sync is done", || {
+        let s1 = s1.clone();
+        async move { get(&s1, "/v1/store/sync/status").json()["fullSync"]["completed"] == 1 }
+    })
+    .await;
     assert_eq!(post(&s1, "/v1/store/sync/force", "").status, 200);
 
     let browser = carrier_tests::browser::Browser::start();

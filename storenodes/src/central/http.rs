@@ -237,14 +237,36 @@ async fn execute(api: &CentralApi, command: CentralCommand, key: Option<Idempote
     command_reply(result)
 }
 
+/// The `Idempotency-Key` header's value; a value that is not text is a 400 (not ignored, which
+/// would run the command without its key).
+pub fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map(String::from)
+                .map_err(|_| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, "must be visible ASCII text"))
+        })
+        .transpose()
+}
+
+/// A batch takes keys per item: one header for the whole batch would make a retry look safe
+/// while deciding every item again.
+pub fn batch_header_refused() -> ApiError {
+    ApiError::bad_field(
+        IDEMPOTENCY_KEY_HEADER,
+        "a batch takes an idempotencyKey per item in its body, not one header for the whole batch",
+    )
+}
+
 /// The idempotency key of a request: the body's, else the header's.
 fn key_of(
     body: Option<&str>,
     headers: &HeaderMap,
     command: &CentralCommand,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
-    let header = headers.get(IDEMPOTENCY_KEY_HEADER).and_then(|v| v.to_str().ok());
-    match body.or(header) {
+    let header = header_key(headers)?;
+    match body.or(header.as_deref()) {
         None => Ok(None),
         Some(key) => IdempotencyKey::for_command(key, command)
             .map(Some)
@@ -276,11 +298,20 @@ fn refusal(reply: &CommandReply) -> ApiError {
     error
 }
 
-/// The product a command's reply left, read back from the file (its event carries only what
-/// changed for some commands).
-fn product_after(api: &CentralApi, product_id: &str) -> Option<ProductJson> {
-    let row = api.handle.db.read(|txn| PRODUCTS.get(txn, product_id)).ok().flatten()?;
-    Some(ProductView::of(product_id.to_string(), row).into())
+/// The product as the command left it, from the event it recorded (every event but a deletion
+/// carries the whole product): a replay answers what the first send made, not what the product
+/// has become since.
+fn product_after(reply: &CommandReply) -> Option<ProductJson> {
+    let event = reply.event.as_ref()?;
+    let data = event.data.as_ref()?;
+    Some(ProductJson {
+        product_id: event.aggregate_id.clone(),
+        name: data.get("name")?.as_str()?.to_string(),
+        available: data.get("available")?.as_i64()?,
+        version: event.aggregate_version,
+        last_updated: data.get("last_updated")?.as_str()?.to_string(),
+        price: price(data.get("price")?.as_i64()?),
+    })
 }
 
 fn replayed_header(mut response: Response, replayed: bool) -> Response {
@@ -324,9 +355,9 @@ async fn create(
     if !reply.ok {
         return refusal(&reply).into_response();
     }
-    match product_after(&api, &body.product_id) {
+    match product_after(&reply) {
         Some(product) => replayed_header((StatusCode::CREATED, axum::Json(product)).into_response(), reply.replayed),
-        None => ApiError::new(StatusCode::CONFLICT, "product_changed", "created, then changed before it could be read")
+        None => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the recorded event carries no product")
             .into_response(),
     }
 }
@@ -335,6 +366,7 @@ async fn create(
 struct ListParams {
     offset: Option<String>,
     limit: Option<String>,
+    after: Option<String>,
 }
 
 async fn list(State(api): State<CentralApi>, Query(params): Query<ListParams>) -> Response {
@@ -347,14 +379,26 @@ async fn list(State(api): State<CentralApi>, Query(params): Query<ListParams>) -
     // from the first page's `asOfOffset` misses nothing (a later event it already has is stale
     // by its version).
     let as_of = api.bus.last_sequence(<CentralEvent as DomainEvent>::STREAM).await.ok();
-    let read = api.handle.db.read(|txn| Ok((PRODUCTS.slice(txn, paging.offset, paging.limit)?, PRODUCTS.len(txn)?)));
+    // `after` pages by id (a walk of everything misses no row however rows come and go between
+    // pages); `offset` pages by position, as seed 003 does.
+    let read = api.handle.db.read(|txn| {
+        let rows = match params.after.as_deref() {
+            Some(after) => PRODUCTS.page(txn, Some(after), paging.limit)?,
+            None => PRODUCTS.slice(txn, paging.offset, paging.limit)?,
+        };
+        Ok((rows, PRODUCTS.len(txn)?))
+    });
     match read {
         Ok((rows, total)) => {
+            let next = (rows.len() == paging.limit).then(|| rows.last().map(|(id, _)| id.clone())).flatten();
             let products: Vec<ProductJson> = rows.into_iter().map(|(id, p)| ProductView::of(id, p).into()).collect();
-            let has_more = (paging.offset + products.len()) < total as usize;
+            let has_more = match params.after {
+                Some(_) => next.is_some(),
+                None => (paging.offset + products.len()) < total as usize,
+            };
             axum::Json(serde_json::json!({
                 "products": products,
-                "pagination": { "offset": paging.offset, "limit": paging.limit, "total": total, "hasMore": has_more },
+                "pagination": { "offset": paging.offset, "limit": paging.limit, "total": total, "hasMore": has_more, "next": next },
                 "asOfOffset": as_of,
             }))
             .into_response()
@@ -415,7 +459,7 @@ async fn modify(
         if !reply.ok {
             return Err(precondition(refusal(&reply), &headers));
         }
-        let product = product_after(&api, &product_id).ok_or_else(|| {
+        let product = product_after(&reply).ok_or_else(|| {
             ApiError::new(StatusCode::CONFLICT, "product_changed", "changed again before it could be read")
         })?;
         Ok(replayed_header(axum::Json(product).into_response(), reply.replayed))
@@ -491,7 +535,14 @@ async fn update(
     replayed_header((status, axum::Json(result)).into_response(), replayed)
 }
 
-async fn batch_update(State(api): State<CentralApi>, JsonBody(body): JsonBody<BatchRequest>) -> Response {
+async fn batch_update(
+    State(api): State<CentralApi>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<BatchRequest>,
+) -> Response {
+    if headers.contains_key(IDEMPOTENCY_KEY_HEADER) {
+        return batch_header_refused().into_response();
+    }
     if body.updates.is_empty() || body.updates.len() > MAX_BATCH {
         let problem = format!("must hold 1 to {MAX_BATCH} updates, got {}", body.updates.len());
         return ApiError::bad_field("updates", problem).into_response();
@@ -556,21 +607,45 @@ async fn events(State(api): State<CentralApi>, Query(params): Query<FeedParams>)
         let unavailable = |e: carrier_actors::bus::BusError| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).with_header("retry-after", "1")
         };
+        let requested = offset.checked_add(1).ok_or_else(|| ApiError::bad_field("offset", "is too large"))?;
         let (first, last) = api.bus.stream_bounds(stream).await.map_err(unavailable)?;
-        if first > offset + 1 {
+        if offset > last {
+            // The stream was recreated (its sequences started over) or the client's offset is not
+            // one of this stream's: following on would skip events.
+            let mut error = ApiError::new(
+                StatusCode::CONFLICT,
+                "offset_ahead",
+                format!("the stream's last offset is {last}, below {offset}: full-sync, then follow from asOfOffset"),
+            );
+            error.details = Some(serde_json::json!({ "requested": requested, "lastOffset": last }));
+            return Err(error);
+        }
+        if first > requested {
             let mut error = ApiError::new(
                 StatusCode::CONFLICT,
                 "offset_not_retained",
-                format!("the stream holds events from {first} on; events {} to {} are gone: full-sync, then follow from asOfOffset", offset + 1, first - 1),
+                format!("the stream holds events from {first} on; events {requested} to {} are gone: full-sync, then follow from asOfOffset", first - 1),
             );
-            error.details = Some(serde_json::json!({ "requested": offset + 1, "firstRetained": first }));
+            error.details = Some(serde_json::json!({ "requested": requested, "firstRetained": first }));
             return Err(error);
         }
         let mut events = Vec::new();
         if offset < last || !wait.is_zero() {
-            let mut reader = api.bus.replay(stream, <CentralEvent as DomainEvent>::STREAM_SUBJECTS, offset + 1, limit as usize).await.map_err(unavailable)?;
+            let mut reader = api.bus.replay(stream, <CentralEvent as DomainEvent>::STREAM_SUBJECTS, requested, limit as usize).await.map_err(unavailable)?;
             let wait = if offset < last { std::time::Duration::from_secs(5) } else { wait };
-            for delivery in reader.next_batch(wait).await.map_err(unavailable)? {
+            let deliveries = reader.next_batch(wait).await.map_err(unavailable)?;
+            // Trimmed between the bounds and the read: JetStream starts at its first retained
+            // sequence without a word.
+            if let Some(first_delivered) = deliveries.first().map(|d| d.stream_seq).filter(|seq| *seq > requested) {
+                let mut error = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "offset_not_retained",
+                    format!("the stream holds events from {first_delivered} on: full-sync, then follow from asOfOffset"),
+                );
+                error.details = Some(serde_json::json!({ "requested": requested, "firstRetained": first_delivered }));
+                return Err(error);
+            }
+            for delivery in deliveries {
                 events.push(feed_event(&delivery));
             }
         }

@@ -323,12 +323,19 @@ impl Decides<CentralCommand> for Central {
                         problem: "must not be 0".into(),
                     }));
                 }
-                let available = product.available.checked_add(delta).filter(|q| *q >= 0).ok_or_else(|| {
-                    CommandError::Refused {
-                        code: "insufficient_stock",
-                        message: format!("{id:?} has {} in stock; a delta of {delta} would go below zero", product.available),
-                        details: serde_json::json!({ "current_version": product.version, "available": product.available }),
-                    }
+                let available = product.available.checked_add(delta).ok_or_else(|| {
+                    CommandError::Invalid(ValidationError {
+                        field: "delta",
+                        problem: format!("{delta} is out of range"),
+                    })
+                })?;
+                let available = Some(available).filter(|q| *q >= 0).ok_or_else(|| CommandError::Refused {
+                    code: "insufficient_stock",
+                    message: format!(
+                        "{id:?} has {} in stock; a delta of {delta} would go below zero",
+                        product.available
+                    ),
+                    details: serde_json::json!({ "current_version": product.version, "available": product.available }),
                 })?;
                 product.available = available;
                 product.version += 1;

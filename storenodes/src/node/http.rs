@@ -325,6 +325,15 @@ async fn proxy_update(api: &NodeApi, item: UpdateRequest) -> Result<(UpdateResul
             api.breaker.failed();
             return Err(unreachable(format!("an unreadable answer: {e}"), Duration::from_secs(1)));
         }
+        Err(e) if e.is_timeout() => {
+            // The central may have taken it: only a retry with the same key is safe.
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "central_timeout",
+                format!("the central inventory did not answer within {CENTRAL_TIMEOUT:?}; the update may or may not be applied: retry it with the same idempotency key"),
+            )
+            .with_header("retry-after", "1"));
+        }
         Err(e) => {
             api.breaker.failed();
             return Err(unreachable(e.to_string(), Duration::from_secs(1)));
@@ -358,7 +367,7 @@ async fn update(
             body.version = body.version.or(Some(version));
         }
         if body.idempotency_key.is_none() {
-            body.idempotency_key = headers.get(IDEMPOTENCY_KEY_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+            body.idempotency_key = crate::central::http::header_key(&headers)?;
         }
         if let Some(store) = &body.store_id {
             if store != &api.node.store_id {
@@ -386,7 +395,14 @@ async fn update(
     freshness(&api.node, result.unwrap_or_else(IntoResponse::into_response))
 }
 
-async fn batch_update(State(api): State<NodeApi>, JsonBody(body): JsonBody<BatchRequest>) -> Response {
+async fn batch_update(
+    State(api): State<NodeApi>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<BatchRequest>,
+) -> Response {
+    if headers.contains_key(IDEMPOTENCY_KEY_HEADER) {
+        return crate::central::http::batch_header_refused().into_response();
+    }
     if body.updates.is_empty() || body.updates.len() > MAX_BATCH {
         let problem = format!("must hold 1 to {MAX_BATCH} updates, got {}", body.updates.len());
         return ApiError::bad_field("updates", problem).into_response();
@@ -426,7 +442,8 @@ async fn batch_update(State(api): State<NodeApi>, JsonBody(body): JsonBody<Batch
                     new_version: None,
                     applied: false,
                     last_updated: None,
-                    error_type: Some("unavailable".into()),
+                    // `central_timeout`: the outcome is unknown; `central_unavailable`: not applied.
+                    error_type: Some(e.code.into()),
                     error_message: Some(e.message),
                     note: None,
                 },
@@ -484,7 +501,16 @@ async fn sync_status(State(api): State<NodeApi>) -> Response {
 }
 
 async fn force_sync(State(api): State<NodeApi>) -> Response {
-    match api.node.handle.resync("forced").await {
+    // On a task of its own: a client that hangs up does not cut a sync short.
+    let handle = api.node.handle.clone();
+    let synced = tokio::spawn(async move { handle.resync("forced").await }).await;
+    let synced = synced.unwrap_or_else(|e| {
+        Err(carrier_actors::resync::ResyncError::Owner {
+            owner: "central",
+            reason: format!("the sync task failed: {e}"),
+        })
+    });
+    match synced {
         Ok(_) => {
             api.node.monitor.caught_up_unix_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
             axum::Json(serde_json::json!({
