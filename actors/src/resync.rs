@@ -19,16 +19,12 @@
 //!    version, any other is the next version; everything after `through` is delivered.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use carrier_messages::request::{snapshot_subject, SnapshotPage, SnapshotQuery, MAX_SNAPSHOT_PAGE};
-use carrier_messages::DomainEvent;
-use carrier_storage::{ContextKind, Resyncs, StorageError};
+use carrier_messages::request::{snapshot_subject, SnapshotPage, SnapshotQuery};
+use carrier_storage::StorageError;
 
 use crate::bus::{Bus, BusError};
-use crate::cache::{ContextHandle, LookupError};
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Why a full sync did not complete (the cache kept its old rows).
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +53,8 @@ pub enum ResyncError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The context's writer is not running.
-    #[error(transparent)]
-    Unavailable(#[from] LookupError),
+    #[error("the context's writer is not running: {0}")]
+    Unavailable(String),
 }
 
 /// What operators and the store nodes' sync status see of a context's full syncs.
@@ -103,7 +99,7 @@ pub struct ResyncStatus {
 #[derive(Default)]
 pub struct ResyncState {
     status: std::sync::Mutex<ResyncStatus>,
-    running: tokio::sync::Mutex<()>,
+    pub(crate) running: tokio::sync::Mutex<()>,
 }
 
 impl ResyncState {
@@ -112,114 +108,16 @@ impl ResyncState {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update(&self, change: impl FnOnce(&mut ResyncStatus)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut ResyncStatus)) {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
 
-/// One owner a context resyncs from: what a full sync runs for it.
-pub(crate) struct ResyncSource<K: ContextKind> {
-    /// Reads the owner's snapshot and replaces the cached entities; returns how many it wrote.
-    pub run: Arc<dyn Fn(ContextHandle<K>, Arc<ResyncState>) -> BoxFuture<Result<u64, ResyncError>> + Send + Sync>,
-}
-
-impl<K: ContextKind> Clone for ResyncSource<K> {
-    fn clone(&self) -> Self {
-        ResyncSource { run: self.run.clone() }
-    }
-}
-
 /// How long the owner may take to answer one snapshot page.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The source for `E`'s owner: its aggregates' snapshots, into the consumer `durable`'s file.
-pub(crate) fn source<K, E>(
-    bus: Bus,
-    durable: String,
-    aggregates: Vec<&'static str>,
-    faults: Arc<crate::faults::Faults>,
-) -> ResyncSource<K>
-where
-    K: Resyncs<E>,
-    E: DomainEvent,
-{
-    let run = move |handle: ContextHandle<K>, state: Arc<ResyncState>| {
-        let (bus, durable, aggregates, faults) = (bus.clone(), durable.clone(), aggregates.clone(), faults.clone());
-        Box::pin(async move {
-            let owner = E::CONTEXT;
-            // The consumers of the owner's stream let go of their subscriptions, so that they
-            // start again from the checkpoint the sync leaves (not replaying, stale, what the
-            // snapshot already holds); the writer holds whatever batch was already on its way.
-            let controls: Vec<Arc<crate::offsets::ConsumerControl>> =
-                handle.probes.iter().filter(|p| p.source == owner).map(|p| p.control.clone()).collect();
-            let _resuming = Resume(controls.clone());
-            for control in &controls {
-                control.set_resyncing(true);
-            }
-            for control in &controls {
-                control.wait_released(Duration::from_secs(5)).await;
-            }
-            let held = handle.hold_batches().await?;
-            // Without the stream's position (JetStream out of reach: a fallback sync) the
-            // snapshot is merged where newer, and the checkpoint stays.
-            let through = match bus.last_sequence(E::STREAM).await {
-                Ok(seq) => Some(seq),
-                Err(error) => {
-                    tracing::warn!(context = K::NAME, %error, "the stream cannot be read: merging the owner's snapshot where it is newer");
-                    None
-                }
-            };
-            let mut written = 0;
-            for aggregate in aggregates {
-                let mut entities: Vec<(String, u64, Option<K::State>)> = Vec::new();
-                let mut after: Option<String> = None;
-                loop {
-                    let query = SnapshotQuery {
-                        aggregate: aggregate.to_string(),
-                        after: after.take(),
-                        limit: MAX_SNAPSHOT_PAGE,
-                    };
-                    if crate::faults::Faults::take(&faults.resync_slow_pages) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    let page = ask_page(&bus, owner, &query).await?;
-                    for entity in page.entities {
-                        let state = entity.state.map(serde_json::from_value::<K::State>).transpose().map_err(|e| {
-                            ResyncError::Owner { owner, reason: format!("{aggregate} {:?}: {e}", entity.id) }
-                        })?;
-                        entities.push((entity.id, entity.version, state));
-                    }
-                    let done = entities.len() as u64;
-                    state.update(|s| {
-                        s.done = done;
-                        s.total = page.total.max(done);
-                    });
-                    match page.next {
-                        Some(next) => after = Some(next),
-                        None => break,
-                    }
-                }
-                let durable = durable.clone();
-                written += handle.write(move |w| w.resync::<E>(aggregate, &durable, through, entities)).await??;
-            }
-            drop(held);
-            if let Some(through) = through {
-                state.update(|s| s.last_through = through);
-                // The hole a lost position left is filled: its consumers may go on, from `through`.
-                for probe in handle.probes.iter().filter(|p| p.source == owner) {
-                    probe.stats.acked_stream_seq.fetch_max(through, std::sync::atomic::Ordering::Relaxed);
-                    probe.stats.acked.notify_waiters();
-                    probe.control.set_position_lost(false);
-                }
-            }
-            Ok(written)
-        }) as BoxFuture<_>
-    };
-    ResyncSource { run: Arc::new(run) }
-}
+pub(crate) const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Lets the consumers go on when the sync ends, whichever way it ends.
-struct Resume(Vec<Arc<crate::offsets::ConsumerControl>>);
+pub(crate) struct Resume(pub(crate) Vec<Arc<crate::offsets::ConsumerControl>>);
 
 impl Drop for Resume {
     fn drop(&mut self) {
@@ -229,7 +127,7 @@ impl Drop for Resume {
     }
 }
 
-async fn ask_page(
+pub(crate) async fn ask_page(
     bus: &Bus,
     owner: &'static str,
     query: &SnapshotQuery,
@@ -248,73 +146,6 @@ async fn ask_page(
     Ok(page)
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
-}
-
-impl<K: ContextKind> ContextHandle<K> {
-    /// Replaces the cached entities of every owner this context [resyncs](crate::context::ContextDecl::resyncs)
-    /// from with the owner's snapshot (see the module's steps); `reason` is kept in the status.
-    /// Returns how many entities were written. One sync runs at a time: another while it runs is
-    /// refused ([`ResyncError::InProgress`]). On failure the cache keeps its old rows, its
-    /// consumers go on, and the status says why.
-    pub async fn resync(&self, reason: &str) -> Result<u64, ResyncError> {
-        if self.resync_sources.is_empty() {
-            return Err(ResyncError::NotDeclared { context: K::NAME });
-        }
-        let state = self.resync.clone();
-        let Ok(_running) = state.running.try_lock() else { return Err(ResyncError::InProgress) };
-        let started = Instant::now();
-        state.update(|s| {
-            s.in_progress = true;
-            s.done = 0;
-            s.total = 0;
-            s.last_reason = Some(reason.to_string());
-            s.last_started_unix_ms = Some(unix_ms(SystemTime::now()));
-        });
-        tracing::info!(context = K::NAME, reason, "full sync from the owner's snapshot");
-        let mut result = Ok(0);
-        for source in &self.resync_sources {
-            match (source.run)(self.clone(), state.clone()).await {
-                Ok(n) => result = result.map(|total| total + n),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        let elapsed = started.elapsed();
-        state.update(|s| {
-            s.in_progress = false;
-            s.last_finished_unix_ms = Some(unix_ms(SystemTime::now()));
-            s.last_duration_ms = Some(elapsed.as_millis() as u64);
-            s.last_success = Some(result.is_ok());
-            match &result {
-                Ok(n) => {
-                    s.completed += 1;
-                    s.last_count = *n;
-                    s.last_error = None;
-                }
-                Err(e) => {
-                    s.failed += 1;
-                    s.last_error = Some(e.to_string());
-                }
-            }
-        });
-        match &result {
-            Ok(n) => tracing::info!(
-                context = K::NAME,
-                entities = n,
-                duration_ms = elapsed.as_millis() as u64,
-                "full sync done"
-            ),
-            Err(error) => tracing::warn!(context = K::NAME, %error, "full sync failed; the cache keeps its rows"),
-        }
-        result
-    }
-
-    /// The state of its full syncs.
-    pub fn resync_status(&self) -> ResyncStatus {
-        self.resync.status()
-    }
 }
