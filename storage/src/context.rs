@@ -261,6 +261,18 @@ impl<K: ContextKind> ContextFile<K> {
         read(&txn)
     }
 
+    /// Runs `read` on the snapshot lookups share until the writer's next commit (see
+    /// `ContextFile::snapshot`): what a hot read path wants, since opening a read transaction
+    /// is a good part of a lookup by id. It never reads from before a commit that finished
+    /// before the call; keep `read` short, as the snapshot is held while it runs.
+    pub fn read_latest<T>(
+        &self,
+        read: impl FnOnce(&ReadTransaction) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let txn = self.snapshot()?;
+        read(&txn)
+    }
+
     /// The oldest `limit` unpublished events.
     pub fn outbox_pending(&self, limit: usize) -> Result<Vec<(u64, EncodedEvent)>, StorageError> {
         outbox::pending(&self.db, limit)

@@ -152,8 +152,11 @@ async fn list(State(api): State<NodeApi>, Query(params): Query<ListParams>) -> R
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let read =
-        api.node.handle.db.read(|txn| Ok((PRODUCTS.slice(txn, paging.offset, paging.limit)?, PRODUCTS.len(txn)?)));
+    let read = api
+        .node
+        .handle
+        .db
+        .read_latest(|txn| Ok((PRODUCTS.slice(txn, paging.offset, paging.limit)?, PRODUCTS.len(txn)?)));
     let response = match read {
         Ok((rows, total)) => {
             let products: Vec<ProductJson> = rows.iter().map(|(id, p)| p.view(id).into()).collect();
@@ -197,7 +200,7 @@ async fn product(
                 return Err(behind(&api.node, "min_position", position, api.node.position()));
             }
         }
-        let read = |node: &StoreNode| node.handle.db.read(|txn| PRODUCTS.get(txn, &product_id));
+        let read = |node: &StoreNode| node.handle.db.read_latest(|txn| PRODUCTS.get(txn, &product_id));
         let mut row = read(&api.node).map_err(unavailable)?;
         if let Some(version) = min_version {
             let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
@@ -278,7 +281,8 @@ async fn wait_for_position(node: &StoreNode, position: u64) -> bool {
 async fn wait_for_version(node: &StoreNode, product_id: &str, version: u64) -> bool {
     let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
     loop {
-        let held = node.handle.db.read(|txn| PRODUCTS.get(txn, product_id)).ok().flatten().map_or(0, |p| p.version);
+        let held =
+            node.handle.db.read_latest(|txn| PRODUCTS.get(txn, product_id)).ok().flatten().map_or(0, |p| p.version);
         if held >= version {
             return true;
         }
