@@ -1532,3 +1532,42 @@ impl<K: ContextKind> ContextHandle<K> {
         self.resync.status()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key is held while its command is queued or decided: a second send with it is refused
+    /// as in flight, and the key is let go when its first command is answered or dropped.
+    #[test]
+    fn a_key_is_in_flight_until_its_command_is_answered_or_dropped() {
+        let queue = DecisionQueue::<carrier_storage::stores::Stores>::default();
+        let key = IdempotencyKey::new("order-1", b"{}".to_vec()).expect("key");
+        let held = queue.hold(&key).expect("the first send holds it");
+        let refused = queue.hold(&key).map(|_| ()).expect_err("a second send while the first is in flight");
+        assert!(matches!(refused, CommandError::Refused { code: "idempotency_key_in_flight", .. }), "{refused:?}");
+        let other = IdempotencyKey::new("order-2", b"{}".to_vec()).expect("key");
+        let _other = queue.hold(&other).expect("another key is free");
+        drop(held);
+        assert!(queue.hold(&key).is_ok(), "let go once the first was answered");
+    }
+
+    /// A queued decision can be withdrawn until the writer takes it, and only then.
+    #[test]
+    fn a_queued_decision_is_withdrawn_only_while_still_queued() {
+        let queue = DecisionQueue::<carrier_storage::stores::Stores>::default();
+        let decision = |id| {
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            let decide: Decision<carrier_storage::stores::Stores> = Box::new(|_, _| Ok(()));
+            QueuedDecision { id, decision: decide, key: None, reply }
+        };
+        let (first, second) = (queue.id(), queue.id());
+        assert!(queue.push(decision(first)), "the first wakes the writer");
+        assert!(!queue.push(decision(second)));
+        assert!(queue.withdraw(first));
+        assert!(!queue.withdraw(first), "gone already");
+        let (taken, more) = queue.take();
+        assert_eq!((taken.len(), more), (1, false));
+        assert!(!queue.withdraw(second), "taken by the writer: it will be decided");
+    }
+}

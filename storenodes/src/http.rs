@@ -171,6 +171,25 @@ pub async fn require_api_key(keys: ApiKeys, headers: HeaderMap, request: Request
     }
 }
 
+/// An API as both services serve it: `open` routes (`/health`) as they are, `protected` ones
+/// behind `X-API-Key`, JSON errors for an unknown path (404) or method (405), and bodies read
+/// up to [`MAX_BODY_BYTES`].
+pub fn api(open: axum::Router, protected: axum::Router, keys: ApiKeys) -> axum::Router {
+    let protected = protected.layer(axum::middleware::from_fn(move |headers, request, next| {
+        require_api_key(keys.clone(), headers, request, next)
+    }));
+    open.merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
 /// A price from a JSON number of currency units with at most two decimals (`99.99`), in cents.
 pub fn cents(field: &str, price: f64) -> Result<i64, ApiError> {
     if !price.is_finite() || !(0.0..=1e13).contains(&price) {

@@ -18,7 +18,7 @@ use carrier_messages::{Causality, DomainEvent};
 use carrier_storage::CommandError;
 
 use super::{Central, CentralCommand, CentralEvent, ProductView, PRODUCTS};
-use crate::http::{cents, price, require_api_key, ApiError, ApiKeys, JsonBody, Paging};
+use crate::http::{cents, price, ApiError, ApiKeys, JsonBody, Paging};
 
 /// Most items in one batch update.
 pub const MAX_BATCH: usize = 1000;
@@ -200,29 +200,14 @@ pub struct CentralApi {
 
 /// The API: `/health` open, everything under `/v1` behind `X-API-Key`.
 pub fn router(api: CentralApi, keys: ApiKeys) -> Router {
-    let v1 = Router::new()
+    let protected = Router::new()
         .route("/v1/inventory", get(list).post(create))
         .route("/v1/inventory/updates", post(update))
         .route("/v1/inventory/batch-updates", post(batch_update))
         .route("/v1/inventory/{product_id}", get(product).patch(modify).delete(delete))
         .route("/v1/events", get(events))
-        .layer(axum::middleware::from_fn(move |headers, request, next| {
-            require_api_key(keys.clone(), headers, request, next)
-        }))
         .with_state(api.clone());
-    Router::new()
-        .route("/health", get(health))
-        .with_state(api)
-        .merge(v1)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY_BYTES))
+    crate::http::api(Router::new().route("/health", get(health)).with_state(api), protected, keys)
 }
 
 async fn health(State(api): State<CentralApi>) -> Response {

@@ -20,7 +20,7 @@ use carrier_messages::DomainEvent;
 use super::{rfc3339, unix_ms, StoreNode, PRODUCTS};
 use crate::central::http::{if_match, BatchRequest, BatchResult, ProductJson, UpdateRequest, UpdateResult, MAX_BATCH};
 use crate::central::{CentralCommand, CentralEvent};
-use crate::http::{require_api_key, ApiError, ApiKeys, JsonBody, Paging};
+use crate::http::{ApiError, ApiKeys, JsonBody, Paging};
 
 /// Most products in one page (seed 003).
 pub const MAX_PAGE: usize = 200;
@@ -83,7 +83,7 @@ impl NodeApi {
 
 /// The API: `/health` open, `/v1/store/...` behind `X-API-Key`.
 pub fn router(api: NodeApi, keys: ApiKeys) -> Router {
-    let v1 = Router::new()
+    let protected = Router::new()
         .route("/v1/store/inventory", get(list))
         .route("/v1/store/inventory/updates", post(update))
         .route("/v1/store/inventory/batch-updates", post(batch_update))
@@ -91,23 +91,8 @@ pub fn router(api: NodeApi, keys: ApiKeys) -> Router {
         .route("/v1/store/sync/status", get(sync_status))
         .route("/v1/store/sync/force", post(force_sync))
         .route("/v1/store/cache/stats", get(cache_stats))
-        .layer(axum::middleware::from_fn(move |headers, request, next| {
-            require_api_key(keys.clone(), headers, request, next)
-        }))
         .with_state(api.clone());
-    Router::new()
-        .route("/health", get(health))
-        .with_state(api)
-        .merge(v1)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(crate::http::MAX_BODY_BYTES))
+    crate::http::api(Router::new().route("/health", get(health)).with_state(api), protected, keys)
 }
 
 async fn health(State(api): State<NodeApi>) -> Response {
