@@ -344,9 +344,12 @@ impl Bus {
         let consumer_error =
             |reason: String| BusError::Consumer { stream: spec.stream.clone(), durable: spec.durable.clone(), reason };
         let stream = self.js.get_stream(&spec.stream).await.map_err(|e| consumer_error(e.to_string()))?;
-        // Below the first retained sequence nothing can be delivered any more.
-        let first = stream.cached_info().state.first_sequence;
-        let trimmed = (first > checkpoint + 1).then_some((checkpoint + 1, first));
+        // Below the first retained sequence nothing can be delivered any more; and a checkpoint
+        // past the stream's last sequence means the stream started over (recreated, or a server
+        // lost what it had stored): waiting at checkpoint + 1 would skip the new stream's start.
+        let state = &stream.cached_info().state;
+        let (first, last) = (state.first_sequence, state.last_sequence);
+        let trimmed = (first > checkpoint + 1 || checkpoint > last).then_some((checkpoint + 1, first));
         let reusable = match stream.consumer_info(&spec.durable).await {
             Ok(info) => {
                 // The ack floor trails the checkpoint only when an ack was lost after a commit,

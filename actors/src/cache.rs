@@ -1455,7 +1455,7 @@ where
                 state.update(|s| s.last_through = through);
                 // The hole a lost position left is filled: its consumers may go on, from `through`.
                 for probe in handle.probes.iter().filter(|p| p.source == owner) {
-                    probe.stats.acked_stream_seq.fetch_max(through, std::sync::atomic::Ordering::Relaxed);
+                    probe.stats.acked_stream_seq.store(through, std::sync::atomic::Ordering::Relaxed);
                     probe.stats.acked.notify_waiters();
                     probe.control.set_position_lost(false);
                 }

@@ -14,7 +14,7 @@
 //!    owner before it was published, so the snapshot, read after, reflects it;
 //! 3. the snapshot's pages are read (reads of the cache go on being served from the old rows);
 //! 4. one redb transaction replaces the rows, their versions and parked events, and moves the
-//!    checkpoint to at least `through`;
+//!    checkpoint to `through`;
 //! 5. the held batches are applied: an event the snapshot already reflects is stale by its
 //!    version, any other is the next version; everything after `through` is delivered.
 

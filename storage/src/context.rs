@@ -401,9 +401,9 @@ impl<K: ContextKind> FileWriter<K> {
     /// Replaces every entity of kind `aggregate` with the owner's snapshot `entities` (id,
     /// version, state, or no state for a tombstone) in one transaction (see [`engine::resync`]):
     /// the context's rows of that kind, their versions and parked events, and `consumer`'s
-    /// checkpoint, which becomes at least `through` (the stream's last sequence before the
-    /// snapshot was read); without `through`, merges the snapshot where it is newer. Returns how
-    /// many entities were written.
+    /// checkpoint, which becomes `through` (the stream's last sequence before the snapshot was
+    /// read); without `through`, merges the snapshot where it is newer. Returns how many
+    /// entities were written.
     pub fn resync<E: DomainEvent>(
         &self,
         aggregate: &str,

@@ -423,10 +423,9 @@ where
 /// empties the context's rows of that kind, `write` writes each entity's state (a tombstone,
 /// with no state, keeps only its version); the kind's versions become exactly the snapshot's and
 /// its parked events go (everything after `through` is delivered again, as the checkpoint says).
-/// `consumer`'s checkpoint becomes `max(checkpoint, through)`, `through` being the stream's last
-/// sequence read before the snapshot was: every event up to it is reflected in the snapshot, so
-/// nothing before it needs delivering again, and an event after it that the snapshot already
-/// reflects is stale by its version. The caller must keep batches from being applied while it
+/// `consumer`'s checkpoint becomes `through`, the stream's last sequence read before the snapshot
+/// was: every event up to it is reflected in the snapshot, so nothing before it needs delivering
+/// again, and an event after it that the snapshot already reflects is stale by its version. The caller must keep batches from being applied while it
 /// reads the snapshot (an event applied in between would be in the inbox, and so skipped on
 /// redelivery, while the snapshot may predate it).
 ///
@@ -501,9 +500,11 @@ where
             }
             versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
         }
+        // Exactly `through`: the caller held every batch back and read `through` as the stream's
+        // last sequence, so nothing past it was applied; a checkpoint beyond it can only be one a
+        // stream that started over no longer has.
         let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
-        let current = checkpoints.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
-        checkpoints.insert(consumer, current.max(through)).during("write checkpoints")?;
+        checkpoints.insert(consumer, through).during("write checkpoints")?;
     }
     txn.commit().during("commit")?;
     Ok(written)

@@ -294,6 +294,23 @@ async fn a_stream_trimmed_below_a_nodes_position_is_noticed_and_full_synced() {
     assert_eq!(deleted, Some(Value::from(2)), "the tombstone's version: {:?}", versions.entries.last());
     let products = tables.iter().find(|t| t.table == "products").expect("products");
     assert_eq!(products.rows, 29, "the deleted product is gone");
+
+    // The stream started over (deleted and made again): the node's checkpoint is past its end.
+    drop(_central);
+    js.delete_stream("CENTRAL").await.expect("deleted");
+    let (_central, central) = start_central(&env, &dir.path().join("central"));
+    assert_eq!(
+        post(&central, "/v1/inventory", r#"{"productId":"NEW-1","name":"New","price":1,"available":1}"#).status,
+        201
+    );
+    let (_s1_third, s1) = start_node(&env, "store-s1", &dir.path().join("s1"), None);
+    converged(&central, &s1, Duration::from_secs(30)).await;
+    let status = get(&s1, "/v1/store/sync/status").json();
+    assert_eq!(status["eventSync"]["positionsLost"], 1, "counted again after the restart: {status}");
+    assert_eq!(status["eventSync"]["lastEventOffset"], 1, "following the new stream from its start: {status}");
+    // And events of the new stream flow to it.
+    assert_eq!(post(&central, "/v1/inventory/updates", r#"{"productId":"NEW-1","delta":4}"#).status, 200);
+    converged(&central, &s1, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
