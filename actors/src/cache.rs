@@ -1414,7 +1414,9 @@ where
                     None
                 }
             };
-            let mut written = 0;
+            // Every kind read first, then written in one transaction: a page that fails leaves
+            // the cache as it was.
+            let mut snapshot = Vec::with_capacity(aggregates.len());
             for aggregate in aggregates {
                 let mut entities: Vec<(String, u64, Option<K::State>)> = Vec::new();
                 let mut after: Option<String> = None;
@@ -1444,12 +1446,12 @@ where
                         None => break,
                     }
                 }
-                let durable = durable.clone();
-                written += handle
-                    .write(move |w| w.resync::<E>(aggregate, &durable, through, entities))
-                    .await
-                    .map_err(|e| ResyncError::Unavailable(e.to_string()))??;
+                snapshot.push((aggregate, entities));
             }
+            let written = handle
+                .write(move |w| w.resync::<E>(&durable, through, snapshot))
+                .await
+                .map_err(|e| ResyncError::Unavailable(e.to_string()))??;
             drop(held);
             if let Some(through) = through {
                 state.update(|s| s.last_through = through);

@@ -398,18 +398,17 @@ impl<K: ContextKind> FileWriter<K> {
         adopted
     }
 
-    /// Replaces every entity of kind `aggregate` with the owner's snapshot `entities` (id,
-    /// version, state, or no state for a tombstone) in one transaction (see [`engine::resync`]):
-    /// the context's rows of that kind, their versions and parked events, and `consumer`'s
-    /// checkpoint, which becomes `through` (the stream's last sequence before the snapshot was
-    /// read); without `through`, merges the snapshot where it is newer. Returns how many
-    /// entities were written.
+    /// Replaces the entities of each kind in `snapshot` (kind, then id, version, and state or
+    /// none for a tombstone) with the owner's snapshot, all in one transaction (see
+    /// [`engine::resync`]): the context's rows of those kinds, their versions and parked events,
+    /// and `consumer`'s checkpoint, which becomes `through` (the stream's last sequence before
+    /// the snapshot was read); without `through`, merges the snapshot where it is newer. Returns
+    /// how many entities were written.
     pub fn resync<E: DomainEvent>(
         &self,
-        aggregate: &str,
         consumer: &str,
         through: Option<u64>,
-        entities: Vec<(String, u64, Option<K::State>)>,
+        snapshot: Vec<(&str, Vec<(String, u64, Option<K::State>)>)>,
     ) -> Result<u64, StorageError>
     where
         K: Resyncs<E>,
@@ -418,12 +417,11 @@ impl<K: ContextKind> FileWriter<K> {
         let written = engine::resync::<E, _, _>(
             &self.db,
             &projection,
-            aggregate,
             consumer,
             through,
-            entities,
-            |tables| K::clear(&mut tables.0, aggregate),
-            |tables, id, state| K::adopt(&mut tables.0, aggregate, id, state),
+            snapshot,
+            |tables, aggregate| K::clear(&mut tables.0, aggregate),
+            |tables, aggregate, id, state| K::adopt(&mut tables.0, aggregate, id, state),
         );
         self.file.committed();
         written

@@ -419,10 +419,11 @@ where
     Ok(outcome)
 }
 
-/// Replaces every entity of kind `aggregate` with an owner's snapshot, in one transaction: `clear`
-/// empties the context's rows of that kind, `write` writes each entity's state (a tombstone,
-/// with no state, keeps only its version); the kind's versions become exactly the snapshot's and
-/// its parked events go (everything after `through` is delivered again, as the checkpoint says).
+/// Replaces every entity of the kinds in `snapshot` (kind, entities) with an owner's snapshot, in
+/// one transaction for all of them: `clear` empties the context's rows of a kind, `write` writes
+/// each entity's state (a tombstone, with no state, keeps only its version); the kinds' versions
+/// become exactly the snapshot's and their parked events go (everything after `through` is
+/// delivered again, as the checkpoint says).
 /// `consumer`'s checkpoint becomes `through`, the stream's last sequence read before the snapshot
 /// was: every event up to it is reflected in the snapshot, so nothing before it needs delivering
 /// again, and an event after it that the snapshot already reflects is stale by its version. The caller must keep batches from being applied while it
@@ -434,16 +435,14 @@ where
 /// the file holds, nothing is cleared, tombstones are skipped, and the checkpoint stays; events
 /// still to come are then stale or next by their versions as usual. Returns how many entities
 /// were written.
-#[allow(clippy::too_many_arguments)]
 pub fn resync<E, P, S>(
     db: &Database,
     projection: &P,
-    aggregate: &str,
     consumer: &str,
     through: Option<u64>,
-    entities: Vec<(String, u64, Option<S>)>,
-    clear: impl FnOnce(&mut P::Tables<'_>) -> Result<(), StorageError>,
-    mut write: impl FnMut(&mut P::Tables<'_>, &str, S) -> Result<(), StorageError>,
+    snapshot: Vec<(&str, Vec<(String, u64, Option<S>)>)>,
+    mut clear: impl FnMut(&mut P::Tables<'_>, &str) -> Result<(), StorageError>,
+    mut write: impl FnMut(&mut P::Tables<'_>, &str, &str, S) -> Result<(), StorageError>,
 ) -> Result<u64, StorageError>
 where
     E: DomainEvent,
@@ -454,57 +453,60 @@ where
     {
         let mut tables = projection.open(&txn)?;
         let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
-        let Some(through) = through else {
+        let mut parked = txn.open_table(PARKED).during("open parked")?;
+        for (aggregate, entities) in snapshot {
+            let Some(_) = through else {
+                for (id, version, state) in entities {
+                    let current =
+                        versions.get((aggregate, id.as_str())).during("read entity_versions")?.map(|v| v.value());
+                    if let (Some(state), true) = (state, current.unwrap_or(0) < version) {
+                        write(&mut tables, aggregate, &id, state)?;
+                        versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
+                        written += 1;
+                    }
+                }
+                continue;
+            };
+            clear(&mut tables, aggregate)?;
+            let mut old: Vec<String> = Vec::new();
+            for entry in versions.range((aggregate, "")..).during("read entity_versions")? {
+                let (key, _) = entry.during("read entity_versions")?;
+                let (a, id) = key.value();
+                if a != aggregate {
+                    break;
+                }
+                old.push(id.to_string());
+            }
+            for id in old {
+                versions.remove((aggregate, id.as_str())).during("clear entity_versions")?;
+            }
+            let mut waiting: Vec<(String, u64)> = Vec::new();
+            for entry in parked.range((aggregate, "", 0)..).during("read parked")? {
+                let (key, _) = entry.during("read parked")?;
+                let (a, id, v) = key.value();
+                if a != aggregate {
+                    break;
+                }
+                waiting.push((id.to_string(), v));
+            }
+            for (id, v) in waiting {
+                parked.remove((aggregate, id.as_str(), v)).during("clear parked")?;
+            }
             for (id, version, state) in entities {
-                let current = versions.get((aggregate, id.as_str())).during("read entity_versions")?.map(|v| v.value());
-                if let (Some(state), true) = (state, current.unwrap_or(0) < version) {
-                    write(&mut tables, &id, state)?;
-                    versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
+                if let Some(state) = state {
+                    write(&mut tables, aggregate, &id, state)?;
                     written += 1;
                 }
+                versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
             }
-            drop((tables, versions));
-            txn.commit().during("commit")?;
-            return Ok(written);
-        };
-        clear(&mut tables)?;
-        let mut old: Vec<String> = Vec::new();
-        for entry in versions.range((aggregate, "")..).during("read entity_versions")? {
-            let (key, _) = entry.during("read entity_versions")?;
-            let (a, id) = key.value();
-            if a != aggregate {
-                break;
-            }
-            old.push(id.to_string());
         }
-        for id in old {
-            versions.remove((aggregate, id.as_str())).during("clear entity_versions")?;
+        if let Some(through) = through {
+            // Exactly `through`: the caller held every batch back and read `through` as the
+            // stream's last sequence, so nothing past it was applied; a checkpoint beyond it can
+            // only be one a stream that started over no longer has.
+            let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+            checkpoints.insert(consumer, through).during("write checkpoints")?;
         }
-        let mut parked = txn.open_table(PARKED).during("open parked")?;
-        let mut waiting: Vec<(String, u64)> = Vec::new();
-        for entry in parked.range((aggregate, "", 0)..).during("read parked")? {
-            let (key, _) = entry.during("read parked")?;
-            let (a, id, v) = key.value();
-            if a != aggregate {
-                break;
-            }
-            waiting.push((id.to_string(), v));
-        }
-        for (id, v) in waiting {
-            parked.remove((aggregate, id.as_str(), v)).during("clear parked")?;
-        }
-        for (id, version, state) in entities {
-            if let Some(state) = state {
-                write(&mut tables, &id, state)?;
-                written += 1;
-            }
-            versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
-        }
-        // Exactly `through`: the caller held every batch back and read `through` as the stream's
-        // last sequence, so nothing past it was applied; a checkpoint beyond it can only be one a
-        // stream that started over no longer has.
-        let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
-        checkpoints.insert(consumer, through).during("write checkpoints")?;
     }
     txn.commit().during("commit")?;
     Ok(written)
