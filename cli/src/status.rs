@@ -176,11 +176,61 @@ pub fn render(s: &Snapshot) -> String {
         })
         .collect();
     table(&mut out, &["CONTEXT", "COUNT", "LATEST"], &rows, &[1]);
+
+    if !s.full_syncs.is_empty() {
+        let _ = writeln!(out, "\nFull syncs");
+        let rows: Vec<Vec<String>> = s
+            .full_syncs
+            .iter()
+            .map(|f| {
+                let st = &f.status;
+                let state = if st.in_progress {
+                    format!("syncing {}/{}", st.done, st.total)
+                } else {
+                    match st.last_success {
+                        Some(true) => "synced".to_string(),
+                        Some(false) => format!("failed: {}", st.last_error.clone().unwrap_or_default()),
+                        None => "never".to_string(),
+                    }
+                };
+                vec![
+                    f.context.clone(),
+                    state,
+                    st.last_reason.clone().unwrap_or_default(),
+                    st.last_through.to_string(),
+                    format!("{}/{}", st.completed, st.failed),
+                    f.positions_lost.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["CONTEXT", "STATE", "LAST REASON", "AS OF SEQ", "DONE/FAILED", "POSITIONS LOST"],
+            &rows,
+            &[3, 5],
+        );
+    }
+    for panel in &s.panels {
+        let _ = writeln!(out, "\n{}", panel.title);
+        let rows: Vec<Vec<String>> = panel.rows.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect();
+        table(&mut out, &["", ""], &rows, &[]);
+    }
     out
 }
 
 fn is_engine_table(name: &str) -> bool {
-    matches!(name, "inbox" | "entity_versions" | "parked" | "checkpoints" | "outbox" | "outbox_next")
+    matches!(
+        name,
+        "inbox"
+            | "inbox_by_time"
+            | "entity_versions"
+            | "parked"
+            | "checkpoints"
+            | "outbox"
+            | "outbox_next"
+            | "idempotency"
+            | "idempotency_by_time"
+    )
 }
 
 /// A plain aligned table; columns in `right` are right-aligned.

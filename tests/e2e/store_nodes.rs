@@ -516,4 +516,16 @@ async fn a_store_nodes_dashboard_shows_its_sync_state_lag_and_full_syncs() {
                && !!sync && sync.dataset.state === 'synced' && sync.textContent.includes('forced')
                && sync.children[7].textContent.trim() === '2 / 0';"#,
     );
+
+    // The same for a terminal: `carrier status`.
+    let out = std::process::Command::new(carrier_tests::carrier_bin())
+        .args(["status", "--url", &dashboard])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("carrier status runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["Full syncs", "synced", "forced", "Store node store-s1", "fallback mode", "following events"] {
+        assert!(text.contains(needle), "carrier status shows {needle:?}:\n{text}");
+    }
 }
