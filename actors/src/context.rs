@@ -322,17 +322,7 @@ impl<K: ContextKind> ContextDecl<K> {
         self.endpoints.push(EndpointDoc::entity::<EntityQuery, Found<Entity<serde_json::Value>>>(K::NAME));
         let answer =
             Arc::new(move |db: &ContextFile<K>, q: EntityQuery| Found::answer(answer(db, &q.aggregate, &q.id)));
-        self.servers.push(Box::new(move |b| {
-            let spec = crate::serve::queries(
-                "entities",
-                entity_subject(K::NAME),
-                K::NAME,
-                b.bus(),
-                b.handle().db.clone(),
-                answer.clone(),
-            );
-            b.serve(spec);
-        }));
+        self.serve_queries("entities", entity_subject(K::NAME), answer);
         self
     }
 
@@ -369,17 +359,7 @@ impl<K: ContextKind> ContextDecl<K> {
                 Err(e) => QueryReply::failed("unavailable", e.to_string()),
             }
         });
-        self.servers.push(Box::new(move |b| {
-            let spec = crate::serve::queries(
-                "snapshots",
-                snapshot_subject(K::NAME),
-                K::NAME,
-                b.bus(),
-                b.handle().db.clone(),
-                answer.clone(),
-            );
-            b.serve(spec);
-        }));
+        self.serve_queries("snapshots", snapshot_subject(K::NAME), answer);
         self
     }
 
@@ -474,17 +454,7 @@ impl<K: ContextKind> ContextDecl<K> {
     {
         self.endpoints.push(EndpointDoc::query::<Q, R>(K::NAME));
         let answer = Arc::new(answer);
-        self.servers.push(Box::new(move |b| {
-            let spec = crate::serve::queries(
-                "queries",
-                query_subject(K::NAME),
-                K::NAME,
-                b.bus(),
-                b.handle().db.clone(),
-                answer.clone(),
-            );
-            b.serve(spec);
-        }));
+        self.serve_queries("queries", query_subject(K::NAME), answer);
         self
     }
 
@@ -502,6 +472,24 @@ impl<K: ContextKind> ContextDecl<K> {
     pub fn read_model(mut self) -> Self {
         self.read_model = true;
         self
+    }
+
+    /// Serves `subject` with `answer` on a read transaction of the context's file, as the child
+    /// `child` (queries, the entity endpoint, the snapshot endpoint).
+    fn serve_queries<Q, R>(
+        &mut self,
+        child: &'static str,
+        subject: String,
+        answer: Arc<impl Fn(&ContextFile<K>, Q) -> R + Send + Sync + 'static>,
+    ) where
+        Q: DeserializeOwned + Send + 'static,
+        R: QueryReply,
+    {
+        self.servers.push(Box::new(move |b| {
+            let spec =
+                crate::serve::queries(child, subject.clone(), K::NAME, b.bus(), b.handle().db.clone(), answer.clone());
+            b.serve(spec);
+        }));
     }
 
     /// The declaration.

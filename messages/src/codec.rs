@@ -71,16 +71,19 @@ pub struct EncodedEvent {
     pub body: Vec<u8>,
 }
 
-/// `Vec<u8>` as a byte string: serde's default writes a sequence, which CBOR spells one item per
+/// `Vec<u8>` as a byte string (`#[serde(with = "carrier_messages::codec::body_bytes")]`), for any
+/// CBOR row that holds bytes: serde's default writes a sequence, which CBOR spells one item per
 /// byte (several times the size, and most of the outbox's encode and decode time).
-mod body_bytes {
+pub mod body_bytes {
     use serde::de::{SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
+    /// Writes the bytes as one byte string.
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(bytes)
     }
 
+    /// Reads a byte string, or (rows written before) a sequence of bytes.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         struct Bytes;
         impl<'de> Visitor<'de> for Bytes {

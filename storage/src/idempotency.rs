@@ -52,7 +52,7 @@ impl<E> From<Decoded<E>> for Decided<E> {
 /// What is kept of a key.
 #[derive(Serialize, Deserialize)]
 struct Record {
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "carrier_messages::codec::body_bytes")]
     fingerprint: Vec<u8>,
     stored_at_ms: u64,
     event: EncodedEvent,
@@ -152,35 +152,4 @@ pub(crate) fn prune(db: &redb::Database, cutoff_unix_ms: u64, limit: usize) -> R
         txn.commit().during("commit")?;
     }
     Ok(removed)
-}
-
-/// `Vec<u8>` as a CBOR byte string (serde's default spells one item per byte).
-mod serde_bytes_vec {
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        struct Bytes;
-        impl<'de> Visitor<'de> for Bytes {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        deserializer.deserialize_byte_buf(Bytes)
-    }
 }

@@ -12,8 +12,19 @@ use super::central::start_central;
 
 const KEY: (&str, &str) = ("X-API-Key", "demo");
 
-/// `carrier store-node --store-id <id>` against `env`'s server.
+/// `carrier store-node --store-id <id>` against `env`'s server, without a dashboard.
 fn start_node(env: &TestEnv, store: &str, data: &std::path::Path, faults: Option<&str>) -> (CarrierProcess, String) {
+    start_node_with(env, store, data, faults, &["--no-dashboard"])
+}
+
+/// Like [`start_node`], with `extra` arguments.
+fn start_node_with(
+    env: &TestEnv,
+    store: &str,
+    data: &std::path::Path,
+    faults: Option<&str>,
+    extra: &[&str],
+) -> (CarrierProcess, String) {
     let url = env.url();
     let data = data.to_string_lossy().to_string();
     let args = [
@@ -30,10 +41,9 @@ fn start_node(env: &TestEnv, store: &str, data: &std::path::Path, faults: Option
         "0",
         "--api-keys",
         "demo",
-        "--no-dashboard",
     ];
     let env_vars: Vec<(&str, &str)> = faults.map(|f| vec![("CARRIER_FAULTS", f)]).unwrap_or_default();
-    let mut node = CarrierProcess::spawn_env(&args, &env_vars);
+    let mut node = CarrierProcess::spawn_env(&[&args[..], extra].concat(), &env_vars);
     let base = node.url_after("http", Duration::from_secs(30));
     (node, base)
 }
@@ -473,27 +483,8 @@ async fn a_store_nodes_dashboard_shows_its_sync_state_lag_and_full_syncs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_central, central) = start_central(&env, &dir.path().join("central"));
     create_products(&env, "D", 25).await;
-    let url = env.url();
-    let data = dir.path().join("s1").to_string_lossy().to_string();
-    let args = [
-        "store-node",
-        "--store-id",
-        "store-s1",
-        "--nats-url",
-        &url,
-        "--data-dir",
-        &data,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--api-keys",
-        "demo",
-        "--dashboard-addr",
-        "127.0.0.1:0",
-    ];
-    let mut node = CarrierProcess::spawn(&args);
-    let s1 = node.url_after("http", Duration::from_secs(30));
+    let (mut node, s1) =
+        start_node_with(&env, "store-s1", &dir.path().join("s1"), None, &["--dashboard-addr", "127.0.0.1:0"]);
     let dashboard = node.url_after("url", Duration::from_secs(30));
     converged(&central, &s1, Duration::from_secs(20)).await;
     wait_until(Duration::from_secs(20), "the first full sync is done", || {
