@@ -826,6 +826,169 @@ impl Bus {
         }
     }
 
+    /// Appends an event store's commit (one message, see
+    /// [`Decoded::encode_commit`](carrier_messages::Decoded::encode_commit)) to its aggregate's
+    /// subject, only if the last message on that subject is still `expected` (0: none yet):
+    /// JetStream's `Nats-Expected-Last-Subject-Sequence`, checked by the server under the stream's
+    /// lock, so of two writers that loaded the same version exactly one wins.
+    pub async fn append(&self, commit: &EncodedEvent, expected: u64) -> Result<PublishReceipt, AppendError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &commit.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .payload(Bytes::from(commit.body.clone()))
+            .expected_last_subject_sequence(expected);
+        let failed = |reason: String| AppendError::Bus(BusError::Publish { subject: commit.subject.clone(), reason });
+        let ack = self.js.send_publish(commit.subject.clone(), publish).await.map_err(|e| failed(e.to_string()))?;
+        match ack.await {
+            Ok(ack) => Ok(PublishReceipt { stream_seq: ack.sequence, duplicate: ack.duplicate }),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(AppendError::Conflict { subject: commit.subject.clone(), expected })
+            }
+            Err(e) => Err(failed(e.to_string())),
+        }
+    }
+
+    /// The stream sequence of the last message on `subject` (0 when there is none): where an
+    /// aggregate's history ends.
+    pub async fn last_on_subject(&self, stream: &str, subject: &str) -> Result<u64, BusError> {
+        let stream_error = |reason: String| BusError::Stream { stream: stream.to_string(), reason };
+        let handle = self.js.get_stream_no_info(stream).await.map_err(|e| stream_error(e.to_string()))?;
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(stream_error(format!("last message on {subject}: {e}"))),
+        }
+    }
+
+    /// Reads the messages on `subject` from sequence `from` through `until` (or the stream's end,
+    /// whichever comes first), in order, handing each to `visit`: an aggregate's history. One
+    /// ephemeral consumer that acknowledges nothing, deleted when done.
+    pub async fn read_subject(
+        &self,
+        stream: &str,
+        subject: &str,
+        from: u64,
+        until: u64,
+        mut visit: impl FnMut(StoredMessage),
+    ) -> Result<(), BusError> {
+        let label = format!("history of {subject}");
+        let consumer_error =
+            |reason: String| BusError::Consumer { stream: stream.to_string(), durable: label.clone(), reason };
+        let handle = self.js.get_stream_no_info(stream).await.map_err(|e| consumer_error(e.to_string()))?;
+        let config = pull::Config {
+            description: Some("carrier event store: loads an aggregate".into()),
+            filter_subject: subject.to_string(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            memory_storage: true,
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer =
+            handle.create_consumer(config).await.map_err(|e| consumer_error(e.to_string()))?;
+        let mut pending = consumer.cached_info().num_pending;
+        let result = async {
+            let mut seen = 0u64;
+            while pending > 0 {
+                let want = pending.min(4096) as usize;
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(want)
+                    .expires(Duration::from_secs(5))
+                    .messages()
+                    .await
+                    .map_err(|e| consumer_error(e.to_string()))?;
+                let mut got = 0;
+                while let Some(message) = batch.next().await {
+                    let message = message.map_err(|e| consumer_error(e.to_string()))?;
+                    let info = message.info().map_err(|e| consumer_error(e.to_string()))?;
+                    let (seq, left) = (info.stream_sequence, info.pending);
+                    got += 1;
+                    if seq > until {
+                        return Ok(());
+                    }
+                    visit(StoredMessage {
+                        subject: message.subject.to_string(),
+                        headers: message
+                            .headers
+                            .as_ref()
+                            .map(|h| {
+                                h.iter()
+                                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        payload: message.payload.clone(),
+                        stream_seq: seq,
+                    });
+                    seen += 1;
+                    pending = left;
+                    if seq >= until {
+                        return Ok(());
+                    }
+                }
+                if got == 0 {
+                    return Err(consumer_error(format!("no messages came after {seen}; {pending} were pending")));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let name = consumer.cached_info().name.clone();
+        let _ = handle.delete_consumer(&name).await;
+        result
+    }
+
+    /// The message stored at `seq` in `stream`, if it is still there: (subject, headers, body).
+    pub async fn message_at(&self, stream: &str, seq: u64) -> Result<Option<StoredMessage>, BusError> {
+        let stream_error = |reason: String| BusError::Stream { stream: stream.to_string(), reason };
+        let handle = self.js.get_stream_no_info(stream).await.map_err(|e| stream_error(e.to_string()))?;
+        match handle.get_raw_message(seq).await {
+            Ok(message) => Ok(Some(StoredMessage {
+                subject: message.subject.to_string(),
+                headers: message
+                    .headers
+                    .iter()
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
+                    .collect(),
+                payload: message.payload,
+                stream_seq: message.sequence,
+            })),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(stream_error(format!("message {seq}: {e}"))),
+        }
+    }
+
+    /// The key-value bucket `bucket` for an event store's snapshots, made if missing: one value
+    /// per key (`max_messages_per_subject` 1), shared by every instance.
+    pub async fn snapshot_bucket(&self, bucket: &str) -> Result<SnapshotBucket, BusError> {
+        let failed = |reason: String| BusError::Stream { stream: format!("KV_{bucket}"), reason };
+        if let Ok(store) = self.js.get_key_value(bucket).await {
+            return Ok(SnapshotBucket { store });
+        }
+        let config = jetstream::kv::Config {
+            bucket: bucket.to_string(),
+            description: "carrier: aggregate snapshots of an event store".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        match self.js.create_key_value(config).await {
+            Ok(store) => Ok(SnapshotBucket { store }),
+            // Another instance made it first.
+            Err(created) => self
+                .js
+                .get_key_value(bucket)
+                .await
+                .map(|store| SnapshotBucket { store })
+                .map_err(|e| failed(format!("cannot create it ({created}) nor read it ({e})"))),
+        }
+    }
+
     /// A plain (core NATS) publish with headers, for tools that speak for a producer.
     pub async fn publish_raw(
         &self,
@@ -1251,6 +1414,64 @@ impl Delivery {
     /// Tells the server work is still going on, resetting its ack timer.
     pub async fn in_progress(&self) -> Result<(), BusError> {
         self.acker.ack_with(AckKind::Progress).await.map_err(|e| BusError::Ack(e.to_string()))
+    }
+}
+
+/// Why [`Bus::append`] stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Someone appended to the aggregate since it was loaded (JetStream error 10071).
+    #[error("{subject} moved past sequence {expected} (another writer appended first)")]
+    Conflict {
+        /// The aggregate's subject.
+        subject: String,
+        /// The last sequence the writer had seen.
+        expected: u64,
+    },
+    /// Anything else.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// A message read back from a stream by its sequence.
+#[derive(Clone, Debug)]
+pub struct StoredMessage {
+    /// Its subject.
+    pub subject: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub payload: Bytes,
+    /// Its stream sequence.
+    pub stream_seq: u64,
+}
+
+impl StoredMessage {
+    /// A header by name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A key-value bucket of snapshots (see [`Bus::snapshot_bucket`]).
+#[derive(Clone)]
+pub struct SnapshotBucket {
+    store: jetstream::kv::Store,
+}
+
+impl SnapshotBucket {
+    /// The value at `key`, if any.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, BusError> {
+        self.store.get(key).await.map_err(|e| BusError::Stream { stream: format!("snapshot {key}"), reason: e.to_string() })
+    }
+
+    /// Writes `value` at `key`.
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), BusError> {
+        self.store
+            .put(key, value.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Stream { stream: format!("snapshot {key}"), reason: e.to_string() })
     }
 }
 

@@ -870,7 +870,7 @@ impl<K: ContextKind> ContextHandle<K> {
         crate::observe::ObservedContext {
             name: K::NAME,
             fence: self.fence.clone(),
-            file: self.db.clone(),
+            file: Some(self.db.clone()),
             consumers: self.probes.clone(),
             lookups: Some(self.lookups.clone()),
             fallbacks: self

@@ -149,7 +149,8 @@ impl CommandSpan {
 /// a context (the central inventory's, say) maps to its own shapes, so both say the same.
 pub fn command_reply<E: DomainEvent>(result: Result<Decided<E>, CommandError>) -> CommandReply {
     match result {
-        Ok(Decided { event: decoded, replayed }) => CommandReply {
+        Ok(Decided { event: decoded, replayed, position }) => CommandReply {
+            position,
             ok: true,
             event: Some(RecordedEvent {
                 event_id: decoded.envelope.event_id.to_string(),

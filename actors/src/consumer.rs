@@ -741,8 +741,10 @@ async fn decode_batch<E: DomainEvent>(
     let mut poison = Vec::new();
     let mut batch = Vec::with_capacity(deliveries.len());
     for (index, d) in deliveries.iter().enumerate() {
-        match Decoded::<E>::decode(&d.subject, |name| d.header(name), &d.payload) {
-            Ok(decoded) => batch.push(Inbound { stream_seq: d.stream_seq, decoded }),
+        // A message holds one event, or one command's several (an event store's commit): they
+        // share its stream sequence and are applied in order, in the batch's transaction.
+        match Decoded::<E>::decode_all(&d.subject, |name| d.header(name), &d.payload) {
+            Ok(events) => batch.extend(events.into_iter().map(|decoded| Inbound { stream_seq: d.stream_seq, decoded })),
             Err(error) => {
                 tracing::warn!(
                     context = state.context,

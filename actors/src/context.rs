@@ -129,6 +129,11 @@ type StartFn = Arc<dyn Fn(StartEnv) -> BoxFuture<Result<Started, StartError>> + 
 pub struct BoundedContext {
     name: &'static str,
     read_model: bool,
+    /// Runs on one instance at a time (holding a lease); false for read models and
+    /// event-sourced contexts, which every instance may run.
+    leased: bool,
+    /// Keeps no redb file (an event-sourced context's state is its stream).
+    fileless: bool,
     reads: Vec<SourceStream>,
     publishes: Option<StreamDoc>,
     endpoints: Vec<EndpointDoc>,
@@ -163,6 +168,15 @@ impl BoundedContext {
         }
     }
 
+    /// The event-sourced context of aggregate `A`: its commands (`A::Command` on
+    /// `cmd.<context>`) are decided on aggregates loaded from `A::Event`'s stream and appended
+    /// with optimistic concurrency (see [`crate::event_store`]). It keeps no file and takes no
+    /// lease: every instance may run it. Its read side is any context that
+    /// [`consume`](ContextDecl::consume)s its events (a [`read_model`](ContextDecl::read_model)).
+    pub fn aggregate<A: crate::event_store::Aggregate>() -> AggregateDecl<A> {
+        AggregateDecl { settings: crate::event_store::EventStoreSettings::default(), marker: std::marker::PhantomData }
+    }
+
     /// Its name, e.g. `baskets`: in paths, durable names, subjects and its file's name.
     pub fn name(&self) -> &'static str {
         self.name
@@ -192,6 +206,18 @@ impl BoundedContext {
     /// instance, each with consumers of its own, and takes no lease.
     pub fn is_read_model(&self) -> bool {
         self.read_model
+    }
+
+    /// Whether it runs on one instance at a time, holding a lease: every context but read
+    /// models and event-sourced ones (see [`BoundedContext::aggregate`]).
+    pub fn takes_lease(&self) -> bool {
+        self.leased
+    }
+
+    /// Whether it keeps a redb file of its own (an event-sourced context keeps none: its state
+    /// is its stream).
+    pub fn has_file(&self) -> bool {
+        !self.fileless
     }
 
     /// Whether it reads any stream (and so has a dead-letter stream).
@@ -530,6 +556,81 @@ impl<K: ContextKind> ContextDecl<K> {
                 })
             })
         });
-        BoundedContext { name: K::NAME, read_model, reads, publishes, endpoints, start }
+        BoundedContext { name: K::NAME, read_model, leased: !read_model, fileless: false, reads, publishes, endpoints, start }
+    }
+}
+
+/// The declaration of an event-sourced context under construction; see
+/// [`BoundedContext::aggregate`].
+pub struct AggregateDecl<A> {
+    settings: crate::event_store::EventStoreSettings,
+    marker: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: crate::event_store::Aggregate> AggregateDecl<A> {
+    /// Writes a snapshot each time an aggregate's version passes a multiple of `n` (0: never;
+    /// the default is 100).
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.settings.snapshot_every = n;
+        self
+    }
+
+    /// Decides a command again up to `n` times when other writers append first (default 5).
+    pub fn conflict_retries(mut self, n: u32) -> Self {
+        self.settings.conflict_retries = n;
+        self
+    }
+
+    /// The declaration. Its handle (`CarrierSystem::handle`) is the
+    /// [`EventStore<A>`](crate::event_store::EventStore).
+    pub fn build(self) -> BoundedContext {
+        use crate::event_store::EventStore;
+        let name = <A::Event as DomainEvent>::CONTEXT;
+        let settings = self.settings;
+        let start: StartFn = Arc::new(move |env: StartEnv| {
+            Box::pin(async move {
+                let store = EventStore::<A>::open(env.bus.clone(), settings).await?;
+                let decide_store = store.clone();
+                let decide: Decide<A::Command, A::Event> = Arc::new(move |command, causality| {
+                    let store = decide_store.clone();
+                    Box::pin(async move { store.execute(command, causality).await }) as BoxFuture<_>
+                });
+                let commands = crate::serve::commands(name, env.bus.clone(), decide, env.fence.clone());
+                let args = SupervisorArgs {
+                    path: env.path.clone(),
+                    children: vec![commands],
+                    policy: crate::supervisor::RestartPolicy::context(),
+                    tree: env.tree.clone(),
+                };
+                let observed = ObservedContext {
+                    name,
+                    fence: env.fence.clone(),
+                    file: None,
+                    consumers: Vec::new(),
+                    lookups: None,
+                    fallbacks: Vec::new(),
+                    stream: Some(<A::Event as DomainEvent>::STREAM),
+                    rebuild: None,
+                    resync: None,
+                };
+                Ok(Started {
+                    args,
+                    handle: Arc::new(store) as Arc<dyn Any + Send + Sync>,
+                    observed,
+                    consumers: Vec::new(),
+                    file_refs: Box::new(|| 0),
+                })
+            })
+        });
+        BoundedContext {
+            name,
+            read_model: false,
+            leased: false,
+            fileless: true,
+            reads: Vec::new(),
+            publishes: Some(StreamDoc::of::<A::Event>()),
+            endpoints: vec![EndpointDoc::command::<A::Command>(name)],
+            start,
+        }
     }
 }

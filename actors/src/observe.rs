@@ -75,7 +75,8 @@ pub(crate) struct ObservedContext {
     pub name: &'static str,
     /// Set while its lease may be another instance's.
     pub fence: Arc<crate::fence::Fence>,
-    pub file: Arc<dyn ContextDb>,
+    /// Its file; `None` for an event-sourced context, which keeps none.
+    pub file: Option<Arc<dyn ContextDb>>,
     pub consumers: Vec<ConsumerProbe>,
     pub lookups: Option<Arc<LookupStats>>,
     pub fallbacks: Vec<Arc<Fallback>>,
@@ -630,7 +631,8 @@ impl Observer {
     pub fn caches(&self) -> Vec<CacheReport> {
         self.contexts
             .iter()
-            .map(|c| {
+            .filter_map(|c| Some((c, c.file.as_ref()?)))
+            .map(|(c, file)| {
                 let mut report = CacheReport {
                     context: c.name.to_string(),
                     tables: Vec::new(),
@@ -643,13 +645,13 @@ impl Observer {
                     fallbacks: c.fallbacks.iter().map(|f| fallback_report(f)).collect(),
                     error: None,
                 };
-                match c.file.table_sizes() {
+                match file.table_sizes() {
                     Ok(sizes) => {
                         report.tables = sizes.into_iter().map(|(table, rows)| TableRows { table, rows }).collect()
                     }
                     Err(e) => report.error = Some(e.to_string()),
                 }
-                match c.file.engine_stats() {
+                match file.engine_stats() {
                     Ok(stats) => {
                         report.inbox = stats.inbox;
                         report.parked = stats.parked;
@@ -672,7 +674,8 @@ impl Observer {
         self.contexts
             .iter()
             .filter(|c| c.stream.is_some())
-            .map(|c| match c.file.outbox_len() {
+            .filter_map(|c| Some((c, c.file.as_ref()?)))
+            .map(|(c, file)| match file.outbox_len() {
                 Ok(backlog) => OutboxReport { context: c.name.to_string(), backlog, error: None },
                 Err(e) => OutboxReport { context: c.name.to_string(), backlog: 0, error: Some(e.to_string()) },
             })

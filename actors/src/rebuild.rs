@@ -197,9 +197,10 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
             // What cannot be decoded was dead-lettered when it was first delivered; skip it here.
             let batch: Vec<Inbound<E>> = wanted
                 .iter()
-                .filter_map(|d| {
-                    Decoded::<E>::decode(&d.subject, |name| d.header(name), &d.payload)
-                        .ok()
+                .flat_map(|d| {
+                    Decoded::<E>::decode_all(&d.subject, |name| d.header(name), &d.payload)
+                        .unwrap_or_default()
+                        .into_iter()
                         .map(|decoded| Inbound { stream_seq: d.stream_seq, decoded })
                 })
                 .collect();

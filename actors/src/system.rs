@@ -136,7 +136,7 @@ impl CarrierSystem {
         }
         // A read model runs on every instance; anything else on one at a time.
         let fences: Vec<(&str, Arc<crate::fence::Fence>)> =
-            declarations.iter().filter(|d| !d.is_read_model()).map(|d| (d.name(), Arc::default())).collect();
+            declarations.iter().filter(|d| d.takes_lease()).map(|d| (d.name(), Arc::default())).collect();
         let leases = crate::instance::acquire(&bus, &config.data_dir, &fences).await?;
         let fences: Vec<(String, Arc<crate::fence::Fence>)> =
             fences.into_iter().map(|(name, fence)| (name.to_string(), fence)).collect();
@@ -201,10 +201,10 @@ impl CarrierSystem {
         let (root, root_task) = Actor::spawn(None, Supervisor, root_args)
             .await
             .map_err(|e| StartError::Actors(root_cause(&e.to_string())))?;
-        let names = |read_models: bool| {
+        let names = |everywhere: bool| {
             contexts
                 .iter()
-                .filter(|c| c.declaration.is_read_model() == read_models)
+                .filter(|c| c.declaration.takes_lease() != everywhere)
                 .map(|c| c.declaration.name().to_string())
                 .collect()
         };

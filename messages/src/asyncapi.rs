@@ -22,6 +22,8 @@ pub struct EventEntry {
     pub subject: &'static str,
     /// The entity it is about.
     pub aggregate: &'static str,
+    /// The schema version this build writes (older ones are upgraded when read).
+    pub schema_version: u32,
     /// Its payload's schema (a reference into `components/schemas`).
     pub payload: Schema,
 }

@@ -21,8 +21,26 @@ pub trait DomainEvent: Sized + Clone + Send + Sync + Serialize + DeserializeOwne
 
     /// This event's type, e.g. `stores.StoreCreated`.
     fn event_type(&self) -> &'static str;
-    /// The subject this event is published on, e.g. `stores.store.created`.
+    /// The subject this event is published on, e.g. `stores.store.created`, as declared: a
+    /// subject ending in `*` is per aggregate (`users.user.*`), and [`publish_subject`]
+    /// (Self::publish_subject) puts the aggregate id in place of the `*`.
     fn subject(&self) -> &'static str;
+    /// The subject the event is actually published on: [`subject`](Self::subject), or for a
+    /// per-aggregate subject (`users.user.*`) that subject with this event's aggregate id
+    /// (`users.user.0193…`). An event store appends one aggregate's events to one subject, so
+    /// that JetStream's `Nats-Expected-Last-Subject-Sequence` checks that aggregate alone.
+    fn publish_subject(&self) -> std::borrow::Cow<'_, str> {
+        let declared = self.subject();
+        match declared.strip_suffix('*') {
+            Some(prefix) => std::borrow::Cow::Owned(format!("{prefix}{}", self.aggregate_id())),
+            None => std::borrow::Cow::Borrowed(declared),
+        }
+    }
+    /// The schema version this build writes for this event (1 unless the event table says
+    /// `version N`); older versions are upgraded when read by the table's upcaster.
+    fn schema_version(&self) -> u32 {
+        SCHEMA_VERSION
+    }
     /// The kind of entity the event is about, e.g. `store`.
     fn aggregate_type(&self) -> &'static str;
     /// The entity's id (the payload's `id` field).
@@ -140,7 +158,7 @@ impl<E: DomainEvent> Decoded<E> {
         let envelope = Envelope {
             event_id,
             event_type: event.event_type().to_string(),
-            schema_version: SCHEMA_VERSION,
+            schema_version: event.schema_version(),
             aggregate_id: event.aggregate_id().to_string(),
             aggregate_version,
             occurred_at_unix_nanos: OffsetDateTime::now_utc().unix_timestamp_nanos(),
@@ -235,7 +253,7 @@ impl<E: DomainEvent> Decoded<E> {
                 )
             }
         };
-        Ok(EncodedEvent { event_id: envelope.event_id, subject: self.event.subject().to_string(), headers, body })
+        Ok(EncodedEvent { event_id: envelope.event_id, subject: self.event.publish_subject().into_owned(), headers, body })
     }
 
     /// Decodes a received message in any framing [`Envelope::read`] recognises. `header` looks
@@ -250,11 +268,12 @@ impl<E: DomainEvent> Decoded<E> {
         }
         let crate::structured::Framed { mut envelope, data } = Envelope::read(header, body)?;
         let event = E::decode_payload(&envelope.event_type, envelope.schema_version, envelope.content_type, &data)?;
-        if event.subject() != subject {
+        let expected = event.publish_subject();
+        if expected != subject {
             return Err(DecodeError::SubjectMismatch {
                 event_type: envelope.event_type.clone(),
                 subject: clip(subject),
-                expected: event.subject(),
+                expected: clip(&expected),
             });
         }
         if envelope.aggregate_id.is_empty() {
@@ -268,6 +287,70 @@ impl<E: DomainEvent> Decoded<E> {
         }
         event.validate()?;
         Ok(Decoded { envelope, event })
+    }
+}
+
+impl<E: DomainEvent> Decoded<E> {
+    /// Encodes the events one command decided for one aggregate as **one** message, so that
+    /// JetStream stores all of them or none (a crash cannot leave half a command's events, on
+    /// any server version; 2.9 has no atomic batch publish). One event is written exactly as
+    /// [`encode`](Self::encode) writes it; several are a CBOR array of structured events, each
+    /// the map `encode` would write. The message's `Nats-Msg-Id` is the first event's id.
+    ///
+    /// # Panics
+    ///
+    /// When `events` is empty.
+    pub fn encode_commit(events: &[Decoded<E>]) -> Result<EncodedEvent, EncodeError> {
+        let first = events.first().expect("a commit holds at least one event").encode()?;
+        if events.len() == 1 {
+            return Ok(first);
+        }
+        let mut body = Vec::with_capacity(events.len() * (first.body.len() + 16));
+        crate::structured::array_head(&mut body, events.len() as u64);
+        body.extend_from_slice(&first.body);
+        for event in &events[1..] {
+            body.extend_from_slice(&event.encode()?.body);
+        }
+        Ok(EncodedEvent { body, ..first })
+    }
+
+    /// Decodes a received message that may hold one event or a command's several (see
+    /// [`encode_commit`](Self::encode_commit)): every event, in order, each checked as
+    /// [`decode`](Self::decode) checks one; a commit is refused whole when any of its events is.
+    pub fn decode_all<'a>(
+        subject: &str,
+        header: impl Fn(&str) -> Option<&'a str>,
+        body: &'a [u8],
+    ) -> Result<Vec<Self>, DecodeError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(DecodeError::BodyTooLarge { len: body.len() });
+        }
+        // A commit is Carrier's structured framing only: with framing headers the body is one
+        // event's payload, whatever it holds.
+        let framed_by_headers = header(header::EVENT_TYPE).is_some() || header("ce-type").is_some();
+        let items = if framed_by_headers { None } else { crate::structured::array_items(body)? };
+        match items {
+            None => Self::decode(subject, header, body).map(|one| vec![one]),
+            Some(items) => {
+                let events = items
+                    .into_iter()
+                    .map(|item| Self::decode(subject, |_| None, item))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for pair in events.windows(2) {
+                    let (a, b) = (&pair[0].envelope, &pair[1].envelope);
+                    if a.aggregate_id != b.aggregate_id || b.aggregate_version != a.aggregate_version + 1 {
+                        return Err(DecodeError::Envelope {
+                            format: crate::structured::CLOUDEVENTS_CBOR,
+                            reason: format!(
+                                "a commit's events must be one aggregate's consecutive versions; {} v{} is followed by {} v{}",
+                                clip(&a.aggregate_id), a.aggregate_version, clip(&b.aggregate_id), b.aggregate_version
+                            ),
+                        });
+                    }
+                }
+                Ok(events)
+            }
+        }
     }
 }
 
@@ -324,6 +407,24 @@ pub fn decode_body<T: DeserializeOwned>(
     })
 }
 
+/// Decodes a payload stored under an older schema version and upgrades it with the event
+/// table's upcaster (used by [`domain_events!`](crate::domain_events)): the payload is read as a
+/// JSON value, `upcast(from, value)` returns it as the current version has it.
+#[doc(hidden)]
+pub fn decode_upcast<T: DeserializeOwned>(
+    event_type: &str,
+    from: u32,
+    to: u32,
+    content_type: ContentType,
+    body: &[u8],
+    upcast: fn(u32, serde_json::Value) -> Result<serde_json::Value, String>,
+) -> Result<T, DecodeError> {
+    let old: serde_json::Value = decode_body(event_type, content_type, body)?;
+    let failed = |reason: String| DecodeError::Upcast { event_type: event_type.to_string(), from, to, reason: clip_reason(reason) };
+    let new = upcast(from, old).map_err(failed)?;
+    serde_json::from_value(new).map_err(|e| failed(format!("the upgraded payload does not decode: {e}")))
+}
+
 fn clip_reason(reason: String) -> String {
     if reason.len() > 200 {
         clip(&reason)
@@ -346,6 +447,19 @@ pub mod check {
     /// An id: 1 to [`MAX_ID_LEN`] bytes, not blank.
     pub fn id(field: &'static str, value: &str) -> Result<(), ValidationError> {
         text(field, value, 1, MAX_ID_LEN)
+    }
+
+    /// An id that is also one NATS subject token (per-aggregate subjects put it in the
+    /// subject): 1 to [`MAX_ID_LEN`] bytes of letters, digits, `-`, `_`, `:` or `=`.
+    pub fn subject_token(field: &'static str, value: &str) -> Result<(), ValidationError> {
+        id(field, value)?;
+        match value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '='))) {
+            None => Ok(()),
+            Some(c) => Err(ValidationError {
+                field,
+                problem: format!("may hold only letters, digits, '-', '_', ':' and '=' (it is a subject token), found {c:?}"),
+            }),
+        }
     }
 
     /// A name: 1 to [`MAX_NAME`] bytes, not blank.
@@ -422,7 +536,7 @@ macro_rules! domain_events {
     (
         $(#[$doc:meta])*
         enum $name:ident, context $context:literal, stream $stream:literal, subjects $subjects:literal;
-        $($variant:ident => $aggregate:literal, $subject:literal;)*
+        $($variant:ident => $aggregate:literal, $subject:literal $(, version $version:literal, upcast $upcast:path)?;)*
     ) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, ::serde::Serialize, ::serde::Deserialize)]
@@ -455,9 +569,17 @@ macro_rules! domain_events {
                 match self { $(Self::$variant(e) => &e.id,)* }
             }
 
+            fn schema_version(&self) -> u32 {
+                match self { $(Self::$variant(_) => $crate::__schema_version!($($version)?),)* }
+            }
+
             fn validate(&self) -> Result<(), $crate::codec::ValidationError> {
                 match self { $(Self::$variant(e) => {
-                    $crate::codec::check::id("id", &e.id)?;
+                    if $subject.ends_with('*') {
+                        $crate::codec::check::subject_token("id", &e.id)?;
+                    } else {
+                        $crate::codec::check::id("id", &e.id)?;
+                    }
                     $crate::codec::Validate::validate(e)
                 })* }
             }
@@ -469,10 +591,16 @@ macro_rules! domain_events {
             fn decode_payload(event_type: &str, schema_version: u32, content_type: $crate::envelope::ContentType, body: &[u8]) -> Result<Self, $crate::codec::DecodeError> {
                 $(
                     if event_type == concat!($context, ".", stringify!($variant)) {
-                        if schema_version != $crate::envelope::SCHEMA_VERSION {
-                            return Err($crate::codec::DecodeError::UnsupportedSchemaVersion { event_type: event_type.to_string(), version: schema_version });
+                        let current: u32 = $crate::__schema_version!($($version)?);
+                        if schema_version == current {
+                            return $crate::codec::decode_body(event_type, content_type, body).map(Self::$variant);
                         }
-                        return $crate::codec::decode_body(event_type, content_type, body).map(Self::$variant);
+                        $(
+                            if schema_version >= 1 && schema_version < current {
+                                return $crate::codec::decode_upcast(event_type, schema_version, current, content_type, body, $upcast).map(Self::$variant);
+                            }
+                        )?
+                        return Err($crate::codec::DecodeError::UnsupportedSchemaVersion { event_type: event_type.to_string(), version: schema_version });
                     }
                 )*
                 Err($crate::codec::DecodeError::UnknownEventType($crate::envelope::clip(event_type)))
@@ -485,11 +613,24 @@ macro_rules! domain_events {
                         name: stringify!($variant),
                         subject: $subject,
                         aggregate: $aggregate,
+                        schema_version: $crate::__schema_version!($($version)?),
                         payload: generator.subschema_for::<$variant>(),
                     },
                 )*]
             }
         }
+    };
+}
+
+/// The schema version an event table declares for an event (1 when it says none).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __schema_version {
+    () => {
+        $crate::envelope::SCHEMA_VERSION
+    };
+    ($version:literal) => {
+        $version
     };
 }
 

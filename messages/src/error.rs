@@ -91,8 +91,21 @@ pub enum DecodeError {
         event_type: String,
         /// The subject it came on.
         subject: String,
-        /// The subject it belongs on.
-        expected: &'static str,
+        /// The subject it belongs on (with the aggregate id in place of `*` for a per-aggregate
+        /// subject).
+        expected: String,
+    },
+    /// An event stored under an older schema version could not be upgraded to the current one.
+    #[error("{event_type} at schema version {from} could not be upgraded to {to}: {reason}")]
+    Upcast {
+        /// The event type.
+        event_type: String,
+        /// The version it was stored at.
+        from: u32,
+        /// The version this build reads.
+        to: u32,
+        /// What the upcaster said.
+        reason: String,
     },
     /// The envelope's aggregate id (header `Carrier-Aggregate-Id` or attribute `subject`) and
     /// the payload's `id` differ.
@@ -122,6 +135,7 @@ impl DecodeError {
             DecodeError::BodyTooLarge { .. } => "body_too_large",
             DecodeError::Body { .. } => "undecodable_body",
             DecodeError::SubjectMismatch { .. } => "subject_mismatch",
+            DecodeError::Upcast { .. } => "upcast_failed",
             DecodeError::AggregateMismatch { .. } => "aggregate_mismatch",
             DecodeError::Invalid(_) => "invalid_payload",
         }

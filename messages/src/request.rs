@@ -115,6 +115,11 @@ pub struct CommandReply {
     /// recorded, and nothing was decided now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// Where the command's events were stored, for read-your-writes: an opaque token naming the
+    /// stream and sequence (`USERS:42`); a query given it as `min_position` answers only once
+    /// its read model has applied that far. Event-sourced contexts send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
 }
 
 /// The event a command recorded.
@@ -157,6 +162,7 @@ impl CommandReply {
             event: None,
             error: Some(CommandFailure { code: code.to_string(), message: message.into(), details: None }),
             replayed: false,
+            position: None,
         }
     }
 }

@@ -139,6 +139,47 @@ fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     }
 }
 
+/// Writes the head of a CBOR array of `n` items (a commit of several events).
+pub(crate) fn array_head(out: &mut Vec<u8>, n: u64) {
+    head(out, 4, n);
+}
+
+/// The items of a body that is a CBOR array (a commit of several structured events), each as
+/// its own bytes; `None` when the body is not an array (one event).
+pub(crate) fn array_items(body: &[u8]) -> Result<Option<Vec<&[u8]>>, DecodeError> {
+    if body.first().map(|b| b >> 5) != Some(4) {
+        return Ok(None);
+    }
+    let not_commit = |reason: String| DecodeError::Envelope { format: CLOUDEVENTS_CBOR, reason: format!("a commit of several events: {reason}") };
+    let mut r = Reader { buf: body, pos: 0, depth: 0 };
+    let (_, len) = r.head().map_err(not_commit)?;
+    let mut items = Vec::new();
+    loop {
+        match len {
+            Some(n) if items.len() as u64 == n => break,
+            None if r.peek() == Some(0xff) => {
+                r.pos += 1;
+                break;
+            }
+            _ => {}
+        }
+        if items.len() >= 10_000 {
+            return Err(not_commit("more than 10000 events".into()));
+        }
+        let start = r.pos;
+        r.depth = 0;
+        r.skip().map_err(not_commit)?;
+        items.push(&body[start..r.pos]);
+    }
+    if r.pos != body.len() {
+        return Err(not_commit("bytes after the last event".into()));
+    }
+    if items.is_empty() {
+        return Err(not_commit("no events".into()));
+    }
+    Ok(Some(items))
+}
+
 fn text(out: &mut Vec<u8>, s: &str) {
     head(out, 3, s.len() as u64);
     out.extend_from_slice(s.as_bytes());

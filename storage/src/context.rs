@@ -589,7 +589,7 @@ fn decide_one<K: ContextKind>(
 ) -> Result<Decided<K::Event>, CommandError> {
     if let Some((tables, key)) = &keyed {
         if let Some(replay) = tables.replay::<K::Event>(key)? {
-            return replay.map(|event| Decided { event, replayed: true });
+            return replay.map(|event| Decided { event, replayed: true, position: None });
         }
     }
     let before = emitter.emitted.len();
@@ -605,7 +605,7 @@ fn decide_one<K: ContextKind>(
     if let Some((tables, key)) = keyed {
         tables.store(key, &event)?;
     }
-    Ok(Decided { event, replayed: false })
+    Ok(Decided { event, replayed: false, position: None })
 }
 
 /// What the writer actor and the operator tools need of any context's file.

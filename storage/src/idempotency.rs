@@ -40,12 +40,15 @@ pub struct Decided<E> {
     pub event: Decoded<E>,
     /// Whether this answers an earlier send of the same command (nothing was decided now).
     pub replayed: bool,
+    /// Where the event was stored, when that is known at once (an event store's append; an
+    /// outbox's event is stored later, by its relay): `STREAM:seq`.
+    pub position: Option<String>,
 }
 
 impl<E> From<Decoded<E>> for Decided<E> {
     /// An event decided now.
     fn from(event: Decoded<E>) -> Self {
-        Decided { event, replayed: false }
+        Decided { event, replayed: false, position: None }
     }
 }
 
