@@ -29,6 +29,7 @@ pub mod cache;
 pub mod commands;
 pub mod consumer;
 pub mod context;
+pub mod event_bus;
 pub mod event_store;
 pub mod fallback;
 pub mod faults;

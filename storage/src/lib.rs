@@ -31,6 +31,7 @@ pub mod customer_cache;
 pub mod customers;
 pub mod depot;
 pub mod engine;
+pub mod handlers;
 pub mod idempotency;
 pub mod inspect;
 pub mod notifications;
