@@ -969,24 +969,26 @@ impl Bus {
         if let Ok(store) = self.js.get_key_value(bucket).await {
             return Ok(SnapshotBucket { store });
         }
-        let config = jetstream::kv::Config {
-            bucket: bucket.to_string(),
-            description: "carrier: aggregate snapshots of an event store".into(),
-            history: 1,
+        // The bucket's stream as `create_key_value` would make it (the client's own call fails
+        // to read 2.9's answer).
+        let config = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("carrier: aggregate snapshots of an event store".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
             storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
             num_replicas: self.replicas,
             ..Default::default()
         };
-        match self.js.create_key_value(config).await {
-            Ok(store) => Ok(SnapshotBucket { store }),
-            // Another instance made it first.
-            Err(created) => self
-                .js
-                .get_key_value(bucket)
-                .await
-                .map(|store| SnapshotBucket { store })
-                .map_err(|e| failed(format!("cannot create it ({created}) nor read it ({e})"))),
-        }
+        let created = self.js.get_or_create_stream(config).await.err();
+        self.js.get_key_value(bucket).await.map(|store| SnapshotBucket { store }).map_err(|e| match created {
+            Some(c) => failed(format!("cannot create it ({c}) nor read it ({e})")),
+            None => failed(e.to_string()),
+        })
     }
 
     /// A plain (core NATS) publish with headers, for tools that speak for a producer.

@@ -727,6 +727,43 @@ impl<K: ContextKind> Clone for ContextHandle<K> {
 }
 
 impl<K: ContextKind> ContextHandle<K> {
+    /// How far it has applied `stream`: the last sequence committed and acknowledged (`None`
+    /// when it does not read that stream).
+    pub fn applied(&self, stream: &str) -> Option<u64> {
+        self.probes
+            .iter()
+            .find(|p| p.stream == stream)
+            .map(|p| p.stats.acked_stream_seq.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Waits until it has applied `position`'s stream through its sequence, at most `timeout`:
+    /// read your writes, with a command's [`Position`](crate::Position).
+    pub async fn wait_for_position(
+        &self,
+        position: &crate::Position,
+        timeout: std::time::Duration,
+    ) -> Result<(), crate::PositionWait> {
+        let Some(probe) = self.probes.iter().find(|p| p.stream == position.stream) else {
+            return Err(crate::PositionWait::NotRead { context: K::NAME, stream: position.stream.clone() });
+        };
+        let stats = &probe.stats;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = stats.acked.notified();
+            let applied = stats.acked_stream_seq.load(std::sync::atomic::Ordering::Relaxed);
+            if applied >= position.seq {
+                return Ok(());
+            }
+            // A full sync or an operator's seek moves the position without a batch: look again
+            // at least every 50 ms.
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(crate::PositionWait::Behind { applied, wanted: position.seq, waited: timeout });
+            }
+            let _ = tokio::time::timeout((deadline - now).min(std::time::Duration::from_millis(50)), notified).await;
+        }
+    }
+
     /// The counters of the consumer of `source`'s stream.
     pub fn consumer(&self, source: &str) -> Option<Arc<ConsumerStats>> {
         self.consumers.iter().find(|(s, _)| *s == source).map(|(_, c)| c.clone())

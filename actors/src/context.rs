@@ -512,8 +512,23 @@ impl<K: ContextKind> ContextDecl<K> {
         R: QueryReply,
     {
         self.servers.push(Box::new(move |b| {
-            let spec =
-                crate::serve::queries(child, subject.clone(), K::NAME, b.bus(), b.handle().db.clone(), answer.clone());
+            // A query may ask to read its writes (a command's position): it waits on the
+            // consumer of that stream.
+            let handle = b.handle().clone();
+            let wait: crate::serve::WaitFn = Arc::new(move |position| {
+                let handle = handle.clone();
+                let wait = std::time::Duration::from_millis(carrier_messages::request::READ_YOUR_WRITES_WAIT_MS);
+                Box::pin(async move { handle.wait_for_position(&position, wait).await })
+            });
+            let spec = crate::serve::queries(
+                child,
+                subject.clone(),
+                K::NAME,
+                b.bus(),
+                b.handle().db.clone(),
+                answer.clone(),
+                Some(wait),
+            );
             b.serve(spec);
         }));
     }

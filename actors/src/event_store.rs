@@ -157,6 +157,39 @@ impl std::str::FromStr for Position {
     }
 }
 
+/// Why a read did not wait its way to a position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PositionWait {
+    /// The context does not read that stream.
+    #[error("{context} does not read the stream {stream}")]
+    NotRead {
+        /// The context.
+        context: &'static str,
+        /// The position's stream.
+        stream: String,
+    },
+    /// It had not applied that far within the wait.
+    #[error("applied through {applied}, not yet {wanted}, after waiting {waited:?}")]
+    Behind {
+        /// How far it had applied.
+        applied: u64,
+        /// The position's sequence.
+        wanted: u64,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+impl PositionWait {
+    /// `not_read` or `behind`: what a query reply's error code says.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PositionWait::NotRead { .. } => "bad_position",
+            PositionWait::Behind { .. } => "behind",
+        }
+    }
+}
+
 /// Why an aggregate could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

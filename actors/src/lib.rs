@@ -52,5 +52,6 @@ pub mod telemetry;
 
 pub use cache::{ContextHandle, ExecuteError};
 pub use context::{BoundedContext, SourceStream, UnknownContext};
+pub use event_store::{Position, PositionWait};
 pub use nats_options::NatsOptions;
 pub use system::{CarrierSystem, Health, StartError, SystemConfig};

@@ -51,6 +51,7 @@ pub(crate) fn queries<D, Q, R, F>(
     bus: Bus,
     db: Arc<D>,
     answer: Arc<F>,
+    wait: Option<WaitFn>,
 ) -> ChildSpec
 where
     D: Send + Sync + 'static,
@@ -63,7 +64,7 @@ where
             bus: bus.clone(),
             subject: subject.clone(),
             queue_group: context.to_string(),
-            handler: Queries { context, db: db.clone(), answer: answer.clone(), query: PhantomData },
+            handler: Queries { context, db: db.clone(), answer: answer.clone(), query: PhantomData, wait: wait.clone() },
             fence: None,
         };
         async move {
@@ -74,12 +75,37 @@ where
     })
 }
 
+/// Waits until a context has applied a position (read your writes).
+pub(crate) type WaitFn = Arc<
+    dyn Fn(crate::Position) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::PositionWait>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Answers a context's queries from its file.
 struct Queries<D, Q, F> {
     context: &'static str,
     db: Arc<D>,
     answer: Arc<F>,
     query: PhantomData<fn() -> Q>,
+    wait: Option<WaitFn>,
+}
+
+/// A query body's `min_position`, read beside the query itself.
+#[derive(serde::Deserialize)]
+struct MinPosition {
+    #[serde(default)]
+    min_position: Option<String>,
+}
+
+/// The position a query asks to read from: its `Carrier-Min-Position` header, else its body's
+/// `min_position`.
+fn min_position(request: &IncomingRequest, content_type: ContentType) -> Option<String> {
+    use carrier_messages::request::MIN_POSITION_HEADER;
+    request
+        .header(MIN_POSITION_HEADER)
+        .map(str::to_string)
+        .or_else(|| decode_request::<MinPosition>(content_type, &request.payload).ok().and_then(|m| m.min_position))
 }
 
 impl<D, Q, R, F> Answer for Queries<D, Q, F>
@@ -90,6 +116,18 @@ where
     F: Fn(&D, Q) -> R + Send + Sync + 'static,
 {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
+        if let (Some(wait), Some(position)) = (&self.wait, min_position(request, content_type)) {
+            let refusal = match position.parse::<crate::Position>() {
+                Err(problem) => Some(R::failed("bad_request", format!("min_position: {problem}"))),
+                Ok(position) => match wait(position.clone()).await {
+                    Ok(()) => None,
+                    Err(e) => Some(R::failed(e.code(), format!("{} has not applied {position}: {e}", self.context))),
+                },
+            };
+            if let Some(refusal) = refusal {
+                return encode_body(content_type, &refusal);
+            }
+        }
         let reply = match decode_request::<Q>(content_type, &request.payload) {
             Err(reason) => R::failed("bad_request", format!("not a {} query: {reason}", self.context)),
             Ok(query) => {

@@ -24,6 +24,14 @@ pub fn query_subject(context: &str) -> String {
 /// The request header that carries a command's idempotency key (any context's `cmd.<context>`).
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 
+/// The header a query may carry (or the `min_position` field of its body) to read its writes:
+/// a command's `position` (`USERS:42`). The read model answers once it has applied that far,
+/// waiting at most [`READ_YOUR_WRITES_WAIT_MS`], or answers `behind`.
+pub const MIN_POSITION_HEADER: &str = "Carrier-Min-Position";
+
+/// How long a query given a position waits for its read model, in milliseconds.
+pub const READ_YOUR_WRITES_WAIT_MS: u64 = 5_000;
+
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 

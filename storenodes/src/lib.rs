@@ -10,7 +10,7 @@
 //!   constant time, prices as decimal numbers kept in cents).
 
 pub mod central;
-pub mod http;
+pub use carrier_http as http;
 pub mod node;
 
 /// The contexts of seed 003 a binary declares beside its own, so that its operator tools

@@ -55,10 +55,19 @@ pub struct BenchArgs {
     /// baseline, with wrk, and the full sync of `--products` products [default: 100000].
     #[arg(long, conflicts_with = "scale")]
     store_node: bool,
+    /// Measure seed 004's Whisko instead: commands through decide → append with the expected
+    /// sequence → projection visible against bare publishes, by `--connections` writers over
+    /// `--products` users [default: 100], and the load of an aggregate of `--history` events
+    /// with and without a snapshot.
+    #[arg(long, conflicts_with_all = ["scale", "store_node"])]
+    whisko: bool,
+    /// With --whisko: events of the aggregate whose load is timed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
+    history: u64,
     /// With --store-node: seconds of HTTP load per measurement.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
     seconds: u32,
-    /// With --store-node: wrk's connections.
+    /// With --store-node: wrk's connections; with --whisko: writers at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     connections: u32,
     /// With --scale: redb's page cache per file, MiB (as `carrier run --redb-cache-mb`).
@@ -77,7 +86,8 @@ pub struct BenchArgs {
     /// Events published at `--rate` in the latency measurement, per round.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     latency_events: u64,
-    /// Owner commands decided in the relay measurement, per round.
+    /// Owner commands decided in the relay measurement (with --whisko: event-sourced commands),
+    /// per round.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     commands: u64,
     /// Print exactly one JSON object on stdout (progress still goes to stderr).
@@ -103,6 +113,17 @@ struct Round {
 
 pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("warn", false);
+    if args.whisko {
+        return crate::whisko::bench::main(crate::whisko::bench::WhiskoBench {
+            commands: args.commands,
+            users: args.products.unwrap_or(100),
+            writers: args.connections,
+            history: args.history,
+            rounds: args.rounds,
+            json: args.json,
+        })
+        .await;
+    }
     if args.store_node {
         return crate::storenodes::bench::main(crate::storenodes::bench::StoreNodeBench {
             products: args.products.unwrap_or(100_000),

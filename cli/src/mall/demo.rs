@@ -29,8 +29,9 @@ pub struct DemoArgs {
     /// After the story, keep running (and serving the dashboard) until SIGINT or SIGTERM.
     #[arg(long)]
     stay: bool,
-    /// Which story: the MallBots mall (seed 001) or seed 003's store nodes (a central inventory
-    /// and two store nodes, each with its HTTP API).
+    /// Which story: the MallBots mall (seed 001), seed 003's store nodes (a central inventory
+    /// and two store nodes, each with its HTTP API), or seed 004's Whisko (event-sourced users
+    /// and payments, projections, the event bus).
     #[arg(long, value_enum, default_value = "mall")]
     story: Story,
     #[command(flatten)]
@@ -46,6 +47,8 @@ pub enum Story {
     Mall,
     /// Seed 003: a central inventory and two store nodes.
     Inventory,
+    /// Seed 004: Whisko's event-sourced users and payments, their projections and event bus.
+    Whisko,
 }
 
 pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -57,6 +60,10 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.nats.names_a_server().then(|| args.nats.options()).transpose()?,
         args.data_dir.as_deref(),
     )?;
+    if args.story == Story::Whisko {
+        println!("Carrier demo, seed 004's Whisko, on JetStream at {}\n", nats.url);
+        return crate::whisko::demo::main(&nats.options, &data_dir, Duration::from_secs(args.timeout)).await;
+    }
     if args.story == Story::Inventory {
         println!("Carrier demo, seed 003's store nodes, on JetStream at {}\n", nats.url);
         return crate::storenodes::demo::main(&nats.options, &data_dir, Duration::from_secs(args.timeout)).await;

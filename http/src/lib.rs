@@ -1,4 +1,4 @@
-//! What the central's and the store nodes' HTTP APIs share: JSON errors that name the field,
+//! What Carrier applications' HTTP APIs share (the central's, the store nodes', Whisko's): JSON errors that name the field,
 //! API keys compared in constant time, bodies read with a size limit, and prices as decimal
 //! JSON numbers kept as integer cents.
 
@@ -41,7 +41,13 @@ impl ApiError {
         e
     }
 
-    /// With details.
+    /// The same error with another status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The same error with `details`.
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
         self

@@ -1,0 +1,530 @@
+//! Whisko's HTTP API (axum): commands go to the event stores in this process, queries to the
+//! projections. JSON in camelCase; errors as `{"error":{"code","message","details"?}}`.
+//!
+//! Every command answers with a `position` (`USERS:42`). A query given it, as `?minPosition=` or
+//! the `Carrier-Min-Position` header, answers once its projection has applied that far (at most
+//! 5 s, else 503 `behind`); without it a query answers at once and says in
+//! `Carrier-Applied-Position` how far its projection has applied and in `Carrier-Lag` how many
+//! messages of the stream it has yet to apply.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, patch, post};
+use axum::Router;
+use carrier_actors::bus::Bus;
+use carrier_actors::commands::command_reply;
+use carrier_actors::event_store::{Aggregate, EventStore};
+use carrier_actors::{Position, PositionWait};
+use carrier_http::{ApiError, ApiKeys, JsonBody, Paging};
+use carrier_messages::codec::Causality;
+use carrier_messages::request::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER, MIN_POSITION_HEADER};
+use carrier_messages::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::{payment_id, BillingCommand, Payment};
+use crate::events::{BillingEvent, PaymentItem, PaymentStatus, UsersEvent};
+use crate::users::{User, UsersCommand};
+use crate::views::{self, PaymentView, PaymentViewsHandle, UserView, UserViewsHandle};
+
+/// How long a query given a position waits for its projection.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(carrier_messages::request::READ_YOUR_WRITES_WAIT_MS);
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct WhiskoApi {
+    /// The users' event store.
+    pub users: EventStore<User>,
+    /// The payments' event store.
+    pub billing: EventStore<Payment>,
+    /// The users projection.
+    pub user_views: UserViewsHandle,
+    /// The payments projection.
+    pub payment_views: PaymentViewsHandle,
+    /// Each stream's last sequence, as last read (for `Carrier-Lag`).
+    pub stream_ends: Arc<StreamEnds>,
+}
+
+/// The last sequence of each stream, read once a second by [`StreamEnds::watch`].
+#[derive(Debug, Default)]
+pub struct StreamEnds {
+    users: AtomicU64,
+    billing: AtomicU64,
+}
+
+impl StreamEnds {
+    /// Reads both streams' last sequences once a second, for as long as the task lives.
+    pub fn watch(self: &Arc<Self>, bus: Bus) -> tokio::task::JoinHandle<()> {
+        let ends = self.clone();
+        tokio::spawn(async move {
+            loop {
+                for (stream, slot) in [(<UsersEvent as DomainEvent>::STREAM, &ends.users), (<BillingEvent as DomainEvent>::STREAM, &ends.billing)] {
+                    if let Ok(last) = bus.last_sequence(stream).await {
+                        slot.fetch_max(last, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+}
+
+impl WhiskoApi {
+    /// The API over a running [`Whisko`](crate::Whisko), with its stream watcher started.
+    pub fn of(whisko: &crate::Whisko) -> WhiskoApi {
+        let stream_ends = Arc::new(StreamEnds::default());
+        stream_ends.watch(whisko.system.bus.clone());
+        WhiskoApi {
+            users: whisko.users.clone(),
+            billing: whisko.billing.clone(),
+            user_views: whisko.user_views.clone(),
+            payment_views: whisko.payment_views.clone(),
+            stream_ends,
+        }
+    }
+}
+
+/// The API: `/health` open, the rest behind `X-API-Key` when keys are configured.
+pub fn router(api: WhiskoApi, keys: ApiKeys) -> Router {
+    let protected = Router::new()
+        .route("/users", post(create_user).get(list_users))
+        .route("/users/{id}", get(get_user).delete(delete_user))
+        .route("/users/{id}/profile", patch(update_profile))
+        .route("/users/{id}/contact", patch(update_contact))
+        .route("/users/{id}/payments", get(user_payments))
+        .route("/payments", post(create_payment))
+        .route("/payments/{id}", get(get_payment).patch(update_payment))
+        .route("/payments/{id}/status", post(change_status))
+        .route("/payments/by-order/{order_code}", get(payment_by_order))
+        .with_state(api.clone());
+    let open = Router::new().route("/health", get(health)).with_state(api);
+    if keys.is_empty() {
+        carrier_http::api(open.merge(protected), Router::new(), keys)
+    } else {
+        carrier_http::api(open, protected, keys)
+    }
+}
+
+async fn health(State(api): State<WhiskoApi>) -> Response {
+    let users = api.user_views.db.read(|txn| views::USERS.len(txn)).unwrap_or(0);
+    let payments = api.payment_views.db.read(|txn| views::PAYMENTS.len(txn)).unwrap_or(0);
+    carrier_http::health(serde_json::json!({
+        "service": "whisko",
+        "users": users,
+        "payments": payments,
+        "appliedPositions": {
+            "users": api.user_views.applied(<UsersEvent as DomainEvent>::STREAM),
+            "billing": api.payment_views.applied(<BillingEvent as DomainEvent>::STREAM),
+        },
+    }))
+}
+
+// ---- commands ----
+
+/// `POST /users`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NewUser {
+    name: String,
+    email: String,
+    #[serde(default)]
+    phone: String,
+    #[serde(default)]
+    address: String,
+}
+
+/// `PATCH /users/{id}/profile`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Profile {
+    name: String,
+    #[serde(default)]
+    address: String,
+}
+
+/// `PATCH /users/{id}/contact`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Contact {
+    email: String,
+    #[serde(default)]
+    phone: String,
+}
+
+/// An item as the API spells it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Item {
+    name: String,
+    quantity: i64,
+    price: i64,
+}
+
+/// `POST /payments`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NewPayment {
+    user_id: String,
+    order_code: i64,
+    amount: i64,
+    #[serde(default)]
+    items: Vec<Item>,
+}
+
+/// `PATCH /payments/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PaymentChange {
+    amount: i64,
+    #[serde(default)]
+    items: Vec<Item>,
+}
+
+/// `POST /payments/{id}/status`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct StatusChange {
+    status: String,
+}
+
+fn items(items: Vec<Item>) -> Vec<PaymentItem> {
+    items.into_iter().map(|i| PaymentItem { name: i.name, quantity: i.quantity, price: i.price }).collect()
+}
+
+/// The request's idempotency key for `command`.
+fn key<C: Serialize>(headers: &HeaderMap, command: &C) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, "must be visible ASCII text"))?;
+    IdempotencyKey::for_command(value, command).map(Some).map_err(|e| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, e.problem))
+}
+
+async fn run<A: Aggregate>(store: &EventStore<A>, headers: &HeaderMap, command: A::Command) -> Result<CommandReply, ApiError>
+where
+    A::Command: Serialize,
+{
+    let causality = Causality { idempotency: key(headers, &command)?, ..Causality::default() };
+    let reply = command_reply(store.execute(command, causality).await);
+    if reply.ok {
+        Ok(reply)
+    } else {
+        Err(refusal(&reply))
+    }
+}
+
+/// A refused command as an HTTP error.
+fn refusal(reply: &CommandReply) -> ApiError {
+    let (code, message, details) = match &reply.error {
+        Some(e) => (e.code.clone(), e.message.clone(), e.details.clone()),
+        None => ("unavailable".to_string(), "no answer".to_string(), None),
+    };
+    let status = match code.as_str() {
+        "not_found" => StatusCode::NOT_FOUND,
+        "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_request" => StatusCode::BAD_REQUEST,
+        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        // already_exists, conflict, user_deleted, illegal_transition, payment_not_editable,
+        // order_already_paid_for, no_change: the state does not allow it.
+        _ => StatusCode::CONFLICT,
+    };
+    let code: &'static str = match code.as_str() {
+        "not_found" => "not_found",
+        "invalid" => "invalid_field",
+        "bad_request" => "bad_request",
+        "unavailable" => "unavailable",
+        "already_exists" => "already_exists",
+        "conflict" => "conflict",
+        "user_deleted" => "user_deleted",
+        "illegal_transition" => "illegal_transition",
+        "payment_not_editable" => "payment_not_editable",
+        "order_already_paid_for" => "order_already_paid_for",
+        "no_change" => "no_change",
+        _ => "rejected",
+    };
+    let mut error = ApiError::new(status, code, message);
+    error.details = details.map(carrier_http::camel_case_keys);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        error = error.with_header("retry-after", "1");
+    }
+    error
+}
+
+/// A command's answer: the entity's id, its version and where its event is.
+fn accepted(status: StatusCode, reply: &CommandReply) -> Response {
+    let event = reply.event.as_ref();
+    let body = serde_json::json!({
+        "id": event.map(|e| e.aggregate_id.clone()),
+        "version": event.map(|e| e.aggregate_version),
+        "position": reply.position,
+        "event": event.map(|e| e.event_type.clone()),
+        "replayed": reply.replayed,
+    });
+    let mut response = carrier_http::json(status, &body);
+    if let Some(position) = reply.position.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+        response.headers_mut().insert("carrier-position", position);
+    }
+    response
+}
+
+async fn create_user(State(api): State<WhiskoApi>, headers: HeaderMap, JsonBody(user): JsonBody<NewUser>) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let command = UsersCommand::CreateUser { id, name: user.name, email: user.email, phone: user.phone, address: user.address };
+    let reply = run(&api.users, &headers, command).await?;
+    Ok(accepted(StatusCode::CREATED, &reply))
+}
+
+async fn update_profile(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(profile): JsonBody<Profile>,
+) -> Result<Response, ApiError> {
+    let reply = run(&api.users, &headers, UsersCommand::UpdateProfile { id, name: profile.name, address: profile.address }).await?;
+    Ok(accepted(StatusCode::OK, &reply))
+}
+
+async fn update_contact(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(contact): JsonBody<Contact>,
+) -> Result<Response, ApiError> {
+    let reply = run(&api.users, &headers, UsersCommand::UpdateContact { id, email: contact.email, phone: contact.phone }).await?;
+    Ok(accepted(StatusCode::OK, &reply))
+}
+
+async fn delete_user(State(api): State<WhiskoApi>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let reply = run(&api.users, &headers, UsersCommand::DeleteUser { id }).await?;
+    Ok(accepted(StatusCode::OK, &reply))
+}
+
+async fn create_payment(
+    State(api): State<WhiskoApi>,
+    headers: HeaderMap,
+    JsonBody(payment): JsonBody<NewPayment>,
+) -> Result<Response, ApiError> {
+    if payment.order_code <= 0 {
+        return Err(ApiError::bad_field("orderCode", format!("must be a positive whole number, got {}", payment.order_code))
+            .with_status(StatusCode::UNPROCESSABLE_ENTITY));
+    }
+    // The payer must be a live user, as this instance's projection knows them (a user created
+    // just before may be named with minPosition, like any read).
+    let wait = min_position(&headers, &HashMap::new())?;
+    if let Some(position) = &wait {
+        if position.stream == <UsersEvent as DomainEvent>::STREAM {
+            api.user_views.wait_for_position(position, READ_YOUR_WRITES_WAIT).await.map_err(behind)?;
+        }
+    }
+    let user_id = payment.user_id.clone();
+    match api.user_views.db.read(|txn| views::user(txn, &user_id)) {
+        Ok(Some(user)) if !user.deleted => {}
+        Ok(Some(_)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "user_deleted", format!("user {user_id:?} was deleted"))
+                .with_details(serde_json::json!({ "field": "userId" })))
+        }
+        Ok(None) => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_user", format!("no user {user_id:?}"))
+                .with_details(serde_json::json!({ "field": "userId" })))
+        }
+        Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())),
+    }
+    let command = BillingCommand::CreatePayment {
+        id: payment_id(payment.order_code),
+        user_id: payment.user_id,
+        order_code: payment.order_code,
+        amount: payment.amount,
+        items: items(payment.items),
+    };
+    let reply = run(&api.billing, &headers, command).await?;
+    Ok(accepted(StatusCode::CREATED, &reply))
+}
+
+async fn update_payment(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(change): JsonBody<PaymentChange>,
+) -> Result<Response, ApiError> {
+    let command = BillingCommand::UpdatePayment { id, amount: change.amount, items: items(change.items) };
+    let reply = run(&api.billing, &headers, command).await?;
+    Ok(accepted(StatusCode::OK, &reply))
+}
+
+async fn change_status(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(change): JsonBody<StatusChange>,
+) -> Result<Response, ApiError> {
+    let status = PaymentStatus::parse(&change.status).ok_or_else(|| {
+        let names: Vec<&str> = PaymentStatus::ALL.iter().map(|s| s.as_str()).collect();
+        ApiError::bad_field("status", format!("must be one of {}, got {:?}", names.join(", "), change.status))
+    })?;
+    let reply = run(&api.billing, &headers, BillingCommand::ChangeStatus { id, status }).await?;
+    Ok(accepted(StatusCode::OK, &reply))
+}
+
+// ---- queries ----
+
+/// The position a query asks to read from: `?minPosition=` or the `Carrier-Min-Position` header.
+fn min_position(headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Option<Position>, ApiError> {
+    let raw = match query.get("minPosition") {
+        Some(value) => Some(value.clone()),
+        None => headers
+            .get(MIN_POSITION_HEADER)
+            .map(|v| v.to_str().map(String::from).map_err(|_| ApiError::bad_field(MIN_POSITION_HEADER, "must be text")))
+            .transpose()?,
+    };
+    raw.map(|raw| raw.parse::<Position>().map_err(|problem| ApiError::bad_field("minPosition", problem))).transpose()
+}
+
+fn behind(wait: PositionWait) -> ApiError {
+    match wait {
+        PositionWait::NotRead { stream, .. } => {
+            ApiError::bad_field("minPosition", format!("this endpoint reads no stream {stream:?}"))
+        }
+        PositionWait::Behind { applied, wanted, .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "behind",
+            format!("the projection has applied through {applied}, not yet {wanted}; try again"),
+        )
+        .with_details(serde_json::json!({ "applied": applied, "wanted": wanted }))
+        .with_header("retry-after", "1"),
+    }
+}
+
+/// Waits for the position a query names (if it names one for `stream`), and returns the headers
+/// saying how far the projection is.
+async fn read_from<K: carrier_storage::ContextKind>(
+    handle: &carrier_actors::ContextHandle<K>,
+    stream: &'static str,
+    end: &AtomicU64,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<[(&'static str, String); 2], ApiError> {
+    if let Some(position) = min_position(headers, query)? {
+        handle.wait_for_position(&position, READ_YOUR_WRITES_WAIT).await.map_err(behind)?;
+    }
+    let applied = handle.applied(stream).unwrap_or(0);
+    let lag = end.load(Ordering::Relaxed).saturating_sub(applied);
+    Ok([("carrier-applied-position", format!("{stream}:{applied}")), ("carrier-lag", lag.to_string())])
+}
+
+fn with_headers(mut response: Response, headers: [(&'static str, String); 2]) -> Response {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+fn storage_error(e: carrier_storage::StorageError) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+}
+
+fn user_json(user: &UserView) -> serde_json::Value {
+    carrier_http::camel_case_keys(serde_json::to_value(user).unwrap_or_default())
+}
+
+fn payment_json(payment: &PaymentView) -> serde_json::Value {
+    carrier_http::camel_case_keys(serde_json::to_value(payment).unwrap_or_default())
+}
+
+async fn get_user(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let stream = <UsersEvent as DomainEvent>::STREAM;
+    let how_far = read_from(&api.user_views, stream, &api.stream_ends.users, &headers, &query).await?;
+    match api.user_views.db.read(|txn| views::user(txn, &id)).map_err(storage_error)? {
+        Some(user) if !user.deleted => Ok(with_headers(carrier_http::json(StatusCode::OK, &user_json(&user)), how_far)),
+        Some(_) => Err(ApiError::new(StatusCode::NOT_FOUND, "user_deleted", format!("user {id:?} was deleted"))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no user {id:?}"))),
+    }
+}
+
+async fn list_users(
+    State(api): State<WhiskoApi>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let paging = Paging::parse(query.get("offset").map(String::as_str), query.get("limit").map(String::as_str), 50, views::MAX_PAGE)?;
+    let stream = <UsersEvent as DomainEvent>::STREAM;
+    let how_far = read_from(&api.user_views, stream, &api.stream_ends.users, &headers, &query).await?;
+    let search = query.get("search").cloned();
+    let (items, total) = api
+        .user_views
+        .db
+        .read(|txn| views::list_users(txn, paging.offset, paging.limit, search.as_deref()))
+        .map_err(storage_error)?;
+    let body = serde_json::json!({
+        "items": items.iter().map(user_json).collect::<Vec<_>>(),
+        "total": total,
+        "offset": paging.offset,
+        "limit": paging.limit,
+    });
+    Ok(with_headers(carrier_http::json(StatusCode::OK, &body), how_far))
+}
+
+async fn get_payment(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let stream = <BillingEvent as DomainEvent>::STREAM;
+    let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
+    match api.payment_views.db.read(|txn| views::payment(txn, &id)).map_err(storage_error)? {
+        Some(payment) => Ok(with_headers(carrier_http::json(StatusCode::OK, &payment_json(&payment)), how_far)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no payment {id:?}"))),
+    }
+}
+
+async fn payment_by_order(
+    State(api): State<WhiskoApi>,
+    Path(order_code): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let order_code: i64 = order_code
+        .parse()
+        .ok()
+        .filter(|c| *c > 0)
+        .ok_or_else(|| ApiError::bad_field("orderCode", format!("must be a positive whole number, got {order_code:?}")))?;
+    let stream = <BillingEvent as DomainEvent>::STREAM;
+    let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
+    match api.payment_views.db.read(|txn| views::payment_by_order(txn, order_code)).map_err(storage_error)? {
+        Some(payment) => Ok(with_headers(carrier_http::json(StatusCode::OK, &payment_json(&payment)), how_far)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no payment for order {order_code}"))),
+    }
+}
+
+async fn user_payments(
+    State(api): State<WhiskoApi>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let paging = Paging::parse(query.get("offset").map(String::as_str), query.get("limit").map(String::as_str), 50, views::MAX_PAGE)?;
+    let stream = <BillingEvent as DomainEvent>::STREAM;
+    let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
+    let (items, total) = api
+        .payment_views
+        .db
+        .read(|txn| views::user_payments(txn, &user_id, paging.offset, paging.limit))
+        .map_err(storage_error)?;
+    let body = serde_json::json!({
+        "items": items.iter().map(payment_json).collect::<Vec<_>>(),
+        "total": total,
+        "offset": paging.offset,
+        "limit": paging.limit,
+    });
+    Ok(with_headers(carrier_http::json(StatusCode::OK, &body), how_far))
+}

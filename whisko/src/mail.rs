@@ -1,0 +1,78 @@
+//! What Whisko sends through the event bus: a welcome e-mail when a user registers and a receipt
+//! when a payment is paid (or refunded). Each handler appends to a list in the bus's file, in
+//! the transaction that records the event as handled, so every message is written exactly once
+//! whatever crashes when (an outbox for a mail relay to send from).
+
+use carrier_actors::event_bus::{EventBus, HandlerError};
+use carrier_messages::Decoded;
+use carrier_storage::{ReadTransaction, Rows, StorageError, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::events::{BillingEvent, PaymentStatus, UsersEvent};
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mail {
+    /// `welcome`, `receipt` or `refund`.
+    pub kind: String,
+    /// The user (or payment) it is about.
+    pub about: String,
+    /// The event that caused it.
+    pub event_id: String,
+    /// The text.
+    pub text: String,
+}
+
+/// The messages, in the order they were written (keys are zero-padded positions).
+pub const MAILS: Rows<Mail> = Rows::new("mails");
+
+/// Appends `mail` at the end of the list: not idempotent on its own (a second run would append
+/// a second copy), which is the point: the bus runs it once.
+fn append(txn: &WriteTransaction, mail: Mail) -> Result<(), HandlerError> {
+    let mut mails = MAILS.open(txn)?;
+    let next = mails.len()? + 1;
+    mails.put(&format!("{next:012}"), &mail)?;
+    Ok(())
+}
+
+/// Subscribes the welcome and receipt handlers to `bus` (subscriptions `welcome` and `receipts`).
+pub fn subscribe(bus: &EventBus) -> Result<(), carrier_actors::event_bus::EventBusError> {
+    bus.subscribe::<UsersEvent>("welcome", |event: &Decoded<UsersEvent>, txn| {
+        if let UsersEvent::UserCreated(user) = &event.event {
+            append(
+                txn,
+                Mail {
+                    kind: "welcome".into(),
+                    about: user.id.clone(),
+                    event_id: event.envelope.event_id.to_string(),
+                    text: format!("Welcome to Whisko, {} <{}>!", user.name, user.email),
+                },
+            )?;
+        }
+        Ok(())
+    })?;
+    bus.subscribe::<BillingEvent>("receipts", |event: &Decoded<BillingEvent>, txn| {
+        if let BillingEvent::PaymentStatusChanged(change) = &event.event {
+            let kind = match change.to {
+                PaymentStatus::Paid => "receipt",
+                PaymentStatus::Refunded => "refund",
+                _ => return Ok(()),
+            };
+            append(
+                txn,
+                Mail {
+                    kind: kind.into(),
+                    about: change.id.clone(),
+                    event_id: event.envelope.event_id.to_string(),
+                    text: format!("Payment {} is {}.", change.id, change.to.as_str()),
+                },
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Every message written so far, oldest first.
+pub fn mails(txn: &ReadTransaction) -> Result<Vec<Mail>, StorageError> {
+    Ok(MAILS.all(txn)?.into_iter().map(|(_, m)| m).collect())
+}
