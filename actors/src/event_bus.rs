@@ -191,7 +191,9 @@ struct Shared {
 #[derive(Clone)]
 pub struct EventBus {
     shared: Arc<Shared>,
-    pending: Arc<Mutex<Vec<(String, &'static str, StartSub)>>>,
+    pending: Arc<Mutex<Vec<(String, (&'static str, &'static str), StartSub)>>>,
+    /// Streams known to exist (made if missing on first use).
+    ensured: Arc<Mutex<std::collections::HashSet<&'static str>>>,
     subs: Arc<Mutex<Vec<Arc<SubState>>>>,
 }
 
@@ -206,7 +208,7 @@ impl EventBus {
             .map_err(|e| EventBusError::Io(e.to_string()))??;
         bus.ensure_dead_letter_stream(&settings.name).await?;
         let shared = Arc::new(Shared { bus, file: Arc::new(file), settings, stopping: AtomicBool::new(false) });
-        Ok(EventBus { shared, pending: Default::default(), subs: Default::default() })
+        Ok(EventBus { shared, pending: Default::default(), subs: Default::default(), ensured: Default::default() })
     }
 
     /// The bus's file, to read what handlers wrote (`Rows::get(&txn, ..)` on [`HandlerFile::read`]).
@@ -255,13 +257,27 @@ impl EventBus {
             *state.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
             state
         });
-        pending.push((name, E::STREAM, start));
+        pending.push((name, (E::STREAM, E::STREAM_SUBJECTS), start));
         Ok(())
     }
 
-    /// Starts every subscription made so far (and, called again, those made since).
+    /// Makes `stream` if it is missing, once per bus.
+    async fn ensure(&self, stream: &'static str, subjects: &'static str) -> Result<(), EventBusError> {
+        if self.ensured.lock().map(|e| e.contains(stream)).unwrap_or(false) {
+            return Ok(());
+        }
+        self.shared.bus.ensure_stream(stream, subjects).await?;
+        self.ensured.lock().unwrap_or_else(|e| e.into_inner()).insert(stream);
+        Ok(())
+    }
+
+    /// Starts every subscription made so far (and, called again, those made since), making
+    /// their streams if they are missing.
     pub async fn start(&self) -> Result<(), EventBusError> {
         let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, (stream, subjects), _) in &pending {
+            self.ensure(stream, subjects).await?;
+        }
         for (_, _, start) in pending {
             let state = start(self.shared.clone());
             self.subs.lock().unwrap_or_else(|e| e.into_inner()).push(state);
@@ -271,6 +287,7 @@ impl EventBus {
 
     /// Publishes `event` and returns once JetStream stored it (not waiting for any handler).
     pub async fn publish<E: DomainEvent>(&self, event: &Decoded<E>) -> Result<Position, EventBusError> {
+        self.ensure(E::STREAM, E::STREAM_SUBJECTS).await?;
         let encoded = event.encode().map_err(|e| EventBusError::Encode(e.to_string()))?;
         let receipt = self.shared.bus.publish(&encoded).await?;
         Ok(Position { stream: E::STREAM.to_string(), seq: receipt.stream_seq })
@@ -279,6 +296,7 @@ impl EventBus {
     /// Publishes `events` pipelined (every publish sent before the first acknowledgement is
     /// awaited); returns their positions, in order, once JetStream stored all of them.
     pub async fn publish_batch<E: DomainEvent>(&self, events: &[Decoded<E>]) -> Result<Vec<Position>, EventBusError> {
+        self.ensure(E::STREAM, E::STREAM_SUBJECTS).await?;
         let encoded = events
             .iter()
             .map(|e| e.encode().map_err(|e| EventBusError::Encode(e.to_string())))

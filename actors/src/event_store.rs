@@ -126,6 +126,34 @@ pub struct Loaded<A> {
     pub replayed: u64,
     /// Whether a snapshot was the starting point.
     pub from_snapshot: bool,
+    /// The idempotency keys of its last commits: (key, fingerprint hash, sequence).
+    keys: std::collections::VecDeque<(String, u64, u64)>,
+}
+
+/// How many of an aggregate's last commits are searched for a resent idempotency key.
+pub const KEYS_PER_AGGREGATE: usize = 64;
+
+/// The header a commit keeps its command's idempotency key in.
+pub const IDEMPOTENCY_KEY_STORED: &str = "Carrier-Idempotency-Key";
+/// The header a commit keeps a hash of its command's parameters in (a resend must match it).
+pub const IDEMPOTENCY_FINGERPRINT_STORED: &str = "Carrier-Idempotency-Fingerprint";
+
+/// FNV-1a: a stable 64-bit hash of a command's canonical parameters.
+fn fingerprint_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl<A> Loaded<A> {
+    fn remember(&mut self, key: String, fingerprint: u64, seq: u64) {
+        if self.keys.len() >= KEYS_PER_AGGREGATE {
+            self.keys.pop_front();
+        }
+        self.keys.push_back((key, fingerprint, seq));
+    }
+
+    fn find_key(&self, key: &str) -> Option<(u64, u64)> {
+        self.keys.iter().rev().find(|(k, _, _)| k == key).map(|(_, f, s)| (*f, *s))
+    }
 }
 
 /// Where a command's events were stored: `STREAM:seq`, the token read models accept as
@@ -246,6 +274,9 @@ struct SnapshotRow {
     seq: u64,
     #[serde(with = "carrier_messages::codec::body_bytes")]
     state: Vec<u8>,
+    /// The idempotency keys of the aggregate's last commits.
+    #[serde(default)]
+    keys: Vec<(String, u64, u64)>,
 }
 
 type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
@@ -309,9 +340,12 @@ impl<A: Aggregate> EventStore<A> {
     /// `conflict_retries` times) when another writer appended first. Answers the last event
     /// with the position of the message that holds the command's events.
     ///
-    /// With an idempotency key (`causality.idempotency`) the message's `Nats-Msg-Id` is the
-    /// key, so a resend within JetStream's duplicate window (2 minutes) stores nothing and is
-    /// answered with what the first send stored (`replayed`).
+    /// With an idempotency key (`causality.idempotency`) the key and a hash of the command's
+    /// parameters are stored in the commit's headers: a resend finds them among the aggregate's
+    /// last [`KEYS_PER_AGGREGATE`] commits when it is loaded and is answered with what the first
+    /// send stored (`replayed`), on any instance, after any crash; the same key with other
+    /// parameters is refused (`idempotency_key_reused`). The key is also the message's
+    /// `Nats-Msg-Id`, so two sends racing each other store one message.
     pub async fn execute(&self, command: A::Command, causality: Causality) -> Result<Decided<A::Event>, CommandError> {
         let id = A::aggregate_id(&command).to_string();
         check::subject_token("id", &id)?;
@@ -324,6 +358,25 @@ impl<A: Aggregate> EventStore<A> {
                 Some(loaded) => loaded,
                 None => self.load(&id).await.map_err(|e| CommandError::Unavailable(e.to_string().into()))?,
             };
+            // A resend of a command this aggregate stored: answer with what it stored.
+            if let Some(key) = &causality.idempotency {
+                if let Some((fingerprint, seq)) = loaded.find_key(key.key()) {
+                    *held = Some(loaded);
+                    if fingerprint != fingerprint_hash(key.fingerprint()) {
+                        return Err(CommandError::Refused {
+                            code: "idempotency_key_reused",
+                            message: format!("idempotency key {:?} was used for another command", key.key()),
+                            details: serde_json::Value::Null,
+                        });
+                    }
+                    let stored = self.read_commit(&Self::subject(&id), seq).await?;
+                    let event = stored.into_iter().last().ok_or_else(|| {
+                        CommandError::Unavailable(format!("{}:{seq} holds no event", Self::stream()).into())
+                    })?;
+                    let position = Position { stream: Self::stream().to_string(), seq };
+                    return Ok(Decided { event, replayed: true, position: Some(position.to_string()) });
+                }
+            }
             let events = match loaded.state.decide(&command) {
                 Ok(events) => events,
                 Err(refused) => {
@@ -359,9 +412,16 @@ impl<A: Aggregate> EventStore<A> {
             let mut commit =
                 Decoded::encode_commit(&decided).map_err(|e| CommandError::Unavailable(e.to_string().into()))?;
             if let Some(key) = &causality.idempotency {
+                // Kept with the commit (found again when the aggregate is loaded), and its
+                // message id, so that a resend racing the first within JetStream's duplicate
+                // window is dropped by the server itself.
                 let msg_id = carrier_messages::envelope::header::NATS_MSG_ID;
                 commit.headers.retain(|(name, _)| !name.eq_ignore_ascii_case(msg_id));
                 commit.headers.push((msg_id.to_string(), format!("{}:{id}:{}", A::KIND, key.key())));
+                commit.headers.push((IDEMPOTENCY_KEY_STORED.to_string(), key.key().to_string()));
+                commit
+                    .headers
+                    .push((IDEMPOTENCY_FINGERPRINT_STORED.to_string(), format!("{:016x}", fingerprint_hash(key.fingerprint()))));
             }
             match self.inner.bus.append(&commit, loaded.last_seq).await {
                 Ok(receipt) if receipt.duplicate => {
@@ -380,17 +440,19 @@ impl<A: Aggregate> EventStore<A> {
                         state.apply(&event.event);
                     }
                     let version = loaded.version + decided.len() as u64;
-                    let every = self.inner.settings.snapshot_every;
-                    if every > 0 && version / every > loaded.version / every {
-                        self.write_snapshot(&id, &state, version, receipt.stream_seq);
+                    let mut keys = loaded.keys;
+                    if let Some(key) = &causality.idempotency {
+                        if keys.len() >= KEYS_PER_AGGREGATE {
+                            keys.pop_front();
+                        }
+                        keys.push_back((key.key().to_string(), fingerprint_hash(key.fingerprint()), receipt.stream_seq));
                     }
-                    *held = Some(Loaded {
-                        state,
-                        version,
-                        last_seq: receipt.stream_seq,
-                        replayed: 0,
-                        from_snapshot: false,
-                    });
+                    let loaded = Loaded { state, version, last_seq: receipt.stream_seq, replayed: 0, from_snapshot: false, keys };
+                    let every = self.inner.settings.snapshot_every;
+                    if every > 0 && version / every > (version - decided.len() as u64) / every {
+                        self.write_snapshot(&id, &loaded);
+                    }
+                    *held = Some(loaded);
                     let position = Position { stream: Self::stream().to_string(), seq: receipt.stream_seq };
                     let event = decided.pop().expect("at least one event");
                     return Ok(Decided { event, replayed: false, position: Some(position.to_string()) });
@@ -473,6 +535,13 @@ impl<A: Aggregate> EventStore<A> {
                     return;
                 }
             };
+            if let Some(key) = message.header(IDEMPOTENCY_KEY_STORED) {
+                let fingerprint = message
+                    .header(IDEMPOTENCY_FINGERPRINT_STORED)
+                    .and_then(|f| u64::from_str_radix(f, 16).ok())
+                    .unwrap_or(0);
+                loaded.remember(key.to_string(), fingerprint, message.stream_seq);
+            }
             for event in events {
                 let version = event.envelope.aggregate_version;
                 if version <= loaded.version {
@@ -513,7 +582,14 @@ impl<A: Aggregate> EventStore<A> {
                     return Err(format!("written for snapshot version {}, this build has {}", row.schema, A::SNAPSHOT_VERSION));
                 }
                 let state = carrier_messages::cbor::from_slice::<A>(&row.state).map_err(|e| e.to_string())?;
-                Ok(Loaded { state, version: row.version, last_seq: row.seq, replayed: 0, from_snapshot: true })
+                Ok(Loaded {
+                    state,
+                    version: row.version,
+                    last_seq: row.seq,
+                    replayed: 0,
+                    from_snapshot: true,
+                    keys: row.keys.into_iter().collect(),
+                })
             });
         match decoded {
             Ok(loaded) => Some(loaded),
@@ -526,16 +602,18 @@ impl<A: Aggregate> EventStore<A> {
     }
 
     /// Writes a snapshot in the background (a lost one only makes the next load longer).
-    fn write_snapshot(&self, id: &str, state: &A, version: u64, seq: u64) {
+    fn write_snapshot(&self, id: &str, loaded: &Loaded<A>) {
         let Some(bucket) = self.inner.snapshots.clone() else { return };
-        let state = match carrier_messages::cbor::to_vec(state) {
+        let (version, seq) = (loaded.version, loaded.last_seq);
+        let state = match carrier_messages::cbor::to_vec(&loaded.state) {
             Ok(state) => state,
             Err(error) => {
                 tracing::warn!(aggregate = A::KIND, %id, %error, "cannot encode a snapshot");
                 return;
             }
         };
-        let row = SnapshotRow { schema: A::SNAPSHOT_VERSION, version, seq, state };
+        let keys = loaded.keys.iter().cloned().collect();
+        let row = SnapshotRow { schema: A::SNAPSHOT_VERSION, version, seq, state, keys };
         let Ok(bytes) = carrier_messages::cbor::to_vec(&row) else { return };
         let (key, stats, id) = (snapshot_key::<A>(id), self.inner.stats.clone(), id.to_string());
         tokio::spawn(async move {
@@ -557,7 +635,8 @@ impl<A: Aggregate> EventStore<A> {
             seq: loaded.last_seq,
             reason: e.to_string(),
         })?;
-        let row = SnapshotRow { schema: A::SNAPSHOT_VERSION, version: loaded.version, seq: loaded.last_seq, state };
+        let keys = loaded.keys.iter().cloned().collect();
+        let row = SnapshotRow { schema: A::SNAPSHOT_VERSION, version: loaded.version, seq: loaded.last_seq, state, keys };
         let bytes = carrier_messages::cbor::to_vec(&row).unwrap_or_default();
         bucket.put(&snapshot_key::<A>(id), bytes).await?;
         self.inner.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);

@@ -22,3 +22,4 @@ mod reliability;
 mod security;
 mod store_nodes;
 mod versions;
+mod whisko;
