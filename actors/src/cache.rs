@@ -1060,6 +1060,18 @@ impl<K: ContextKind> ContextBuilder<K> {
         self.bus.clone()
     }
 
+    /// Makes `tables` (filled from `E`'s stream alone) rebuildable: `carrier rebuild` replays
+    /// the stream into a fresh file and swaps them in (see [`crate::rebuild`]).
+    pub(crate) fn rebuild_source<E: DomainEvent>(&mut self, tables: &'static [&'static str], aggregates: &'static [&'static str])
+    where
+        K: Reacts<E>,
+    {
+        self.handle.cache_sources.push(crate::rebuild::CacheSource {
+            set: carrier_storage::rebuild::CacheSet { tables, aggregates, consumer: self.durable(E::CONTEXT) },
+            replay: crate::rebuild::replay_source::<K, E>(),
+        });
+    }
+
     /// Adds a consumer of `E`'s stream on the durable `<context>-<source>`.
     pub(crate) fn consume<E: DomainEvent>(&mut self, prefetch: Option<Prefetch<K, E>>) -> &mut Self
     where

@@ -320,6 +320,20 @@ impl<K: ContextKind> ContextDecl<K> {
         self
     }
 
+    /// Like [`consume`](Self::consume), for a projection whose `tables` (`Rows` tables, about
+    /// the aggregate kinds `aggregates`) are filled from `E`'s stream alone: then `carrier
+    /// rebuild` (and the dashboard's rebuild) can rebuild them blue/green, replaying the stream
+    /// into a fresh file while the live tables serve, then swapping them in.
+    pub fn projects<E: DomainEvent>(mut self, tables: &'static [&'static str], aggregates: &'static [&'static str]) -> Self
+    where
+        K: Reacts<E>,
+    {
+        self.steps.push(Box::new(move |b| {
+            b.rebuild_source::<E>(tables, aggregates);
+        }));
+        self.consume::<E>()
+    }
+
     /// Like [`consume`](Self::consume), for a cache of `E`'s owner's entities: a version gap that
     /// stays open is repaired by asking the owner for the entity's state (its
     /// [`entities`](Self::entities) endpoint) and adopting it with `K`'s [`Adopts`], never over a

@@ -157,30 +157,46 @@ pub fn document(
 
     for s in &streams {
         for e in &s.events {
-            let channel_id = e.subject.to_string();
+            // A per-aggregate subject (`users.user.*`) is one channel with the aggregate id as a
+            // parameter, shared by every event of that aggregate (an event store's layout).
+            let per_aggregate = e.subject.strip_suffix('*');
+            // (The channel's key is a URI fragment in references, where braces are not allowed.)
+            let (channel_id, address) = match per_aggregate {
+                Some(prefix) => (format!("{prefix}aggregate"), format!("{prefix}{{id}}")),
+                None => (e.subject.to_string(), e.subject.to_string()),
+            };
             let readers_of: Vec<&str> = readers.iter().filter(|(_, src)| *src == s.context).map(|(c, _)| *c).collect();
-            channels.insert(
-                channel_id.clone(),
-                json!({
-                    "address": e.subject,
-                    "title": e.event_type,
+            let channel = channels.entry(channel_id.clone()).or_insert_with(|| {
+                let mut channel = json!({
+                    "address": address,
+                    "title": if per_aggregate.is_some() { format!("{} events, one subject per {}", s.context, e.aggregate) } else { e.event_type.to_string() },
                     "description": format!(
-                        "{} events about a {}, in JetStream stream {} ({}). Read by: {}.",
+                        "{} events about a {}, in JetStream stream {} ({}). Read by: {}.{}",
                         s.context,
                         e.aggregate,
                         s.stream,
                         s.subjects,
-                        if readers_of.is_empty() { "no context yet".to_string() } else { readers_of.join(", ") }
+                        if readers_of.is_empty() { "no context yet".to_string() } else { readers_of.join(", ") },
+                        if per_aggregate.is_some() {
+                            " Event-sourced: the subject's messages are the aggregate's whole history, appended with Nats-Expected-Last-Subject-Sequence; a message holds one event, or a CBOR array of one command's events (consecutive versions, applied in order)."
+                        } else {
+                            ""
+                        }
                     ),
-                    "messages": { e.name: { "$ref": format!("#/components/messages/{}", e.event_type) } },
-                }),
-            );
+                    "messages": {},
+                });
+                if per_aggregate.is_some() {
+                    channel["parameters"] = json!({ "id": { "description": format!("The {}'s id (letters, digits, '-', '_', ':', '=').", e.aggregate) } });
+                }
+                channel
+            });
+            channel["messages"][e.name] = json!({ "$ref": format!("#/components/messages/{}", e.event_type) });
             messages.insert(
                 e.event_type.to_string(),
                 json!({
                     "name": e.event_type,
                     "title": e.name,
-                    "summary": format!("The {} context's {} event (schema version {}).", s.context, e.name, crate::envelope::SCHEMA_VERSION),
+                    "summary": format!("The {} context's {} event (schema version {}).", s.context, e.name, e.schema_version),
                     "contentType": crate::structured::CLOUDEVENTS_CBOR,
                     "description": "What Carrier writes: the whole event, a CloudEvent, as one CBOR map in the body; only Nats-Msg-Id in a header. Carrier also reads the same attributes as CloudEvents binary mode (ce-* headers) or structured JSON (Content-Type: application/cloudevents+json), and its older header framing (Carrier-* headers, the payload alone in the body): see docs/wire-contract.md.",
                     "headers": { "$ref": "#/components/schemas/EventHeaders" },
@@ -196,8 +212,10 @@ pub fn document(
                 })
             };
             let mut publish = op("send");
-            publish["summary"] =
-                json!(format!("The {} context publishes {} through its outbox.", s.context, e.event_type));
+            publish["summary"] = json!(match per_aggregate {
+                Some(_) => format!("The {} context appends {} through its event store.", s.context, e.event_type),
+                None => format!("The {} context publishes {} through its outbox.", s.context, e.event_type),
+            });
             operations.insert(format!("{}.publish.{}", s.context, e.name), publish);
             for reader in readers_of {
                 let mut receive = op("receive");

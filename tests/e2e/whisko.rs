@@ -189,6 +189,18 @@ async fn an_event_stored_at_schema_version_1_is_read_as_version_2() {
     assert_eq!((view.name.as_str(), view.address.as_str(), view.version), ("Ana 1", "Street 1", 2));
     assert!(whisko.settle(Duration::from_secs(10)).await);
     assert_eq!(carrier_whisko::verify::check(&whisko).await.unwrap(), Vec::<String>::new());
+
+    // The projection rebuilt blue/green from the stream (v1 event and all) equals it again.
+    for n in 0..20 {
+        whisko.users.execute(create(&format!("more-{n}")), Causality::default()).await.expect("created");
+    }
+    let progress = Arc::new(std::sync::Mutex::new(carrier_actors::rebuild::RebuildProgress::default()));
+    whisko.user_views.rebuild_caches(&whisko.system.bus, progress.clone()).await.expect("rebuilt");
+    let done = progress.lock().unwrap().clone();
+    assert_eq!(done.state, "done", "{done:?}");
+    assert!(done.events >= 22, "the rebuild replayed the stream: {done:?}");
+    assert!(whisko.settle(Duration::from_secs(10)).await);
+    assert_eq!(carrier_whisko::verify::check(&whisko).await.unwrap(), Vec::<String>::new());
     whisko.shutdown().await;
 }
 

@@ -5,6 +5,9 @@
 //!
 //! - `user_views` ([`UserViews`]): a user by id, a page of users, a search by name or e-mail.
 //! - `payment_views` ([`PaymentViews`]): a payment by id or by order code, a user's payments.
+//!
+//! Both are declared with `projects`, so `carrier rebuild user_views` rebuilds one blue/green from
+//! its stream while the live one serves.
 
 use carrier_actors::{BoundedContext, ContextHandle};
 use carrier_messages::codec::NoEvents;
@@ -431,12 +434,20 @@ fn answer_payments(db: &ContextFile<PaymentViews>, query: PaymentViewsQuery) -> 
 
 /// The `user_views` read model's declaration.
 pub fn user_views() -> BoundedContext {
-    BoundedContext::of::<UserViews>().consume::<UsersEvent>().queries(answer_users).read_model().build()
+    BoundedContext::of::<UserViews>()
+        .projects::<UsersEvent>(&["users", "deleted_users"], &["user"])
+        .queries(answer_users)
+        .read_model()
+        .build()
 }
 
 /// The `payment_views` read model's declaration.
 pub fn payment_views() -> BoundedContext {
-    BoundedContext::of::<PaymentViews>().consume::<BillingEvent>().queries(answer_payments).read_model().build()
+    BoundedContext::of::<PaymentViews>()
+        .projects::<BillingEvent>(&["payments", "payments_by_order", "payments_by_user"], &["payment"])
+        .queries(answer_payments)
+        .read_model()
+        .build()
 }
 
 /// The handle of the users read model.
