@@ -14,6 +14,13 @@
 //! `handler_failed`) and the subscription moves on; other subscriptions and aggregates never
 //! wait for it. The consumer acknowledges (under `AckPolicy::All`) the highest sequence through
 //! which everything was handled, so a crash redelivers only what may not have been.
+//!
+//! A bus's handlers run on one instance at a time, the one holding its lease (`bus.<name>` in
+//! the lease bucket, as a context's): every other instance that starts the bus stands by and
+//! takes over when the holder's lease expires (15 s after its last renewal), from the holder's
+//! last acknowledgement. What the holder had handled and not yet acknowledged when it died is
+//! handled again by the new holder (its records are in the old holder's file): at a takeover,
+//! and only then, effects are at least once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -185,6 +192,11 @@ struct Shared {
     file: Arc<HandlerFile>,
     settings: EventBusSettings,
     stopping: AtomicBool,
+    data_dir: std::path::PathBuf,
+    /// Set while this instance may not hold the bus's lease: subscriptions hold back.
+    fence: Arc<crate::fence::Fence>,
+    /// `starting`, `active`, or `standby: <holder>`.
+    role: Mutex<String>,
 }
 
 /// The event bus; see the module. Cheap to clone.
@@ -195,6 +207,10 @@ pub struct EventBus {
     /// Streams known to exist (made if missing on first use).
     ensured: Arc<Mutex<std::collections::HashSet<&'static str>>>,
     subs: Arc<Mutex<Vec<Arc<SubState>>>>,
+    /// The bus's lease, once this instance holds it.
+    leases: Arc<Mutex<Option<crate::instance::Leases>>>,
+    /// The task that waits for the lease and then starts the subscriptions.
+    holder: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl EventBus {
@@ -207,8 +223,23 @@ impl EventBus {
             .await
             .map_err(|e| EventBusError::Io(e.to_string()))??;
         bus.ensure_dead_letter_stream(&settings.name).await?;
-        let shared = Arc::new(Shared { bus, file: Arc::new(file), settings, stopping: AtomicBool::new(false) });
-        Ok(EventBus { shared, pending: Default::default(), subs: Default::default(), ensured: Default::default() })
+        let shared = Arc::new(Shared {
+            bus,
+            file: Arc::new(file),
+            settings,
+            stopping: AtomicBool::new(false),
+            data_dir: data_dir.to_path_buf(),
+            fence: Arc::default(),
+            role: Mutex::new("starting".into()),
+        });
+        Ok(EventBus {
+            shared,
+            pending: Default::default(),
+            subs: Default::default(),
+            ensured: Default::default(),
+            leases: Default::default(),
+            holder: Default::default(),
+        })
     }
 
     /// The bus's file, to read what handlers wrote (`Rows::get(&txn, ..)` on [`HandlerFile::read`]).
@@ -271,18 +302,91 @@ impl EventBus {
         Ok(())
     }
 
+    /// The key of the bus's lease in [`LEASE_BUCKET`](crate::fence::LEASE_BUCKET).
+    pub fn lease_key(&self) -> String {
+        format!("bus.{}", self.shared.settings.name)
+    }
+
+    /// `active` (this instance runs the handlers), `standby: <holder>` (another instance holds
+    /// the bus's lease; this one takes over when it expires) or `starting`.
+    pub fn role(&self) -> String {
+        self.shared.role.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
     /// Starts every subscription made so far (and, called again, those made since), making
     /// their streams if they are missing.
+    ///
+    /// A bus's handlers have effects that must happen once, so they run on one instance at a
+    /// time: the one holding the bus's lease (`bus.<name>`, like a context's). Another instance
+    /// that starts the same bus stands by (its [`role`](Self::role) says who holds it) and takes
+    /// over when the holder's lease expires, resuming where the holder's acknowledgements end.
+    /// Returns at once either way.
     pub async fn start(&self) -> Result<(), EventBusError> {
         let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, (stream, subjects), _) in &pending {
             self.ensure(stream, subjects).await?;
         }
+        let active = self.leases.lock().map(|l| l.is_some()).unwrap_or(false);
+        if active {
+            self.start_subscriptions(pending);
+            return Ok(());
+        }
+        // The first claim is made here, so that a bus that gets its lease returns with its
+        // subscriptions running (publish_sync and wait then mean what they say); a bus in
+        // standby keeps trying in the background.
+        let mut pending = Some(pending);
+        if self.claim(&mut pending).await {
+            return Ok(());
+        }
+        let bus = self.clone();
+        let holder = tokio::spawn(async move {
+            while !bus.shared.stopping.load(Ordering::Relaxed) {
+                tokio::time::sleep(crate::fence::LEASE_TTL / 5).await;
+                if bus.claim(&mut pending).await {
+                    return;
+                }
+            }
+        });
+        *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
+        Ok(())
+    }
+
+    /// Tries to take the bus's lease; with it, starts `pending` and returns `true`.
+    async fn claim(&self, pending: &mut Option<Vec<(String, (&'static str, &'static str), StartSub)>>) -> bool {
+        let key = self.lease_key();
+        let claim =
+            crate::instance::acquire(&self.shared.bus, &self.shared.data_dir, &[(key.as_str(), self.shared.fence.clone())])
+                .await;
+        let name = &self.shared.settings.name;
+        match claim {
+            Ok(leases) => {
+                *self.leases.lock().unwrap_or_else(|e| e.into_inner()) = Some(leases);
+                *self.shared.role.lock().unwrap_or_else(|e| e.into_inner()) = "active".into();
+                tracing::info!(bus = %name, "this instance runs the event bus's handlers");
+                self.start_subscriptions(pending.take().unwrap_or_default());
+                true
+            }
+            Err(crate::StartError::AlreadyRunning { holder, .. }) => {
+                let role = format!("standby: {holder}");
+                let mut current = self.shared.role.lock().unwrap_or_else(|e| e.into_inner());
+                if *current != role {
+                    tracing::info!(bus = %name, %holder, "another instance runs the event bus's handlers; standing by");
+                    *current = role;
+                }
+                false
+            }
+            Err(error) => {
+                tracing::warn!(bus = %name, %error, "cannot claim the event bus's lease; trying again");
+                false
+            }
+        }
+    }
+
+    fn start_subscriptions(&self, pending: Vec<(String, (&'static str, &'static str), StartSub)>) {
         for (_, _, start) in pending {
             let state = start(self.shared.clone());
             self.subs.lock().unwrap_or_else(|e| e.into_inner()).push(state);
         }
-        Ok(())
     }
 
     /// Publishes `event` and returns once JetStream stored it (not waiting for any handler).
@@ -357,6 +461,9 @@ impl EventBus {
     /// time the bus starts. Returns whether everything in flight finished.
     pub async fn stop(&self) -> bool {
         self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Some(holder) = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            holder.abort();
+        }
         let subs: Vec<Arc<SubState>> = self.subs.lock().map(|s| s.clone()).unwrap_or_default();
         let deadline = tokio::time::Instant::now() + self.shared.settings.stop_timeout;
         let mut drained = true;
@@ -369,6 +476,10 @@ impl EventBus {
                 }
             }
         }
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(leases) = leases {
+            leases.release().await;
+        }
         drained
     }
 
@@ -379,8 +490,9 @@ impl EventBus {
 
     /// Rows for a dashboard panel ([`Observer::add_panel`](crate::observe::Observer::add_panel)).
     pub fn panel_rows(&self) -> Vec<(String, String)> {
-        self.subscriptions()
-            .iter()
+        let role = (format!("{} (lease {})", self.shared.settings.name, self.lease_key()), self.role());
+        std::iter::once(role)
+            .chain(self.subscriptions().iter()
             .map(|s| {
                 (
                     format!("{}-{}", self.shared.settings.name, s.name),
@@ -393,7 +505,7 @@ impl EventBus {
                         s.dead_lettered.load(Ordering::Relaxed)
                     ),
                 )
-            })
+            }))
             .collect()
     }
 }
@@ -416,10 +528,15 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
             tokio::time::sleep(backoff(settings, failures)).await;
             continue;
         }
-        let checkpoint = {
+        let local = {
             let (file, key) = (shared.file.clone(), durable.clone());
             tokio::task::spawn_blocking(move || file.position(&key)).await.ok().and_then(|r| r.ok()).unwrap_or(0)
         };
+        // After a takeover the previous holder's acknowledgements say how far it handled (it
+        // acknowledged only what it had committed): start there, not from this file's older
+        // position, which would handle its events again.
+        let acked = shared.bus.consumer_info(E::STREAM, &durable).await.map(|i| i.ack_floor_stream_seq).unwrap_or(0);
+        let checkpoint = local.max(acked);
         {
             let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
             *p = Progress { through: p.through.max(checkpoint), dispatched: checkpoint, ..Progress::default() };
@@ -454,6 +571,12 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
         }
         let result: Result<(), BusError> = async {
             while !shared.stopping.load(Ordering::Relaxed) {
+                if shared.fence.is_fenced() {
+                    // The lease may be another instance's now: hold back (what this one pulled
+                    // and did not acknowledge is redelivered to whoever holds it).
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 let batch = consumer.next_batch(Duration::from_millis(250)).await?;
                 failures = 0;
                 for delivery in batch {

@@ -68,11 +68,21 @@ pub async fn main(args: DlqArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         | Action::Replay { context, .. }
         | Action::Purge { context, .. } => context.clone(),
     };
-    let declared = app.context(&named)?;
-    if !declared.consumes() {
-        bail!("{named} reads no stream, so it has no dead letters");
+    let declared = app.context(&named);
+    if let Ok(declared) = &declared {
+        if !declared.consumes() {
+            bail!("{named} reads no stream, so it has no dead letters");
+        }
     }
     let bus = Bus::connect(args.nats.options()?, "carrier-dlq", Duration::from_secs(5)).await?;
+    // Not a context, but maybe an event bus (`EventBus`), whose dead letters live in a stream
+    // of the same shape: go on if that stream exists.
+    if let Err(unknown) = declared {
+        let stream = carrier_actors::bus::dead_letter_stream(&named);
+        if !matches!(bus.stream_message_count(&stream).await, Ok(Some(_))) {
+            return Err(unknown.context(format!("and there is no event bus dead-letter stream {stream} either")));
+        }
+    }
     match args.action {
         Action::List { context, from, limit } => {
             let letters = bus.dead_letters(&context, from, limit).await?;

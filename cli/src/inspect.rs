@@ -29,6 +29,13 @@ pub struct InspectArgs {
 
 pub fn main(args: InspectArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     let declared = app.context(&args.context)?;
+    if !declared.has_file() {
+        let stream = declared.publishes().map(|s| s.stream).unwrap_or("its stream");
+        bail!(
+            "{} is event-sourced and keeps no file: its state is the stream {stream} (read it with `nats stream view {stream}`), its projections are the read models that consume it",
+            declared.name()
+        );
+    }
     let path = args.data.data_dir.join(declared.db_file());
     if !path.exists() {
         bail!("{} does not exist (wrong --data-dir, or the context never ran there)", path.display());

@@ -313,6 +313,14 @@ async fn a_poison_handler_is_dead_lettered_while_the_others_go_on_and_nothing_ru
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].header("Carrier-Dlq-Reason"), Some("handler_failed"));
     assert!(letters[0].header("Carrier-Dlq-Error").unwrap_or_default().contains("seven is unlucky"));
+    // The operator's tool finds an event bus's dead letters by the bus's name.
+    let url = env.url();
+    let mut listed = CarrierProcess::spawn(&["dlq", "list", "poisonbus", "--nats-url", &url]);
+    assert_eq!(listed.wait_exit(Duration::from_secs(20)), Ok(Some(0)), "{}", listed.output());
+    assert!(listed.output().contains("handler_failed"), "{}", listed.output());
+    let mut unknown = CarrierProcess::spawn(&["dlq", "list", "nosuchbus", "--nats-url", &url]);
+    assert_eq!(unknown.wait_exit(Duration::from_secs(20)), Ok(Some(1)));
+    assert!(unknown.output().contains("DLQ_NOSUCHBUS"), "{}", unknown.output());
     assert!(events.stop().await);
     drop(events);
 
@@ -528,4 +536,80 @@ async fn projections_and_mails_equal_a_fold_of_the_streams_after_20_sigkills() {
     assert!(users >= 10 && !mails.is_empty(), "the run did too little to prove anything: {users} users, {} mails", mails.len());
     eprintln!("{} commands through {} SIGKILLs: {users} live users, {} mails", sent.load(std::sync::atomic::Ordering::Relaxed), kills(), mails.len());
     whisko.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_standby() {
+    let env = TestEnv::start();
+    let (dir_a, dir_b) = (env.data_dir().join("a"), env.data_dir().join("b"));
+    let (mut a, _) = start_whisko(&env, &dir_a);
+    let (mut b, _) = start_whisko(&env, &dir_b);
+    let client = env.plain_client().await;
+    // Ten users, then 300 updates racing on them: the queue group spreads them over both
+    // processes, whose in-memory aggregates go stale under each other.
+    let send = |body: Value| {
+        let client = client.clone();
+        async move {
+            let reply = client.request("cmd.users", body.to_string().into()).await.expect("answered");
+            serde_json::from_slice::<Value>(&reply.payload).expect("a reply")
+        }
+    };
+    for n in 0..10 {
+        let reply = send(json!({"command": "create_user", "id": format!("twin-{n}"), "name": "Twin", "email": "t@whisko.example"})).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let updates = (0..300).map(|n| send(json!({"command": "update_profile", "id": format!("twin-{}", n % 10), "name": format!("Twin {n}")})));
+    let replies = futures::future::join_all(updates).await;
+    let mut versions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for reply in &replies {
+        assert_eq!(reply["ok"], true, "{reply}");
+        let event = &reply["event"];
+        let fresh = versions
+            .entry(event["aggregate_id"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(event["aggregate_version"].as_u64().unwrap());
+        assert!(fresh, "a version was answered twice: {reply}");
+    }
+    for (id, vs) in &versions {
+        assert_eq!(vs, &(2..=31).collect::<BTreeSet<u64>>(), "{id}");
+    }
+    // The bus's handlers run on one of the two (the lease holder, a). Once it has acknowledged
+    // everything, kill it: b stands by, takes the lease over when it expires and writes the
+    // next users' welcomes, from where a's acknowledgements end.
+    let probe = bus(&env, "probe").await;
+    let end = probe.last_sequence("USERS").await.unwrap();
+    wait_until(Duration::from_secs(30), "the welcome handler acknowledged every user", || {
+        let probe = probe.clone();
+        async move { probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false) }
+    })
+    .await;
+    a.signal("KILL");
+    let _ = a.wait_exit(Duration::from_secs(10));
+    for n in 10..15 {
+        let reply = send(json!({"command": "create_user", "id": format!("twin-{n}"), "name": "Twin", "email": "t@whisko.example"})).await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let end = probe.last_sequence("USERS").await.unwrap();
+    wait_until(Duration::from_secs(45), "the standby took the bus over and welcomed the new users", || {
+        let probe = probe.clone();
+        async move { probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false) }
+    })
+    .await;
+    let last = format!("USERS:{end}");
+    b.signal("TERM");
+    assert_eq!(b.wait_exit(Duration::from_secs(15)), Ok(Some(0)));
+    // Each instance's projection, opened again here, equals the fold; the bus's handlers ran on
+    // one instance at a time, so the two mail lists together hold each mail once.
+    let mut mails = Vec::new();
+    for dir in [dir_a, dir_b] {
+        let whisko = Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
+        whisko.user_views.wait_for_position(&last.parse().unwrap(), Duration::from_secs(30)).await.expect("caught up");
+        assert!(whisko.settle(Duration::from_secs(30)).await);
+        assert_eq!(carrier_whisko::verify::check_projections(&whisko).await.unwrap(), Vec::<String>::new(), "{}", dir.display());
+        mails.extend(whisko.bus.file().read().and_then(|t| carrier_whisko::mail::mails(&t)).unwrap());
+        whisko.shutdown().await;
+    }
+    let probe = bus(&env, "probe").await;
+    assert_eq!(carrier_whisko::verify::check_mails(&probe, &mails).await.unwrap(), Vec::<String>::new());
+    assert_eq!(mails.len(), 15, "one welcome per user");
 }
