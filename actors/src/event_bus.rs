@@ -414,6 +414,7 @@ impl EventBus {
 
     /// Publishes `event` and returns once every subscription of this bus on its stream has
     /// handled it (or dead-lettered it), or fails after `timeout` (the event stays published).
+    /// On an instance in standby no handler runs here, and it returns once the event is stored.
     pub async fn publish_sync<E: DomainEvent>(
         &self,
         event: &Decoded<E>,
@@ -425,7 +426,7 @@ impl EventBus {
     }
 
     /// Waits until every subscription has handled everything its stream held when this was
-    /// called, or fails after `timeout`.
+    /// called, or fails after `timeout` (at once on an instance in standby: none runs here).
     pub async fn wait(&self, timeout: Duration) -> Result<(), EventBusError> {
         let subs: Vec<Arc<SubState>> = self.subs.lock().map(|s| s.clone()).unwrap_or_default();
         let mut targets = Vec::new();

@@ -718,4 +718,94 @@ mod tests {
         let back: EncodedEvent = ciborium::from_reader(bytes.as_slice()).unwrap();
         assert_eq!(back, event);
     }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+    pub struct Opened {
+        pub id: String,
+        pub name: String,
+    }
+    impl Validate for Opened {}
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+    pub struct Noted {
+        pub id: String,
+        pub text: String,
+    }
+    impl Validate for Noted {}
+
+    /// Version 1 of `Opened` called `name` `title`.
+    fn upcast_opened(from: u32, mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+        let title = value.as_object_mut().and_then(|o| o.remove("title")).ok_or(format!("v{from} has no title"))?;
+        value["name"] = title;
+        Ok(value)
+    }
+
+    crate::domain_events! {
+        /// A per-aggregate stream with a versioned event.
+        enum FileEvent, context "files", stream "FILES", subjects "files.>";
+        Opened => "file", "files.file.*", version 2, upcast upcast_opened;
+        Noted => "file", "files.file.*";
+    }
+
+    fn opened(id: &str, version: u64) -> Decoded<FileEvent> {
+        Decoded::new(FileEvent::Opened(Opened { id: id.into(), name: "a".into() }), version, &Causality::default())
+    }
+
+    fn noted(id: &str, version: u64) -> Decoded<FileEvent> {
+        Decoded::new(FileEvent::Noted(Noted { id: id.into(), text: "n".into() }), version, &Causality::default())
+    }
+
+    #[test]
+    fn a_per_aggregate_subject_carries_the_id_and_is_checked() {
+        let event = opened("f-1", 1);
+        assert_eq!(event.event.publish_subject(), "files.file.f-1");
+        assert_eq!(event.envelope.schema_version, 2);
+        let encoded = event.encode().unwrap();
+        assert_eq!(encoded.subject, "files.file.f-1");
+        let back = Decoded::<FileEvent>::decode(&encoded.subject, |_| None, &encoded.body).unwrap();
+        assert_eq!(back.event, event.event);
+        let wrong = Decoded::<FileEvent>::decode("files.file.f-2", |_| None, &encoded.body).unwrap_err();
+        assert_eq!(wrong.code(), "subject_mismatch");
+        // An id that is not one subject token is refused by the table's checks.
+        let dotted = FileEvent::Opened(Opened { id: "a.b".into(), name: "x".into() });
+        assert_eq!(dotted.validate().unwrap_err().field, "id");
+    }
+
+    #[test]
+    fn a_commit_of_several_events_is_one_message_read_whole_or_refused_whole() {
+        let events = vec![opened("f-1", 1), noted("f-1", 2), noted("f-1", 3)];
+        let commit = Decoded::encode_commit(&events).unwrap();
+        assert_eq!(commit.event_id, events[0].envelope.event_id);
+        let back = Decoded::<FileEvent>::decode_all(&commit.subject, |_| None, &commit.body).unwrap();
+        assert_eq!(back, events);
+        // One event is written as `encode` writes it.
+        let one = Decoded::encode_commit(&events[..1]).unwrap();
+        assert_eq!(one.body, events[0].encode().unwrap().body);
+        assert_eq!(Decoded::<FileEvent>::decode_all(&one.subject, |_| None, &one.body).unwrap().len(), 1);
+        // Versions that skip, or another aggregate inside: refused whole.
+        let gap = Decoded::encode_commit(&[opened("f-1", 1), noted("f-1", 3)]).unwrap();
+        assert!(Decoded::<FileEvent>::decode_all(&gap.subject, |_| None, &gap.body).is_err());
+        let other = Decoded::encode_commit(&[opened("f-1", 1), noted("f-2", 2)]).unwrap();
+        assert_eq!(
+            Decoded::<FileEvent>::decode_all(&other.subject, |_| None, &other.body).unwrap_err().code(),
+            "subject_mismatch"
+        );
+        let mut truncated = commit.body.clone();
+        truncated.truncate(truncated.len() - 3);
+        assert!(Decoded::<FileEvent>::decode_all(&commit.subject, |_| None, &truncated).is_err());
+    }
+
+    #[test]
+    fn an_event_at_an_older_schema_version_is_upgraded_and_a_newer_one_refused() {
+        let old = serde_json::to_vec(&serde_json::json!({"id": "f-1", "title": "Old"})).unwrap();
+        let upgraded = FileEvent::decode_payload("files.Opened", 1, ContentType::Json, &old).unwrap();
+        assert_eq!(upgraded, FileEvent::Opened(Opened { id: "f-1".into(), name: "Old".into() }));
+        let broken = serde_json::to_vec(&serde_json::json!({"id": "f-1"})).unwrap();
+        assert_eq!(FileEvent::decode_payload("files.Opened", 1, ContentType::Json, &broken).unwrap_err().code(), "upcast_failed");
+        let future = FileEvent::decode_payload("files.Opened", 3, ContentType::Json, &old).unwrap_err();
+        assert_eq!(future.code(), "unsupported_schema_version");
+        // An event with no upcaster reads only its own version.
+        let noted = serde_json::to_vec(&serde_json::json!({"id": "f-1", "text": "t"})).unwrap();
+        assert!(FileEvent::decode_payload("files.Noted", 1, ContentType::Json, &noted).is_ok());
+        assert!(FileEvent::decode_payload("files.Noted", 2, ContentType::Json, &noted).is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! Why a message is not a valid event, or an event could not be encoded. Every decode failure
 //! is permanent: the message goes to the dead-letter stream with [`DecodeError::code`].
 
-use crate::limits::{MAX_BODY_BYTES, SCHEMA_VERSION};
+use crate::limits::MAX_BODY_BYTES;
 
 /// A field that breaks the contract's limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +61,7 @@ pub enum DecodeError {
     #[error("unknown event type {0:?}")]
     UnknownEventType(String),
     /// The event type is known but not at this schema version.
-    #[error("{event_type} has no schema version {version} (supported: {SCHEMA_VERSION})")]
+    #[error("{event_type} at schema version {version} is not one this build reads (it is newer, or the event table declares no upcaster for it)")]
     UnsupportedSchemaVersion {
         /// The event type.
         event_type: String,
