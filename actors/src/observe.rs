@@ -494,6 +494,8 @@ pub struct Observer {
     tree: SupervisionTree,
     contexts: Arc<Vec<ObservedContext>>,
     panels: Arc<Mutex<Vec<(String, PanelFn)>>>,
+    /// Dead-letter streams to show beside the contexts' (an event bus's, by its name).
+    dead_letter_sources: Arc<Mutex<Vec<String>>>,
     rates: Arc<Mutex<BTreeMap<String, Rates>>>,
     rebuilds: Arc<Mutex<BTreeMap<String, crate::rebuild::Progress>>>,
     instance: Arc<InstanceReport>,
@@ -520,6 +522,7 @@ impl Observer {
             tree,
             contexts: Arc::new(contexts),
             panels: Arc::default(),
+            dead_letter_sources: Arc::default(),
             rates: Arc::default(),
             rebuilds: Arc::default(),
             instance,
@@ -532,6 +535,13 @@ impl Observer {
     pub fn add_panel(&self, title: impl Into<String>, rows: PanelFn) {
         if let Ok(mut panels) = self.panels.lock() {
             panels.push((title.into(), rows));
+        }
+    }
+
+    /// Shows the dead letters of `name` (an event bus's, `DLQ_<NAME>`) beside the contexts'.
+    pub fn watch_dead_letters(&self, name: impl Into<String>) {
+        if let Ok(mut sources) = self.dead_letter_sources.lock() {
+            sources.push(name.into());
         }
     }
 
@@ -684,8 +694,9 @@ impl Observer {
 
     /// Every consuming context's dead letters: how many, and the latest.
     pub async fn dead_letters(&self) -> Vec<DeadLetterReport> {
-        let consuming: Vec<&'static str> =
-            self.contexts.iter().filter(|c| !c.consumers.is_empty()).map(|c| c.name).collect();
+        let mut consuming: Vec<String> =
+            self.contexts.iter().filter(|c| !c.consumers.is_empty()).map(|c| c.name.to_string()).collect();
+        consuming.extend(self.dead_letter_sources.lock().map(|s| s.clone()).unwrap_or_default());
         let tails = futures::future::join_all(
             consuming.iter().map(|context| self.bus.dead_letter_tail(context, LATEST_DEAD_LETTERS)),
         )

@@ -613,3 +613,32 @@ async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_s
     assert_eq!(carrier_whisko::verify::check_mails(&probe, &mails).await.unwrap(), Vec::<String>::new());
     assert_eq!(mails.len(), 15, "one welcome per user");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_status_shows_the_event_bus_the_event_stores_and_the_bus_dead_letters() {
+    let env = TestEnv::start();
+    let (url, data) = (env.url(), env.data_dir().join("w").to_string_lossy().to_string());
+    let mut process = CarrierProcess::spawn(&[
+        "whisko", "--nats-url", &url, "--data-dir", &data, "--host", "127.0.0.1", "--port", "0", "--dashboard-addr", "127.0.0.1:0",
+    ]);
+    let base = process.url_after("http", Duration::from_secs(30));
+    let dashboard = process.url_after("url", Duration::from_secs(30));
+    let created = call("POST", format!("{base}/users"), &[], Some(json!({"name": "Ana", "email": "ana@whisko.example"})));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let mut shown = String::new();
+    wait_until(Duration::from_secs(20), "carrier status shows the welcome handled", || {
+        let mut status = CarrierProcess::spawn(&["status", "--url", &dashboard]);
+        let _ = status.wait_exit(Duration::from_secs(20));
+        shown = status.output();
+        let done = shown.contains("whisko-welcome") && shown.contains("handled 1 ");
+        async move { done }
+    })
+    .await;
+    for needle in ["Event bus", "lease bus.whisko", "active", "Event stores", "committed 1,", "user_views", "payment_views"] {
+        assert!(shown.contains(needle), "no {needle:?} in:\n{shown}");
+    }
+    // The bus's dead-letter stream is listed with the contexts'.
+    assert!(shown.lines().any(|l| l.trim_start().starts_with("whisko ")), "no whisko dead-letter row in:\n{shown}");
+    process.signal("TERM");
+    assert_eq!(process.wait_exit(Duration::from_secs(15)), Ok(Some(0)));
+}

@@ -34,6 +34,10 @@ use crate::billing::Payment;
 use crate::users::User;
 use crate::views::{PaymentViewsHandle, UserViewsHandle};
 
+/// The event bus's name: its durables (`whisko-welcome`), file (`whisko.bus.redb`), lease and
+/// dead-letter stream (`DLQ_WHISKO`).
+pub const BUS: &str = "whisko";
+
 /// How often a snapshot of an aggregate is written: every this many events.
 pub const SNAPSHOT_EVERY: u64 = 100;
 
@@ -80,20 +84,29 @@ pub struct Whisko {
 
 impl Whisko {
     /// Starts `config` (whose contexts should be [`contexts`]) and the event bus `whisko` (its
-    /// file in `data_dir`) with the mail handlers, and shows the bus on the dashboard.
+    /// file in `data_dir`) with the mail handlers. [`observer`](Self::observer) shows both.
     pub async fn start(config: SystemConfig, data_dir: &Path) -> Result<Whisko, WhiskoError> {
         let system = CarrierSystem::start(config).await?;
         let users = system.handle::<EventStore<User>>().ok_or(WhiskoError::Missing("users"))?;
         let billing = system.handle::<EventStore<Payment>>().ok_or(WhiskoError::Missing("billing"))?;
         let user_views = system.handle::<UserViewsHandle>().ok_or(WhiskoError::Missing("user_views"))?;
         let payment_views = system.handle::<PaymentViewsHandle>().ok_or(WhiskoError::Missing("payment_views"))?;
-        let bus = EventBus::open(system.bus.clone(), data_dir, EventBusSettings::named("whisko")).await?;
+        let bus = EventBus::open(system.bus.clone(), data_dir, EventBusSettings::named(BUS)).await?;
         mail::subscribe(&bus)?;
         bus.start().await?;
-        let panel_bus = bus.clone();
-        system.observer().add_panel("Event bus", std::sync::Arc::new(move || panel_bus.panel_rows()));
-        let (u, b) = (users.stats(), billing.stats());
-        system.observer().add_panel(
+        Ok(Whisko { system, users, billing, user_views, payment_views, bus })
+    }
+
+    /// What operators see of it (for the dashboard and `carrier status`): the contexts, plus an
+    /// "Event bus" panel (its role and each subscription's progress), an "Event stores" panel
+    /// (commits, conflicts, loads, snapshots), and the bus's dead letters.
+    pub fn observer(&self) -> carrier_actors::observe::Observer {
+        let observer = self.system.observer();
+        let panel_bus = self.bus.clone();
+        observer.add_panel("Event bus", std::sync::Arc::new(move || panel_bus.panel_rows()));
+        observer.watch_dead_letters(BUS);
+        let (u, b) = (self.users.stats(), self.billing.stats());
+        observer.add_panel(
             "Event stores",
             std::sync::Arc::new(move || {
                 use std::sync::atomic::Ordering::Relaxed;
@@ -117,7 +130,7 @@ impl Whisko {
                     .collect()
             }),
         );
-        Ok(Whisko { system, users, billing, user_views, payment_views, bus })
+        observer
     }
 
     /// Stops the bus (handlers in flight finish, bounded) and then the contexts.
