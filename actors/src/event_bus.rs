@@ -523,6 +523,12 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
     let workers = settings.workers.max(1);
     let mut failures = 0u32;
     while !shared.stopping.load(Ordering::Relaxed) {
+        if shared.fence.is_fenced() {
+            // Another instance may hold the lease: leave the durable alone (making it here
+            // would move it under the holder's feet).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
         if let Err(error) = shared.bus.ensure_event_stream::<E>().await {
             failures += 1;
             tracing::warn!(%durable, %error, "event bus subscription cannot find its stream; retrying");

@@ -642,3 +642,25 @@ async fn carrier_status_shows_the_event_bus_the_event_stores_and_the_bus_dead_le
     process.signal("TERM");
     assert_eq!(process.wait_exit(Duration::from_secs(15)), Ok(Some(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_everything_but_health_needs_one() {
+    let env = TestEnv::start();
+    let (url, data) = (env.url(), env.data_dir().join("w").to_string_lossy().to_string());
+    let mut process = CarrierProcess::spawn_env(
+        &["whisko", "--nats-url", &url, "--data-dir", &data, "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+        &[("API_KEYS", "k-one,k-two")],
+    );
+    let base = process.url_after("http", Duration::from_secs(30));
+    let body = Some(json!({"name": "Ana", "email": "ana@whisko.example"}));
+    let refused = call("POST", format!("{base}/users"), &[], body.clone());
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let wrong = call("POST", format!("{base}/users"), &[("X-API-Key", "k-three")], body.clone());
+    assert_eq!(wrong.status, 401);
+    let created = call("POST", format!("{base}/users"), &[("X-API-Key", "k-two")], body);
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(call("GET", format!("{base}/health"), &[], None).status, 200);
+    assert!(!process.output().contains("k-one"), "a key was logged:\n{}", process.output());
+    process.signal("TERM");
+    assert_eq!(process.wait_exit(Duration::from_secs(15)), Ok(Some(0)));
+}
