@@ -664,3 +664,50 @@ async fn with_api_keys_everything_but_health_needs_one() {
     process.signal("TERM");
     assert_eq!(process.wait_exit(Duration::from_secs(15)), Ok(Some(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_server_killed_and_restarted_under_load_loses_no_command_and_runs_no_handler_twice() {
+    let mut env = TestEnv::start();
+    let data = env.data_dir().join("w");
+    let whisko = Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
+    let store = whisko.users.clone();
+    let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let progress = done.clone();
+    // Commands with idempotency keys, each resent until answered, while the server goes away.
+    let driver = tokio::spawn(async move {
+        for n in 0..150u32 {
+            progress.store(n, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let command = if n % 3 == 0 { create(&format!("r-{n}")) } else { rename(&format!("r-{}", n - n % 3), n as usize) };
+            let key = IdempotencyKey::for_command(format!("restart-{n}"), &command).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let causality = Causality { idempotency: Some(key.clone()), ..Default::default() };
+                match tokio::time::timeout(Duration::from_secs(5), store.execute(command.clone(), causality)).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(CommandError::Unavailable(_))) | Err(_) => {}
+                    Ok(Err(other)) => panic!("command {n} refused: {other}"),
+                }
+                assert!(Instant::now() < deadline, "command {n} never went through");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    wait_until(Duration::from_secs(30), "50 commands went through", || {
+        let done = done.clone();
+        async move { done.load(std::sync::atomic::Ordering::Relaxed) >= 50 }
+    })
+    .await;
+    env.nats.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(done.load(std::sync::atomic::Ordering::Relaxed) < 150, "the server was killed after the last command");
+    env.nats.restart().expect("the server comes back on its store");
+    driver.await.expect("every command went through");
+    assert!(whisko.settle(Duration::from_secs(60)).await, "the projections and the bus caught up");
+    assert_eq!(carrier_whisko::verify::check(&whisko).await.unwrap(), Vec::<String>::new());
+    // Each command stored once: 50 users, each at version 3.
+    let users = whisko.user_views.db.read(|txn| carrier_whisko::views::USERS.all(txn)).unwrap();
+    assert_eq!(users.len(), 50);
+    assert!(users.iter().all(|(_, u)| u.version == 3), "{:?}", users.iter().map(|(_, u)| u.version).collect::<Vec<_>>());
+    whisko.shutdown().await;
+}
