@@ -588,14 +588,24 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
                 failures = 0;
                 for delivery in batch {
                     let seq = delivery.stream_seq;
-                    {
+                    // A redelivery of something still in hand (its own settling acknowledges
+                    // it), or of something handled whose ack was lost: acknowledge that again, or
+                    // the server would redeliver it every ack wait for ever.
+                    let handled_before = {
                         let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
-                        // A redelivery of something handled or still in hand.
-                        if seq <= p.through || p.in_flight.contains(&seq) || p.done.contains_key(&seq) {
+                        if p.in_flight.contains(&seq) || p.done.contains_key(&seq) {
                             continue;
                         }
-                        p.in_flight.insert(seq);
-                        p.dispatched = p.dispatched.max(seq);
+                        let before = seq <= p.through;
+                        if !before {
+                            p.in_flight.insert(seq);
+                            p.dispatched = p.dispatched.max(seq);
+                        }
+                        before
+                    };
+                    if handled_before {
+                        let _ = delivery.ack().await;
+                        continue;
                     }
                     match Decoded::<E>::decode_all(&delivery.subject, |n| delivery.header(n), &delivery.payload) {
                         Ok(events) => {

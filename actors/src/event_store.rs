@@ -393,22 +393,13 @@ impl<A: Aggregate> EventStore<A> {
                 });
             }
             let subject = Self::subject(&id);
-            let mut decided = Vec::with_capacity(events.len());
-            for (n, event) in events.into_iter().enumerate() {
-                event.validate()?;
-                if event.aggregate_id() != id || event.publish_subject() != subject {
-                    return Err(CommandError::Unavailable(format!(
-                        "{} decided an event for {} on {}; its events must be about {id:?} on {subject} \
-                         (declare them on \"{}.{}.*\")",
-                        A::KIND,
-                        event.aggregate_id(),
-                        event.publish_subject(),
-                        <A::Event as DomainEvent>::CONTEXT,
-                        A::KIND
-                    ).into()));
+            let mut decided = match Self::wrap(&id, &subject, loaded.version, events, &causality) {
+                Ok(decided) => decided,
+                Err(refused) => {
+                    *held = Some(loaded);
+                    return Err(refused);
                 }
-                decided.push(Decoded::new(event, loaded.version + 1 + n as u64, &causality));
-            }
+            };
             let mut commit =
                 Decoded::encode_commit(&decided).map_err(|e| CommandError::Unavailable(e.to_string().into()))?;
             if let Some(key) = &causality.idempotency {
@@ -479,6 +470,36 @@ impl<A: Aggregate> EventStore<A> {
             message: format!("{} {id:?} kept changing: {attempts} attempts lost to other writers", A::KIND),
             details: serde_json::json!({ "attempts": attempts }),
         })
+    }
+
+    /// Checks the events a decision returned and wraps them at the versions after `version`.
+    fn wrap(
+        id: &str,
+        subject: &str,
+        version: u64,
+        events: Vec<A::Event>,
+        causality: &Causality,
+    ) -> Result<Vec<Decoded<A::Event>>, CommandError> {
+        let mut decided = Vec::with_capacity(events.len());
+        for (n, event) in events.into_iter().enumerate() {
+            event.validate()?;
+            if event.aggregate_id() != id || event.publish_subject() != subject {
+                return Err(CommandError::Unavailable(
+                    format!(
+                        "{} decided an event for {} on {}; its events must be about {id:?} on {subject} \
+                         (declare them on \"{}.{}.*\")",
+                        A::KIND,
+                        event.aggregate_id(),
+                        event.publish_subject(),
+                        <A::Event as DomainEvent>::CONTEXT,
+                        A::KIND
+                    )
+                    .into(),
+                ));
+            }
+            decided.push(Decoded::new(event, version + 1 + n as u64, causality));
+        }
+        Ok(decided)
     }
 
     /// The events of the message at `seq` (an aggregate's commit).
