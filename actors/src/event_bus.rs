@@ -621,6 +621,7 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
                             tracing::warn!(%durable, stream.seq = seq, %error, "dead-lettering an event that does not decode");
                             shared.bus.dead_letter(&settings.name, &delivery, error.code(), &error.to_string()).await?;
                             state.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            count(&settings.name, &state.name, "dead_lettered");
                             settle(&shared, &state, &durable, seq, Some(delivery)).await;
                         }
                     }
@@ -639,6 +640,13 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
             tracing::warn!(%durable, %error, "event bus subscription failed; starting it again from its position");
             tokio::time::sleep(backoff(settings, failures)).await;
         }
+    }
+}
+
+/// Counts an event's outcome when metrics are on.
+fn count(bus: &str, subscription: &str, outcome: &'static str) {
+    if let Some(metrics) = crate::metrics::get() {
+        metrics.record_handler(bus, subscription, outcome);
     }
 }
 
@@ -670,10 +678,12 @@ async fn work<E: DomainEvent>(
                 let failure = match outcome {
                     Ok(Ok(Handled::Now)) => {
                         state.handled.fetch_add(1, Ordering::Relaxed);
+                        count(&settings.name, &state.name, "handled");
                         break;
                     }
                     Ok(Ok(Handled::Before)) => {
                         state.duplicates.fetch_add(1, Ordering::Relaxed);
+                        count(&settings.name, &state.name, "duplicate");
                         break;
                     }
                     Ok(Err(HandleFailure::Handler(e))) => e.to_string(),
@@ -695,10 +705,12 @@ async fn work<E: DomainEvent>(
                     let (file, sub, id) = (shared.file.clone(), state.name.clone(), event.envelope.event_id);
                     let _ = tokio::task::spawn_blocking(move || file.record_dead_letter(&sub, &id)).await;
                     state.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    count(&settings.name, &state.name, "dead_lettered");
                     dead = true;
                     break;
                 }
                 state.retries.fetch_add(1, Ordering::Relaxed);
+                count(&settings.name, &state.name, "retried");
                 tracing::warn!(%durable, stream.seq = seq, attempt, error = %failure, "handler failed; retrying");
                 let _ = delivery.in_progress().await;
                 tokio::time::sleep(backoff(settings, attempt)).await;
@@ -715,6 +727,10 @@ async fn work<E: DomainEvent>(
 /// (one ack covers every earlier message) and keeps it as the subscription's position.
 async fn settle(shared: &Arc<Shared>, state: &Arc<SubState>, durable: &str, seq: u64, delivery: Option<Delivery>) {
     let Some((through, delivery)) = state.finish(seq, delivery) else { return };
+    if let Some(metrics) = crate::metrics::get() {
+        let labels = crate::metrics::SubscriptionLabels { bus: shared.settings.name.clone(), subscription: state.name.clone() };
+        metrics.event_bus_handled_through.get_or_create(&labels).set(through as i64);
+    }
     if let Some(delivery) = delivery {
         if let Err(error) = delivery.ack().await {
             tracing::debug!(%durable, %error, "ack failed; the position is kept and the rest redelivered");

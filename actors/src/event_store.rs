@@ -331,6 +331,11 @@ impl<A: Aggregate> EventStore<A> {
         format!("{}.{}.{id}", <A::Event as DomainEvent>::CONTEXT, A::KIND)
     }
 
+    /// The context.
+    pub fn context() -> &'static str {
+        <A::Event as DomainEvent>::CONTEXT
+    }
+
     /// The stream.
     pub fn stream() -> &'static str {
         <A::Event as DomainEvent>::STREAM
@@ -374,6 +379,7 @@ impl<A: Aggregate> EventStore<A> {
                         CommandError::Unavailable(format!("{}:{seq} holds no event", Self::stream()).into())
                     })?;
                     let position = Position { stream: Self::stream().to_string(), seq };
+                    record(Self::context(), "replayed");
                     return Ok(Decided { event, replayed: true, position: Some(position.to_string()) });
                 }
             }
@@ -422,10 +428,12 @@ impl<A: Aggregate> EventStore<A> {
                     let event = stored.into_iter().last().ok_or_else(|| {
                         CommandError::Unavailable(format!("{position} holds no event of {}", A::KIND).into())
                     })?;
+                    record(Self::context(), "replayed");
                     return Ok(Decided { event, replayed: true, position: Some(position.to_string()) });
                 }
                 Ok(receipt) => {
                     stats.committed.fetch_add(1, Ordering::Relaxed);
+                    record(Self::context(), "committed");
                     let mut state = loaded.state;
                     for event in &decided {
                         state.apply(&event.event);
@@ -450,6 +458,7 @@ impl<A: Aggregate> EventStore<A> {
                 }
                 Err(AppendError::Conflict { .. }) => {
                     stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    record(Self::context(), "conflict_retried");
                     tracing::debug!(aggregate = A::KIND, %id, attempt, "another writer appended first; deciding again");
                     // Losers that reload at once tend to meet again: spread them out a little.
                     if attempt > 1 {
@@ -465,6 +474,7 @@ impl<A: Aggregate> EventStore<A> {
             }
         }
         stats.conflicts_refused.fetch_add(1, Ordering::Relaxed);
+        record(Self::context(), "conflict");
         Err(CommandError::Refused {
             code: "conflict",
             message: format!("{} {id:?} kept changing: {attempts} attempts lost to other writers", A::KIND),
@@ -523,6 +533,17 @@ impl<A: Aggregate> EventStore<A> {
     /// Loads aggregate `id`, from its snapshot when `use_snapshot` and there is one, else from
     /// its first event (the bench compares the two).
     pub async fn load_with(&self, id: &str, use_snapshot: bool) -> Result<Loaded<A>, LoadError> {
+        let started = std::time::Instant::now();
+        let loaded = self.load_inner(id, use_snapshot).await?;
+        if let Some(metrics) = crate::metrics::get() {
+            let labels = crate::metrics::ContextLabels { context: Self::context() };
+            metrics.event_store_load_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+            metrics.event_store_replayed.get_or_create(&labels).inc_by(loaded.replayed);
+        }
+        Ok(loaded)
+    }
+
+    async fn load_inner(&self, id: &str, use_snapshot: bool) -> Result<Loaded<A>, LoadError> {
         let stats = &self.inner.stats;
         stats.loads.fetch_add(1, Ordering::Relaxed);
         let subject = Self::subject(id);
@@ -690,6 +711,13 @@ impl<A: Aggregate> EventStore<A> {
         let slot: Slot<A> = Arc::default();
         slots.insert(id.to_string(), slot.clone());
         slot
+    }
+}
+
+/// Counts a command's outcome when metrics are on.
+fn record(context: &'static str, outcome: &'static str) {
+    if let Some(metrics) = crate::metrics::get() {
+        metrics.record_command(context, outcome);
     }
 }
 

@@ -73,6 +73,37 @@ pub struct ActorLabels {
     pub actor: String,
 }
 
+/// An event-sourced context's commands by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// The context.
+    pub context: &'static str,
+    /// `committed`, `replayed` (a resend answered from its commit), `conflict_retried` (an
+    /// append another writer beat, decided again), `conflict` (answered so after every retry).
+    pub outcome: &'static str,
+}
+
+/// One subscription of an event bus.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// The bus.
+    pub bus: String,
+    /// The subscription.
+    pub subscription: String,
+}
+
+/// An event bus's events by subscription and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabels {
+    /// The bus.
+    pub bus: String,
+    /// The subscription.
+    pub subscription: String,
+    /// `handled`, `duplicate` (handled before; nothing ran), `retried` (a failed attempt) or
+    /// `dead_lettered`.
+    pub outcome: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric Carrier exports.
@@ -100,6 +131,17 @@ pub struct Metrics {
     pub breaker_state: Family<BreakerLabels, Gauge>,
     /// `carrier_actor_restarts_total`.
     pub actor_restarts: Family<ActorLabels, Counter>,
+    /// `carrier_event_store_commands_total`.
+    pub event_store_commands: Family<CommandLabels, Counter>,
+    /// `carrier_event_store_load_seconds`: loading one aggregate (snapshot and events).
+    pub event_store_load_seconds: Histograms<ContextLabels>,
+    /// `carrier_event_store_replayed_events_total`: events folded by loads.
+    pub event_store_replayed: Family<ContextLabels, Counter>,
+    /// `carrier_event_bus_events_total`.
+    pub event_bus_events: Family<HandlerLabels, Counter>,
+    /// `carrier_event_bus_handled_through_sequence`: the stream sequence through which a
+    /// subscription handled everything (the stream's last sequence minus it is its lag).
+    pub event_bus_handled_through: Family<SubscriptionLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -172,8 +214,36 @@ impl Metrics {
         );
         let actor_restarts = Family::<ActorLabels, Counter>::default();
         registry.register("carrier_actor_restarts", "Restarts by supervised actor", actor_restarts.clone());
+        let event_store_commands = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "carrier_event_store_commands",
+            "An event-sourced context's commands by outcome",
+            event_store_commands.clone(),
+        );
+        let event_store_load_seconds: Histograms<ContextLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "carrier_event_store_load",
+            "Time to load one aggregate (its snapshot and the events after it)",
+            Unit::Seconds,
+            event_store_load_seconds.clone(),
+        );
+        let event_store_replayed = Family::<ContextLabels, Counter>::default();
+        registry.register("carrier_event_store_replayed_events", "Events folded by aggregate loads", event_store_replayed.clone());
+        let event_bus_events = Family::<HandlerLabels, Counter>::default();
+        registry.register("carrier_event_bus_events", "An event bus's events by subscription and outcome", event_bus_events.clone());
+        let event_bus_handled_through = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "carrier_event_bus_handled_through_sequence",
+            "The stream sequence through which a subscription handled everything",
+            event_bus_handled_through.clone(),
+        );
         Metrics {
             registry,
+            event_store_commands,
+            event_store_load_seconds,
+            event_store_replayed,
+            event_bus_events,
+            event_bus_handled_through,
             events,
             batch_events,
             commit_seconds,
@@ -225,6 +295,17 @@ impl Metrics {
         let labels = ContextLabels { context };
         self.batch_events.get_or_create(&labels).observe(events as f64);
         self.commit_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Counts an event-sourced command's outcome.
+    pub fn record_command(&self, context: &'static str, outcome: &'static str) {
+        self.event_store_commands.get_or_create(&CommandLabels { context, outcome }).inc();
+    }
+
+    /// Counts an event bus event's outcome.
+    pub fn record_handler(&self, bus: &str, subscription: &str, outcome: &'static str) {
+        let labels = HandlerLabels { bus: bus.to_string(), subscription: subscription.to_string(), outcome };
+        self.event_bus_events.get_or_create(&labels).inc();
     }
 
     /// The text exposition format.

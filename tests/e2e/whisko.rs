@@ -639,6 +639,15 @@ async fn carrier_status_shows_the_event_bus_the_event_stores_and_the_bus_dead_le
     }
     // The bus's dead-letter stream is listed with the contexts'.
     assert!(shown.lines().any(|l| l.trim_start().starts_with("whisko ")), "no whisko dead-letter row in:\n{shown}");
+    // And Prometheus has the event store's and the bus's counters.
+    let metrics = call("GET", format!("{dashboard}/metrics"), &[], None).body;
+    for needle in [
+        r#"carrier_event_store_commands_total{context="users",outcome="committed"} 1"#,
+        r#"carrier_event_bus_events_total{bus="whisko",subscription="welcome",outcome="handled"} 1"#,
+        r#"carrier_event_bus_handled_through_sequence{bus="whisko",subscription="welcome"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in:\n{metrics}");
+    }
     process.signal("TERM");
     assert_eq!(process.wait_exit(Duration::from_secs(15)), Ok(Some(0)));
 }
