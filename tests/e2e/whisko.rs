@@ -362,6 +362,16 @@ async fn the_http_api_reads_its_writes_and_names_what_is_wrong() {
     let body = created.json();
     let (id, position) = (body["id"].as_str().unwrap().to_string(), body["position"].as_str().unwrap().to_string());
     assert!(position.starts_with("USERS:"), "{position}");
+    // A resend with the same idempotency key answers the first send: same user, nothing new.
+    let keyed = |body: Value| call("POST", format!("{base}/users"), &[("Idempotency-Key", "signup-7")], Some(body));
+    let first = keyed(json!({"name": "Bo", "email": "bo@whisko.example"}));
+    let again = keyed(json!({"name": "Bo", "email": "bo@whisko.example"}));
+    assert_eq!((first.status, again.status), (201, 201), "{} {}", first.body, again.body);
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    assert_eq!((first.json()["replayed"].as_bool(), again.json()["replayed"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(first.json()["position"], again.json()["position"]);
+    let other = keyed(json!({"name": "Bob", "email": "bo@whisko.example"}));
+    assert_eq!((other.status, other.json()["error"]["code"].as_str()), (409, Some("idempotency_key_reused")), "{}", other.body);
     // Read your writes, by query parameter and by header, each at once after the command.
     let changed = call("PATCH", format!("{base}/users/{id}/contact"), &[], Some(json!({"email": "ana.b@whisko.example"})));
     assert_eq!(changed.status, 200, "{}", changed.body);

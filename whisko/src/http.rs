@@ -243,6 +243,7 @@ fn refusal(reply: &CommandReply) -> ApiError {
         "payment_not_editable" => "payment_not_editable",
         "order_already_paid_for" => "order_already_paid_for",
         "no_change" => "no_change",
+        "idempotency_key_reused" => "idempotency_key_reused",
         _ => "rejected",
     };
     let mut error = ApiError::new(status, code, message);
@@ -271,7 +272,13 @@ fn accepted(status: StatusCode, reply: &CommandReply) -> Response {
 }
 
 async fn create_user(State(api): State<WhiskoApi>, headers: HeaderMap, JsonBody(user): JsonBody<NewUser>) -> Result<Response, ApiError> {
-    let id = uuid::Uuid::now_v7().to_string();
+    // A resend with the same idempotency key must name the same user, or it would register a
+    // second one: the id is then derived from the key.
+    const KEYED_USERS: uuid::Uuid = uuid::Uuid::from_u128(0x7c3e_9b1d_4a55_4e0f_8f21_6d0a_3b9e_1f42);
+    let id = match headers.get(IDEMPOTENCY_KEY_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(key) => uuid::Uuid::new_v5(&KEYED_USERS, key.as_bytes()).to_string(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
     let command = UsersCommand::CreateUser { id, name: user.name, email: user.email, phone: user.phone, address: user.address };
     let reply = run(&api.users, &headers, command).await?;
     Ok(accepted(StatusCode::CREATED, &reply))
