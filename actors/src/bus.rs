@@ -1464,7 +1464,10 @@ pub struct SnapshotBucket {
 impl SnapshotBucket {
     /// The value at `key`, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, BusError> {
-        self.store.get(key).await.map_err(|e| BusError::Stream { stream: format!("snapshot {key}"), reason: e.to_string() })
+        self.store
+            .get(key)
+            .await
+            .map_err(|e| BusError::Stream { stream: format!("snapshot {key}"), reason: e.to_string() })
     }
 
     /// Writes `value` at `key`.

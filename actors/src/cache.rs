@@ -1062,8 +1062,11 @@ impl<K: ContextKind> ContextBuilder<K> {
 
     /// Makes `tables` (filled from `E`'s stream alone) rebuildable: `carrier rebuild` replays
     /// the stream into a fresh file and swaps them in (see [`crate::rebuild`]).
-    pub(crate) fn rebuild_source<E: DomainEvent>(&mut self, tables: &'static [&'static str], aggregates: &'static [&'static str])
-    where
+    pub(crate) fn rebuild_source<E: DomainEvent>(
+        &mut self,
+        tables: &'static [&'static str],
+        aggregates: &'static [&'static str],
+    ) where
         K: Reacts<E>,
     {
         self.handle.cache_sources.push(crate::rebuild::CacheSource {

@@ -324,7 +324,11 @@ impl<K: ContextKind> ContextDecl<K> {
     /// the aggregate kinds `aggregates`) are filled from `E`'s stream alone: then `carrier
     /// rebuild` (and the dashboard's rebuild) can rebuild them blue/green, replaying the stream
     /// into a fresh file while the live tables serve, then swapping them in.
-    pub fn projects<E: DomainEvent>(mut self, tables: &'static [&'static str], aggregates: &'static [&'static str]) -> Self
+    pub fn projects<E: DomainEvent>(
+        mut self,
+        tables: &'static [&'static str],
+        aggregates: &'static [&'static str],
+    ) -> Self
     where
         K: Reacts<E>,
     {
@@ -585,7 +589,16 @@ impl<K: ContextKind> ContextDecl<K> {
                 })
             })
         });
-        BoundedContext { name: K::NAME, read_model, leased: !read_model, fileless: false, reads, publishes, endpoints, start }
+        BoundedContext {
+            name: K::NAME,
+            read_model,
+            leased: !read_model,
+            fileless: false,
+            reads,
+            publishes,
+            endpoints,
+            start,
+        }
     }
 }
 

@@ -354,9 +354,12 @@ impl EventBus {
     /// Tries to take the bus's lease; with it, starts `pending` and returns `true`.
     async fn claim(&self, pending: &mut Option<Vec<(String, (&'static str, &'static str), StartSub)>>) -> bool {
         let key = self.lease_key();
-        let claim =
-            crate::instance::acquire(&self.shared.bus, &self.shared.data_dir, &[(key.as_str(), self.shared.fence.clone())])
-                .await;
+        let claim = crate::instance::acquire(
+            &self.shared.bus,
+            &self.shared.data_dir,
+            &[(key.as_str(), self.shared.fence.clone())],
+        )
+        .await;
         let name = &self.shared.settings.name;
         match claim {
             Ok(leases) => {
@@ -436,7 +439,11 @@ impl EventBus {
         self.wait_for(|s| targets.iter().find(|(n, _)| *n == s.name).map(|(_, t)| *t), timeout).await
     }
 
-    async fn wait_for(&self, target: impl Fn(&SubState) -> Option<u64>, timeout: Duration) -> Result<(), EventBusError> {
+    async fn wait_for(
+        &self,
+        target: impl Fn(&SubState) -> Option<u64>,
+        timeout: Duration,
+    ) -> Result<(), EventBusError> {
         let subs: Vec<Arc<SubState>> = self.subs.lock().map(|s| s.clone()).unwrap_or_default();
         let deadline = tokio::time::Instant::now() + timeout;
         for sub in subs {
@@ -493,8 +500,7 @@ impl EventBus {
     pub fn panel_rows(&self) -> Vec<(String, String)> {
         let role = (format!("{} (lease {})", self.shared.settings.name, self.lease_key()), self.role());
         std::iter::once(role)
-            .chain(self.subscriptions().iter()
-            .map(|s| {
+            .chain(self.subscriptions().iter().map(|s| {
                 (
                     format!("{}-{}", self.shared.settings.name, s.name),
                     format!(
@@ -670,7 +676,8 @@ async fn work<E: DomainEvent>(
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
-                let (file, handler, sub, job) = (shared.file.clone(), handler.clone(), state.name.clone(), event.clone());
+                let (file, handler, sub, job) =
+                    (shared.file.clone(), handler.clone(), state.name.clone(), event.clone());
                 let outcome = tokio::task::spawn_blocking(move || {
                     file.handle(&sub, &job.envelope.event_id, |txn| handler(&job, txn))
                 })
@@ -693,7 +700,9 @@ async fn work<E: DomainEvent>(
                 if attempt >= settings.max_attempts.max(1) {
                     tracing::error!(%durable, stream.seq = seq, event_id = %event.envelope.event_id, attempts = attempt, error = %failure, "dead-lettering an event its handler keeps failing");
                     let mut tries = 0;
-                    while let Err(error) = shared.bus.dead_letter(&settings.name, &delivery, "handler_failed", &failure).await {
+                    while let Err(error) =
+                        shared.bus.dead_letter(&settings.name, &delivery, "handler_failed", &failure).await
+                    {
                         // Neither dead-lettered nor handled: it must not be acknowledged.
                         tries += 1;
                         tracing::warn!(%durable, %error, "cannot dead-letter yet; trying again");
@@ -728,7 +737,8 @@ async fn work<E: DomainEvent>(
 async fn settle(shared: &Arc<Shared>, state: &Arc<SubState>, durable: &str, seq: u64, delivery: Option<Delivery>) {
     let Some((through, delivery)) = state.finish(seq, delivery) else { return };
     if let Some(metrics) = crate::metrics::get() {
-        let labels = crate::metrics::SubscriptionLabels { bus: shared.settings.name.clone(), subscription: state.name.clone() };
+        let labels =
+            crate::metrics::SubscriptionLabels { bus: shared.settings.name.clone(), subscription: state.name.clone() };
         metrics.event_bus_handled_through.get_or_create(&labels).set(through as i64);
     }
     if let Some(delivery) = delivery {

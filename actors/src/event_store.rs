@@ -177,7 +177,9 @@ impl std::str::FromStr for Position {
     fn from_str(s: &str) -> Result<Self, String> {
         let (stream, seq) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not a position (STREAM:sequence)"))?;
         let seq = seq.parse::<u64>().map_err(|_| format!("{s:?} is not a position: {seq:?} is not a sequence"))?;
-        if stream.is_empty() || stream.len() > 64 || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        if stream.is_empty()
+            || stream.len() > 64
+            || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(format!("{s:?} is not a position: {stream:?} is not a stream name"));
         }
@@ -416,9 +418,10 @@ impl<A: Aggregate> EventStore<A> {
                 commit.headers.retain(|(name, _)| !name.eq_ignore_ascii_case(msg_id));
                 commit.headers.push((msg_id.to_string(), format!("{}:{id}:{}", A::KIND, key.key())));
                 commit.headers.push((IDEMPOTENCY_KEY_STORED.to_string(), key.key().to_string()));
-                commit
-                    .headers
-                    .push((IDEMPOTENCY_FINGERPRINT_STORED.to_string(), format!("{:016x}", fingerprint_hash(key.fingerprint()))));
+                commit.headers.push((
+                    IDEMPOTENCY_FINGERPRINT_STORED.to_string(),
+                    format!("{:016x}", fingerprint_hash(key.fingerprint())),
+                ));
             }
             match self.inner.bus.append(&commit, loaded.last_seq).await {
                 Ok(receipt) if receipt.duplicate => {
@@ -444,9 +447,20 @@ impl<A: Aggregate> EventStore<A> {
                         if keys.len() >= KEYS_PER_AGGREGATE {
                             keys.pop_front();
                         }
-                        keys.push_back((key.key().to_string(), fingerprint_hash(key.fingerprint()), receipt.stream_seq));
+                        keys.push_back((
+                            key.key().to_string(),
+                            fingerprint_hash(key.fingerprint()),
+                            receipt.stream_seq,
+                        ));
                     }
-                    let loaded = Loaded { state, version, last_seq: receipt.stream_seq, replayed: 0, from_snapshot: false, keys };
+                    let loaded = Loaded {
+                        state,
+                        version,
+                        last_seq: receipt.stream_seq,
+                        replayed: 0,
+                        from_snapshot: false,
+                        keys,
+                    };
                     let every = self.inner.settings.snapshot_every;
                     if every > 0 && version / every > (version - decided.len() as u64) / every {
                         self.write_snapshot(&id, &loaded);
@@ -522,7 +536,8 @@ impl<A: Aggregate> EventStore<A> {
             .await
             .map_err(|e| unavailable(e.to_string()))?
             .ok_or_else(|| unavailable(format!("{} no longer holds sequence {seq}", Self::stream())))?;
-        Decoded::decode_all(subject, |name| message.header(name), &message.payload).map_err(|e| unavailable(e.to_string()))
+        Decoded::decode_all(subject, |name| message.header(name), &message.payload)
+            .map_err(|e| unavailable(e.to_string()))
     }
 
     /// Loads aggregate `id`: its snapshot (when there is a usable one), then the events after it.
@@ -566,17 +581,18 @@ impl<A: Aggregate> EventStore<A> {
             if failed.is_some() {
                 return;
             }
-            let events = match Decoded::<A::Event>::decode_all(&message.subject, |n| message.header(n), &message.payload) {
-                Ok(events) => events,
-                Err(e) => {
-                    failed = Some(LoadError::Undecodable {
-                        subject: subject.clone(),
-                        seq: message.stream_seq,
-                        reason: e.to_string(),
-                    });
-                    return;
-                }
-            };
+            let events =
+                match Decoded::<A::Event>::decode_all(&message.subject, |n| message.header(n), &message.payload) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        failed = Some(LoadError::Undecodable {
+                            subject: subject.clone(),
+                            seq: message.stream_seq,
+                            reason: e.to_string(),
+                        });
+                        return;
+                    }
+                };
             if let Some(key) = message.header(IDEMPOTENCY_KEY_STORED) {
                 let fingerprint = message
                     .header(IDEMPOTENCY_FINGERPRINT_STORED)
@@ -617,11 +633,14 @@ impl<A: Aggregate> EventStore<A> {
                 return None;
             }
         };
-        let decoded = carrier_messages::cbor::from_slice::<SnapshotRow>(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|row| {
+        let decoded =
+            carrier_messages::cbor::from_slice::<SnapshotRow>(&bytes).map_err(|e| e.to_string()).and_then(|row| {
                 if row.schema != A::SNAPSHOT_VERSION {
-                    return Err(format!("written for snapshot version {}, this build has {}", row.schema, A::SNAPSHOT_VERSION));
+                    return Err(format!(
+                        "written for snapshot version {}, this build has {}",
+                        row.schema,
+                        A::SNAPSHOT_VERSION
+                    ));
                 }
                 let state = carrier_messages::cbor::from_slice::<A>(&row.state).map_err(|e| e.to_string())?;
                 Ok(Loaded {
@@ -678,7 +697,8 @@ impl<A: Aggregate> EventStore<A> {
             reason: e.to_string(),
         })?;
         let keys = loaded.keys.iter().cloned().collect();
-        let row = SnapshotRow { schema: A::SNAPSHOT_VERSION, version: loaded.version, seq: loaded.last_seq, state, keys };
+        let row =
+            SnapshotRow { schema: A::SNAPSHOT_VERSION, version: loaded.version, seq: loaded.last_seq, state, keys };
         let bytes = carrier_messages::cbor::to_vec(&row).unwrap_or_default();
         bucket.put(&snapshot_key::<A>(id), bytes).await?;
         self.inner.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
@@ -727,7 +747,10 @@ fn snapshot_key<A: Aggregate>(id: &str) -> String {
 
 /// A few bits of noise for spreading retries (no need for a random number generator).
 fn rand_jitter() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| u64::from(d.subsec_nanos()) >> 10).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) >> 10)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

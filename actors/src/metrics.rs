@@ -228,9 +228,17 @@ impl Metrics {
             event_store_load_seconds.clone(),
         );
         let event_store_replayed = Family::<ContextLabels, Counter>::default();
-        registry.register("carrier_event_store_replayed_events", "Events folded by aggregate loads", event_store_replayed.clone());
+        registry.register(
+            "carrier_event_store_replayed_events",
+            "Events folded by aggregate loads",
+            event_store_replayed.clone(),
+        );
         let event_bus_events = Family::<HandlerLabels, Counter>::default();
-        registry.register("carrier_event_bus_events", "An event bus's events by subscription and outcome", event_bus_events.clone());
+        registry.register(
+            "carrier_event_bus_events",
+            "An event bus's events by subscription and outcome",
+            event_bus_events.clone(),
+        );
         let event_bus_handled_through = Family::<SubscriptionLabels, Gauge>::default();
         registry.register(
             "carrier_event_bus_handled_through_sequence",

@@ -64,7 +64,13 @@ where
             bus: bus.clone(),
             subject: subject.clone(),
             queue_group: context.to_string(),
-            handler: Queries { context, db: db.clone(), answer: answer.clone(), query: PhantomData, wait: wait.clone() },
+            handler: Queries {
+                context,
+                db: db.clone(),
+                answer: answer.clone(),
+                query: PhantomData,
+                wait: wait.clone(),
+            },
             fence: None,
         };
         async move {
@@ -77,7 +83,9 @@ where
 
 /// Waits until a context has applied a position (read your writes).
 pub(crate) type WaitFn = Arc<
-    dyn Fn(crate::Position) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::PositionWait>> + Send>>
+    dyn Fn(
+            crate::Position,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::PositionWait>> + Send>>
         + Send
         + Sync,
 >;

@@ -253,7 +253,12 @@ impl<E: DomainEvent> Decoded<E> {
                 )
             }
         };
-        Ok(EncodedEvent { event_id: envelope.event_id, subject: self.event.publish_subject().into_owned(), headers, body })
+        Ok(EncodedEvent {
+            event_id: envelope.event_id,
+            subject: self.event.publish_subject().into_owned(),
+            headers,
+            body,
+        })
     }
 
     /// Decodes a received message in any framing [`Envelope::read`] recognises. `header` looks
@@ -420,7 +425,12 @@ pub fn decode_upcast<T: DeserializeOwned>(
     upcast: fn(u32, serde_json::Value) -> Result<serde_json::Value, String>,
 ) -> Result<T, DecodeError> {
     let old: serde_json::Value = decode_body(event_type, content_type, body)?;
-    let failed = |reason: String| DecodeError::Upcast { event_type: event_type.to_string(), from, to, reason: clip_reason(reason) };
+    let failed = |reason: String| DecodeError::Upcast {
+        event_type: event_type.to_string(),
+        from,
+        to,
+        reason: clip_reason(reason),
+    };
     let new = upcast(from, old).map_err(failed)?;
     serde_json::from_value(new).map_err(|e| failed(format!("the upgraded payload does not decode: {e}")))
 }
@@ -457,7 +467,9 @@ pub mod check {
             None => Ok(()),
             Some(c) => Err(ValidationError {
                 field,
-                problem: format!("may hold only letters, digits, '-', '_', ':' and '=' (it is a subject token), found {c:?}"),
+                problem: format!(
+                    "may hold only letters, digits, '-', '_', ':' and '=' (it is a subject token), found {c:?}"
+                ),
             }),
         }
     }
@@ -800,7 +812,10 @@ mod tests {
         let upgraded = FileEvent::decode_payload("files.Opened", 1, ContentType::Json, &old).unwrap();
         assert_eq!(upgraded, FileEvent::Opened(Opened { id: "f-1".into(), name: "Old".into() }));
         let broken = serde_json::to_vec(&serde_json::json!({"id": "f-1"})).unwrap();
-        assert_eq!(FileEvent::decode_payload("files.Opened", 1, ContentType::Json, &broken).unwrap_err().code(), "upcast_failed");
+        assert_eq!(
+            FileEvent::decode_payload("files.Opened", 1, ContentType::Json, &broken).unwrap_err().code(),
+            "upcast_failed"
+        );
         let future = FileEvent::decode_payload("files.Opened", 3, ContentType::Json, &old).unwrap_err();
         assert_eq!(future.code(), "unsupported_schema_version");
         // An event with no upcaster reads only its own version.

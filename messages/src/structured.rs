@@ -150,7 +150,10 @@ pub(crate) fn array_items(body: &[u8]) -> Result<Option<Vec<&[u8]>>, DecodeError
     if body.first().map(|b| b >> 5) != Some(4) {
         return Ok(None);
     }
-    let not_commit = |reason: String| DecodeError::Envelope { format: CLOUDEVENTS_CBOR, reason: format!("a commit of several events: {reason}") };
+    let not_commit = |reason: String| DecodeError::Envelope {
+        format: CLOUDEVENTS_CBOR,
+        reason: format!("a commit of several events: {reason}"),
+    };
     let mut r = Reader { buf: body, pos: 0, depth: 0 };
     let (_, len) = r.head().map_err(not_commit)?;
     let mut items = Vec::new();

@@ -165,7 +165,10 @@ impl HandlerFile {
 fn record(txn: &WriteTransaction, subscription: &str, event_id: &EventId, how: u8) -> Result<(), StorageError> {
     let at = now_ms();
     let id = event_id.as_bytes().as_slice();
-    txn.open_table(HANDLED).during("open bus_handled")?.insert((subscription, id), (at, how)).during("write bus_handled")?;
+    txn.open_table(HANDLED)
+        .during("open bus_handled")?
+        .insert((subscription, id), (at, how))
+        .during("write bus_handled")?;
     txn.open_table(HANDLED_BY_TIME)
         .during("open bus_handled_by_time")?
         .insert((at, subscription, id), ())
@@ -191,7 +194,8 @@ mod tests {
         assert!(!file.was_handled("s", &id).unwrap());
         let first = file.handle("s", &id, |txn| LOG.open(txn)?.put("a", &"x".to_string())).map_err(|_| ()).unwrap();
         assert_eq!(first, Handled::Now);
-        let again = file.handle("s", &id, |_| -> Result<(), StorageError> { panic!("ran twice") }).map_err(|_| ()).unwrap();
+        let again =
+            file.handle("s", &id, |_| -> Result<(), StorageError> { panic!("ran twice") }).map_err(|_| ()).unwrap();
         assert_eq!(again, Handled::Before);
         assert_eq!(file.handle("other", &id, |_| Ok::<(), StorageError>(())).map_err(|_| ()).unwrap(), Handled::Now);
         assert_eq!(LOG.all(&file.read().unwrap()).unwrap().len(), 1);

@@ -69,7 +69,8 @@ async fn two_writers_on_one_aggregate_never_both_win_a_version() {
         for n in 0..20 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                let decided = store.execute(rename("u1", n), Causality::default()).await.expect("decided, after retries");
+                let decided =
+                    store.execute(rename("u1", n), Causality::default()).await.expect("decided, after retries");
                 (writer, decided.event.envelope.aggregate_version)
             }));
         }
@@ -110,7 +111,10 @@ async fn a_resent_command_is_answered_with_what_it_stored_on_any_instance() {
     let a = EventStore::<User>::open(bus(&env, "a").await, settings).await.expect("opens");
     let b = EventStore::<User>::open(bus(&env, "b").await, settings).await.expect("opens");
     let command = create("u2");
-    let key = || Causality { idempotency: Some(IdempotencyKey::for_command("k-1", &create("u2")).unwrap()), ..Default::default() };
+    let key = || Causality {
+        idempotency: Some(IdempotencyKey::for_command("k-1", &create("u2")).unwrap()),
+        ..Default::default()
+    };
     let first = a.execute(command.clone(), key()).await.expect("stored");
     assert!(!first.replayed);
     // Another instance, which never saw it: it loads the aggregate, finds the key in its history.
@@ -119,8 +123,14 @@ async fn a_resent_command_is_answered_with_what_it_stored_on_any_instance() {
     assert_eq!(again.event.envelope.event_id, first.event.envelope.event_id);
     assert_eq!(again.position, first.position);
     // The same key with other parameters is refused.
-    let other = Causality { idempotency: Some(IdempotencyKey::for_command("k-1", &rename("u2", 1)).unwrap()), ..Default::default() };
-    assert!(matches!(b.execute(rename("u2", 1), other).await, Err(CommandError::Refused { code: "idempotency_key_reused", .. })));
+    let other = Causality {
+        idempotency: Some(IdempotencyKey::for_command("k-1", &rename("u2", 1)).unwrap()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        b.execute(rename("u2", 1), other).await,
+        Err(CommandError::Refused { code: "idempotency_key_reused", .. })
+    ));
     assert_eq!(history(&bus(&env, "reader").await, "u2").await.len(), 1, "nothing was stored twice");
 }
 
@@ -157,7 +167,8 @@ async fn snapshots_shorten_loads_and_one_that_no_longer_decodes_is_ignored() {
 async fn an_event_stored_at_schema_version_1_is_read_as_version_2() {
     let env = TestEnv::start();
     let dir = env.data_dir();
-    let whisko = Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
+    let whisko =
+        Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
     // A UserCreated as version 1 wrote it: `full_name`, not `name`.
     let payload = carrier_messages::cbor::to_vec(&json!({
         "id": "old-1", "full_name": "Old Timer", "email": "old@whisko.example", "phone": "", "address": "Hanoi"
@@ -185,7 +196,8 @@ async fn an_event_stored_at_schema_version_1_is_read_as_version_2() {
     assert_eq!(renamed.event.envelope.aggregate_version, 2);
     let position: Position = renamed.position.unwrap().parse().unwrap();
     whisko.user_views.wait_for_position(&position, Duration::from_secs(10)).await.expect("projected");
-    let view = whisko.user_views.db.read(|txn| carrier_whisko::views::user(txn, "old-1")).unwrap().expect("in the view");
+    let view =
+        whisko.user_views.db.read(|txn| carrier_whisko::views::user(txn, "old-1")).unwrap().expect("in the view");
     assert_eq!((view.name.as_str(), view.address.as_str(), view.version), ("Ana 1", "Street 1", 2));
     assert!(whisko.settle(Duration::from_secs(10)).await);
     assert_eq!(carrier_whisko::verify::check(&whisko).await.unwrap(), Vec::<String>::new());
@@ -240,7 +252,8 @@ fn seen(bus: &EventBus) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_sync_returns_after_the_handlers_and_wait_after_everything_before_it() {
     let env = TestEnv::start();
-    let events = EventBus::open(bus(&env, "bus").await, &env.data_dir(), EventBusSettings::named("ledgerbus")).await.unwrap();
+    let events =
+        EventBus::open(bus(&env, "bus").await, &env.data_dir(), EventBusSettings::named("ledgerbus")).await.unwrap();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let slow_gate = gate.clone();
     events
@@ -341,7 +354,16 @@ async fn a_poison_handler_is_dead_lettered_while_the_others_go_on_and_nothing_ru
 fn start_whisko(env: &TestEnv, data: &std::path::Path) -> (CarrierProcess, String) {
     let (url, data) = (env.url(), data.to_string_lossy().to_string());
     let mut process = CarrierProcess::spawn(&[
-        "whisko", "--nats-url", &url, "--data-dir", &data, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+        "whisko",
+        "--nats-url",
+        &url,
+        "--data-dir",
+        &data,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-dashboard",
     ]);
     let base = process.url_after("http", Duration::from_secs(30));
     (process, base)
@@ -357,7 +379,12 @@ async fn the_http_api_reads_its_writes_and_names_what_is_wrong() {
     let env = TestEnv::start();
     let data = env.data_dir().join("whisko");
     let (mut process, base) = start_whisko(&env, &data);
-    let created = call("POST", format!("{base}/users"), &[], Some(json!({"name": "Ana", "email": "ana@whisko.example", "phone": "+84 90 123 4567"})));
+    let created = call(
+        "POST",
+        format!("{base}/users"),
+        &[],
+        Some(json!({"name": "Ana", "email": "ana@whisko.example", "phone": "+84 90 123 4567"})),
+    );
     assert_eq!(created.status, 201, "{}", created.body);
     let body = created.json();
     let (id, position) = (body["id"].as_str().unwrap().to_string(), body["position"].as_str().unwrap().to_string());
@@ -371,9 +398,15 @@ async fn the_http_api_reads_its_writes_and_names_what_is_wrong() {
     assert_eq!((first.json()["replayed"].as_bool(), again.json()["replayed"].as_bool()), (Some(false), Some(true)));
     assert_eq!(first.json()["position"], again.json()["position"]);
     let other = keyed(json!({"name": "Bob", "email": "bo@whisko.example"}));
-    assert_eq!((other.status, other.json()["error"]["code"].as_str()), (409, Some("idempotency_key_reused")), "{}", other.body);
+    assert_eq!(
+        (other.status, other.json()["error"]["code"].as_str()),
+        (409, Some("idempotency_key_reused")),
+        "{}",
+        other.body
+    );
     // Read your writes, by query parameter and by header, each at once after the command.
-    let changed = call("PATCH", format!("{base}/users/{id}/contact"), &[], Some(json!({"email": "ana.b@whisko.example"})));
+    let changed =
+        call("PATCH", format!("{base}/users/{id}/contact"), &[], Some(json!({"email": "ana.b@whisko.example"})));
     assert_eq!(changed.status, 200, "{}", changed.body);
     let at = changed.json()["position"].as_str().unwrap().to_string();
     let read = call("GET", format!("{base}/users/{id}?minPosition={at}"), &[], None);
@@ -388,18 +421,42 @@ async fn the_http_api_reads_its_writes_and_names_what_is_wrong() {
     assert_eq!((far.status, far.json()["error"]["code"].as_str()), (503, Some("behind")), "{}", far.body);
     assert!(started.elapsed() < Duration::from_secs(9));
     let bad = call("GET", format!("{base}/users/{id}?minPosition=nonsense"), &[], None);
-    assert_eq!((bad.status, bad.json()["error"]["details"]["field"].as_str()), (400, Some("minPosition")), "{}", bad.body);
+    assert_eq!(
+        (bad.status, bad.json()["error"]["details"]["field"].as_str()),
+        (400, Some("minPosition")),
+        "{}",
+        bad.body
+    );
 
     // Payments: one per order, legal transitions only.
-    let pay = call("POST", format!("{base}/payments"), &[("Carrier-Min-Position", &position)],
-        Some(json!({"userId": id, "orderCode": 1001, "amount": 300, "items": [{"name": "Bath", "quantity": 3, "price": 100}]})));
+    let pay = call(
+        "POST",
+        format!("{base}/payments"),
+        &[("Carrier-Min-Position", &position)],
+        Some(
+            json!({"userId": id, "orderCode": 1001, "amount": 300, "items": [{"name": "Bath", "quantity": 3, "price": 100}]}),
+        ),
+    );
     assert_eq!(pay.status, 201, "{}", pay.body);
     let payment = pay.json()["id"].as_str().unwrap().to_string();
-    let twice = call("POST", format!("{base}/payments"), &[], Some(json!({"userId": id, "orderCode": 1001, "amount": 300})));
+    let twice =
+        call("POST", format!("{base}/payments"), &[], Some(json!({"userId": id, "orderCode": 1001, "amount": 300})));
     assert_eq!((twice.status, twice.json()["error"]["code"].as_str()), (409, Some("order_already_paid_for")));
-    let sum = call("POST", format!("{base}/payments"), &[], Some(json!({"userId": id, "orderCode": 1002, "amount": 5, "items": [{"name": "Bath", "quantity": 1, "price": 100}]})));
+    let sum = call(
+        "POST",
+        format!("{base}/payments"),
+        &[],
+        Some(
+            json!({"userId": id, "orderCode": 1002, "amount": 5, "items": [{"name": "Bath", "quantity": 1, "price": 100}]}),
+        ),
+    );
     assert_eq!((sum.status, sum.json()["error"]["details"]["field"].as_str()), (422, Some("amount")), "{}", sum.body);
-    let nobody = call("POST", format!("{base}/payments"), &[], Some(json!({"userId": "nobody", "orderCode": 1003, "amount": 5})));
+    let nobody = call(
+        "POST",
+        format!("{base}/payments"),
+        &[],
+        Some(json!({"userId": "nobody", "orderCode": 1003, "amount": 5})),
+    );
     assert_eq!((nobody.status, nobody.json()["error"]["code"].as_str()), (422, Some("unknown_user")));
     let failed = call("POST", format!("{base}/payments/{payment}/status"), &[], Some(json!({"status": "failed"})));
     assert_eq!(failed.status, 200, "{}", failed.body);
@@ -437,7 +494,10 @@ async fn the_http_api_reads_its_writes_and_names_what_is_wrong() {
     // Over NATS too: commands on cmd.users, queries with min_position in the body.
     let client = env.plain_client().await;
     let reply = client
-        .request("cmd.users", r#"{"command":"create_user","id":"nats-1","name":"Nat","email":"nat@whisko.example"}"#.into())
+        .request(
+            "cmd.users",
+            r#"{"command":"create_user","id":"nats-1","name":"Nat","email":"nat@whisko.example"}"#.into(),
+        )
         .await
         .unwrap();
     let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
@@ -476,16 +536,36 @@ async fn projections_and_mails_equal_a_fold_of_the_streams_after_20_sigkills() {
                 n += 1;
                 let user = format!("crash-{}", n % 40);
                 let (subject, body) = match n % 10 {
-                    0..=3 if n < 40 => ("cmd.users", json!({"command": "create_user", "id": format!("crash-{n}"), "name": format!("User {n}"), "email": format!("u{n}@whisko.example")})),
-                    0 | 1 => ("cmd.users", json!({"command": "update_contact", "id": user, "email": format!("c{n}@whisko.example")})),
-                    2 | 3 | 4 => ("cmd.users", json!({"command": "update_profile", "id": user, "name": format!("Name {n}")})),
+                    0..=3 if n < 40 => (
+                        "cmd.users",
+                        json!({"command": "create_user", "id": format!("crash-{n}"), "name": format!("User {n}"), "email": format!("u{n}@whisko.example")}),
+                    ),
+                    0 | 1 => (
+                        "cmd.users",
+                        json!({"command": "update_contact", "id": user, "email": format!("c{n}@whisko.example")}),
+                    ),
+                    2 | 3 | 4 => {
+                        ("cmd.users", json!({"command": "update_profile", "id": user, "name": format!("Name {n}")}))
+                    }
                     5 => {
                         let order = 10_000 + n;
-                        ("cmd.billing", json!({"command": "create_payment", "id": carrier_whisko::billing::payment_id(order as i64), "user_id": user, "order_code": order, "amount": 100}))
+                        (
+                            "cmd.billing",
+                            json!({"command": "create_payment", "id": carrier_whisko::billing::payment_id(order as i64), "user_id": user, "order_code": order, "amount": 100}),
+                        )
                     }
-                    6 => ("cmd.billing", json!({"command": "change_status", "id": carrier_whisko::billing::payment_id(10_000 + n as i64 - 1), "status": "paid"})),
-                    7 => ("cmd.billing", json!({"command": "change_status", "id": carrier_whisko::billing::payment_id(10_000 + n as i64 - 2), "status": "refunded"})),
-                    _ => ("cmd.users", json!({"command": "update_profile", "id": user, "address": format!("Street {n}"), "name": "Someone"})),
+                    6 => (
+                        "cmd.billing",
+                        json!({"command": "change_status", "id": carrier_whisko::billing::payment_id(10_000 + n as i64 - 1), "status": "paid"}),
+                    ),
+                    7 => (
+                        "cmd.billing",
+                        json!({"command": "change_status", "id": carrier_whisko::billing::payment_id(10_000 + n as i64 - 2), "status": "refunded"}),
+                    ),
+                    _ => (
+                        "cmd.users",
+                        json!({"command": "update_profile", "id": user, "address": format!("Street {n}"), "name": "Someone"}),
+                    ),
                 };
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Idempotency-Key", format!("cmd-{n}").as_str());
@@ -537,14 +617,24 @@ async fn projections_and_mails_equal_a_fold_of_the_streams_after_20_sigkills() {
 
     // The files the killed process left, opened again here: caught up, then compared with a
     // fold of the streams.
-    let whisko = Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
+    let whisko =
+        Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
     assert!(whisko.settle(Duration::from_secs(60)).await, "the projections and the bus caught up");
     let problems = carrier_whisko::verify::check(&whisko).await.expect("the streams fold");
     assert_eq!(problems, Vec::<String>::new());
     let users = whisko.user_views.db.read(|txn| carrier_whisko::views::USERS.len(txn)).unwrap();
     let mails = whisko.bus.file().read().and_then(|t| carrier_whisko::mail::mails(&t)).unwrap();
-    assert!(users >= 10 && !mails.is_empty(), "the run did too little to prove anything: {users} users, {} mails", mails.len());
-    eprintln!("{} commands through {} SIGKILLs: {users} live users, {} mails", sent.load(std::sync::atomic::Ordering::Relaxed), kills(), mails.len());
+    assert!(
+        users >= 10 && !mails.is_empty(),
+        "the run did too little to prove anything: {users} users, {} mails",
+        mails.len()
+    );
+    eprintln!(
+        "{} commands through {} SIGKILLs: {users} live users, {} mails",
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        kills(),
+        mails.len()
+    );
     whisko.shutdown().await;
 }
 
@@ -565,10 +655,15 @@ async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_s
         }
     };
     for n in 0..10 {
-        let reply = send(json!({"command": "create_user", "id": format!("twin-{n}"), "name": "Twin", "email": "t@whisko.example"})).await;
+        let reply = send(
+            json!({"command": "create_user", "id": format!("twin-{n}"), "name": "Twin", "email": "t@whisko.example"}),
+        )
+        .await;
         assert_eq!(reply["ok"], true, "{reply}");
     }
-    let updates = (0..300).map(|n| send(json!({"command": "update_profile", "id": format!("twin-{}", n % 10), "name": format!("Twin {n}")})));
+    let updates = (0..300).map(|n| {
+        send(json!({"command": "update_profile", "id": format!("twin-{}", n % 10), "name": format!("Twin {n}")}))
+    });
     let replies = futures::future::join_all(updates).await;
     let mut versions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for reply in &replies {
@@ -590,19 +685,26 @@ async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_s
     let end = probe.last_sequence("USERS").await.unwrap();
     wait_until(Duration::from_secs(30), "the welcome handler acknowledged every user", || {
         let probe = probe.clone();
-        async move { probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false) }
+        async move {
+            probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false)
+        }
     })
     .await;
     a.signal("KILL");
     let _ = a.wait_exit(Duration::from_secs(10));
     for n in 10..15 {
-        let reply = send(json!({"command": "create_user", "id": format!("twin-{n}"), "name": "Twin", "email": "t@whisko.example"})).await;
+        let reply = send(
+            json!({"command": "create_user", "id": format!("twin-{n}"), "name": "Twin", "email": "t@whisko.example"}),
+        )
+        .await;
         assert_eq!(reply["ok"], true, "{reply}");
     }
     let end = probe.last_sequence("USERS").await.unwrap();
     wait_until(Duration::from_secs(45), "the standby took the bus over and welcomed the new users", || {
         let probe = probe.clone();
-        async move { probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false) }
+        async move {
+            probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false)
+        }
     })
     .await;
     let last = format!("USERS:{end}");
@@ -612,10 +714,16 @@ async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_s
     // one instance at a time, so the two mail lists together hold each mail once.
     let mut mails = Vec::new();
     for dir in [dir_a, dir_b] {
-        let whisko = Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
+        let whisko =
+            Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
         whisko.user_views.wait_for_position(&last.parse().unwrap(), Duration::from_secs(30)).await.expect("caught up");
         assert!(whisko.settle(Duration::from_secs(30)).await);
-        assert_eq!(carrier_whisko::verify::check_projections(&whisko).await.unwrap(), Vec::<String>::new(), "{}", dir.display());
+        assert_eq!(
+            carrier_whisko::verify::check_projections(&whisko).await.unwrap(),
+            Vec::<String>::new(),
+            "{}",
+            dir.display()
+        );
         mails.extend(whisko.bus.file().read().and_then(|t| carrier_whisko::mail::mails(&t)).unwrap());
         whisko.shutdown().await;
     }
@@ -629,11 +737,22 @@ async fn carrier_status_shows_the_event_bus_the_event_stores_and_the_bus_dead_le
     let env = TestEnv::start();
     let (url, data) = (env.url(), env.data_dir().join("w").to_string_lossy().to_string());
     let mut process = CarrierProcess::spawn(&[
-        "whisko", "--nats-url", &url, "--data-dir", &data, "--host", "127.0.0.1", "--port", "0", "--dashboard-addr", "127.0.0.1:0",
+        "whisko",
+        "--nats-url",
+        &url,
+        "--data-dir",
+        &data,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--dashboard-addr",
+        "127.0.0.1:0",
     ]);
     let base = process.url_after("http", Duration::from_secs(30));
     let dashboard = process.url_after("url", Duration::from_secs(30));
-    let created = call("POST", format!("{base}/users"), &[], Some(json!({"name": "Ana", "email": "ana@whisko.example"})));
+    let created =
+        call("POST", format!("{base}/users"), &[], Some(json!({"name": "Ana", "email": "ana@whisko.example"})));
     assert_eq!(created.status, 201, "{}", created.body);
     let mut shown = String::new();
     wait_until(Duration::from_secs(20), "carrier status shows the welcome handled", || {
@@ -644,7 +763,9 @@ async fn carrier_status_shows_the_event_bus_the_event_stores_and_the_bus_dead_le
         async move { done }
     })
     .await;
-    for needle in ["Event bus", "lease bus.whisko", "active", "Event stores", "committed 1,", "user_views", "payment_views"] {
+    for needle in
+        ["Event bus", "lease bus.whisko", "active", "Event stores", "committed 1,", "user_views", "payment_views"]
+    {
         assert!(shown.contains(needle), "no {needle:?} in:\n{shown}");
     }
     // The bus's dead-letter stream is listed with the contexts'.
@@ -688,7 +809,8 @@ async fn with_api_keys_everything_but_health_needs_one() {
 async fn a_nats_server_killed_and_restarted_under_load_loses_no_command_and_runs_no_handler_twice() {
     let mut env = TestEnv::start();
     let data = env.data_dir().join("w");
-    let whisko = Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
+    let whisko =
+        Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
     let store = whisko.users.clone();
     let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let progress = done.clone();
@@ -697,7 +819,8 @@ async fn a_nats_server_killed_and_restarted_under_load_loses_no_command_and_runs
         for n in 0..150u32 {
             progress.store(n, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let command = if n % 3 == 0 { create(&format!("r-{n}")) } else { rename(&format!("r-{}", n - n % 3), n as usize) };
+            let command =
+                if n % 3 == 0 { create(&format!("r-{n}")) } else { rename(&format!("r-{}", n - n % 3), n as usize) };
             let key = IdempotencyKey::for_command(format!("restart-{n}"), &command).unwrap();
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
@@ -727,6 +850,10 @@ async fn a_nats_server_killed_and_restarted_under_load_loses_no_command_and_runs
     // Each command stored once: 50 users, each at version 3.
     let users = whisko.user_views.db.read(|txn| carrier_whisko::views::USERS.all(txn)).unwrap();
     assert_eq!(users.len(), 50);
-    assert!(users.iter().all(|(_, u)| u.version == 3), "{:?}", users.iter().map(|(_, u)| u.version).collect::<Vec<_>>());
+    assert!(
+        users.iter().all(|(_, u)| u.version == 3),
+        "{:?}",
+        users.iter().map(|(_, u)| u.version).collect::<Vec<_>>()
+    );
     whisko.shutdown().await;
 }

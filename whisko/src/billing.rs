@@ -117,7 +117,10 @@ impl Aggregate for Payment {
                 if !matches!(status, PaymentStatus::Pending | PaymentStatus::Failed) {
                     return Err(CommandError::Refused {
                         code: "payment_not_editable",
-                        message: format!("a {} payment cannot change; only pending or failed ones can", status.as_str()),
+                        message: format!(
+                            "a {} payment cannot change; only pending or failed ones can",
+                            status.as_str()
+                        ),
                         details: serde_json::json!({ "status": status.as_str() }),
                     });
                 }
@@ -179,18 +182,30 @@ mod tests {
     fn statuses_move_only_along_the_legal_transitions() {
         let id = payment_id(7);
         let mut p = Payment::default();
-        let create = BillingCommand::CreatePayment { id: id.clone(), user_id: "u".into(), order_code: 7, amount: 5, items: vec![] };
+        let create = BillingCommand::CreatePayment {
+            id: id.clone(),
+            user_id: "u".into(),
+            order_code: 7,
+            amount: 5,
+            items: vec![],
+        };
         run(&mut p, create.clone()).unwrap();
         assert!(matches!(run(&mut p, create), Err(CommandError::Refused { code: "order_already_paid_for", .. })));
         let to = |status| BillingCommand::ChangeStatus { id: id.clone(), status };
         run(&mut p, to(PaymentStatus::Failed)).unwrap();
-        assert!(matches!(run(&mut p, to(PaymentStatus::Paid)), Err(CommandError::Refused { code: "illegal_transition", .. })));
+        assert!(matches!(
+            run(&mut p, to(PaymentStatus::Paid)),
+            Err(CommandError::Refused { code: "illegal_transition", .. })
+        ));
         run(&mut p, to(PaymentStatus::Pending)).unwrap();
         run(&mut p, to(PaymentStatus::Paid)).unwrap();
         let edit = BillingCommand::UpdatePayment { id: id.clone(), amount: 9, items: vec![] };
         assert!(matches!(run(&mut p, edit), Err(CommandError::Refused { code: "payment_not_editable", .. })));
         run(&mut p, to(PaymentStatus::Refunded)).unwrap();
-        assert!(matches!(run(&mut p, to(PaymentStatus::Pending)), Err(CommandError::Refused { code: "illegal_transition", .. })));
+        assert!(matches!(
+            run(&mut p, to(PaymentStatus::Pending)),
+            Err(CommandError::Refused { code: "illegal_transition", .. })
+        ));
         assert_eq!(p.status, Some(PaymentStatus::Refunded));
     }
 
@@ -199,7 +214,13 @@ mod tests {
         assert_eq!(payment_id(42), payment_id(42));
         assert_ne!(payment_id(42), payment_id(43));
         let mut p = Payment::default();
-        let wrong = BillingCommand::CreatePayment { id: payment_id(1), user_id: "u".into(), order_code: 2, amount: 5, items: vec![] };
+        let wrong = BillingCommand::CreatePayment {
+            id: payment_id(1),
+            user_id: "u".into(),
+            order_code: 2,
+            amount: 5,
+            items: vec![],
+        };
         assert!(matches!(run(&mut p, wrong), Err(CommandError::Refused { code: "wrong_payment_id", .. })));
     }
 }

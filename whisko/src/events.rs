@@ -172,8 +172,13 @@ pub enum PaymentStatus {
 
 impl PaymentStatus {
     /// Every status, in its spelling.
-    pub const ALL: [PaymentStatus; 5] =
-        [PaymentStatus::Pending, PaymentStatus::Paid, PaymentStatus::Failed, PaymentStatus::Canceled, PaymentStatus::Refunded];
+    pub const ALL: [PaymentStatus; 5] = [
+        PaymentStatus::Pending,
+        PaymentStatus::Paid,
+        PaymentStatus::Failed,
+        PaymentStatus::Canceled,
+        PaymentStatus::Refunded,
+    ];
 
     /// Its spelling: `pending`, `paid`, `failed`, `canceled`, `refunded`.
     pub fn as_str(self) -> &'static str {

@@ -63,7 +63,10 @@ impl StreamEnds {
         let ends = self.clone();
         tokio::spawn(async move {
             loop {
-                for (stream, slot) in [(<UsersEvent as DomainEvent>::STREAM, &ends.users), (<BillingEvent as DomainEvent>::STREAM, &ends.billing)] {
+                for (stream, slot) in [
+                    (<UsersEvent as DomainEvent>::STREAM, &ends.users),
+                    (<BillingEvent as DomainEvent>::STREAM, &ends.billing),
+                ] {
                     if let Ok(last) = bus.last_sequence(stream).await {
                         slot.fetch_max(last, Ordering::Relaxed);
                     }
@@ -199,11 +202,18 @@ fn items(items: Vec<Item>) -> Vec<PaymentItem> {
 /// The request's idempotency key for `command`.
 fn key<C: Serialize>(headers: &HeaderMap, command: &C) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, "must be visible ASCII text"))?;
-    IdempotencyKey::for_command(value, command).map(Some).map_err(|e| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, e.problem))
+    let value =
+        value.to_str().map_err(|_| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, "must be visible ASCII text"))?;
+    IdempotencyKey::for_command(value, command)
+        .map(Some)
+        .map_err(|e| ApiError::bad_field(IDEMPOTENCY_KEY_HEADER, e.problem))
 }
 
-async fn run<A: Aggregate>(store: &EventStore<A>, headers: &HeaderMap, command: A::Command) -> Result<CommandReply, ApiError>
+async fn run<A: Aggregate>(
+    store: &EventStore<A>,
+    headers: &HeaderMap,
+    command: A::Command,
+) -> Result<CommandReply, ApiError>
 where
     A::Command: Serialize,
 {
@@ -271,7 +281,11 @@ fn accepted(status: StatusCode, reply: &CommandReply) -> Response {
     response
 }
 
-async fn create_user(State(api): State<WhiskoApi>, headers: HeaderMap, JsonBody(user): JsonBody<NewUser>) -> Result<Response, ApiError> {
+async fn create_user(
+    State(api): State<WhiskoApi>,
+    headers: HeaderMap,
+    JsonBody(user): JsonBody<NewUser>,
+) -> Result<Response, ApiError> {
     // A resend with the same idempotency key must name the same user, or it would register a
     // second one: the id is then derived from the key.
     const KEYED_USERS: uuid::Uuid = uuid::Uuid::from_u128(0x7c3e_9b1d_4a55_4e0f_8f21_6d0a_3b9e_1f42);
@@ -279,7 +293,8 @@ async fn create_user(State(api): State<WhiskoApi>, headers: HeaderMap, JsonBody(
         Some(key) => uuid::Uuid::new_v5(&KEYED_USERS, key.as_bytes()).to_string(),
         None => uuid::Uuid::now_v7().to_string(),
     };
-    let command = UsersCommand::CreateUser { id, name: user.name, email: user.email, phone: user.phone, address: user.address };
+    let command =
+        UsersCommand::CreateUser { id, name: user.name, email: user.email, phone: user.phone, address: user.address };
     let reply = run(&api.users, &headers, command).await?;
     Ok(accepted(StatusCode::CREATED, &reply))
 }
@@ -290,7 +305,9 @@ async fn update_profile(
     headers: HeaderMap,
     JsonBody(profile): JsonBody<Profile>,
 ) -> Result<Response, ApiError> {
-    let reply = run(&api.users, &headers, UsersCommand::UpdateProfile { id, name: profile.name, address: profile.address }).await?;
+    let reply =
+        run(&api.users, &headers, UsersCommand::UpdateProfile { id, name: profile.name, address: profile.address })
+            .await?;
     Ok(accepted(StatusCode::OK, &reply))
 }
 
@@ -300,11 +317,17 @@ async fn update_contact(
     headers: HeaderMap,
     JsonBody(contact): JsonBody<Contact>,
 ) -> Result<Response, ApiError> {
-    let reply = run(&api.users, &headers, UsersCommand::UpdateContact { id, email: contact.email, phone: contact.phone }).await?;
+    let reply =
+        run(&api.users, &headers, UsersCommand::UpdateContact { id, email: contact.email, phone: contact.phone })
+            .await?;
     Ok(accepted(StatusCode::OK, &reply))
 }
 
-async fn delete_user(State(api): State<WhiskoApi>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn delete_user(
+    State(api): State<WhiskoApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let reply = run(&api.users, &headers, UsersCommand::DeleteUser { id }).await?;
     Ok(accepted(StatusCode::OK, &reply))
 }
@@ -315,8 +338,11 @@ async fn create_payment(
     JsonBody(payment): JsonBody<NewPayment>,
 ) -> Result<Response, ApiError> {
     if payment.order_code <= 0 {
-        return Err(ApiError::bad_field("orderCode", format!("must be a positive whole number, got {}", payment.order_code))
-            .with_status(StatusCode::UNPROCESSABLE_ENTITY));
+        return Err(ApiError::bad_field(
+            "orderCode",
+            format!("must be a positive whole number, got {}", payment.order_code),
+        )
+        .with_status(StatusCode::UNPROCESSABLE_ENTITY));
     }
     // The payer must be a live user, as this instance's projection knows them (a user created
     // just before may be named with minPosition, like any read).
@@ -462,7 +488,12 @@ async fn list_users(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let paging = Paging::parse(query.get("offset").map(String::as_str), query.get("limit").map(String::as_str), 50, views::MAX_PAGE)?;
+    let paging = Paging::parse(
+        query.get("offset").map(String::as_str),
+        query.get("limit").map(String::as_str),
+        50,
+        views::MAX_PAGE,
+    )?;
     let stream = <UsersEvent as DomainEvent>::STREAM;
     let how_far = read_from(&api.user_views, stream, &api.stream_ends.users, &headers, &query).await?;
     let search = query.get("search").cloned();
@@ -500,11 +531,9 @@ async fn payment_by_order(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let order_code: i64 = order_code
-        .parse()
-        .ok()
-        .filter(|c| *c > 0)
-        .ok_or_else(|| ApiError::bad_field("orderCode", format!("must be a positive whole number, got {order_code:?}")))?;
+    let order_code: i64 = order_code.parse().ok().filter(|c| *c > 0).ok_or_else(|| {
+        ApiError::bad_field("orderCode", format!("must be a positive whole number, got {order_code:?}"))
+    })?;
     let stream = <BillingEvent as DomainEvent>::STREAM;
     let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
     match api.payment_views.db.read(|txn| views::payment_by_order(txn, order_code)).map_err(storage_error)? {
@@ -519,7 +548,12 @@ async fn user_payments(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let paging = Paging::parse(query.get("offset").map(String::as_str), query.get("limit").map(String::as_str), 50, views::MAX_PAGE)?;
+    let paging = Paging::parse(
+        query.get("offset").map(String::as_str),
+        query.get("limit").map(String::as_str),
+        50,
+        views::MAX_PAGE,
+    )?;
     let stream = <BillingEvent as DomainEvent>::STREAM;
     let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
     let (items, total) = api

@@ -173,7 +173,10 @@ mod tests {
     #[test]
     fn a_user_is_created_once_and_a_deleted_one_refuses_commands() {
         let mut user = User::default();
-        assert!(matches!(user.decide(&UsersCommand::DeleteUser { id: "u1".into() }), Err(CommandError::NotFound { .. })));
+        assert!(matches!(
+            user.decide(&UsersCommand::DeleteUser { id: "u1".into() }),
+            Err(CommandError::NotFound { .. })
+        ));
         for event in user.decide(&create("u1")).unwrap() {
             user.apply(&event);
         }
@@ -182,7 +185,8 @@ mod tests {
         for event in user.decide(&UsersCommand::DeleteUser { id: "u1".into() }).unwrap() {
             user.apply(&event);
         }
-        let refused = user.decide(&UsersCommand::UpdateContact { id: "u1".into(), email: "a@b.co".into(), phone: String::new() });
+        let refused =
+            user.decide(&UsersCommand::UpdateContact { id: "u1".into(), email: "a@b.co".into(), phone: String::new() });
         assert!(matches!(refused, Err(CommandError::Refused { code: "user_deleted", .. })));
     }
 }

@@ -27,10 +27,8 @@ pub async fn fold<A: Aggregate>(bus: &Bus, timeout: Duration) -> Result<(Folded<
     if last == 0 {
         return Ok((folded, events));
     }
-    let mut reader = bus
-        .replay(stream, <A::Event as DomainEvent>::STREAM_SUBJECTS, 1, 1024)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut reader =
+        bus.replay(stream, <A::Event as DomainEvent>::STREAM_SUBJECTS, 1, 1024).await.map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut through = 0;
     while through < last {
@@ -48,7 +46,12 @@ pub async fn fold<A: Aggregate>(bus: &Bus, timeout: Duration) -> Result<(Folded<
                     continue;
                 }
                 if version != entry.1 + 1 {
-                    return Err(format!("{} {}: version {version} follows {}", A::KIND, event.envelope.aggregate_id, entry.1));
+                    return Err(format!(
+                        "{} {}: version {version} follows {}",
+                        A::KIND,
+                        event.envelope.aggregate_id,
+                        entry.1
+                    ));
                 }
                 entry.0.apply(&event.event);
                 entry.1 = version;
@@ -94,7 +97,9 @@ pub async fn check_projections(whisko: &Whisko) -> Result<Vec<String>, String> {
                     && view.deleted == user.deleted
                     && view.version == *version;
                 if !same {
-                    problems.push(format!("user {id}: the view {view:?} differs from the fold {user:?} at version {version}"));
+                    problems.push(format!(
+                        "user {id}: the view {view:?} differs from the fold {user:?} at version {version}"
+                    ));
                 }
             }
         }
@@ -119,7 +124,9 @@ pub async fn check_projections(whisko: &Whisko) -> Result<Vec<String>, String> {
                     && Some(view.status) == payment.status
                     && view.version == *version;
                 if !same {
-                    problems.push(format!("payment {id}: the view {view:?} differs from the fold {payment:?} at version {version}"));
+                    problems.push(format!(
+                        "payment {id}: the view {view:?} differs from the fold {payment:?} at version {version}"
+                    ));
                 }
                 let by_order = whisko
                     .payment_views

@@ -13,7 +13,9 @@ use carrier_actors::{BoundedContext, ContextHandle};
 use carrier_messages::codec::NoEvents;
 use carrier_messages::request::CommandFailure;
 use carrier_messages::{Envelope, QueryReply};
-use carrier_storage::{ContextFile, ContextKind, Emitter, Reacts, ReadTransaction, Rows, RowsMut, StorageError, WriteTransaction};
+use carrier_storage::{
+    ContextFile, ContextKind, Emitter, Reacts, ReadTransaction, Rows, RowsMut, StorageError, WriteTransaction,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -409,7 +411,8 @@ fn answer_users(db: &ContextFile<UserViews>, query: UserViewsQuery) -> ViewReply
                 return refusal;
             }
             ViewReply::of(
-                db.read(|txn| list_users(txn, offset, limit, search.as_deref())).map(|(items, total)| ViewReply::page(items, total)),
+                db.read(|txn| list_users(txn, offset, limit, search.as_deref()))
+                    .map(|(items, total)| ViewReply::page(items, total)),
             )
         }
     }
@@ -426,7 +429,8 @@ fn answer_payments(db: &ContextFile<PaymentViews>, query: PaymentViewsQuery) -> 
                 return refusal;
             }
             ViewReply::of(
-                db.read(|txn| user_payments(txn, &user_id, offset, limit)).map(|(items, total)| ViewReply::page(items, total)),
+                db.read(|txn| user_payments(txn, &user_id, offset, limit))
+                    .map(|(items, total)| ViewReply::page(items, total)),
             )
         }
     }

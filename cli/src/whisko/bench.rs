@@ -65,9 +65,10 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
     ));
     let nats = carrier_cli::server::nats_or_local(None, None)?;
     let dir = tempfile::Builder::new().prefix("carrier-bench-whisko-").tempdir().context("temp dir")?;
-    let whisko = Whisko::start(SystemConfig::new(nats.options.clone(), dir.path(), carrier_whisko::contexts()), dir.path())
-        .await
-        .context("whisko did not start")?;
+    let whisko =
+        Whisko::start(SystemConfig::new(nats.options.clone(), dir.path(), carrier_whisko::contexts()), dir.path())
+            .await
+            .context("whisko did not start")?;
     let bus = whisko.system.bus.clone();
     bus.ensure_stream("BENCH_BARE", "bench_bare.>").await?;
 
@@ -81,11 +82,19 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
             phone: String::new(),
             address: String::new(),
         };
-        whisko.users.execute(create, Causality::default()).await.map_err(|e| anyhow::anyhow!("creating a bench user: {e}"))?;
+        whisko
+            .users
+            .execute(create, Causality::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("creating a bench user: {e}"))?;
     }
     // A message of a profile update's size, for the baseline.
     let sample = Decoded::new(
-        UsersEvent::UserProfileUpdated(UserProfileUpdated { id: ids[0].clone(), name: "Bench User 000000".into(), address: "Street 000000".into() }),
+        UsersEvent::UserProfileUpdated(UserProfileUpdated {
+            id: ids[0].clone(),
+            name: "Bench User 000000".into(),
+            address: "Street 000000".into(),
+        }),
         2,
         &Causality::default(),
     )
@@ -128,10 +137,14 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
                         name: format!("Bench User {n:06}"),
                         address: format!("Street {round:03}{w:03}"),
                     };
-                    let decided = store.execute(command, Causality::default()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let decided =
+                        store.execute(command, Causality::default()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                     let position: Position =
                         decided.position.as_deref().unwrap_or_default().parse().map_err(anyhow::Error::msg)?;
-                    views.wait_for_position(&position, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    views
+                        .wait_for_position(&position, Duration::from_secs(30))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                     latencies.push(t.elapsed());
                 }
                 Ok::<_, anyhow::Error>(latencies)
@@ -169,7 +182,11 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
     let history: Vec<_> = (2..=args.history.max(2))
         .map(|v| {
             Decoded::new(
-                UsersEvent::UserProfileUpdated(UserProfileUpdated { id: long.clone(), name: format!("Name {v}"), address: String::new() }),
+                UsersEvent::UserProfileUpdated(UserProfileUpdated {
+                    id: long.clone(),
+                    name: format!("Name {v}"),
+                    address: String::new(),
+                }),
                 v,
                 &Causality::default(),
             )

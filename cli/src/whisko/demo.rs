@@ -46,7 +46,8 @@ pub(crate) async fn call(
         let mut response = agent.run(request).with_context(|| format!("{method} {url}"))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok(Exchange { status, body })
     })
     .await?
@@ -124,12 +125,18 @@ async fn story(whisko: &Whisko, base: &str) -> anyhow::Result<()> {
         ("Binh Tran", "binh@whisko.example", ""),
         ("Chi Le", "chi@whisko.example", "+84 91 765 4321"),
     ] {
-        let created = post("/users", json!({ "name": name, "email": email, "phone": phone, "address": "Da Nang" })).await?;
+        let created =
+            post("/users", json!({ "name": name, "email": email, "phone": phone, "address": "Da Nang" })).await?;
         expect("POST /users", &created, 201)?;
-        let (id, position) = (created.body["id"].as_str().unwrap_or_default().to_string(), created.body["position"].clone());
+        let (id, position) =
+            (created.body["id"].as_str().unwrap_or_default().to_string(), created.body["position"].clone());
         let seen = read(format!("/users/{id}"), &position).await?;
         expect("GET /users/{id} with the command's position", &seen, 200)?;
-        println!("{name}: id {id}, stored at {position}; read back at once: {} <{}>", seen.body["name"], seen.body["email"].as_str().unwrap_or(""));
+        println!(
+            "{name}: id {id}, stored at {position}; read back at once: {} <{}>",
+            seen.body["name"],
+            seen.body["email"].as_str().unwrap_or("")
+        );
         users.push((id, position));
     }
     let bad = post("/users", json!({ "name": "No Mail", "email": "not-an-address" })).await?;
@@ -138,7 +145,11 @@ async fn story(whisko: &Whisko, base: &str) -> anyhow::Result<()> {
 
     println!("\n--- a user changes contact ---");
     let (an, _) = users[0].clone();
-    let changed = patch(&format!("/users/{an}/contact"), json!({ "email": "an.nguyen@whisko.example", "phone": "+84 90 000 1111" })).await?;
+    let changed = patch(
+        &format!("/users/{an}/contact"),
+        json!({ "email": "an.nguyen@whisko.example", "phone": "+84 90 000 1111" }),
+    )
+    .await?;
     expect("PATCH contact", &changed, 200)?;
     let seen = read(format!("/users/{an}"), &changed.body["position"]).await?;
     println!("An's contact is now {} / {} (version {})", seen.body["email"], seen.body["phone"], seen.body["version"]);
@@ -162,13 +173,17 @@ async fn story(whisko: &Whisko, base: &str) -> anyhow::Result<()> {
     }
     versions.sort_unstable();
     let distinct = versions.windows(2).all(|w| w[0] != w[1]);
-    println!("8 concurrent profile updates stored as versions {versions:?}: {}", if distinct { "each version won once" } else { "A VERSION WON TWICE" });
+    println!(
+        "8 concurrent profile updates stored as versions {versions:?}: {}",
+        if distinct { "each version won once" } else { "A VERSION WON TWICE" }
+    );
     if !distinct {
         bail!("two writers won the same version");
     }
 
     println!("\n--- payments ---");
-    let order_base = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 1_000_000_000) as i64 * 10;
+    let order_base =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 1_000_000_000) as i64 * 10;
     let items = json!([{ "name": "Grooming", "quantity": 1, "price": 300000 }, { "name": "Cat food", "quantity": 2, "price": 100000 }]);
     let mut payments = Vec::new();
     for (n, (user, position)) in users.iter().take(2).enumerate() {
@@ -184,7 +199,11 @@ async fn story(whisko: &Whisko, base: &str) -> anyhow::Result<()> {
         println!("order {order}: payment {} created, pending", created.body["id"]);
         payments.push((created.body["id"].as_str().unwrap_or_default().to_string(), order));
     }
-    let again = post("/payments", json!({ "userId": users[0].0, "orderCode": payments[0].1, "amount": 500000, "items": items })).await?;
+    let again = post(
+        "/payments",
+        json!({ "userId": users[0].0, "orderCode": payments[0].1, "amount": 500000, "items": items }),
+    )
+    .await?;
     expect("a second payment for the same order", &again, 409)?;
     println!("a second payment for order {} is refused: {}", payments[0].1, again.body["error"]["code"]);
 
@@ -214,7 +233,10 @@ async fn story(whisko: &Whisko, base: &str) -> anyhow::Result<()> {
     expect("GET a deleted user", &gone, 404)?;
     let refused = patch(&format!("/users/{chi}/profile"), json!({ "name": "Chi" })).await?;
     expect("update a deleted user", &refused, 409)?;
-    println!("Chi is deleted: reads answer {}, commands {} {}", gone.status, refused.status, refused.body["error"]["code"]);
+    println!(
+        "Chi is deleted: reads answer {}, commands {} {}",
+        gone.status, refused.status, refused.body["error"]["code"]
+    );
 
     let search = call("GET", format!("{base}/users?search=whisko.example&limit=10"), None, Vec::new()).await?;
     println!("\nsearch \"whisko.example\": {} live users", search.body["total"]);
