@@ -649,6 +649,50 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
     }
 }
 
+/// One span per event a handler saw (when an exporter is installed): a child of the span that
+/// produced the event, in its trace, so a command's trace shows its async handlers too.
+fn handler_span<E: DomainEvent>(
+    bus: &str,
+    subscription: &str,
+    event: &Decoded<E>,
+    start: std::time::SystemTime,
+    attempts: u32,
+    outcome: &'static str,
+    error: Option<String>,
+) {
+    if !crate::telemetry::enabled() {
+        return;
+    }
+    use crate::telemetry::Attribute;
+    let envelope = &event.envelope;
+    let parent = envelope.trace();
+    let consumer = format!("{bus}-{subscription}");
+    let mut attributes = vec![
+        Attribute::new("carrier.bus", bus.to_string()),
+        Attribute::new("carrier.subscription", subscription.to_string()),
+        Attribute::new("carrier.event_id", envelope.event_id.to_string()),
+        Attribute::new("carrier.event_type", envelope.event_type.clone()),
+        Attribute::new("carrier.aggregate_id", envelope.aggregate_id.clone()),
+        Attribute::new("carrier.aggregate_version", envelope.aggregate_version as i64),
+        Attribute::new("carrier.correlation_id", envelope.correlation_id.clone()),
+        Attribute::new("carrier.attempts", i64::from(attempts)),
+        Attribute::new("carrier.outcome", outcome),
+    ];
+    if let Some(causation) = &envelope.causation_id {
+        attributes.push(Attribute::new("carrier.causation_id", causation.clone()));
+    }
+    crate::telemetry::record(crate::telemetry::SpanRecord {
+        name: format!("{consumer} handle {}", envelope.event_type),
+        kind: crate::telemetry::Kind::Consumer,
+        span: parent.consumer_span(&envelope.event_id.to_string(), &consumer),
+        parent: Some(parent),
+        start,
+        end: std::time::SystemTime::now(),
+        attributes,
+        error,
+    });
+}
+
 /// Counts an event's outcome when metrics are on.
 fn count(bus: &str, subscription: &str, outcome: &'static str) {
     if let Some(metrics) = crate::metrics::get() {
@@ -674,6 +718,9 @@ async fn work<E: DomainEvent>(
         let mut dead = false;
         for event in events {
             let mut attempt = 0u32;
+            let started = std::time::SystemTime::now();
+            let mut outcome_name = "handled";
+            let mut last_error: Option<String> = None;
             loop {
                 attempt += 1;
                 let (file, handler, sub, job) =
@@ -691,6 +738,7 @@ async fn work<E: DomainEvent>(
                     Ok(Ok(Handled::Before)) => {
                         state.duplicates.fetch_add(1, Ordering::Relaxed);
                         count(&settings.name, &state.name, "duplicate");
+                        outcome_name = "duplicate";
                         break;
                     }
                     Ok(Err(HandleFailure::Handler(e))) => e.to_string(),
@@ -715,6 +763,8 @@ async fn work<E: DomainEvent>(
                     let _ = tokio::task::spawn_blocking(move || file.record_dead_letter(&sub, &id)).await;
                     state.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     count(&settings.name, &state.name, "dead_lettered");
+                    outcome_name = "dead_lettered";
+                    last_error = Some(failure);
                     dead = true;
                     break;
                 }
@@ -724,6 +774,7 @@ async fn work<E: DomainEvent>(
                 let _ = delivery.in_progress().await;
                 tokio::time::sleep(backoff(settings, attempt)).await;
             }
+            handler_span(&settings.name, &state.name, &event, started, attempt, outcome_name, last_error);
             if dead {
                 break;
             }

@@ -25,14 +25,28 @@ async fn command(bus: &carrier_actors::bus::Bus, context: &str, json: &str, trac
     reply
 }
 
+/// The process's one in-memory exporter, installed by whichever test comes first (the tracer is
+/// process-wide); each test reads back only its own trace.
+fn exporter() -> InMemorySpanExporter {
+    static EXPORTER: std::sync::OnceLock<(InMemorySpanExporter, opentelemetry_sdk::trace::SdkTracerProvider)> =
+        std::sync::OnceLock::new();
+    EXPORTER
+        .get_or_init(|| {
+            let exporter = InMemorySpanExporter::default();
+            let provider = carrier_actors::telemetry::install(exporter.clone(), false);
+            (exporter, provider)
+        })
+        .0
+        .clone()
+}
+
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_follows_a_checkout_through_every_context() {
-    let exporter = InMemorySpanExporter::default();
-    let _provider = carrier_actors::telemetry::install(exporter.clone(), false);
+    let exporter = exporter();
     let env = TestEnv::start();
     let system = env.system(&carrier_tests::ALL).await;
     let bus = system.bus.clone();
@@ -136,4 +150,64 @@ async fn one_trace_follows_a_checkout_through_every_context() {
     assert_eq!(on_wire.trace_id, caller.trace_id);
     assert_eq!(SpanId::from_bytes(on_wire.span_id), id("command cmd.baskets"));
     system.shutdown().await;
+}
+
+/// Seed 004's trace: an HTTP command sent with a `traceparent` becomes the parent of the
+/// projection's consumer span and of the event bus handler's span, all in the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sourced_commands_trace_reaches_its_projection_and_its_bus_handler() {
+    let exporter = exporter();
+    let env = TestEnv::start();
+    let dir = env.data_dir();
+    let config = carrier_actors::SystemConfig::new(env.url(), &dir, carrier_whisko::contexts());
+    let whisko = carrier_whisko::Whisko::start(config, &dir).await.expect("starts");
+    let api = carrier_whisko::http::WhiskoApi::of(&whisko);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listens");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, carrier_whisko::http::router(api, Default::default())).await;
+    });
+    let caller: TraceContext = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().expect("valid");
+    let tp = caller.to_string();
+    let created = tokio::task::spawn_blocking(move || {
+        carrier_tests::http(
+            "POST",
+            &format!("{base}/users"),
+            &[("traceparent", tp.as_str())],
+            Some(r#"{"name":"Ana","email":"ana@whisko.example"}"#),
+        )
+    })
+    .await
+    .expect("joins");
+    assert_eq!(created.status, 201, "{}", created.body);
+    let trace_id = caller.trace_id_hex();
+    let ours = |spans: &[SpanData]| -> Vec<SpanData> {
+        spans.iter().filter(|s| s.span_context.trace_id().to_string() == trace_id).cloned().collect()
+    };
+    wait_until(Duration::from_secs(20), "the command, projection and handler spans are exported", || {
+        let spans = ours(&exporter.get_finished_spans().unwrap_or_default());
+        async move {
+            ["HTTP command users", "user_views apply users.UserCreated", "whisko-welcome handle users.UserCreated"]
+                .iter()
+                .all(|name| spans.iter().any(|s| s.name == *name))
+        }
+    })
+    .await;
+    let spans = ours(&exporter.get_finished_spans().unwrap());
+    let by_name: HashMap<String, SpanData> = spans.iter().map(|s| (s.name.to_string(), s.clone())).collect();
+    let command = &by_name["HTTP command users"];
+    assert_eq!(command.parent_span_id.to_string(), caller.span_id_hex(), "the command continues the caller");
+    assert_eq!(command.span_kind, SpanKind::Server);
+    for child in ["user_views apply users.UserCreated", "whisko-welcome handle users.UserCreated"] {
+        let span = &by_name[child];
+        assert_eq!(span.parent_span_id, command.span_context.span_id(), "{child} is a child of the command");
+        assert_eq!(span.span_kind, SpanKind::Consumer);
+    }
+    assert_eq!(
+        attribute(&by_name["whisko-welcome handle users.UserCreated"], "carrier.outcome").as_deref(),
+        Some("handled")
+    );
+    assert!(by_name.values().all(|s| s.parent_span_id != SpanId::INVALID || s.name == "HTTP command users"));
+    server.abort();
+    whisko.shutdown().await;
 }

@@ -217,13 +217,55 @@ async fn run<A: Aggregate>(
 where
     A::Command: Serialize,
 {
-    let causality = Causality { idempotency: key(headers, &command)?, ..Causality::default() };
+    // The command's span continues the caller's trace when it sent a `traceparent` (a
+    // malformed one is ignored, as W3C asks); the events it records name this span as theirs.
+    let caller = headers
+        .get(carrier_messages::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<carrier_messages::trace::TraceContext>().ok());
+    let span = caller.map(|c| c.child()).unwrap_or_else(carrier_messages::trace::TraceContext::new_root);
+    let causality = Causality { idempotency: key(headers, &command)?, trace: Some(span), ..Causality::default() };
+    let started = std::time::SystemTime::now();
     let reply = command_reply(store.execute(command, causality).await);
+    command_span::<A>(span, caller, started, &reply);
     if reply.ok {
         Ok(reply)
     } else {
         Err(refusal(&reply))
     }
+}
+
+/// The HTTP command's span, when an exporter is installed (as the NATS path records its own).
+fn command_span<A: Aggregate>(
+    span: carrier_messages::trace::TraceContext,
+    parent: Option<carrier_messages::trace::TraceContext>,
+    start: std::time::SystemTime,
+    reply: &CommandReply,
+) {
+    use carrier_actors::telemetry::{self, Attribute};
+    if !telemetry::enabled() {
+        return;
+    }
+    let context = <A::Event as DomainEvent>::CONTEXT;
+    let mut attributes = vec![Attribute::new("carrier.context", context), Attribute::new("carrier.ok", reply.ok)];
+    if let Some(event) = &reply.event {
+        attributes.push(Attribute::new("carrier.event_id", event.event_id.clone()));
+        attributes.push(Attribute::new("carrier.event_type", event.event_type.clone()));
+        attributes.push(Attribute::new("carrier.aggregate_version", event.aggregate_version as i64));
+    }
+    if let Some(position) = &reply.position {
+        attributes.push(Attribute::new("carrier.position", position.clone()));
+    }
+    telemetry::record(telemetry::SpanRecord {
+        name: format!("HTTP command {context}"),
+        kind: telemetry::Kind::Server,
+        span,
+        parent,
+        start,
+        end: std::time::SystemTime::now(),
+        attributes,
+        error: reply.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)),
+    });
 }
 
 /// A refused command as an HTTP error.

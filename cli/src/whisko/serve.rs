@@ -34,6 +34,8 @@ pub struct WhiskoArgs {
     data_dir: std::path::PathBuf,
     #[command(flatten)]
     dashboard: carrier_cli::dashboard::DashboardArgs,
+    #[command(flatten)]
+    otlp: carrier_cli::otel::OtlpArgs,
 }
 
 pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
@@ -45,6 +47,7 @@ pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
         carrier_cli::server::nats_or_local(Some(args.nats.options()?), None)?
     };
     let keys = ApiKeys::parse(&args.api_keys);
+    let exporter = carrier_cli::otel::start(&args.otlp).await?;
     let config = SystemConfig::new(nats.options.clone(), &args.data_dir, carrier_whisko::contexts());
     let whisko = Whisko::start(config, &args.data_dir).await.context("whisko did not start")?;
     let addr = SocketAddr::new(args.host, args.port);
@@ -72,6 +75,6 @@ pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
         bus.stop().await;
     })
     .await;
-    carrier_cli::stop_running(system, dashboard, None).await;
+    carrier_cli::stop_running(system, dashboard, exporter).await;
     Ok(ExitCode::SUCCESS)
 }
