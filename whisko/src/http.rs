@@ -48,6 +48,19 @@ pub struct WhiskoApi {
     pub payment_views: PaymentViewsHandle,
     /// Each stream's last sequence, as last read (for `Carrier-Lag`).
     pub stream_ends: Arc<StreamEnds>,
+    /// Stops the stream watcher when the last clone of the API goes (the server stopped).
+    _watcher: Arc<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// The last sequence of each stream, read once a second by [`StreamEnds::watch`].
@@ -81,8 +94,9 @@ impl WhiskoApi {
     /// The API over a running [`Whisko`](crate::Whisko), with its stream watcher started.
     pub fn of(whisko: &crate::Whisko) -> WhiskoApi {
         let stream_ends = Arc::new(StreamEnds::default());
-        stream_ends.watch(whisko.system.bus.clone());
+        let watcher = Arc::new(AbortOnDrop(Some(stream_ends.watch(whisko.system.bus.clone()))));
         WhiskoApi {
+            _watcher: watcher,
             users: whisko.users.clone(),
             billing: whisko.billing.clone(),
             user_views: whisko.user_views.clone(),
