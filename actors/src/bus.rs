@@ -912,15 +912,7 @@ impl Bus {
                     }
                     visit(StoredMessage {
                         subject: message.subject.to_string(),
-                        headers: message
-                            .headers
-                            .as_ref()
-                            .map(|h| {
-                                h.iter()
-                                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
+                        headers: message.headers.as_ref().map(header_pairs).unwrap_or_default(),
                         payload: message.payload.clone(),
                         stream_seq: seq,
                     });
@@ -949,11 +941,7 @@ impl Bus {
         match handle.get_raw_message(seq).await {
             Ok(message) => Ok(Some(StoredMessage {
                 subject: message.subject.to_string(),
-                headers: message
-                    .headers
-                    .iter()
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
-                    .collect(),
+                headers: header_pairs(&message.headers),
                 payload: message.payload,
                 stream_seq: message.sequence,
             })),
@@ -1417,6 +1405,11 @@ impl Delivery {
     pub async fn in_progress(&self) -> Result<(), BusError> {
         self.acker.ack_with(AckKind::Progress).await.map_err(|e| BusError::Ack(e.to_string()))
     }
+}
+
+/// Every header as a (name, value) pair.
+fn header_pairs(headers: &async_nats::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string()))).collect()
 }
 
 /// Why [`Bus::append`] stored nothing.

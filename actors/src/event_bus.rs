@@ -139,7 +139,14 @@ pub struct SubState {
     /// Events dead-lettered.
     pub dead_lettered: AtomicU64,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When the position was last written to the file (Unix ms).
+    position_written_ms: AtomicU64,
 }
+
+/// How often a subscription's position is written to the bus's file at most. It only saves
+/// redeliveries after acks were lost (the server's ack floor positions a restart otherwise),
+/// so a write per handled event would be work on the hot path for nothing.
+const POSITION_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Progress {
@@ -171,11 +178,11 @@ impl SubState {
         p.done.insert(seq, delivery);
         let limit = p.in_flight.first().map(|first| first - 1).unwrap_or(p.dispatched);
         let mut moved = None;
-        while let Some((&next, _)) = p.done.first_key_value() {
-            if next > limit {
+        while let Some(entry) = p.done.first_entry() {
+            if *entry.key() > limit {
                 break;
             }
-            let (s, d) = p.done.pop_first().expect("present");
+            let (s, d) = entry.remove_entry();
             p.through = p.through.max(s);
             moved = Some((s, d));
         }
@@ -283,6 +290,7 @@ impl EventBus {
                 retries: AtomicU64::new(0),
                 dead_lettered: AtomicU64::new(0),
                 task: Mutex::new(None),
+                position_written_ms: AtomicU64::new(0),
             });
             let task = tokio::spawn(run_subscription::<E>(shared, state.clone(), handler));
             *state.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
@@ -636,11 +644,13 @@ async fn run_subscription<E: DomainEvent>(shared: Arc<Shared>, state: Arc<SubSta
             Ok(())
         }
         .await;
-        // Let the workers finish what they hold (stop() bounds this), then go again or end.
+        // Let the workers finish what they hold (stop() bounds this), keep the position they
+        // reached, then go again or end.
         drop(queues);
         for task in tasks {
             let _ = task.await;
         }
+        write_position(&shared, &durable, state.handled_through()).await;
         if let Err(error) = result {
             failures += 1;
             tracing::warn!(%durable, %error, "event bus subscription failed; starting it again from its position");
@@ -797,6 +807,17 @@ async fn settle(shared: &Arc<Shared>, state: &Arc<SubState>, durable: &str, seq:
             tracing::debug!(%durable, %error, "ack failed; the position is kept and the rest redelivered");
         }
     }
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let last = state.position_written_ms.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(last) >= POSITION_EVERY.as_millis() as u64 {
+        state.position_written_ms.store(now_ms, Ordering::Relaxed);
+        write_position(shared, durable, through).await;
+    }
+}
+
+/// Keeps `through` as the subscription's position in the bus's file.
+async fn write_position(shared: &Arc<Shared>, durable: &str, through: u64) {
     let (file, key) = (shared.file.clone(), durable.to_string());
     let _ = tokio::task::spawn_blocking(move || file.set_position(&key, through)).await;
 }

@@ -467,7 +467,8 @@ impl<A: Aggregate> EventStore<A> {
                     }
                     *held = Some(loaded);
                     let position = Position { stream: Self::stream().to_string(), seq: receipt.stream_seq };
-                    let event = decided.pop().expect("at least one event");
+                    let event =
+                        decided.pop().ok_or_else(|| CommandError::Unavailable("a commit without events".into()))?;
                     return Ok(Decided { event, replayed: false, position: Some(position.to_string()) });
                 }
                 Err(AppendError::Conflict { .. }) => {

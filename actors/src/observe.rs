@@ -493,9 +493,7 @@ pub struct Observer {
     bus: Bus,
     tree: SupervisionTree,
     contexts: Arc<Vec<ObservedContext>>,
-    panels: Arc<Mutex<Vec<(String, PanelFn)>>>,
-    /// Dead-letter streams to show beside the contexts' (an event bus's, by its name).
-    dead_letter_sources: Arc<Mutex<Vec<String>>>,
+    extras: ObserverExtras,
     rates: Arc<Mutex<BTreeMap<String, Rates>>>,
     rebuilds: Arc<Mutex<BTreeMap<String, crate::rebuild::Progress>>>,
     instance: Arc<InstanceReport>,
@@ -507,6 +505,15 @@ struct Rates {
     history: VecDeque<f64>,
 }
 
+/// What an application adds to what its system's observers show: panels and dead-letter streams
+/// beside the contexts'. One per system, shared by every observer made of it.
+#[derive(Clone, Default)]
+pub(crate) struct ObserverExtras {
+    panels: Arc<Mutex<Vec<(String, PanelFn)>>>,
+    /// Dead-letter streams to show beside the contexts' (an event bus's, by its name).
+    dead_letter_sources: Arc<Mutex<Vec<String>>>,
+}
+
 /// How many dead letters per context a snapshot shows.
 const LATEST_DEAD_LETTERS: usize = 5;
 
@@ -516,38 +523,38 @@ impl Observer {
         tree: SupervisionTree,
         contexts: Vec<ObservedContext>,
         instance: Arc<InstanceReport>,
+        extras: ObserverExtras,
     ) -> Observer {
         Observer {
             bus,
             tree,
             contexts: Arc::new(contexts),
-            panels: Arc::default(),
-            dead_letter_sources: Arc::default(),
+            extras,
             rates: Arc::default(),
             rebuilds: Arc::default(),
             instance,
         }
     }
 
-    /// Adds a panel to what this observer reports (the dashboard shows it as a table): the
+    /// Adds a panel to what this system's observers report (the dashboard shows it as a table): the
     /// application's own state beside Carrier's, read by `rows` at every snapshot (so keep it
     /// cheap: counters and flags, no I/O).
     pub fn add_panel(&self, title: impl Into<String>, rows: PanelFn) {
-        if let Ok(mut panels) = self.panels.lock() {
+        if let Ok(mut panels) = self.extras.panels.lock() {
             panels.push((title.into(), rows));
         }
     }
 
     /// Shows the dead letters of `name` (an event bus's, `DLQ_<NAME>`) beside the contexts'.
     pub fn watch_dead_letters(&self, name: impl Into<String>) {
-        if let Ok(mut sources) = self.dead_letter_sources.lock() {
+        if let Ok(mut sources) = self.extras.dead_letter_sources.lock() {
             sources.push(name.into());
         }
     }
 
     /// The application's panels, read now.
     pub fn panels(&self) -> Vec<PanelReport> {
-        let panels = self.panels.lock().map(|p| p.clone()).unwrap_or_default();
+        let panels = self.extras.panels.lock().map(|p| p.clone()).unwrap_or_default();
         panels.into_iter().map(|(title, rows)| PanelReport { title, rows: rows() }).collect()
     }
 
@@ -696,7 +703,7 @@ impl Observer {
     pub async fn dead_letters(&self) -> Vec<DeadLetterReport> {
         let mut consuming: Vec<String> =
             self.contexts.iter().filter(|c| !c.consumers.is_empty()).map(|c| c.name.to_string()).collect();
-        consuming.extend(self.dead_letter_sources.lock().map(|s| s.clone()).unwrap_or_default());
+        consuming.extend(self.extras.dead_letter_sources.lock().map(|s| s.clone()).unwrap_or_default());
         let tails = futures::future::join_all(
             consuming.iter().map(|context| self.bus.dead_letter_tail(context, LATEST_DEAD_LETTERS)),
         )

@@ -99,6 +99,9 @@ pub struct CarrierSystem {
     /// This instance's leases of its contexts (see [`crate::instance`]).
     leases: Option<crate::instance::Leases>,
     instance: Arc<crate::observe::InstanceReport>,
+    /// What the application adds to every observer of this system (panels, dead-letter
+    /// streams): shared, so that whatever `observer()` it was added through, every observer shows it.
+    extras: crate::observe::ObserverExtras,
 }
 
 /// What the system keeps of one started context.
@@ -215,7 +218,17 @@ impl CarrierSystem {
             read_models: names(true),
             all_leases: Vec::new(),
         });
-        Ok(CarrierSystem { bus, tree, faults: config.faults, contexts, root, root_task, leases: None, instance })
+        Ok(CarrierSystem {
+            bus,
+            tree,
+            faults: config.faults,
+            contexts,
+            root,
+            root_task,
+            leases: None,
+            instance,
+            extras: Default::default(),
+        })
     }
 
     /// The handle of the running context whose handle has type `H`: the
@@ -266,7 +279,13 @@ impl CarrierSystem {
     /// What operators see of this system: for the dashboard, `/metrics` and `carrier status`.
     pub fn observer(&self) -> crate::observe::Observer {
         let contexts = self.contexts.iter().map(|c| c.observed.clone()).collect();
-        crate::observe::Observer::new(self.bus.clone(), self.tree.clone(), contexts, self.instance.clone())
+        crate::observe::Observer::new(
+            self.bus.clone(),
+            self.tree.clone(),
+            contexts,
+            self.instance.clone(),
+            self.extras.clone(),
+        )
     }
 
     /// Kills every actor at once, with no flush and no final ack, as a crash would; waits until

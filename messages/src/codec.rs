@@ -302,11 +302,12 @@ impl<E: DomainEvent> Decoded<E> {
     /// [`encode`](Self::encode) writes it; several are a CBOR array of structured events, each
     /// the map `encode` would write. The message's `Nats-Msg-Id` is the first event's id.
     ///
-    /// # Panics
-    ///
-    /// When `events` is empty.
+    /// An empty `events` is refused (a commit holds at least one event).
     pub fn encode_commit(events: &[Decoded<E>]) -> Result<EncodedEvent, EncodeError> {
-        let first = events.first().expect("a commit holds at least one event").encode()?;
+        let Some(first) = events.first() else {
+            return Err(EncodeError { event_type: E::CONTEXT, reason: "a commit holds at least one event".into() });
+        };
+        let first = first.encode()?;
         if events.len() == 1 {
             return Ok(first);
         }

@@ -494,7 +494,7 @@ async fn read_from<K: carrier_storage::ContextKind>(
     end: &AtomicU64,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<[(&'static str, String); 2], ApiError> {
+) -> Result<HowFar, ApiError> {
     if let Some(position) = min_position(headers, query)? {
         handle.wait_for_position(&position, READ_YOUR_WRITES_WAIT).await.map_err(behind)?;
     }
@@ -503,7 +503,47 @@ async fn read_from<K: carrier_storage::ContextKind>(
     Ok([("carrier-applied-position", format!("{stream}:{applied}")), ("carrier-lag", lag.to_string())])
 }
 
-fn with_headers(mut response: Response, headers: [(&'static str, String); 2]) -> Response {
+impl WhiskoApi {
+    /// `read_from` the users projection.
+    async fn users_at(&self, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<HowFar, ApiError> {
+        read_from(&self.user_views, <UsersEvent as DomainEvent>::STREAM, &self.stream_ends.users, headers, query).await
+    }
+
+    /// `read_from` the payments projection.
+    async fn payments_at(&self, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<HowFar, ApiError> {
+        let stream = <BillingEvent as DomainEvent>::STREAM;
+        read_from(&self.payment_views, stream, &self.stream_ends.billing, headers, query).await
+    }
+}
+
+/// How far a projection is: the headers every query answer carries.
+type HowFar = [(&'static str, String); 2];
+
+/// `offset` and `limit` from a query string.
+fn paging(query: &HashMap<String, String>) -> Result<Paging, ApiError> {
+    let (offset, limit) = (query.get("offset").map(String::as_str), query.get("limit").map(String::as_str));
+    Paging::parse(offset, limit, 50, views::MAX_PAGE)
+}
+
+/// One row found, or 404 with `missing`.
+fn found(
+    row: Option<serde_json::Value>,
+    how_far: HowFar,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<Response, ApiError> {
+    match row {
+        Some(row) => Ok(with_headers(carrier_http::json(StatusCode::OK, &row), how_far)),
+        None => Err(missing()),
+    }
+}
+
+/// A page of rows.
+fn page(items: Vec<serde_json::Value>, total: u64, paging: Paging, how_far: HowFar) -> Response {
+    let body = serde_json::json!({ "items": items, "total": total, "offset": paging.offset, "limit": paging.limit });
+    with_headers(carrier_http::json(StatusCode::OK, &body), how_far)
+}
+
+fn with_headers(mut response: Response, headers: HowFar) -> Response {
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);
@@ -530,12 +570,14 @@ async fn get_user(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let stream = <UsersEvent as DomainEvent>::STREAM;
-    let how_far = read_from(&api.user_views, stream, &api.stream_ends.users, &headers, &query).await?;
+    let how_far = api.users_at(&headers, &query).await?;
     match api.user_views.db.read(|txn| views::user(txn, &id)).map_err(storage_error)? {
-        Some(user) if !user.deleted => Ok(with_headers(carrier_http::json(StatusCode::OK, &user_json(&user)), how_far)),
-        Some(_) => Err(ApiError::new(StatusCode::NOT_FOUND, "user_deleted", format!("user {id:?} was deleted"))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no user {id:?}"))),
+        Some(user) if user.deleted => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "user_deleted", format!("user {id:?} was deleted")))
+        }
+        user => found(user.as_ref().map(user_json), how_far, || {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no user {id:?}"))
+        }),
     }
 }
 
@@ -544,27 +586,15 @@ async fn list_users(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let paging = Paging::parse(
-        query.get("offset").map(String::as_str),
-        query.get("limit").map(String::as_str),
-        50,
-        views::MAX_PAGE,
-    )?;
-    let stream = <UsersEvent as DomainEvent>::STREAM;
-    let how_far = read_from(&api.user_views, stream, &api.stream_ends.users, &headers, &query).await?;
-    let search = query.get("search").cloned();
+    let paging = paging(&query)?;
+    let how_far = api.users_at(&headers, &query).await?;
+    let search = query.get("search").map(String::as_str);
     let (items, total) = api
         .user_views
         .db
-        .read(|txn| views::list_users(txn, paging.offset, paging.limit, search.as_deref()))
+        .read(|txn| views::list_users(txn, paging.offset, paging.limit, search))
         .map_err(storage_error)?;
-    let body = serde_json::json!({
-        "items": items.iter().map(user_json).collect::<Vec<_>>(),
-        "total": total,
-        "offset": paging.offset,
-        "limit": paging.limit,
-    });
-    Ok(with_headers(carrier_http::json(StatusCode::OK, &body), how_far))
+    Ok(page(items.iter().map(user_json).collect(), total, paging, how_far))
 }
 
 async fn get_payment(
@@ -573,12 +603,11 @@ async fn get_payment(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let stream = <BillingEvent as DomainEvent>::STREAM;
-    let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
-    match api.payment_views.db.read(|txn| views::payment(txn, &id)).map_err(storage_error)? {
-        Some(payment) => Ok(with_headers(carrier_http::json(StatusCode::OK, &payment_json(&payment)), how_far)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no payment {id:?}"))),
-    }
+    let how_far = api.payments_at(&headers, &query).await?;
+    let payment = api.payment_views.db.read(|txn| views::payment(txn, &id)).map_err(storage_error)?;
+    found(payment.as_ref().map(payment_json), how_far, || {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no payment {id:?}"))
+    })
 }
 
 async fn payment_by_order(
@@ -590,12 +619,11 @@ async fn payment_by_order(
     let order_code: i64 = order_code.parse().ok().filter(|c| *c > 0).ok_or_else(|| {
         ApiError::bad_field("orderCode", format!("must be a positive whole number, got {order_code:?}"))
     })?;
-    let stream = <BillingEvent as DomainEvent>::STREAM;
-    let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
-    match api.payment_views.db.read(|txn| views::payment_by_order(txn, order_code)).map_err(storage_error)? {
-        Some(payment) => Ok(with_headers(carrier_http::json(StatusCode::OK, &payment_json(&payment)), how_far)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no payment for order {order_code}"))),
-    }
+    let how_far = api.payments_at(&headers, &query).await?;
+    let payment = api.payment_views.db.read(|txn| views::payment_by_order(txn, order_code)).map_err(storage_error)?;
+    found(payment.as_ref().map(payment_json), how_far, || {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no payment for order {order_code}"))
+    })
 }
 
 async fn user_payments(
@@ -604,24 +632,12 @@ async fn user_payments(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let paging = Paging::parse(
-        query.get("offset").map(String::as_str),
-        query.get("limit").map(String::as_str),
-        50,
-        views::MAX_PAGE,
-    )?;
-    let stream = <BillingEvent as DomainEvent>::STREAM;
-    let how_far = read_from(&api.payment_views, stream, &api.stream_ends.billing, &headers, &query).await?;
+    let paging = paging(&query)?;
+    let how_far = api.payments_at(&headers, &query).await?;
     let (items, total) = api
         .payment_views
         .db
         .read(|txn| views::user_payments(txn, &user_id, paging.offset, paging.limit))
         .map_err(storage_error)?;
-    let body = serde_json::json!({
-        "items": items.iter().map(payment_json).collect::<Vec<_>>(),
-        "total": total,
-        "offset": paging.offset,
-        "limit": paging.limit,
-    });
-    Ok(with_headers(carrier_http::json(StatusCode::OK, &body), how_far))
+    Ok(page(items.iter().map(payment_json).collect(), total, paging, how_far))
 }

@@ -84,7 +84,8 @@ pub struct Whisko {
 
 impl Whisko {
     /// Starts `config` (whose contexts should be [`contexts`]) and the event bus `whisko` (its
-    /// file in `data_dir`) with the mail handlers. [`observer`](Self::observer) shows both.
+    /// file in `data_dir`) with the mail handlers; the system's observers show the bus and the
+    /// event stores.
     pub async fn start(config: SystemConfig, data_dir: &Path) -> Result<Whisko, WhiskoError> {
         let system = CarrierSystem::start(config).await?;
         let users = system.handle::<EventStore<User>>().ok_or(WhiskoError::Missing("users"))?;
@@ -94,13 +95,15 @@ impl Whisko {
         let bus = EventBus::open(system.bus.clone(), data_dir, EventBusSettings::named(BUS)).await?;
         mail::subscribe(&bus)?;
         bus.start().await?;
-        Ok(Whisko { system, users, billing, user_views, payment_views, bus })
+        let whisko = Whisko { system, users, billing, user_views, payment_views, bus };
+        whisko.show();
+        Ok(whisko)
     }
 
-    /// What operators see of it (for the dashboard and `carrier status`): the contexts, plus an
+    /// Adds to what every observer of the system shows (the dashboard, `carrier status`): an
     /// "Event bus" panel (its role and each subscription's progress), an "Event stores" panel
     /// (commits, conflicts, loads, snapshots), and the bus's dead letters.
-    pub fn observer(&self) -> carrier_actors::observe::Observer {
+    fn show(&self) {
         let observer = self.system.observer();
         let panel_bus = self.bus.clone();
         observer.add_panel("Event bus", std::sync::Arc::new(move || panel_bus.panel_rows()));
@@ -130,7 +133,6 @@ impl Whisko {
                     .collect()
             }),
         );
-        observer
     }
 
     /// Stops the bus (handlers in flight finish, bounded) and then the contexts.

@@ -62,20 +62,37 @@ pub async fn fold<A: Aggregate>(bus: &Bus, timeout: Duration) -> Result<(Folded<
     Ok((folded, events))
 }
 
+/// Both streams, folded once.
+struct Streams {
+    users: Folded<User>,
+    user_events: Vec<Decoded<UsersEvent>>,
+    payments: Folded<Payment>,
+    payment_events: Vec<Decoded<BillingEvent>>,
+}
+
+async fn fold_both(bus: &Bus) -> Result<Streams, String> {
+    let (users, user_events) = fold::<User>(bus, Duration::from_secs(60)).await?;
+    let (payments, payment_events) = fold::<Payment>(bus, Duration::from_secs(60)).await?;
+    Ok(Streams { users, user_events, payments, payment_events })
+}
+
 /// What differs between the projections (and this instance's mail list) and a fold of the
 /// streams; empty when they agree. Call it once everything has settled ([`Whisko::settle`]).
 pub async fn check(whisko: &Whisko) -> Result<Vec<String>, String> {
     let mails = whisko.bus.file().read().and_then(|txn| crate::mail::mails(&txn)).map_err(|e| e.to_string())?;
-    let mut problems = check_projections(whisko).await?;
-    problems.extend(check_mails(&whisko.system.bus, &mails).await?);
+    let streams = fold_both(&whisko.system.bus).await?;
+    let mut problems = projection_problems(whisko, &streams)?;
+    problems.extend(mail_problems(&streams, &mails));
     Ok(problems)
 }
 
 /// What differs between the projections and a fold of the streams.
 pub async fn check_projections(whisko: &Whisko) -> Result<Vec<String>, String> {
-    let bus = &whisko.system.bus;
-    let (users, _) = fold::<User>(bus, Duration::from_secs(60)).await?;
-    let (payments, _) = fold::<Payment>(bus, Duration::from_secs(60)).await?;
+    projection_problems(whisko, &fold_both(&whisko.system.bus).await?)
+}
+
+fn projection_problems(whisko: &Whisko, streams: &Streams) -> Result<Vec<String>, String> {
+    let (users, payments) = (&streams.users, &streams.payments);
     let mut problems = Vec::new();
 
     let live = whisko.user_views.db.read(|txn| crate::views::USERS.all(txn)).map_err(|e| e.to_string())?;
@@ -86,7 +103,7 @@ pub async fn check_projections(whisko: &Whisko) -> Result<Vec<String>, String> {
             problems.push(format!("user {id} is both live and deleted in user_views"));
         }
     }
-    for (id, (user, version)) in &users {
+    for (id, (user, version)) in users {
         match viewed.remove(id) {
             None => problems.push(format!("user {id} (version {version}) is missing from user_views")),
             Some(view) => {
@@ -113,7 +130,7 @@ pub async fn check_projections(whisko: &Whisko) -> Result<Vec<String>, String> {
         .map_err(|e| e.to_string())?
         .into_iter()
         .collect();
-    for (id, (payment, version)) in &payments {
+    for (id, (payment, version)) in payments {
         match viewed.remove(id) {
             None => problems.push(format!("payment {id} (version {version}) is missing from payment_views")),
             Some(view) => {
@@ -147,18 +164,21 @@ pub async fn check_projections(whisko: &Whisko) -> Result<Vec<String>, String> {
 /// turn) and the mails the streams call for: one welcome per user created, one receipt per
 /// payment paid, one notice per refund, each from its own event, none twice.
 pub async fn check_mails(bus: &Bus, mails: &[crate::mail::Mail]) -> Result<Vec<String>, String> {
-    let (_, user_events) = fold::<User>(bus, Duration::from_secs(60)).await?;
-    let (_, payment_events) = fold::<Payment>(bus, Duration::from_secs(60)).await?;
+    Ok(mail_problems(&fold_both(bus).await?, mails))
+}
+
+fn mail_problems(streams: &Streams, mails: &[crate::mail::Mail]) -> Vec<String> {
+    let (user_events, payment_events) = (&streams.user_events, &streams.payment_events);
     let mut problems = Vec::new();
     // The mail list: one welcome per user created, one receipt per payment paid, one refund
     // per refund, each from its own event, none twice.
     let mut expected: HashSet<(String, String)> = HashSet::new();
-    for event in &user_events {
+    for event in user_events {
         if let UsersEvent::UserCreated(_) = event.event {
             expected.insert(("welcome".into(), event.envelope.event_id.to_string()));
         }
     }
-    for event in &payment_events {
+    for event in payment_events {
         if let BillingEvent::PaymentStatusChanged(change) = &event.event {
             let kind = match change.to {
                 PaymentStatus::Paid => "receipt",
@@ -180,5 +200,5 @@ pub async fn check_mails(bus: &Bus, mails: &[crate::mail::Mail]) -> Result<Vec<S
     for missing in expected.difference(&seen) {
         problems.push(format!("{} for event {} was never written", missing.0, missing.1));
     }
-    Ok(problems)
+    problems
 }

@@ -61,7 +61,7 @@ pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     });
-    let dashboard = carrier_cli::dashboard::start(&args.dashboard, whisko.observer()).await?;
+    let dashboard = carrier_cli::dashboard::start(&args.dashboard, whisko.system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
     }
