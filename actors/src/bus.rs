@@ -212,16 +212,31 @@ impl Bus {
         let failed = |reason: String| BusError::Stream { stream: format!("KV_{bucket}"), reason };
         let store = match self.js.get_key_value(bucket).await {
             Ok(store) => {
-                if self.rescale {
-                    if let Ok(mut stream) = self.js.get_stream(format!("KV_{bucket}")).await {
-                        if let Ok(info) = stream.info().await {
-                            if info.config.num_replicas.max(1) != self.replicas {
-                                let wanted =
-                                    jetstream::stream::Config { num_replicas: self.replicas, ..info.config.clone() };
-                                if let Err(e) = self.js.update_stream(&wanted).await {
-                                    tracing::warn!(%bucket, error = %e, "could not change the lease bucket's replicas");
-                                }
+                // A bucket made by an older Carrier may let leases live another length of time
+                // than this one fences at: the fence is only safe if the bucket's values live
+                // `ttl`, so the bucket is made to (and its replicas changed when asked).
+                let info = match self.js.get_stream(format!("KV_{bucket}")).await {
+                    Ok(mut stream) => stream.info().await.ok().map(|i| i.config.clone()),
+                    Err(_) => None,
+                };
+                if let Some(config) = info {
+                    let replicas = if self.rescale { self.replicas } else { config.num_replicas.max(1) };
+                    let lives = config.max_age;
+                    let lives_otherwise = lives != ttl;
+                    if lives_otherwise || config.num_replicas.max(1) != replicas {
+                        let wanted = jetstream::stream::Config {
+                            num_replicas: replicas,
+                            max_age: ttl,
+                            duplicate_window: ttl,
+                            ..config
+                        };
+                        if let Err(e) = self.js.update_stream(&wanted).await {
+                            if lives_otherwise {
+                                return Err(failed(format!(
+                                    "its leases live {lives:?}, not {ttl:?}, and it cannot be changed: {e}"
+                                )));
                             }
+                            tracing::warn!(%bucket, error = %e, "could not change the lease bucket's replicas");
                         }
                     }
                 }
@@ -1493,6 +1508,7 @@ impl LeaseBucket {
     /// (our own, left by a process of ours that died) is taken over at once.
     pub async fn claim(&self, key: &str, value: Vec<u8>, mine: impl Fn(&[u8]) -> bool) -> Result<Claimed, BusError> {
         let failed = |reason: String| BusError::Stream { stream: format!("lease {key}"), reason };
+        let mut last = String::from("the lease kept changing while it was being claimed");
         for _ in 0..5 {
             match self.store.create(key, value.clone().into()).await {
                 Ok(revision) => return Ok(Claimed::Held(revision)),
@@ -1507,10 +1523,12 @@ impl LeaseBucket {
             }
             match self.store.update(key, value.clone().into(), entry.revision).await {
                 Ok(revision) => return Ok(Claimed::Held(revision)),
-                Err(_) => continue, // someone wrote in between: look again
+                // Someone wrote in between, or the bucket has no leader for the moment: look
+                // again, and say the last error if it never works.
+                Err(e) => last = format!("cannot take it over: {e}"),
             }
         }
-        Err(failed("the lease kept changing while it was being claimed".into()))
+        Err(failed(last))
     }
 
     /// Every live key and its value.

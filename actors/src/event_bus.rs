@@ -17,7 +17,7 @@
 //!
 //! A bus's handlers run on one instance at a time, the one holding its lease (`bus.<name>` in
 //! the lease bucket, as a context's): every other instance that starts the bus stands by and
-//! takes over when the holder's lease expires (15 s after its last renewal), from the holder's
+//! takes over when the holder's lease expires (30 s after its last renewal), from the holder's
 //! last acknowledgement. What the holder had handled and not yet acknowledged when it died is
 //! handled again by the new holder (its records are in the old holder's file): at a takeover,
 //! and only then, effects are at least once.
@@ -147,6 +147,9 @@ pub struct SubState {
 /// redeliveries after acks were lost (the server's ack floor positions a restart otherwise),
 /// so a write per handled event would be work on the hot path for nothing.
 const POSITION_EVERY: Duration = Duration::from_secs(1);
+/// How often a standby tries to take the bus's lease: a takeover comes at most this long after
+/// the holder's lease expired (a claim is one KV create, cheap for the server).
+const STANDBY_CLAIM_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Progress {
@@ -349,7 +352,7 @@ impl EventBus {
         let bus = self.clone();
         let holder = tokio::spawn(async move {
             while !bus.shared.stopping.load(Ordering::Relaxed) {
-                tokio::time::sleep(crate::fence::LEASE_TTL / 5).await;
+                tokio::time::sleep(STANDBY_CLAIM_EVERY).await;
                 if bus.claim(&mut pending).await {
                     return;
                 }

@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 
 /// The KV bucket of leases: a key per context, its value the [`Holder`].
 pub const LEASE_BUCKET: &str = "carrier_instances";
-/// How long a lease lives after its holder last renewed it.
-pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a lease lives after its holder last renewed it. Long enough that the holder rides
+/// out a JetStream leader election of the bucket's stream without fencing itself: after a node
+/// of a cluster dies, its streams elect a new leader in 4 to 9 s (raft's election timeout), and
+/// the client may have to reconnect first. It was 15 s, with the fence at 10 s: losing the
+/// node that led the bucket fenced every context for a moment, and refused their commands.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Who holds a context's lease: what the refused instance prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! healthy. So a starting context claims a lease, a key in the KV bucket
 //! [`LEASE_BUCKET`] named after it, holding who runs it. Another instance finds the key taken
 //! and refuses to start, naming the holder. The holder renews the key every
-//! [`LEASE_TTL`]`/3`; a holder that dies (SIGKILL, lost host) stops renewing and its key expires
+//! [`RENEW_EVERY`]; a holder that dies (SIGKILL, lost host) stops renewing and its key expires
 //! after [`LEASE_TTL`], and the same instance (the same data directory, whose `instance.id`
 //! names it) takes its own lease back at once when it restarts.
 //!
@@ -27,9 +27,13 @@ use crate::fence::Fence;
 
 pub use crate::fence::{Holder, LEASE_BUCKET, LEASE_TTL};
 
-/// How long a lease may go unrenewed before its holder fences the context: two renewal rounds,
-/// a third of the lease's life before another instance could claim it.
-pub const FENCE_AFTER: Duration = Duration::from_secs(10);
+/// How often a holder renews its leases.
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long a lease may go unrenewed before its holder fences the context: a third of the
+/// lease's life before another instance could claim it, so a holder whose clock or scheduler
+/// runs late is fenced before anyone else can start. A renewal may fail for up to 15 s (a
+/// bucket leader lost and elected anew, a client reconnecting) before this bites.
+pub const FENCE_AFTER: Duration = Duration::from_secs(20);
 /// The longest one lease operation may take in the renewal loop.
 const LEASE_OP_LIMIT: Duration = Duration::from_secs(2);
 
@@ -119,7 +123,7 @@ pub async fn acquire(bus: &Bus, data_dir: &Path, contexts: &[(&str, Arc<Fence>)]
     Ok(Leases { bucket, held, renewer })
 }
 
-/// Renews every held lease a third of its life before it would expire, all at once. A renewal
+/// Renews every held lease every [`RENEW_EVERY`], all at once. A renewal
 /// that fails is followed by a claim: the key may have expired or been deleted (then this
 /// instance takes it back), or be another's (then the context is fenced until it is free again).
 /// A watchdog, checked every second whatever the renewals are doing, fences a context whose
@@ -146,7 +150,7 @@ async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>)
             }
         }
         let due: Vec<Held> =
-            current.into_iter().filter(|l| l.renewed.elapsed() >= LEASE_TTL / 3 || l.fence.is_fenced()).collect();
+            current.into_iter().filter(|l| l.renewed.elapsed() >= RENEW_EVERY || l.fence.is_fenced()).collect();
         if due.is_empty() {
             continue;
         }

@@ -1,5 +1,5 @@
-//! A three-node JetStream cluster on loopback: streams with three replicas, and the stream
-//! leader's node SIGKILLed while events and commands flow.
+//! A three-node JetStream cluster on loopback: streams with three replicas, and the node leading
+//! both the events' stream and the lease bucket SIGKILLed while events and commands flow.
 
 use std::time::Duration;
 
@@ -17,6 +17,26 @@ async fn stream_info(js: &async_nats::jetstream::Context, name: &str) -> Option<
     stream.info().await.ok().cloned()
 }
 
+/// Asks the stream's leader to step down until `node` leads it (the meta leader picks anew each
+/// time).
+async fn lead_from(client: &async_nats::Client, js: &async_nats::jetstream::Context, stream: &str, node: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let current = stream_info(js, stream).await.and_then(|i| i.cluster).and_then(|c| c.leader);
+        if current.as_deref() == Some(node) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{node} never led {stream} (now {current:?})");
+        if current.is_some() {
+            // An empty body: the server refuses JSON's `null`.
+            let subject = format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}");
+            let answer = client.request(subject, bytes::Bytes::new()).await;
+            tracing::info!(answer = ?answer.map(|m| m.payload), ?current, "asked {stream}'s leader to step down");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leaders_node_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
     carrier_tests::init_tracing();
@@ -24,7 +44,7 @@ async fn the_stream_leaders_node_killed_mid_stream_loses_nothing_and_applies_not
     let addrs: Vec<async_nats::ServerAddr> =
         cluster.nodes.iter().map(|n| n.url().parse().expect("a server address")).collect();
     let client = async_nats::connect(addrs).await.expect("a client connects");
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     // A replicated stream can be made once there is a meta leader and its peers (the account
     // info answer of 2.9 does not parse in current clients, so it cannot be the probe).
     wait_until(Duration::from_secs(30), "the cluster takes a replicated stream", || {
@@ -76,6 +96,9 @@ async fn the_stream_leaders_node_killed_mid_stream_loses_nothing_and_applies_not
     })
     .await;
     let leader = stream_info(&js, "STORES").await.and_then(|i| i.cluster).and_then(|c| c.leader).expect("a leader");
+    // The hardest node to lose leads both the events' stream and the lease bucket: the owner's
+    // lease renewals and its outbox both wait for a new leader at once.
+    lead_from(&client, &js, "KV_carrier_instances", &leader).await;
     cluster.node_named(&leader).expect("the leader's node").kill();
     tracing::warn!(%leader, "killed the STORES leader's node");
 

@@ -117,3 +117,33 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
     .await;
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_bucket_whose_leases_live_another_time_is_made_to_live_the_lease_ttl() {
+    // A bucket made by an older Carrier let leases live 15 s: this one fences only after 20 s
+    // without a renewal, which is safe only if the bucket's values live the lease's whole TTL.
+    let env = TestEnv::start();
+    let js = async_nats::jetstream::new(env.plain_client().await);
+    // The bucket's stream made by hand: the client's `create_key_value` reads an account info
+    // that 2.9's answer does not parse into.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_carrier_instances".into(),
+        subjects: vec!["$KV.carrier_instances.>".into()],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(15),
+        duplicate_window: Duration::from_secs(15),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("an old bucket");
+    let system = env.system(&["stores"]).await;
+    let mut stream = js.get_stream("KV_carrier_instances").await.expect("the bucket's stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.config.max_age, carrier_actors::instance::LEASE_TTL, "leases live the TTL the fence assumes");
+    assert!(carrier_actors::instance::FENCE_AFTER < carrier_actors::instance::LEASE_TTL);
+    system.shutdown().await;
+}

@@ -700,7 +700,7 @@ async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_s
         assert_eq!(reply["ok"], true, "{reply}");
     }
     let end = probe.last_sequence("USERS").await.unwrap();
-    wait_until(Duration::from_secs(45), "the standby took the bus over and welcomed the new users", || {
+    wait_until(Duration::from_secs(75), "the standby took the bus over and welcomed the new users", || {
         let probe = probe.clone();
         async move {
             probe.consumer_info("USERS", "whisko-welcome").await.map(|i| i.ack_floor_stream_seq >= end).unwrap_or(false)

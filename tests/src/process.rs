@@ -146,7 +146,15 @@ impl CarrierProcess {
 
 impl Drop for CarrierProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        // One that already exited (a test killed it) needs no signal: `kill` would only print
+        // "No such process" into the test's output.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
