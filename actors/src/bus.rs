@@ -718,6 +718,37 @@ impl Bus {
         await_ack(&subject, ack).await.map(|_| ())
     }
 
+    /// Copies an event that was never published (an outbox row of an instance that lost its
+    /// context's lease) to the context's dead-letter stream with the reason, keeping its headers
+    /// and body; its original sequence is 0.
+    pub async fn dead_letter_unpublished(
+        &self,
+        context: &str,
+        event: &carrier_messages::EncodedEvent,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), BusError> {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &event.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        headers.insert(dead_letter_header::ORIGINAL_SUBJECT, event.subject.as_str());
+        headers.insert(dead_letter_header::ORIGINAL_SEQUENCE, "0");
+        headers.insert(dead_letter_header::REASON, reason);
+        headers.insert(dead_letter_header::ERROR, sanitize_header(error).as_str());
+        headers.insert(dead_letter_header::DELIVERY_COUNT, "0");
+        headers.insert(dead_letter_header::CONTEXT, context);
+        let dedup = format!("dlq:{context}:{reason}:{}", event.event_id.0);
+        headers.insert("Nats-Msg-Id", dedup.as_str());
+        let subject = format!("{}.{}", dead_letter_subject_prefix(context), event.subject);
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, Bytes::from(event.body.clone()))
+            .await
+            .map_err(|e| BusError::Publish { subject: subject.clone(), reason: e.to_string() })?;
+        await_ack(&subject, ack).await.map(|_| ())
+    }
+
     /// Reads up to `limit` dead letters of a context, oldest first, starting at stream sequence
     /// `from`.
     pub async fn dead_letters(&self, context: &str, from: u64, limit: usize) -> Result<Vec<DeadLetter>, BusError> {

@@ -35,8 +35,8 @@ use carrier_messages::codec::Causality;
 use carrier_messages::request::{entity_subject, query_subject, snapshot_subject, Entity, EntityQuery, SnapshotEntity};
 use carrier_messages::{DomainEvent, Found, QueryReply};
 use carrier_storage::{
-    Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decided, Decides, FileWriter, Reacts,
-    Resyncs, StorageError,
+    Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decided, Decides, FileWriter,
+    Follows, Reacts, Resyncs, StorageError,
 };
 
 use crate::bus::{Bus, BusError};
@@ -108,6 +108,8 @@ pub(crate) struct StartEnv {
     pub instance_suffix: String,
     /// Set while this instance may not hold the context's lease.
     pub fence: Arc<crate::fence::Fence>,
+    /// Set when another instance holds the lease of a context that may stand by.
+    pub standby: Option<crate::standby::Standby>,
 }
 
 /// A context the system started: its supervisor's arguments and what the system keeps of it.
@@ -134,6 +136,8 @@ pub struct BoundedContext {
     leased: bool,
     /// Keeps no redb file (an event-sourced context's state is its stream).
     fileless: bool,
+    /// A second instance stands by instead of refusing to start.
+    stands_by: bool,
     reads: Vec<SourceStream>,
     publishes: Option<StreamDoc>,
     endpoints: Vec<EndpointDoc>,
@@ -165,6 +169,7 @@ impl BoundedContext {
             fallbacks: Vec::new(),
             steps: Vec::new(),
             servers: Vec::new(),
+            follower: None,
         }
     }
 
@@ -212,6 +217,12 @@ impl BoundedContext {
     /// models and event-sourced ones (see [`BoundedContext::aggregate`]).
     pub fn takes_lease(&self) -> bool {
         self.leased
+    }
+
+    /// Whether a second instance stands by (following the context's own stream) instead of
+    /// refusing to start (see [`ContextDecl::follows_itself`]).
+    pub fn stands_by(&self) -> bool {
+        self.stands_by
     }
 
     /// Whether it keeps a redb file of its own (an event-sourced context keeps none: its state
@@ -287,7 +298,12 @@ pub struct ContextDecl<K: ContextKind> {
     steps: Vec<Step<K>>,
     /// Commands and queries, started after everything else and given the finished handle.
     servers: Vec<Step<K>>,
+    /// How an instance standing by follows the context's own stream (see
+    /// [`follows_itself`](Self::follows_itself)).
+    follower: Option<FollowFn<K>>,
 }
+
+type FollowFn<K> = fn(ContextHandle<K>, Bus, crate::standby::Standby) -> BoxFuture<()>;
 
 impl<K: ContextKind> ContextDecl<K> {
     /// Reads `E`'s stream through the durable `<context>-<source>` and applies each batch with
@@ -518,6 +534,23 @@ impl<K: ContextKind> ContextDecl<K> {
         self
     }
 
+    /// Lets a second instance of the context **stand by** instead of refusing to start: it
+    /// folds the context's own stream into its file with `K`'s [`Follows`], and takes over
+    /// when the instance holding the context's lease dies (its lease expires), deciding
+    /// commands on the state that was published (see [`crate::standby`]).
+    ///
+    /// # Panics
+    ///
+    /// [`build`](Self::build) panics when the context also consumes other contexts' streams:
+    /// an instance standing by keeps no position in them yet.
+    pub fn follows_itself(mut self) -> Self
+    where
+        K: Follows,
+    {
+        self.follower = Some(|handle, bus, standby| Box::pin(crate::standby::run::<K>(handle, bus, standby)));
+        self
+    }
+
     /// Serves `subject` with `answer` on a read transaction of the context's file, as the child
     /// `child` (queries, the entity endpoint, the snapshot endpoint).
     fn serve_queries<Q, R>(
@@ -553,7 +586,12 @@ impl<K: ContextKind> ContextDecl<K> {
 
     /// The declaration.
     pub fn build(self) -> BoundedContext {
-        let ContextDecl { read_model, decides, reads, endpoints, mut fallbacks, steps, servers } = self;
+        let ContextDecl { read_model, decides, reads, endpoints, mut fallbacks, steps, servers, follower } = self;
+        assert!(
+            follower.is_none() || reads.is_empty(),
+            "{}: a context that follows itself (stands by) consumes no other stream yet",
+            K::NAME
+        );
         let publishes = (!K::Event::EVENT_TYPES.is_empty()).then(StreamDoc::of::<K::Event>);
         assert!(
             !read_model || (publishes.is_none() && !decides),
@@ -568,6 +606,10 @@ impl<K: ContextKind> ContextDecl<K> {
             Box::pin(async move {
                 env.bus.ensure_dead_letter_stream(K::NAME).await?;
                 let path = env.data_dir.join(format!("{}.redb", K::NAME));
+                let standby = env.standby.clone().filter(|_| follower.is_some());
+                if standby.is_some() {
+                    crate::standby::start_afresh::<K>(&env.bus, &path, env.settings.cache_bytes).await?;
+                }
                 let db = FileWriter::<K>::open_with_cache(path, env.settings.cache_bytes)?;
                 let mut builder = ContextBuilder::new(env.bus.clone(), db, env.settings, env.faults);
                 if read_model {
@@ -578,6 +620,10 @@ impl<K: ContextKind> ContextDecl<K> {
                     step(&mut builder);
                 }
                 let (args, handle) = builder.build(env.tree, env.path);
+                if let (Some(standby), Some(follow)) = (standby, follower) {
+                    let task = tokio::spawn(follow(handle.clone(), env.bus.clone(), standby.clone()));
+                    standby.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                }
                 let observed = handle.observed(&env.bus);
                 let file = Arc::downgrade(&handle.db);
                 Ok(Started {
@@ -592,6 +638,7 @@ impl<K: ContextKind> ContextDecl<K> {
         BoundedContext {
             name: K::NAME,
             read_model,
+            stands_by: follower.is_some(),
             leased: !read_model,
             fileless: false,
             reads,
@@ -669,6 +716,7 @@ impl<A: crate::event_store::Aggregate> AggregateDecl<A> {
             read_model: false,
             leased: false,
             fileless: true,
+            stands_by: false,
             reads: Vec::new(),
             publishes: Some(StreamDoc::of::<A::Event>()),
             endpoints: vec![EndpointDoc::command::<A::Command>(name)],

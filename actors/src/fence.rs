@@ -41,21 +41,51 @@ impl std::fmt::Display for Holder {
 /// its commands are refused (`unavailable`), until the lease is this instance's again. Set when
 /// the lease was found in another instance's hands, or could not be renewed for
 /// [`FENCE_AFTER`](crate::instance::FENCE_AFTER) (before it can expire, at [`LEASE_TTL`](crate::instance::LEASE_TTL), and be claimed by another).
+///
+/// An instance standing by for a context (see [`crate::standby`]) is fenced too, on a reason of
+/// its own that lease renewals never lift: only taking over does, once it has caught up.
 #[derive(Debug, Default)]
 pub struct Fence {
     fenced: AtomicBool,
     reason: Mutex<Option<String>>,
+    standing_by: AtomicBool,
+    standby_reason: Mutex<Option<String>>,
 }
 
 impl Fence {
     /// Whether the context must hold its effects back.
     pub fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::Acquire)
+        self.fenced.load(Ordering::Acquire) || self.standing_by.load(Ordering::Acquire)
     }
 
     /// Why, while fenced.
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().ok().and_then(|r| r.clone())
+        let lease = self.reason.lock().ok().and_then(|r| r.clone());
+        lease.or_else(|| self.standby_reason.lock().ok().and_then(|r| r.clone()))
+    }
+
+    /// Whether this instance stands by for the context (another holds its lease).
+    pub fn is_standing_by(&self) -> bool {
+        self.standing_by.load(Ordering::Acquire)
+    }
+
+    /// Whether the lease itself fenced it (not standing by): what renewals set and lift.
+    pub(crate) fn lease_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stand_by(&self, reason: String) {
+        if let Ok(mut r) = self.standby_reason.lock() {
+            *r = Some(reason);
+        }
+        self.standing_by.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take_over(&self) {
+        self.standing_by.store(false, Ordering::Release);
+        if let Ok(mut r) = self.standby_reason.lock() {
+            *r = None;
+        }
     }
 
     pub(crate) fn set(&self, reason: String) {

@@ -140,7 +140,7 @@ async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>)
         let current: Vec<Held> = held.lock().map(|h| h.clone()).unwrap_or_default();
         for lease in &current {
             let unrenewed = lease.renewed.elapsed();
-            if unrenewed >= FENCE_AFTER && !lease.fence.is_fenced() {
+            if unrenewed >= FENCE_AFTER && !lease.fence.lease_fenced() {
                 let reason = format!(
                     "its lease could not be renewed for {} s; another instance may claim it once it expires",
                     unrenewed.as_secs()
@@ -150,7 +150,7 @@ async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>)
             }
         }
         let due: Vec<Held> =
-            current.into_iter().filter(|l| l.renewed.elapsed() >= RENEW_EVERY || l.fence.is_fenced()).collect();
+            current.into_iter().filter(|l| l.renewed.elapsed() >= RENEW_EVERY || l.fence.lease_fenced()).collect();
         if due.is_empty() {
             continue;
         }
@@ -180,13 +180,13 @@ async fn renew(bucket: LeaseBucket, held: Arc<Mutex<Vec<Held>>>, value: Vec<u8>)
                             entry.renewed = std::time::Instant::now();
                         }
                     }
-                    if lease.fence.is_fenced() {
+                    if lease.fence.lease_fenced() {
                         tracing::warn!(%context, "this instance holds the context's lease again; its fence is lifted");
                         lease.fence.clear();
                     }
                 }
                 Ok(Claimed::Taken(bytes)) => {
-                    if !lease.fence.is_fenced() {
+                    if !lease.fence.lease_fenced() {
                         let holder = serde_json::from_slice::<Holder>(&bytes)
                             .map(|h| h.to_string())
                             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());

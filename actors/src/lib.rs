@@ -46,6 +46,7 @@ mod relay;
 pub mod responder;
 pub mod resync;
 mod serve;
+pub mod standby;
 pub mod supervisor;
 pub mod system;
 pub mod telemetry;

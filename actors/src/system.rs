@@ -5,7 +5,7 @@
 
 use std::any::Any;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
@@ -96,8 +96,11 @@ pub struct CarrierSystem {
     contexts: Vec<RunningContext>,
     root: ActorRef<SupervisorMsg>,
     root_task: tokio::task::JoinHandle<()>,
-    /// This instance's leases of its contexts (see [`crate::instance`]).
-    leases: Option<crate::instance::Leases>,
+    /// This instance's leases of its contexts (see [`crate::instance`]), with those taken over
+    /// later by contexts standing by.
+    leases: Arc<Mutex<Vec<crate::instance::Leases>>>,
+    /// The followers of contexts standing by (see [`crate::standby`]).
+    standby_tasks: StandbyTasks,
     instance: Arc<crate::observe::InstanceReport>,
     /// What the application adds to every observer of this system (panels, dead-letter
     /// streams): shared, so that whatever `observer()` it was added through, every observer shows it.
@@ -138,18 +141,34 @@ impl CarrierSystem {
             bus.ensure_stream(stream, subjects).await?;
         }
         // A read model runs on every instance; anything else on one at a time.
-        let fences: Vec<(&str, Arc<crate::fence::Fence>)> =
-            declarations.iter().filter(|d| d.takes_lease()).map(|d| (d.name(), Arc::default())).collect();
-        let leases = crate::instance::acquire(&bus, &config.data_dir, &fences).await?;
-        let fences: Vec<(String, Arc<crate::fence::Fence>)> =
-            fences.into_iter().map(|(name, fence)| (name.to_string(), fence)).collect();
-        match Self::start_contexts(config, bus, declarations, fences).await {
-            Ok(mut system) => {
-                system.leases = Some(leases);
-                Ok(system)
+        // A context that may stand by (it follows its own stream) does so when another instance
+        // holds its lease; for any other, that refuses the start.
+        let fences: Vec<(&str, Arc<crate::fence::Fence>, bool)> = declarations
+            .iter()
+            .filter(|d| d.takes_lease())
+            .map(|d| (d.name(), Arc::default(), d.stands_by()))
+            .collect();
+        let firm: Vec<(&str, Arc<crate::fence::Fence>)> =
+            fences.iter().filter(|f| !f.2).map(|(n, f, _)| (*n, f.clone())).collect();
+        let leases = Arc::new(Mutex::new(vec![crate::instance::acquire(&bus, &config.data_dir, &firm).await?]));
+        let mut standing_by: Vec<(String, String)> = Vec::new();
+        for (name, fence, _) in fences.iter().filter(|f| f.2) {
+            match crate::instance::acquire(&bus, &config.data_dir, &[(name, fence.clone())]).await {
+                Ok(lease) => leases.lock().unwrap_or_else(|e| e.into_inner()).push(lease),
+                Err(StartError::AlreadyRunning { holder, .. }) => standing_by.push((name.to_string(), holder)),
+                Err(e) => {
+                    release(&leases).await;
+                    return Err(e);
+                }
             }
+        }
+        let fences: Vec<(String, Arc<crate::fence::Fence>)> =
+            fences.into_iter().map(|(name, fence, _)| (name.to_string(), fence)).collect();
+        let standby = StandbyPlan { standing_by, leases: leases.clone(), tasks: StandbyTasks::default() };
+        match Self::start_contexts(config, bus, declarations, fences, standby).await {
+            Ok(system) => Ok(system),
             Err(e) => {
-                leases.release().await;
+                release(&leases).await;
                 Err(e)
             }
         }
@@ -160,6 +179,7 @@ impl CarrierSystem {
         bus: Bus,
         declarations: Vec<BoundedContext>,
         fences: Vec<(String, Arc<crate::fence::Fence>)>,
+        standby: StandbyPlan,
     ) -> Result<CarrierSystem, StartError> {
         let tree = SupervisionTree::default();
         let settings = CacheSettings {
@@ -179,7 +199,14 @@ impl CarrierSystem {
         for declaration in declarations {
             let fence =
                 fences.iter().find(|(n, _)| n == declaration.name()).map(|(_, f)| f.clone()).unwrap_or_default();
+            let standing_by = standby.standing_by.iter().find(|(n, _)| n == declaration.name());
             let env = StartEnv {
+                standby: standing_by.map(|(_, holder)| crate::standby::Standby {
+                    data_dir: config.data_dir.clone(),
+                    holder: holder.clone(),
+                    leases: standby.leases.clone(),
+                    tasks: standby.tasks.0.clone(),
+                }),
                 fence,
                 instance_suffix: instance_suffix.clone(),
                 bus: bus.clone(),
@@ -225,7 +252,8 @@ impl CarrierSystem {
             contexts,
             root,
             root_task,
-            leases: None,
+            leases: standby.leases,
+            standby_tasks: standby.tasks,
             instance,
             extras: Default::default(),
         })
@@ -245,11 +273,10 @@ impl CarrierSystem {
     /// Stops every actor, consumers after their in-flight batch and the relay after a flush,
     /// and waits for them.
     pub async fn shutdown(self) {
+        self.standby_tasks.abort();
         self.root.stop(Some("shutdown".into()));
         let _ = self.root_task.await;
-        if let Some(leases) = self.leases {
-            leases.release().await;
-        }
+        release(&self.leases).await;
         // Publishes and acks are buffered by the client; make sure they leave the process, but
         // not for ever: with the server gone a flush waits for a reconnect that may never come.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
@@ -330,4 +357,38 @@ fn context_supervisor(name: &str, args: SupervisorArgs) -> ChildSpec {
 /// ractor wraps start-up failures in layers of "Actor failed to start"; keep the reason.
 fn root_cause(text: &str) -> String {
     text.rsplit("Actor panicked during pre_start: ").next().unwrap_or(text).to_string()
+}
+
+/// Which contexts stand by (with who holds each lease), and where their followers and the
+/// leases they take over are kept.
+struct StandbyPlan {
+    standing_by: Vec<(String, String)>,
+    leases: Arc<Mutex<Vec<crate::instance::Leases>>>,
+    tasks: StandbyTasks,
+}
+
+/// The followers of contexts standing by: stopped at shutdown, or when the system is dropped.
+#[derive(Default)]
+struct StandbyTasks(Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl StandbyTasks {
+    fn abort(&self) {
+        for task in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for StandbyTasks {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Gives every lease in `leases` up.
+async fn release(leases: &Mutex<Vec<crate::instance::Leases>>) {
+    let held: Vec<crate::instance::Leases> = std::mem::take(&mut *leases.lock().unwrap_or_else(|e| e.into_inner()));
+    for lease in held {
+        lease.release().await;
+    }
 }

@@ -59,6 +59,17 @@ pub trait Decides<C>: ContextKind {
     ) -> Result<(), CommandError>;
 }
 
+/// How an instance standing by for a context rebuilds the context's own tables from the events
+/// the context published (its own stream), so that it can take over, with the state, when the
+/// instance deciding the context's commands dies: the fold of `decide`'s events into the rows.
+///
+/// The fold must skip an event its rows already have (by the entity's version): followers
+/// start from a checkpoint committed with their rows, and a batch may come again after a crash.
+pub trait Follows: ContextKind {
+    /// Folds one of the context's own events into its tables in `txn`.
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &Self::Event) -> Result<(), StorageError>;
+}
+
 /// How a context that caches another context's entities (events of type `E`) adopts an entity's
 /// state when the owner reports it: after a version gap stayed open, it asks the owner
 /// ([`carrier_messages::request::EntityQuery`]) and writes what it keeps, never over a newer
@@ -377,6 +388,20 @@ impl<K: ContextKind> FileWriter<K> {
             start_writeback(file);
         }
         outcome
+    }
+
+    /// Folds a batch of the context's own events (read back from its stream) into its tables
+    /// with [`Follows`], and moves `consumer`'s checkpoint to `through` or the batch's last
+    /// sequence, all in one transaction.
+    pub fn follow(&self, consumer: &str, batch: &[Inbound<K::Event>], through: u64) -> Result<u64, StorageError>
+    where
+        K: Follows,
+    {
+        let txn = self.db.begin_write().during("begin_write")?;
+        let last = engine::follow_batch::<K>(&txn, consumer, batch, through)?;
+        txn.commit().during("commit")?;
+        self.file.committed();
+        Ok(last)
     }
 
     /// Writes an entity's state as its owner reported it, unless the file already has that

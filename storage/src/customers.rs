@@ -4,11 +4,11 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::customers::*;
-use carrier_messages::DomainEvent;
+use carrier_messages::{DomainEvent, Envelope};
 
 use carrier_messages::codec::Causality;
 
-use crate::context::{ContextFile, ContextKind, Decides, Emitter};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::CommandError;
@@ -108,6 +108,40 @@ impl Decides<CustomersCommand> for Customers {
         let bytes = encode_row("customers", &row)?;
         table.insert(event.aggregate_id(), bytes.as_slice()).during("write customers")?;
         emit.record(event, row.version, causality)?;
+        Ok(())
+    }
+}
+
+impl Follows for Customers {
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &CustomersEvent) -> Result<(), StorageError> {
+        let mut table = txn.open_table(CUSTOMERS).during("open customers")?;
+        let id = envelope.aggregate_id.as_str();
+        let current: Option<CustomerRow> = {
+            let row = table.get(id).during("read customers")?;
+            row.map(|g| decode_row("customers", g.value())).transpose()?
+        };
+        let version = envelope.aggregate_version;
+        if current.as_ref().is_some_and(|r| r.version >= version) {
+            return Ok(());
+        }
+        let row = match (event, current) {
+            (CustomersEvent::CustomerRegistered(e), _) => {
+                CustomerRow { name: e.name.clone(), sms_number: e.sms_number.clone(), enabled: true, version }
+            }
+            (CustomersEvent::CustomerSmsChanged(e), Some(row)) => {
+                CustomerRow { sms_number: e.sms_number.clone(), version, ..row }
+            }
+            (CustomersEvent::CustomerEnabled(_), Some(row)) => CustomerRow { enabled: true, version, ..row },
+            (CustomersEvent::CustomerDisabled(_), Some(row)) => CustomerRow { enabled: false, version, ..row },
+            (_, None) => {
+                return Err(StorageError::Corrupt {
+                    table: "customers",
+                    reason: format!("{id:?} changed (version {version}) before it was registered"),
+                })
+            }
+        };
+        let bytes = encode_row("customers", &row)?;
+        table.insert(id, bytes.as_slice()).during("write customers")?;
         Ok(())
     }
 }

@@ -209,6 +209,28 @@ where
     Ok(outcome)
 }
 
+/// Folds a batch of a context's own events into its tables in `txn` (see
+/// [`crate::Follows`]) and moves `consumer`'s checkpoint forward: to the batch's last sequence
+/// or `through`, whichever is higher. Its own stream has one writer, so its events come in
+/// version order: no inbox, no parking. Returns the checkpoint.
+pub(crate) fn follow_batch<K: crate::Follows>(
+    txn: &WriteTransaction,
+    consumer: &str,
+    batch: &[Inbound<K::Event>],
+    through: u64,
+) -> Result<u64, StorageError> {
+    for item in batch {
+        K::follow(txn, &item.decoded.envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
+    }
+    let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+    let previous = checkpoints.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
+    let last = batch.iter().map(|i| i.stream_seq).chain([through, previous]).max().unwrap_or(0);
+    if last > previous {
+        checkpoints.insert(consumer, last).during("write checkpoints")?;
+    }
+    Ok(last)
+}
+
 /// Creates the engine's tables so that readers never meet a missing table.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(INBOX).during("create inbox")?;

@@ -46,7 +46,7 @@ pub use baskets::{BasketsDb, PricedBasketCommand};
 pub use cache::{CacheKind, StoresCacheDb};
 pub use command::CommandError;
 pub use context::{
-    Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Reacts, Resyncs,
+    Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Follows, Reacts, Resyncs,
     DEFAULT_CACHE_BYTES,
 };
 pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};

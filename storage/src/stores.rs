@@ -8,11 +8,11 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::stores::*;
-use carrier_messages::DomainEvent;
+use carrier_messages::{DomainEvent, Envelope};
 
 use carrier_messages::codec::Causality;
 
-use crate::context::{ContextFile, ContextKind, Decides, Emitter};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::CommandError;
@@ -88,6 +88,22 @@ impl Decides<StoresCommand> for Stores {
         evolve(&mut stores, &mut products, &event, version)?;
         emit.record(event, version, causality)?;
         Ok(())
+    }
+}
+
+impl Follows for Stores {
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &StoresEvent) -> Result<(), StorageError> {
+        let mut stores = txn.open_table(STORES).during("open stores")?;
+        let mut products = txn.open_table(PRODUCTS).during("open products")?;
+        let id = envelope.aggregate_id.as_str();
+        let have = match event.aggregate_type() {
+            "store" => load::<StoreRow>(&stores, "stores", id)?.map(|r| r.version),
+            _ => load::<ProductRow>(&products, "products", id)?.map(|r| r.version),
+        };
+        if have.is_some_and(|v| v >= envelope.aggregate_version) {
+            return Ok(());
+        }
+        evolve(&mut stores, &mut products, event, envelope.aggregate_version)
     }
 }
 
@@ -293,6 +309,57 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = crate::FileWriter::<Stores>::open(dir.path().join("stores.redb")).expect("open");
         (dir, db)
+    }
+
+    #[test]
+    fn a_follower_of_the_published_events_ends_with_the_deciders_rows_and_skips_what_it_has() {
+        let (_a, decider) = db();
+        let c = Causality::default();
+        let commands = [
+            StoresCommand::CreateStore { id: "s".into(), name: "Shop".into(), location: "Hall".into() },
+            StoresCommand::EnableParticipation { id: "s".into() },
+            StoresCommand::RebrandStore { id: "s".into(), name: "Shop 2".into() },
+            StoresCommand::AddProduct {
+                id: "p".into(),
+                store_id: "s".into(),
+                name: "Tea".into(),
+                description: "Green".into(),
+                sku: "T1".into(),
+                price: 300,
+            },
+            StoresCommand::IncreaseProductPrice { id: "p".into(), delta: 50 },
+            StoresCommand::DecreaseProductPrice { id: "p".into(), delta: 20 },
+            StoresCommand::RemoveProduct { id: "p".into() },
+        ];
+        for command in &commands {
+            decider.execute(command, &c).expect("decided");
+        }
+        let published: Vec<crate::Inbound<StoresEvent>> = decider
+            .outbox_pending(100)
+            .expect("outbox")
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, e))| crate::Inbound {
+                stream_seq: i as u64 + 1,
+                decoded: carrier_messages::Decoded::decode(
+                    &e.subject,
+                    |h| e.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
+                    &e.body,
+                )
+                .expect("decodes"),
+            })
+            .collect();
+        let (_b, follower) = db();
+        assert_eq!(follower.follow("stores-self", &published[..3], 0).expect("followed"), 3);
+        assert_eq!(follower.follow("stores-self", &published, 0).expect("followed again"), 7);
+        // A batch that comes again (a crash before its checkpoint) changes nothing.
+        follower.follow("stores-self", &published, 0).expect("followed a third time");
+        assert_eq!(follower.file().stores().expect("stores"), decider.file().stores().expect("stores"));
+        assert_eq!(follower.file().products().expect("products"), decider.file().products().expect("products"));
+        let product = follower.file().product("p").expect("read").expect("kept");
+        assert_eq!((product.price, product.removed, product.version), (330, true, 4));
+        assert_eq!(crate::ContextDb::checkpoint(&*follower.file(), "stores-self").expect("checkpoint"), 7);
+        assert_eq!(follower.outbox_len().expect("outbox"), 0, "a follower publishes nothing");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod offsets;
 mod rebuild;
 mod reliability;
 mod security;
+mod standby;
 mod store_nodes;
 mod versions;
 mod whisko;

@@ -21,7 +21,8 @@ pub const CONTEXT: &str = "stores";
 /// What the rest of the process may use of a running stores context.
 pub type StoresHandle = ContextHandle<Stores>;
 
-/// The context's declaration: the owner actors and `query.stores`.
+/// The context's declaration: the owner actors and `query.stores`. A second instance stands by,
+/// following `STORES` into its own rows, and takes over when the first dies.
 pub fn context() -> BoundedContext {
-    BoundedContext::of::<Stores>().decides::<StoresCommand>().queries(queries::answer).build()
+    BoundedContext::of::<Stores>().decides::<StoresCommand>().follows_itself().queries(queries::answer).build()
 }

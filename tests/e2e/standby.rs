@@ -1,0 +1,161 @@
+//! Hot standby of an owner: a second instance of `stores` starts while the first holds the
+//! context's lease, follows `STORES` into its own rows, and takes over when the first is
+//! SIGKILLed mid-stream; the first, started again, stands by behind it.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carrier_actors::bus::Bus;
+use carrier_actors::{CarrierSystem, Health};
+use carrier_mall::stores::StoresHandle;
+use carrier_tests::{carrier_bin, wait_until, TestEnv};
+
+const STORES: usize = 200;
+const FOLLOWED_BEFORE_KILL: usize = 100;
+const KILL_AFTER: usize = 130;
+
+fn spawn_owner(env: &TestEnv, data: &std::path::Path) -> Child {
+    let log = File::create(env.data_dir().join("first.log")).expect("log file");
+    Command::new(carrier_bin())
+        .args(["run", "--contexts", "stores", "--nats-url", &env.url(), "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("carrier run starts")
+}
+
+/// Creates store `s{i}` as any NATS client would: retried while nobody answers (during the
+/// takeover), and done when the store exists (a resend after a reply was lost in the kill).
+async fn create_store(bus: &Bus, i: usize) {
+    let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+    let json = format!(r#"{{"command":"create_store","id":"s{i}","name":"Store {i}","location":"Hall"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match bus.request("cmd.stores", &headers, json.as_bytes().to_vec(), Duration::from_secs(2)).await {
+            Ok(body) => {
+                let reply: serde_json::Value = serde_json::from_slice(&body).expect("a command reply");
+                let code = reply.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_string);
+                match code.as_deref() {
+                    None | Some("already_exists") => return,
+                    // Refused while the context is fenced: the other instance answers soon.
+                    Some("unavailable") => {}
+                    Some(other) => panic!("s{i} refused ({other}): {reply}"),
+                }
+            }
+            Err(e) => assert!(Instant::now() < deadline, "s{i}: stores never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn standing_by(system: &CarrierSystem) -> bool {
+    matches!(system.health().get("stores"), Some(Health::Degraded(reason)) if reason.contains("standing by"))
+}
+
+fn rows(stores: &StoresHandle) -> Vec<(String, String, u64)> {
+    let mut rows: Vec<_> =
+        stores.db.stores().expect("stores").into_iter().map(|(id, row)| (id, row.name, row.version)).collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_is_killed() {
+    let env = TestEnv::start();
+    let bus = Bus::connect(&env.url(), "standby-test", Duration::from_secs(5)).await.expect("connects");
+    let first_data = tempfile::tempdir().expect("first data dir");
+    let mut first = spawn_owner(&env, first_data.path());
+    create_store(&bus, 0).await;
+
+    // The second instance starts instead of refusing, and stands by.
+    let second = env.system(&["stores"]).await;
+    assert!(standing_by(&second), "{:?}", second.health());
+    let stores = second.handle::<StoresHandle>().expect("stores on the second");
+    for i in 1..FOLLOWED_BEFORE_KILL {
+        create_store(&bus, i).await;
+    }
+    wait_until(Duration::from_secs(20), "the standby follows what the first decides", || {
+        let n = rows(&stores).len();
+        async move { n == FOLLOWED_BEFORE_KILL }
+    })
+    .await;
+    assert!(standing_by(&second), "still standing by while the first lives");
+
+    // Commands keep coming; the first is SIGKILLed in the middle of them.
+    let answered = Arc::new(AtomicUsize::new(FOLLOWED_BEFORE_KILL));
+    let writer = {
+        let (bus, answered) = (bus.clone(), answered.clone());
+        tokio::spawn(async move {
+            for i in FOLLOWED_BEFORE_KILL..STORES {
+                create_store(&bus, i).await;
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_until(Duration::from_secs(30), "commands answered before the kill", || {
+        let n = answered.load(Ordering::SeqCst);
+        async move { n >= KILL_AFTER }
+    })
+    .await;
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    let killed = Instant::now();
+    writer.await.expect("every command decided by one instance or the other");
+    let took_over = killed.elapsed();
+    assert!(!standing_by(&second), "the second took over: {:?}", second.health());
+
+    // Every store followed or decided on the second once, at version 1; each event on the
+    // stream once.
+    let all = rows(&stores);
+    assert!(all.iter().all(|(_, _, v)| *v == 1), "each decided once");
+    let published = bus.stream_message_count("STORES").await.expect("STORES").unwrap_or(0);
+    assert_eq!(published, all.len() as u64, "each store's event published once, and followed");
+
+    // The new holder decides on the state it followed: versions go on from the published ones.
+    let rebrand = carrier_messages::stores::StoresCommand::RebrandStore { id: "s0".into(), name: "Renamed".into() };
+    let decided = stores.execute(rebrand, Default::default()).await.expect("the new holder decides");
+    assert_eq!(decided.envelope.aggregate_version, 2);
+
+    // The first, started again, stands by behind the second and follows it from the stream.
+    let mut config = env.config(&["stores"]);
+    config.data_dir = first_data.path().to_path_buf();
+    let again = CarrierSystem::start(config).await.expect("the first starts again");
+    assert!(standing_by(&again), "{:?}", again.health());
+    let followed = again.handle::<StoresHandle>().expect("stores on the first");
+    let expected = rows(&stores);
+    wait_until(Duration::from_secs(20), "the restarted first has the second's rows", || {
+        let same = rows(&followed) == expected;
+        async move { same }
+    })
+    .await;
+    // A store the first answered and was killed before publishing is not lost silently: the
+    // restarted first dead-letters it (reason `deposed`). Every store is on the second or there.
+    let letters = bus.dead_letters("stores", 1, 10_000).await.unwrap_or_default();
+    let deposed: Vec<String> = letters
+        .iter()
+        .filter(|l| l.headers.iter().any(|(k, v)| k == "Carrier-Dlq-Reason" && v == "deposed"))
+        .filter_map(|l| {
+            let decoded = carrier_messages::Decoded::<carrier_messages::stores::StoresEvent>::decode(
+                l.headers.iter().find(|(k, _)| k == "Carrier-Dlq-Original-Subject").map(|(_, v)| v.as_str())?,
+                |h| l.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
+                &l.body,
+            );
+            decoded.ok().map(|d| d.envelope.aggregate_id)
+        })
+        .collect();
+    assert_eq!(deposed.len(), letters.len(), "every dead letter is a deposed decision that decodes");
+    for i in 0..STORES {
+        let id = format!("s{i}");
+        assert!(expected.iter().any(|(s, _, _)| *s == id) || deposed.contains(&id), "{id} lost");
+    }
+    let deposed = deposed.len();
+    eprintln!(
+        "standby: {STORES} stores, takeover {took_over:?} after the SIGKILL, {deposed} unpublished decisions dead-lettered"
+    );
+    again.shutdown().await;
+    second.shutdown().await;
+}
