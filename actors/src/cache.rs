@@ -655,6 +655,24 @@ pub struct CacheSettings {
     pub cache_bytes: usize,
 }
 
+/// How long a command of a context with a standby waits for its event to be published before
+/// it is answered `unavailable` (see [`ContextHandle::decide_once`]).
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// A command decided and committed whose event was not published in time.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{context} decided the command (event {event_id}) but could not publish it within {PUBLISH_WAIT:?}; it is \
+     published when NATS answers unless another instance takes the context over first: resend it with the same \
+     Idempotency-Key to learn which"
+)]
+pub struct NotYetPublished {
+    /// The context.
+    pub context: &'static str,
+    /// The decided event's id.
+    pub event_id: String,
+}
+
 /// Why a command sent through a [`ContextHandle`] got no answer from the context.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError {
@@ -704,6 +722,11 @@ pub struct ContextHandle<K: ContextKind> {
     pub(crate) resync_sources: Vec<ResyncSource<K>>,
     /// Its full syncs' status.
     pub(crate) resync: Arc<crate::resync::ResyncState>,
+    /// What its outbox relay published lately.
+    pub(crate) published: Arc<crate::relay::Published>,
+    /// Whether a command is answered only once its event is published: set while another
+    /// instance stands by for the context, whose state after a takeover is what was published.
+    pub(crate) answers_when_published: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<K: ContextKind> Clone for ContextHandle<K> {
@@ -722,6 +745,8 @@ impl<K: ContextKind> Clone for ContextHandle<K> {
             fence: self.fence.clone(),
             resync_sources: self.resync_sources.clone(),
             resync: self.resync.clone(),
+            published: self.published.clone(),
+            answers_when_published: self.answers_when_published.clone(),
         }
     }
 }
@@ -826,7 +851,49 @@ impl<K: ContextKind> ContextHandle<K> {
     /// Like [`decide`](Self::decide), with an idempotency key: a key seen before is answered with
     /// the event its first command recorded, without running `decision`; a key whose command is
     /// still queued or being decided is refused (`idempotency_key_in_flight`).
+    ///
+    /// While another instance stands by for the context
+    /// ([`follows_itself`](crate::context::ContextDecl::follows_itself)), a command is answered
+    /// only once the outbox relay has published its event (the answer's `position` says where):
+    /// after a takeover the context's state is what was published, so an answer given before
+    /// would promise what a takeover can lose. Alone, an instance answers at the commit and
+    /// keeps deciding while NATS is away (the events wait in the outbox). Not published within [`PUBLISH_WAIT`]
+    /// (NATS unreachable), the command is answered `unavailable`: it was decided here and will be
+    /// published when NATS answers, unless this instance loses the lease first; a resend with
+    /// the same idempotency key tells which.
     pub async fn decide_once(
+        &self,
+        key: Option<IdempotencyKey>,
+        decision: impl FnMut(
+                &carrier_storage::WriteTransaction,
+                &mut carrier_storage::Emitter<'_, K::Event>,
+            ) -> Result<(), CommandError>
+            + Send
+            + 'static,
+    ) -> Result<Result<Decided<K::Event>, CommandError>, LookupError> {
+        let decided = self.decide_committed(key, decision).await;
+        if !self.answers_when_published.load(std::sync::atomic::Ordering::Relaxed) {
+            return decided;
+        }
+        let Ok(Ok(mut decided)) = decided else { return decided };
+        if decided.replayed {
+            return Ok(Ok(decided));
+        }
+        let id = decided.event.envelope.event_id.0.as_u128();
+        match self.published.wait(id, PUBLISH_WAIT).await {
+            Some(seq) => {
+                decided.position = Some(format!("{}:{seq}", <K::Event as carrier_messages::DomainEvent>::STREAM));
+                Ok(Ok(decided))
+            }
+            None => Ok(Err(CommandError::unavailable(NotYetPublished {
+                context: K::NAME,
+                event_id: decided.event.envelope.event_id.to_string(),
+            }))),
+        }
+    }
+
+    /// Decides on the writer and returns once the decision is committed.
+    async fn decide_committed(
         &self,
         key: Option<IdempotencyKey>,
         decision: impl FnMut(
@@ -1013,6 +1080,8 @@ impl<K: ContextKind> ContextBuilder<K> {
             fence: Arc::default(),
             resync_sources: Vec::new(),
             resync: Arc::default(),
+            published: Arc::default(),
+            answers_when_published: Arc::default(),
         };
         ContextBuilder {
             context: K::NAME,
@@ -1334,8 +1403,10 @@ impl<K: ContextKind> ContextBuilder<K> {
         children.extend(consumers);
         if !K::Event::EVENT_TYPES.is_empty() {
             let db = handle.db.clone();
+            let published = handle.published.clone();
             let relay = ChildSpec::new("outbox-relay", move |supervisor, siblings| {
                 let (bus, db, wakeup, faults) = (bus.clone(), db.clone(), wakeup.clone(), faults.clone());
+                let published = published.clone();
                 async move {
                     use crate::relay::{MarkError, MarkPublished, OutboxRelay, ReadOutbox, RelayArgs};
                     let writer: ActorRef<WriterMsg<K>> =
@@ -1353,7 +1424,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                             Ok(rx.await.map_err(|_| MarkError::WriterGone)??)
                         })
                     });
-                    let args = RelayArgs { bus, context, pending, mark, wakeup, faults };
+                    let args = RelayArgs { bus, context, pending, mark, wakeup, faults, published };
                     let (actor, _) = Actor::spawn_linked(None, OutboxRelay, args, supervisor).await?;
                     Ok(actor.get_cell())
                 }

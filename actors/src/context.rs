@@ -110,6 +110,8 @@ pub(crate) struct StartEnv {
     pub fence: Arc<crate::fence::Fence>,
     /// Set when another instance holds the lease of a context that may stand by.
     pub standby: Option<crate::standby::Standby>,
+    /// Background tasks of the context, stopped at shutdown.
+    pub tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// A context the system started: its supervisor's arguments and what the system keeps of it.
@@ -607,7 +609,9 @@ impl<K: ContextKind> ContextDecl<K> {
                 env.bus.ensure_dead_letter_stream(K::NAME).await?;
                 let path = env.data_dir.join(format!("{}.redb", K::NAME));
                 let standby = env.standby.clone().filter(|_| follower.is_some());
-                if standby.is_some() {
+                if let Some(standby) = &standby {
+                    // Fenced before anything starts: its commands must never join the queue group.
+                    env.fence.stand_by(format!("standing by: another instance holds its lease ({})", standby.holder));
                     crate::standby::start_afresh::<K>(&env.bus, &path, env.settings.cache_bytes).await?;
                 }
                 let db = FileWriter::<K>::open_with_cache(path, env.settings.cache_bytes)?;
@@ -620,9 +624,18 @@ impl<K: ContextKind> ContextDecl<K> {
                     step(&mut builder);
                 }
                 let (args, handle) = builder.build(env.tree, env.path);
+                if follower.is_some() {
+                    let watcher = tokio::spawn(crate::standby::watch_standbys(
+                        K::NAME,
+                        env.bus.clone(),
+                        handle.fence.clone(),
+                        handle.answers_when_published.clone(),
+                    ));
+                    env.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(watcher);
+                }
                 if let (Some(standby), Some(follow)) = (standby, follower) {
-                    let task = tokio::spawn(follow(handle.clone(), env.bus.clone(), standby.clone()));
-                    standby.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                    let task = tokio::spawn(follow(handle.clone(), env.bus.clone(), standby));
+                    env.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
                 }
                 let observed = handle.observed(&env.bus);
                 let file = Arc::downgrade(&handle.db);

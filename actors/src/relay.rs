@@ -41,6 +41,59 @@ pub(crate) enum MarkError {
     Storage(#[from] StorageError),
 }
 
+/// The events the relay published lately, by id, with their stream sequences: what a command
+/// of a context with a standby waits for before it is answered (see
+/// [`ContextHandle::decide_once`](crate::cache::ContextHandle::decide_once)).
+#[derive(Default)]
+pub(crate) struct Published {
+    recent: std::sync::Mutex<(std::collections::HashMap<u128, u64>, std::collections::VecDeque<u128>)>,
+    notify: Notify,
+}
+
+/// How many published ids are remembered (a waiter looks right after its commit).
+const PUBLISHED_KEPT: usize = 65_536;
+
+impl Published {
+    fn mark(&self, published: impl Iterator<Item = (u128, u64)>) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let (by_id, order) = &mut *recent;
+            for (id, seq) in published {
+                if by_id.insert(id, seq).is_none() {
+                    order.push_back(id);
+                }
+            }
+            while order.len() > PUBLISHED_KEPT {
+                if let Some(old) = order.pop_front() {
+                    by_id.remove(&old);
+                }
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    fn sequence(&self, id: u128) -> Option<u64> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).0.get(&id).copied()
+    }
+
+    /// The stream sequence of event `id` once the relay has published it, or `None` after
+    /// `limit`.
+    pub(crate) async fn wait(&self, id: u128, limit: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(seq) = self.sequence(id) {
+                return Some(seq);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.sequence(id);
+            }
+        }
+    }
+}
+
 /// The relay's only message.
 pub(crate) enum RelayMsg {
     /// Publish what is pending, then wait for more.
@@ -57,6 +110,8 @@ pub(crate) struct RelayArgs {
     pub pending: ReadOutbox,
     /// Deletes published rows through the writer.
     pub mark: MarkPublished,
+    /// Told of every event published.
+    pub published: Arc<Published>,
     /// Signalled by the writer after each commit.
     pub wakeup: Arc<Notify>,
     /// Injected failures.
@@ -153,16 +208,21 @@ async fn publish_round(args: &RelayArgs) -> Result<Round, ActorProcessingErr> {
     // outbox order except around a failure, and consumers restore each entity's order by version
     // (an early event is parked until the one before it arrives).
     let mut acked = Vec::with_capacity(rows.len());
+    let mut sequences = Vec::with_capacity(rows.len());
     let mut failure = None;
-    for ((key, _), result) in rows.iter().zip(results) {
+    for ((key, event), result) in rows.iter().zip(results) {
         match result {
-            Ok(_) => acked.push(*key),
+            Ok(receipt) => {
+                acked.push(*key);
+                sequences.push((event.event_id.0.as_u128(), receipt.stream_seq));
+            }
             Err(e) => {
                 failure = Some(e.to_string());
                 break;
             }
         }
     }
+    args.published.mark(sequences.into_iter());
     if crate::telemetry::enabled() {
         record_publish_spans(args.context, &rows[..acked.len()], std::time::SystemTime::now());
     }

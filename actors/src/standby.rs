@@ -34,6 +34,74 @@ pub const CLAIM_EVERY: Duration = Duration::from_secs(2);
 /// Events folded per transaction while following.
 const FOLLOW_BATCH: usize = 1024;
 
+/// Where instances standing by for `context` answer, so that its holder knows one exists
+/// (core NATS: "no responders" means none).
+pub fn standby_subject(context: &str) -> String {
+    format!("carrier.standby.{context}")
+}
+
+/// On every instance of a context that follows itself: while this one holds the context and
+/// another stands by, commands are answered only once published (see
+/// [`ContextHandle::decide_once`]); asked every [`CLAIM_EVERY`].
+pub(crate) async fn watch_standbys(
+    context: &'static str,
+    bus: Bus,
+    fence: Arc<crate::fence::Fence>,
+    answers_when_published: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let subject = standby_subject(context);
+    loop {
+        let standby =
+            !fence.is_standing_by() && bus.request(&subject, &[], Vec::new(), Duration::from_secs(1)).await.is_ok();
+        if answers_when_published.swap(standby, Ordering::Relaxed) != standby {
+            tracing::info!(
+                %context,
+                standby,
+                "{}",
+                if standby {
+                    "another instance stands by: commands are answered once their events are published"
+                } else {
+                    "no instance stands by: commands are answered when committed"
+                }
+            );
+        }
+        tokio::time::sleep(CLAIM_EVERY).await;
+    }
+}
+
+/// Answers [`standby_subject`] until dropped (aborted).
+async fn say_standing_by(context: &'static str, bus: Bus) {
+    let subject = standby_subject(context);
+    loop {
+        let mut requests = match bus.serve(&subject, "carrier-standby").await {
+            Ok(requests) => requests,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            match requests.next(Duration::from_secs(5)).await {
+                Ok(Some(request)) => {
+                    let _ = bus.respond(&request, "text/plain", b"standing by".to_vec()).await;
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The name under which a follower's position in its own stream is checkpointed.
 pub fn follower_checkpoint(context: &str) -> String {
     format!("{context}-self")
@@ -48,8 +116,6 @@ pub(crate) struct Standby {
     pub holder: String,
     /// Where a lease taken over is kept, to be renewed and released at shutdown.
     pub leases: Arc<Mutex<Vec<Leases>>>,
-    /// The followers, stopped at shutdown.
-    pub tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Moves what the file's outbox never published to the dead-letter stream (reason `deposed`)
@@ -93,6 +159,7 @@ pub(crate) async fn run<K: Follows>(handle: ContextHandle<K>, bus: Bus, standby:
     let stream = <K::Event as DomainEvent>::STREAM;
     let subjects = <K::Event as DomainEvent>::STREAM_SUBJECTS;
     fence.stand_by(format!("standing by: another instance holds its lease ({})", standby.holder));
+    let _saying = AbortOnDrop(tokio::spawn(say_standing_by(context, bus.clone())));
     tracing::info!(%context, holder = %standby.holder, "standing by: following the context's own stream");
     let mut replay: Option<DurableConsumer> = None;
     let mut next_claim = Instant::now() + CLAIM_EVERY;
