@@ -465,6 +465,10 @@ pub struct InstanceReport {
     /// Every lease in the bucket, this instance's and the others': who runs what.
     #[serde(default)]
     pub all_leases: Vec<LeaseReport>,
+    /// The contexts it stands by for, following their streams, while another instance holds
+    /// their leases (see [`crate::standby`]).
+    #[serde(default)]
+    pub standing_by: Vec<String>,
 }
 
 /// One stream in the topology: its publisher and its readers.
@@ -572,7 +576,11 @@ impl Observer {
 
     /// This instance and what it holds.
     pub fn instance(&self) -> InstanceReport {
-        self.instance.as_ref().clone()
+        let mut report = self.instance.as_ref().clone();
+        report.standing_by =
+            self.contexts.iter().filter(|c| c.fence.is_standing_by()).map(|c| c.name.to_string()).collect();
+        report.leases.retain(|name| !report.standing_by.contains(name));
+        report
     }
 
     /// Every supervised actor, parents before children.

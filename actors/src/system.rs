@@ -244,6 +244,7 @@ impl CarrierSystem {
             leases: names(false),
             read_models: names(true),
             all_leases: Vec::new(),
+            standing_by: Vec::new(),
         });
         Ok(CarrierSystem {
             bus,

@@ -46,11 +46,16 @@ pub fn render(s: &Snapshot) -> String {
         let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
         let _ = writeln!(
             out,
-            "Instance {} (durables ...-{}): leases {}; read models {}",
+            "Instance {} (durables ...-{}): leases {}; read models {}{}",
             s.instance.id,
             s.instance.durable_suffix,
             list(&s.instance.leases),
-            list(&s.instance.read_models)
+            list(&s.instance.read_models),
+            if s.instance.standing_by.is_empty() {
+                String::new()
+            } else {
+                format!("; standing by for {}", s.instance.standing_by.join(", "))
+            }
         );
         for lease in &s.instance.all_leases {
             let mine = if lease.mine { " (this instance)" } else { "" };

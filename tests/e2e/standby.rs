@@ -75,6 +75,8 @@ async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_i
     // The second instance starts instead of refusing, and stands by.
     let second = env.system(&["stores"]).await;
     assert!(standing_by(&second), "{:?}", second.health());
+    let report = second.observer().instance();
+    assert_eq!((report.standing_by.clone(), report.leases.clone()), (vec!["stores".to_string()], vec![]), "{report:?}");
     // The first learns that someone stands by (it asks every 2 s) and from then on answers a
     // command once its event is published: its reply carries the event's stream position.
     let probes = Arc::new(AtomicUsize::new(0));
@@ -124,6 +126,8 @@ async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_i
     writer.await.expect("every command decided by one instance or the other");
     let took_over = killed.elapsed();
     assert!(!standing_by(&second), "the second took over: {:?}", second.health());
+    let report = second.observer().instance();
+    assert_eq!((report.standing_by.clone(), report.leases.clone()), (vec![], vec!["stores".to_string()]));
 
     // Every store answered is on the second (while it stood by, the first answered a command
     // only once its event was published), once, at version 1; each event on the stream once.
