@@ -163,6 +163,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_follower_of_the_published_events_ends_with_the_deciders_rows() {
+        let dir = tempfile::tempdir().expect("dir");
+        let decider = crate::FileWriter::<Customers>::open(dir.path().join("a.redb")).expect("open");
+        let follower = crate::FileWriter::<Customers>::open(dir.path().join("b.redb")).expect("open");
+        let c = Causality::default();
+        for command in [
+            CustomersCommand::RegisterCustomer { id: "c".into(), name: "Ada".into(), sms_number: "+4411".into() },
+            CustomersCommand::ChangeSmsNumber { id: "c".into(), sms_number: "+4422".into() },
+            CustomersCommand::DisableCustomer { id: "c".into() },
+            CustomersCommand::RegisterCustomer { id: "d".into(), name: "Bo".into(), sms_number: "+4433".into() },
+        ] {
+            decider.execute(&command, &c).expect("decided");
+        }
+        let published: Vec<crate::Inbound<CustomersEvent>> = decider
+            .outbox_pending(10)
+            .expect("outbox")
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, e))| crate::Inbound {
+                stream_seq: i as u64 + 1,
+                decoded: carrier_messages::Decoded::decode(
+                    &e.subject,
+                    |h| e.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
+                    &e.body,
+                )
+                .expect("decodes"),
+            })
+            .collect();
+        follower.follow("customers-self", &published, 0).expect("followed");
+        follower.follow("customers-self", &published[1..], 0).expect("a batch again changes nothing");
+        assert_eq!(follower.file().customers().expect("rows"), decider.file().customers().expect("rows"));
+        // An event for a customer the follower never saw registered is an error, not a guess.
+        let orphan = &published[1..2];
+        let fresh = crate::FileWriter::<Customers>::open(dir.path().join("c.redb")).expect("open");
+        assert!(fresh.follow("customers-self", orphan, 0).is_err());
+    }
+
+    #[test]
     fn customers_register_change_and_toggle_with_versions_and_rules() {
         let dir = tempfile::tempdir().expect("dir");
         let db = crate::FileWriter::<Customers>::open(dir.path().join("customers.redb")).expect("open");
