@@ -1061,6 +1061,9 @@ pub(crate) struct ContextBuilder<K: ContextKind> {
     file: Arc<FileWriter<K>>,
     /// For a read model, which runs on every instance: the instance's suffix of its durables.
     instance: Option<String>,
+    /// Whether its relay publishes nothing while the context is fenced (see
+    /// [`ContextBuilder::relay_held_by_fence`]).
+    relay_held: bool,
 }
 
 impl<K: ContextKind> ContextBuilder<K> {
@@ -1095,7 +1098,17 @@ impl<K: ContextKind> ContextBuilder<K> {
             wakeup: Arc::new(Notify::new()),
             file,
             instance: None,
+            relay_held: false,
         }
+    }
+
+    /// Its outbox relay publishes nothing while the context is fenced: a context with a standby
+    /// may have been taken over meanwhile, and what a deposed holder decided must not follow
+    /// the new holder's events onto the stream (it is dead-lettered, `deposed`, when the
+    /// instance next starts standing by).
+    pub(crate) fn relay_held_by_fence(&mut self) -> &mut Self {
+        self.relay_held = true;
+        self
     }
 
     /// Gives every consumer of this context a durable of this instance's own (a read model runs
@@ -1364,7 +1377,18 @@ impl<K: ContextKind> ContextBuilder<K> {
     /// The supervisor's arguments and the handle.
     pub(crate) fn build(self, tree: SupervisionTree, path: String) -> (SupervisorArgs, ContextHandle<K>) {
         let ContextBuilder {
-            context, bus, settings, faults, handle, resolvers, consumers, servers, wakeup, file, ..
+            context,
+            bus,
+            settings,
+            faults,
+            handle,
+            resolvers,
+            consumers,
+            servers,
+            wakeup,
+            file,
+            relay_held,
+            ..
         } = self;
         let resolvers = Arc::new(resolvers);
         let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
@@ -1404,9 +1428,10 @@ impl<K: ContextKind> ContextBuilder<K> {
         if !K::Event::EVENT_TYPES.is_empty() {
             let db = handle.db.clone();
             let published = handle.published.clone();
+            let held_by = relay_held.then(|| handle.fence.clone());
             let relay = ChildSpec::new("outbox-relay", move |supervisor, siblings| {
                 let (bus, db, wakeup, faults) = (bus.clone(), db.clone(), wakeup.clone(), faults.clone());
-                let published = published.clone();
+                let (published, held_by) = (published.clone(), held_by.clone());
                 async move {
                     use crate::relay::{MarkError, MarkPublished, OutboxRelay, ReadOutbox, RelayArgs};
                     let writer: ActorRef<WriterMsg<K>> =
@@ -1424,7 +1449,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                             Ok(rx.await.map_err(|_| MarkError::WriterGone)??)
                         })
                     });
-                    let args = RelayArgs { bus, context, pending, mark, wakeup, faults, published };
+                    let args = RelayArgs { bus, context, pending, mark, wakeup, faults, published, held_by };
                     let (actor, _) = Actor::spawn_linked(None, OutboxRelay, args, supervisor).await?;
                     Ok(actor.get_cell())
                 }

@@ -620,6 +620,9 @@ impl<K: ContextKind> ContextDecl<K> {
                     builder.per_instance(env.instance_suffix.clone());
                 }
                 builder.fenced_by(env.fence.clone());
+                if follower.is_some() {
+                    builder.relay_held_by_fence();
+                }
                 for step in steps.iter() {
                     step(&mut builder);
                 }

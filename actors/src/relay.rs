@@ -94,6 +94,9 @@ impl Published {
     }
 }
 
+/// How often a relay held back by its context's fence looks again.
+const HELD_CHECK: Duration = Duration::from_millis(250);
+
 /// The relay's only message.
 pub(crate) enum RelayMsg {
     /// Publish what is pending, then wait for more.
@@ -112,6 +115,8 @@ pub(crate) struct RelayArgs {
     pub mark: MarkPublished,
     /// Told of every event published.
     pub published: Arc<Published>,
+    /// While this fence is set, nothing is published.
+    pub held_by: Option<Arc<crate::fence::Fence>>,
     /// Signalled by the writer after each commit.
     pub wakeup: Arc<Notify>,
     /// Injected failures.
@@ -140,6 +145,10 @@ impl Actor for OutboxRelay {
         _msg: RelayMsg,
         state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.args.held_by.as_ref().is_some_and(|fence| fence.is_fenced()) {
+            myself.send_after(HELD_CHECK, || RelayMsg::Drain);
+            return Ok(());
+        }
         let published = publish_round(&state.args).await?;
         match published {
             Round::Empty => {
@@ -168,7 +177,10 @@ impl Actor for OutboxRelay {
     }
 
     async fn post_stop(&self, _myself: ActorRef<RelayMsg>, state: &mut RelayState) -> Result<(), ActorProcessingErr> {
-        // Flush what the owner committed before shutdown, within a bounded time.
+        // Flush what the owner committed before shutdown, within a bounded time (unless held).
+        if state.args.held_by.as_ref().is_some_and(|fence| fence.is_fenced()) {
+            return Ok(());
+        }
         let flush = async { while let Ok(Round::All) = publish_round(&state.args).await {} };
         if tokio::time::timeout(Duration::from_secs(5), flush).await.is_err() {
             tracing::warn!("outbox not fully flushed at shutdown; the rest goes out at the next start");

@@ -52,8 +52,17 @@ pub(crate) async fn watch_standbys(
     use std::sync::atomic::Ordering;
     let subject = standby_subject(context);
     loop {
-        let standby =
-            !fence.is_standing_by() && bus.request(&subject, &[], Vec::new(), Duration::from_secs(1)).await.is_ok();
+        // Only "no responders" says nobody stands by; a request that gets no answer at all (NATS
+        // away) leaves the answer as it was: a holder cut off from NATS may be taken over.
+        let standby = if fence.is_standing_by() {
+            false
+        } else {
+            match bus.request(&subject, &[], Vec::new(), Duration::from_secs(1)).await {
+                Ok(_) => true,
+                Err(e) if e.to_string().contains("no responders") => false,
+                Err(_) => answers_when_published.load(Ordering::Relaxed),
+            }
+        };
         if answers_when_published.swap(standby, Ordering::Relaxed) != standby {
             tracing::info!(
                 %context,

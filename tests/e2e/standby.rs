@@ -17,15 +17,27 @@ const STORES: usize = 200;
 const FOLLOWED_BEFORE_KILL: usize = 100;
 const KILL_AFTER: usize = 130;
 
-fn spawn_owner(env: &TestEnv, data: &std::path::Path) -> Child {
+/// A `carrier run` killed when dropped: one left behind by a failed test would go on
+/// reconnecting to its port, and join whichever test's server gets that port next.
+struct Owner(Child);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_owner(env: &TestEnv, data: &std::path::Path) -> Owner {
     let log = File::create(env.data_dir().join("first.log")).expect("log file");
-    Command::new(carrier_bin())
+    let child = Command::new(carrier_bin())
         .args(["run", "--contexts", "stores", "--nats-url", &env.url(), "--data-dir"])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
-        .expect("carrier run starts")
+        .expect("carrier run starts");
+    Owner(child)
 }
 
 /// Creates store `s{i}` as any NATS client would: retried while nobody answers (during the
@@ -120,8 +132,8 @@ async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_i
         async move { n >= KILL_AFTER }
     })
     .await;
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
     let killed = Instant::now();
     writer.await.expect("every command decided by one instance or the other");
     let took_over = killed.elapsed();
