@@ -871,7 +871,7 @@ impl<K: ContextKind> ContextHandle<K> {
             + Send
             + 'static,
     ) -> Result<Result<Decided<K::Event>, CommandError>, LookupError> {
-        let decided = self.decide_committed(key, decision).await;
+        let decided = self.decide_committed(key, Box::new(decision)).await;
         if !self.answers_when_published.load(std::sync::atomic::Ordering::Relaxed) {
             return decided;
         }
@@ -896,12 +896,7 @@ impl<K: ContextKind> ContextHandle<K> {
     async fn decide_committed(
         &self,
         key: Option<IdempotencyKey>,
-        decision: impl FnMut(
-                &carrier_storage::WriteTransaction,
-                &mut carrier_storage::Emitter<'_, K::Event>,
-            ) -> Result<(), CommandError>
-            + Send
-            + 'static,
+        decision: carrier_storage::Decision<K>,
     ) -> Result<Result<Decided<K::Event>, CommandError>, LookupError> {
         if self.fence.is_fenced() {
             let reason = self.fence.reason().unwrap_or_default();
@@ -917,7 +912,7 @@ impl<K: ContextKind> ContextHandle<K> {
         let writer = self.writer.wait(Duration::from_secs(5)).await.ok_or(LookupError::Unavailable)?;
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let id = self.decisions.id();
-        if self.decisions.push(QueuedDecision { id, decision: Box::new(decision), key, reply: tx })
+        if self.decisions.push(QueuedDecision { id, decision, key, reply: tx })
             && writer.send_message(WriterMsg::Decide).is_err()
         {
             // The writer is gone: take the command back, so that "unavailable" means it was not

@@ -176,21 +176,7 @@ mod tests {
         ] {
             decider.execute(&command, &c).expect("decided");
         }
-        let published: Vec<crate::Inbound<CustomersEvent>> = decider
-            .outbox_pending(10)
-            .expect("outbox")
-            .into_iter()
-            .enumerate()
-            .map(|(i, (_, e))| crate::Inbound {
-                stream_seq: i as u64 + 1,
-                decoded: carrier_messages::Decoded::decode(
-                    &e.subject,
-                    |h| e.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
-                    &e.body,
-                )
-                .expect("decodes"),
-            })
-            .collect();
+        let published = crate::context::outbox_as_delivered(&decider);
         follower.follow("customers-self", &published, 0).expect("followed");
         follower.follow("customers-self", &published[1..], 0).expect("a batch again changes nothing");
         assert_eq!(follower.file().customers().expect("rows"), decider.file().customers().expect("rows"));

@@ -334,21 +334,7 @@ mod tests {
         for command in &commands {
             decider.execute(command, &c).expect("decided");
         }
-        let published: Vec<crate::Inbound<StoresEvent>> = decider
-            .outbox_pending(100)
-            .expect("outbox")
-            .into_iter()
-            .enumerate()
-            .map(|(i, (_, e))| crate::Inbound {
-                stream_seq: i as u64 + 1,
-                decoded: carrier_messages::Decoded::decode(
-                    &e.subject,
-                    |h| e.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
-                    &e.body,
-                )
-                .expect("decodes"),
-            })
-            .collect();
+        let published = crate::context::outbox_as_delivered(&decider);
         let (_b, follower) = db();
         assert_eq!(follower.follow("stores-self", &published[..3], 0).expect("followed"), 3);
         assert_eq!(follower.follow("stores-self", &published, 0).expect("followed again"), 7);

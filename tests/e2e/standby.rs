@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use carrier_actors::bus::Bus;
 use carrier_actors::{CarrierSystem, Health};
 use carrier_mall::stores::StoresHandle;
-use carrier_tests::{carrier_bin, wait_until, TestEnv};
+use carrier_tests::browser::Browser;
+use carrier_tests::{carrier_bin, http_get, wait_until, CarrierProcess, TestEnv};
 
 const STORES: usize = 200;
 const FOLLOWED_BEFORE_KILL: usize = 100;
@@ -199,4 +200,37 @@ async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_i
     );
     again.shutdown().await;
     second.shutdown().await;
+}
+
+#[test]
+fn an_instance_standing_by_says_so_on_its_dashboard_and_is_not_ready() {
+    let env = TestEnv::start();
+    let (_first, _) = CarrierProcess::run_ready(&env.url(), &env.data_dir(), "stores", &[]);
+    let other = tempfile::tempdir().expect("second data dir");
+    let data = other.path().to_string_lossy().to_string();
+    let mut second = CarrierProcess::spawn(&[
+        "run",
+        "--contexts",
+        "stores",
+        "--nats-url",
+        &env.url(),
+        "--data-dir",
+        &data,
+        "--dashboard-addr",
+        "127.0.0.1:0",
+    ]);
+    let dashboard = second.dashboard_url(Duration::from_secs(30));
+    // Not ready for commands (a load balancer sends them to the holder), saying why.
+    let (status, body) = http_get(&format!("{dashboard}/readyz"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("standing by"), "{body}");
+    let browser = Browser::start();
+    browser.goto(&format!("{dashboard}/"));
+    browser.wait_for(
+        Duration::from_secs(15),
+        "the header and the leases table showing the standby and the holder",
+        r#"return document.querySelector('#instance').textContent.includes('standing by: stores')
+            && !!document.querySelector('#leases [data-standby="stores"]')
+            && !!document.querySelector('#leases tr[data-context="stores"][data-mine="false"]');"#,
+    );
 }
