@@ -475,9 +475,13 @@ impl<A: Aggregate> EventStore<A> {
                     stats.conflicts.fetch_add(1, Ordering::Relaxed);
                     record(Self::context(), "conflict_retried");
                     tracing::debug!(aggregate = A::KIND, %id, attempt, "another writer appended first; deciding again");
-                    // Losers that reload at once tend to meet again: spread them out a little.
+                    // Losers that reload at once tend to meet again, and an instance with a queue
+                    // of commands for the aggregate wins again and again against one that
+                    // reloads between them: back off exponentially, jittered (2, 4, ... 128 ms,
+                    // each from half to one and a half times that), so the other drains its queue.
                     if attempt > 1 {
-                        tokio::time::sleep(Duration::from_millis(u64::from(attempt) * (1 + rand_jitter() % 5))).await;
+                        let base = 1u64 << attempt.min(7);
+                        tokio::time::sleep(Duration::from_millis(base / 2 + rand_jitter() % base)).await;
                     }
                 }
                 Err(AppendError::Bus(e)) => {

@@ -30,7 +30,7 @@ mod status;
 
 pub use config::ConfigError;
 pub use inspect::money;
-pub use run::{shutdown_signal, stop_running, stop_within, STOP_LIMIT};
+pub use run::{listen_for_stop, shutdown_signal, stop_running, stop_within, STOP_LIMIT};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -50,6 +50,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     // No line per event by default: the flow log (`carrier::flow`) is the demo's; turn it on with
     // RUST_LOG=info,carrier::flow=info.
     crate::init_logging("info,carrier::flow=warn", false);
+    listen_for_stop();
     args.dashboard.check()?;
     let contexts = if args.contexts.is_empty() {
         app.contexts.clone()
@@ -81,7 +82,14 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         config.faults = std::sync::Arc::new(faults);
     }
     let exporter = crate::otel::start(&args.otlp).await?;
-    let system = CarrierSystem::start(config).await.context("carrier did not start")?;
+    // A signal while starting stops the start (it may be waiting for NATS).
+    let system = tokio::select! {
+        system = CarrierSystem::start(config) => system.context("carrier did not start")?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped while starting");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let dashboard = crate::dashboard::start(&args.dashboard, system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
@@ -157,15 +165,43 @@ fn signal_listener() -> impl std::future::Future<Output = ()> {
                     _ = int.recv() => {}
                 }
             }
-            _ => shutdown_signal().await,
+            _ => wait_for_signal().await,
         }
         #[cfg(not(unix))]
-        shutdown_signal().await;
+        wait_for_signal().await;
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
+/// Where [`listen_for_stop`] says a stop signal came.
+static STOP: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+/// Listens for SIGINT and SIGTERM from now on, for [`shutdown_signal`]: a long-running command
+/// calls it first, so that a signal sent while it starts (say, once its consumers have
+/// acknowledged something, before it has logged that it runs) stops it cleanly instead of
+/// killing it.
+pub fn listen_for_stop() {
+    let listener = signal_listener();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if STOP.set(rx).is_ok() {
+        tokio::spawn(async move {
+            listener.await;
+            let _ = tx.send(true);
+        });
+    }
+}
+
+/// Waits for SIGINT or SIGTERM (since [`listen_for_stop`] when it was called).
 pub async fn shutdown_signal() {
+    if let Some(stop) = STOP.get() {
+        let mut stop = stop.clone();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        return;
+    }
+    wait_for_signal().await;
+}
+
+/// Waits for the next SIGINT or SIGTERM.
+async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -176,6 +176,8 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         consumer.dead_lettered.load(Relaxed)
     );
     if args.stay {
+        // Listening before saying so: a signal sent on reading the line stops it cleanly.
+        carrier_cli::listen_for_stop();
         match &dashboard {
             Some(d) => println!("\nStill running: the dashboard is at {}/ ; Ctrl-C stops.", d.url()),
             None => println!("\nStill running; Ctrl-C stops."),

@@ -66,6 +66,7 @@ fn parse_store_id(id: &str) -> Result<String, String> {
 }
 
 pub async fn main(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
+    carrier_cli::listen_for_stop();
     carrier_cli::init_logging(&format!("{},carrier::flow=warn", args.log_level), false);
     let data_dir = args.data_dir.clone().unwrap_or_else(|| std::path::Path::new("./carrier-data").join(&args.store_id));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;

@@ -39,6 +39,7 @@ pub struct WhiskoArgs {
 }
 
 pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
+    carrier_cli::listen_for_stop();
     carrier_cli::init_logging("info,carrier::flow=warn", false);
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let nats = if args.local_nats {
