@@ -39,7 +39,7 @@ use carrier_storage::{
     Follows, Reacts, Resyncs, StorageError,
 };
 
-use crate::bus::{Bus, BusError};
+use crate::bus::Bus;
 use crate::cache::{CacheSettings, ContextBuilder, ContextHandle, Prefetch};
 use crate::commands::Decide;
 use crate::consumer::ConsumerStats;
@@ -49,33 +49,7 @@ use crate::supervisor::{SupervisionTree, SupervisorArgs};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Why the system did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// NATS was unreachable or refused a stream.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// A database could not be opened.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// An actor failed to start.
-    #[error("actors failed to start: {0}")]
-    Actors(String),
-    /// Another instance runs the context (see `instance`).
-    #[error(
-        "{context} already runs in another Carrier instance ({holder}); two instances of a context would \
-         split its durable consumers and each cache would miss events. Stop that instance first (the lease \
-         of one that died expires {lease_seconds} s after its last renewal)"
-    )]
-    AlreadyRunning {
-        /// The context.
-        context: String,
-        /// Who holds it.
-        holder: String,
-        /// How long a lease outlives its holder's last renewal.
-        lease_seconds: u64,
-    },
-}
+pub use crate::start_error::StartError;
 
 /// A stream a context reads: whose it is, its name and the subjects it captures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

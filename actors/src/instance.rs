@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bus::{Bus, Claimed, LeaseBucket};
-use crate::context::StartError;
 use crate::fence::Fence;
+use crate::start_error::StartError;
 
 pub use crate::fence::{Holder, LEASE_BUCKET, LEASE_TTL};
 

@@ -47,6 +47,7 @@ pub mod responder;
 pub mod resync;
 mod serve;
 pub mod standby;
+mod start_error;
 pub mod supervisor;
 pub mod system;
 pub mod telemetry;

@@ -133,7 +133,7 @@ pub(crate) async fn start_afresh<K: carrier_storage::ContextKind>(
     bus: &Bus,
     path: &std::path::Path,
     cache_bytes: usize,
-) -> Result<(), crate::context::StartError> {
+) -> Result<(), crate::start_error::StartError> {
     if !path.exists() {
         return Ok(());
     }
@@ -154,7 +154,7 @@ pub(crate) async fn start_afresh<K: carrier_storage::ContextKind>(
         );
     }
     std::fs::remove_file(path).map_err(|e| {
-        crate::context::StartError::Actors(format!("cannot start {} afresh ({}): {e}", K::NAME, path.display()))
+        crate::start_error::StartError::Actors(format!("cannot start {} afresh ({}): {e}", K::NAME, path.display()))
     })?;
     Ok(())
 }
@@ -199,7 +199,7 @@ pub(crate) async fn run<K: Follows>(handle: ContextHandle<K>, bus: Bus, standby:
                     tracing::info!(%context, target = ?target, "this instance holds the lease; catching up");
                     continue;
                 }
-                Err(crate::context::StartError::AlreadyRunning { holder, .. }) => {
+                Err(crate::start_error::StartError::AlreadyRunning { holder, .. }) => {
                     fence.stand_by(format!("standing by: another instance holds its lease ({holder})"));
                 }
                 Err(error) => tracing::warn!(%context, %error, "cannot claim the context's lease; trying again"),
