@@ -17,6 +17,22 @@ async fn stream_info(js: &async_nats::jetstream::Context, name: &str) -> Option<
     stream.info().await.ok().cloned()
 }
 
+/// The stream's info once the JetStream API answers for it: right after a node dies, the
+/// cluster may be electing a meta leader too, and API requests go unanswered meanwhile.
+async fn stream_info_eventually(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::Info {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(info) = stream_info(js, name).await {
+            return info;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name}'s info never answered within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Asks the stream's leader to step down until `node` leads it (the meta leader picks anew each
 /// time).
 async fn lead_from(client: &async_nats::Client, js: &async_nats::jetstream::Context, stream: &str, node: &str) {
@@ -108,7 +124,7 @@ async fn the_stream_leaders_node_killed_mid_stream_loses_nothing_and_applies_not
         async move { n == STORES }
     })
     .await;
-    let after = stream_info(&js, "STORES").await.expect("STORES answers");
+    let after = stream_info_eventually(&js, "STORES").await;
     let new_leader = after.cluster.as_ref().and_then(|c| c.leader.clone()).expect("a new leader");
     assert_ne!(new_leader, leader, "another node leads the stream");
     assert_eq!(after.state.messages, STORES as u64, "each event stored once (the outbox's retries are de-duplicated)");
