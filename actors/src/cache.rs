@@ -410,10 +410,12 @@ async fn handle_other<K: ContextKind>(
                     answers.push((reply, held));
                 }
                 let results = db.decide_all_keyed(&mut decisions, &keys);
-                // Each key is let go after its answer is sent (`held` drops after `send`).
+                // Each key is let go before its answer is sent: the commit is done (a resend finds
+                // the key stored, or decides anew after a refusal, which keeps no key), and a caller
+                // that resends as soon as it has the answer must not find the key still in flight.
                 for ((reply, held), result) in answers.into_iter().zip(results) {
-                    let _ = reply.send(result);
                     drop(held);
+                    let _ = reply.send(result);
                 }
             })
             .await?;
