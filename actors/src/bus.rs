@@ -1127,12 +1127,19 @@ impl Bus {
 
 /// How a request's timeout is worded (see [`BusError::is_timeout`]).
 const NO_REPLY_WITHIN: &str = "no reply within";
+/// How the client words a request nobody is subscribed to.
+const NO_RESPONDERS: &str = "no responders";
 
 impl BusError {
     /// Whether a request got no reply in time: unlike "no responders", the request may have
     /// been received and acted on, so its outcome is unknown.
     pub fn is_timeout(&self) -> bool {
         matches!(self, BusError::Publish { reason, .. } if reason.starts_with(NO_REPLY_WITHIN))
+    }
+
+    /// Whether a request found nobody subscribed to its subject (the server said so at once).
+    pub fn is_no_responders(&self) -> bool {
+        matches!(self, BusError::Publish { reason, .. } if reason.starts_with(NO_RESPONDERS))
     }
 }
 

@@ -59,7 +59,7 @@ pub(crate) async fn watch_standbys(
         } else {
             match bus.request(&subject, &[], Vec::new(), Duration::from_secs(1)).await {
                 Ok(_) => true,
-                Err(e) if e.to_string().contains("no responders") => false,
+                Err(e) if e.is_no_responders() => false,
                 Err(_) => answers_when_published.load(Ordering::Relaxed),
             }
         };
