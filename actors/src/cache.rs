@@ -46,6 +46,8 @@ pub trait WriteJob<K>: Send + 'static {
 struct ApplyJob<E> {
     batch: ApplyBatch<E>,
     context: &'static str,
+    /// Applied with [`FileWriter::apply_caching`]: the context follows its own stream.
+    caching: bool,
 }
 
 impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
@@ -60,7 +62,7 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
             let _ = reply.send(outcome.map_err(|error| ApplyFailed { error, batch }));
             return false;
         }
-        let context = self.context;
+        let (context, caching) = (self.context, self.caching);
         let labels: Option<Vec<String>> = flow::enabled().then(|| {
             batch
                 .iter()
@@ -71,7 +73,11 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
             flow::enter(label);
         }
         let started = std::time::Instant::now();
-        match db.apply(&consumer, &batch, through) {
+        let applied = match caching {
+            true => db.apply_caching(&consumer, &batch, through),
+            false => db.apply(&consumer, &batch, through),
+        };
+        match applied {
             Ok(outcome) => {
                 if let Some(metrics) = crate::metrics::get() {
                     metrics.record_commit(context, batch.len(), started.elapsed());
@@ -1061,6 +1067,9 @@ pub(crate) struct ContextBuilder<K: ContextKind> {
     /// Whether its relay publishes nothing while the context is fenced (see
     /// [`ContextBuilder::relay_held_by_fence`]).
     relay_held: bool,
+    /// Whether what it reads of other streams may only fill caches (see
+    /// [`ContextBuilder::caching_only`]).
+    caching_only: bool,
 }
 
 impl<K: ContextKind> ContextBuilder<K> {
@@ -1096,6 +1105,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             file,
             instance: None,
             relay_held: false,
+            caching_only: false,
         }
     }
 
@@ -1106,6 +1116,16 @@ impl<K: ContextKind> ContextBuilder<K> {
     pub(crate) fn relay_held_by_fence(&mut self) -> &mut Self {
         self.relay_held = true;
         self
+    }
+
+    /// For a context that follows its own stream (and so may stand by): its consumers of other
+    /// streams only fill caches, which every instance keeps for itself. Each reads through a
+    /// durable of this instance's own, goes on while the context is fenced (an instance standing
+    /// by keeps its caches current), and refuses a reaction that emits an event
+    /// ([`FileWriter::apply_caching`]): an instance standing by must have no effect.
+    pub(crate) fn caching_only(&mut self, suffix: String) -> &mut Self {
+        self.caching_only = true;
+        self.per_instance(suffix)
     }
 
     /// Gives every consumer of this context a durable of this instance's own (a read model runs
@@ -1163,7 +1183,11 @@ impl<K: ContextKind> ContextBuilder<K> {
         let source = E::CONTEXT;
         let context = self.context;
         let stats = Arc::new(ConsumerStats::default());
-        let control = Arc::new(crate::offsets::ConsumerControl::fenced_by(self.handle.fence.clone()));
+        let control = Arc::new(match self.caching_only {
+            false => crate::offsets::ConsumerControl::fenced_by(self.handle.fence.clone()),
+            true => crate::offsets::ConsumerControl::default(),
+        });
+        let caching = self.caching_only;
         self.handle.consumers.push((source, stats.clone()));
         let durable = self.durable(source);
         // A read model moving to durables of its own keeps its place: its checkpoint was kept
@@ -1247,7 +1271,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                         });
                     }) as crate::consumer::PositionLostHook
                 });
-                let target = apply_target::<K, E>(writer, context, prefetch, handle);
+                let target = apply_target::<K, E>(writer, context, caching, prefetch, handle);
                 let args = ConsumerArgs {
                     on_position_lost,
                     bus,
@@ -1468,11 +1492,12 @@ fn log_adopt(result: Result<Adopted, StorageError>) {
 fn apply_target<K: Reacts<E>, E: DomainEvent>(
     writer: ActorRef<WriterMsg<K>>,
     context: &'static str,
+    caching: bool,
     prefetch: Option<Prefetch<K, E>>,
     handle: ContextHandle<K>,
 ) -> BatchTarget<E> {
     Arc::new(move |batch: ApplyBatch<E>| {
-        let job = ApplyJob { batch, context };
+        let job = ApplyJob { batch, context, caching };
         match &prefetch {
             None => writer.send_message(WriterMsg::Apply(Box::new(job))).is_ok(),
             Some(prefetch) => {

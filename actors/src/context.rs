@@ -458,7 +458,9 @@ impl<K: ContextKind> ContextDecl<K> {
     /// group commit) and returns the event it recorded: a [`Decoded`](carrier_messages::Decoded) event, or the [`Decided`]
     /// that [`ContextHandle::execute_once`] returns, which also says whether it answers an
     /// earlier send of the same idempotency key (`causality.idempotency`, from the request's
-    /// `Idempotency-Key` header).
+    /// `Idempotency-Key` header) and, when the context has a standby, where its event was
+    /// published (the reply's `position`). Return that `Decided`: a bare `Decoded` answers
+    /// without either.
     pub fn commands<C, F, Fut, R>(mut self, decide: F) -> Self
     where
         C: DeserializeOwned + JsonSchema + Send + Sync + 'static,
@@ -515,10 +517,11 @@ impl<K: ContextKind> ContextDecl<K> {
     /// when the instance holding the context's lease dies (its lease expires), deciding
     /// commands on the state that was published (see [`crate::standby`]).
     ///
-    /// # Panics
-    ///
-    /// [`build`](Self::build) panics when the context also consumes other contexts' streams:
-    /// an instance standing by keeps no position in them yet.
+    /// What it [`consume`](Self::consume)s of other streams may only fill caches: every
+    /// instance, holding or standing by, keeps its own through durables of its own
+    /// (`<context>-<source>-<instance>`), and a reaction that emits an event refuses its batch
+    /// (it is dead-lettered like any event that cannot be applied): the standby would emit it
+    /// a second time. A context that reacts with effects cannot follow itself.
     pub fn follows_itself(mut self) -> Self
     where
         K: Follows,
@@ -563,11 +566,6 @@ impl<K: ContextKind> ContextDecl<K> {
     /// The declaration.
     pub fn build(self) -> BoundedContext {
         let ContextDecl { read_model, decides, reads, endpoints, mut fallbacks, steps, servers, follower } = self;
-        assert!(
-            follower.is_none() || reads.is_empty(),
-            "{}: a context that follows itself (stands by) consumes no other stream yet",
-            K::NAME
-        );
         let publishes = (!K::Event::EVENT_TYPES.is_empty()).then(StreamDoc::of::<K::Event>);
         assert!(
             !read_model || (publishes.is_none() && !decides),
@@ -592,6 +590,9 @@ impl<K: ContextKind> ContextDecl<K> {
                 let mut builder = ContextBuilder::new(env.bus.clone(), db, env.settings, env.faults);
                 if read_model {
                     builder.per_instance(env.instance_suffix.clone());
+                }
+                if follower.is_some() {
+                    builder.caching_only(env.instance_suffix.clone());
                 }
                 builder.fenced_by(env.fence.clone());
                 if follower.is_some() {

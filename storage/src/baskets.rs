@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use carrier_messages::baskets::*;
 use carrier_messages::codec::Causality;
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
-use carrier_messages::DomainEvent;
+use carrier_messages::{DomainEvent, Envelope};
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
-use crate::context::{ContextFile, ContextKind, Decides, Emitter};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -110,6 +110,25 @@ impl Decides<PricedBasketCommand> for Baskets {
     }
 }
 
+impl Follows for Baskets {
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &BasketsEvent) -> Result<(), StorageError> {
+        let mut table = txn.open_table(BASKETS).during("open baskets")?;
+        let id = event.aggregate_id();
+        let current: Option<BasketRow> = {
+            let row = table.get(id).during("read baskets")?;
+            row.map(|g| decode_row("baskets", g.value())).transpose()?
+        };
+        if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
+            return Ok(());
+        }
+        let row = evolve(current, event);
+        let row = BasketRow { version: envelope.aggregate_version, ..row };
+        let bytes = encode_row("baskets", &row)?;
+        table.insert(id, bytes.as_slice()).during("write baskets")?;
+        Ok(())
+    }
+}
+
 impl ContextFile<Baskets> {
     /// One basket.
     pub fn basket(&self, id: &str) -> Result<Option<BasketRow>, StorageError> {
@@ -138,15 +157,14 @@ fn decide_basket(
         if current.is_some() {
             return Err(CommandError::AlreadyExists { kind: "basket", id });
         }
-        let row =
-            BasketRow { customer_id: customer_id.clone(), items: Vec::new(), status: BasketStatus::Open, version: 1 };
-        return Ok((BasketsEvent::BasketStarted(BasketStarted { id, customer_id: customer_id.clone() }), row));
+        let event = BasketsEvent::BasketStarted(BasketStarted { id, customer_id: customer_id.clone() });
+        let row = BasketRow { version: 1, ..evolve(None, &event) };
+        return Ok((event, row));
     }
-    let mut row = current.ok_or_else(|| CommandError::NotFound { kind: "basket", id: id.clone() })?;
+    let row = current.ok_or_else(|| CommandError::NotFound { kind: "basket", id: id.clone() })?;
     if row.status != BasketStatus::Open {
         return Err(CommandError::Rejected(format!("basket {id:?} is {:?}, not open", row.status).to_lowercase()));
     }
-    row.version += 1;
     let event = match command {
         C::StartBasket { .. } => unreachable!("handled above"),
         C::AddItem { product_id, quantity, .. } => {
@@ -155,30 +173,17 @@ fn decide_basket(
             }
             let mut item = item.ok_or_else(|| CommandError::NotFound { kind: "product", id: product_id.clone() })?;
             item.quantity = *quantity;
-            match row.items.iter_mut().find(|i| i.product_id == item.product_id) {
-                // The line keeps the newest names and price: what the customer saw last.
-                Some(line) => {
-                    let quantity = line.quantity.saturating_add(item.quantity);
-                    *line = BasketItem { quantity, ..item.clone() };
-                }
-                None => row.items.push(item.clone()),
-            }
             BasketsEvent::BasketItemAdded(BasketItemAdded { id, item })
         }
         C::RemoveItem { product_id, quantity, .. } => {
-            let Some(index) = row.items.iter().position(|i| &i.product_id == product_id) else {
+            let Some(line) = row.items.iter().find(|i| &i.product_id == product_id) else {
                 return Err(CommandError::NotFound { kind: "basket item", id: product_id.clone() });
             };
-            let held = row.items[index].quantity;
+            let held = line.quantity;
             if *quantity <= 0 || *quantity > held {
                 return Err(CommandError::Rejected(format!(
                     "can remove 1 to {held} of product {product_id:?}, not {quantity}"
                 )));
-            }
-            if *quantity == held {
-                row.items.remove(index);
-            } else {
-                row.items[index].quantity -= quantity;
             }
             BasketsEvent::BasketItemRemoved(BasketItemRemoved {
                 id,
@@ -186,15 +191,11 @@ fn decide_basket(
                 quantity: *quantity,
             })
         }
-        C::CancelBasket { .. } => {
-            row.status = BasketStatus::Canceled;
-            BasketsEvent::BasketCanceled(BasketCanceled { id })
-        }
+        C::CancelBasket { .. } => BasketsEvent::BasketCanceled(BasketCanceled { id }),
         C::CheckoutBasket { payment_id, .. } => {
             if row.items.is_empty() {
                 return Err(CommandError::Rejected(format!("basket {id:?} is empty")));
             }
-            row.status = BasketStatus::CheckedOut;
             BasketsEvent::BasketCheckedOut(BasketCheckedOut {
                 id,
                 customer_id: row.customer_id.clone(),
@@ -203,7 +204,51 @@ fn decide_basket(
             })
         }
     };
-    Ok((event, row))
+    let version = row.version + 1;
+    Ok((event.clone(), BasketRow { version, ..evolve(Some(row), &event) }))
+}
+
+/// A basket after `event`: the one fold that both deciding a command and following the
+/// context's own stream (an instance standing by) use, so the two can never disagree. The
+/// version is the caller's to set.
+fn evolve(current: Option<BasketRow>, event: &BasketsEvent) -> BasketRow {
+    let mut row = current.unwrap_or_else(|| BasketRow {
+        customer_id: String::new(),
+        items: Vec::new(),
+        status: BasketStatus::Open,
+        version: 0,
+    });
+    match event {
+        BasketsEvent::BasketStarted(e) => {
+            row.customer_id = e.customer_id.clone();
+            row.items.clear();
+            row.status = BasketStatus::Open;
+        }
+        BasketsEvent::BasketItemAdded(e) => match row.items.iter_mut().find(|i| i.product_id == e.item.product_id) {
+            // The line keeps the newest names and price: what the customer saw last.
+            Some(line) => {
+                let quantity = line.quantity.saturating_add(e.item.quantity);
+                *line = BasketItem { quantity, ..e.item.clone() };
+            }
+            None => row.items.push(e.item.clone()),
+        },
+        BasketsEvent::BasketItemRemoved(e) => {
+            if let Some(index) = row.items.iter().position(|i| i.product_id == e.product_id) {
+                if row.items[index].quantity <= e.quantity {
+                    row.items.remove(index);
+                } else {
+                    row.items[index].quantity -= e.quantity;
+                }
+            }
+        }
+        BasketsEvent::BasketCanceled(_) => row.status = BasketStatus::Canceled,
+        BasketsEvent::BasketCheckedOut(e) => {
+            row.customer_id = e.customer_id.clone();
+            row.items = e.items.clone();
+            row.status = BasketStatus::CheckedOut;
+        }
+    }
+    row
 }
 
 impl CacheKind for Baskets {
@@ -281,6 +326,94 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = crate::FileWriter::<Baskets>::open(dir.path().join("baskets.redb")).expect("open");
         (dir, db)
+    }
+
+    fn item(product: &str, price: i64) -> BasketItem {
+        BasketItem {
+            store_id: "s".into(),
+            store_name: "Shop".into(),
+            product_id: product.into(),
+            product_name: product.to_uppercase(),
+            price,
+            quantity: 0,
+        }
+    }
+
+    fn basket_command(db: &crate::FileWriter<Baskets>, command: BasketsCommand, item: Option<BasketItem>) {
+        let c = Causality::default();
+        db.execute(&PricedBasketCommand { command, item }, &c).expect("decided");
+    }
+
+    #[test]
+    fn a_follower_of_the_published_baskets_ends_with_the_deciders_rows_and_skips_what_it_has() {
+        let (_a, decider) = db();
+        let (b, p) = (|| "b".to_string(), |id: &str| id.to_string());
+        basket_command(&decider, BasketsCommand::StartBasket { id: b(), customer_id: "c".into() }, None);
+        for (product, quantity, price) in [("tea", 2, 300), ("jam", 1, 450), ("tea", 3, 320)] {
+            let command = BasketsCommand::AddItem { id: b(), product_id: p(product), quantity };
+            basket_command(&decider, command, Some(item(product, price)));
+        }
+        basket_command(&decider, BasketsCommand::RemoveItem { id: b(), product_id: p("jam"), quantity: 1 }, None);
+        basket_command(&decider, BasketsCommand::RemoveItem { id: b(), product_id: p("tea"), quantity: 1 }, None);
+        basket_command(&decider, BasketsCommand::StartBasket { id: "x".into(), customer_id: "d".into() }, None);
+        basket_command(&decider, BasketsCommand::CancelBasket { id: "x".into() }, None);
+        basket_command(&decider, BasketsCommand::CheckoutBasket { id: b(), payment_id: "pay".into() }, None);
+        let published = crate::context::outbox_as_delivered(&decider);
+        assert_eq!(published.len(), 9);
+
+        let (_b, follower) = db();
+        assert_eq!(follower.follow("baskets-self", &published[..4], 0).expect("followed"), 4);
+        assert_eq!(follower.follow("baskets-self", &published, 0).expect("followed again"), 9);
+        // A batch that comes again (a crash before its checkpoint) changes nothing.
+        follower.follow("baskets-self", &published, 0).expect("followed a third time");
+        assert_eq!(follower.file().baskets().expect("baskets"), decider.file().baskets().expect("baskets"));
+        let basket = follower.file().basket("b").expect("read").expect("kept");
+        assert_eq!(basket.status, BasketStatus::CheckedOut);
+        assert_eq!(basket.version, 7);
+        let lines: Vec<(String, i64, i64)> =
+            basket.items.iter().map(|i| (i.product_id.clone(), i.quantity, i.price)).collect();
+        assert_eq!(lines, vec![("tea".to_string(), 4, 320)]);
+        assert_eq!(follower.outbox_len().expect("outbox"), 0, "a follower publishes nothing");
+    }
+
+    #[test]
+    fn a_context_that_follows_itself_refuses_a_reaction_that_emits() {
+        // Payments emits from its reaction to ordering's events: applied as a cache, the batch is
+        // refused and nothing of it is kept.
+        use crate::payments::Payments;
+        use carrier_messages::ordering::{OrderCreated, OrderingEvent};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let payments = crate::FileWriter::<Payments>::open(dir.path().join("payments.redb")).expect("open");
+        use carrier_messages::customers::{CustomerDisabled, CustomerRegistered, CustomersEvent};
+        let c = Causality::default();
+        let registered = CustomerRegistered { id: "c".into(), name: "Ann".into(), sms_number: "555".into() };
+        let customer = [
+            Inbound { stream_seq: 1, decoded: Decoded::new(CustomersEvent::CustomerRegistered(registered), 1, &c) },
+            Inbound {
+                stream_seq: 2,
+                decoded: Decoded::new(CustomersEvent::CustomerDisabled(CustomerDisabled { id: "c".into() }), 2, &c),
+            },
+        ];
+        // Caches fill as usual.
+        payments.apply_caching("payments-customers", &customer, 0).expect("cached");
+        let created = OrderingEvent::OrderCreated(OrderCreated {
+            id: "o".into(),
+            customer_id: "c".into(),
+            payment_id: "pay".into(),
+            items: Vec::new(),
+            total: 0,
+        });
+        let inbound = Inbound { stream_seq: 3, decoded: Decoded::new(created, 1, &c) };
+        let refused = payments.apply_caching("payments-ordering", &[inbound.clone()], 0);
+        match refused {
+            Err(StorageError::Poison { stream_seq, reason }) => {
+                assert_eq!(stream_seq, 3);
+                assert!(reason.contains("may only fill its caches"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(payments.outbox_len().expect("outbox"), 0);
+        assert_eq!(payments.checkpoint("payments-ordering").expect("checkpoint"), 0);
     }
 
     #[test]

@@ -171,6 +171,36 @@ impl<K: Reacts<E>, E: DomainEvent> Projection<E> for ReactProjection<K, E> {
     }
 }
 
+/// Hands events of type `E` to `K`'s reaction and refuses any event the reaction emits: a
+/// context that follows itself keeps its own rows from its own stream, so what it reads of other
+/// streams may only fill caches (see [`FileWriter::apply_caching`]).
+struct CacheProjection<K, E>(PhantomData<fn() -> (K, E)>);
+
+impl<K: Reacts<E>, E: DomainEvent> Projection<E> for CacheProjection<K, E> {
+    type Tables<'txn> = (K::Tables<'txn>, Emitter<'txn, K::Event>);
+
+    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<Self::Tables<'txn>, StorageError> {
+        Ok((K::open(txn)?, Emitter::open(txn)?))
+    }
+
+    fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError> {
+        let before = tables.1.count();
+        K::react(&mut tables.0, &mut tables.1, envelope, event)?;
+        if tables.1.count() > before {
+            return Err(StorageError::Poison {
+                stream_seq: 0,
+                reason: format!(
+                    "{} reacted to {} with an event of its own, but it follows its own stream (it stands by): \
+                     what it reads of other streams may only fill its caches",
+                    K::NAME,
+                    envelope.event_type
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A context's redb file, `<context>.redb`, for reading: what handles, queries, the dashboard and
 /// tests hold. Only its [`FileWriter`] writes it.
 pub struct ContextFile<K> {
@@ -407,6 +437,32 @@ impl<K: ContextKind> FileWriter<K> {
         if let Some(file) = &self.file.writeback {
             start_writeback(file);
         }
+        outcome
+    }
+
+    /// Like [`apply`](Self::apply), for a context that [`Follows`] its own stream: its reactions
+    /// to `E` may only fill caches, and one that emits an event refuses the batch
+    /// ([`StorageError::Poison`]), so nothing is emitted twice by two instances.
+    pub fn apply_caching<E: DomainEvent>(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<E>],
+        through: u64,
+    ) -> Result<BatchOutcome, StorageError>
+    where
+        K: Reacts<E>,
+    {
+        let projection = CacheProjection::<K, E>(PhantomData);
+        let outcome = engine::apply_batch_with(
+            &self.db,
+            consumer,
+            &projection,
+            batch,
+            through,
+            redb::Durability::Immediate,
+            false,
+        );
+        self.file.committed();
         outcome
     }
 

@@ -49,12 +49,12 @@ async fn run_applies_a_published_event_stops_on_sigterm_and_inspect_shows_it() {
 
     // Applied means acknowledged: the durable's ack floor reaches the event.
     let js = async_nats::jetstream::new(env.plain_client().await);
+    let durable = carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id");
     wait_until(Duration::from_secs(30), "baskets acknowledges the event", || {
-        let js = js.clone();
+        let (js, durable) = (js.clone(), durable.clone());
         async move {
             let Ok(stream) = js.get_stream("STORES").await else { return false };
-            let Ok(mut consumer) =
-                stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("baskets-stores").await
+            let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&durable).await
             else {
                 return false;
             };
@@ -83,10 +83,7 @@ async fn run_applies_a_published_event_stops_on_sigterm_and_inspect_shows_it() {
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
     assert!(text.contains("cli-store") && text.contains("From The CLI"), "inspect shows the cached store:\n{text}");
-    assert!(
-        text.contains("baskets-stores") && text.contains("last committed stream seq 1"),
-        "and the checkpoint:\n{text}"
-    );
+    assert!(text.contains(&durable) && text.contains("last committed stream seq 1"), "and the checkpoint:\n{text}");
 }
 
 #[test]
@@ -356,19 +353,24 @@ fn a_stop_is_bounded_when_the_server_is_gone_and_a_second_signal_ends_it_at_once
 
 #[test]
 fn a_second_instance_of_a_context_is_refused_instead_of_splitting_its_stream() {
+    // depot reacts to orders with effects: it runs on one instance at a time (baskets or
+    // stores, which follow their own streams, would stand by instead).
+    let ready_service = |env: &TestEnv, data: &std::path::Path| {
+        carrier_tests::CarrierProcess::run_ready(&env.url(), data, "stores,depot", &[]).0
+    };
     let env = TestEnv::start();
     let first_dir = env.data_dir();
     let mut first = ready_service(&env, &first_dir);
     let second_dir = tempfile::tempdir().expect("dir");
     let out = Command::new(carrier_bin())
-        .args(["run", "--contexts", "baskets", "--nats-url", &env.url(), "--data-dir"])
+        .args(["run", "--contexts", "depot", "--nats-url", &env.url(), "--data-dir"])
         .arg(second_dir.path())
         .args(["--dashboard-addr", "127.0.0.1:0"])
         .output()
         .expect("carrier runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("baskets already runs in another Carrier instance"), "{stderr}");
+    assert!(stderr.contains("depot already runs in another Carrier instance"), "{stderr}");
     assert!(stderr.contains(&format!("pid {}", first.id())), "names the holder: {stderr}");
     // Once the first stops, its leases are given back and another instance starts at once.
     first.signal("TERM");

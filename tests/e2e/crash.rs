@@ -35,10 +35,9 @@ fn spawn_service(env: &TestEnv, incarnation: usize) -> Child {
 }
 
 /// (ack floor, pending) of the baskets durable, as the server sees it.
-async fn progress(js: &async_nats::jetstream::Context) -> (u64, u64) {
+async fn progress(js: &async_nats::jetstream::Context, durable: &str) -> (u64, u64) {
     let Ok(stream) = js.get_stream("STORES").await else { return (0, u64::MAX) };
-    let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>("baskets-stores").await
-    else {
+    let Ok(mut consumer) = stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable).await else {
         return (0, u64::MAX);
     };
     match consumer.info().await {
@@ -88,17 +87,19 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
             | 1;
     let mut random = XorShift(seed);
     let mut recoveries = Vec::new();
+    // Every incarnation is the same instance (one data directory), with the same durable.
+    let durable = carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id");
     for incarnation in 0..kill_count {
-        let (floor_before, _) = progress(&js).await;
+        let (floor_before, _) = progress(&js, &durable).await;
         let mut service = spawn_service(&env, incarnation);
         let started = Instant::now();
         let (p, d) = (published.clone(), done.clone());
-        let js2 = js.clone();
+        let (js2, durable2) = (js.clone(), durable.clone());
         // Each incarnation must make progress before it is killed, or the kill proves nothing.
         wait_until(Duration::from_secs(60), "the restarted service makes progress", move || {
-            let (js, p, d) = (js2.clone(), p.clone(), d.clone());
+            let (js, p, d, durable) = (js2.clone(), p.clone(), d.clone(), durable2.clone());
             async move {
-                let (floor, pending) = progress(&js).await;
+                let (floor, pending) = progress(&js, &durable).await;
                 floor > floor_before
                     || (d.load(Ordering::SeqCst) == 1 && pending == 0 && floor >= p.load(Ordering::SeqCst))
             }
@@ -116,9 +117,9 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     let mut service = spawn_service(&env, kill_count);
     let js2 = js.clone();
     wait_until(Duration::from_secs(300), "the service consumes everything", move || {
-        let js = js2.clone();
+        let (js, durable) = (js2.clone(), durable.clone());
         async move {
-            let (floor, pending) = progress(&js).await;
+            let (floor, pending) = progress(&js, &durable).await;
             floor >= last && pending == 0
         }
     })

@@ -63,6 +63,8 @@ fn find<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {
 fn the_api_and_metrics_follow_events_as_they_flow() {
     let env = TestEnv::start();
     let (carrier, dashboard) = run_service(&env, &[]);
+    // baskets keeps its caches through a durable of this instance's own.
+    let durable = carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id");
 
     // The shapes operators and `carrier status` rely on.
     let tree = http_json(&format!("{dashboard}/api/tree"));
@@ -91,11 +93,11 @@ fn the_api_and_metrics_follow_events_as_they_flow() {
 
     wait(Duration::from_secs(30), "the consumer's acked sequence reaches 4 in /api/consumers", || {
         let consumers = http_json(&format!("{dashboard}/api/consumers"));
-        let c = find(&consumers, "durable", "baskets-stores");
+        let c = find(&consumers, "durable", &durable);
         c["ack_floor_stream_seq"] == json!(4) && c["pending"] == json!(0) && c["counters"]["applied"] == json!(3)
     });
     let consumers = http_json(&format!("{dashboard}/api/consumers"));
-    let c = find(&consumers, "durable", "baskets-stores");
+    let c = find(&consumers, "durable", &durable);
     assert_eq!(c["stream"], json!("STORES"));
     assert_eq!(c["filter_subjects"], json!(["stores.>"]));
     assert_eq!(c["delivered_stream_seq"], json!(4));
@@ -104,7 +106,7 @@ fn the_api_and_metrics_follow_events_as_they_flow() {
     let caches = http_json(&format!("{dashboard}/api/caches"));
     let baskets = find(&caches, "context", "baskets");
     assert_eq!(find(&baskets["tables"], "table", "stores_cache")["rows"], json!(3));
-    assert_eq!(find(&baskets["applied_through"], "consumer", "baskets-stores")["stream_seq"], json!(4));
+    assert_eq!(find(&baskets["applied_through"], "consumer", &durable)["stream_seq"], json!(4));
     assert_eq!(baskets["fallbacks"][0]["owner"], json!("stores"));
     assert_eq!(baskets["fallbacks"][0]["breaker"], json!("closed"));
     let outbox = http_json(&format!("{dashboard}/api/outbox"));
@@ -141,7 +143,7 @@ fn the_api_and_metrics_follow_events_as_they_flow() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{text}{}", String::from_utf8_lossy(&status.stderr));
     assert!(text.contains("HEALTHY"), "{text}");
-    assert!(text.contains("baskets-stores") && text.contains("stores-consumer"), "{text}");
+    assert!(text.contains(&durable) && text.contains("stores-consumer"), "{text}");
     assert!(text.contains("stores_cache=3"), "{text}");
     drop(carrier);
 }

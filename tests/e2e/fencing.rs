@@ -31,40 +31,41 @@ fn fenced(system: &carrier_actors::CarrierSystem, context: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_is_its_own_again() {
     let env = TestEnv::start();
-    let system = env.system(&["stores", "baskets"]).await;
+    let system = env.system(&["stores", "depot"]).await;
     let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
-    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    let depot = system.handle::<carrier_mall::depot::DepotHandle>().expect("depot");
     stores.execute(create("s1"), Causality::default()).await.expect("decided");
     let js = async_nats::jetstream::new(env.plain_client().await);
     let leases = js.get_key_value("carrier_instances").await.expect("the lease bucket");
 
-    // Another instance holds baskets' lease (as after this one was cut off past its expiry):
-    // baskets' consumer holds back, so an event published meanwhile is not applied here.
-    leases.put("baskets", other_holder()).await.expect("written");
+    // Another instance holds depot's lease (as after this one was cut off past its expiry):
+    // depot's consumer holds back (depot reacts to orders with effects; a context that follows
+    // itself, like baskets, would keep its caches going), so an event published meanwhile is not applied here.
+    leases.put("depot", other_holder()).await.expect("written");
     let observer = system.observer();
-    wait_until(Duration::from_secs(20), "baskets fenced and its consumer holding back", || {
-        let (f, observer) = (fenced(&system, "baskets"), observer.clone());
-        async move { f && observer.consumers().await.iter().any(|c| c.durable == "baskets-stores" && c.held_back) }
+    wait_until(Duration::from_secs(20), "depot fenced and its consumer holding back", || {
+        let (f, observer) = (fenced(&system, "depot"), observer.clone());
+        async move { f && observer.consumers().await.iter().any(|c| c.durable == "depot-stores" && c.held_back) }
     })
     .await;
     assert!(!fenced(&system, "stores"), "only the context whose lease went");
     let leases_seen = observer.all_leases().await;
-    let baskets_lease = leases_seen.iter().find(|l| l.context == "baskets").expect("baskets' lease listed");
-    assert!(!baskets_lease.mine && baskets_lease.holder.host == "other-host", "{leases_seen:?}");
+    let depot_lease = leases_seen.iter().find(|l| l.context == "depot").expect("depot's lease listed");
+    assert!(!depot_lease.mine && depot_lease.holder.host == "other-host", "{leases_seen:?}");
     assert!(leases_seen.iter().any(|l| l.context == "stores" && l.mine), "{leases_seen:?}");
     stores.execute(create("s2"), Causality::default()).await.expect("stores still decides");
-    wait_until(Duration::from_secs(20), "s2 waits, pending, for baskets", || {
+    wait_until(Duration::from_secs(20), "s2 waits, pending, for depot", || {
         let observer = observer.clone();
         async move {
             let report = observer.consumers().await;
-            let c = report.iter().find(|c| c.durable == "baskets-stores").expect("baskets-stores");
+            let c = report.iter().find(|c| c.durable == "depot-stores").expect("depot-stores");
             c.pending == 1 && c.ack_pending == 0
         }
     })
     .await;
-    assert!(baskets.db.stores().expect("stores").iter().all(|(id, _, _)| id != "s2"), "nothing applied while fenced");
+    assert!(depot.db.stores().expect("stores").iter().all(|(id, _, _)| id != "s2"), "nothing applied while fenced");
     // Its position is not this instance's to move while fenced.
-    let moved = observer.reposition("baskets", "stores", carrier_actors::offsets::Reposition::Skip { count: 1 }).await;
+    let moved = observer.reposition("depot", "stores", carrier_actors::offsets::Reposition::Skip { count: 1 }).await;
     assert!(
         matches!(
             moved,
@@ -97,15 +98,15 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
 
     // The other instance lets go: the leases are claimed back, the fences lift, the held-back
     // event is applied and commands are decided again.
-    leases.delete("baskets").await.expect("deleted");
+    leases.delete("depot").await.expect("deleted");
     leases.delete("stores").await.expect("deleted");
     wait_until(Duration::from_secs(20), "both fences lifted", || {
-        let lifted = !fenced(&system, "stores") && !fenced(&system, "baskets");
+        let lifted = !fenced(&system, "stores") && !fenced(&system, "depot");
         async move { lifted }
     })
     .await;
     wait_until(Duration::from_secs(20), "s2 applied once the fence lifted", || {
-        let has = baskets.db.stores().map(|s| s.iter().any(|(id, _, _)| id == "s2")).unwrap_or(false);
+        let has = depot.db.stores().map(|s| s.iter().any(|(id, _, _)| id == "s2")).unwrap_or(false);
         async move { has }
     })
     .await;

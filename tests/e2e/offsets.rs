@@ -11,7 +11,6 @@ use carrier_messages::stores::StoresCommand;
 use carrier_tests::{carrier_bin, http_json, http_post, wait_until, CarrierProcess, TestEnv};
 use serde_json::json;
 
-const DURABLE: &str = "baskets-stores";
 const KEY: &str = "offsets-key-0123456789";
 
 async fn create_store(stores: &carrier_mall::stores::StoresHandle, id: &str) {
@@ -26,7 +25,13 @@ fn cached_ids(baskets: &carrier_mall::baskets::BasketsHandle) -> Vec<String> {
 }
 
 async fn report(observer: &Observer) -> carrier_actors::observe::ConsumerReport {
-    observer.consumers().await.into_iter().find(|c| c.durable == DURABLE).expect("the baskets-stores consumer")
+    // baskets' durable on STORES is this instance's own: found by who reads what.
+    observer
+        .consumers()
+        .await
+        .into_iter()
+        .find(|c| c.context == "baskets" && c.source == "stores")
+        .expect("baskets' consumer of STORES")
 }
 
 async fn wait_cached(baskets: &carrier_mall::baskets::BasketsHandle, ids: &[&str]) {
@@ -41,7 +46,7 @@ async fn wait_cached(baskets: &carrier_mall::baskets::BasketsHandle, ids: &[&str
 
 /// The pending count the server reports for the durable reaches `n`.
 async fn wait_pending(observer: &Observer, n: u64) {
-    wait_until(Duration::from_secs(20), &format!("{n} events pending for {DURABLE}"), || {
+    wait_until(Duration::from_secs(20), &format!("{n} events pending for baskets' consumer of STORES"), || {
         let observer = observer.clone();
         async move { report(&observer).await.pending == n }
     })
@@ -170,7 +175,12 @@ fn carrier_consumer_and_the_api_pause_seek_and_skip_and_refuse_bad_requests_by_n
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let consumers = http_json(&format!("{dashboard}/api/consumers"));
-            let row = consumers.as_array().expect("consumers").iter().find(|c| c["durable"] == DURABLE).cloned();
+            let row = consumers
+                .as_array()
+                .expect("consumers")
+                .iter()
+                .find(|c| c["context"] == "baskets" && c["source"] == "stores")
+                .cloned();
             if row.as_ref().is_some_and(|r| r["paused"] == json!(want)) {
                 return;
             }

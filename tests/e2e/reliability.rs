@@ -426,11 +426,12 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
     client.publish_with_headers("stores.store.created", h, "not json".into()).await.expect("sent");
     client.flush().await.expect("flushed");
     let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    let durable = carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id");
     wait_until(LIMIT, "the poison message is dead-lettered and checkpointed", || {
-        let b = baskets.clone();
+        let (b, durable) = (baskets.clone(), durable.clone());
         async move {
             b.consumer("stores").expect("stores consumer").dead_lettered.load(Ordering::Relaxed) == 1
-                && b.db.checkpoint("baskets-stores").map(|c| c == 1).unwrap_or(false)
+                && b.db.checkpoint(&durable).map(|c| c == 1).unwrap_or(false)
         }
     })
     .await;
@@ -499,7 +500,7 @@ async fn after_the_server_is_killed_mid_stream_no_message_stays_pending() {
     env.nats.restart().expect("restarts");
     publish(10_000, 20_000).await;
     let last = system.bus.last_sequence("STORES").await.expect("stream");
-    let durable = carrier_mall::baskets::stores_durable_name();
+    let durable = carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance");
     let cache = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets").db.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -234,3 +234,205 @@ fn an_instance_standing_by_says_so_on_its_dashboard_and_is_not_ready() {
             && !!document.querySelector('#leases tr[data-context="stores"][data-mine="false"]');"#,
     );
 }
+
+/// Sends `json` to `cmd.<context>` as any NATS client would: retried while nobody answers or the
+/// context is fenced (during a takeover); the reply once it is decided, or refused with one of
+/// `done` (a resend after a reply lost in the kill).
+async fn send(bus: &Bus, context: &str, json: &str, done: &[&str]) -> serde_json::Value {
+    let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match bus.request(&format!("cmd.{context}"), &headers, json.as_bytes().to_vec(), Duration::from_secs(2)).await {
+            Ok(body) => {
+                let reply: serde_json::Value = serde_json::from_slice(&body).expect("a command reply");
+                match reply.pointer("/error/code").and_then(|c| c.as_str()) {
+                    None => return reply,
+                    Some(code) if done.contains(&code) => return reply,
+                    Some("unavailable") => {}
+                    Some(other) => panic!("{json} refused ({other}): {reply}"),
+                }
+            }
+            Err(e) => assert!(Instant::now() < deadline, "{json}: {context} never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn baskets_rows(baskets: &carrier_mall::baskets::BasketsHandle) -> Vec<(String, String, u64)> {
+    let mut rows: Vec<_> = baskets
+        .db
+        .baskets()
+        .expect("baskets")
+        .into_iter()
+        .map(|(id, row)| (id, format!("{:?} {:?}", row.status, row.items), row.version))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// (id, name, price, version) of every product a baskets cache holds.
+fn cached_products(baskets: &carrier_mall::baskets::BasketsHandle) -> Vec<(String, String, i64, u64)> {
+    let mut rows: Vec<_> =
+        baskets.db.products().expect("products").into_iter().map(|(id, p, v)| (id, p.name, p.price, v)).collect();
+    rows.sort();
+    rows
+}
+
+/// (id, name, price, version) of the owner's products.
+fn owned_products(stores: &StoresHandle) -> Vec<(String, String, i64, u64)> {
+    let mut rows: Vec<_> =
+        stores.db.products().expect("products").into_iter().map(|(id, p)| (id, p.name, p.price, p.version)).collect();
+    rows.sort();
+    rows
+}
+
+/// baskets, an owner that also caches another context's stream: the instance standing by keeps
+/// its caches of `STORES` through a durable of its own while it follows `BASKETS`, takes both
+/// contexts over when the first is SIGKILLed mid-stream, and decides on what it followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baskets_standby_keeps_its_own_caches_and_takes_the_baskets_over() {
+    use carrier_mall::baskets::BasketsHandle;
+    const BASKETS: usize = 60;
+    const KILL_AFTER: usize = 35;
+    let env = TestEnv::start();
+    let bus = Bus::connect(&env.url(), "standby-test", Duration::from_secs(5)).await.expect("connects");
+    let first_data = tempfile::tempdir().expect("first data dir");
+    let log = File::create(env.data_dir().join("first.log")).expect("log file");
+    let mut first = Owner(
+        Command::new(carrier_bin())
+            .args(["run", "--contexts", "stores,baskets", "--nats-url", &env.url(), "--data-dir"])
+            .arg(first_data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("carrier run starts"),
+    );
+    send(
+        &bus,
+        "stores",
+        r#"{"command":"create_store","id":"s1","name":"Shop","location":"Hall"}"#,
+        &["already_exists"],
+    )
+    .await;
+    for p in 1..=4 {
+        let json = format!(
+            r#"{{"command":"add_product","id":"p{p}","store_id":"s1","name":"Product {p}","description":"","sku":"P{p}","price":{}}}"#,
+            100 * p
+        );
+        send(&bus, "stores", &json, &["already_exists"]).await;
+    }
+
+    let second = env.system(&["stores", "baskets"]).await;
+    let standing_by = |context: &str| matches!(second.health().get(context), Some(Health::Degraded(reason)) if reason.contains("standing by"));
+    assert!(standing_by("stores") && standing_by("baskets"), "{:?}", second.health());
+    let (stores, baskets) = (
+        second.handle::<StoresHandle>().expect("stores on the second"),
+        second.handle::<BasketsHandle>().expect("baskets on the second"),
+    );
+    // Its caches fill while it stands by, from a durable of its own.
+    wait_until(Duration::from_secs(20), "the standby caches the products", || {
+        let n = cached_products(&baskets).len();
+        async move { n == 4 }
+    })
+    .await;
+    let own = carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id");
+    let consumers = second.observer().consumers().await;
+    let reader = consumers.iter().find(|c| c.context == "baskets" && c.source == "stores").expect("its consumer");
+    assert_eq!(reader.durable, own);
+    assert!(!reader.held_back, "a standby's caches are not held back: {reader:?}");
+
+    // Baskets with lines, decided by the first once it knows someone stands by (a reply with a
+    // position), followed by the second.
+    let probes = AtomicUsize::new(0);
+    wait_until(Duration::from_secs(10), "the first answers baskets' commands with a position", || {
+        let (bus, n) = (bus.clone(), probes.fetch_add(1, Ordering::SeqCst));
+        async move {
+            let json = format!(r#"{{"command":"start_basket","id":"probe{n}","customer_id":"c0"}}"#);
+            let reply = send(&bus, "baskets", &json, &[]).await;
+            reply["position"].as_str().is_some_and(|p| p.starts_with("BASKETS:"))
+        }
+    })
+    .await;
+    for i in 0..BASKETS / 2 {
+        send(&bus, "baskets", &format!(r#"{{"command":"start_basket","id":"b{i}","customer_id":"c{i}"}}"#), &[]).await;
+        let p = 1 + i % 4;
+        let add = format!(r#"{{"command":"add_item","id":"b{i}","product_id":"p{p}","quantity":{}}}"#, 1 + i % 3);
+        send(&bus, "baskets", &add, &[]).await;
+    }
+    // A price changes: the caches of both instances follow it.
+    send(&bus, "stores", r#"{"command":"increase_product_price","id":"p2","delta":5}"#, &[]).await;
+
+    // More baskets start; the first is SIGKILLed among them.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (bus, answered) = (bus.clone(), answered.clone());
+        tokio::spawn(async move {
+            for i in BASKETS / 2..BASKETS {
+                let json = format!(r#"{{"command":"start_basket","id":"b{i}","customer_id":"c{i}"}}"#);
+                send(&bus, "baskets", &json, &["already_exists"]).await;
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_until(Duration::from_secs(30), "baskets started before the kill", || {
+        let n = answered.load(Ordering::SeqCst);
+        async move { n >= KILL_AFTER - BASKETS / 2 }
+    })
+    .await;
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    let killed = Instant::now();
+    writer.await.expect("every basket started by one instance or the other");
+    let took_over = killed.elapsed();
+    assert!(!standing_by("baskets") && !standing_by("stores"), "{:?}", second.health());
+
+    // Every basket answered is on the second, once, with its lines; each event on BASKETS once.
+    wait_until(Duration::from_secs(10), "the second's outboxes are empty", || {
+        let empty = baskets.db.outbox_len().expect("outbox") == 0 && stores.db.outbox_len().expect("outbox") == 0;
+        async move { empty }
+    })
+    .await;
+    let rows = baskets_rows(&baskets);
+    let started: Vec<&(String, String, u64)> = rows.iter().filter(|(id, _, _)| id.starts_with('b')).collect();
+    assert_eq!(started.len(), BASKETS, "no answered basket lost");
+    for (id, lines, version) in &started {
+        let i: usize = id[1..].parse().expect("b<i>");
+        let expected = if i < BASKETS / 2 { 2 } else { 1 };
+        assert_eq!(*version, expected, "{id} decided once per command: {lines}");
+        if i < BASKETS / 2 {
+            let p = 1 + i % 4;
+            assert!(
+                lines.contains(&format!("product_id: \"p{p}\"")) && lines.contains(&format!("quantity: {}", 1 + i % 3)),
+                "{id}'s line followed: {lines}"
+            );
+        }
+    }
+    let events: u64 = rows.iter().map(|(_, _, v)| v).sum();
+    assert_eq!(bus.stream_message_count("BASKETS").await.expect("BASKETS").unwrap_or(0), events, "each event once");
+    // The caches equal the owner (whose rows the second followed too), the price change included.
+    assert_eq!(cached_products(&baskets), owned_products(&stores));
+    assert!(cached_products(&baskets).iter().any(|(id, _, price, v)| id == "p2" && *price == 205 && *v == 2));
+
+    // The new holder decides on what it followed: b0's next line is its version 3, priced from
+    // its own cache.
+    let add = r#"{"command":"add_item","id":"b0","product_id":"p2","quantity":1}"#;
+    let reply = send(&bus, "baskets", add, &[]).await;
+    assert_eq!(reply["event"]["aggregate_version"], serde_json::json!(3), "{reply}");
+    let b0 = baskets.db.basket("b0").expect("read").expect("b0");
+    assert_eq!(b0.items.iter().find(|l| l.product_id == "p2").map(|l| l.price), Some(205));
+
+    // The first, started again, stands by behind the second: the same baskets, its own caches.
+    let mut config = env.config(&["stores", "baskets"]);
+    config.data_dir = first_data.path().to_path_buf();
+    let again = CarrierSystem::start(config).await.expect("the first starts again");
+    let followed = again.handle::<BasketsHandle>().expect("baskets on the first");
+    let expected = baskets_rows(&baskets);
+    wait_until(Duration::from_secs(30), "the restarted first has the second's baskets and caches", || {
+        let same = baskets_rows(&followed) == expected && cached_products(&followed) == owned_products(&stores);
+        async move { same }
+    })
+    .await;
+    eprintln!("baskets standby: {BASKETS} baskets, takeover {took_over:?} after the SIGKILL");
+    again.shutdown().await;
+    second.shutdown().await;
+}

@@ -377,7 +377,6 @@ async fn cache_path(
 ) -> anyhow::Result<(f64, f64, f64)> {
     let count = workload.events.len() as u64;
     let data = tempfile::Builder::new().prefix("carrier-bench-").tempdir()?;
-    bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
     let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
     config.batch_max = args.batch_max as usize;
     let started = Instant::now();
@@ -389,6 +388,8 @@ async fn cache_path(
     let applied = consumer.applied.load(Ordering::Relaxed);
     let batches = consumer.batches.load(Ordering::Relaxed).max(1);
     system.shutdown().await;
+    // Each round is a new instance with a durable of its own; it is of no use after.
+    bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name(data.path())?).await?;
     if applied != count {
         bail!("{applied} events applied out of {count}");
     }
@@ -469,7 +470,6 @@ async fn latency(url: &str, bus: &Bus, args: &BenchArgs) -> anyhow::Result<(f64,
     let products = (args.latency_events / 4).max(1);
     let workload = Workload::prices(args.latency_events.max(products + 2), products)?;
     let data = tempfile::Builder::new().prefix("carrier-bench-latency-").tempdir()?;
-    bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
     let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
     config.batch_max = args.batch_max as usize;
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
@@ -504,6 +504,8 @@ async fn latency(url: &str, bus: &Bus, args: &BenchArgs) -> anyhow::Result<(f64,
     let sent_at = bus.publish_paced(&workload.events, args.rate, PUBLISH_WINDOW).await?;
     let seen_at = watcher.await?;
     system.shutdown().await;
+    // Each round is a new instance with a durable of its own; it is of no use after.
+    bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name(data.path())?).await?;
     if seen_at.len() != count {
         bail!("only {} of {count} events were cached within 10 minutes", seen_at.len());
     }

@@ -124,7 +124,7 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
         let data = work.path().join("small");
         let mut child = CarrierRun::spawn(&exe, &nats.url, &data, port, args.redb_cache_mb)?;
         let (ready, _) = child.wait_ready(Duration::from_secs(30)).await?;
-        wait_caught_up(&bus, last, Duration::from_secs(600)).await?;
+        wait_caught_up(&bus, &data, last, Duration::from_secs(600)).await?;
         f.small_catch_up = args.small_events as f64 / ready.elapsed().as_secs_f64();
         child.stop(Duration::from_secs(30))?;
         say(format!("  small key space: {:.0} events/s", f.small_catch_up));
@@ -140,7 +140,7 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let mut child = CarrierRun::spawn(&exe, &nats.url, &data, port, args.redb_cache_mb)?;
     rss.watch(child.pid());
     let (ready, _) = child.wait_ready(Duration::from_secs(30)).await?;
-    wait_caught_up(&bus, last, Duration::from_secs(1800)).await?;
+    wait_caught_up(&bus, &data, last, Duration::from_secs(1800)).await?;
     f.catch_up_seconds = ready.elapsed().as_secs_f64();
     f.catch_up = args.events as f64 / f.catch_up_seconds;
     f.log_lines_during_catch_up = child.lines.load(Ordering::Relaxed);
@@ -255,18 +255,19 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Empties the stores stream and the baskets durable, publishes `workload`: the last sequence.
+/// Empties the stores stream (each run's data directory is a new instance, with a durable of
+/// its own), publishes `workload`: the last sequence.
 async fn load(bus: &Bus, workload: &Workload) -> anyhow::Result<u64> {
     bus.purge_stream(StoresEvent::STREAM).await?;
-    bus.delete_consumer(StoresEvent::STREAM, &stores_durable_name()).await?;
     Ok(bus.publish_many(&workload.events, PUBLISH_WINDOW).await?)
 }
 
 /// Waits until the baskets durable has acknowledged `last`.
-async fn wait_caught_up(bus: &Bus, last: u64, within: Duration) -> anyhow::Result<()> {
+async fn wait_caught_up(bus: &Bus, data: &Path, last: u64, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
+    let durable = stores_durable_name(data)?;
     loop {
-        if let Ok(info) = bus.consumer_info(StoresEvent::STREAM, &stores_durable_name()).await {
+        if let Ok(info) = bus.consumer_info(StoresEvent::STREAM, &durable).await {
             if info.ack_floor_stream_seq >= last {
                 return Ok(());
             }

@@ -3,13 +3,14 @@
 //! path (only a cache miss does, through the fallback).
 //!
 //! Actors, under the `carrier/baskets` supervisor (rest-for-one): `cache` (the only writer of
-//! `baskets.redb`), `stores-consumer` (the durable `baskets-stores` on `STORES`), `outbox-relay`
-//! (to `BASKETS`) and `commands` (on `cmd.baskets`).
+//! `baskets.redb`), `stores-consumer` (the durable `baskets-stores-<instance>` on `STORES`: each
+//! instance keeps its own caches), `outbox-relay` (to `BASKETS`) and `commands` (on
+//! `cmd.baskets`).
 
 use carrier_messages::baskets::{BasketItem, BasketsCommand, BasketsEvent};
 use carrier_messages::stores::StoresEvent;
 use carrier_storage::baskets::Baskets;
-use carrier_storage::{CommandError, PricedBasketCommand};
+use carrier_storage::{CommandError, Decided, PricedBasketCommand};
 
 use carrier_actors::cache::{ContextHandle, LookupError};
 use carrier_actors::context::BoundedContext;
@@ -20,12 +21,20 @@ pub const CONTEXT: &str = "baskets";
 /// What the rest of the process may use of a running baskets context.
 pub type BasketsHandle = ContextHandle<Baskets>;
 
-/// The durable consumer's name on the stores stream.
-pub fn stores_durable_name() -> String {
-    carrier_actors::cache::stores_durable_name(CONTEXT)
+/// The durable consumer's name on the stores stream of the instance whose data directory is
+/// `data_dir`: every instance keeps its own caches (`baskets-stores-<instance>`).
+pub fn stores_durable_name(data_dir: &std::path::Path) -> Result<String, carrier_actors::StartError> {
+    let instance = carrier_actors::instance::instance_id(data_dir)?;
+    let source = <StoresEvent as carrier_messages::DomainEvent>::CONTEXT;
+    Ok(carrier_actors::cache::instance_durable_name(
+        CONTEXT,
+        source,
+        &carrier_actors::instance::durable_suffix(&instance),
+    ))
 }
 
-/// The context's declaration.
+/// The context's declaration. A second instance stands by, following `BASKETS` into its own
+/// rows and keeping its own caches of `STORES`, and takes over when the first dies.
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Baskets>()
         .stores_fallback()
@@ -33,21 +42,24 @@ pub fn context() -> BoundedContext {
         .commands(|handle: BasketsHandle, command: BasketsCommand, causality| async move {
             execute(&handle, command, causality).await
         })
+        .follows_itself()
         .build()
 }
 
 /// Carries out a basket command: an item's names and price come from the caches (or, on a miss,
-/// the stores context) before the writer decides, so no lookup runs inside its transaction.
+/// the stores context) before the writer decides, so no lookup runs inside its transaction. The
+/// answer says whether it replays an earlier send of the same idempotency key, and where its
+/// event was published when it waited for that (another instance stands by).
 pub async fn execute(
     handle: &BasketsHandle,
     command: BasketsCommand,
     causality: carrier_messages::codec::Causality,
-) -> Result<carrier_messages::Decoded<BasketsEvent>, CommandError> {
+) -> Result<Decided<BasketsEvent>, CommandError> {
     let item = match &command {
         BasketsCommand::AddItem { product_id, quantity, .. } => lookup_item(handle, product_id, *quantity).await?,
         _ => None,
     };
-    handle.execute(PricedBasketCommand { command, item }, causality).await.map_err(CommandError::from)
+    handle.execute_once(PricedBasketCommand { command, item }, causality).await.map_err(CommandError::from)
 }
 
 async fn lookup_item(
