@@ -46,8 +46,9 @@ pub trait WriteJob<K>: Send + 'static {
 struct ApplyJob<E> {
     batch: ApplyBatch<E>,
     context: &'static str,
-    /// Applied with [`FileWriter::apply_caching`]: the context follows its own stream.
-    caching: bool,
+    /// For a context that follows its own stream: applied with [`FileWriter::apply_followed`],
+    /// effects held while this fence is up (the instance stands by, or is fenced).
+    follows: Option<Arc<crate::fence::Fence>>,
 }
 
 impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
@@ -62,7 +63,7 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
             let _ = reply.send(outcome.map_err(|error| ApplyFailed { error, batch }));
             return false;
         }
-        let (context, caching) = (self.context, self.caching);
+        let (context, follows) = (self.context, self.follows);
         let labels: Option<Vec<String>> = flow::enabled().then(|| {
             batch
                 .iter()
@@ -73,9 +74,9 @@ impl<K: Reacts<E>, E: DomainEvent> WriteJob<K> for ApplyJob<E> {
             flow::enter(label);
         }
         let started = std::time::Instant::now();
-        let applied = match caching {
-            true => db.apply_caching(&consumer, &batch, through),
-            false => db.apply(&consumer, &batch, through),
+        let applied = match &follows {
+            Some(fence) => db.apply_followed(&consumer, &batch, through, fence.is_fenced()),
+            None => db.apply(&consumer, &batch, through),
         };
         match applied {
             Ok(outcome) => {
@@ -1067,9 +1068,8 @@ pub(crate) struct ContextBuilder<K: ContextKind> {
     /// Whether its relay publishes nothing while the context is fenced (see
     /// [`ContextBuilder::relay_held_by_fence`]).
     relay_held: bool,
-    /// Whether what it reads of other streams may only fill caches (see
-    /// [`ContextBuilder::caching_only`]).
-    caching_only: bool,
+    /// Whether it follows its own stream (see [`ContextBuilder::following_itself`]).
+    follows_itself: bool,
 }
 
 impl<K: ContextKind> ContextBuilder<K> {
@@ -1105,7 +1105,7 @@ impl<K: ContextKind> ContextBuilder<K> {
             file,
             instance: None,
             relay_held: false,
-            caching_only: false,
+            follows_itself: false,
         }
     }
 
@@ -1118,13 +1118,14 @@ impl<K: ContextKind> ContextBuilder<K> {
         self
     }
 
-    /// For a context that follows its own stream (and so may stand by): its consumers of other
-    /// streams only fill caches, which every instance keeps for itself. Each reads through a
-    /// durable of this instance's own, goes on while the context is fenced (an instance standing
-    /// by keeps its caches current), and refuses a reaction that emits an event
-    /// ([`FileWriter::apply_caching`]): an instance standing by must have no effect.
-    pub(crate) fn caching_only(&mut self, suffix: String) -> &mut Self {
-        self.caching_only = true;
+    /// For a context that follows its own stream (and so may stand by): every instance reads
+    /// the streams it consumes through durables of its own, and its consumers go on while the
+    /// context is fenced, applying with [`FileWriter::apply_followed`]: what emits nothing
+    /// (caches) applies, so a standby's caches stay current; a reaction that would emit waits
+    /// until its effect was followed from the context's own stream (then it does not run again)
+    /// or this instance holds the context.
+    pub(crate) fn following_itself(&mut self, suffix: String) -> &mut Self {
+        self.follows_itself = true;
         self.per_instance(suffix)
     }
 
@@ -1183,11 +1184,11 @@ impl<K: ContextKind> ContextBuilder<K> {
         let source = E::CONTEXT;
         let context = self.context;
         let stats = Arc::new(ConsumerStats::default());
-        let control = Arc::new(match self.caching_only {
+        let control = Arc::new(match self.follows_itself {
             false => crate::offsets::ConsumerControl::fenced_by(self.handle.fence.clone()),
             true => crate::offsets::ConsumerControl::default(),
         });
-        let caching = self.caching_only;
+        let follows = self.follows_itself.then(|| self.handle.fence.clone());
         self.handle.consumers.push((source, stats.clone()));
         let durable = self.durable(source);
         // A read model moving to durables of its own keeps its place: its checkpoint was kept
@@ -1205,7 +1206,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         let (bus, faults, settings) = (self.bus.clone(), self.faults.clone(), self.settings);
         let handle = self.handle.clone();
         let spec = ChildSpec::new(&format!("{source}-consumer"), move |supervisor, siblings| {
-            let (durable, shared) = (durable.clone(), shared.clone());
+            let (durable, shared, follows) = (durable.clone(), shared.clone(), follows.clone());
             let per_instance = shared.is_some();
             let (bus, stats, faults, guard, handle, prefetch, control) = (
                 bus.clone(),
@@ -1271,7 +1272,7 @@ impl<K: ContextKind> ContextBuilder<K> {
                         });
                     }) as crate::consumer::PositionLostHook
                 });
-                let target = apply_target::<K, E>(writer, context, caching, prefetch, handle);
+                let target = apply_target::<K, E>(writer, context, follows, prefetch, handle);
                 let args = ConsumerArgs {
                     on_position_lost,
                     bus,
@@ -1492,12 +1493,12 @@ fn log_adopt(result: Result<Adopted, StorageError>) {
 fn apply_target<K: Reacts<E>, E: DomainEvent>(
     writer: ActorRef<WriterMsg<K>>,
     context: &'static str,
-    caching: bool,
+    follows: Option<Arc<crate::fence::Fence>>,
     prefetch: Option<Prefetch<K, E>>,
     handle: ContextHandle<K>,
 ) -> BatchTarget<E> {
     Arc::new(move |batch: ApplyBatch<E>| {
-        let job = ApplyJob { batch, context, caching };
+        let job = ApplyJob { batch, context, follows: follows.clone() };
         match &prefetch {
             None => writer.send_message(WriterMsg::Apply(Box::new(job))).is_ok(),
             Some(prefetch) => {

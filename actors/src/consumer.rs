@@ -26,6 +26,11 @@ use crate::faults::Faults;
 
 /// How long one poll waits for the first message before checking its mailbox again.
 const POLL_WAIT: Duration = Duration::from_millis(250);
+/// How often a standby tries again a batch whose reaction waits for the holder's effect.
+const FOLLOW_RETRY: Duration = Duration::from_millis(250);
+/// A held batch tells the server it is still being worked on every this many tries (about 10 s,
+/// well inside the ack wait), not at every try.
+const FOLLOW_PROGRESS_EVERY: u32 = 40;
 
 /// How often an idle consumer asks the server whether it holds messages it can never clear.
 const STUCK_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -169,6 +174,9 @@ pub struct ConsumerStats {
     pub batches: AtomicU64,
     /// Commits that failed and were retried.
     pub commit_failures: AtomicU64,
+    /// Tries of a batch held back because a reaction in it would emit while the context is
+    /// fenced or stands by (it waits for the holder's effect to be followed, or for the lease).
+    pub held_for_holder: AtomicU64,
     /// Failed commits since the last one that succeeded (0 when storage is healthy).
     pub failing_commits: AtomicU64,
     /// The last stream sequence acknowledged.
@@ -205,7 +213,8 @@ impl ConsumerStats {
         let mut counts = [0u64; 4];
         for d in &outcome.dispositions {
             let slot = match d {
-                D::Applied => 0,
+                // Its effect is in the file, followed from the context's own stream.
+                D::Applied | D::Followed => 0,
                 D::Duplicate => 1,
                 D::Stale { .. } => 2,
                 D::Parked { .. } => 3,
@@ -288,6 +297,8 @@ pub struct ConsumerState<E> {
     poison_threshold: u32,
     retry: Option<Retry<E>>,
     failures: u32,
+    /// Tries of the held batch so far (a standby waiting for the holder's effect).
+    held: u32,
     /// When the server's view of this consumer was last checked for stuck messages.
     checked: std::time::Instant,
 }
@@ -333,6 +344,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             poison_threshold: args.poison_threshold.max(1),
             retry: None,
             failures: 0,
+            held: 0,
             checked: std::time::Instant::now(),
         })
     }
@@ -433,6 +445,26 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     myself.send_message(ConsumerMsg::Poll)?;
                     return Ok(());
                 }
+                Err(ApplyFailed { error: StorageError::NotYetFollowed { stream_seq }, batch }) => {
+                    // A standby's reaction that would emit: the holder may have emitted it. Try
+                    // again once the follower has caught up (or this instance holds the context);
+                    // not a failure.
+                    tracing::debug!(
+                        consumer = state.spec.durable,
+                        stream.seq = stream_seq,
+                        "waiting for the holder's effect to be followed"
+                    );
+                    if state.held % FOLLOW_PROGRESS_EVERY == 0 {
+                        for d in &deliveries {
+                            let _ = d.in_progress().await;
+                        }
+                    }
+                    state.held = state.held.wrapping_add(1);
+                    state.stats.held_for_holder.fetch_add(1, Ordering::Relaxed);
+                    state.retry = Some(Retry { deliveries, poison, batch });
+                    myself.send_after(FOLLOW_RETRY, || ConsumerMsg::Poll);
+                    return Ok(());
+                }
                 Err(ApplyFailed { error, batch }) => {
                     state.failures += 1;
                     state.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -451,6 +483,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             }
         }
         state.failures = 0;
+        state.held = 0;
         if Faults::take(&state.faults.consumer_crash_after_commit) {
             return Err("injected crash after commit, before ack".into());
         }

@@ -517,11 +517,13 @@ impl<K: ContextKind> ContextDecl<K> {
     /// when the instance holding the context's lease dies (its lease expires), deciding
     /// commands on the state that was published (see [`crate::standby`]).
     ///
-    /// What it [`consume`](Self::consume)s of other streams may only fill caches: every
-    /// instance, holding or standing by, keeps its own through durables of its own
-    /// (`<context>-<source>-<instance>`), and a reaction that emits an event refuses its batch
-    /// (it is dead-lettered like any event that cannot be applied): the standby would emit it
-    /// a second time. A context that reacts with effects cannot follow itself.
+    /// What it [`consume`](Self::consume)s of other streams, every instance reads through
+    /// durables of its own (`<context>-<source>-<instance>`), holding the lease or standing by:
+    /// caches stay current on a standby; a reaction that emits waits there until the event it
+    /// emitted on the holder is followed (its cause is named by the event: then the reaction
+    /// does not run again), or until this instance takes the context over. So every change a
+    /// reaction makes to the context's own rows must be an event of its own: `Follows` is how
+    /// the standby learns it (an effect kept only in a row would be lost at a takeover).
     pub fn follows_itself(mut self) -> Self
     where
         K: Follows,
@@ -592,7 +594,7 @@ impl<K: ContextKind> ContextDecl<K> {
                     builder.per_instance(env.instance_suffix.clone());
                 }
                 if follower.is_some() {
-                    builder.caching_only(env.instance_suffix.clone());
+                    builder.following_itself(env.instance_suffix.clone());
                 }
                 builder.fenced_by(env.fence.clone());
                 if follower.is_some() {

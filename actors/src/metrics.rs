@@ -285,6 +285,7 @@ impl Metrics {
                     Disposition::Duplicate => "duplicate",
                     Disposition::Stale { .. } => "stale",
                     Disposition::Parked { .. } => "parked",
+                    Disposition::Followed => "followed",
                 },
             );
         }

@@ -208,6 +208,10 @@ pub struct ConsumerCounters {
     pub batches: u64,
     /// Commits that failed and were retried.
     pub commit_failures: u64,
+    /// Tries of a batch held back because a reaction in it would emit while its context is
+    /// fenced or stands by (see [`crate::standby`]).
+    #[serde(default)]
+    pub held_for_holder: u64,
 }
 
 /// One durable consumer: the server's view and the process's counters.
@@ -610,6 +614,7 @@ impl Observer {
                     dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
                     batches: s.batches.load(Ordering::Relaxed),
                     commit_failures: s.commit_failures.load(Ordering::Relaxed),
+                    held_for_holder: s.held_for_holder.load(Ordering::Relaxed),
                 };
                 let history: Vec<f64> = rates
                     .as_ref()

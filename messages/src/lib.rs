@@ -31,6 +31,7 @@ pub mod envelope;
 mod error;
 mod framing;
 mod limits;
+pub mod notifications;
 pub mod ordering;
 pub mod payments;
 pub mod request;

@@ -6,6 +6,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{check, ValidationError};
 
+/// The order's customer may pay (enabled): its invoice waits, authorized, for the order to be
+/// readied. Ordering takes no step on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentAuthorized {
+    /// Invoice id (the order's id).
+    pub id: String,
+    /// The order.
+    pub order_id: String,
+    /// Who will pay.
+    pub customer_id: String,
+    /// The payment the customer chose.
+    pub payment_id: String,
+    /// The order's total in minor units.
+    pub amount: i64,
+}
+
 /// The order's customer may not pay (unknown or disabled): ordering cancels the order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDeclined {
@@ -17,6 +33,12 @@ pub struct PaymentDeclined {
     pub customer_id: String,
     /// Why, for people.
     pub reason: String,
+    /// The payment the customer chose (absent from events of Carrier before 2026-12-07).
+    #[serde(default)]
+    pub payment_id: String,
+    /// The order's total in minor units (0 in events of Carrier before 2026-12-07).
+    #[serde(default)]
+    pub amount: i64,
 }
 
 /// The readied order's invoice was paid: ordering completes the order.
@@ -32,6 +54,16 @@ pub struct InvoicePaid {
     pub payment_id: String,
     /// Amount in minor units.
     pub amount: i64,
+}
+
+impl crate::codec::Validate for PaymentAuthorized {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check::id("id", &self.id)?;
+        check::id("order_id", &self.order_id)?;
+        check::id("customer_id", &self.customer_id)?;
+        check::id("payment_id", &self.payment_id)?;
+        check::non_negative("amount", self.amount)
+    }
 }
 
 impl crate::codec::Validate for PaymentDeclined {
@@ -56,6 +88,7 @@ impl crate::codec::Validate for InvoicePaid {
 crate::domain_events! {
     /// Every event the payments context publishes.
     enum PaymentsEvent, context "payments", stream "PAYMENTS", subjects "payments.>";
+    PaymentAuthorized => "invoice", "payments.invoice.authorized";
     PaymentDeclined => "invoice", "payments.invoice.declined";
     InvoicePaid => "invoice", "payments.invoice.paid";
 }

@@ -377,46 +377,6 @@ mod tests {
     }
 
     #[test]
-    fn a_context_that_follows_itself_refuses_a_reaction_that_emits() {
-        // Payments emits from its reaction to ordering's events: applied as a cache, the batch is
-        // refused and nothing of it is kept.
-        use crate::payments::Payments;
-        use carrier_messages::ordering::{OrderCreated, OrderingEvent};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let payments = crate::FileWriter::<Payments>::open(dir.path().join("payments.redb")).expect("open");
-        use carrier_messages::customers::{CustomerDisabled, CustomerRegistered, CustomersEvent};
-        let c = Causality::default();
-        let registered = CustomerRegistered { id: "c".into(), name: "Ann".into(), sms_number: "555".into() };
-        let customer = [
-            Inbound { stream_seq: 1, decoded: Decoded::new(CustomersEvent::CustomerRegistered(registered), 1, &c) },
-            Inbound {
-                stream_seq: 2,
-                decoded: Decoded::new(CustomersEvent::CustomerDisabled(CustomerDisabled { id: "c".into() }), 2, &c),
-            },
-        ];
-        // Caches fill as usual.
-        payments.apply_caching("payments-customers", &customer, 0).expect("cached");
-        let created = OrderingEvent::OrderCreated(OrderCreated {
-            id: "o".into(),
-            customer_id: "c".into(),
-            payment_id: "pay".into(),
-            items: Vec::new(),
-            total: 0,
-        });
-        let inbound = Inbound { stream_seq: 3, decoded: Decoded::new(created, 1, &c) };
-        let refused = payments.apply_caching("payments-ordering", &[inbound.clone()], 0);
-        match refused {
-            Err(StorageError::Poison { stream_seq, reason }) => {
-                assert_eq!(stream_seq, 3);
-                assert!(reason.contains("may only fill its caches"), "{reason}");
-            }
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-        assert_eq!(payments.outbox_len().expect("outbox"), 0);
-        assert_eq!(payments.checkpoint("payments-ordering").expect("checkpoint"), 0);
-    }
-
-    #[test]
     fn a_redelivered_price_delta_is_applied_once() {
         let (_dir, db) = db();
         let (a, r) = (added(), raise(50, 2));

@@ -169,35 +169,9 @@ impl<K: Reacts<E>, E: DomainEvent> Projection<E> for ReactProjection<K, E> {
     fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError> {
         K::react(&mut tables.0, &mut tables.1, envelope, event)
     }
-}
 
-/// Hands events of type `E` to `K`'s reaction and refuses any event the reaction emits: a
-/// context that follows itself keeps its own rows from its own stream, so what it reads of other
-/// streams may only fill caches (see [`FileWriter::apply_caching`]).
-struct CacheProjection<K, E>(PhantomData<fn() -> (K, E)>);
-
-impl<K: Reacts<E>, E: DomainEvent> Projection<E> for CacheProjection<K, E> {
-    type Tables<'txn> = (K::Tables<'txn>, Emitter<'txn, K::Event>);
-
-    fn open<'txn>(&self, txn: &'txn WriteTransaction) -> Result<Self::Tables<'txn>, StorageError> {
-        Ok((K::open(txn)?, Emitter::open(txn)?))
-    }
-
-    fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError> {
-        let before = tables.1.count();
-        K::react(&mut tables.0, &mut tables.1, envelope, event)?;
-        if tables.1.count() > before {
-            return Err(StorageError::Poison {
-                stream_seq: 0,
-                reason: format!(
-                    "{} reacted to {} with an event of its own, but it follows its own stream (it stands by): \
-                     what it reads of other streams may only fill its caches",
-                    K::NAME,
-                    envelope.event_type
-                ),
-            });
-        }
-        Ok(())
+    fn emitted(&self, tables: &Self::Tables<'_>) -> usize {
+        tables.1.count()
     }
 }
 
@@ -431,8 +405,16 @@ impl<K: ContextKind> FileWriter<K> {
             redb::Durability::Immediate
         };
         let projection = ReactProjection::<K, E>(PhantomData);
-        let outcome =
-            engine::apply_batch_with(&self.db, consumer, &projection, batch, through, durability, self.scratch);
+        let outcome = engine::apply_batch_with(
+            &self.db,
+            consumer,
+            &projection,
+            batch,
+            through,
+            durability,
+            self.scratch,
+            engine::Effects::Emit,
+        );
         self.file.committed();
         if let Some(file) = &self.file.writeback {
             start_writeback(file);
@@ -440,19 +422,26 @@ impl<K: ContextKind> FileWriter<K> {
         outcome
     }
 
-    /// Like [`apply`](Self::apply), for a context that [`Follows`] its own stream: its reactions
-    /// to `E` may only fill caches, and one that emits an event refuses the batch
-    /// ([`StorageError::Poison`]), so nothing is emitted twice by two instances.
-    pub fn apply_caching<E: DomainEvent>(
+    /// Like [`apply`](Self::apply), for a context that [`Follows`] its own stream (it may stand
+    /// by): an event whose effect was followed already (an event of its own names it as its
+    /// cause) moves its entity's version on without its reaction running again; and while
+    /// `hold_effects` (this instance stands by or is fenced), a reaction that would emit refuses
+    /// the batch with [`StorageError::NotYetFollowed`], keeping nothing: the holder may have
+    /// emitted it, and this instance tries again once it has followed that, or holds the
+    /// context. Reactions that emit nothing (caches) apply as usual, so a standby's caches stay
+    /// current.
+    pub fn apply_followed<E: DomainEvent>(
         &self,
         consumer: &str,
         batch: &[Inbound<E>],
         through: u64,
+        hold_effects: bool,
     ) -> Result<BatchOutcome, StorageError>
     where
         K: Reacts<E>,
     {
-        let projection = CacheProjection::<K, E>(PhantomData);
+        let projection = ReactProjection::<K, E>(PhantomData);
+        let effects = if hold_effects { engine::Effects::Hold } else { engine::Effects::Emit };
         let outcome = engine::apply_batch_with(
             &self.db,
             consumer,
@@ -461,6 +450,7 @@ impl<K: ContextKind> FileWriter<K> {
             through,
             redb::Durability::Immediate,
             false,
+            effects,
         );
         self.file.committed();
         outcome

@@ -14,7 +14,7 @@ use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
 
 use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables, PRODUCTS_CACHE, STORES_CACHE};
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -218,6 +218,38 @@ impl Decides<DepotCommand> for Depot {
                 Ok(())
             }
         }
+    }
+}
+
+impl Follows for Depot {
+    /// Every change to a shopping list is one of its events: created with its stops, then a
+    /// status.
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &DepotEvent) -> Result<(), StorageError> {
+        let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
+        let id = envelope.aggregate_id.as_str();
+        let current = get_list(&lists, id)?;
+        if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
+            return Ok(());
+        }
+        let row = match (current, event) {
+            (_, DepotEvent::ShoppingListCreated(e)) => ShoppingListRow {
+                order_id: e.order_id.clone(),
+                stops: e.stops.clone(),
+                status: ShoppingListStatus::Available,
+                version: envelope.aggregate_version,
+            },
+            (Some(row), DepotEvent::ShoppingListCompleted(_)) => {
+                ShoppingListRow { status: ShoppingListStatus::Completed, version: envelope.aggregate_version, ..row }
+            }
+            (Some(row), DepotEvent::ShoppingListCanceled(_)) => {
+                ShoppingListRow { status: ShoppingListStatus::Canceled, version: envelope.aggregate_version, ..row }
+            }
+            (None, _) => {
+                tracing::warn!(shopping_list.id = id, "followed a shopping list's step without its creation; ignored");
+                return Ok(());
+            }
+        };
+        put_list(&mut lists, id, &row)
     }
 }
 

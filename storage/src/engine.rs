@@ -34,6 +34,11 @@ pub(crate) const VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition:
 pub(crate) const PARKED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("parked");
 /// Durable consumer name → the last stream sequence committed.
 pub(crate) const CHECKPOINTS: TableDefinition<&str, u64> = TableDefinition::new("checkpoints");
+/// Event ids of another context's events whose effect this context holds already, because it
+/// followed its own stream (an instance standing by, see [`crate::Follows`]): the events its
+/// holder emitted name them as their cause. When such an event is delivered, its entity's
+/// version moves on and its reaction does not run again.
+pub(crate) const FOLLOWED: TableDefinition<u128, ()> = TableDefinition::new("followed_causes");
 
 /// One delivered, decoded event and where it sat in the stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,22 @@ pub trait Projection<E>: Send + Sync + 'static {
 
     /// Applies one event's effect. Called only for the next version of its entity.
     fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError>;
+
+    /// How many events the reactions emitted so far in this transaction (0 for projections that
+    /// cannot emit).
+    fn emitted(&self, _tables: &Self::Tables<'_>) -> usize {
+        0
+    }
+}
+
+/// How a batch treats reactions that emit (see [`apply_batch_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effects {
+    /// Reactions run and emit.
+    Emit,
+    /// The instance stands by (or is fenced): a reaction that would emit refuses the batch with
+    /// [`StorageError::NotYetFollowed`], because the holder may have emitted it already.
+    Hold,
 }
 
 /// What happened to one event of a batch.
@@ -74,6 +95,9 @@ pub enum Disposition {
         /// The version that must come first.
         expected: u64,
     },
+    /// Its effect was already followed from the context's own stream (its holder reacted and
+    /// published): its entity's version moved on, and its reaction did not run again.
+    Followed,
 }
 
 impl Disposition {
@@ -84,6 +108,7 @@ impl Disposition {
             Disposition::Duplicate => "duplicate",
             Disposition::Stale { .. } => "stale",
             Disposition::Parked { .. } => "parked",
+            Disposition::Followed => "followed",
         }
     }
 }
@@ -118,7 +143,7 @@ where
     E: DomainEvent,
     P: Projection<E>,
 {
-    apply_batch_with(db, consumer, projection, batch, through, redb::Durability::Immediate, false)
+    apply_batch_with(db, consumer, projection, batch, through, redb::Durability::Immediate, false, Effects::Emit)
 }
 
 /// [`apply_batch`] for a rebuild's scratch file: thrown away when the process dies, it needs no
@@ -132,6 +157,7 @@ pub(crate) fn apply_batch_with<E, P>(
     through: u64,
     durability: redb::Durability,
     scratch: bool,
+    effects: Effects,
 ) -> Result<BatchOutcome, StorageError>
 where
     E: DomainEvent,
@@ -150,7 +176,26 @@ where
         let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
         let mut parked = txn.open_table(PARKED).during("open parked")?;
         let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
+        let mut followed = txn.open_table(FOLLOWED).during("open followed_causes")?;
+        // Probing for followed causes costs a B-tree probe per event: only files that followed
+        // their own stream have any.
+        let any_followed = !followed.is_empty().during("count followed_causes")?;
         let mut tables = projection.open(&txn)?;
+        // Runs one event's reaction, unless its effect was followed; holds back one that emits
+        // while effects are held. Returns whether it was followed.
+        let mut react = |tables: &mut P::Tables<'_>, item: &Inbound<E>| -> Result<bool, StorageError> {
+            let envelope = &item.decoded.envelope;
+            if any_followed && followed.remove(envelope.event_id.0.as_u128()).during("take followed_causes")?.is_some()
+            {
+                return Ok(true);
+            }
+            let before = projection.emitted(tables);
+            projection.apply(tables, envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
+            if effects == Effects::Hold && projection.emitted(tables) > before {
+                return Err(StorageError::NotYetFollowed { stream_seq: item.stream_seq });
+            }
+            Ok(false)
+        };
         // Looking for parked successors costs a B-tree probe per event; skip it while the table
         // is empty and this batch has parked nothing.
         let mut parked_any = !parked.is_empty().during("count parked")?;
@@ -174,21 +219,23 @@ where
             let disposition = if version <= current {
                 Disposition::Stale { current }
             } else if version == current + 1 {
-                projection.apply(&mut tables, envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
+                let was_followed = react(&mut tables, item)?;
                 let mut now = version;
                 while parked_any {
                     let next = parked.remove((key.0, key.1, now + 1)).during("take parked")?;
                     let Some(bytes) = next else { break };
                     let waiting: Inbound<E> = decode_row("parked", bytes.value())?;
                     drop(bytes);
-                    projection
-                        .apply(&mut tables, &waiting.decoded.envelope, &waiting.decoded.event)
-                        .map_err(|e| e.at(waiting.stream_seq))?;
+                    react(&mut tables, &waiting)?;
                     outcome.unparked += 1;
                     now += 1;
                 }
                 versions.insert(key, now).during("write entity_versions")?;
-                Disposition::Applied
+                if was_followed {
+                    Disposition::Followed
+                } else {
+                    Disposition::Applied
+                }
             } else {
                 let row = encode_row("parked", item)?;
                 parked.insert((key.0, key.1, version), row.as_slice()).during("write parked")?;
@@ -219,8 +266,20 @@ pub(crate) fn follow_batch<K: crate::Follows>(
     batch: &[Inbound<K::Event>],
     through: u64,
 ) -> Result<u64, StorageError> {
+    let mut followed = txn.open_table(FOLLOWED).during("open followed_causes")?;
+    let inbox = txn.open_table(INBOX).during("open inbox")?;
     for item in batch {
         K::follow(txn, &item.decoded.envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
+        // What caused it (another context's event, for a reaction) is done: delivered here
+        // later, it moves its entity's version on without reacting again.
+        let cause =
+            item.decoded.envelope.causation_id.as_deref().and_then(|c| c.parse::<carrier_messages::EventId>().ok());
+        if let Some(cause) = cause {
+            let id = cause.0.as_u128();
+            if inbox.get(id).during("read inbox")?.is_none() {
+                followed.insert(id, ()).during("write followed_causes")?;
+            }
+        }
     }
     let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;
     let previous = checkpoints.get(consumer).during("read checkpoints")?.map(|v| v.value()).unwrap_or(0);
@@ -233,6 +292,7 @@ pub(crate) fn follow_batch<K: crate::Follows>(
 
 /// Creates the engine's tables so that readers never meet a missing table.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
+    txn.open_table(FOLLOWED).during("create followed_causes")?;
     txn.open_table(INBOX).during("create inbox")?;
     txn.open_table(INBOX_BY_TIME).during("create inbox_by_time")?;
     txn.open_table(VERSIONS).during("create entity_versions")?;

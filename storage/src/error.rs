@@ -38,6 +38,15 @@ pub enum StorageError {
         /// Why, for the dead letter.
         reason: String,
     },
+    /// An instance standing by (or fenced) met an event whose reaction would emit, and whose
+    /// effect it has not followed from its own stream yet: the holder may have emitted it. The
+    /// batch is kept back and tried again once the follower has caught up, or this instance
+    /// holds the context.
+    #[error("event at stream sequence {stream_seq} waits: its reaction emits, and this instance does not hold the context (it follows what the holder emits)")]
+    NotYetFollowed {
+        /// The event's stream sequence.
+        stream_seq: u64,
+    },
     /// A stored row does not decode.
     #[error("corrupt row in table {table}: {reason}")]
     Corrupt {

@@ -4,15 +4,15 @@
 //! The sink writes the row in the transaction that records the order event as applied, so a
 //! redelivered event finds its id in the inbox and is not notified twice.
 
-use redb::{Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::NoEvents;
 use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
+use carrier_messages::notifications::{NotificationsEvent, TextSent};
 use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::Envelope;
 
-use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Emitter, Follows, Reacts};
 use crate::customer_cache::{
     create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
 };
@@ -54,7 +54,7 @@ pub struct Notifications;
 
 impl ContextKind for Notifications {
     const NAME: &'static str = "notifications";
-    type Event = NoEvents;
+    type Event = NotificationsEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
         create_customers_cache_table(txn)?;
@@ -99,7 +99,7 @@ impl Reacts<OrderingEvent> for Notifications {
 
     fn react(
         t: &mut NotificationsOrderTables<'_>,
-        _emit: &mut Emitter<'_, NoEvents>,
+        emit: &mut Emitter<'_, NotificationsEvent>,
         envelope: &Envelope,
         event: &OrderingEvent,
     ) -> Result<(), StorageError> {
@@ -123,9 +123,43 @@ impl Reacts<OrderingEvent> for Notifications {
         };
         // Keyed by the order event's id: one row per order event, whatever the redeliveries.
         let key = envelope.event_id.to_string();
+        if t.sent.get(key.as_str()).during("read sent")?.is_some() {
+            return Ok(());
+        }
         let bytes = encode_row("sent", &row)?;
         t.sent.insert(key.as_str(), bytes.as_slice()).during("write sent")?;
         tracing::info!(order.id = %order_id, to = %row.sms_number, kind = kind, text = %row.text, "SMS sent");
+        // The text is also an event of its own (`notifications.text.sent`), published once by its
+        // id: what a gateway takes, and how an instance standing by learns it was sent.
+        let sent = TextSent {
+            id: key,
+            order_id: row.order_id,
+            kind: row.kind,
+            customer_id: row.customer_id,
+            sms_number: row.sms_number,
+            text: row.text,
+        };
+        emit.emit(NotificationsEvent::TextSent(sent), 1, envelope)
+    }
+}
+
+impl Follows for Notifications {
+    /// A text sent by the holder is a row of `sent`, under the same key.
+    fn follow(txn: &WriteTransaction, _envelope: &Envelope, event: &NotificationsEvent) -> Result<(), StorageError> {
+        let NotificationsEvent::TextSent(e) = event;
+        let mut sent = txn.open_table(SENT).during("open sent")?;
+        if sent.get(e.id.as_str()).during("read sent")?.is_some() {
+            return Ok(());
+        }
+        let row = SentRow {
+            order_id: e.order_id.clone(),
+            kind: e.kind.clone(),
+            customer_id: e.customer_id.clone(),
+            sms_number: e.sms_number.clone(),
+            text: e.text.clone(),
+        };
+        let bytes = encode_row("sent", &row)?;
+        sent.insert(e.id.as_str(), bytes.as_slice()).during("write sent")?;
         Ok(())
     }
 }

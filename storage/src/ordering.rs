@@ -14,7 +14,7 @@ use carrier_messages::ordering::*;
 use carrier_messages::payments::PaymentsEvent;
 use carrier_messages::Envelope;
 
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows, get_row};
 use crate::{CommandError, StorageError};
@@ -201,11 +201,49 @@ impl Reacts<PaymentsEvent> for Ordering {
                 };
                 emit.emit(OrderingEvent::OrderCompleted(completed), row.version, envelope)
             }
+            // An authorized invoice waits for the order to be readied: no step for ordering.
+            PaymentsEvent::PaymentAuthorized(_) => Ok(()),
             PaymentsEvent::PaymentDeclined(declined) => {
                 let reason = format!("payment declined: {}", declined.reason);
                 cancel(orders, emit, &declined.order_id, &reason, Ok(envelope)).map(|_| ())
             }
         }
+    }
+}
+
+impl Follows for Ordering {
+    /// Every change to an order is one of its events: created with all it holds, then a status.
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &OrderingEvent) -> Result<(), StorageError> {
+        let mut orders = txn.open_table(ORDERS).during("open orders")?;
+        let id = envelope.aggregate_id.as_str();
+        let current = get_order(&orders, id)?;
+        if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
+            return Ok(());
+        }
+        let row = match (current, event) {
+            (_, OrderingEvent::OrderCreated(e)) => OrderRow {
+                customer_id: e.customer_id.clone(),
+                payment_id: e.payment_id.clone(),
+                items: e.items.clone(),
+                total: e.total,
+                status: OrderStatus::Pending,
+                version: envelope.aggregate_version,
+            },
+            (Some(row), event) => {
+                let status = match event {
+                    OrderingEvent::OrderReadied(_) => OrderStatus::Ready,
+                    OrderingEvent::OrderCompleted(_) => OrderStatus::Completed,
+                    OrderingEvent::OrderCanceled(_) => OrderStatus::Canceled,
+                    OrderingEvent::OrderCreated(_) => row.status,
+                };
+                OrderRow { status, version: envelope.aggregate_version, ..row }
+            }
+            (None, _) => {
+                tracing::warn!(order.id = id, "followed an order's step without its creation; ignored");
+                return Ok(());
+            }
+        };
+        put_order(&mut orders, id, &row)
     }
 }
 
@@ -243,5 +281,83 @@ impl ContextFile<Ordering> {
     /// Every order, by id.
     pub fn orders(&self) -> Result<Vec<(String, OrderRow)>, StorageError> {
         all_rows(&self.db, ORDERS, "orders")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Disposition, Inbound};
+    use carrier_messages::baskets::{BasketCheckedOut, BasketStarted};
+    use carrier_messages::Decoded;
+
+    fn db() -> (tempfile::TempDir, crate::FileWriter<Ordering>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::FileWriter::<Ordering>::open(dir.path().join("ordering.redb")).expect("open");
+        (dir, db)
+    }
+
+    fn checkout(id: &str, seq: u64) -> Inbound<BasketsEvent> {
+        let item = BasketItem {
+            store_id: "s".into(),
+            store_name: "Shop".into(),
+            product_id: "p".into(),
+            product_name: "Tea".into(),
+            price: 300,
+            quantity: 2,
+        };
+        let event = BasketsEvent::BasketCheckedOut(BasketCheckedOut {
+            id: id.into(),
+            customer_id: "c".into(),
+            payment_id: "pay".into(),
+            items: vec![item],
+        });
+        Inbound { stream_seq: seq, decoded: Decoded::new(event, 2, &Causality::default()) }
+    }
+
+    #[test]
+    fn a_standby_holds_a_reaction_that_emits_until_it_followed_the_holders_and_never_reacts_twice() {
+        let (_h, holder) = db();
+        let (_s, standby) = db();
+        let x = checkout("b1", 2);
+        let started = BasketsEvent::BasketStarted(BasketStarted { id: "b1".into(), customer_id: "c".into() });
+        let start = Inbound { stream_seq: 1, decoded: Decoded::new(started, 1, &Causality::default()) };
+        holder.apply("ordering-baskets", &[start.clone(), x.clone()], 0).expect("the holder reacts");
+        assert_eq!(holder.outbox_len().expect("outbox"), 1);
+
+        // Standing by: the start applies (nothing emitted), the checkout waits and keeps nothing.
+        standby.apply_followed("ordering-baskets", &[start.clone()], 0, true).expect("nothing to hold");
+        match standby.apply_followed("ordering-baskets", &[x.clone()], 0, true) {
+            Err(StorageError::NotYetFollowed { stream_seq }) => assert_eq!(stream_seq, 2),
+            other => panic!("expected the checkout held, got {other:?}"),
+        }
+        assert_eq!(
+            (
+                standby.outbox_len().expect("outbox"),
+                crate::ContextDb::checkpoint(&*standby.file(), "ordering-baskets").expect("c")
+            ),
+            (0, 1)
+        );
+
+        // The holder's OrderCreated is followed: the checkout then moves its basket's version on
+        // without creating the order a second time.
+        let published = crate::context::outbox_as_delivered(&holder);
+        standby.follow("ordering-self", &published, 0).expect("followed");
+        assert_eq!(standby.file().orders().expect("orders"), holder.file().orders().expect("orders"));
+        let out = standby.apply_followed("ordering-baskets", &[x.clone()], 0, true).expect("followed cause");
+        assert_eq!(out.dispositions, vec![Disposition::Followed]);
+        assert_eq!(standby.outbox_len().expect("outbox"), 0, "nothing emitted twice");
+        // Delivered again: a duplicate.
+        let again = standby.apply_followed("ordering-baskets", &[x], 0, false).expect("again");
+        assert_eq!(again.dispositions, vec![Disposition::Duplicate]);
+
+        // Holding the context now, it reacts to what the holder never did.
+        let y = checkout("b2", 3);
+        let y = Inbound { decoded: Decoded::new(y.decoded.event, 1, &Causality::default()), ..y };
+        let out = standby.apply_followed("ordering-baskets", &[y], 0, false).expect("reacts");
+        assert_eq!(out.dispositions, vec![Disposition::Applied]);
+        assert_eq!(standby.outbox_len().expect("outbox"), 1);
+        let order = standby.file().order("b2").expect("read").expect("created");
+        assert_eq!((order.status, order.total, order.version), (OrderStatus::Pending, 600, 1));
     }
 }

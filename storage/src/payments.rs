@@ -9,7 +9,7 @@ use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::payments::*;
 use carrier_messages::Envelope;
 
-use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
+use crate::context::{ContextFile, ContextKind, Emitter, Follows, Reacts};
 use crate::customer_cache::{
     create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
 };
@@ -116,26 +116,35 @@ impl Reacts<OrderingEvent> for Payments {
                     return Ok(());
                 }
                 let customer: PaymentsCustomer = required_customer(&t.customers, &order.customer_id)?;
-                let mut row = InvoiceRow {
+                let status = if customer.enabled { InvoiceStatus::Authorized } else { InvoiceStatus::Declined };
+                let row = InvoiceRow {
                     customer_id: order.customer_id.clone(),
                     payment_id: order.payment_id.clone(),
                     amount: order.total,
-                    status: InvoiceStatus::Authorized,
-                    version: 0,
+                    status,
+                    version: 1,
                 };
-                if !customer.enabled {
-                    row.status = InvoiceStatus::Declined;
-                    row.version = 1;
-                    put_invoice(&mut t.invoices, &order.id, &row)?;
-                    let declined = PaymentDeclined {
+                put_invoice(&mut t.invoices, &order.id, &row)?;
+                // Either way an event says what was decided: an instance standing by learns the
+                // invoice from it (see `Follows`).
+                let event = match status {
+                    InvoiceStatus::Authorized => PaymentsEvent::PaymentAuthorized(PaymentAuthorized {
+                        id: order.id.clone(),
+                        order_id: order.id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        payment_id: order.payment_id.clone(),
+                        amount: order.total,
+                    }),
+                    _ => PaymentsEvent::PaymentDeclined(PaymentDeclined {
                         id: order.id.clone(),
                         order_id: order.id.clone(),
                         customer_id: order.customer_id.clone(),
                         reason: "customer is disabled".to_string(),
-                    };
-                    return emit.emit(PaymentsEvent::PaymentDeclined(declined), 1, envelope);
-                }
-                put_invoice(&mut t.invoices, &order.id, &row)
+                        payment_id: order.payment_id.clone(),
+                        amount: order.total,
+                    }),
+                };
+                emit.emit(event, 1, envelope)
             }
             // CreateInvoice and PayInvoice: the readied order is charged.
             OrderingEvent::OrderReadied(order) => {
@@ -176,6 +185,44 @@ fn put_invoice(
     let bytes = encode_row("invoices", row)?;
     table.insert(id, bytes.as_slice()).during("write invoices")?;
     Ok(())
+}
+
+impl Follows for Payments {
+    /// Every change to an invoice is one of its events: authorized or declined with what it
+    /// holds, then paid.
+    fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &PaymentsEvent) -> Result<(), StorageError> {
+        let mut invoices = txn.open_table(INVOICES).during("open invoices")?;
+        let id = envelope.aggregate_id.as_str();
+        let current = get_invoice(&invoices, id)?;
+        if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
+            return Ok(());
+        }
+        let version = envelope.aggregate_version;
+        let row = match event {
+            PaymentsEvent::PaymentAuthorized(e) => InvoiceRow {
+                customer_id: e.customer_id.clone(),
+                payment_id: e.payment_id.clone(),
+                amount: e.amount,
+                status: InvoiceStatus::Authorized,
+                version,
+            },
+            PaymentsEvent::PaymentDeclined(e) => InvoiceRow {
+                customer_id: e.customer_id.clone(),
+                payment_id: e.payment_id.clone(),
+                amount: e.amount,
+                status: InvoiceStatus::Declined,
+                version,
+            },
+            PaymentsEvent::InvoicePaid(e) => InvoiceRow {
+                customer_id: e.customer_id.clone(),
+                payment_id: e.payment_id.clone(),
+                amount: e.amount,
+                status: InvoiceStatus::Paid,
+                version,
+            },
+        };
+        put_invoice(&mut invoices, id, &row)
+    }
 }
 
 impl ContextFile<Payments> {

@@ -34,7 +34,7 @@ fn the_asyncapi_document_validates_against_the_asyncapi_3_schema() {
 
 #[test]
 fn every_event_command_and_query_of_the_messages_crate_is_in_the_document() {
-    use carrier_messages::{baskets, customers, depot, ordering, payments, stores};
+    use carrier_messages::{baskets, customers, depot, notifications, ordering, payments, stores};
     let doc = document();
     let messages = doc["components"]["messages"].as_object().expect("messages");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
@@ -45,6 +45,7 @@ fn every_event_command_and_query_of_the_messages_crate_is_in_the_document() {
         ordering::OrderingEvent::EVENT_TYPES,
         depot::DepotEvent::EVENT_TYPES,
         payments::PaymentsEvent::EVENT_TYPES,
+        notifications::NotificationsEvent::EVENT_TYPES,
     ];
     let mut count = 0;
     for event_type in all_events.iter().flat_map(|types| types.iter()) {
@@ -56,7 +57,7 @@ fn every_event_command_and_query_of_the_messages_crate_is_in_the_document() {
         assert!(schemas.contains_key(name), "no payload schema for {event_type}");
         count += 1;
     }
-    assert_eq!(count, 27, "every event type of the six publishing contexts");
+    assert_eq!(count, 29, "every event type of the seven publishing contexts");
     for (subject, schema) in [
         ("cmd.stores", "StoresCommand"),
         ("cmd.customers", "CustomersCommand"),

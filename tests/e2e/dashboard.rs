@@ -266,14 +266,20 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
             lag: document.querySelector('#topology [data-edge-label^="search-ordering"]').dataset.lag,
         };"#,
     );
-    let streams: Vec<String> = ["BASKETS", "CUSTOMERS", "DEPOT", "ORDERING", "PAYMENTS", "STORES"]
+    let streams: Vec<String> = ["BASKETS", "CUSTOMERS", "DEPOT", "NOTIFICATIONS", "ORDERING", "PAYMENTS", "STORES"]
         .iter()
         .map(|s| format!("stream:{s}"))
         .collect();
     assert_eq!(graph["streams"], json!(streams), "{graph:#}");
     let edges = graph["edges"].as_array().expect("edges");
-    assert_eq!(edges.len(), 6 + 13, "a publish edge per stream and a read edge per durable: {graph:#}");
-    assert!(edges.contains(&json!("publish:ordering")) && edges.contains(&json!("depot-ordering")), "{graph:#}");
+    assert_eq!(edges.len(), 7 + 13, "a publish edge per stream and a read edge per durable: {graph:#}");
+    let own = carrier_actors::instance::durable_suffix(
+        &carrier_actors::instance::instance_id(&env.data_dir()).expect("instance id"),
+    );
+    assert!(
+        edges.contains(&json!("publish:ordering")) && edges.contains(&json!(format!("depot-ordering-{own}"))),
+        "{graph:#}"
+    );
     assert!(graph["label"].as_str().is_some_and(|l| l.contains("/s · lag")), "{graph:#}");
     assert_eq!(graph["lag"], json!("0"), "the story settled, so nothing lags: {graph:#}");
     save_screenshot(&browser, "dashboard.png");

@@ -97,9 +97,14 @@ async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable
         names,
         vec![
             carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id"),
-            "depot-stores".to_string()
+            format!(
+                "depot-stores-{}",
+                carrier_actors::instance::durable_suffix(
+                    &carrier_actors::instance::instance_id(&env.data_dir()).expect("instance id")
+                )
+            )
         ],
-        "one durable per consuming context (baskets' is this instance's own)"
+        "one durable per consuming context (each this instance's own: both may stand by)"
     );
     // And the depot answers lookups from the owner when it misses.
     let found = depot.store("s1").await.expect("answered").expect("exists");

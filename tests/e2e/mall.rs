@@ -301,7 +301,7 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     }
 
     let mut durables = Vec::new();
-    for stream in ["STORES", "CUSTOMERS", "BASKETS", "ORDERING", "DEPOT", "PAYMENTS"] {
+    for stream in ["STORES", "CUSTOMERS", "BASKETS", "ORDERING", "DEPOT", "PAYMENTS", "NOTIFICATIONS"] {
         let stream = bus.jetstream().get_stream(stream).await.expect("stream");
         let mut names = stream.consumer_names();
         while let Some(name) = names.next().await {
@@ -311,10 +311,12 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     durables.sort();
     let unique: BTreeSet<&String> = durables.iter().collect();
     assert_eq!(unique.len(), durables.len(), "a durable name is shared: {durables:?}");
-    // search is a read model: every instance reads with durables of its own.
+    // Every consuming context of the mall may stand by (it follows its own stream) or is a read
+    // model: each instance reads every stream through durables of its own.
     let instance = carrier_actors::instance::instance_id(&env.data_dir()).expect("instance id");
-    let own = |source: &str| format!("search-{source}-{}", carrier_actors::instance::durable_suffix(&instance));
+    let suffix = carrier_actors::instance::durable_suffix(&instance);
     let mut expected: Vec<String> = [
+        "baskets-stores",
         "depot-ordering",
         "depot-stores",
         "notifications-customers",
@@ -324,12 +326,12 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
         "ordering-payments",
         "payments-customers",
         "payments-ordering",
+        "search-customers",
+        "search-ordering",
+        "search-stores",
     ]
     .iter()
-    .map(|s| s.to_string())
-    .chain(["customers", "ordering", "stores"].map(own))
-    // baskets follows its own stream (it may stand by): its caches are each instance's own.
-    .chain([carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id")])
+    .map(|s| format!("{s}-{suffix}"))
     .collect();
     expected.sort();
     assert_eq!(durables, expected);

@@ -49,5 +49,6 @@ pub fn context() -> BoundedContext {
         .consume::<StoresEvent>()
         .consume_with_prefetch::<OrderingEvent>(prefetch)
         .decides::<DepotCommand>()
+        .follows_itself()
         .build()
 }

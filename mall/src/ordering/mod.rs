@@ -28,5 +28,6 @@ pub fn context() -> BoundedContext {
         .consume::<DepotEvent>()
         .consume::<PaymentsEvent>()
         .decides::<OrderingCommand>()
+        .follows_itself()
         .build()
 }

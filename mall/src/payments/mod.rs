@@ -24,5 +24,6 @@ pub fn context() -> BoundedContext {
         .customers_fallback()
         .consume::<CustomersEvent>()
         .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
+        .follows_itself()
         .build()
 }
