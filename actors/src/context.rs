@@ -605,6 +605,9 @@ impl<K: ContextKind> ContextDecl<K> {
                 }
                 let (args, handle) = builder.build(env.tree, env.path);
                 if follower.is_some() {
+                    // Until the first answer says nobody stands by, one may: answer commands
+                    // only once published.
+                    handle.answers_when_published.store(true, std::sync::atomic::Ordering::Relaxed);
                     let watcher = tokio::spawn(crate::standby::watch_standbys(
                         K::NAME,
                         env.bus.clone(),

@@ -51,18 +51,28 @@ pub(crate) async fn watch_standbys(
 ) {
     use std::sync::atomic::Ordering;
     let subject = standby_subject(context);
+    let mut failing = false;
     loop {
         // Only "no responders" says nobody stands by; a request that gets no answer at all (NATS
-        // away) leaves the answer as it was: a holder cut off from NATS may be taken over.
+        // away) leaves the answer as it was: a holder cut off from NATS may be taken over. Until
+        // the first answer, a standby may exist (the handle starts so).
         let standby = if fence.is_standing_by() {
             false
         } else {
             match bus.request(&subject, &[], Vec::new(), Duration::from_secs(1)).await {
                 Ok(_) => true,
                 Err(e) if e.is_no_responders() => false,
-                Err(_) => answers_when_published.load(Ordering::Relaxed),
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%context, %error, "cannot tell whether another instance stands by; answering as before");
+                    }
+                    failing = true;
+                    tokio::time::sleep(CLAIM_EVERY).await;
+                    continue;
+                }
             }
         };
+        failing = false;
         if answers_when_published.swap(standby, Ordering::Relaxed) != standby {
             tracing::info!(
                 %context,

@@ -436,3 +436,282 @@ async fn a_baskets_standby_keeps_its_own_caches_and_takes_the_baskets_over() {
     again.shutdown().await;
     second.shutdown().await;
 }
+
+/// The rows of every context that a standby takes over, as text: what two instances must agree on.
+fn state_of(system: &CarrierSystem) -> Vec<String> {
+    let mut out = Vec::new();
+    let stores = system.handle::<StoresHandle>().expect("stores");
+    out.extend(stores.db.stores().expect("stores").into_iter().map(|r| format!("store {r:?}")));
+    out.extend(stores.db.products().expect("products").into_iter().map(|r| format!("product {r:?}")));
+    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().expect("customers");
+    out.extend(customers.db.customers().expect("customers").into_iter().map(|r| format!("customer {r:?}")));
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    out.extend(baskets.db.baskets().expect("baskets").into_iter().map(|r| format!("basket {r:?}")));
+    let ordering = system.handle::<carrier_mall::ordering::OrderingHandle>().expect("ordering");
+    out.extend(ordering.db.orders().expect("orders").into_iter().map(|r| format!("order {r:?}")));
+    let depot = system.handle::<carrier_mall::depot::DepotHandle>().expect("depot");
+    out.extend(depot.db.shopping_lists().expect("lists").into_iter().map(|r| format!("list {r:?}")));
+    let payments = system.handle::<carrier_mall::payments::PaymentsHandle>().expect("payments");
+    out.extend(payments.db.invoices().expect("invoices").into_iter().map(|r| format!("invoice {r:?}")));
+    let notifications = system.handle::<carrier_mall::notifications::NotificationsHandle>().expect("notifications");
+    out.extend(notifications.db.sent().expect("sent").into_iter().map(|r| format!("text {r:?}")));
+    out.sort();
+    out
+}
+
+/// Every difference between an instance's caches and the owners' rows it holds.
+fn cache_problems(system: &CarrierSystem) -> Vec<String> {
+    let stores = system.handle::<StoresHandle>().expect("stores");
+    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    let depot = system.handle::<carrier_mall::depot::DepotHandle>().expect("depot");
+    let mut problems = carrier_mall::verify::baskets_against_stores(&stores.db, &baskets.db).expect("compared");
+    problems.extend(carrier_mall::verify::depot_against_stores(&stores.db, &depot.db).expect("compared"));
+    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().expect("customers");
+    let owned: Vec<(String, bool, String, u64)> = customers
+        .db
+        .customers()
+        .expect("customers")
+        .into_iter()
+        .map(|(id, c)| (id, c.enabled, c.sms_number, c.version))
+        .collect();
+    let payments = system.handle::<carrier_mall::payments::PaymentsHandle>().expect("payments");
+    let paying: Vec<(String, bool, u64)> =
+        payments.db.customers().expect("cache").into_iter().map(|(id, c, v)| (id, c.enabled, v)).collect();
+    if paying != owned.iter().map(|(id, e, _, v)| (id.clone(), *e, *v)).collect::<Vec<_>>() {
+        problems.push(format!("payments' customers {paying:?} differ from the owner's {owned:?}"));
+    }
+    let notifications = system.handle::<carrier_mall::notifications::NotificationsHandle>().expect("notifications");
+    let texting: Vec<(String, String, u64)> =
+        notifications.db.customers().expect("cache").into_iter().map(|(id, c, v)| (id, c.sms_number, v)).collect();
+    if texting != owned.iter().map(|(id, _, s, v)| (id.clone(), s.clone(), *v)).collect::<Vec<_>>() {
+        problems.push(format!("notifications' customers {texting:?} differ from the owner's {owned:?}"));
+    }
+    problems
+}
+
+/// The issue's test: two instances of every context, the first SIGKILLed in the middle of a
+/// stream of checkouts and completed shopping lists. The second takes every context over with
+/// what was published; nothing is lost or applied twice, each text is sent once, every cache
+/// equals its owner; the first, started again later, stands by with the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_every_context_lose_nothing_and_send_each_text_once_when_one_is_killed() {
+    use carrier_mall::ordering::OrderingHandle;
+    use carrier_messages::ordering::OrderStatus;
+    const ORDERS: usize = 40;
+    const KILL_AFTER: usize = 16;
+    const DISABLED: [usize; 2] = [2, 5];
+    let env = TestEnv::start();
+    let bus = Bus::connect(&env.url(), "standby-test", Duration::from_secs(5)).await.expect("connects");
+    let first_data = tempfile::tempdir().expect("first data dir");
+    let log = File::create(env.data_dir().join("first.log")).expect("log file");
+    let mut first = Owner(
+        Command::new(carrier_bin())
+            .args(["run", "--nats-url", &env.url(), "--data-dir"])
+            .arg(first_data.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log file")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("carrier run starts"),
+    );
+    let seed = [
+        ("stores", r#"{"command":"create_store","id":"s1","name":"Shop","location":"Hall"}"#.to_string()),
+        ("stores", r#"{"command":"create_store","id":"s2","name":"Kiosk","location":"Gate"}"#.to_string()),
+        (
+            "stores",
+            r#"{"command":"add_product","id":"p1","store_id":"s1","name":"Tea","description":"","sku":"T","price":300}"#
+                .to_string(),
+        ),
+        (
+            "stores",
+            r#"{"command":"add_product","id":"p2","store_id":"s2","name":"Jam","description":"","sku":"J","price":450}"#
+                .to_string(),
+        ),
+    ];
+    for (context, json) in &seed {
+        send(&bus, context, json, &["already_exists"]).await;
+    }
+    for c in 0..6 {
+        let json = format!(r#"{{"command":"register_customer","id":"c{c}","name":"C{c}","sms_number":"+1555010{c}"}}"#);
+        send(&bus, "customers", &json, &["already_exists"]).await;
+    }
+    for c in DISABLED {
+        send(&bus, "customers", &format!(r#"{{"command":"disable_customer","id":"c{c}"}}"#), &[]).await;
+    }
+
+    // The second instance: every context stands by (search, a read model, runs on both).
+    let second = env.system(&carrier_tests::ALL).await;
+    let standing: Vec<String> = second.observer().instance().standing_by.clone();
+    assert_eq!(standing.len(), 7, "every context with effects stands by: {standing:?}");
+    // The first learns that someone stands by (it asks every 2 s): its answers then wait for
+    // publication and carry the event's position.
+    let probes = AtomicUsize::new(0);
+    wait_until(Duration::from_secs(10), "the first answers baskets' commands with a position", || {
+        let (bus, n) = (bus.clone(), probes.fetch_add(1, Ordering::SeqCst));
+        async move {
+            let json = format!(r#"{{"command":"start_basket","id":"probe{n}","customer_id":"c0"}}"#);
+            let reply = send(&bus, "baskets", &json, &[]).await;
+            reply["position"].as_str().is_some_and(|p| p.starts_with("BASKETS:"))
+        }
+    })
+    .await;
+
+    // The baskets, filled before anything is killed (a resent add_item would add twice).
+    for i in 0..ORDERS {
+        let (c, p) = (i % 6, 1 + i % 2);
+        send(&bus, "baskets", &format!(r#"{{"command":"start_basket","id":"o{i}","customer_id":"c{c}"}}"#), &[]).await;
+        let add = format!(r#"{{"command":"add_item","id":"o{i}","product_id":"p{p}","quantity":2}}"#);
+        send(&bus, "baskets", &add, &[]).await;
+    }
+
+    // Checkouts and the bots' completed lists flow; the first is killed among them. A resend
+    // after a reply lost in the kill is refused as already done (`rejected`).
+    let checked_out = Arc::new(AtomicUsize::new(0));
+    let checkouts = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let shopper = {
+        let (bus, checked_out, checkouts) = (bus.clone(), checked_out.clone(), checkouts.clone());
+        tokio::spawn(async move {
+            for i in 0..ORDERS {
+                let json = format!(r#"{{"command":"checkout_basket","id":"o{i}","payment_id":"pay-{i}"}}"#);
+                let reply = send(&bus, "baskets", &json, &["rejected"]).await;
+                checkouts.lock().expect("checkouts").push(format!("o{i}: {reply}"));
+                checked_out.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let answers = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let bots = {
+        let (bus, answers) = (bus.clone(), answers.clone());
+        tokio::spawn(async move {
+            for i in (0..ORDERS).filter(|i| !DISABLED.contains(&(i % 6))) {
+                // A list exists once depot reacted to the order (on whichever instance holds it).
+                let json = format!(r#"{{"command":"complete_shopping_list","id":"o{i}"}}"#);
+                let deadline = Instant::now() + Duration::from_secs(150);
+                loop {
+                    let reply = send(&bus, "depot", &json, &["not_found", "rejected"]).await;
+                    match reply.pointer("/error/code").and_then(|c| c.as_str()) {
+                        Some("not_found") => {
+                            if Instant::now() > deadline {
+                                return Err(format!("o{i}'s list never appeared"));
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        _ => {
+                            answers.lock().expect("answers").push(format!("o{i}: {reply}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    wait_until(Duration::from_secs(60), "checkouts before the kill", || {
+        let n = checked_out.load(Ordering::SeqCst);
+        async move { n >= KILL_AFTER }
+    })
+    .await;
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    let killed = Instant::now();
+    shopper.await.expect("every basket checked out by one instance or the other");
+    let bots = bots.await.expect("the bots ran");
+
+    // Every order settles on the second: completed, or canceled for the disabled customers.
+    let ordering = second.handle::<OrderingHandle>().expect("ordering");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let orders = ordering.db.orders().unwrap_or_default();
+        let unsettled: Vec<String> = orders
+            .iter()
+            .filter(|(id, o)| {
+                let i: usize = id[1..].parse().unwrap_or(0);
+                let want = if DISABLED.contains(&(i % 6)) { OrderStatus::Canceled } else { OrderStatus::Completed };
+                o.status != want
+            })
+            .map(|(id, o)| format!("{id}: {:?} v{}", o.status, o.version))
+            .collect();
+        if orders.len() == ORDERS && unsettled.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline || bots.is_err() {
+            // What a failure needs to be understood: who answered what, and the first's warnings.
+            let depot = second.handle::<carrier_mall::depot::DepotHandle>().expect("depot");
+            let payments = second.handle::<carrier_mall::payments::PaymentsHandle>().expect("payments");
+            let consumers = second.observer().consumers().await;
+            let log = std::fs::read_to_string(env.data_dir().join("first.log")).unwrap_or_default();
+            let warnings: Vec<&str> = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+            eprintln!("bots: {bots:?}\nthe first's warnings:\n{}", warnings.join("\n"));
+            eprintln!("the bots' answers: {:#?}", answers.lock().expect("answers"));
+            eprintln!("the checkouts' answers: {:#?}", checkouts.lock().expect("checkouts"));
+            panic!(
+                "orders not settled: {} of {ORDERS} exist, unsettled {unsettled:?}\nlists {:?}\ninvoices {:?}\nconsumers {:#?}\nhealth {:?}",
+                orders.len(),
+                depot.db.shopping_lists().expect("lists").iter().map(|(id, l)| format!("{id}:{:?}", l.status)).collect::<Vec<_>>(),
+                payments.db.invoices().expect("invoices").iter().map(|(id, i)| format!("{id}:{:?}", i.status)).collect::<Vec<_>>(),
+                consumers.iter().map(|c| format!("{} {} pending {} ackp {} held {} dl {} applied {}", c.context, c.source, c.pending, c.ack_pending, c.counters.held_for_holder, c.counters.dead_lettered, c.counters.applied)).collect::<Vec<_>>(),
+                second.health(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took_over = killed.elapsed();
+    assert!(second.observer().instance().standing_by.is_empty(), "the second holds everything");
+    let notifications = second.handle::<carrier_mall::notifications::NotificationsHandle>().expect("notifications");
+    let outboxes_empty = || {
+        let s = &second;
+        let handles_empty = [
+            s.handle::<StoresHandle>().expect("h").db.outbox_len().expect("o"),
+            s.handle::<carrier_mall::baskets::BasketsHandle>().expect("h").db.outbox_len().expect("o"),
+            ordering.db.outbox_len().expect("o"),
+            s.handle::<carrier_mall::depot::DepotHandle>().expect("h").db.outbox_len().expect("o"),
+            s.handle::<carrier_mall::payments::PaymentsHandle>().expect("h").db.outbox_len().expect("o"),
+            notifications.db.outbox_len().expect("o"),
+        ];
+        handles_empty.iter().all(|n| *n == 0)
+    };
+    wait_until(Duration::from_secs(30), "texts sent and every outbox published", || {
+        let done = notifications.db.sent().map(|s| s.len() == 2 * ORDERS).unwrap_or(false) && outboxes_empty();
+        async move { done }
+    })
+    .await;
+
+    // Each text exactly once: two per order (created, then readied or canceled), on the stream
+    // once each, with nothing else.
+    let sent = notifications.db.sent().expect("sent");
+    let mut kinds: Vec<(String, String)> = sent.iter().map(|(_, t)| (t.order_id.clone(), t.kind.clone())).collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(kinds.len(), 2 * ORDERS, "one text per order event: {kinds:?}");
+    assert_eq!(bus.stream_message_count("NOTIFICATIONS").await.expect("stream").unwrap_or(0), 2 * ORDERS as u64);
+    // Each event of every context once: a stream holds as many events as its entities' versions add up to.
+    let versions = |rows: Vec<u64>| rows.into_iter().sum::<u64>();
+    let payments = second.handle::<carrier_mall::payments::PaymentsHandle>().expect("payments");
+    let depot = second.handle::<carrier_mall::depot::DepotHandle>().expect("depot");
+    let baskets = second.handle::<carrier_mall::baskets::BasketsHandle>().expect("baskets");
+    for (stream, total) in [
+        ("ORDERING", versions(ordering.db.orders().expect("o").into_iter().map(|(_, o)| o.version).collect())),
+        ("DEPOT", versions(depot.db.shopping_lists().expect("l").into_iter().map(|(_, l)| l.version).collect())),
+        ("PAYMENTS", versions(payments.db.invoices().expect("i").into_iter().map(|(_, i)| i.version).collect())),
+        ("BASKETS", versions(baskets.db.baskets().expect("b").into_iter().map(|(_, b)| b.version).collect())),
+    ] {
+        assert_eq!(bus.stream_message_count(stream).await.expect("stream").unwrap_or(0), total, "{stream}");
+    }
+    let problems = cache_problems(&second);
+    assert!(problems.is_empty(), "the second's caches differ from the owners: {problems:?}");
+
+    // The first, started again, stands by behind the second and ends with the same state.
+    let mut config = env.config(&carrier_tests::ALL);
+    config.data_dir = first_data.path().to_path_buf();
+    let again = CarrierSystem::start(config).await.expect("the first starts again");
+    assert_eq!(again.observer().instance().standing_by.len(), 7);
+    let expected = state_of(&second);
+    wait_until(Duration::from_secs(60), "the restarted first has the second's state and caches", || {
+        let same = state_of(&again) == expected && cache_problems(&again).is_empty();
+        async move { same }
+    })
+    .await;
+    eprintln!("every context: {ORDERS} orders, all settled {took_over:?} after the SIGKILL");
+    again.shutdown().await;
+    second.shutdown().await;
+}
