@@ -353,24 +353,24 @@ fn a_stop_is_bounded_when_the_server_is_gone_and_a_second_signal_ends_it_at_once
 
 #[test]
 fn a_second_instance_of_a_context_is_refused_instead_of_splitting_its_stream() {
-    // depot reacts to orders with effects: it runs on one instance at a time (baskets or
-    // stores, which follow their own streams, would stand by instead).
+    // The central inventory (seed 003) has no standby: it runs on one instance at a time (the
+    // mall's contexts with effects, which follow their own streams, would stand by instead).
     let ready_service = |env: &TestEnv, data: &std::path::Path| {
-        carrier_tests::CarrierProcess::run_ready(&env.url(), data, "stores,depot", &[]).0
+        carrier_tests::CarrierProcess::run_ready(&env.url(), data, "central", &[]).0
     };
     let env = TestEnv::start();
     let first_dir = env.data_dir();
     let mut first = ready_service(&env, &first_dir);
     let second_dir = tempfile::tempdir().expect("dir");
     let out = Command::new(carrier_bin())
-        .args(["run", "--contexts", "depot", "--nats-url", &env.url(), "--data-dir"])
+        .args(["run", "--contexts", "central", "--nats-url", &env.url(), "--data-dir"])
         .arg(second_dir.path())
         .args(["--dashboard-addr", "127.0.0.1:0"])
         .output()
         .expect("carrier runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("depot already runs in another Carrier instance"), "{stderr}");
+    assert!(stderr.contains("central already runs in another Carrier instance"), "{stderr}");
     assert!(stderr.contains(&format!("pid {}", first.id())), "names the holder: {stderr}");
     // Once the first stops, its leases are given back and another instance starts at once.
     first.signal("TERM");

@@ -30,15 +30,37 @@ impl Drop for Owner {
 }
 
 fn spawn_owner(env: &TestEnv, data: &std::path::Path) -> Owner {
+    spawn_first(env, data, "stores")
+}
+
+/// `carrier run --contexts <contexts>` on `data`, its log (both streams, at info) in the test's
+/// data directory as `first.log`.
+fn spawn_first(env: &TestEnv, data: &std::path::Path, contexts: &str) -> Owner {
     let log = File::create(env.data_dir().join("first.log")).expect("log file");
     let child = Command::new(carrier_bin())
-        .args(["run", "--contexts", "stores", "--nats-url", &env.url(), "--data-dir"])
+        .args(["run", "--contexts", contexts, "--nats-url", &env.url(), "--data-dir"])
         .arg(data)
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
         .stderr(Stdio::from(log))
         .spawn()
         .expect("carrier run starts");
     Owner(child)
+}
+
+/// Waits until the holder of baskets answers with its event's position: it has learnt that
+/// another instance stands by (it asks every 2 s), and answers once published.
+async fn wait_for_answers_with_positions(bus: &Bus) {
+    let probes = AtomicUsize::new(0);
+    wait_until(Duration::from_secs(10), "the first answers baskets' commands with a position", || {
+        let (bus, n) = (bus.clone(), probes.fetch_add(1, Ordering::SeqCst));
+        async move {
+            let json = format!(r#"{{"command":"start_basket","id":"probe{n}","customer_id":"c0"}}"#);
+            let reply = send(&bus, "baskets", &json, &[]).await;
+            reply["position"].as_str().is_some_and(|p| p.starts_with("BASKETS:"))
+        }
+    })
+    .await;
 }
 
 /// Creates store `s{i}` as any NATS client would: retried while nobody answers (during the
@@ -297,16 +319,7 @@ async fn a_baskets_standby_keeps_its_own_caches_and_takes_the_baskets_over() {
     let env = TestEnv::start();
     let bus = Bus::connect(&env.url(), "standby-test", Duration::from_secs(5)).await.expect("connects");
     let first_data = tempfile::tempdir().expect("first data dir");
-    let log = File::create(env.data_dir().join("first.log")).expect("log file");
-    let mut first = Owner(
-        Command::new(carrier_bin())
-            .args(["run", "--contexts", "stores,baskets", "--nats-url", &env.url(), "--data-dir"])
-            .arg(first_data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("carrier run starts"),
-    );
+    let mut first = spawn_first(&env, first_data.path(), "stores,baskets");
     send(
         &bus,
         "stores",
@@ -343,16 +356,7 @@ async fn a_baskets_standby_keeps_its_own_caches_and_takes_the_baskets_over() {
 
     // Baskets with lines, decided by the first once it knows someone stands by (a reply with a
     // position), followed by the second.
-    let probes = AtomicUsize::new(0);
-    wait_until(Duration::from_secs(10), "the first answers baskets' commands with a position", || {
-        let (bus, n) = (bus.clone(), probes.fetch_add(1, Ordering::SeqCst));
-        async move {
-            let json = format!(r#"{{"command":"start_basket","id":"probe{n}","customer_id":"c0"}}"#);
-            let reply = send(&bus, "baskets", &json, &[]).await;
-            reply["position"].as_str().is_some_and(|p| p.starts_with("BASKETS:"))
-        }
-    })
-    .await;
+    wait_for_answers_with_positions(&bus).await;
     for i in 0..BASKETS / 2 {
         send(&bus, "baskets", &format!(r#"{{"command":"start_basket","id":"b{i}","customer_id":"c{i}"}}"#), &[]).await;
         let p = 1 + i % 4;
@@ -503,17 +507,7 @@ async fn two_instances_of_every_context_lose_nothing_and_send_each_text_once_whe
     let env = TestEnv::start();
     let bus = Bus::connect(&env.url(), "standby-test", Duration::from_secs(5)).await.expect("connects");
     let first_data = tempfile::tempdir().expect("first data dir");
-    let log = File::create(env.data_dir().join("first.log")).expect("log file");
-    let mut first = Owner(
-        Command::new(carrier_bin())
-            .args(["run", "--nats-url", &env.url(), "--data-dir"])
-            .arg(first_data.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().expect("log file")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("carrier run starts"),
-    );
+    let mut first = spawn_first(&env, first_data.path(), &carrier_tests::ALL.join(","));
     let seed = [
         ("stores", r#"{"command":"create_store","id":"s1","name":"Shop","location":"Hall"}"#.to_string()),
         ("stores", r#"{"command":"create_store","id":"s2","name":"Kiosk","location":"Gate"}"#.to_string()),
@@ -545,16 +539,7 @@ async fn two_instances_of_every_context_lose_nothing_and_send_each_text_once_whe
     assert_eq!(standing.len(), 7, "every context with effects stands by: {standing:?}");
     // The first learns that someone stands by (it asks every 2 s): its answers then wait for
     // publication and carry the event's position.
-    let probes = AtomicUsize::new(0);
-    wait_until(Duration::from_secs(10), "the first answers baskets' commands with a position", || {
-        let (bus, n) = (bus.clone(), probes.fetch_add(1, Ordering::SeqCst));
-        async move {
-            let json = format!(r#"{{"command":"start_basket","id":"probe{n}","customer_id":"c0"}}"#);
-            let reply = send(&bus, "baskets", &json, &[]).await;
-            reply["position"].as_str().is_some_and(|p| p.starts_with("BASKETS:"))
-        }
-    })
-    .await;
+    wait_for_answers_with_positions(&bus).await;
 
     // The baskets, filled before anything is killed (a resent add_item would add twice).
     for i in 0..ORDERS {

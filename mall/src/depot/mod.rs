@@ -3,9 +3,10 @@
 //! store.
 //!
 //! Actors, under the `carrier/depot` supervisor (rest-for-one): `cache` (the only writer of
-//! `depot.redb`), `stores-consumer` (`depot-stores` on `STORES`), `ordering-consumer`
-//! (`depot-ordering` on `ORDERING`: creates a shopping list per order), `outbox-relay` (to
-//! `DEPOT`) and `commands` (on `cmd.depot`, where the bots report a list completed).
+//! `depot.redb`), `stores-consumer` (`depot-stores-<instance>` on `STORES`), `ordering-consumer`
+//! (`depot-ordering-<instance>` on `ORDERING`: creates a shopping list per order), `outbox-relay`
+//! (to `DEPOT`) and `commands` (on `cmd.depot`, where the bots report a list completed). A
+//! second instance stands by, following `DEPOT`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,10 @@
 //!
 //! Actors, under the `carrier/notifications` supervisor (rest-for-one): `cache` (the only writer
 //! of `notifications.redb`, whose `sent` table is the default sink), `customers-consumer`
-//! (`notifications-customers`) and `ordering-consumer` (`notifications-ordering`).
+//! (`notifications-customers-<instance>`), `ordering-consumer` (`notifications-ordering-<instance>`)
+//! and `outbox-relay`: each text is also published as `notifications.TextSent` on
+//! `NOTIFICATIONS`, once by its id, for a gateway to take. A second instance stands by,
+//! following `NOTIFICATIONS`, and sends only the texts the holder did not.
 
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;

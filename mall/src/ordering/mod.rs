@@ -3,8 +3,10 @@
 //!
 //! Actors, under the `carrier/ordering` supervisor (rest-for-one): `cache` (the only writer of
 //! `ordering.redb`), `baskets-consumer`, `depot-consumer` and `payments-consumer` (durables
-//! `ordering-baskets`, `ordering-depot`, `ordering-payments`), `outbox-relay` (to `ORDERING`)
-//! and `commands` (on `cmd.ordering`).
+//! `ordering-baskets-<instance>`, `ordering-depot-<instance>`, `ordering-payments-<instance>`:
+//! each instance its own), `outbox-relay` (to `ORDERING`) and `commands` (on `cmd.ordering`).
+//! A second instance stands by: it follows `ORDERING` and reacts only to what the holder did
+//! not (see `carrier_actors::standby`).
 
 use carrier_messages::baskets::BasketsEvent;
 use carrier_messages::depot::DepotEvent;

@@ -2,8 +2,10 @@
 //! enabled customer may pay, from its customers cache) and pays its invoice once it is readied.
 //!
 //! Actors, under the `carrier/payments` supervisor (rest-for-one): `cache` (the only writer of
-//! `payments.redb`), `customers-consumer` (`payments-customers`), `ordering-consumer`
-//! (`payments-ordering`) and `outbox-relay` (to `PAYMENTS`).
+//! `payments.redb`), `customers-consumer` (`payments-customers-<instance>`), `ordering-consumer`
+//! (`payments-ordering-<instance>`) and `outbox-relay` (to `PAYMENTS`: `PaymentAuthorized` or
+//! `PaymentDeclined` per order, `InvoicePaid`). A second instance stands by, following
+//! `PAYMENTS`.
 
 use carrier_messages::customers::CustomersEvent;
 use carrier_messages::ordering::OrderingEvent;
