@@ -28,9 +28,19 @@ use crate::faults::Faults;
 const POLL_WAIT: Duration = Duration::from_millis(250);
 /// How often a standby tries again a batch whose reaction waits for the holder's effect.
 const FOLLOW_RETRY: Duration = Duration::from_millis(250);
-/// A held batch tells the server it is still being worked on every this many tries (about 10 s,
-/// well inside the ack wait), not at every try.
-const FOLLOW_PROGRESS_EVERY: u32 = 40;
+
+/// Counts one try of a batch held for the holder's effect, and tells the server now and then
+/// (three times per ack wait) that its messages are still being worked on, not at every try.
+async fn hold<E: DomainEvent>(state: &mut ConsumerState<E>, deliveries: &[Delivery]) {
+    let every = (state.spec.ack_wait.as_millis() / 3 / FOLLOW_RETRY.as_millis()).max(1) as u32;
+    if state.held % every == 0 {
+        for d in deliveries {
+            let _ = d.in_progress().await;
+        }
+    }
+    state.held = state.held.wrapping_add(1);
+    state.stats.held_for_holder.fetch_add(1, Ordering::Relaxed);
+}
 
 /// How often an idle consumer asks the server whether it holds messages it can never clear.
 const STUCK_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -416,7 +426,12 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         let range = (batch.first().map(|i| i.stream_seq), batch.last().map(|i| i.stream_seq));
         let suspect = matches!(range, (Some(first), Some(last)) if state.guard.suspect(first, last));
         if suspect {
-            apply_one_by_one(state, &deliveries, &mut poison, batch).await?;
+            if let Some(rest) = apply_one_by_one(state, &deliveries, &mut poison, batch).await? {
+                hold(state, &deliveries).await;
+                state.retry = Some(Retry { deliveries, poison, batch: rest });
+                myself.send_after(FOLLOW_RETRY, || ConsumerMsg::Poll);
+                return Ok(());
+            }
             if !poison.is_empty() {
                 if let Err(ApplyFailed { error, .. }) = apply(state, Vec::new(), through).await? {
                     return Err(format!("commit failed while recording dead letters: {error}").into());
@@ -454,13 +469,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                         stream.seq = stream_seq,
                         "waiting for the holder's effect to be followed"
                     );
-                    if state.held % FOLLOW_PROGRESS_EVERY == 0 {
-                        for d in &deliveries {
-                            let _ = d.in_progress().await;
-                        }
-                    }
-                    state.held = state.held.wrapping_add(1);
-                    state.stats.held_for_holder.fetch_add(1, Ordering::Relaxed);
+                    hold(state, &deliveries).await;
                     state.retry = Some(Retry { deliveries, poison, batch });
                     myself.send_after(FOLLOW_RETRY, || ConsumerMsg::Poll);
                     return Ok(());
@@ -730,9 +739,10 @@ async fn apply_one_by_one<E: DomainEvent>(
     deliveries: &[Delivery],
     poison: &mut Vec<usize>,
     batch: Vec<Inbound<E>>,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<Option<Vec<Inbound<E>>>, ActorProcessingErr> {
     tracing::warn!(consumer = state.spec.durable, events = batch.len(), "applying one event at a time after a crash");
-    for inbound in batch {
+    let mut events = batch.into_iter();
+    while let Some(inbound) = events.next() {
         let seq = inbound.stream_seq;
         let Some(index) = deliveries.iter().position(|d| d.stream_seq == seq) else { continue };
         let failures = state.guard.solo_failures(seq);
@@ -748,7 +758,11 @@ async fn apply_one_by_one<E: DomainEvent>(
             continue;
         }
         let event_type = inbound.decoded.event.event_type();
-        if let Err(ApplyFailed { error, .. }) = apply(state, vec![inbound], 0).await? {
+        if let Err(ApplyFailed { error, batch }) = apply(state, vec![inbound], 0).await? {
+            if let StorageError::NotYetFollowed { .. } = &error {
+                // Held for the holder's effect (a standby): this event and the rest wait.
+                return Ok(Some(batch.into_iter().chain(events).collect()));
+            }
             if let StorageError::Poison { reason, .. } = &error {
                 state.bus.dead_letter(state.context, &deliveries[index], "rejected", reason).await?;
                 state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -762,7 +776,7 @@ async fn apply_one_by_one<E: DomainEvent>(
             return Err(format!("commit failed while isolating a poison event: {error}").into());
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Decodes a batch; copies what cannot decode to the dead-letter stream. Returns the positions of

@@ -99,6 +99,11 @@ impl<K: CacheKind> CacheTables<'_, K> {
 }
 
 impl<K: CacheKind> Reacts<StoresEvent> for K {
+    /// A cache: it never emits.
+    fn may_emit(_event: &StoresEvent) -> bool {
+        false
+    }
+
     type Tables<'txn> = CacheTables<'txn, K>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<CacheTables<'txn, K>, StorageError> {

@@ -102,6 +102,15 @@ pub trait Reacts<E: DomainEvent>: ContextKind {
         envelope: &Envelope,
         event: &E,
     ) -> Result<(), StorageError>;
+
+    /// Whether reacting to `event` may emit an event of the context's own (or change its own
+    /// rows, which only its events may do). An instance standing by holds such an event until
+    /// it has followed what the holder did with it: reacting on rows that may be behind the
+    /// holder's could decide otherwise, and say "nothing to do" for good. Say `false` only for
+    /// events whose reaction only fills caches. By default: whenever the context publishes.
+    fn may_emit(_event: &E) -> bool {
+        !<Self::Event as DomainEvent>::EVENT_TYPES.is_empty()
+    }
 }
 
 /// Appends the events a reaction or a command decides to the outbox, in its transaction.
@@ -172,6 +181,10 @@ impl<K: Reacts<E>, E: DomainEvent> Projection<E> for ReactProjection<K, E> {
 
     fn emitted(&self, tables: &Self::Tables<'_>) -> usize {
         tables.1.count()
+    }
+
+    fn may_emit(&self, event: &E) -> bool {
+        K::may_emit(event)
     }
 }
 

@@ -58,6 +58,11 @@ impl<K: CustomerCacheKind> CustomerTables<'_, K> {
 }
 
 impl<K: CustomerCacheKind> Reacts<CustomersEvent> for K {
+    /// A cache: it never emits.
+    fn may_emit(_event: &CustomersEvent) -> bool {
+        false
+    }
+
     type Tables<'txn> = CustomerTables<'txn, K>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<CustomerTables<'txn, K>, StorageError> {

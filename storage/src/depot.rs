@@ -89,6 +89,10 @@ pub struct DepotOrderTables<'txn> {
 }
 
 impl Reacts<OrderingEvent> for Depot {
+    fn may_emit(event: &OrderingEvent) -> bool {
+        matches!(event, OrderingEvent::OrderCreated(_) | OrderingEvent::OrderCanceled(_))
+    }
+
     type Tables<'txn> = DepotOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<DepotOrderTables<'txn>, StorageError> {

@@ -66,6 +66,12 @@ pub trait Projection<E>: Send + Sync + 'static {
     fn emitted(&self, _tables: &Self::Tables<'_>) -> usize {
         0
     }
+
+    /// Whether applying `event` may emit (or change the context's own rows); see
+    /// [`crate::Reacts::may_emit`].
+    fn may_emit(&self, _event: &E) -> bool {
+        false
+    }
 }
 
 /// How a batch treats reactions that emit (see [`apply_batch_with`]).
@@ -181,13 +187,21 @@ where
         // their own stream have any.
         let any_followed = !followed.is_empty().during("count followed_causes")?;
         let mut tables = projection.open(&txn)?;
-        // Runs one event's reaction, unless its effect was followed; holds back one that emits
-        // while effects are held. Returns whether it was followed.
-        let mut react = |tables: &mut P::Tables<'_>, item: &Inbound<E>| -> Result<bool, StorageError> {
+        // Runs one event's reaction, unless its effect was followed; while effects are held,
+        // holds back one that may emit. Returns whether it was followed.
+        let react = |tables: &mut P::Tables<'_>,
+                     followed: &mut redb::Table<'_, u128, ()>,
+                     item: &Inbound<E>|
+         -> Result<bool, StorageError> {
             let envelope = &item.decoded.envelope;
             if any_followed && followed.remove(envelope.event_id.0.as_u128()).during("take followed_causes")?.is_some()
             {
                 return Ok(true);
+            }
+            // Standing by, an event whose reaction may emit waits for what the holder did with
+            // it, even when the reaction here would do nothing: these rows may be behind.
+            if effects == Effects::Hold && projection.may_emit(&item.decoded.event) {
+                return Err(StorageError::NotYetFollowed { stream_seq: item.stream_seq });
             }
             let before = projection.emitted(tables);
             projection.apply(tables, envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
@@ -205,6 +219,10 @@ where
             let id = envelope.event_id.0.as_u128();
             if !scratch {
                 if inbox.get(id).during("read inbox")?.is_some() {
+                    if any_followed {
+                        // Delivered again: whatever was followed of it is done with.
+                        followed.remove(id).during("take followed_causes")?;
+                    }
                     outcome.dispositions.push(Disposition::Duplicate);
                     continue;
                 }
@@ -217,16 +235,19 @@ where
             let current = versions.get(key).during("read entity_versions")?.map(|v| v.value()).unwrap_or(0);
             let version = envelope.aggregate_version;
             let disposition = if version <= current {
+                if any_followed {
+                    followed.remove(id).during("take followed_causes")?;
+                }
                 Disposition::Stale { current }
             } else if version == current + 1 {
-                let was_followed = react(&mut tables, item)?;
+                let was_followed = react(&mut tables, &mut followed, item)?;
                 let mut now = version;
                 while parked_any {
                     let next = parked.remove((key.0, key.1, now + 1)).during("take parked")?;
                     let Some(bytes) = next else { break };
                     let waiting: Inbound<E> = decode_row("parked", bytes.value())?;
                     drop(bytes);
-                    react(&mut tables, &waiting)?;
+                    react(&mut tables, &mut followed, &waiting)?;
                     outcome.unparked += 1;
                     now += 1;
                 }
@@ -267,18 +288,16 @@ pub(crate) fn follow_batch<K: crate::Follows>(
     through: u64,
 ) -> Result<u64, StorageError> {
     let mut followed = txn.open_table(FOLLOWED).during("open followed_causes")?;
-    let inbox = txn.open_table(INBOX).during("open inbox")?;
     for item in batch {
         K::follow(txn, &item.decoded.envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
         // What caused it (another context's event, for a reaction) is done: delivered here
         // later, it moves its entity's version on without reacting again.
         let cause =
             item.decoded.envelope.causation_id.as_deref().and_then(|c| c.parse::<carrier_messages::EventId>().ok());
+        // Also when the cause is in the inbox already: it may be parked there, waiting for an
+        // earlier version, and must not react when it is unparked.
         if let Some(cause) = cause {
-            let id = cause.0.as_u128();
-            if inbox.get(id).during("read inbox")?.is_none() {
-                followed.insert(id, ()).during("write followed_causes")?;
-            }
+            followed.insert(cause.0.as_u128(), ()).during("write followed_causes")?;
         }
     }
     let mut checkpoints = txn.open_table(CHECKPOINTS).during("open checkpoints")?;

@@ -88,6 +88,10 @@ pub struct NotificationsOrderTables<'txn> {
 }
 
 impl Reacts<OrderingEvent> for Notifications {
+    fn may_emit(event: &OrderingEvent) -> bool {
+        !matches!(event, OrderingEvent::OrderCompleted(_))
+    }
+
     type Tables<'txn> = NotificationsOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<NotificationsOrderTables<'txn>, StorageError> {

@@ -112,6 +112,10 @@ fn cancel(
 }
 
 impl Reacts<BasketsEvent> for Ordering {
+    fn may_emit(event: &BasketsEvent) -> bool {
+        matches!(event, BasketsEvent::BasketCheckedOut(_))
+    }
+
     type Tables<'txn> = Orders<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
@@ -150,6 +154,10 @@ impl Reacts<BasketsEvent> for Ordering {
 }
 
 impl Reacts<DepotEvent> for Ordering {
+    fn may_emit(event: &DepotEvent) -> bool {
+        matches!(event, DepotEvent::ShoppingListCompleted(_))
+    }
+
     type Tables<'txn> = Orders<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
@@ -177,6 +185,10 @@ impl Reacts<DepotEvent> for Ordering {
 }
 
 impl Reacts<PaymentsEvent> for Ordering {
+    fn may_emit(event: &PaymentsEvent) -> bool {
+        !matches!(event, PaymentsEvent::PaymentAuthorized(_))
+    }
+
     type Tables<'txn> = Orders<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
@@ -359,5 +371,71 @@ mod tests {
         assert_eq!(standby.outbox_len().expect("outbox"), 1);
         let order = standby.file().order("b2").expect("read").expect("created");
         assert_eq!((order.status, order.total, order.version), (OrderStatus::Pending, 600, 1));
+    }
+
+    #[test]
+    fn a_standby_holds_an_event_that_may_emit_even_when_its_rows_say_nothing_to_do() {
+        // The holder readied and completed an order; the standby has not followed any of it.
+        // Its rows say "no such order": reacting here would ignore the payment for good.
+        let (_s, standby) = db();
+        let paid = PaymentsEvent::InvoicePaid(carrier_messages::payments::InvoicePaid {
+            id: "o1".into(),
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            payment_id: "pay".into(),
+            amount: 300,
+        });
+        let paid = Inbound { stream_seq: 7, decoded: Decoded::new(paid, 2, &Causality::default()) };
+        // Version 1, the authorization, asks nothing of ordering: applied while standing by.
+        let authorized = PaymentsEvent::PaymentAuthorized(carrier_messages::payments::PaymentAuthorized {
+            id: "o1".into(),
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            payment_id: "pay".into(),
+            amount: 300,
+        });
+        let authorized = Inbound { stream_seq: 6, decoded: Decoded::new(authorized, 1, &Causality::default()) };
+        let out = standby.apply_followed("ordering-payments", &[authorized], 0, true).expect("nothing to hold");
+        assert_eq!(out.dispositions, vec![Disposition::Applied]);
+        match standby.apply_followed("ordering-payments", &[paid.clone()], 0, true) {
+            Err(StorageError::NotYetFollowed { stream_seq }) => assert_eq!(stream_seq, 7),
+            other => panic!("expected the payment held, got {other:?}"),
+        }
+        // Holding the context, the same event is applied (here: an order it does not know).
+        let out = standby.apply_followed("ordering-payments", &[paid], 0, false).expect("applied");
+        assert_eq!(out.dispositions, vec![Disposition::Applied]);
+    }
+
+    #[test]
+    fn a_parked_event_whose_effect_is_followed_does_not_react_when_it_is_unparked() {
+        use carrier_messages::depot::{ShoppingListCompleted, ShoppingListCreated};
+        let (_h, holder) = db();
+        let (_s, standby) = db();
+        // The holder has the order and readies it when the list is completed.
+        let x = checkout("o1", 2);
+        let x = Inbound { decoded: Decoded::new(x.decoded.event, 1, &Causality::default()), ..x };
+        holder.apply("ordering-baskets", &[x], 0).expect("created");
+        let created = DepotEvent::ShoppingListCreated(ShoppingListCreated {
+            id: "o1".into(),
+            order_id: "o1".into(),
+            stops: Vec::new(),
+        });
+        let created = Inbound { stream_seq: 1, decoded: Decoded::new(created, 1, &Causality::default()) };
+        let completed =
+            DepotEvent::ShoppingListCompleted(ShoppingListCompleted { id: "o1".into(), order_id: "o1".into() });
+        let completed = Inbound { stream_seq: 2, decoded: Decoded::new(completed, 2, &Causality::default()) };
+        holder.apply("ordering-depot", &[created.clone(), completed.clone()], 0).expect("readied");
+        assert_eq!(holder.file().order("o1").expect("read").expect("o1").status, OrderStatus::Ready);
+
+        // The standby gets the completion first (parked: its list's version 1 is missing), then
+        // follows the holder's events, whose OrderReadied names the completion as its cause.
+        let out = standby.apply_followed("ordering-depot", &[completed], 0, true).expect("parked");
+        assert_eq!(out.dispositions, vec![Disposition::Parked { expected: 1 }]);
+        standby.follow("ordering-self", &crate::context::outbox_as_delivered(&holder), 0).expect("followed");
+        // Version 1 arrives: the completion is unparked and followed, not reacted to again.
+        let out = standby.apply_followed("ordering-depot", &[created], 0, true).expect("unparked");
+        assert_eq!((out.dispositions, out.unparked), (vec![Disposition::Applied], 1));
+        assert_eq!(standby.outbox_len().expect("outbox"), 0, "nothing emitted twice");
+        assert_eq!(standby.file().orders().expect("orders"), holder.file().orders().expect("orders"));
     }
 }

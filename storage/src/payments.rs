@@ -94,6 +94,10 @@ pub struct PaymentsOrderTables<'txn> {
 }
 
 impl Reacts<OrderingEvent> for Payments {
+    fn may_emit(event: &OrderingEvent) -> bool {
+        matches!(event, OrderingEvent::OrderCreated(_) | OrderingEvent::OrderReadied(_))
+    }
+
     type Tables<'txn> = PaymentsOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<PaymentsOrderTables<'txn>, StorageError> {
