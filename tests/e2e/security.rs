@@ -1,5 +1,6 @@
 //! NATS security: every way of authenticating the `nats` CLI knows (user and password, token,
-//! NKey, TLS with a custom CA and client certificates, saved contexts), each against a real
+//! NKey, a `.creds` file on a server in operator mode, TLS with a custom CA and client
+//! certificates, saved contexts), each against a real
 //! nats-server configured for it, and secrets never shown: not in errors, logs or the dashboard.
 
 use std::path::Path;
@@ -186,4 +187,90 @@ fn a_running_carrier_never_shows_its_credentials() {
     let out = carrier.output();
     assert!(out.contains("carrier is running"), "{out}");
     assert!(!out.contains("run-secret-pw"), "the log shows the password:\n{out}");
+}
+
+/// A JWT for `claims` (its `nats` part), issued by `issuer` for `subject`, as nsc would write it.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{:X}", iat.wrapping_mul(2654435761) ^ subject.len() as u64),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = b64.encode(serde_json::to_vec(&claims).expect("json"));
+    let signed = format!("{header}.{body}");
+    let signature = issuer.sign(signed.as_bytes()).expect("signs");
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+#[test]
+fn a_creds_file_against_a_server_in_operator_mode() {
+    // An operator, an account with JetStream, and a user of it: what `nsc` makes.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt =
+        jwt(&operator, &operator.public_key(), "carrier-test", serde_json::json!({ "type": "operator", "version": 2 }));
+    let limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+        "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "shop",
+        serde_json::json!({ "limits": limits, "type": "account", "version": 2 }),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "producer",
+        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
+    );
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt =
+        jwt(&operator, &system.public_key(), "SYS", serde_json::json!({ "type": "account", "version": 2 }));
+    let nats = server(&format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {sys}: {system_jwt}, {acc}: {account_jwt} }}\n",
+        sys = system.public_key(),
+        acc = account.public_key()
+    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let creds = |jwt: &str, seed: &str| {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    };
+    let file = dir.path().join("producer.creds");
+    let seed = user.seed().expect("seed");
+    std::fs::write(&file, creds(&user_jwt, &seed)).expect("write creds");
+    let path = file.to_string_lossy().to_string();
+    assert_published(&publish(&["--nats-url", &nats.url(), "--nats-creds", &path], &[]), "--nats-creds");
+    assert_published(&publish(&["--nats-url", &nats.url()], &[("NATS_CREDS", &path)]), "NATS_CREDS");
+
+    // A user of an account the server does not know is refused, its seed never shown.
+    let stranger_account = nkeys::KeyPair::new_account();
+    let stranger = nkeys::KeyPair::new_user();
+    let stranger_jwt = jwt(
+        &stranger_account,
+        &stranger.public_key(),
+        "stranger",
+        serde_json::json!({ "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2 }),
+    );
+    let other = dir.path().join("stranger.creds");
+    let stranger_seed = stranger.seed().expect("seed");
+    std::fs::write(&other, creds(&stranger_jwt, &stranger_seed)).expect("write creds");
+    let out = publish(&["--nats-url", &nats.url(), "--nats-creds", &other.to_string_lossy()], &[]);
+    assert_refused(&out, "the credentials file", &[&stranger_seed]);
 }
