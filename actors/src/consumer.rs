@@ -365,6 +365,13 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         _msg: ConsumerMsg,
         state: &mut ConsumerState<E>,
     ) -> Result<(), ActorProcessingErr> {
+        // A batch held for the holder's effect (a standby) gives way to an operator's pause, seek
+        // or skip: nothing of it was kept, and the consumer starts again from its checkpoint
+        // (released, or recreated there), so no later ack can cover it.
+        if state.held > 0 && state.retry.is_some() && (state.control.holds_back() || state.control.has_request()) {
+            state.retry = None;
+            state.held = 0;
+        }
         let Retry { deliveries, mut poison, batch } = match state.retry.take() {
             Some(retry) => retry,
             None => {

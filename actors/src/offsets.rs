@@ -271,6 +271,12 @@ impl ConsumerControl {
     }
 
     /// The request waiting for the consumer, if its asker still waits.
+    /// Whether an operator's seek or skip waits for the consumer.
+    pub(crate) fn has_request(&self) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.as_ref().is_some_and(|(_, reply)| !reply.is_closed())
+    }
+
     pub(crate) fn take(&self) -> Option<(Reposition, Reply)> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.take().filter(|(_, reply)| !reply.is_closed())

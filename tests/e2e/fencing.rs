@@ -246,6 +246,9 @@ async fn a_fenced_context_that_follows_itself_keeps_its_caches_and_holds_its_rea
     })
     .await;
     assert!(depot.db.shopping_list("o1").expect("read").is_none(), "no shopping list while fenced");
+    // A held batch gives way to an operator: the consumer pauses (lets go) and resumes.
+    observer.pause("depot", "ordering", true).await.expect("paused while a batch was held");
+    observer.pause("depot", "ordering", false).await.expect("resumed");
     assert_eq!(depot.db.outbox_len().expect("outbox"), 0, "nothing emitted while fenced");
     assert_eq!(ordering.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 0, "held, not dead-lettered");
     assert_eq!(ordering.commit_failures.load(std::sync::atomic::Ordering::Relaxed), 0, "held, not failing");
