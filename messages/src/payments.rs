@@ -56,13 +56,24 @@ pub struct InvoicePaid {
     pub amount: i64,
 }
 
+/// The fields an authorized and a paid invoice share.
+fn check_invoice(
+    id: &str,
+    order_id: &str,
+    customer_id: &str,
+    payment_id: &str,
+    amount: i64,
+) -> Result<(), ValidationError> {
+    check::id("id", id)?;
+    check::id("order_id", order_id)?;
+    check::id("customer_id", customer_id)?;
+    check::id("payment_id", payment_id)?;
+    check::non_negative("amount", amount)
+}
+
 impl crate::codec::Validate for PaymentAuthorized {
     fn validate(&self) -> Result<(), ValidationError> {
-        check::id("id", &self.id)?;
-        check::id("order_id", &self.order_id)?;
-        check::id("customer_id", &self.customer_id)?;
-        check::id("payment_id", &self.payment_id)?;
-        check::non_negative("amount", self.amount)
+        check_invoice(&self.id, &self.order_id, &self.customer_id, &self.payment_id, self.amount)
     }
 }
 
@@ -77,11 +88,7 @@ impl crate::codec::Validate for PaymentDeclined {
 
 impl crate::codec::Validate for InvoicePaid {
     fn validate(&self) -> Result<(), ValidationError> {
-        check::id("id", &self.id)?;
-        check::id("order_id", &self.order_id)?;
-        check::id("customer_id", &self.customer_id)?;
-        check::id("payment_id", &self.payment_id)?;
-        check::non_negative("amount", self.amount)
+        check_invoice(&self.id, &self.order_id, &self.customer_id, &self.payment_id, self.amount)
     }
 }
 

@@ -410,29 +410,7 @@ impl<K: ContextKind> FileWriter<K> {
     where
         K: Reacts<E>,
     {
-        let durability = if self.scratch
-            && self.unsynced.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SCRATCH_SYNC_EVERY != 0
-        {
-            redb::Durability::None
-        } else {
-            redb::Durability::Immediate
-        };
-        let projection = ReactProjection::<K, E>(PhantomData);
-        let outcome = engine::apply_batch_with(
-            &self.db,
-            consumer,
-            &projection,
-            batch,
-            through,
-            durability,
-            self.scratch,
-            engine::Effects::Emit,
-        );
-        self.file.committed();
-        if let Some(file) = &self.file.writeback {
-            start_writeback(file);
-        }
-        outcome
+        self.apply_with(consumer, batch, through, engine::Effects::Emit)
     }
 
     /// Like [`apply`](Self::apply), for a context that [`Follows`] its own stream (it may stand
@@ -453,19 +431,44 @@ impl<K: ContextKind> FileWriter<K> {
     where
         K: Reacts<E>,
     {
-        let projection = ReactProjection::<K, E>(PhantomData);
         let effects = if hold_effects { engine::Effects::Hold } else { engine::Effects::Emit };
+        self.apply_with(consumer, batch, through, effects)
+    }
+
+    /// [`apply`](Self::apply) and [`apply_followed`](Self::apply_followed): one transaction,
+    /// without fsync for most of a scratch file's batches.
+    fn apply_with<E: DomainEvent>(
+        &self,
+        consumer: &str,
+        batch: &[Inbound<E>],
+        through: u64,
+        effects: engine::Effects,
+    ) -> Result<BatchOutcome, StorageError>
+    where
+        K: Reacts<E>,
+    {
+        let durability = if self.scratch
+            && self.unsynced.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SCRATCH_SYNC_EVERY != 0
+        {
+            redb::Durability::None
+        } else {
+            redb::Durability::Immediate
+        };
+        let projection = ReactProjection::<K, E>(PhantomData);
         let outcome = engine::apply_batch_with(
             &self.db,
             consumer,
             &projection,
             batch,
             through,
-            redb::Durability::Immediate,
-            false,
+            durability,
+            self.scratch,
             effects,
         );
         self.file.committed();
+        if let Some(file) = &self.file.writeback {
+            start_writeback(file);
+        }
         outcome
     }
 

@@ -66,25 +66,8 @@ async fn wait_for_answers_with_positions(bus: &Bus) {
 /// Creates store `s{i}` as any NATS client would: retried while nobody answers (during the
 /// takeover), and done when the store exists (a resend after a reply was lost in the kill).
 async fn create_store(bus: &Bus, i: usize) {
-    let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
     let json = format!(r#"{{"command":"create_store","id":"s{i}","name":"Store {i}","location":"Hall"}}"#);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match bus.request("cmd.stores", &headers, json.as_bytes().to_vec(), Duration::from_secs(2)).await {
-            Ok(body) => {
-                let reply: serde_json::Value = serde_json::from_slice(&body).expect("a command reply");
-                let code = reply.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_string);
-                match code.as_deref() {
-                    None | Some("already_exists") => return,
-                    // Refused while the context is fenced: the other instance answers soon.
-                    Some("unavailable") => {}
-                    Some(other) => panic!("s{i} refused ({other}): {reply}"),
-                }
-            }
-            Err(e) => assert!(Instant::now() < deadline, "s{i}: stores never answered: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    send(bus, "stores", &json, &["already_exists"]).await;
 }
 
 fn standing_by(system: &CarrierSystem) -> bool {
