@@ -17,8 +17,8 @@ use carrier_messages::codec::Causality;
 use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::engine::Inbound;
 use carrier_storage::{
-    Adopted, Adopts, CacheKind, CommandError, ContextDb, ContextFile, ContextKind, CustomerCacheKind, CustomersCacheDb,
-    Decided, Decides, Decision, Disposition, FileWriter, IdempotencyKey, Reacts, StorageError, StoresCacheDb,
+    Adopted, Adopts, CommandError, ContextDb, ContextFile, ContextKind, Decided, Decides, Decision, Disposition,
+    FileWriter, IdempotencyKey, Reacts, Rows, StorageError,
 };
 
 use crate::bus::Bus;
@@ -640,6 +640,15 @@ pub enum LookupError {
     /// The cache actor is not running.
     #[error("the cache is not running")]
     Unavailable,
+    /// The context keeps no cache of that owner's entities (it is not declared with
+    /// [`caches`](crate::context::ContextDecl::caches)).
+    #[error("{context} caches no entities of {owner}: declare it with .caches::<E>()")]
+    NotCached {
+        /// The context looked up in.
+        context: &'static str,
+        /// The owner asked for.
+        owner: &'static str,
+    },
 }
 
 /// How a consuming context runs.
@@ -711,10 +720,6 @@ pub struct ContextHandle<K: ContextKind> {
     pub db: Arc<ContextFile<K>>,
     /// Each consumer's counters, by the stream's owning context (`stores`, `ordering`, ...).
     pub consumers: Vec<(&'static str, Arc<ConsumerStats>)>,
-    /// The fallback to the stores context, when it caches stores data.
-    pub stores_fallback: Option<Arc<Fallback>>,
-    /// The fallback to the customers context, when it caches customers.
-    pub customers_fallback: Option<Arc<Fallback>>,
     /// Fallbacks to owners' entity endpoints, one per owner whose entities it caches.
     pub entity_fallbacks: Vec<Arc<Fallback>>,
     /// Each consumer: stream, durable and counters, for the dashboard.
@@ -743,8 +748,6 @@ impl<K: ContextKind> Clone for ContextHandle<K> {
         ContextHandle {
             db: self.db.clone(),
             consumers: self.consumers.clone(),
-            stores_fallback: self.stores_fallback.clone(),
-            customers_fallback: self.customers_fallback.clone(),
             entity_fallbacks: self.entity_fallbacks.clone(),
             probes: self.probes.clone(),
             lookups: self.lookups.clone(),
@@ -796,6 +799,11 @@ impl<K: ContextKind> ContextHandle<K> {
             }
             let _ = tokio::time::timeout((deadline - now).min(std::time::Duration::from_millis(50)), notified).await;
         }
+    }
+
+    /// The fallback to `owner`'s entity endpoint, when it caches that owner's entities.
+    pub fn fallback(&self, owner: &str) -> Option<&Arc<Fallback>> {
+        self.entity_fallbacks.iter().find(|f| f.owner() == owner)
     }
 
     /// The counters of the consumer of `source`'s stream.
@@ -981,66 +989,57 @@ impl<K: ContextKind> ContextHandle<K> {
             file: Some(self.db.clone()),
             consumers: self.probes.clone(),
             lookups: Some(self.lookups.clone()),
-            fallbacks: self
-                .stores_fallback
-                .iter()
-                .chain(self.customers_fallback.iter())
-                .chain(self.entity_fallbacks.iter())
-                .cloned()
-                .collect(),
+            fallbacks: self.entity_fallbacks.clone(),
             stream: (!<K::Event as DomainEvent>::EVENT_TYPES.is_empty()).then_some(K::Event::STREAM),
             rebuild,
             resync: (!self.resync_sources.is_empty()).then(|| self.resync.clone()),
         }
     }
+}
 
-    fn fallback(&self, which: &Option<Arc<Fallback>>) -> Result<Arc<Fallback>, LookupError> {
-        which.clone().ok_or(LookupError::Unavailable)
+impl<K: ContextKind> ContextHandle<K> {
+    /// An entity of `E`'s owner as this context keeps it, in `rows` (one of the tables its
+    /// [`Adopts::TABLES`] names for `aggregate`): from the file, or else from the owner's
+    /// entity endpoint, adopted with `K`'s [`Adopts`] on the writer (never over a newer version)
+    /// and read back. `None` when the owner does not know it, or deleted it (a tombstone: the
+    /// cache forgets it). The owner is asked with the fallback's timeout, circuit breaker and
+    /// negative cache ([`crate::fallback`]). Usable from commands, queries and prefetches; the
+    /// context must cache `E` ([`caches`](crate::context::ContextDecl::caches)).
+    pub async fn lookup<E, T>(&self, aggregate: &'static str, rows: Rows<T>, id: &str) -> Result<Option<T>, LookupError>
+    where
+        E: DomainEvent,
+        K: Adopts<E>,
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        if let Some(row) = self.db.read_latest(|txn| rows.get(txn, id))? {
+            self.lookups.hit();
+            return Ok(Some(row));
+        }
+        self.lookups.miss();
+        let fallback = self
+            .entity_fallbacks
+            .iter()
+            .find(|f| f.owner() == E::CONTEXT)
+            .ok_or(LookupError::NotCached { context: K::NAME, owner: E::CONTEXT })?;
+        let Some(entity) = fallback.entity::<K::State>(aggregate, id).await? else { return Ok(None) };
+        let key = id.to_string();
+        self.write(move |db| adopt_entity::<K, E>(db, aggregate, &key, entity)).await??;
+        Ok(self.db.read_latest(|txn| rows.get(txn, id))?)
     }
 }
 
-impl<K: CacheKind> ContextHandle<K> {
-    /// A store as this context keeps it: from the cache, or else from the owner (then cached).
-    pub async fn store(&self, id: &str) -> Result<Option<K::Store>, LookupError> {
-        if let Some(store) = self.db.store(id)? {
-            self.lookups.hit();
-            return Ok(Some(store));
-        }
-        self.lookups.miss();
-        let Some(snapshot) = self.fallback(&self.stores_fallback)?.store(id).await? else { return Ok(None) };
-        let row = K::store_row(&snapshot);
-        self.write(move |db| db.adopt_store(&snapshot)).await??;
-        Ok(Some(row))
-    }
-
-    /// A product as this context keeps it: from the cache, or else from the owner (then cached).
-    pub async fn product(&self, id: &str) -> Result<Option<K::Product>, LookupError> {
-        if let Some(product) = self.db.product(id)? {
-            self.lookups.hit();
-            return Ok(Some(product));
-        }
-        self.lookups.miss();
-        let Some(snapshot) = self.fallback(&self.stores_fallback)?.product(id).await? else { return Ok(None) };
-        let row = K::product_row(&snapshot);
-        self.write(move |db| db.adopt_product(&snapshot)).await??;
-        Ok(row)
-    }
-}
-
-impl<K: CustomerCacheKind> ContextHandle<K> {
-    /// A customer as this context keeps them: from the cache, or else from the owner (then
-    /// cached).
-    pub async fn customer(&self, id: &str) -> Result<Option<K::Customer>, LookupError> {
-        if let Some(customer) = self.db.customer(id)? {
-            self.lookups.hit();
-            return Ok(Some(customer));
-        }
-        self.lookups.miss();
-        let Some(snapshot) = self.fallback(&self.customers_fallback)?.customer(id).await? else { return Ok(None) };
-        let row = K::customer_row(&snapshot);
-        self.write(move |db| db.adopt_customer(&snapshot)).await??;
-        Ok(Some(row))
-    }
+/// Writes an entity as its owner reported it, or forgets it for a tombstone (never over a newer
+/// version: see [`FileWriter::adopt`]).
+fn adopt_entity<K: Adopts<E>, E: DomainEvent>(
+    db: &FileWriter<K>,
+    aggregate: &'static str,
+    id: &str,
+    entity: carrier_messages::request::Entity<K::State>,
+) -> Result<Adopted, StorageError> {
+    db.adopt::<E>(aggregate, id, entity.version, |tables| match entity.state {
+        Some(state) => K::adopt(tables, aggregate, id, state),
+        None => K::forget(tables, aggregate, id),
+    })
 }
 
 /// Looks up, before a batch is applied, what its reactions will read from the caches, so that a
@@ -1078,8 +1077,6 @@ impl<K: ContextKind> ContextBuilder<K> {
         let handle = ContextHandle {
             db: file.file(),
             consumers: Vec::new(),
-            stores_fallback: None,
-            customers_fallback: None,
             entity_fallbacks: Vec::new(),
             probes: Vec::new(),
             lookups: Arc::default(),
@@ -1170,7 +1167,11 @@ impl<K: ContextKind> ContextBuilder<K> {
         K: Reacts<E>,
     {
         self.handle.cache_sources.push(crate::rebuild::CacheSource {
-            set: carrier_storage::rebuild::CacheSet { tables, aggregates, consumer: self.durable(E::CONTEXT) },
+            set: carrier_storage::rebuild::CacheSet {
+                tables: tables.to_vec(),
+                aggregates: aggregates.to_vec(),
+                consumer: self.durable(E::CONTEXT),
+            },
             replay: crate::rebuild::replay_source::<K, E>(),
         });
     }
@@ -1294,62 +1295,6 @@ impl<K: ContextKind> ContextBuilder<K> {
         self
     }
 
-    /// Keeps a stores cache filled through the stores fallback (lookups and gap repair).
-    pub(crate) fn stores_fallback(&mut self) -> &mut Self
-    where
-        K: CacheKind,
-    {
-        let fallback = Arc::new(Fallback::new("stores", self.bus.clone(), self.settings.fallback));
-        self.handle.stores_fallback = Some(fallback.clone());
-        self.handle.cache_sources.push(crate::rebuild::CacheSource {
-            set: carrier_storage::rebuild::stores_caches(
-                self.durable(<carrier_messages::StoresEvent as DomainEvent>::CONTEXT),
-            ),
-            replay: crate::rebuild::replay_source::<K, carrier_messages::StoresEvent>(),
-        });
-        let resolver: GapResolver<K> = Arc::new(move |aggregate: String, id: String| {
-            let fallback = fallback.clone();
-            Box::pin(async move {
-                let job: Option<RunJob<K>> = match aggregate.as_str() {
-                    "store" => fallback
-                        .store(&id)
-                        .await?
-                        .map(|s| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_store(&s))) as RunJob<K>),
-                    _ => fallback
-                        .product(&id)
-                        .await?
-                        .map(|p| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_product(&p))) as RunJob<K>),
-                };
-                Ok(job)
-            })
-        });
-        self.resolvers.push(("store", resolver.clone()));
-        self.resolvers.push(("product", resolver));
-        self
-    }
-
-    /// Keeps a customers cache filled through the customers fallback.
-    pub(crate) fn customers_fallback(&mut self) -> &mut Self
-    where
-        K: CustomerCacheKind,
-    {
-        let fallback = Arc::new(Fallback::new("customers", self.bus.clone(), self.settings.fallback));
-        self.handle.customers_fallback = Some(fallback.clone());
-        self.handle.cache_sources.push(crate::rebuild::CacheSource {
-            set: carrier_storage::rebuild::customers_caches(self.durable("customers")),
-            replay: crate::rebuild::replay_source::<K, carrier_messages::customers::CustomersEvent>(),
-        });
-        let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
-            let fallback = fallback.clone();
-            Box::pin(async move {
-                let snapshot = fallback.customer(&id).await?;
-                Ok(snapshot.map(|c| Box::new(move |db: &FileWriter<K>| log_adopt(db.adopt_customer(&c))) as RunJob<K>))
-            })
-        });
-        self.resolvers.push(("customer", resolver));
-        self
-    }
-
     /// Resyncs the entities of `E`'s owner from its snapshot endpoint (see [`crate::resync`]).
     pub(crate) fn resync_source<E: DomainEvent>(&mut self) -> &mut Self
     where
@@ -1370,6 +1315,18 @@ impl<K: ContextKind> ContextBuilder<K> {
     {
         let fallback = Arc::new(Fallback::new(E::CONTEXT, self.bus.clone(), self.settings.fallback));
         self.handle.entity_fallbacks.push(fallback.clone());
+        let tables = <K as Adopts<E>>::TABLES;
+        if !tables.is_empty() {
+            // Its tables are filled from the owner's stream alone: `carrier rebuild` can replay it.
+            self.handle.cache_sources.push(crate::rebuild::CacheSource {
+                set: carrier_storage::rebuild::CacheSet {
+                    tables: tables.iter().map(|(_, table)| *table).collect(),
+                    aggregates: tables.iter().map(|(aggregate, _)| *aggregate).collect(),
+                    consumer: self.durable(E::CONTEXT),
+                },
+                replay: crate::rebuild::replay_source::<K, E>(),
+            });
+        }
         for aggregate in aggregates_of::<E>() {
             let fallback = fallback.clone();
             let resolver: GapResolver<K> = Arc::new(move |_aggregate: String, id: String| {
@@ -1377,11 +1334,8 @@ impl<K: ContextKind> ContextBuilder<K> {
                 Box::pin(async move {
                     let entity = fallback.entity::<K::State>(aggregate, &id).await?;
                     Ok(entity.map(|entity| {
-                        Box::new(move |db: &FileWriter<K>| {
-                            log_adopt(db.adopt::<E>(aggregate, &id, entity.version, |tables| {
-                                K::adopt(tables, aggregate, &id, entity.state)
-                            }))
-                        }) as RunJob<K>
+                        Box::new(move |db: &FileWriter<K>| log_adopt(adopt_entity::<K, E>(db, aggregate, &id, entity)))
+                            as RunJob<K>
                     }))
                 })
             });
@@ -1525,11 +1479,6 @@ pub fn durable_name(context: &str, source: &str) -> String {
 /// stream with: `<context>-<source>-<suffix>`, the suffix taken from the instance id.
 pub fn instance_durable_name(context: &str, source: &str, suffix: &str) -> String {
     format!("{context}-{source}-{suffix}")
-}
-
-/// The durable name a context reads the stores stream with.
-pub fn stores_durable_name(context: &str) -> String {
-    durable_name(context, <carrier_messages::StoresEvent as DomainEvent>::CONTEXT)
 }
 
 // ---- Full sync from an owner's snapshot (see `crate::resync` for the steps and the status) ----
@@ -1710,11 +1659,19 @@ impl<K: ContextKind> ContextHandle<K> {
 mod tests {
     use super::*;
 
+    /// A neutral context for the queue's tests: it publishes nothing and keeps no tables.
+    struct Neutral;
+
+    impl ContextKind for Neutral {
+        const NAME: &'static str = "neutral";
+        type Event = carrier_messages::NoEvents;
+    }
+
     /// A key is held while its command is queued or decided: a second send with it is refused
     /// as in flight, and the key is let go when its first command is answered or dropped.
     #[test]
     fn a_key_is_in_flight_until_its_command_is_answered_or_dropped() {
-        let queue = DecisionQueue::<carrier_storage::stores::Stores>::default();
+        let queue = DecisionQueue::<Neutral>::default();
         let key = IdempotencyKey::new("order-1", b"{}".to_vec()).expect("key");
         let held = queue.hold(&key).expect("the first send holds it");
         let refused = queue.hold(&key).map(|_| ()).expect_err("a second send while the first is in flight");
@@ -1728,10 +1685,10 @@ mod tests {
     /// A queued decision can be withdrawn until the writer takes it, and only then.
     #[test]
     fn a_queued_decision_is_withdrawn_only_while_still_queued() {
-        let queue = DecisionQueue::<carrier_storage::stores::Stores>::default();
+        let queue = DecisionQueue::<Neutral>::default();
         let decision = |id| {
             let (reply, _rx) = tokio::sync::oneshot::channel();
-            let decide: Decision<carrier_storage::stores::Stores> = Box::new(|_, _| Ok(()));
+            let decide: Decision<Neutral> = Box::new(|_, _| Ok(()));
             QueuedDecision { id, decision: decide, key: None, reply }
         };
         let (first, second) = (queue.id(), queue.id());

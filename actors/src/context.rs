@@ -35,8 +35,8 @@ use carrier_messages::codec::Causality;
 use carrier_messages::request::{entity_subject, query_subject, snapshot_subject, Entity, EntityQuery, SnapshotEntity};
 use carrier_messages::{DomainEvent, Found, QueryReply};
 use carrier_storage::{
-    Adopts, CacheKind, CommandError, ContextFile, ContextKind, CustomerCacheKind, Decided, Decides, FileWriter,
-    Follows, Reacts, Resyncs, StorageError,
+    Adopts, CommandError, ContextFile, ContextKind, Decided, Decides, FileWriter, Follows, Reacts, Resyncs,
+    StorageError,
 };
 
 use crate::bus::Bus;
@@ -333,7 +333,10 @@ impl<K: ContextKind> ContextDecl<K> {
     /// Like [`consume`](Self::consume), for a cache of `E`'s owner's entities: a version gap that
     /// stays open is repaired by asking the owner for the entity's state (its
     /// [`entities`](Self::entities) endpoint) and adopting it with `K`'s [`Adopts`], never over a
-    /// newer version; with the fallback's timeout, circuit breaker and negative cache.
+    /// newer version; with the fallback's timeout, circuit breaker and negative cache. A miss is
+    /// filled the same way by [`ContextHandle::lookup`] (from commands, queries and prefetches),
+    /// an entity the owner deleted is forgotten, and `carrier rebuild` replays the stream into
+    /// fresh copies of the tables [`Adopts::TABLES`] names and swaps them in.
     pub fn caches<E: DomainEvent>(mut self) -> Self
     where
         K: Adopts<E>,
@@ -412,29 +415,6 @@ impl<K: ContextKind> ContextDecl<K> {
         // Set up before the consumers, which call on it when their position is lost.
         self.fallbacks.push(Box::new(|b| {
             b.resync_source::<E>();
-        }));
-        self
-    }
-
-    /// Keeps its stores and products caches filled through the stores context's queries
-    /// (lookups, gap repair and rebuilds).
-    pub fn stores_fallback(mut self) -> Self
-    where
-        K: CacheKind,
-    {
-        self.fallbacks.push(Box::new(|b| {
-            b.stores_fallback();
-        }));
-        self
-    }
-
-    /// Keeps its customers cache filled through the customers context's queries.
-    pub fn customers_fallback(mut self) -> Self
-    where
-        K: CustomerCacheKind,
-    {
-        self.fallbacks.push(Box::new(|b| {
-            b.customers_fallback();
         }));
         self
     }

@@ -11,11 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carrier_messages::customers::{CustomerSnapshot, CustomersQuery, CustomersQueryReply};
 use carrier_messages::envelope::header;
 use carrier_messages::request::CommandFailure;
-use carrier_messages::request::{decode_request, encode_body, entity_subject, query_subject, Entity, EntityQuery};
-use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresQuery, StoresQueryReply};
+use carrier_messages::request::{decode_request, encode_body, entity_subject, Entity, EntityQuery};
 use carrier_messages::ContentType;
 use carrier_messages::Found;
 use serde::{de::DeserializeOwned, Serialize};
@@ -97,7 +95,8 @@ enum Breaker {
     HalfOpen { trial_running: bool },
 }
 
-/// Asks one owning context (stores or customers) for the current state of its entities.
+/// Asks one owning context for the current state of its entities, on its entity endpoint
+/// (`query.<owner>.entity`).
 pub struct Fallback {
     owner: &'static str,
     bus: Bus,
@@ -114,15 +113,6 @@ trait OwnerReply: DeserializeOwned {
     fn found(&self) -> bool;
 }
 
-impl OwnerReply for StoresQueryReply {
-    fn refusal(&self) -> Option<Option<&CommandFailure>> {
-        (!self.ok).then_some(self.error.as_ref())
-    }
-    fn found(&self) -> bool {
-        self.store.is_some() || self.product.is_some()
-    }
-}
-
 impl<T: DeserializeOwned> OwnerReply for Found<T> {
     fn refusal(&self) -> Option<Option<&CommandFailure>> {
         (!self.ok).then_some(self.error.as_ref())
@@ -132,17 +122,8 @@ impl<T: DeserializeOwned> OwnerReply for Found<T> {
     }
 }
 
-impl OwnerReply for CustomersQueryReply {
-    fn refusal(&self) -> Option<Option<&CommandFailure>> {
-        (!self.ok).then_some(self.error.as_ref())
-    }
-    fn found(&self) -> bool {
-        self.customer.is_some()
-    }
-}
-
 impl Fallback {
-    /// A fallback to `owner` (`stores` or `customers`) over `bus`.
+    /// A fallback to `owner`'s entity endpoint over `bus`.
     pub fn new(owner: &'static str, bus: Bus, config: FallbackConfig) -> Self {
         Fallback {
             owner,
@@ -159,27 +140,6 @@ impl Fallback {
         self.owner
     }
 
-    /// A store's current state, `None` when the owner does not know it.
-    pub async fn store(&self, id: &str) -> Result<Option<StoreSnapshot>, FallbackError> {
-        let reply: Option<StoresQueryReply> =
-            self.ask("store", id, StoresQuery::GetStore { id: id.to_string() }).await?;
-        Ok(reply.and_then(|r| r.store))
-    }
-
-    /// A product's current state (removed ones flagged), `None` when the owner does not know it.
-    pub async fn product(&self, id: &str) -> Result<Option<ProductSnapshot>, FallbackError> {
-        let reply: Option<StoresQueryReply> =
-            self.ask("product", id, StoresQuery::GetProduct { id: id.to_string() }).await?;
-        Ok(reply.and_then(|r| r.product))
-    }
-
-    /// A customer's current state, `None` when the owner does not know them.
-    pub async fn customer(&self, id: &str) -> Result<Option<CustomerSnapshot>, FallbackError> {
-        let reply: Option<CustomersQueryReply> =
-            self.ask("customer", id, CustomersQuery::GetCustomer { id: id.to_string() }).await?;
-        Ok(reply.and_then(|r| r.customer))
-    }
-
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         match self.breaker.lock().map(|b| match *b {
@@ -192,8 +152,10 @@ impl Fallback {
         }
     }
 
-    /// An entity's current state from the owner's generic entity endpoint
-    /// ([`entity_subject`]), `None` when the owner does not know it.
+    /// An entity's current state from the owner's entity endpoint ([`entity_subject`]), `None`
+    /// when the owner does not know it (remembered for a while, see
+    /// [`FallbackConfig::negative_ttl`]). A tombstone (the owner deleted it) has no state and is
+    /// remembered the same way.
     pub async fn entity<S: DeserializeOwned + Send + 'static>(
         &self,
         aggregate: &'static str,
@@ -201,16 +163,11 @@ impl Fallback {
     ) -> Result<Option<Entity<S>>, FallbackError> {
         let query = EntityQuery { aggregate: aggregate.to_string(), id: id.to_string() };
         let reply: Option<Found<Entity<S>>> = self.ask_on(&entity_subject(self.owner), aggregate, id, query).await?;
-        Ok(reply.and_then(|r| r.found))
-    }
-
-    async fn ask<Q: Serialize, R: OwnerReply>(
-        &self,
-        kind: &'static str,
-        id: &str,
-        query: Q,
-    ) -> Result<Option<R>, FallbackError> {
-        self.ask_on(&query_subject(self.owner), kind, id, query).await
+        let entity = reply.and_then(|r| r.found);
+        if entity.as_ref().is_some_and(|e| e.state.is_none()) {
+            self.remember_missing((aggregate, id.to_string()));
+        }
+        Ok(entity)
     }
 
     async fn ask_on<Q: Serialize, R: OwnerReply>(
@@ -254,10 +211,7 @@ impl Fallback {
             Ok(reply) => {
                 self.record(true);
                 if !reply.found() {
-                    if let Ok(mut missing) = self.not_found.lock() {
-                        missing.retain(|_, until| *until > Instant::now());
-                        missing.insert(key, Instant::now() + self.config.negative_ttl);
-                    }
+                    self.remember_missing(key);
                 }
                 Ok(Some(reply))
             }
@@ -265,6 +219,14 @@ impl Fallback {
                 self.record(false);
                 Err(FallbackError::Unavailable { owner, reason })
             }
+        }
+    }
+
+    /// Remembers that the owner has no such entity, for [`FallbackConfig::negative_ttl`].
+    fn remember_missing(&self, key: (&'static str, String)) {
+        if let Ok(mut missing) = self.not_found.lock() {
+            missing.retain(|_, until| *until > Instant::now());
+            missing.insert(key, Instant::now() + self.config.negative_ttl);
         }
     }
 

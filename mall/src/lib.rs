@@ -5,12 +5,15 @@
 //! - [`stores`], [`customers`]: the owners, with their queries (the caches' fallbacks).
 //! - [`baskets`], [`ordering`], [`depot`], [`payments`], [`notifications`], [`search`]: the
 //!   contexts that cache and react, each a declaration of a few builder calls.
+//! - [`lookups`]: the caches' lookups of stores, products and customers ([`StoresLookups`],
+//!   [`CustomerLookups`]), on Carrier's one lookup with the owner's entity endpoint behind it.
 //! - [`verify`]: compares caches with their owner (the demo's verdict, the tests' oracle);
 //!   [`workload`]: synthetic events with a known end state (the bench and the crash tests).
 
 pub mod baskets;
 pub mod customers;
 pub mod depot;
+pub mod lookups;
 pub mod notifications;
 pub mod ordering;
 pub mod payments;
@@ -18,6 +21,8 @@ pub mod search;
 pub mod stores;
 pub mod verify;
 pub mod workload;
+
+pub use lookups::{CustomerLookups, StoresLookups};
 
 use std::sync::Arc;
 

@@ -234,19 +234,28 @@ pub struct EntityQuery {
 }
 
 /// An entity's state as its owner has it, at the version of its last event. The owner sends
-/// its own row; each cache reads the fields it keeps (so `S` differs on the two sides).
+/// its own row; each cache reads the fields it keeps (so `S` differs on the two sides). A
+/// deleted entity is a **tombstone**: its deletion's version and no state (`null`), so that a
+/// cache forgets it and treats its older events as stale, instead of keeping it for ever.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(bound(deserialize = "S: Deserialize<'de>"))]
 pub struct Entity<S> {
-    /// The version of its last event.
+    /// The version of its last event (its deletion's, for a tombstone).
     pub version: u64,
-    /// Its state.
-    pub state: S,
+    /// Its state; `null` when the owner deleted it.
+    #[serde(default)]
+    pub state: Option<S>,
 }
 
 impl Entity<serde_json::Value> {
     /// The entity `row` at `version`, for an owner's answer.
     pub fn of<T: Serialize>(version: u64, row: &T) -> Self {
-        Entity { version, state: serde_json::to_value(row).unwrap_or(serde_json::Value::Null) }
+        Entity { version, state: serde_json::to_value(row).ok() }
+    }
+
+    /// The tombstone of an entity its owner deleted at `version`.
+    pub fn deleted(version: u64) -> Self {
+        Entity { version, state: None }
     }
 }
 

@@ -295,8 +295,9 @@ impl CacheKind for Baskets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::StoresCacheTestExt;
     use crate::engine::{Disposition, Inbound};
-    use crate::{ContextDb, StoresCacheDb};
+    use crate::ContextDb;
     use carrier_messages::stores::*;
     use carrier_messages::Decoded;
 
@@ -403,7 +404,7 @@ mod tests {
     /// and a fresh file behind the live one changes nothing.
     #[test]
     fn a_swap_in_steps_ends_with_exactly_the_rebuilt_caches() {
-        use crate::rebuild::{stores_caches, SwapCursor, SwapStep};
+        use crate::rebuild::{CacheSet, SwapCursor, SwapStep};
         let (_dir, live) = db();
         let dir = tempfile::tempdir().expect("tempdir");
         let fresh = crate::FileWriter::<Baskets>::open_scratch(dir.path().join("fresh.redb"), 1 << 20).expect("open");
@@ -418,7 +419,11 @@ mod tests {
             &[at(product("a", 1), 1, 1), at(product("b", 2), 2, 1), at(product("e", 5), 3, 1)],
         )
         .expect("live");
-        let sets = [stores_caches(consumer.to_string())];
+        let sets = [CacheSet {
+            tables: vec!["stores_cache", "products_cache"],
+            aggregates: vec!["store", "product"],
+            consumer: consumer.to_string(),
+        }];
         // A fresh file behind the live one: nothing moves.
         fresh.apply_stores_events(consumer, &[at(product("a", 10), 1, 1)]).expect("fresh");
         let mut cursor = SwapCursor::default();
@@ -530,8 +535,9 @@ mod tests {
 #[cfg(test)]
 mod adopt_tests {
     use super::*;
+    use crate::cache::StoresCacheTestExt;
     use crate::engine::{Adopted, Inbound};
-    use crate::{ContextDb, StoresCacheDb};
+    use crate::ContextDb;
     use carrier_messages::stores::*;
     use carrier_messages::Decoded;
 

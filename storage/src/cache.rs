@@ -2,8 +2,8 @@
 //!
 //! Every such cache has the same two tables, `stores_cache` and `products_cache` (id → CBOR
 //! row). What differs between contexts is only what a row holds and what each event does to it:
-//! a [`CacheKind`], which makes the context react to stores events. [`StoresCacheDb`] is what
-//! lookups with a fallback need of such a context's file.
+//! a [`CacheKind`], which makes the context react to stores events and adopt the stores
+//! context's answers (a cache miss, a version gap) like any cache of another context's entities.
 
 use std::marker::PhantomData;
 
@@ -13,11 +13,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
 
-use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
-use crate::engine::{Adopted, BatchOutcome, Inbound};
+use crate::context::{Adopts, ContextFile, ContextKind, Emitter, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::all_rows_with_version;
-use crate::StorageError;
+use crate::{Rows, StorageError};
 
 pub(crate) const STORES_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("stores_cache");
 pub(crate) const PRODUCTS_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("products_cache");
@@ -163,83 +162,81 @@ impl<K: CacheKind> ContextFile<K> {
     }
 }
 
-/// What lookups with a fallback need of a context that caches stores data: on its writer, since
-/// adopting an owner's answer writes.
-pub trait StoresCacheDb {
-    /// A cached store, as this context keeps it.
-    type Store: Clone + Send + 'static;
-    /// A cached product, as this context keeps it.
-    type Product: Clone + Send + 'static;
+impl<K: CacheKind> Adopts<StoresEvent> for K {
+    /// The owner's store or product, read as the aggregate says.
+    type State = serde_json::Value;
 
-    /// One cached store.
-    fn cached_store(&self, id: &str) -> Result<Option<Self::Store>, StorageError>;
-    /// One cached product.
-    fn cached_product(&self, id: &str) -> Result<Option<Self::Product>, StorageError>;
-    /// The store as this context keeps it, from the owner's snapshot.
-    fn store_row(snapshot: &StoreSnapshot) -> Self::Store;
-    /// The product as this context keeps it, from the owner's snapshot (`None` if removed).
-    fn product_row(snapshot: &ProductSnapshot) -> Option<Self::Product>;
-    /// Applies a batch of stores events in one transaction, moving the checkpoint to at least
-    /// `through` (see [`crate::engine::apply_batch`]).
-    fn apply_stores_events_through(
-        &self,
-        consumer: &str,
-        batch: &[Inbound<StoresEvent>],
-        through: u64,
-    ) -> Result<BatchOutcome, StorageError>;
+    const TABLES: &'static [(&'static str, &'static str)] = &[("store", "stores_cache"), ("product", "products_cache")];
+
+    fn adopt(
+        tables: &mut CacheTables<'_, K>,
+        aggregate: &str,
+        id: &str,
+        state: serde_json::Value,
+    ) -> Result<(), StorageError> {
+        let corrupt = |e: serde_json::Error| StorageError::Corrupt {
+            table: "stores_cache",
+            reason: format!("the stores context's {aggregate} {id:?}: {e}"),
+        };
+        match aggregate {
+            "store" => tables.put_store(id, &K::store_row(&serde_json::from_value(state).map_err(corrupt)?)),
+            _ => match K::product_row(&serde_json::from_value(state).map_err(corrupt)?) {
+                Some(row) => tables.put_product(id, &row),
+                None => tables.remove_product(id),
+            },
+        }
+    }
+
+    fn forget(tables: &mut CacheTables<'_, K>, aggregate: &str, id: &str) -> Result<(), StorageError> {
+        match aggregate {
+            "store" => {
+                tables.stores.remove(id).during("remove stores_cache")?;
+                Ok(())
+            }
+            _ => tables.remove_product(id),
+        }
+    }
+}
+
+/// The stores cache table of `K`, for lookups (`ContextHandle::lookup`).
+pub fn stores_rows<K: CacheKind>() -> Rows<K::Store> {
+    Rows::new("stores_cache")
+}
+
+/// The products cache table of `K`, for lookups.
+pub fn products_rows<K: CacheKind>() -> Rows<K::Product> {
+    Rows::new("products_cache")
+}
+
+/// What the stores caches' unit tests call on a file: a batch of stores events, and an owner's
+/// answer about a product.
+#[cfg(test)]
+pub(crate) trait StoresCacheTestExt {
     /// Applies a batch of stores events in one transaction.
     fn apply_stores_events(
         &self,
         consumer: &str,
-        batch: &[Inbound<StoresEvent>],
-    ) -> Result<BatchOutcome, StorageError> {
-        self.apply_stores_events_through(consumer, batch, 0)
-    }
-    /// Writes a store as its owner reported it (see [`crate::engine::adopt`]).
-    fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError>;
-    /// Writes a product as its owner reported it; a removed one leaves the cache.
-    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError>;
+        batch: &[crate::engine::Inbound<StoresEvent>],
+    ) -> Result<crate::BatchOutcome, StorageError>;
+    /// Writes a product as its owner reported it.
+    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<crate::Adopted, StorageError>;
 }
 
-impl<K: CacheKind> StoresCacheDb for FileWriter<K> {
-    type Store = K::Store;
-    type Product = K::Product;
-
-    fn cached_store(&self, id: &str) -> Result<Option<K::Store>, StorageError> {
-        self.store(id)
-    }
-
-    fn cached_product(&self, id: &str) -> Result<Option<K::Product>, StorageError> {
-        self.product(id)
-    }
-
-    fn store_row(snapshot: &StoreSnapshot) -> K::Store {
-        K::store_row(snapshot)
-    }
-
-    fn product_row(snapshot: &ProductSnapshot) -> Option<K::Product> {
-        K::product_row(snapshot)
-    }
-
-    fn apply_stores_events_through(
+#[cfg(test)]
+impl<K: CacheKind> StoresCacheTestExt for crate::FileWriter<K> {
+    fn apply_stores_events(
         &self,
         consumer: &str,
-        batch: &[Inbound<StoresEvent>],
-        through: u64,
-    ) -> Result<BatchOutcome, StorageError> {
-        self.apply(consumer, batch, through)
+        batch: &[crate::engine::Inbound<StoresEvent>],
+    ) -> Result<crate::BatchOutcome, StorageError> {
+        self.apply(consumer, batch, 0)
     }
 
-    fn adopt_store(&self, snapshot: &StoreSnapshot) -> Result<Adopted, StorageError> {
-        self.adopt::<StoresEvent>("store", &snapshot.id, snapshot.version, |t| {
-            t.put_store(&snapshot.id, &K::store_row(snapshot))
-        })
-    }
-
-    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<Adopted, StorageError> {
-        self.adopt::<StoresEvent>("product", &snapshot.id, snapshot.version, |t| match K::product_row(snapshot) {
-            Some(row) => t.put_product(&snapshot.id, &row),
-            None => t.remove_product(&snapshot.id),
+    fn adopt_product(&self, snapshot: &ProductSnapshot) -> Result<crate::Adopted, StorageError> {
+        let state = serde_json::to_value(snapshot)
+            .map_err(|e| StorageError::Corrupt { table: "test", reason: e.to_string() })?;
+        self.adopt::<StoresEvent>("product", &snapshot.id, snapshot.version, |t| {
+            <K as Adopts<StoresEvent>>::adopt(t, "product", &snapshot.id, state)
         })
     }
 }

@@ -71,14 +71,21 @@ pub trait Follows: ContextKind {
 }
 
 /// How a context that caches another context's entities (events of type `E`) adopts an entity's
-/// state when the owner reports it: after a version gap stayed open, it asks the owner
-/// ([`carrier_messages::request::EntityQuery`]) and writes what it keeps, never over a newer
-/// version.
+/// state when the owner reports it: on a cache miss, and after a version gap stayed open, it
+/// asks the owner ([`carrier_messages::request::EntityQuery`]) and writes what it keeps, never
+/// over a newer version.
 pub trait Adopts<E: DomainEvent>: Reacts<E> {
     /// The fields of the owner's row this context keeps (the owner may send more).
     type State: serde::de::DeserializeOwned + Send + 'static;
+    /// Where it keeps each kind of entity: `(aggregate, table)` pairs, each table a
+    /// [`Rows`](crate::Rows) table of one row per id, written only from `E`'s stream and the
+    /// owner's answers. `carrier rebuild` replays `E`'s stream into fresh copies of them and
+    /// swaps them in; lookups read them.
+    const TABLES: &'static [(&'static str, &'static str)];
     /// Writes the entity `aggregate`/`id` in the state the owner reported.
     fn adopt(tables: &mut Self::Tables<'_>, aggregate: &str, id: &str, state: Self::State) -> Result<(), StorageError>;
+    /// Forgets the entity `aggregate`/`id`: its owner deleted it (a tombstone in its answer).
+    fn forget(tables: &mut Self::Tables<'_>, aggregate: &str, id: &str) -> Result<(), StorageError>;
 }
 
 /// How a cache of `E`'s owner's entities is replaced wholesale by the owner's snapshot (a full
@@ -528,7 +535,10 @@ impl<K: ContextKind> FileWriter<K> {
             through,
             snapshot,
             |tables, aggregate| K::clear(&mut tables.0, aggregate),
-            |tables, aggregate, id, state| K::adopt(&mut tables.0, aggregate, id, state),
+            |tables, aggregate, id, state| match state {
+                Some(state) => K::adopt(&mut tables.0, aggregate, id, state),
+                None => K::forget(&mut tables.0, aggregate, id),
+            },
         );
         self.file.committed();
         written

@@ -12,11 +12,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
 use carrier_messages::Envelope;
 
-use crate::context::{ContextFile, ContextKind, Emitter, FileWriter, Reacts};
-use crate::engine::Adopted;
+use crate::context::{Adopts, ContextFile, ContextKind, Emitter, Reacts};
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::rows::{all_rows_with_version, get_row};
-use crate::StorageError;
+use crate::{Rows, StorageError};
 
 pub(crate) const CUSTOMERS_CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("customers_cache");
 
@@ -100,34 +99,29 @@ impl<K: CustomerCacheKind> ContextFile<K> {
     }
 }
 
-/// What lookups with a fallback need of a context that caches customers.
-pub trait CustomersCacheDb {
-    /// A cached customer, as this context keeps it.
-    type Customer: Clone + Send + 'static;
-    /// One cached customer.
-    fn cached_customer(&self, id: &str) -> Result<Option<Self::Customer>, StorageError>;
-    /// The row from the owner's snapshot.
-    fn customer_row(snapshot: &CustomerSnapshot) -> Self::Customer;
-    /// Writes a customer as its owner reported it (never over a newer version).
-    fn adopt_customer(&self, snapshot: &CustomerSnapshot) -> Result<Adopted, StorageError>;
+impl<K: CustomerCacheKind> Adopts<CustomersEvent> for K {
+    type State = CustomerSnapshot;
+
+    const TABLES: &'static [(&'static str, &'static str)] = &[("customer", "customers_cache")];
+
+    fn adopt(
+        tables: &mut CustomerTables<'_, K>,
+        _aggregate: &str,
+        id: &str,
+        state: CustomerSnapshot,
+    ) -> Result<(), StorageError> {
+        tables.put(id, &K::customer_row(&state))
+    }
+
+    fn forget(tables: &mut CustomerTables<'_, K>, _aggregate: &str, id: &str) -> Result<(), StorageError> {
+        tables.customers.remove(id).during("remove customers_cache")?;
+        Ok(())
+    }
 }
 
-impl<K: CustomerCacheKind> CustomersCacheDb for FileWriter<K> {
-    type Customer = K::Customer;
-
-    fn cached_customer(&self, id: &str) -> Result<Option<K::Customer>, StorageError> {
-        self.customer(id)
-    }
-
-    fn customer_row(snapshot: &CustomerSnapshot) -> K::Customer {
-        K::customer_row(snapshot)
-    }
-
-    fn adopt_customer(&self, snapshot: &CustomerSnapshot) -> Result<Adopted, StorageError> {
-        self.adopt::<CustomersEvent>("customer", &snapshot.id, snapshot.version, |t| {
-            t.put(&snapshot.id, &K::customer_row(snapshot))
-        })
-    }
+/// The customers cache table of `K`, for lookups (`ContextHandle::lookup`).
+pub fn customers_rows<K: CustomerCacheKind>() -> Rows<K::Customer> {
+    Rows::new("customers_cache")
 }
 
 /// A cached customer a reaction needs, read from the table it opened; `NotReady` when missing,

@@ -543,7 +543,7 @@ pub fn resync<E, P, S>(
     through: Option<u64>,
     snapshot: Vec<(&str, Vec<(String, u64, Option<S>)>)>,
     mut clear: impl FnMut(&mut P::Tables<'_>, &str) -> Result<(), StorageError>,
-    mut write: impl FnMut(&mut P::Tables<'_>, &str, &str, S) -> Result<(), StorageError>,
+    mut write: impl FnMut(&mut P::Tables<'_>, &str, &str, Option<S>) -> Result<(), StorageError>,
 ) -> Result<u64, StorageError>
 where
     E: DomainEvent,
@@ -560,10 +560,11 @@ where
                 for (id, version, state) in entities {
                     let current =
                         versions.get((aggregate, id.as_str())).during("read entity_versions")?.map(|v| v.value());
-                    if let (Some(state), true) = (state, current.unwrap_or(0) < version) {
+                    if current.unwrap_or(0) < version {
+                        // A newer tombstone forgets the entity: it is written as `None`.
+                        written += u64::from(state.is_some());
                         write(&mut tables, aggregate, &id, state)?;
                         versions.insert((aggregate, id.as_str()), version).during("write entity_versions")?;
-                        written += 1;
                     }
                 }
                 continue;
@@ -594,7 +595,8 @@ where
                 parked.remove((aggregate, id.as_str(), v)).during("clear parked")?;
             }
             for (id, version, state) in entities {
-                if let Some(state) = state {
+                // A tombstone keeps only its version: the rows were cleared.
+                if state.is_some() {
                     write(&mut tables, aggregate, &id, state)?;
                     written += 1;
                 }

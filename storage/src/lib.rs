@@ -43,13 +43,13 @@ pub mod search;
 pub mod stores;
 
 pub use baskets::{BasketsDb, PricedBasketCommand};
-pub use cache::{CacheKind, StoresCacheDb};
+pub use cache::CacheKind;
 pub use command::CommandError;
 pub use context::{
     Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Follows, Reacts, Resyncs,
     DEFAULT_CACHE_BYTES,
 };
-pub use customer_cache::{CustomerCacheKind, CustomersCacheDb};
+pub use customer_cache::CustomerCacheKind;
 pub use customers::CustomersDb;
 pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};

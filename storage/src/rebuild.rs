@@ -5,8 +5,8 @@
 //! live file's writer, so that commands between two ranges wait for one range, not for the
 //! whole table. An id's row and its version always move together.
 //!
-//! Only caches are rebuilt (`stores_cache`, `products_cache`, `customers_cache`, with their
-//! entities' versions and parked events): they are a pure function of the owners' streams. A
+//! Only caches are rebuilt (the tables a context declares for another context's entities, with
+//! their entities' versions and parked events): they are a pure function of the owners' streams. A
 //! context's own state (baskets, orders, shopping lists) is made by its commands and by
 //! decisions that depended on what it knew at the time, so replaying cannot reproduce it.
 
@@ -26,22 +26,12 @@ pub const SWAP_ROWS: usize = 2048;
 #[derive(Clone, Debug)]
 pub struct CacheSet {
     /// The tables (all `id → row` tables).
-    pub tables: &'static [&'static str],
+    pub tables: Vec<&'static str>,
     /// The aggregate type of each table, in the same order: whose versions and parked events
     /// belong to it.
-    pub aggregates: &'static [&'static str],
+    pub aggregates: Vec<&'static str>,
     /// The durable consumer's name: its checkpoint says how far each file has applied.
     pub consumer: String,
-}
-
-/// The stores caches (`stores_cache`, `products_cache`).
-pub fn stores_caches(consumer: String) -> CacheSet {
-    CacheSet { tables: &["stores_cache", "products_cache"], aggregates: &["store", "product"], consumer }
-}
-
-/// The customers cache (`customers_cache`).
-pub fn customers_caches(consumer: String) -> CacheSet {
-    CacheSet { tables: &["customers_cache"], aggregates: &["customer"], consumer }
 }
 
 /// A table's rows before and after the swap.

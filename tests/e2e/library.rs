@@ -94,10 +94,17 @@ mod ledger {
     }
     impl Validate for AccountNamed {}
 
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    pub struct AccountClosed {
+        pub id: String,
+    }
+    impl Validate for AccountClosed {}
+
     domain_events! {
         /// What the ledger publishes.
         enum LedgerEvent, context "ledger", stream "LEDGER", subjects "ledger.>";
         AccountNamed => "account", "ledger.account.named";
+        AccountClosed => "account", "ledger.account.closed";
     }
 
     #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -106,11 +113,19 @@ mod ledger {
         pub name: String,
     }
 
+    /// Closes an account: the owner keeps it as a tombstone.
+    #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+    pub struct Close {
+        pub id: String,
+    }
+
     #[derive(Clone, Debug, Serialize, Deserialize)]
     pub struct Account {
         pub name: String,
         pub version: u64,
         pub opened_by: String,
+        #[serde(default)]
+        pub closed: bool,
     }
 
     pub const ACCOUNTS: Rows<Account> = Rows::new("accounts");
@@ -131,20 +146,43 @@ mod ledger {
         ) -> Result<(), CommandError> {
             let mut accounts = ACCOUNTS.open(txn)?;
             let version = accounts.get(&command.id)?.map(|a| a.version).unwrap_or(0) + 1;
-            let account = Account { name: command.name.clone(), version, opened_by: "test".into() };
+            let account = Account { name: command.name.clone(), version, opened_by: "test".into(), closed: false };
             accounts.put(&command.id, &account)?;
             let event = LedgerEvent::AccountNamed(AccountNamed { id: command.id.clone(), name: command.name.clone() });
             emit.decided(event, version, causality)
         }
     }
 
-    /// The owner's entity endpoint: an account at its version.
+    impl Decides<Close> for Ledger {
+        fn decide(
+            txn: &WriteTransaction,
+            emit: &mut Emitter<'_, LedgerEvent>,
+            command: &Close,
+            causality: &Causality,
+        ) -> Result<(), CommandError> {
+            let mut accounts = ACCOUNTS.open(txn)?;
+            let not_found = || CommandError::NotFound { kind: "account", id: command.id.clone() };
+            let mut account = accounts.get(&command.id)?.filter(|a| !a.closed).ok_or_else(not_found)?;
+            (account.version, account.closed) = (account.version + 1, true);
+            accounts.put(&command.id, &account)?;
+            emit.decided(
+                LedgerEvent::AccountClosed(AccountClosed { id: command.id.clone() }),
+                account.version,
+                causality,
+            )
+        }
+    }
+
+    /// The owner's entity endpoint: an account at its version; a closed one is a tombstone.
     pub fn entity(
         db: &ContextFile<Ledger>,
         _aggregate: &str,
         id: &str,
     ) -> Result<Option<Entity<serde_json::Value>>, StorageError> {
-        Ok(db.read(|txn| ACCOUNTS.get(txn, id))?.map(|a| Entity::of(a.version, &a)))
+        Ok(db.read(|txn| ACCOUNTS.get(txn, id))?.map(|a| match a.closed {
+            true => Entity::deleted(a.version),
+            false => Entity::of(a.version, &a),
+        }))
     }
 
     /// A cache of account names.
@@ -168,8 +206,10 @@ mod ledger {
             _envelope: &carrier_messages::Envelope,
             event: &LedgerEvent,
         ) -> Result<(), StorageError> {
-            let LedgerEvent::AccountNamed(e) = event;
-            names.put(&e.id, &e.name)
+            match event {
+                LedgerEvent::AccountNamed(e) => names.put(&e.id, &e.name),
+                LedgerEvent::AccountClosed(e) => names.remove(&e.id),
+            }
         }
     }
 
@@ -181,6 +221,7 @@ mod ledger {
 
     impl Adopts<LedgerEvent> for Mirror {
         type State = MirroredAccount;
+        const TABLES: &'static [(&'static str, &'static str)] = &[("account", "names")];
         fn adopt(
             names: &mut RowsMut<'_, String>,
             _aggregate: &str,
@@ -188,6 +229,9 @@ mod ledger {
             state: MirroredAccount,
         ) -> Result<(), StorageError> {
             names.put(id, &state.name)
+        }
+        fn forget(names: &mut RowsMut<'_, String>, _aggregate: &str, id: &str) -> Result<(), StorageError> {
+            names.remove(id)
         }
     }
 }
@@ -233,6 +277,71 @@ async fn a_cache_of_a_users_own_owner_repairs_a_version_gap_through_the_owners_e
     assert!(fallback.stats.ok.load(Ordering::Relaxed) >= 1, "the owner was asked");
     let parked = mirror.consumer("ledger").expect("consumer").parked.load(Ordering::Relaxed);
     assert_eq!(parked, 1, "version 2 was parked behind the missing version 1");
+    caches.shutdown().await;
+    owners.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_cache_fills_a_miss_from_its_owner_forgets_a_deleted_entity_and_rebuilds() {
+    use carrier_actors::rebuild::RebuildProgress;
+    use ledger::{Close, Ledger, LedgerEvent, Mirror, Name, NAMES};
+    let env = TestEnv::start();
+    let owner = BoundedContext::of::<Ledger>().decides::<Name>().decides::<Close>().entities(ledger::entity).build();
+    let owners = CarrierSystem::start(SystemConfig::new(env.url(), env.data_dir(), vec![owner])).await.expect("starts");
+    let ledger = owners.handle::<ContextHandle<Ledger>>().expect("ledger");
+    for (id, name) in [("a", "Ann"), ("b", "Bob"), ("c", "Cid")] {
+        ledger.execute(Name { id: id.into(), name: name.into() }, Causality::default()).await.expect("named");
+    }
+    ledger.execute(Close { id: "c".into() }, Causality::default()).await.expect("closed");
+    // Only Ann's event stays on the stream: the mirror never sees Bob or Cid.
+    let js = owners.bus.jetstream().clone();
+    wait_until(Duration::from_secs(30), "the four events are on the stream", || {
+        let js = js.clone();
+        async move {
+            match js.get_stream("LEDGER").await {
+                Ok(mut s) => s.info().await.map(|i| i.state.messages == 4).unwrap_or(false),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let stream = js.get_stream("LEDGER").await.expect("stream");
+    for seq in 2..=4 {
+        stream.delete_message(seq).await.expect("deleted");
+    }
+
+    let mirror = BoundedContext::of::<Mirror>().caches::<LedgerEvent>().build();
+    let caches =
+        CarrierSystem::start(SystemConfig::new(env.url(), env.data_dir(), vec![mirror])).await.expect("starts");
+    let mirror = caches.handle::<ContextHandle<Mirror>>().expect("mirror");
+    wait_until(Duration::from_secs(30), "the mirror applied Ann's event", || {
+        let name = mirror.db.read(|txn| NAMES.get(txn, "a")).ok().flatten();
+        async move { name.as_deref() == Some("Ann") }
+    })
+    .await;
+    let lookup = |id: &'static str| mirror.lookup::<LedgerEvent, _>("account", NAMES, id);
+    assert_eq!(lookup("a").await.expect("a hit"), Some("Ann".to_string()));
+    let fallback = mirror.fallback("ledger").expect("a fallback to the ledger");
+    assert_eq!(fallback.stats.ok.load(Ordering::Relaxed), 0, "a hit asks nobody");
+
+    assert_eq!(lookup("b").await.expect("filled from the owner"), Some("Bob".to_string()));
+    assert_eq!(mirror.db.read(|txn| NAMES.get(txn, "b")).expect("read"), Some("Bob".to_string()), "and kept");
+    assert_eq!(lookup("b").await.expect("now a hit"), Some("Bob".to_string()));
+    assert_eq!(fallback.stats.ok.load(Ordering::Relaxed), 1, "the owner was asked once");
+
+    assert_eq!(lookup("c").await.expect("answered with a tombstone"), None, "a closed account reads as gone");
+    assert_eq!(lookup("c").await.expect("remembered"), None);
+    assert_eq!(lookup("nobody").await.expect("answered"), None);
+    assert_eq!(lookup("nobody").await.expect("remembered"), None);
+    assert_eq!(fallback.stats.ok.load(Ordering::Relaxed), 3, "the tombstone and the unknown id were asked once each");
+    assert_eq!(fallback.stats.negative_hits.load(Ordering::Relaxed), 2);
+
+    // The cache's table is rebuilt from the stream, blue/green.
+    assert!(mirror.has_caches(), "a cache of a user's owner can be rebuilt");
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(RebuildProgress::default()));
+    mirror.rebuild_caches(&caches.bus, progress.clone()).await.expect("the rebuild succeeds");
+    assert_eq!(progress.lock().expect("progress").state, "done");
+    assert_eq!(mirror.db.read(|txn| NAMES.get(txn, "a")).expect("read"), Some("Ann".to_string()));
     caches.shutdown().await;
     owners.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! Rebuilding a context's caches from the owners' streams while the old caches keep serving.
 
+use carrier_mall::StoresLookups;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Versions and the fallback: out-of-order and duplicate deliveries, gaps repaired through the
 //! owner, and cache misses answered by the owner, fast failure included while it is down.
 
+use carrier_mall::StoresLookups;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ async fn a_cache_started_after_the_stream_was_trimmed_repairs_its_gaps_through_t
     converge(&owner.handle::<carrier_mall::stores::StoresHandle>().expect("stores").db, &baskets.db).await;
     assert_eq!(baskets.db.product("p").expect("read").expect("cached").price, 1050);
     assert!(
-        baskets.stores_fallback.as_ref().expect("stores fallback").stats.ok.load(Ordering::Relaxed) >= 2,
+        baskets.fallback("stores").expect("stores fallback").stats.ok.load(Ordering::Relaxed) >= 2,
         "the owner was asked for the store and the product"
     );
     assert!(baskets.db.gaps().expect("gaps").is_empty());
@@ -130,8 +131,8 @@ async fn out_of_order_and_duplicate_deliveries_end_at_the_owner_state_without_as
     assert_eq!(version, 5);
     assert_eq!(baskets.consumer("stores").expect("stores consumer").duplicates.load(Ordering::Relaxed), 2);
     assert_eq!(
-        baskets.stores_fallback.as_ref().expect("stores fallback").stats.ok.load(Ordering::Relaxed)
-            + baskets.stores_fallback.as_ref().expect("stores fallback").stats.failed.load(Ordering::Relaxed),
+        baskets.fallback("stores").expect("stores fallback").stats.ok.load(Ordering::Relaxed)
+            + baskets.fallback("stores").expect("stores fallback").stats.failed.load(Ordering::Relaxed),
         0
     );
     cache.shutdown().await;
@@ -159,7 +160,7 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     assert_eq!(baskets.store("nowhere").await.expect("answered"), None);
     assert_eq!(baskets.store("nowhere").await.expect("answered"), None);
     assert_eq!(
-        baskets.stores_fallback.as_ref().expect("stores fallback").stats.negative_hits.load(Ordering::Relaxed),
+        baskets.fallback("stores").expect("stores fallback").stats.negative_hits.load(Ordering::Relaxed),
         1,
         "the second miss was remembered"
     );
@@ -169,7 +170,7 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
     for _ in 0..3 {
         assert!(matches!(baskets.product("p-1").await, Err(LookupError::Fallback(FallbackError::Unavailable { .. }))));
     }
-    assert_eq!(baskets.stores_fallback.as_ref().expect("stores fallback").breaker_state(), BreakerState::Open);
+    assert_eq!(baskets.fallback("stores").expect("stores fallback").breaker_state(), BreakerState::Open);
     let started = Instant::now();
     assert!(matches!(baskets.product("p-1").await, Err(LookupError::Fallback(FallbackError::BreakerOpen { .. }))));
     assert!(started.elapsed() < Duration::from_millis(50), "an open breaker fails at once: {:?}", started.elapsed());
@@ -200,7 +201,7 @@ async fn a_cache_miss_asks_the_owner_and_a_down_owner_costs_one_fast_failure() {
         async move { matches!(b.store(&format!("ghost-{}", uuid::Uuid::now_v7())).await, Ok(None)) }
     })
     .await;
-    assert_eq!(baskets.stores_fallback.as_ref().expect("stores fallback").breaker_state(), BreakerState::Closed);
+    assert_eq!(baskets.fallback("stores").expect("stores fallback").breaker_state(), BreakerState::Closed);
     cache.shutdown().await;
     owner.shutdown().await;
 }

@@ -15,6 +15,8 @@ use carrier_storage::{CommandError, Decided, PricedBasketCommand};
 use carrier_actors::cache::{ContextHandle, LookupError};
 use carrier_actors::context::BoundedContext;
 
+use crate::StoresLookups;
+
 /// The context's name, as used in durable names, paths and dead-letter streams.
 pub const CONTEXT: &str = "baskets";
 
@@ -37,8 +39,7 @@ pub fn stores_durable_name(data_dir: &std::path::Path) -> Result<String, carrier
 /// rows and keeping its own caches of `STORES`, and takes over when the first dies.
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Baskets>()
-        .stores_fallback()
-        .consume::<StoresEvent>()
+        .caches::<StoresEvent>()
         .commands(|handle: BasketsHandle, command: BasketsCommand, causality| async move {
             execute(&handle, command, causality).await
         })

@@ -20,5 +20,10 @@ pub type CustomersHandle = ContextHandle<Customers>;
 
 /// The context's declaration: the owner actors and `query.customers`.
 pub fn context() -> BoundedContext {
-    BoundedContext::of::<Customers>().decides::<CustomersCommand>().follows_itself().queries(queries::answer).build()
+    BoundedContext::of::<Customers>()
+        .decides::<CustomersCommand>()
+        .follows_itself()
+        .queries(queries::answer)
+        .entities(queries::entity)
+        .build()
 }

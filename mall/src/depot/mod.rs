@@ -19,6 +19,8 @@ use carrier_storage::depot::Depot;
 use carrier_actors::cache::{ContextHandle, Prefetch};
 use carrier_actors::context::BoundedContext;
 
+use crate::StoresLookups;
+
 /// The context's name.
 pub const CONTEXT: &str = "depot";
 
@@ -46,8 +48,7 @@ pub fn context() -> BoundedContext {
         })
     });
     BoundedContext::of::<Depot>()
-        .stores_fallback()
-        .consume::<StoresEvent>()
+        .caches::<StoresEvent>()
         .consume_with_prefetch::<OrderingEvent>(prefetch)
         .decides::<DepotCommand>()
         .follows_itself()

@@ -25,8 +25,7 @@ pub type NotificationsHandle = ContextHandle<Notifications>;
 /// The context's declaration.
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Notifications>()
-        .customers_fallback()
-        .consume::<CustomersEvent>()
+        .caches::<CustomersEvent>()
         .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
         .follows_itself()
         .build()

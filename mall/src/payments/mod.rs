@@ -23,8 +23,7 @@ pub type PaymentsHandle = ContextHandle<Payments>;
 /// The context's declaration.
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Payments>()
-        .customers_fallback()
-        .consume::<CustomersEvent>()
+        .caches::<CustomersEvent>()
         .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
         .follows_itself()
         .build()

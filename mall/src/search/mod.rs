@@ -27,10 +27,8 @@ pub type SearchHandle = ContextHandle<Search>;
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Search>()
         .read_model()
-        .stores_fallback()
-        .customers_fallback()
-        .consume::<StoresEvent>()
-        .consume::<CustomersEvent>()
+        .caches::<StoresEvent>()
+        .caches::<CustomersEvent>()
         .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
         .queries(answer)
         .build()

@@ -24,5 +24,10 @@ pub type StoresHandle = ContextHandle<Stores>;
 /// The context's declaration: the owner actors and `query.stores`. A second instance stands by,
 /// following `STORES` into its own rows, and takes over when the first dies.
 pub fn context() -> BoundedContext {
-    BoundedContext::of::<Stores>().decides::<StoresCommand>().follows_itself().queries(queries::answer).build()
+    BoundedContext::of::<Stores>()
+        .decides::<StoresCommand>()
+        .follows_itself()
+        .queries(queries::answer)
+        .entities(queries::entity)
+        .build()
 }

@@ -492,8 +492,10 @@ pub fn context() -> BoundedContext {
             if aggregate != "product" {
                 return Ok(None);
             }
-            db.read(|txn| {
-                Ok(PRODUCTS.get(txn, id)?.map(|p| Entity::of(p.version, &ProductView::of(id.to_string(), p))))
+            // A deleted product answers as a tombstone: a cache forgets it.
+            db.read(|txn| match PRODUCTS.get(txn, id)? {
+                Some(p) => Ok(Some(Entity::of(p.version, &ProductView::of(id.to_string(), p)))),
+                None => Ok(DELETED.get(txn, id)?.map(Entity::deleted)),
             })
         })
         .snapshots(|db, aggregate, after, limit| {

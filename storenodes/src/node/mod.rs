@@ -116,6 +116,8 @@ impl Reacts<CentralEvent> for StoreCache {
 impl Adopts<CentralEvent> for StoreCache {
     type State = ProductView;
 
+    const TABLES: &'static [(&'static str, &'static str)] = &[("product", "products")];
+
     fn adopt(
         products: &mut RowsMut<'_, CachedProduct>,
         _aggregate: &str,
@@ -132,6 +134,10 @@ impl Adopts<CentralEvent> for StoreCache {
                 last_updated: state.last_updated,
             },
         )
+    }
+
+    fn forget(products: &mut RowsMut<'_, CachedProduct>, _aggregate: &str, id: &str) -> Result<(), StorageError> {
+        products.remove(id)
     }
 }
 
