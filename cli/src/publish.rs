@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use carrier_actors::bus::Bus;
+use carrier_mall::stores::StoresEvent;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::StoresEvent;
 use carrier_messages::{ContentType, Decoded, DomainEvent, EventId, WireFormat};
 
 /// Arguments of `carrier publish`.

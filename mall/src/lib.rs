@@ -11,6 +11,7 @@
 //!   [`workload`]: synthetic events with a known end state (the bench and the crash tests).
 
 pub mod baskets;
+pub mod caches;
 pub mod customers;
 pub mod depot;
 pub mod lookups;
@@ -24,10 +25,25 @@ pub mod workload;
 
 pub use lookups::{CustomerLookups, StoresLookups};
 
+/// What reads the mall's files and caches: every context's file trait and the caches' lookups,
+/// so that `use carrier_mall::prelude::*;` gives `db.basket(id)`, `handle.store(id)` and the rest.
+pub mod prelude {
+    pub use crate::baskets::BasketsFile;
+    pub use crate::caches::{CustomersCacheFile, StoresCacheFile};
+    pub use crate::customers::CustomersFile;
+    pub use crate::depot::DepotFile;
+    pub use crate::lookups::{CustomerLookups, StoresLookups};
+    pub use crate::notifications::NotificationsFile;
+    pub use crate::ordering::OrderingFile;
+    pub use crate::payments::PaymentsFile;
+    pub use crate::search::SearchFile;
+    pub use crate::stores::StoresFile;
+}
+
 use std::sync::Arc;
 
-use carrier_messages::ordering::OrderingEvent;
-use carrier_storage::CustomerCacheKind;
+use crate::caches::CustomersCache;
+use crate::ordering::OrderingEvent;
 
 use carrier_actors::cache::{ContextHandle, Prefetch};
 use carrier_actors::context::BoundedContext;
@@ -48,7 +64,7 @@ pub fn contexts() -> Vec<BoundedContext> {
 
 /// Looks up the customers of new orders, so that a customer registered a moment ago (whose event
 /// has not arrived yet) is asked of the customers context instead of failing the batch.
-pub(crate) fn prefetch_customers<K: CustomerCacheKind>() -> Prefetch<K, OrderingEvent> {
+pub(crate) fn prefetch_customers<K: CustomersCache>() -> Prefetch<K, OrderingEvent> {
     Arc::new(|handle: ContextHandle<K>, events: Vec<OrderingEvent>| {
         Box::pin(async move {
             let mut customers: Vec<String> = events
@@ -69,4 +85,26 @@ pub(crate) fn prefetch_customers<K: CustomerCacheKind>() -> Prefetch<K, Ordering
             }
         })
     })
+}
+
+/// The outbox's rows read back as their consumers get them, at stream sequences 1, 2, ...: what
+/// a test feeds a follower or a cache.
+#[cfg(test)]
+pub(crate) fn outbox_as_delivered<K: carrier_storage::ContextKind>(
+    file: &carrier_storage::FileWriter<K>,
+) -> Vec<carrier_storage::Inbound<K::Event>> {
+    file.outbox_pending(usize::MAX)
+        .expect("outbox")
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, e))| carrier_storage::Inbound {
+            stream_seq: i as u64 + 1,
+            decoded: carrier_messages::Decoded::decode(
+                &e.subject,
+                |h| e.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
+                &e.body,
+            )
+            .expect("decodes"),
+        })
+        .collect()
 }

@@ -5,12 +5,10 @@
 
 use std::future::Future;
 
+use crate::caches::{CustomersCache, StoresCache};
+use crate::customers::CustomersEvent;
+use crate::stores::StoresEvent;
 use carrier_actors::cache::{ContextHandle, LookupError};
-use carrier_messages::customers::CustomersEvent;
-use carrier_messages::stores::StoresEvent;
-use carrier_storage::cache::{products_rows, stores_rows};
-use carrier_storage::customer_cache::customers_rows;
-use carrier_storage::{CacheKind, CustomerCacheKind};
 
 /// A store or product as a context that caches the stores context's data keeps it.
 pub trait StoresLookups {
@@ -24,16 +22,16 @@ pub trait StoresLookups {
     fn product(&self, id: &str) -> impl Future<Output = Result<Option<Self::Product>, LookupError>> + Send;
 }
 
-impl<K: CacheKind> StoresLookups for ContextHandle<K> {
+impl<K: StoresCache> StoresLookups for ContextHandle<K> {
     type Store = K::Store;
     type Product = K::Product;
 
     fn store(&self, id: &str) -> impl Future<Output = Result<Option<K::Store>, LookupError>> + Send {
-        self.lookup::<StoresEvent, _>("store", stores_rows::<K>(), id)
+        self.lookup::<StoresEvent, _>("store", K::stores_table(), id)
     }
 
     fn product(&self, id: &str) -> impl Future<Output = Result<Option<K::Product>, LookupError>> + Send {
-        self.lookup::<StoresEvent, _>("product", products_rows::<K>(), id)
+        self.lookup::<StoresEvent, _>("product", K::products_table(), id)
     }
 }
 
@@ -45,10 +43,10 @@ pub trait CustomerLookups {
     fn customer(&self, id: &str) -> impl Future<Output = Result<Option<Self::Customer>, LookupError>> + Send;
 }
 
-impl<K: CustomerCacheKind> CustomerLookups for ContextHandle<K> {
+impl<K: CustomersCache> CustomerLookups for ContextHandle<K> {
     type Customer = K::Customer;
 
     fn customer(&self, id: &str) -> impl Future<Output = Result<Option<K::Customer>, LookupError>> + Send {
-        self.lookup::<CustomersEvent, _>("customer", customers_rows::<K>(), id)
+        self.lookup::<CustomersEvent, _>("customer", K::customers_table(), id)
     }
 }

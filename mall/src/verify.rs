@@ -1,7 +1,11 @@
 //! Checks that a context's caches agree with the owner's state: the demo's verdict and the
 //! tests' oracle.
 
-use carrier_storage::{BasketsDb, StorageError, StoresDb};
+use crate::prelude::*;
+use carrier_storage::StorageError;
+
+use crate::baskets::BasketsDb;
+use crate::stores::StoresDb;
 
 /// Every difference between the stores owner's state and the baskets caches, as sentences;
 /// empty when they agree. Removed products must be absent from the cache; versions must match.
@@ -58,7 +62,7 @@ pub fn baskets_against_stores(owner: &StoresDb, cache: &BasketsDb) -> Result<Vec
 
 /// Every difference between the stores owner's state and the depot caches; empty when they
 /// agree. The depot keeps names and locations of stores and names of products.
-pub fn depot_against_stores(owner: &StoresDb, cache: &carrier_storage::DepotDb) -> Result<Vec<String>, StorageError> {
+pub fn depot_against_stores(owner: &StoresDb, cache: &crate::depot::DepotDb) -> Result<Vec<String>, StorageError> {
     let mut problems = Vec::new();
     let stores = owner.stores()?;
     let cached_stores = cache.stores()?;

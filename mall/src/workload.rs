@@ -1,7 +1,8 @@
 //! Synthetic stores events with a known outcome, for `carrier bench` and the crash tests.
 
+use crate::prelude::*;
+use crate::stores::*;
 use carrier_messages::codec::{Causality, EncodeError};
-use carrier_messages::stores::*;
 use carrier_messages::{Decoded, EncodedEvent};
 
 /// Events whose end state is known in advance.
@@ -53,7 +54,7 @@ impl Workload {
     }
 
     /// Every difference between `db` and the expected end state; empty when they agree.
-    pub fn check(&self, db: &carrier_storage::BasketsDb) -> Result<Vec<String>, carrier_storage::StorageError> {
+    pub fn check(&self, db: &crate::baskets::BasketsDb) -> Result<Vec<String>, carrier_storage::StorageError> {
         // A map, not a search per product: the check is linear, so a million products can be
         // verified as fast as they are cached.
         let cached: std::collections::HashMap<String, (i64, u64)> =

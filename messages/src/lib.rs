@@ -8,10 +8,6 @@
 //!
 //! - [`envelope`]: an event's metadata ([`Envelope`], [`EventId`], [`ContentType`]) and
 //!   [`Envelope::read`], which recognises the framing.
-//! - [`customers`]: the customers context's events, commands and queries.
-//! - [`baskets`], [`ordering`], [`depot`], [`payments`]: the order flow's events and commands.
-//! - [`search`]: the search read model's queries.
-//! - [`stores`]: the stores context's events, named after the MallBots design.
 //! - [`codec`]: turning an event into an [`EncodedEvent`] and a received message back into a
 //!   [`Decoded`] event, with a [`DecodeError`] that says why when it cannot.
 //! - [`request`]: commands over request/reply (`cmd.<context>`) and their [`request::CommandReply`].
@@ -21,22 +17,14 @@
 //! `docs/wire-contract.md` is the same contract written for producers.
 
 pub mod asyncapi;
-pub mod baskets;
 pub mod cbor;
 pub mod cloudevents;
 pub mod codec;
-pub mod customers;
-pub mod depot;
 pub mod envelope;
 mod error;
 mod framing;
 mod limits;
-pub mod notifications;
-pub mod ordering;
-pub mod payments;
 pub mod request;
-pub mod search;
-pub mod stores;
 pub mod structured;
 pub mod trace;
 
@@ -47,4 +35,3 @@ pub use envelope::{ContentType, Envelope, EventId};
 pub use request::{CommandReply, Found, QueryReply};
 /// The schema derive payloads, commands and queries need (`#[derive(JsonSchema)]`).
 pub use schemars;
-pub use stores::StoresEvent;

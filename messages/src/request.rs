@@ -1,6 +1,6 @@
 //! Commands over NATS request/reply: the subject a context listens on and the reply it sends.
 //!
-//! A client sends a command (e.g. [`crate::stores::StoresCommand`], tagged by its `command`
+//! A client sends a command (e.g. the mall's `StoresCommand`, tagged by its `command`
 //! field) to `cmd.<context>`, as JSON or CBOR (`Content-Type`), and gets a [`CommandReply`] in
 //! the same encoding. Command subjects live outside the event streams' subjects, so JetStream
 //! never captures (or answers) a request.

@@ -330,26 +330,6 @@ pub struct FileWriter<K> {
 /// and why, or `None` for a failed commit.
 type Refusal = (Option<usize>, CommandError);
 
-/// The outbox's rows read back as their consumers get them, at stream sequences 1, 2, ...: what
-/// a test feeds a follower or a cache.
-#[cfg(test)]
-pub(crate) fn outbox_as_delivered<K: ContextKind>(file: &FileWriter<K>) -> Vec<Inbound<K::Event>> {
-    file.outbox_pending(usize::MAX)
-        .expect("outbox")
-        .into_iter()
-        .enumerate()
-        .map(|(i, (_, e))| Inbound {
-            stream_seq: i as u64 + 1,
-            decoded: carrier_messages::Decoded::decode(
-                &e.subject,
-                |h| e.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
-                &e.body,
-            )
-            .expect("decodes"),
-        })
-        .collect()
-}
-
 /// One command's decision for [`FileWriter::decide_all`]: reads and writes the context's tables
 /// in the transaction and records exactly one event through the emitter.
 pub type Decision<K> =

@@ -7,12 +7,7 @@
 //!   consumer checkpoints. [`engine::apply_batch`] applies a delivered batch in one transaction.
 //! - [`context`]: a consuming context's file ([`ContextFile`]): its tables, the engine's and an
 //!   outbox; it [`Reacts`] to other contexts' events and decides its own commands.
-//! - [`cache`], [`customer_cache`]: the stores and customers caches any context can keep.
-//! - [`baskets`] ([`BasketsDb`]), [`ordering`] ([`OrderingDb`]), [`depot`] ([`DepotDb`]),
-//!   [`payments`] ([`PaymentsDb`]), [`notifications`] ([`NotificationsDb`]), [`search`]
-//!   ([`SearchDb`]): each context's own tables and reactions.
-//! - [`customers`]: the customers context's own state ([`CustomersDb`]).
-//! - [`stores`]: the stores context's own state and its outbox ([`StoresDb`]).
+//! - [`Rows`]: a typed `id → CBOR` table, what a context's own tables are.
 //! - [`command`]: [`CommandError`], why a command was refused.
 //! - [`idempotency`]: commands sent again with the same key answered with the first one's event.
 //! - [`inspect`]: any file's tables and rows as JSON, opened read-only (`carrier inspect`).
@@ -23,44 +18,24 @@
 mod error;
 mod rows;
 
-pub mod baskets;
-pub mod cache;
 pub mod command;
 pub mod context;
-pub mod customer_cache;
-pub mod customers;
-pub mod depot;
 pub mod engine;
 pub mod handlers;
 pub mod idempotency;
 pub mod inspect;
-pub mod notifications;
-pub mod ordering;
 pub mod outbox;
-pub mod payments;
 pub mod rebuild;
-pub mod search;
-pub mod stores;
 
-pub use baskets::{BasketsDb, PricedBasketCommand};
-pub use cache::CacheKind;
 pub use command::CommandError;
 pub use context::{
     Adopts, ContextDb, ContextFile, ContextKind, Decides, Decision, Emitter, FileWriter, Follows, Reacts, Resyncs,
     DEFAULT_CACHE_BYTES,
 };
-pub use customer_cache::CustomerCacheKind;
-pub use customers::CustomersDb;
-pub use depot::DepotDb;
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
 pub use error::{RedbResultExt, StorageError};
 pub use idempotency::{Decided, IdempotencyKey};
-pub use notifications::NotificationsDb;
-pub use ordering::OrderingDb;
-pub use payments::PaymentsDb;
 /// The redb transactions a context's own table code works in, so that it needs no redb
 /// dependency of its own.
 pub use redb::{ReadTransaction, WriteTransaction};
 pub use rows::{Rows, RowsMut};
-pub use search::SearchDb;
-pub use stores::StoresDb;

@@ -2,71 +2,12 @@
 
 use std::marker::PhantomData;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::engine;
 use crate::error::{decode_row, encode_row, RedbResultExt};
 use crate::StorageError;
-
-/// One row by id.
-pub(crate) fn get_row<T: DeserializeOwned>(
-    db: &Database,
-    def: TableDefinition<&str, &[u8]>,
-    name: &'static str,
-    id: &str,
-) -> Result<Option<T>, StorageError> {
-    get_row_in(&db.begin_read().during("begin_read")?, def, name, id)
-}
-
-/// One row by id, read in `txn` (a shared snapshot, see `ContextFile::snapshot`).
-pub(crate) fn get_row_in<T: DeserializeOwned>(
-    txn: &ReadTransaction,
-    def: TableDefinition<&str, &[u8]>,
-    name: &'static str,
-    id: &str,
-) -> Result<Option<T>, StorageError> {
-    let table = txn.open_table(def).during("open table")?;
-    let row = table.get(id).during("read row")?;
-    row.map(|bytes| decode_row(name, bytes.value())).transpose()
-}
-
-/// Every row, by id.
-pub(crate) fn all_rows<T: DeserializeOwned>(
-    db: &Database,
-    def: TableDefinition<&str, &[u8]>,
-    name: &'static str,
-) -> Result<Vec<(String, T)>, StorageError> {
-    let txn = db.begin_read().during("begin_read")?;
-    let table = txn.open_table(def).during("open table")?;
-    let mut out = Vec::new();
-    for entry in table.iter().during("read table")? {
-        let (k, v) = entry.during("read table")?;
-        out.push((k.value().to_string(), decode_row(name, v.value())?));
-    }
-    Ok(out)
-}
-
-/// Every row, by id, with the entity's version from the engine's table, read in one snapshot.
-pub(crate) fn all_rows_with_version<T: DeserializeOwned>(
-    db: &Database,
-    def: TableDefinition<&str, &[u8]>,
-    name: &'static str,
-    aggregate: &str,
-) -> Result<Vec<(String, T, u64)>, StorageError> {
-    let txn = db.begin_read().during("begin_read")?;
-    let table = txn.open_table(def).during("open table")?;
-    let versions = txn.open_table(engine::VERSIONS).during("open entity_versions")?;
-    let mut out = Vec::new();
-    for entry in table.iter().during("read table")? {
-        let (k, v) = entry.during("read table")?;
-        let id = k.value().to_string();
-        let version =
-            versions.get((aggregate, id.as_str())).during("read entity_versions")?.map(|g| g.value()).unwrap_or(0);
-        out.push((id, decode_row(name, v.value())?, version));
-    }
-    Ok(out)
-}
 
 /// A table of rows of type `T` by string id, stored as CBOR: what most of a context's own
 /// tables are. Declare one as a constant and open it in a transaction:
@@ -165,6 +106,29 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         Ok(out)
     }
 
+    /// Visits the rows in id order, starting after the id `after` (from the first when `None`),
+    /// until `visit` returns `false`: a scan that stops early, decoding one row at a time.
+    pub fn scan(
+        &self,
+        txn: &ReadTransaction,
+        after: Option<&str>,
+        mut visit: impl FnMut(&str, T) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        use std::ops::Bound;
+        let Some(table) = self.read(txn)? else { return Ok(()) };
+        let start = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        for entry in table.range::<&str>((start, Bound::Unbounded)).during("read table")? {
+            let (k, v) = entry.during("read table")?;
+            if !visit(k.value(), decode_row(self.name, v.value())?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Up to `limit` rows in id order, skipping the first `offset` (an offset page: the cost of
     /// skipping grows with `offset`; [`page`](Self::page) does not).
     pub fn slice(&self, txn: &ReadTransaction, offset: usize, limit: usize) -> Result<Vec<(String, T)>, StorageError> {
@@ -173,6 +137,27 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         for entry in table.iter().during("read table")?.skip(offset).take(limit) {
             let (k, v) = entry.during("read table")?;
             out.push((k.value().to_string(), decode_row(self.name, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every row by id, each with the version of its entity of kind `aggregate` (the engine's
+    /// `entity_versions`; 0 when it has none), read in `txn`: what a cache of another context's
+    /// entities holds, as a test or an oracle compares it with the owner.
+    pub fn all_with_versions(
+        &self,
+        txn: &ReadTransaction,
+        aggregate: &str,
+    ) -> Result<Vec<(String, T, u64)>, StorageError> {
+        let Some(table) = self.read(txn)? else { return Ok(Vec::new()) };
+        let versions = txn.open_table(engine::VERSIONS).during("open entity_versions")?;
+        let mut out = Vec::new();
+        for entry in table.iter().during("read table")? {
+            let (k, v) = entry.during("read table")?;
+            let id = k.value().to_string();
+            let version =
+                versions.get((aggregate, id.as_str())).during("read entity_versions")?.map(|g| g.value()).unwrap_or(0);
+            out.push((id, decode_row(self.name, v.value())?, version));
         }
         Ok(out)
     }

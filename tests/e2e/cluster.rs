@@ -1,12 +1,13 @@
 //! A three-node JetStream cluster on loopback: streams with three replicas, and the node leading
 //! both the events' stream and the lease bucket SIGKILLed while events and commands flow.
 
+use carrier_mall::prelude::*;
 use std::time::Duration;
 
 use carrier_actors::nats_server::LocalNatsCluster;
 use carrier_actors::{CarrierSystem, SystemConfig};
+use carrier_mall::stores::StoresCommand;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::wait_until;
 
 const STORES: usize = 240;

@@ -34,7 +34,7 @@ fn the_asyncapi_document_validates_against_the_asyncapi_3_schema() {
 
 #[test]
 fn every_event_command_and_query_of_the_messages_crate_is_in_the_document() {
-    use carrier_messages::{baskets, customers, depot, notifications, ordering, payments, stores};
+    use carrier_mall::{baskets, customers, depot, notifications, ordering, payments, stores};
     let doc = document();
     let messages = doc["components"]["messages"].as_object().expect("messages");
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
@@ -131,8 +131,8 @@ fn the_committed_document_is_the_generated_one() {
 
 #[test]
 fn the_payload_schemas_refuse_what_carrier_refuses() {
+    use carrier_mall::stores::ProductAdded;
     use carrier_messages::codec::Validate as _;
-    use carrier_messages::stores::ProductAdded;
     let doc = document();
     let schema = doc["components"]["schemas"]["ProductAdded"].clone();
     let validator = jsonschema::validator_for(&schema).expect("the payload schema compiles");

@@ -1,6 +1,7 @@
 //! Crash tests with real processes and real signals: `carrier run` is killed with SIGKILL at
 //! random moments while events flow, and restarted each time.
 
+use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carrier_actors::bus::Bus;
+use carrier_mall::stores::StoresEvent;
 use carrier_mall::workload::Workload;
-use carrier_messages::stores::StoresEvent;
 use carrier_tests::{carrier_bin, wait_until, TestEnv};
 
 /// Events in the crash run; `CARRIER_CRASH_EVENTS` raises it for soak runs.
@@ -128,9 +129,8 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     assert!(service.wait().expect("exits").success(), "clean exit after SIGTERM");
 
-    let db =
-        carrier_storage::FileWriter::<carrier_storage::baskets::Baskets>::open(env.data_dir().join("baskets.redb"))
-            .expect("cache readable");
+    let db = carrier_storage::FileWriter::<carrier_mall::baskets::Baskets>::open(env.data_dir().join("baskets.redb"))
+        .expect("cache readable");
     let problems = workload.check(&db).expect("readable");
     let stats = db.engine_stats().expect("stats");
     let dead = bus.stream_message_count("DLQ_BASKETS").await.expect("info").unwrap_or(0);
@@ -250,7 +250,7 @@ async fn a_process_killed_between_outbox_publish_and_mark_causes_no_double_effec
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     assert!(owner.wait().expect("exits").success());
     let owner_db =
-        carrier_storage::FileWriter::<carrier_storage::stores::Stores>::open(env.data_dir().join("stores.redb"))
+        carrier_storage::FileWriter::<carrier_mall::stores::Stores>::open(env.data_dir().join("stores.redb"))
             .expect("owner readable");
     assert_eq!(owner_db.outbox_len().expect("outbox"), 0, "the outbox drained after the restart");
     let problems = carrier_mall::verify::baskets_against_stores(&owner_db, &db).expect("readable");

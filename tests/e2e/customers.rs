@@ -1,8 +1,9 @@
 //! The customers context: commands over request/reply, events on the CUSTOMERS stream.
 
+use carrier_mall::prelude::*;
 use std::time::Duration;
 
-use carrier_messages::customers::CustomersEvent;
+use carrier_mall::customers::CustomersEvent;
 use carrier_messages::request::CommandReply;
 use carrier_messages::Decoded;
 use carrier_tests::{wait_until, TestEnv};

@@ -1,12 +1,12 @@
 //! The depot context: its own caches of the same stores stream, through its own durable.
 
-use carrier_mall::StoresLookups;
+use carrier_mall::prelude::*;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::{baskets_against_stores, depot_against_stores};
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

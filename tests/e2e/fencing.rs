@@ -1,12 +1,13 @@
 //! Fencing: a context whose lease this instance no longer holds stops its effects (consumers
 //! hold back, commands are refused) until the lease is its own again.
 
+use carrier_mall::prelude::*;
 use std::time::Duration;
 
 use carrier_actors::{BoundedContext, CarrierSystem, ContextHandle, Health, SystemConfig};
+use carrier_mall::stores::StoresCommand;
+use carrier_mall::stores::StoresEvent;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::StoresCommand;
-use carrier_messages::stores::StoresEvent;
 use carrier_messages::{Envelope, NoEvents};
 use carrier_storage::{ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction};
 use carrier_tests::{wait_until, TestEnv};
@@ -195,8 +196,8 @@ async fn a_lease_bucket_whose_leases_live_another_time_is_made_to_live_the_lease
 /// the lease is its own again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_context_that_follows_itself_keeps_its_caches_and_holds_its_reactions() {
-    use carrier_messages::baskets::BasketItem;
-    use carrier_messages::ordering::{OrderCreated, OrderingEvent};
+    use carrier_mall::baskets::BasketItem;
+    use carrier_mall::ordering::{OrderCreated, OrderingEvent};
     let env = TestEnv::start();
     let system = env.system(&["stores", "depot"]).await;
     let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");

@@ -1,15 +1,16 @@
 //! The foundation: one event path from a stores command to the baskets caches.
 
+use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
 use carrier_actors::CarrierSystem;
+use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::baskets_against_stores;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
@@ -19,7 +20,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 async fn run(
     system: &CarrierSystem,
     command: StoresCommand,
-) -> carrier_messages::Decoded<carrier_messages::StoresEvent> {
+) -> carrier_messages::Decoded<carrier_mall::stores::StoresEvent> {
     let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores runs here");
     stores.execute(command, Causality::default()).await.expect("command accepted")
 }

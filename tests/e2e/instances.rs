@@ -3,12 +3,13 @@
 //! without applying anything twice. Contexts with effects stay on the one instance holding their
 //! lease (`cli::a_second_instance_of_a_context_is_refused_instead_of_splitting_its_stream`).
 
+use carrier_mall::prelude::*;
 use std::time::Duration;
 
 use carrier_actors::{CarrierSystem, SystemConfig};
+use carrier_mall::customers::CustomersCommand;
+use carrier_mall::stores::StoresCommand;
 use carrier_messages::codec::Causality;
-use carrier_messages::customers::CustomersCommand;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::{wait_until, TestEnv};
 
 const STORES: usize = 150;

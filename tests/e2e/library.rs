@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
 use carrier_actors::{BoundedContext, CarrierSystem, ContextHandle, SystemConfig};
-use carrier_messages::stores::{StoresCommand, StoresEvent};
+use carrier_mall::stores::{StoresCommand, StoresEvent};
 use carrier_messages::{Causality, Envelope, NoEvents};
 use carrier_storage::{ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction};
 use carrier_tests::{wait_until, TestEnv};

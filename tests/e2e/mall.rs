@@ -1,12 +1,13 @@
 //! The whole mall over NATS: commands from a plain client, the order flow across contexts, the
 //! search read model's queries, and each context's own durable consumers.
 
+use carrier_mall::prelude::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use carrier_messages::ordering::OrderStatus;
+use carrier_mall::ordering::OrderStatus;
+use carrier_mall::search::SearchReply;
 use carrier_messages::request::CommandReply;
-use carrier_messages::search::SearchReply;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 

@@ -1,13 +1,14 @@
 //! Offset management: pause, resume, seek (to a sequence, to a time) and skip a running
 //! consumer, through the library's observer and through `carrier consumer` and the dashboard.
 
+use carrier_mall::prelude::*;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use carrier_actors::observe::{ActionError, Observer};
 use carrier_actors::offsets::{Reposition, RepositionError, SeekTo};
+use carrier_mall::stores::StoresCommand;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::{carrier_bin, http_json, http_post, wait_until, CarrierProcess, TestEnv};
 use serde_json::json;
 

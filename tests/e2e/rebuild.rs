@@ -1,13 +1,13 @@
 //! Rebuilding a context's caches from the owners' streams while the old caches keep serving.
 
-use carrier_mall::StoresLookups;
+use carrier_mall::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carrier_actors::rebuild::RebuildProgress;
+use carrier_mall::stores::StoresCommand;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::{wait_until, TestEnv};
 
 const STORES: usize = 300;

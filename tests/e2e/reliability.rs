@@ -1,14 +1,15 @@
 //! Reliability: bad input, server restarts, and the guarantees that must survive them.
 
+use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
+use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::baskets_against_stores;
 use carrier_messages::codec::Causality;
 use carrier_messages::envelope::header;
-use carrier_messages::stores::StoresCommand;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
@@ -441,7 +442,7 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
     let again = env.system(&["baskets"]).await;
     // Something after it, so that we know the restarted consumer has read past the poison.
     let created = carrier_messages::Decoded::new(
-        carrier_messages::StoresEvent::StoreCreated(carrier_messages::stores::StoreCreated {
+        carrier_mall::stores::StoresEvent::StoreCreated(carrier_mall::stores::StoreCreated {
             id: "after".into(),
             name: "After".into(),
             location: "l".into(),
@@ -467,8 +468,8 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_server_is_killed_mid_stream_no_message_stays_pending() {
+    use carrier_mall::stores::{ProductAdded, StoresEvent};
     use carrier_messages::codec::Decoded;
-    use carrier_messages::stores::{ProductAdded, StoresEvent};
     let mut env = TestEnv::start();
     let system = env.system(&["baskets"]).await;
     let bus = system.bus.clone();

@@ -2,6 +2,7 @@
 //! context's lease, follows `STORES` into its own rows, and takes over when the first is
 //! SIGKILLed mid-stream; the first, started again, stands by behind it.
 
+use carrier_mall::prelude::*;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,7 +163,7 @@ async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_i
     assert_eq!(published, all.len() as u64, "each store's event published once, and followed");
 
     // The new holder decides on the state it followed: versions go on from the published ones.
-    let rebrand = carrier_messages::stores::StoresCommand::RebrandStore { id: "s0".into(), name: "Renamed".into() };
+    let rebrand = carrier_mall::stores::StoresCommand::RebrandStore { id: "s0".into(), name: "Renamed".into() };
     let decided = stores.execute(rebrand, Default::default()).await.expect("the new holder decides");
     assert_eq!(decided.envelope.aggregate_version, 2);
 
@@ -186,7 +187,7 @@ async fn a_second_owner_stands_by_and_takes_over_with_the_state_when_the_first_i
         .iter()
         .filter(|l| l.headers.iter().any(|(k, v)| k == "Carrier-Dlq-Reason" && v == "deposed"))
         .filter_map(|l| {
-            let decoded = carrier_messages::Decoded::<carrier_messages::stores::StoresEvent>::decode(
+            let decoded = carrier_messages::Decoded::<carrier_mall::stores::StoresEvent>::decode(
                 l.headers.iter().find(|(k, _)| k == "Carrier-Dlq-Original-Subject").map(|(_, v)| v.as_str())?,
                 |h| l.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
                 &l.body,
@@ -487,8 +488,8 @@ fn cache_problems(system: &CarrierSystem) -> Vec<String> {
 /// equals its owner; the first, started again later, stands by with the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_of_every_context_lose_nothing_and_send_each_text_once_when_one_is_killed() {
+    use carrier_mall::ordering::OrderStatus;
     use carrier_mall::ordering::OrderingHandle;
-    use carrier_messages::ordering::OrderStatus;
     const ORDERS: usize = 40;
     const KILL_AFTER: usize = 16;
     const DISABLED: [usize; 2] = [2, 5];

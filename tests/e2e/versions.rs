@@ -1,7 +1,7 @@
 //! Versions and the fallback: out-of-order and duplicate deliveries, gaps repaired through the
 //! owner, and cache misses answered by the owner, fast failure included while it is down.
 
-use carrier_mall::StoresLookups;
+use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use carrier_actors::cache::LookupError;
 use carrier_actors::fallback::{BreakerState, FallbackError};
 use carrier_actors::CarrierSystem;
+use carrier_mall::stores::*;
 use carrier_mall::verify::baskets_against_stores;
 use carrier_messages::codec::{Causality, Decoded};
-use carrier_messages::stores::*;
 use carrier_tests::{wait_until, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -34,7 +34,7 @@ async fn outbox_drained(system: &CarrierSystem) {
     .await;
 }
 
-async fn converge(owner: &carrier_storage::StoresDb, cache: &carrier_storage::BasketsDb) {
+async fn converge(owner: &carrier_mall::stores::StoresDb, cache: &carrier_mall::baskets::BasketsDb) {
     let deadline = Instant::now() + LIMIT;
     loop {
         let problems = baskets_against_stores(owner, cache).expect("readable");

@@ -8,6 +8,7 @@
 //! as Carrier's events), published with the same window and consumed by the same plain
 //! pull-and-ack loop.
 
+use carrier_mall::prelude::*;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,9 +20,9 @@ use carrier_actors::consumer::ConsumerStats;
 use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_mall::baskets::{stores_durable_name, BasketsHandle};
 use carrier_mall::stores::StoresHandle;
+use carrier_mall::stores::{StoresCommand, StoresEvent};
 use carrier_mall::workload::Workload;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::{StoresCommand, StoresEvent};
 use carrier_messages::{DomainEvent, EncodedEvent, EventId};
 use futures::StreamExt;
 

@@ -1,15 +1,16 @@
 //! `carrier demo`: the single-node demo of MallBots' stores and baskets contexts.
 
+use carrier_mall::prelude::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use carrier_actors::{CarrierSystem, SystemConfig};
+use carrier_mall::customers::CustomersCommand;
+use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::{baskets_against_stores, depot_against_stores};
 use carrier_messages::codec::Causality;
-use carrier_messages::customers::CustomersCommand;
-use carrier_messages::stores::StoresCommand;
 use carrier_messages::trace::TraceContext;
 
 use carrier_cli::money;
@@ -207,10 +208,10 @@ async fn order_story(
     id: &dyn Fn(&str) -> String,
     deadline: Instant,
 ) -> anyhow::Result<Vec<String>> {
-    use carrier_messages::baskets::BasketsCommand as B;
-    use carrier_messages::depot::DepotCommand;
-    use carrier_messages::ordering::OrderStatus;
-    use carrier_messages::search::{OrderFilter, SearchQuery};
+    use carrier_mall::baskets::BasketsCommand as B;
+    use carrier_mall::depot::DepotCommand;
+    use carrier_mall::ordering::OrderStatus;
+    use carrier_mall::search::{OrderFilter, SearchQuery};
 
     let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets context missing")?;
     let depot = system.handle::<carrier_mall::depot::DepotHandle>().context("depot context missing")?;
@@ -268,10 +269,7 @@ async fn order_story(
     // Grace is disabled; once payments knows it, her checkout is declined and her order canceled.
     let (basket2, grace) = (id("basket-2"), id("grace"));
     customers
-        .execute(
-            carrier_messages::customers::CustomersCommand::DisableCustomer { id: grace.clone() },
-            Causality::default(),
-        )
+        .execute(carrier_mall::customers::CustomersCommand::DisableCustomer { id: grace.clone() }, Causality::default())
         .await
         .context("disabling a customer was refused")?;
     if !wait(deadline, || payments.db.customer(&grace).ok().flatten().is_some_and(|c| !c.enabled)).await {

@@ -7,10 +7,14 @@
 //! instance keeps its own caches), `outbox-relay` (to `BASKETS`) and `commands` (on
 //! `cmd.baskets`).
 
-use carrier_messages::baskets::{BasketItem, BasketsCommand, BasketsEvent};
-use carrier_messages::stores::StoresEvent;
-use carrier_storage::baskets::Baskets;
-use carrier_storage::{CommandError, Decided, PricedBasketCommand};
+mod events;
+mod state;
+
+pub use events::*;
+pub use state::*;
+
+use crate::stores::StoresEvent;
+use carrier_storage::{CommandError, Decided};
 
 use carrier_actors::cache::{ContextHandle, LookupError};
 use carrier_actors::context::BoundedContext;

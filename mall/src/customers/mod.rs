@@ -3,11 +3,12 @@
 //! Under the `carrier/customers` supervisor: `cache` (the writer of `customers.redb`, deciding
 //! commands), `outbox-relay` (to `CUSTOMERS`), `commands` (on `cmd.customers`) and `queries`, which answers `query.customers`: the fallback of the customers caches.
 
+mod events;
 pub mod queries;
+mod state;
 
-use carrier_storage::customers::Customers;
-
-use carrier_messages::customers::CustomersCommand;
+pub use events::*;
+pub use state::*;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -2,10 +2,11 @@
 //! `query.customers.entity`: the owner's current state, which the customers caches of other
 //! contexts fall back on.
 
-use carrier_messages::customers::{CustomerSnapshot, CustomersQuery, CustomersQueryReply};
 use carrier_messages::request::Entity;
 use carrier_messages::QueryReply;
-use carrier_storage::{CustomersDb, StorageError};
+use carrier_storage::StorageError;
+
+use super::{CustomerSnapshot, CustomersDb, CustomersFile, CustomersQuery, CustomersQueryReply};
 
 /// Answers one query from the owner's file.
 pub fn answer(db: &CustomersDb, query: CustomersQuery) -> CustomersQueryReply {

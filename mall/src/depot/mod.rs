@@ -8,13 +8,17 @@
 //! (to `DEPOT`) and `commands` (on `cmd.depot`, where the bots report a list completed). A
 //! second instance stands by, following `DEPOT`.
 
+mod events;
+mod state;
+
+pub use events::*;
+pub use state::*;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use carrier_messages::depot::DepotCommand;
-use carrier_messages::ordering::OrderingEvent;
-use carrier_messages::stores::StoresEvent;
-use carrier_storage::depot::Depot;
+use crate::ordering::OrderingEvent;
+use crate::stores::StoresEvent;
 
 use carrier_actors::cache::{ContextHandle, Prefetch};
 use carrier_actors::context::BoundedContext;

@@ -8,11 +8,15 @@
 //! A second instance stands by: it follows `ORDERING` and reacts only to what the holder did
 //! not (see `carrier_actors::standby`).
 
-use carrier_messages::baskets::BasketsEvent;
-use carrier_messages::depot::DepotEvent;
-use carrier_messages::ordering::OrderingCommand;
-use carrier_messages::payments::PaymentsEvent;
-use carrier_storage::ordering::Ordering;
+mod events;
+mod state;
+
+pub use events::*;
+pub use state::*;
+
+use crate::baskets::BasketsEvent;
+use crate::depot::DepotEvent;
+use crate::payments::PaymentsEvent;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -7,9 +7,14 @@
 //! `PaymentDeclined` per order, `InvoicePaid`). A second instance stands by, following
 //! `PAYMENTS`.
 
-use carrier_messages::customers::CustomersEvent;
-use carrier_messages::ordering::OrderingEvent;
-use carrier_storage::payments::Payments;
+mod events;
+mod state;
+
+pub use events::*;
+pub use state::*;
+
+use crate::customers::CustomersEvent;
+use crate::ordering::OrderingEvent;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -7,12 +7,16 @@
 //! nothing), so every instance runs it, reading through durables of its own
 //! (`search-stores-<instance>`, `search-customers-<instance>`, `search-ordering-<instance>`).
 
-use carrier_messages::customers::CustomersEvent;
-use carrier_messages::ordering::OrderingEvent;
-use carrier_messages::search::{SearchQuery, SearchReply};
-use carrier_messages::stores::StoresEvent;
-use carrier_storage::search::Search;
-use carrier_storage::{CommandError, SearchDb};
+mod events;
+mod state;
+
+pub use events::*;
+pub use state::*;
+
+use crate::customers::CustomersEvent;
+use crate::ordering::OrderingEvent;
+use crate::stores::StoresEvent;
+use carrier_storage::CommandError;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -4,11 +4,12 @@
 //! commands), `outbox-relay` (to `STORES`), `commands` (on `cmd.stores`) and `queries`, which answers `query.stores` from the database:
 //! the fallback other contexts' caches use.
 
+mod events;
 pub mod queries;
+mod state;
 
-use carrier_storage::stores::Stores;
-
-use carrier_messages::stores::StoresCommand;
+pub use events::*;
+pub use state::*;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -3,9 +3,10 @@
 //! fall back on.
 
 use carrier_messages::request::Entity;
-use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresQuery, StoresQueryReply};
 use carrier_messages::QueryReply;
-use carrier_storage::{StorageError, StoresDb};
+use carrier_storage::StorageError;
+
+use super::{ProductSnapshot, StoreSnapshot, StoresDb, StoresFile, StoresQuery, StoresQueryReply};
 
 /// Answers one query from the owner's file (read transactions: never waits for the owner).
 pub fn answer(db: &StoresDb, query: StoresQuery) -> StoresQueryReply {

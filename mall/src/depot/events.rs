@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check, ValidationError};
+use carrier_messages::codec::{check, ValidationError};
 
 /// What to pick up at one store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -59,7 +59,7 @@ pub struct ShoppingListCanceled {
     pub order_id: String,
 }
 
-impl crate::codec::Validate for ShoppingListCreated {
+impl carrier_messages::codec::Validate for ShoppingListCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;
@@ -80,21 +80,21 @@ impl crate::codec::Validate for ShoppingListCreated {
     }
 }
 
-impl crate::codec::Validate for ShoppingListCompleted {
+impl carrier_messages::codec::Validate for ShoppingListCompleted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)
     }
 }
 
-impl crate::codec::Validate for ShoppingListCanceled {
+impl carrier_messages::codec::Validate for ShoppingListCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)
     }
 }
 
-crate::domain_events! {
+carrier_messages::domain_events! {
     /// Every event the depot context publishes.
     enum DepotEvent, context "depot", stream "DEPOT", subjects "depot.>";
     ShoppingListCreated => "shopping_list", "depot.shopping_list.created";

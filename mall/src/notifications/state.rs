@@ -4,23 +4,19 @@
 //! The sink writes the row in the transaction that records the order event as applied, so a
 //! redelivered event finds its id in the inbox and is not notified twice.
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
-use carrier_messages::notifications::{NotificationsEvent, TextSent};
-use carrier_messages::ordering::OrderingEvent;
 use carrier_messages::Envelope;
-
-use crate::context::{ContextFile, ContextKind, Emitter, Follows, Reacts};
-use crate::customer_cache::{
-    create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
+use carrier_storage::{
+    ContextFile, ContextKind, Emitter, Follows, Reacts, Rows, RowsMut, StorageError, WriteTransaction,
 };
-use crate::error::{encode_row, RedbResultExt};
-use crate::rows::all_rows;
-use crate::StorageError;
 
-const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent");
+use super::events::{NotificationsEvent, TextSent};
+use crate::caches::customers::{customers_cache, CustomersCache, CustomersCacheTable};
+use crate::customers::{CustomerSnapshot, CustomersEvent};
+use crate::ordering::OrderingEvent;
+
+const SENT: Rows<SentRow> = Rows::new("sent");
 
 /// A customer as notifications knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,16 +53,18 @@ impl ContextKind for Notifications {
     type Event = NotificationsEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        create_customers_cache_table(txn)?;
-        txn.open_table(SENT).during("create sent")?;
+        CustomersCacheTable::<Notifications>::create(txn)?;
+        SENT.create(txn)?;
         Ok(())
     }
 }
 
-impl CustomerCacheKind for Notifications {
+customers_cache!(Notifications);
+
+impl CustomersCache for Notifications {
     type Customer = NotificationsCustomer;
 
-    fn apply(t: &mut CustomerTables<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut CustomersCacheTable<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
         match event {
             CustomersEvent::CustomerRegistered(e) => {
                 t.put(&e.id, &NotificationsCustomer { name: e.name.clone(), sms_number: e.sms_number.clone() })
@@ -83,8 +81,8 @@ impl CustomerCacheKind for Notifications {
 
 /// Notifications' tables while it reacts to orders.
 pub struct NotificationsOrderTables<'txn> {
-    customers: Table<'txn, &'static str, &'static [u8]>,
-    sent: Table<'txn, &'static str, &'static [u8]>,
+    customers: CustomersCacheTable<'txn, Notifications>,
+    sent: RowsMut<'txn, SentRow>,
 }
 
 impl Reacts<OrderingEvent> for Notifications {
@@ -95,10 +93,7 @@ impl Reacts<OrderingEvent> for Notifications {
     type Tables<'txn> = NotificationsOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<NotificationsOrderTables<'txn>, StorageError> {
-        Ok(NotificationsOrderTables {
-            customers: txn.open_table(CUSTOMERS_CACHE).during("open customers_cache")?,
-            sent: txn.open_table(SENT).during("open sent")?,
-        })
+        Ok(NotificationsOrderTables { customers: CustomersCacheTable::open(txn)?, sent: SENT.open(txn)? })
     }
 
     fn react(
@@ -117,7 +112,7 @@ impl Reacts<OrderingEvent> for Notifications {
             }
             OrderingEvent::OrderCompleted(_) => return Ok(()),
         };
-        let customer: NotificationsCustomer = required_customer(&t.customers, &customer_id)?;
+        let customer: NotificationsCustomer = t.customers.required(customer_id)?;
         let row = SentRow {
             order_id: order_id.clone(),
             kind: kind.to_string(),
@@ -127,11 +122,10 @@ impl Reacts<OrderingEvent> for Notifications {
         };
         // Keyed by the order event's id: one row per order event, whatever the redeliveries.
         let key = envelope.event_id.to_string();
-        if t.sent.get(key.as_str()).during("read sent")?.is_some() {
+        if t.sent.get(key.as_str())?.is_some() {
             return Ok(());
         }
-        let bytes = encode_row("sent", &row)?;
-        t.sent.insert(key.as_str(), bytes.as_slice()).during("write sent")?;
+        t.sent.put(key.as_str(), &row)?;
         tracing::info!(order.id = %order_id, to = %row.sms_number, kind = kind, text = %row.text, "SMS sent");
         // The text is also an event of its own (`notifications.text.sent`), published once by its
         // id: what a gateway takes, and how an instance standing by learns it was sent.
@@ -151,8 +145,8 @@ impl Follows for Notifications {
     /// A text sent by the holder is a row of `sent`, under the same key.
     fn follow(txn: &WriteTransaction, _envelope: &Envelope, event: &NotificationsEvent) -> Result<(), StorageError> {
         let NotificationsEvent::TextSent(e) = event;
-        let mut sent = txn.open_table(SENT).during("open sent")?;
-        if sent.get(e.id.as_str()).during("read sent")?.is_some() {
+        let mut sent = SENT.open(txn)?;
+        if sent.get(e.id.as_str())?.is_some() {
             return Ok(());
         }
         let row = SentRow {
@@ -162,15 +156,19 @@ impl Follows for Notifications {
             sms_number: e.sms_number.clone(),
             text: e.text.clone(),
         };
-        let bytes = encode_row("sent", &row)?;
-        sent.insert(e.id.as_str(), bytes.as_slice()).during("write sent")?;
+        sent.put(e.id.as_str(), &row)?;
         Ok(())
     }
 }
 
-impl ContextFile<Notifications> {
+/// What the notifications context's file answers of the texts it sent.
+pub trait NotificationsFile {
     /// Every notification sent, by order event id.
-    pub fn sent(&self) -> Result<Vec<(String, SentRow)>, StorageError> {
-        all_rows(&self.db, SENT, "sent")
+    fn sent(&self) -> Result<Vec<(String, SentRow)>, StorageError>;
+}
+
+impl NotificationsFile for ContextFile<Notifications> {
+    fn sent(&self) -> Result<Vec<(String, SentRow)>, StorageError> {
+        self.read(|txn| SENT.all(txn))
     }
 }

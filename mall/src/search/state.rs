@@ -5,29 +5,25 @@
 //! the order's later events only change its status and `updated_at`. Times are the events'
 //! `Carrier-Occurred-At`, so replaying the streams rebuilds the same rows.
 
-use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use carrier_messages::baskets::BasketItem;
 use carrier_messages::codec::NoEvents;
-use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
-use carrier_messages::ordering::{OrderStatus, OrderingEvent};
-use carrier_messages::search::{OrderFilter, OrderView, DEFAULT_LIMIT, MAX_LIMIT};
-use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::{Envelope, ValidationError};
-
-use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
-use crate::context::{ContextFile, ContextKind, Emitter, Reacts};
-use crate::customer_cache::{
-    create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction,
 };
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::get_row;
-use crate::{CommandError, StorageError};
 
-const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+use super::events::{OrderFilter, OrderView, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::baskets::BasketItem;
+use crate::caches::customers::{customers_cache, CustomersCache, CustomersCacheTable};
+use crate::caches::stores::{stores_cache, StoresCache, StoresCacheTables};
+use crate::customers::{CustomerSnapshot, CustomersEvent};
+use crate::ordering::{OrderStatus, OrderingEvent};
+use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+
+const ORDERS: Rows<OrderRecord> = Rows::new("orders");
 
 /// A customer as search knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,18 +107,21 @@ impl ContextKind for Search {
     type Event = NoEvents;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        create_stores_cache_tables(txn)?;
-        create_customers_cache_table(txn)?;
-        txn.open_table(ORDERS).during("create orders")?;
+        StoresCacheTables::<Search>::create(txn)?;
+        CustomersCacheTable::<Search>::create(txn)?;
+        ORDERS.create(txn)?;
         Ok(())
     }
 }
 
-impl CacheKind for Search {
+stores_cache!(Search);
+customers_cache!(Search);
+
+impl StoresCache for Search {
     type Store = SearchStore;
     type Product = SearchProduct;
 
-    fn apply(t: &mut CacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
         match event {
             StoresEvent::StoreCreated(e) => t.put_store(&e.id, &SearchStore { name: e.name.clone() }),
             StoresEvent::StoreRebranded(e) => t.put_store(&e.id, &SearchStore { name: e.name.clone() }),
@@ -147,10 +146,10 @@ impl CacheKind for Search {
     }
 }
 
-impl CustomerCacheKind for Search {
+impl CustomersCache for Search {
     type Customer = SearchCustomer;
 
-    fn apply(t: &mut CustomerTables<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut CustomersCacheTable<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
         match event {
             CustomersEvent::CustomerRegistered(e) => t.put(&e.id, &SearchCustomer { name: e.name.clone() }),
             _ => Ok(()),
@@ -164,18 +163,15 @@ impl CustomerCacheKind for Search {
 
 /// Search's tables while it reacts to orders.
 pub struct SearchOrderTables<'txn> {
-    customers: Table<'txn, &'static str, &'static [u8]>,
-    orders: Table<'txn, &'static str, &'static [u8]>,
+    customers: CustomersCacheTable<'txn, Search>,
+    orders: RowsMut<'txn, OrderRecord>,
 }
 
 impl Reacts<OrderingEvent> for Search {
     type Tables<'txn> = SearchOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<SearchOrderTables<'txn>, StorageError> {
-        Ok(SearchOrderTables {
-            customers: txn.open_table(CUSTOMERS_CACHE).during("open customers_cache")?,
-            orders: txn.open_table(ORDERS).during("open orders")?,
-        })
+        Ok(SearchOrderTables { customers: CustomersCacheTable::open(txn)?, orders: ORDERS.open(txn)? })
     }
 
     fn react(
@@ -187,7 +183,7 @@ impl Reacts<OrderingEvent> for Search {
         let at = envelope.occurred_at_unix_nanos;
         let (id, status) = match event {
             OrderingEvent::OrderCreated(order) => {
-                let customer: SearchCustomer = required_customer(&t.customers, &order.customer_id)?;
+                let customer: SearchCustomer = t.customers.required(&order.customer_id)?;
                 let mut product_ids: Vec<String> = order.items.iter().map(|i| i.product_id.clone()).collect();
                 let mut store_ids: Vec<String> = order.items.iter().map(|i| i.store_id.clone()).collect();
                 product_ids.sort();
@@ -205,25 +201,21 @@ impl Reacts<OrderingEvent> for Search {
                     created_at: at,
                     updated_at: at,
                 };
-                let bytes = encode_row("orders", &record)?;
-                t.orders.insert(order.id.as_str(), bytes.as_slice()).during("write orders")?;
+                t.orders.put(order.id.as_str(), &record)?;
                 return Ok(());
             }
             OrderingEvent::OrderReadied(e) => (&e.id, OrderStatus::Ready),
             OrderingEvent::OrderCanceled(e) => (&e.id, OrderStatus::Canceled),
             OrderingEvent::OrderCompleted(e) => (&e.id, OrderStatus::Completed),
         };
-        let current = t.orders.get(id.as_str()).during("read orders")?.map(|g| g.value().to_vec());
-        let Some(bytes) = current else {
+        let Some(mut record) = t.orders.get(id)? else {
             // Versions make this unreachable: OrderCreated is version 1 and is applied first.
             tracing::warn!(order.id = %id, "status change for an order search never saw; skipped");
             return Ok(());
         };
-        let mut record: OrderRecord = decode_row("orders", &bytes)?;
         record.status = status;
         record.updated_at = at;
-        let bytes = encode_row("orders", &record)?;
-        t.orders.insert(id.as_str(), bytes.as_slice()).during("write orders")?;
+        t.orders.put(id.as_str(), &record)?;
         Ok(())
     }
 }
@@ -239,18 +231,24 @@ fn parse_time(field: &'static str, value: &Option<String>) -> Result<Option<i128
         .transpose()
 }
 
-impl ContextFile<Search> {
+/// What the search context's file answers: the read model's orders.
+pub trait SearchFile {
     /// One order of the read model.
-    pub fn order(&self, id: &str) -> Result<Option<OrderView>, StorageError> {
-        let record: Option<OrderRecord> = get_row(&self.db, ORDERS, "orders", id)?;
-        Ok(record.map(|r| r.view(id)))
+    fn order(&self, id: &str) -> Result<Option<OrderView>, StorageError>;
+    /// Orders matching `filter`, by order id, after its cursor; and the cursor of the next page.
+    fn search(&self, filter: &OrderFilter) -> Result<(Vec<OrderView>, Option<String>), CommandError>;
+}
+
+impl SearchFile for ContextFile<Search> {
+    fn order(&self, id: &str) -> Result<Option<OrderView>, StorageError> {
+        Ok(self.read(|txn| ORDERS.get(txn, id))?.map(|r| r.view(id)))
     }
 
     /// Orders matching `filter`, by order id, after its cursor; and the cursor of the next page.
     ///
     /// This scans the table in key order: fine for a context's local read model of thousands of
     /// orders; an index per filter is the next step when that stops being true.
-    pub fn search(&self, filter: &OrderFilter) -> Result<(Vec<OrderView>, Option<String>), CommandError> {
+    fn search(&self, filter: &OrderFilter) -> Result<(Vec<OrderView>, Option<String>), CommandError> {
         let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
         if limit == 0 || limit > MAX_LIMIT {
             return Err(CommandError::Invalid(ValidationError {
@@ -260,35 +258,29 @@ impl ContextFile<Search> {
         }
         let after = parse_time("created_after", &filter.created_after)?;
         let before = parse_time("created_before", &filter.created_before)?;
-        let txn = self.db.begin_read().during("begin_read")?;
-        let table = txn.open_table(ORDERS).during("open orders")?;
-        let range = match filter.cursor.as_deref() {
-            Some(cursor) => table.range::<&str>((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded)),
-            None => table.range::<&str>(..),
-        }
-        .during("read orders")?;
         let mut page = Vec::new();
         let mut more = false;
-        for entry in range {
-            let (k, v) = entry.during("read orders")?;
-            let record: OrderRecord = decode_row("orders", v.value())?;
-            let keep = filter.customer_id.as_ref().is_none_or(|c| &record.customer_id == c)
-                && filter.status.is_none_or(|s| record.status == s)
-                && filter.store_id.as_ref().is_none_or(|s| record.store_ids.contains(s))
-                && filter.product_id.as_ref().is_none_or(|p| record.product_ids.contains(p))
-                && after.is_none_or(|t| record.created_at >= t)
-                && before.is_none_or(|t| record.created_at < t)
-                && filter.total_min.is_none_or(|m| record.total >= m)
-                && filter.total_max.is_none_or(|m| record.total <= m);
-            if !keep {
-                continue;
-            }
-            if page.len() == limit as usize {
-                more = true;
-                break;
-            }
-            page.push(record.view(k.value()));
-        }
+        self.read(|txn| {
+            ORDERS.scan(txn, filter.cursor.as_deref(), |id, record| {
+                let keep = filter.customer_id.as_ref().is_none_or(|c| &record.customer_id == c)
+                    && filter.status.is_none_or(|s| record.status == s)
+                    && filter.store_id.as_ref().is_none_or(|s| record.store_ids.contains(s))
+                    && filter.product_id.as_ref().is_none_or(|p| record.product_ids.contains(p))
+                    && after.is_none_or(|t| record.created_at >= t)
+                    && before.is_none_or(|t| record.created_at < t)
+                    && filter.total_min.is_none_or(|m| record.total >= m)
+                    && filter.total_max.is_none_or(|m| record.total <= m);
+                if !keep {
+                    return Ok(true);
+                }
+                if page.len() == limit as usize {
+                    more = true;
+                    return Ok(false);
+                }
+                page.push(record.view(id));
+                Ok(true)
+            })
+        })?;
         let next = if more { page.last().map(|v| v.order_id.clone()) } else { None };
         Ok((page, next))
     }

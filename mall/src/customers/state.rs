@@ -1,20 +1,16 @@
 //! The customers context's own state (the source of truth for customers).
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::customers::*;
-use carrier_messages::{DomainEvent, Envelope};
-
 use carrier_messages::codec::Causality;
+use carrier_messages::{DomainEvent, Envelope};
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Rows, StorageError, WriteTransaction,
+};
 
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows};
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows, get_row};
-use crate::CommandError;
-use crate::StorageError;
+use super::events::*;
 
-const CUSTOMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("customers");
+const CUSTOMERS: Rows<CustomerRow> = Rows::new("customers");
 
 /// A customer, as its owner knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +36,7 @@ impl ContextKind for Customers {
     type Event = CustomersEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        txn.open_table(CUSTOMERS).during("create customers")?;
+        CUSTOMERS.create(txn)?;
         Ok(())
     }
 }
@@ -57,7 +53,7 @@ impl Decides<CustomersCommand> for Customers {
         causality: &Causality,
     ) -> Result<(), CommandError> {
         use CustomersCommand as C;
-        let mut table = txn.open_table(CUSTOMERS).during("open customers")?;
+        let mut table = CUSTOMERS.open(txn)?;
         let current: Option<CustomerRow> = {
             let id = match command {
                 C::RegisterCustomer { id, .. }
@@ -65,8 +61,7 @@ impl Decides<CustomersCommand> for Customers {
                 | C::EnableCustomer { id }
                 | C::DisableCustomer { id } => id,
             };
-            let row = table.get(id.as_str()).during("read customers")?;
-            row.map(|g| decode_row("customers", g.value())).transpose()?
+            table.get(id)?
         };
         let existing = |id: &str| -> Result<CustomerRow, CommandError> {
             current.clone().ok_or_else(|| CommandError::NotFound { kind: "customer", id: id.to_string() })
@@ -105,8 +100,7 @@ impl Decides<CustomersCommand> for Customers {
             }
         };
         event.validate()?;
-        let bytes = encode_row("customers", &row)?;
-        table.insert(event.aggregate_id(), bytes.as_slice()).during("write customers")?;
+        table.put(event.aggregate_id(), &row)?;
         emit.record(event, row.version, causality)?;
         Ok(())
     }
@@ -114,12 +108,9 @@ impl Decides<CustomersCommand> for Customers {
 
 impl Follows for Customers {
     fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &CustomersEvent) -> Result<(), StorageError> {
-        let mut table = txn.open_table(CUSTOMERS).during("open customers")?;
+        let mut table = CUSTOMERS.open(txn)?;
         let id = envelope.aggregate_id.as_str();
-        let current: Option<CustomerRow> = {
-            let row = table.get(id).during("read customers")?;
-            row.map(|g| decode_row("customers", g.value())).transpose()?
-        };
+        let current: Option<CustomerRow> = table.get(id)?;
         let version = envelope.aggregate_version;
         if current.as_ref().is_some_and(|r| r.version >= version) {
             return Ok(());
@@ -140,21 +131,26 @@ impl Follows for Customers {
                 })
             }
         };
-        let bytes = encode_row("customers", &row)?;
-        table.insert(id, bytes.as_slice()).during("write customers")?;
+        table.put(id, &row)?;
         Ok(())
     }
 }
 
-impl ContextFile<Customers> {
+/// What the customers context's file answers of its customers.
+pub trait CustomersFile {
     /// One customer.
-    pub fn customer(&self, id: &str) -> Result<Option<CustomerRow>, StorageError> {
-        get_row(&self.db, CUSTOMERS, "customers", id)
+    fn customer(&self, id: &str) -> Result<Option<CustomerRow>, StorageError>;
+    /// Every customer, by id.
+    fn customers(&self) -> Result<Vec<(String, CustomerRow)>, StorageError>;
+}
+
+impl CustomersFile for ContextFile<Customers> {
+    fn customer(&self, id: &str) -> Result<Option<CustomerRow>, StorageError> {
+        self.read(|txn| CUSTOMERS.get(txn, id))
     }
 
-    /// Every customer, by id.
-    pub fn customers(&self) -> Result<Vec<(String, CustomerRow)>, StorageError> {
-        all_rows(&self.db, CUSTOMERS, "customers")
+    fn customers(&self) -> Result<Vec<(String, CustomerRow)>, StorageError> {
+        self.read(|txn| CUSTOMERS.all(txn))
     }
 }
 
@@ -165,8 +161,8 @@ mod tests {
     #[test]
     fn a_follower_of_the_published_events_ends_with_the_deciders_rows() {
         let dir = tempfile::tempdir().expect("dir");
-        let decider = crate::FileWriter::<Customers>::open(dir.path().join("a.redb")).expect("open");
-        let follower = crate::FileWriter::<Customers>::open(dir.path().join("b.redb")).expect("open");
+        let decider = carrier_storage::FileWriter::<Customers>::open(dir.path().join("a.redb")).expect("open");
+        let follower = carrier_storage::FileWriter::<Customers>::open(dir.path().join("b.redb")).expect("open");
         let c = Causality::default();
         for command in [
             CustomersCommand::RegisterCustomer { id: "c".into(), name: "Ada".into(), sms_number: "+4411".into() },
@@ -176,20 +172,20 @@ mod tests {
         ] {
             decider.execute(&command, &c).expect("decided");
         }
-        let published = crate::context::outbox_as_delivered(&decider);
+        let published = crate::outbox_as_delivered(&decider);
         follower.follow("customers-self", &published, 0).expect("followed");
         follower.follow("customers-self", &published[1..], 0).expect("a batch again changes nothing");
         assert_eq!(follower.file().customers().expect("rows"), decider.file().customers().expect("rows"));
         // An event for a customer the follower never saw registered is an error, not a guess.
         let orphan = &published[1..2];
-        let fresh = crate::FileWriter::<Customers>::open(dir.path().join("c.redb")).expect("open");
+        let fresh = carrier_storage::FileWriter::<Customers>::open(dir.path().join("c.redb")).expect("open");
         assert!(fresh.follow("customers-self", orphan, 0).is_err());
     }
 
     #[test]
     fn customers_register_change_and_toggle_with_versions_and_rules() {
         let dir = tempfile::tempdir().expect("dir");
-        let db = crate::FileWriter::<Customers>::open(dir.path().join("customers.redb")).expect("open");
+        let db = carrier_storage::FileWriter::<Customers>::open(dir.path().join("customers.redb")).expect("open");
         let c = Causality::default();
         let register =
             CustomersCommand::RegisterCustomer { id: "c".into(), name: "Ada".into(), sms_number: "+4411".into() };

@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check, DomainEvent, ValidationError};
+use carrier_messages::codec::{check, DomainEvent, ValidationError};
 
 /// A store opened in the mall.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -116,7 +116,7 @@ pub struct ProductRemoved {
     pub id: String,
 }
 
-impl crate::codec::Validate for StoreCreated {
+impl carrier_messages::codec::Validate for StoreCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -124,26 +124,26 @@ impl crate::codec::Validate for StoreCreated {
     }
 }
 
-impl crate::codec::Validate for StoreRebranded {
+impl carrier_messages::codec::Validate for StoreRebranded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)
     }
 }
 
-impl crate::codec::Validate for StoreParticipationEnabled {
+impl carrier_messages::codec::Validate for StoreParticipationEnabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl crate::codec::Validate for StoreParticipationDisabled {
+impl carrier_messages::codec::Validate for StoreParticipationDisabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl crate::codec::Validate for ProductAdded {
+impl carrier_messages::codec::Validate for ProductAdded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("store_id", &self.store_id)?;
@@ -154,7 +154,7 @@ impl crate::codec::Validate for ProductAdded {
     }
 }
 
-impl crate::codec::Validate for ProductRebranded {
+impl carrier_messages::codec::Validate for ProductRebranded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -162,27 +162,27 @@ impl crate::codec::Validate for ProductRebranded {
     }
 }
 
-impl crate::codec::Validate for ProductPriceIncreased {
+impl carrier_messages::codec::Validate for ProductPriceIncreased {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::positive("delta", self.delta)
     }
 }
 
-impl crate::codec::Validate for ProductPriceDecreased {
+impl carrier_messages::codec::Validate for ProductPriceDecreased {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::positive("delta", self.delta)
     }
 }
 
-impl crate::codec::Validate for ProductRemoved {
+impl carrier_messages::codec::Validate for ProductRemoved {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-crate::domain_events! {
+carrier_messages::domain_events! {
     /// Every event the stores context publishes.
     enum StoresEvent, context "stores", stream "STORES", subjects "stores.>";
     StoreCreated => "store", "stores.store.created";
@@ -361,16 +361,16 @@ pub struct StoresQueryReply {
     pub product: Option<ProductSnapshot>,
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<crate::request::CommandFailure>,
+    pub error: Option<carrier_messages::request::CommandFailure>,
 }
 
-impl crate::request::QueryReply for StoresQueryReply {
+impl carrier_messages::request::QueryReply for StoresQueryReply {
     fn failed(code: &str, message: String) -> Self {
         StoresQueryReply {
             ok: false,
             store: None,
             product: None,
-            error: Some(crate::request::CommandFailure { code: code.to_string(), message, details: None }),
+            error: Some(carrier_messages::request::CommandFailure { code: code.to_string(), message, details: None }),
         }
     }
 }
@@ -378,8 +378,8 @@ impl crate::request::QueryReply for StoresQueryReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Causality, Decoded, WireFormat};
-    use crate::envelope::{header, ContentType};
+    use carrier_messages::codec::{Causality, Decoded, WireFormat};
+    use carrier_messages::envelope::{header, ContentType};
 
     fn lookup<'h>(headers: &'h [(String, String)]) -> impl Fn(&str) -> Option<&'h str> + 'h {
         move |name| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -566,7 +566,7 @@ mod tests {
         assert_eq!(decode("stores.store.created", &good.headers, &good.body), "subject_mismatch");
         let other = with(header::AGGREGATE_ID, Some("p-2"));
         assert_eq!(decode(&good.subject, &other, &good.body), "aggregate_mismatch");
-        let huge = vec![0u8; crate::codec::MAX_BODY_BYTES + 1];
+        let huge = vec![0u8; carrier_messages::codec::MAX_BODY_BYTES + 1];
         assert_eq!(decode(&good.subject, &good.headers, &huge), "body_too_large");
         // 10k nested CBOR arrays: refused by the nesting limit, not by a stack overflow.
         let nested = vec![0x81u8; 10_000];

@@ -2,21 +2,19 @@
 //! (seed 001's `baskets.stores_cache` and `baskets.products_cache`), so that a basket never asks
 //! the stores service for a name or a price on the hot path.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::baskets::*;
 use carrier_messages::codec::Causality;
-use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::{DomainEvent, Envelope};
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Rows, StorageError, WriteTransaction,
+};
 
-use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables};
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows};
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows, get_row};
-use crate::{CommandError, StorageError};
+use super::events::*;
+use crate::caches::stores::{stores_cache, StoresCache, StoresCacheTables};
+use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 
-const BASKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("baskets");
+const BASKETS: Rows<BasketRow> = Rows::new("baskets");
 
 /// Where a basket stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,9 +70,8 @@ impl ContextKind for Baskets {
     type Event = BasketsEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        create_stores_cache_tables(txn)?;
-        txn.open_table(BASKETS).during("create baskets")?;
-        Ok(())
+        StoresCacheTables::<Baskets>::create(txn)?;
+        BASKETS.create(txn)
     }
 }
 
@@ -102,9 +99,7 @@ impl Decides<PricedBasketCommand> for Baskets {
     ) -> Result<(), CommandError> {
         let (event, row) = decide_basket(txn, &command.command, command.item.clone())?;
         event.validate()?;
-        let mut table = txn.open_table(BASKETS).during("open baskets")?;
-        let bytes = encode_row("baskets", &row)?;
-        table.insert(event.aggregate_id(), bytes.as_slice()).during("write baskets")?;
+        BASKETS.open(txn)?.put(event.aggregate_id(), &row)?;
         emit.record(event, row.version, causality)?;
         Ok(())
     }
@@ -112,32 +107,33 @@ impl Decides<PricedBasketCommand> for Baskets {
 
 impl Follows for Baskets {
     fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &BasketsEvent) -> Result<(), StorageError> {
-        let mut table = txn.open_table(BASKETS).during("open baskets")?;
+        let mut table = BASKETS.open(txn)?;
         let id = event.aggregate_id();
-        let current: Option<BasketRow> = {
-            let row = table.get(id).during("read baskets")?;
-            row.map(|g| decode_row("baskets", g.value())).transpose()?
-        };
+        let current = table.get(id)?;
         if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
             return Ok(());
         }
         let row = evolve(current, event);
         let row = BasketRow { version: envelope.aggregate_version, ..row };
-        let bytes = encode_row("baskets", &row)?;
-        table.insert(id, bytes.as_slice()).during("write baskets")?;
-        Ok(())
+        table.put(id, &row)
     }
 }
 
-impl ContextFile<Baskets> {
+/// What the baskets context's file answers of its baskets.
+pub trait BasketsFile {
     /// One basket.
-    pub fn basket(&self, id: &str) -> Result<Option<BasketRow>, StorageError> {
-        get_row(&self.db, BASKETS, "baskets", id)
+    fn basket(&self, id: &str) -> Result<Option<BasketRow>, StorageError>;
+    /// Every basket, by id.
+    fn baskets(&self) -> Result<Vec<(String, BasketRow)>, StorageError>;
+}
+
+impl BasketsFile for ContextFile<Baskets> {
+    fn basket(&self, id: &str) -> Result<Option<BasketRow>, StorageError> {
+        self.read(|txn| BASKETS.get(txn, id))
     }
 
-    /// Every basket, by id.
-    pub fn baskets(&self) -> Result<Vec<(String, BasketRow)>, StorageError> {
-        all_rows(&self.db, BASKETS, "baskets")
+    fn baskets(&self) -> Result<Vec<(String, BasketRow)>, StorageError> {
+        self.read(|txn| BASKETS.all(txn))
     }
 }
 
@@ -148,11 +144,7 @@ fn decide_basket(
 ) -> Result<(BasketsEvent, BasketRow), CommandError> {
     use BasketsCommand as C;
     let id = command.basket_id().to_string();
-    let current: Option<BasketRow> = {
-        let table = txn.open_table(BASKETS).during("open baskets")?;
-        let row = table.get(id.as_str()).during("read baskets")?;
-        row.map(|g| decode_row("baskets", g.value())).transpose()?
-    };
+    let current = BASKETS.open(txn)?.get(&id)?;
     if let C::StartBasket { customer_id, .. } = command {
         if current.is_some() {
             return Err(CommandError::AlreadyExists { kind: "basket", id });
@@ -251,11 +243,13 @@ fn evolve(current: Option<BasketRow>, event: &BasketsEvent) -> BasketRow {
     row
 }
 
-impl CacheKind for Baskets {
+stores_cache!(Baskets);
+
+impl StoresCache for Baskets {
     type Store = CachedStore;
     type Product = CachedProduct;
 
-    fn apply(t: &mut CacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
         match event {
             // StoreCacheRepository.Add; Rename carries the whole row this cache keeps.
             StoresEvent::StoreCreated(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() }),
@@ -295,11 +289,11 @@ impl CacheKind for Baskets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::StoresCacheTestExt;
-    use crate::engine::{Disposition, Inbound};
-    use crate::ContextDb;
-    use carrier_messages::stores::*;
+    use crate::caches::stores::{StoresCacheFile, StoresCacheTestExt};
+    use crate::stores::*;
     use carrier_messages::Decoded;
+    use carrier_storage::engine::{Disposition, Inbound};
+    use carrier_storage::ContextDb;
 
     fn event(e: StoresEvent, version: u64) -> Inbound<StoresEvent> {
         Inbound { stream_seq: version, decoded: Decoded::new(e, version, &Causality::default()) }
@@ -323,9 +317,9 @@ mod tests {
         event(StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta }), version)
     }
 
-    fn db() -> (tempfile::TempDir, crate::FileWriter<Baskets>) {
+    fn db() -> (tempfile::TempDir, carrier_storage::FileWriter<Baskets>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::FileWriter::<Baskets>::open(dir.path().join("baskets.redb")).expect("open");
+        let db = carrier_storage::FileWriter::<Baskets>::open(dir.path().join("baskets.redb")).expect("open");
         (dir, db)
     }
 
@@ -340,7 +334,7 @@ mod tests {
         }
     }
 
-    fn basket_command(db: &crate::FileWriter<Baskets>, command: BasketsCommand, item: Option<BasketItem>) {
+    fn basket_command(db: &carrier_storage::FileWriter<Baskets>, command: BasketsCommand, item: Option<BasketItem>) {
         let c = Causality::default();
         db.execute(&PricedBasketCommand { command, item }, &c).expect("decided");
     }
@@ -359,7 +353,7 @@ mod tests {
         basket_command(&decider, BasketsCommand::StartBasket { id: "x".into(), customer_id: "d".into() }, None);
         basket_command(&decider, BasketsCommand::CancelBasket { id: "x".into() }, None);
         basket_command(&decider, BasketsCommand::CheckoutBasket { id: b(), payment_id: "pay".into() }, None);
-        let published = crate::context::outbox_as_delivered(&decider);
+        let published = crate::outbox_as_delivered(&decider);
         assert_eq!(published.len(), 9);
 
         let (_b, follower) = db();
@@ -404,10 +398,11 @@ mod tests {
     /// and a fresh file behind the live one changes nothing.
     #[test]
     fn a_swap_in_steps_ends_with_exactly_the_rebuilt_caches() {
-        use crate::rebuild::{CacheSet, SwapCursor, SwapStep};
+        use carrier_storage::rebuild::{CacheSet, SwapCursor, SwapStep};
         let (_dir, live) = db();
         let dir = tempfile::tempdir().expect("tempdir");
-        let fresh = crate::FileWriter::<Baskets>::open_scratch(dir.path().join("fresh.redb"), 1 << 20).expect("open");
+        let fresh =
+            carrier_storage::FileWriter::<Baskets>::open_scratch(dir.path().join("fresh.redb"), 1 << 20).expect("open");
         let at = |e: StoresEvent, seq: u64, version: u64| Inbound {
             stream_seq: seq,
             decoded: Decoded::new(e, version, &Causality::default()),
@@ -535,11 +530,11 @@ mod tests {
 #[cfg(test)]
 mod adopt_tests {
     use super::*;
-    use crate::cache::StoresCacheTestExt;
-    use crate::engine::{Adopted, Inbound};
-    use crate::ContextDb;
-    use carrier_messages::stores::*;
+    use crate::caches::stores::{StoresCacheFile, StoresCacheTestExt};
+    use crate::stores::*;
     use carrier_messages::Decoded;
+    use carrier_storage::engine::{Adopted, Inbound};
+    use carrier_storage::ContextDb;
 
     fn raise(delta: i64, version: u64) -> Inbound<StoresEvent> {
         let e = StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta });
@@ -562,7 +557,7 @@ mod adopt_tests {
     #[test]
     fn an_owner_snapshot_closes_a_gap_and_later_parked_events_follow() {
         let dir = tempfile::tempdir().expect("dir");
-        let db = crate::FileWriter::<Baskets>::open(dir.path().join("b.redb")).expect("open");
+        let db = carrier_storage::FileWriter::<Baskets>::open(dir.path().join("b.redb")).expect("open");
         // The cache never saw versions 1 to 3 (the stream was trimmed); 4 and 6 arrive.
         db.apply_stores_events("c", &[raise(10, 4), raise(1, 6)]).expect("apply");
         assert_eq!(db.gaps().expect("gaps"), vec![("product".into(), "p".into(), 0, 4)]);

@@ -4,22 +4,21 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::codec::Causality;
-use carrier_messages::depot::*;
-use carrier_messages::ordering::OrderingEvent;
-use carrier_messages::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 use carrier_messages::Envelope;
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Reacts, Rows, RowsMut, StorageError,
+    WriteTransaction,
+};
 
-use crate::cache::{create_stores_cache_tables, CacheKind, CacheTables, PRODUCTS_CACHE, STORES_CACHE};
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows, Reacts};
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows, get_row};
-use crate::{CommandError, StorageError};
+use super::events::*;
+use crate::caches::stores::{stores_cache, StoresCache, StoresCacheTables};
+use crate::ordering::OrderingEvent;
+use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
 
-const SHOPPING_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("shopping_lists");
+const SHOPPING_LISTS: Rows<ShoppingListRow> = Rows::new("shopping_lists");
 
 /// Where a shopping list stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,17 +74,16 @@ impl ContextKind for Depot {
     type Event = DepotEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        create_stores_cache_tables(txn)?;
-        txn.open_table(SHOPPING_LISTS).during("create shopping_lists")?;
+        StoresCacheTables::<Depot>::create(txn)?;
+        SHOPPING_LISTS.create(txn)?;
         Ok(())
     }
 }
 
 /// The depot's tables while it reacts to orders.
 pub struct DepotOrderTables<'txn> {
-    stores: Table<'txn, &'static str, &'static [u8]>,
-    products: Table<'txn, &'static str, &'static [u8]>,
-    lists: Table<'txn, &'static str, &'static [u8]>,
+    cache: StoresCacheTables<'txn, Depot>,
+    lists: RowsMut<'txn, ShoppingListRow>,
 }
 
 impl Reacts<OrderingEvent> for Depot {
@@ -96,11 +94,7 @@ impl Reacts<OrderingEvent> for Depot {
     type Tables<'txn> = DepotOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<DepotOrderTables<'txn>, StorageError> {
-        Ok(DepotOrderTables {
-            stores: txn.open_table(STORES_CACHE).during("open stores_cache")?,
-            products: txn.open_table(PRODUCTS_CACHE).during("open products_cache")?,
-            lists: txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?,
-        })
+        Ok(DepotOrderTables { cache: StoresCacheTables::open(txn)?, lists: SHOPPING_LISTS.open(txn)? })
     }
 
     fn react(
@@ -112,21 +106,15 @@ impl Reacts<OrderingEvent> for Depot {
         match event {
             // CreateShoppingList: one stop per store, names and locations from the caches.
             OrderingEvent::OrderCreated(order) => {
-                if t.lists.get(order.id.as_str()).during("read shopping_lists")?.is_some() {
+                if t.lists.get(order.id.as_str())?.is_some() {
                     return Ok(());
                 }
                 let mut stops: BTreeMap<String, Stop> = BTreeMap::new();
                 for item in &order.items {
                     if !stops.contains_key(&item.store_id) {
-                        let store: DepotStore = t
-                            .stores
-                            .get(item.store_id.as_str())
-                            .during("read stores_cache")?
-                            .map(|g| decode_row("stores_cache", g.value()))
-                            .transpose()?
-                            .ok_or_else(|| {
-                                StorageError::NotReady(format!("store {:?} is not cached", item.store_id))
-                            })?;
+                        let store: DepotStore = t.cache.store(&item.store_id)?.ok_or_else(|| {
+                            StorageError::NotReady(format!("store {:?} is not cached", item.store_id))
+                        })?;
                         stops.insert(
                             item.store_id.clone(),
                             Stop {
@@ -138,12 +126,7 @@ impl Reacts<OrderingEvent> for Depot {
                         );
                     }
                     // A product removed since checkout keeps the name the order carries.
-                    let product: Option<DepotProduct> = t
-                        .products
-                        .get(item.product_id.as_str())
-                        .during("read products_cache")?
-                        .map(|g| decode_row("products_cache", g.value()))
-                        .transpose()?;
+                    let product: Option<DepotProduct> = t.cache.product(&item.product_id)?;
                     let product_name = product.map(|p| p.name).unwrap_or_else(|| item.product_name.clone());
                     if let Some(stop) = stops.get_mut(&item.store_id) {
                         stop.items.push(StopItem {
@@ -160,39 +143,24 @@ impl Reacts<OrderingEvent> for Depot {
                     status: ShoppingListStatus::Available,
                     version: 1,
                 };
-                put_list(&mut t.lists, &order.id, &row)?;
+                t.lists.put(&order.id, &row)?;
                 let created = ShoppingListCreated { id: order.id.clone(), order_id: order.id.clone(), stops };
                 emit.emit(DepotEvent::ShoppingListCreated(created), 1, envelope)
             }
             OrderingEvent::OrderCanceled(order) => {
-                let Some(mut row) = get_list(&t.lists, &order.id)? else { return Ok(()) };
+                let Some(mut row) = t.lists.get(&order.id)? else { return Ok(()) };
                 if row.status != ShoppingListStatus::Available {
                     return Ok(());
                 }
                 row.status = ShoppingListStatus::Canceled;
                 row.version += 1;
-                put_list(&mut t.lists, &order.id, &row)?;
+                t.lists.put(&order.id, &row)?;
                 let canceled = ShoppingListCanceled { id: order.id.clone(), order_id: order.id.clone() };
                 emit.emit(DepotEvent::ShoppingListCanceled(canceled), row.version, envelope)
             }
             OrderingEvent::OrderReadied(_) | OrderingEvent::OrderCompleted(_) => Ok(()),
         }
     }
-}
-
-fn get_list(table: &Table<'_, &'static str, &'static [u8]>, id: &str) -> Result<Option<ShoppingListRow>, StorageError> {
-    let row = table.get(id).during("read shopping_lists")?;
-    row.map(|g| decode_row("shopping_lists", g.value())).transpose()
-}
-
-fn put_list(
-    table: &mut Table<'_, &'static str, &'static [u8]>,
-    id: &str,
-    row: &ShoppingListRow,
-) -> Result<(), StorageError> {
-    let bytes = encode_row("shopping_lists", row)?;
-    table.insert(id, bytes.as_slice()).during("write shopping_lists")?;
-    Ok(())
 }
 
 /// A depot command: the bots report a list collected.
@@ -203,11 +171,11 @@ impl Decides<DepotCommand> for Depot {
         command: &DepotCommand,
         causality: &Causality,
     ) -> Result<(), CommandError> {
-        let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
+        let mut lists = SHOPPING_LISTS.open(txn)?;
         match command {
             DepotCommand::CompleteShoppingList { id } => {
-                let mut row = get_list(&lists, id)?
-                    .ok_or_else(|| CommandError::NotFound { kind: "shopping list", id: id.clone() })?;
+                let mut row =
+                    lists.get(id)?.ok_or_else(|| CommandError::NotFound { kind: "shopping list", id: id.clone() })?;
                 if row.status != ShoppingListStatus::Available {
                     return Err(CommandError::Rejected(format!(
                         "shopping list {id:?} is {:?}, not available",
@@ -216,7 +184,7 @@ impl Decides<DepotCommand> for Depot {
                 }
                 row.status = ShoppingListStatus::Completed;
                 row.version += 1;
-                put_list(&mut lists, id, &row)?;
+                lists.put(id, &row)?;
                 let completed = ShoppingListCompleted { id: id.clone(), order_id: row.order_id.clone() };
                 emit.record(DepotEvent::ShoppingListCompleted(completed), row.version, causality)?;
                 Ok(())
@@ -229,9 +197,9 @@ impl Follows for Depot {
     /// Every change to a shopping list is one of its events: created with its stops, then a
     /// status.
     fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &DepotEvent) -> Result<(), StorageError> {
-        let mut lists = txn.open_table(SHOPPING_LISTS).during("open shopping_lists")?;
+        let mut lists = SHOPPING_LISTS.open(txn)?;
         let id = envelope.aggregate_id.as_str();
-        let current = get_list(&lists, id)?;
+        let current = lists.get(id)?;
         if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
             return Ok(());
         }
@@ -253,27 +221,35 @@ impl Follows for Depot {
                 return Ok(());
             }
         };
-        put_list(&mut lists, id, &row)
+        lists.put(id, &row)
     }
 }
 
-impl ContextFile<Depot> {
+/// What the depot's file answers of its shopping lists.
+pub trait DepotFile {
     /// One shopping list.
-    pub fn shopping_list(&self, id: &str) -> Result<Option<ShoppingListRow>, StorageError> {
-        get_row(&self.db, SHOPPING_LISTS, "shopping_lists", id)
+    fn shopping_list(&self, id: &str) -> Result<Option<ShoppingListRow>, StorageError>;
+    /// Every shopping list, by id.
+    fn shopping_lists(&self) -> Result<Vec<(String, ShoppingListRow)>, StorageError>;
+}
+
+impl DepotFile for ContextFile<Depot> {
+    fn shopping_list(&self, id: &str) -> Result<Option<ShoppingListRow>, StorageError> {
+        self.read(|txn| SHOPPING_LISTS.get(txn, id))
     }
 
-    /// Every shopping list, by id.
-    pub fn shopping_lists(&self) -> Result<Vec<(String, ShoppingListRow)>, StorageError> {
-        all_rows(&self.db, SHOPPING_LISTS, "shopping_lists")
+    fn shopping_lists(&self) -> Result<Vec<(String, ShoppingListRow)>, StorageError> {
+        self.read(|txn| SHOPPING_LISTS.all(txn))
     }
 }
 
-impl CacheKind for Depot {
+stores_cache!(Depot);
+
+impl StoresCache for Depot {
     type Store = DepotStore;
     type Product = DepotProduct;
 
-    fn apply(t: &mut CacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
         match event {
             // StoreCacheRepository.Add(storeID, name, location) and Rename.
             StoresEvent::StoreCreated(e) => {

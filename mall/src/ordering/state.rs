@@ -4,22 +4,21 @@
 //! paid invoice completes it; a declined payment (or a person) cancels it. Each step is a
 //! reaction that records the order's next event in the outbox in the same transaction.
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::baskets::{BasketItem, BasketsEvent};
 use carrier_messages::codec::Causality;
-use carrier_messages::depot::DepotEvent;
-use carrier_messages::ordering::*;
-use carrier_messages::payments::PaymentsEvent;
 use carrier_messages::Envelope;
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Reacts, Rows, RowsMut, StorageError,
+    WriteTransaction,
+};
 
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows, Reacts};
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows, get_row};
-use crate::{CommandError, StorageError};
+use super::events::*;
+use crate::baskets::{BasketItem, BasketsEvent};
+use crate::depot::DepotEvent;
+use crate::payments::PaymentsEvent;
 
-const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+const ORDERS: Rows<OrderRow> = Rows::new("orders");
 
 /// An order as ordering owns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,23 +48,12 @@ impl ContextKind for Ordering {
     type Event = OrderingEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        txn.open_table(ORDERS).during("create orders")?;
+        ORDERS.create(txn)?;
         Ok(())
     }
 }
 
-type Orders<'txn> = Table<'txn, &'static str, &'static [u8]>;
-
-fn get_order(table: &Orders<'_>, id: &str) -> Result<Option<OrderRow>, StorageError> {
-    let row = table.get(id).during("read orders")?;
-    row.map(|g| decode_row("orders", g.value())).transpose()
-}
-
-fn put_order(table: &mut Orders<'_>, id: &str, row: &OrderRow) -> Result<(), StorageError> {
-    let bytes = encode_row("orders", row)?;
-    table.insert(id, bytes.as_slice()).during("write orders")?;
-    Ok(())
-}
+type Orders<'txn> = RowsMut<'txn, OrderRow>;
 
 /// Moves an existing order to `status` and returns it at its new version, or `None` when the
 /// order is unknown or its status does not allow the step (a late or repeated event).
@@ -75,7 +63,7 @@ fn advance(
     from: &[OrderStatus],
     to: OrderStatus,
 ) -> Result<Option<OrderRow>, StorageError> {
-    let Some(mut row) = get_order(table, id)? else {
+    let Some(mut row) = table.get(id)? else {
         tracing::warn!(order.id = id, "event about an order ordering does not know; ignored");
         return Ok(None);
     };
@@ -85,7 +73,7 @@ fn advance(
     }
     row.status = to;
     row.version += 1;
-    put_order(table, id, &row)?;
+    table.put(id, &row)?;
     Ok(Some(row))
 }
 
@@ -119,7 +107,7 @@ impl Reacts<BasketsEvent> for Ordering {
     type Tables<'txn> = Orders<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
-        txn.open_table(ORDERS).during("open orders")
+        ORDERS.open(txn)
     }
 
     fn react(
@@ -129,7 +117,7 @@ impl Reacts<BasketsEvent> for Ordering {
         event: &BasketsEvent,
     ) -> Result<(), StorageError> {
         let BasketsEvent::BasketCheckedOut(basket) = event else { return Ok(()) };
-        if get_order(orders, &basket.id)?.is_some() {
+        if orders.get(&basket.id)?.is_some() {
             return Ok(());
         }
         let total = basket.items.iter().map(BasketItem::line_total).fold(0i64, i64::saturating_add);
@@ -141,7 +129,7 @@ impl Reacts<BasketsEvent> for Ordering {
             status: OrderStatus::Pending,
             version: 1,
         };
-        put_order(orders, &basket.id, &row)?;
+        orders.put(&basket.id, &row)?;
         let created = OrderCreated {
             id: basket.id.clone(),
             customer_id: row.customer_id,
@@ -161,7 +149,7 @@ impl Reacts<DepotEvent> for Ordering {
     type Tables<'txn> = Orders<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
-        txn.open_table(ORDERS).during("open orders")
+        ORDERS.open(txn)
     }
 
     fn react(
@@ -192,7 +180,7 @@ impl Reacts<PaymentsEvent> for Ordering {
     type Tables<'txn> = Orders<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<Orders<'txn>, StorageError> {
-        txn.open_table(ORDERS).during("open orders")
+        ORDERS.open(txn)
     }
 
     fn react(
@@ -226,9 +214,9 @@ impl Reacts<PaymentsEvent> for Ordering {
 impl Follows for Ordering {
     /// Every change to an order is one of its events: created with all it holds, then a status.
     fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &OrderingEvent) -> Result<(), StorageError> {
-        let mut orders = txn.open_table(ORDERS).during("open orders")?;
+        let mut orders = ORDERS.open(txn)?;
         let id = envelope.aggregate_id.as_str();
-        let current = get_order(&orders, id)?;
+        let current = orders.get(id)?;
         if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
             return Ok(());
         }
@@ -255,7 +243,7 @@ impl Follows for Ordering {
                 return Ok(());
             }
         };
-        put_order(&mut orders, id, &row)
+        orders.put(id, &row)
     }
 }
 
@@ -266,11 +254,10 @@ impl Decides<OrderingCommand> for Ordering {
         command: &OrderingCommand,
         causality: &Causality,
     ) -> Result<(), CommandError> {
-        let mut orders = txn.open_table(ORDERS).during("open orders")?;
+        let mut orders = ORDERS.open(txn)?;
         match command {
             OrderingCommand::CancelOrder { id, reason } => {
-                let row =
-                    get_order(&orders, id)?.ok_or_else(|| CommandError::NotFound { kind: "order", id: id.clone() })?;
+                let row = orders.get(id)?.ok_or_else(|| CommandError::NotFound { kind: "order", id: id.clone() })?;
                 let reason = if reason.trim().is_empty() { "canceled by request" } else { reason.as_str() };
                 if !cancel(&mut orders, emit, id, reason, Err(causality))? {
                     return Err(CommandError::Rejected(format!(
@@ -284,28 +271,34 @@ impl Decides<OrderingCommand> for Ordering {
     }
 }
 
-impl ContextFile<Ordering> {
+/// What the ordering context's file answers of its orders.
+pub trait OrderingFile {
     /// One order.
-    pub fn order(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
-        get_row(&self.db, ORDERS, "orders", id)
+    fn order(&self, id: &str) -> Result<Option<OrderRow>, StorageError>;
+    /// Every order, by id.
+    fn orders(&self) -> Result<Vec<(String, OrderRow)>, StorageError>;
+}
+
+impl OrderingFile for ContextFile<Ordering> {
+    fn order(&self, id: &str) -> Result<Option<OrderRow>, StorageError> {
+        self.read(|txn| ORDERS.get(txn, id))
     }
 
-    /// Every order, by id.
-    pub fn orders(&self) -> Result<Vec<(String, OrderRow)>, StorageError> {
-        all_rows(&self.db, ORDERS, "orders")
+    fn orders(&self) -> Result<Vec<(String, OrderRow)>, StorageError> {
+        self.read(|txn| ORDERS.all(txn))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Disposition, Inbound};
-    use carrier_messages::baskets::{BasketCheckedOut, BasketStarted};
+    use crate::baskets::{BasketCheckedOut, BasketStarted};
     use carrier_messages::Decoded;
+    use carrier_storage::engine::{Disposition, Inbound};
 
-    fn db() -> (tempfile::TempDir, crate::FileWriter<Ordering>) {
+    fn db() -> (tempfile::TempDir, carrier_storage::FileWriter<Ordering>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::FileWriter::<Ordering>::open(dir.path().join("ordering.redb")).expect("open");
+        let db = carrier_storage::FileWriter::<Ordering>::open(dir.path().join("ordering.redb")).expect("open");
         (dir, db)
     }
 
@@ -346,14 +339,14 @@ mod tests {
         assert_eq!(
             (
                 standby.outbox_len().expect("outbox"),
-                crate::ContextDb::checkpoint(&*standby.file(), "ordering-baskets").expect("c")
+                carrier_storage::ContextDb::checkpoint(&*standby.file(), "ordering-baskets").expect("c")
             ),
             (0, 1)
         );
 
         // The holder's OrderCreated is followed: the checkout then moves its basket's version on
         // without creating the order a second time.
-        let published = crate::context::outbox_as_delivered(&holder);
+        let published = crate::outbox_as_delivered(&holder);
         standby.follow("ordering-self", &published, 0).expect("followed");
         assert_eq!(standby.file().orders().expect("orders"), holder.file().orders().expect("orders"));
         let out = standby.apply_followed("ordering-baskets", &[x.clone()], 0, true).expect("followed cause");
@@ -378,7 +371,7 @@ mod tests {
         // The holder readied and completed an order; the standby has not followed any of it.
         // Its rows say "no such order": reacting here would ignore the payment for good.
         let (_s, standby) = db();
-        let paid = PaymentsEvent::InvoicePaid(carrier_messages::payments::InvoicePaid {
+        let paid = PaymentsEvent::InvoicePaid(crate::payments::InvoicePaid {
             id: "o1".into(),
             order_id: "o1".into(),
             customer_id: "c".into(),
@@ -387,7 +380,7 @@ mod tests {
         });
         let paid = Inbound { stream_seq: 7, decoded: Decoded::new(paid, 2, &Causality::default()) };
         // Version 1, the authorization, asks nothing of ordering: applied while standing by.
-        let authorized = PaymentsEvent::PaymentAuthorized(carrier_messages::payments::PaymentAuthorized {
+        let authorized = PaymentsEvent::PaymentAuthorized(crate::payments::PaymentAuthorized {
             id: "o1".into(),
             order_id: "o1".into(),
             customer_id: "c".into(),
@@ -408,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_parked_event_whose_effect_is_followed_does_not_react_when_it_is_unparked() {
-        use carrier_messages::depot::{ShoppingListCompleted, ShoppingListCreated};
+        use crate::depot::{ShoppingListCompleted, ShoppingListCreated};
         let (_h, holder) = db();
         let (_s, standby) = db();
         // The holder has the order and readies it when the list is completed.
@@ -431,7 +424,7 @@ mod tests {
         // follows the holder's events, whose OrderReadied names the completion as its cause.
         let out = standby.apply_followed("ordering-depot", &[completed], 0, true).expect("parked");
         assert_eq!(out.dispositions, vec![Disposition::Parked { expected: 1 }]);
-        standby.follow("ordering-self", &crate::context::outbox_as_delivered(&holder), 0).expect("followed");
+        standby.follow("ordering-self", &crate::outbox_as_delivered(&holder), 0).expect("followed");
         // Version 1 arrives: the completion is unparked and followed, not reacted to again.
         let out = standby.apply_followed("ordering-depot", &[created], 0, true).expect("unparked");
         assert_eq!((out.dispositions, out.unparked), (vec![Disposition::Applied], 1));

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::baskets::{check_items, BasketItem};
-use crate::codec::{check, ValidationError};
+use carrier_messages::codec::{check, ValidationError};
 
 /// An order was created from a checked-out basket (same id as the basket).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -57,7 +57,7 @@ pub struct OrderCompleted {
     pub invoice_id: String,
 }
 
-impl crate::codec::Validate for OrderCreated {
+impl carrier_messages::codec::Validate for OrderCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -67,7 +67,7 @@ impl crate::codec::Validate for OrderCreated {
     }
 }
 
-impl crate::codec::Validate for OrderReadied {
+impl carrier_messages::codec::Validate for OrderReadied {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -76,7 +76,7 @@ impl crate::codec::Validate for OrderReadied {
     }
 }
 
-impl crate::codec::Validate for OrderCanceled {
+impl carrier_messages::codec::Validate for OrderCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -84,7 +84,7 @@ impl crate::codec::Validate for OrderCanceled {
     }
 }
 
-impl crate::codec::Validate for OrderCompleted {
+impl carrier_messages::codec::Validate for OrderCompleted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -92,7 +92,7 @@ impl crate::codec::Validate for OrderCompleted {
     }
 }
 
-crate::domain_events! {
+carrier_messages::domain_events! {
     /// Every event the ordering context publishes.
     enum OrderingEvent, context "ordering", stream "ORDERING", subjects "ordering.>";
     OrderCreated => "order", "ordering.order.created";

@@ -4,22 +4,18 @@
 //! the rows and appended to the outbox in one transaction, so the state and the events that
 //! describe it can never disagree.
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::stores::*;
-use carrier_messages::{DomainEvent, Envelope};
-
 use carrier_messages::codec::Causality;
+use carrier_messages::{DomainEvent, Envelope};
+use carrier_storage::{
+    CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Rows, RowsMut, StorageError, WriteTransaction,
+};
 
-use crate::context::{ContextFile, ContextKind, Decides, Emitter, Follows};
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::{all_rows, get_row};
-use crate::CommandError;
-use crate::StorageError;
+use super::events::*;
 
-const STORES: TableDefinition<&str, &[u8]> = TableDefinition::new("stores");
-const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
+const STORES: Rows<StoreRow> = Rows::new("stores");
+const PRODUCTS: Rows<ProductRow> = Rows::new("products");
 
 /// A store, as its owner knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +60,8 @@ impl ContextKind for Stores {
     type Event = StoresEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        txn.open_table(STORES).during("create stores")?;
-        txn.open_table(PRODUCTS).during("create products")?;
-        Ok(())
+        STORES.create(txn)?;
+        PRODUCTS.create(txn)
     }
 }
 
@@ -81,8 +76,8 @@ impl Decides<StoresCommand> for Stores {
         command: &StoresCommand,
         causality: &Causality,
     ) -> Result<(), CommandError> {
-        let mut stores = txn.open_table(STORES).during("open stores")?;
-        let mut products = txn.open_table(PRODUCTS).during("open products")?;
+        let mut stores = STORES.open(txn)?;
+        let mut products = PRODUCTS.open(txn)?;
         let (event, version) = decide(&stores, &products, command)?;
         event.validate()?;
         evolve(&mut stores, &mut products, &event, version)?;
@@ -93,12 +88,12 @@ impl Decides<StoresCommand> for Stores {
 
 impl Follows for Stores {
     fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &StoresEvent) -> Result<(), StorageError> {
-        let mut stores = txn.open_table(STORES).during("open stores")?;
-        let mut products = txn.open_table(PRODUCTS).during("open products")?;
+        let mut stores = STORES.open(txn)?;
+        let mut products = PRODUCTS.open(txn)?;
         let id = envelope.aggregate_id.as_str();
         let have = match event.aggregate_type() {
-            "store" => load::<StoreRow>(&stores, "stores", id)?.map(|r| r.version),
-            _ => load::<ProductRow>(&products, "products", id)?.map(|r| r.version),
+            "store" => stores.get(id)?.map(|r| r.version),
+            _ => products.get(id)?.map(|r| r.version),
         };
         if have.is_some_and(|v| v >= envelope.aggregate_version) {
             return Ok(());
@@ -107,56 +102,57 @@ impl Follows for Stores {
     }
 }
 
-impl ContextFile<Stores> {
+/// What the stores context's file answers: its stores and products.
+pub trait StoresFile {
     /// One store.
-    pub fn store(&self, id: &str) -> Result<Option<StoreRow>, StorageError> {
-        get_row(&self.db, STORES, "stores", id)
-    }
-
+    fn store(&self, id: &str) -> Result<Option<StoreRow>, StorageError>;
     /// One product (removed ones included).
-    pub fn product(&self, id: &str) -> Result<Option<ProductRow>, StorageError> {
-        get_row(&self.db, PRODUCTS, "products", id)
-    }
-
+    fn product(&self, id: &str) -> Result<Option<ProductRow>, StorageError>;
     /// Every store, by id.
-    pub fn stores(&self) -> Result<Vec<(String, StoreRow)>, StorageError> {
-        all_rows(&self.db, STORES, "stores")
-    }
-
+    fn stores(&self) -> Result<Vec<(String, StoreRow)>, StorageError>;
     /// Every product (removed ones included), by id.
-    pub fn products(&self) -> Result<Vec<(String, ProductRow)>, StorageError> {
-        all_rows(&self.db, PRODUCTS, "products")
+    fn products(&self) -> Result<Vec<(String, ProductRow)>, StorageError>;
+}
+
+impl StoresFile for ContextFile<Stores> {
+    fn store(&self, id: &str) -> Result<Option<StoreRow>, StorageError> {
+        self.read(|txn| STORES.get(txn, id))
+    }
+
+    fn product(&self, id: &str) -> Result<Option<ProductRow>, StorageError> {
+        self.read(|txn| PRODUCTS.get(txn, id))
+    }
+
+    fn stores(&self) -> Result<Vec<(String, StoreRow)>, StorageError> {
+        self.read(|txn| STORES.all(txn))
+    }
+
+    fn products(&self) -> Result<Vec<(String, ProductRow)>, StorageError> {
+        self.read(|txn| PRODUCTS.all(txn))
     }
 }
 
-type Rows<'txn> = Table<'txn, &'static str, &'static [u8]>;
-
-fn load<T: serde::de::DeserializeOwned>(
-    table: &Rows<'_>,
-    name: &'static str,
-    id: &str,
-) -> Result<Option<T>, StorageError> {
-    let row = table.get(id).during("read row")?;
-    row.map(|g| decode_row(name, g.value())).transpose()
+fn store_of(stores: &RowsMut<'_, StoreRow>, id: &str) -> Result<StoreRow, CommandError> {
+    stores.get(id)?.ok_or_else(|| CommandError::NotFound { kind: "store", id: id.to_string() })
 }
 
-fn store_of(stores: &Rows<'_>, id: &str) -> Result<StoreRow, CommandError> {
-    load(stores, "stores", id)?.ok_or_else(|| CommandError::NotFound { kind: "store", id: id.to_string() })
-}
-
-fn live_product(products: &Rows<'_>, id: &str) -> Result<ProductRow, CommandError> {
-    match load::<ProductRow>(products, "products", id)? {
+fn live_product(products: &RowsMut<'_, ProductRow>, id: &str) -> Result<ProductRow, CommandError> {
+    match products.get(id)? {
         Some(p) if !p.removed => Ok(p),
         _ => Err(CommandError::NotFound { kind: "product", id: id.to_string() }),
     }
 }
 
 /// The business rules: which event a command produces, at which entity version.
-fn decide(stores: &Rows<'_>, products: &Rows<'_>, command: &StoresCommand) -> Result<(StoresEvent, u64), CommandError> {
+fn decide(
+    stores: &RowsMut<'_, StoreRow>,
+    products: &RowsMut<'_, ProductRow>,
+    command: &StoresCommand,
+) -> Result<(StoresEvent, u64), CommandError> {
     use StoresCommand as C;
     Ok(match command.clone() {
         C::CreateStore { id, name, location } => {
-            if load::<StoreRow>(stores, "stores", &id)?.is_some() {
+            if stores.get(&id)?.is_some() {
                 return Err(CommandError::AlreadyExists { kind: "store", id });
             }
             (StoresEvent::StoreCreated(StoreCreated { id, name, location }), 1)
@@ -180,7 +176,7 @@ fn decide(stores: &Rows<'_>, products: &Rows<'_>, command: &StoresCommand) -> Re
             (StoresEvent::StoreParticipationDisabled(StoreParticipationDisabled { id }), s.version + 1)
         }
         C::AddProduct { id, store_id, name, description, sku, price } => {
-            if load::<ProductRow>(products, "products", &id)?.is_some() {
+            if products.get(&id)?.is_some() {
                 return Err(CommandError::AlreadyExists { kind: "product", id });
             }
             store_of(stores, &store_id)?;
@@ -216,25 +212,19 @@ fn decide(stores: &Rows<'_>, products: &Rows<'_>, command: &StoresCommand) -> Re
 
 /// Folds a decided event into the owner's rows.
 fn evolve(
-    stores: &mut Rows<'_>,
-    products: &mut Rows<'_>,
+    stores: &mut RowsMut<'_, StoreRow>,
+    products: &mut RowsMut<'_, ProductRow>,
     event: &StoresEvent,
     version: u64,
 ) -> Result<(), StorageError> {
     match event {
         StoresEvent::StoreCreated(e) => {
             let row = StoreRow { name: e.name.clone(), location: e.location.clone(), participating: false, version };
-            put(stores, "stores", &e.id, &row)
+            stores.put(&e.id, &row)
         }
-        StoresEvent::StoreRebranded(e) => {
-            change::<StoreRow>(stores, "stores", &e.id, version, |r| r.name = e.name.clone())
-        }
-        StoresEvent::StoreParticipationEnabled(e) => {
-            change::<StoreRow>(stores, "stores", &e.id, version, |r| r.participating = true)
-        }
-        StoresEvent::StoreParticipationDisabled(e) => {
-            change::<StoreRow>(stores, "stores", &e.id, version, |r| r.participating = false)
-        }
+        StoresEvent::StoreRebranded(e) => change(stores, &e.id, version, |r| r.name = e.name.clone()),
+        StoresEvent::StoreParticipationEnabled(e) => change(stores, &e.id, version, |r| r.participating = true),
+        StoresEvent::StoreParticipationDisabled(e) => change(stores, &e.id, version, |r| r.participating = false),
         StoresEvent::ProductAdded(e) => {
             let row = ProductRow {
                 store_id: e.store_id.clone(),
@@ -245,21 +235,19 @@ fn evolve(
                 version,
                 removed: false,
             };
-            put(products, "products", &e.id, &row)
+            products.put(&e.id, &row)
         }
-        StoresEvent::ProductRebranded(e) => change::<ProductRow>(products, "products", &e.id, version, |r| {
+        StoresEvent::ProductRebranded(e) => change(products, &e.id, version, |r| {
             r.name = e.name.clone();
             r.description = e.description.clone();
         }),
         StoresEvent::ProductPriceIncreased(e) => {
-            change::<ProductRow>(products, "products", &e.id, version, |r| r.price = r.price.saturating_add(e.delta))
+            change(products, &e.id, version, |r| r.price = r.price.saturating_add(e.delta))
         }
         StoresEvent::ProductPriceDecreased(e) => {
-            change::<ProductRow>(products, "products", &e.id, version, |r| r.price = r.price.saturating_sub(e.delta))
+            change(products, &e.id, version, |r| r.price = r.price.saturating_sub(e.delta))
         }
-        StoresEvent::ProductRemoved(e) => {
-            change::<ProductRow>(products, "products", &e.id, version, |r| r.removed = true)
-        }
+        StoresEvent::ProductRemoved(e) => change(products, &e.id, version, |r| r.removed = true),
     }
 }
 
@@ -280,34 +268,27 @@ impl Versioned for ProductRow {
     }
 }
 
-fn put<T: Serialize>(table: &mut Rows<'_>, name: &'static str, id: &str, row: &T) -> Result<(), StorageError> {
-    let bytes = encode_row(name, row)?;
-    table.insert(id, bytes.as_slice()).during("write row")?;
-    Ok(())
-}
-
 /// Loads a row that `decide` found, applies `edit`, stamps `version`, and writes it back.
 fn change<T: Versioned>(
-    table: &mut Rows<'_>,
-    name: &'static str,
+    table: &mut RowsMut<'_, T>,
     id: &str,
     version: u64,
     edit: impl FnOnce(&mut T),
 ) -> Result<(), StorageError> {
     let mut row: T =
-        load(table, name, id)?.ok_or(StorageError::Corrupt { table: name, reason: format!("{id:?} vanished") })?;
+        table.get(id)?.ok_or(StorageError::Corrupt { table: "stores", reason: format!("{id:?} vanished") })?;
     edit(&mut row);
     row.set_version(version);
-    put(table, name, id, &row)
+    table.put(id, &row)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, crate::FileWriter<Stores>) {
+    fn db() -> (tempfile::TempDir, carrier_storage::FileWriter<Stores>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = crate::FileWriter::<Stores>::open(dir.path().join("stores.redb")).expect("open");
+        let db = carrier_storage::FileWriter::<Stores>::open(dir.path().join("stores.redb")).expect("open");
         (dir, db)
     }
 
@@ -334,7 +315,7 @@ mod tests {
         for command in &commands {
             decider.execute(command, &c).expect("decided");
         }
-        let published = crate::context::outbox_as_delivered(&decider);
+        let published = crate::outbox_as_delivered(&decider);
         let (_b, follower) = db();
         assert_eq!(follower.follow("stores-self", &published[..3], 0).expect("followed"), 3);
         assert_eq!(follower.follow("stores-self", &published, 0).expect("followed again"), 7);
@@ -344,7 +325,7 @@ mod tests {
         assert_eq!(follower.file().products().expect("products"), decider.file().products().expect("products"));
         let product = follower.file().product("p").expect("read").expect("kept");
         assert_eq!((product.price, product.removed, product.version), (330, true, 4));
-        assert_eq!(crate::ContextDb::checkpoint(&*follower.file(), "stores-self").expect("checkpoint"), 7);
+        assert_eq!(carrier_storage::ContextDb::checkpoint(&*follower.file(), "stores-self").expect("checkpoint"), 7);
         assert_eq!(follower.outbox_len().expect("outbox"), 0, "a follower publishes nothing");
     }
 
@@ -382,14 +363,16 @@ mod tests {
     /// one (in the middle) leaves nothing behind while the others are all kept, in order.
     #[test]
     fn commands_decided_together_commit_once_and_a_refused_one_leaves_nothing() {
-        use crate::context::Decides;
+        use carrier_storage::context::Decides;
         let (_dir, db) = db();
         let c = Causality::default();
-        let decision = |command: StoresCommand| -> crate::Decision<Stores> {
+        let decision = |command: StoresCommand| -> carrier_storage::Decision<Stores> {
             let c = c.clone();
-            Box::new(move |txn: &redb::WriteTransaction, emit: &mut crate::Emitter<'_, StoresEvent>| {
-                <Stores as Decides<StoresCommand>>::decide(txn, emit, &command, &c)
-            })
+            Box::new(
+                move |txn: &carrier_storage::WriteTransaction, emit: &mut carrier_storage::Emitter<'_, StoresEvent>| {
+                    <Stores as Decides<StoresCommand>>::decide(txn, emit, &command, &c)
+                },
+            )
         };
         let add = |id: &str, price: i64| StoresCommand::AddProduct {
             id: id.into(),
@@ -459,15 +442,17 @@ mod tests {
     /// keeps no key, so it is decided again; expired keys are pruned.
     #[test]
     fn a_command_sent_again_with_its_key_is_answered_with_the_first_event() {
-        use crate::context::Decides;
         use carrier_messages::request::IdempotencyKey;
+        use carrier_storage::context::Decides;
         let (_dir, db) = db();
         let c = Causality::default();
-        let decision = |command: StoresCommand| -> crate::Decision<Stores> {
+        let decision = |command: StoresCommand| -> carrier_storage::Decision<Stores> {
             let c = c.clone();
-            Box::new(move |txn: &redb::WriteTransaction, emit: &mut crate::Emitter<'_, StoresEvent>| {
-                <Stores as Decides<StoresCommand>>::decide(txn, emit, &command, &c)
-            })
+            Box::new(
+                move |txn: &carrier_storage::WriteTransaction, emit: &mut carrier_storage::Emitter<'_, StoresEvent>| {
+                    <Stores as Decides<StoresCommand>>::decide(txn, emit, &command, &c)
+                },
+            )
         };
         let create = StoresCommand::CreateStore { id: "s".into(), name: "A".into(), location: "L".into() };
         let rebrand = |name: &str| StoresCommand::RebrandStore { id: "s".into(), name: name.into() };

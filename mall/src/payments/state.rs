@@ -1,23 +1,19 @@
 //! The payments context's file: invoices, and a cache of customers (only enabled customers may
 //! pay).
 
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::customers::{CustomerSnapshot, CustomersEvent};
-use carrier_messages::ordering::OrderingEvent;
-use carrier_messages::payments::*;
 use carrier_messages::Envelope;
-
-use crate::context::{ContextFile, ContextKind, Emitter, Follows, Reacts};
-use crate::customer_cache::{
-    create_customers_cache_table, required_customer, CustomerCacheKind, CustomerTables, CUSTOMERS_CACHE,
+use carrier_storage::{
+    ContextFile, ContextKind, Emitter, Follows, Reacts, Rows, RowsMut, StorageError, WriteTransaction,
 };
-use crate::error::{decode_row, encode_row, RedbResultExt};
-use crate::rows::all_rows;
-use crate::StorageError;
 
-const INVOICES: TableDefinition<&str, &[u8]> = TableDefinition::new("invoices");
+use super::events::*;
+use crate::caches::customers::{customers_cache, CustomersCache, CustomersCacheTable};
+use crate::customers::{CustomerSnapshot, CustomersEvent};
+use crate::ordering::OrderingEvent;
+
+const INVOICES: Rows<InvoiceRow> = Rows::new("invoices");
 
 /// A customer as payments knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,16 +60,18 @@ impl ContextKind for Payments {
     type Event = PaymentsEvent;
 
     fn create_tables(txn: &WriteTransaction) -> Result<(), StorageError> {
-        create_customers_cache_table(txn)?;
-        txn.open_table(INVOICES).during("create invoices")?;
+        CustomersCacheTable::<Payments>::create(txn)?;
+        INVOICES.create(txn)?;
         Ok(())
     }
 }
 
-impl CustomerCacheKind for Payments {
+customers_cache!(Payments);
+
+impl CustomersCache for Payments {
     type Customer = PaymentsCustomer;
 
-    fn apply(t: &mut CustomerTables<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut CustomersCacheTable<'_, Self>, event: &CustomersEvent) -> Result<(), StorageError> {
         match event {
             CustomersEvent::CustomerRegistered(e) => t.put(&e.id, &PaymentsCustomer { enabled: true }),
             CustomersEvent::CustomerEnabled(e) => t.update(&e.id, |c| c.enabled = true),
@@ -89,8 +87,8 @@ impl CustomerCacheKind for Payments {
 
 /// Payments' tables while it reacts to orders.
 pub struct PaymentsOrderTables<'txn> {
-    customers: Table<'txn, &'static str, &'static [u8]>,
-    invoices: Table<'txn, &'static str, &'static [u8]>,
+    customers: CustomersCacheTable<'txn, Payments>,
+    invoices: RowsMut<'txn, InvoiceRow>,
 }
 
 impl Reacts<OrderingEvent> for Payments {
@@ -101,10 +99,7 @@ impl Reacts<OrderingEvent> for Payments {
     type Tables<'txn> = PaymentsOrderTables<'txn>;
 
     fn open<'txn>(txn: &'txn WriteTransaction) -> Result<PaymentsOrderTables<'txn>, StorageError> {
-        Ok(PaymentsOrderTables {
-            customers: txn.open_table(CUSTOMERS_CACHE).during("open customers_cache")?,
-            invoices: txn.open_table(INVOICES).during("open invoices")?,
-        })
+        Ok(PaymentsOrderTables { customers: CustomersCacheTable::open(txn)?, invoices: INVOICES.open(txn)? })
     }
 
     fn react(
@@ -116,10 +111,10 @@ impl Reacts<OrderingEvent> for Payments {
         match event {
             // AuthorizePayment: only an enabled customer may pay.
             OrderingEvent::OrderCreated(order) => {
-                if get_invoice(&t.invoices, &order.id)?.is_some() {
+                if t.invoices.get(&order.id)?.is_some() {
                     return Ok(());
                 }
-                let customer: PaymentsCustomer = required_customer(&t.customers, &order.customer_id)?;
+                let customer: PaymentsCustomer = t.customers.required(&order.customer_id)?;
                 let status = if customer.enabled { InvoiceStatus::Authorized } else { InvoiceStatus::Declined };
                 let row = InvoiceRow {
                     customer_id: order.customer_id.clone(),
@@ -128,7 +123,7 @@ impl Reacts<OrderingEvent> for Payments {
                     status,
                     version: 1,
                 };
-                put_invoice(&mut t.invoices, &order.id, &row)?;
+                t.invoices.put(&order.id, &row)?;
                 // Either way an event says what was decided: an instance standing by learns the
                 // invoice from it (see `Follows`).
                 let event = match status {
@@ -152,7 +147,7 @@ impl Reacts<OrderingEvent> for Payments {
             }
             // CreateInvoice and PayInvoice: the readied order is charged.
             OrderingEvent::OrderReadied(order) => {
-                let Some(mut row) = get_invoice(&t.invoices, &order.id)? else {
+                let Some(mut row) = t.invoices.get(&order.id)? else {
                     return Err(StorageError::NotReady(format!("order {:?} was never authorized", order.id)));
                 };
                 if row.status != InvoiceStatus::Authorized {
@@ -161,7 +156,7 @@ impl Reacts<OrderingEvent> for Payments {
                 row.status = InvoiceStatus::Paid;
                 row.amount = order.total;
                 row.version += 1;
-                put_invoice(&mut t.invoices, &order.id, &row)?;
+                t.invoices.put(&order.id, &row)?;
                 let paid = InvoicePaid {
                     id: order.id.clone(),
                     order_id: order.id.clone(),
@@ -176,28 +171,13 @@ impl Reacts<OrderingEvent> for Payments {
     }
 }
 
-fn get_invoice(table: &Table<'_, &'static str, &'static [u8]>, id: &str) -> Result<Option<InvoiceRow>, StorageError> {
-    let row = table.get(id).during("read invoices")?;
-    row.map(|g| decode_row("invoices", g.value())).transpose()
-}
-
-fn put_invoice(
-    table: &mut Table<'_, &'static str, &'static [u8]>,
-    id: &str,
-    row: &InvoiceRow,
-) -> Result<(), StorageError> {
-    let bytes = encode_row("invoices", row)?;
-    table.insert(id, bytes.as_slice()).during("write invoices")?;
-    Ok(())
-}
-
 impl Follows for Payments {
     /// Every change to an invoice is one of its events: authorized or declined with what it
     /// holds, then paid.
     fn follow(txn: &WriteTransaction, envelope: &Envelope, event: &PaymentsEvent) -> Result<(), StorageError> {
-        let mut invoices = txn.open_table(INVOICES).during("open invoices")?;
+        let mut invoices = INVOICES.open(txn)?;
         let id = envelope.aggregate_id.as_str();
-        let current = get_invoice(&invoices, id)?;
+        let current = invoices.get(id)?;
         if current.as_ref().is_some_and(|r| r.version >= envelope.aggregate_version) {
             return Ok(());
         }
@@ -225,13 +205,18 @@ impl Follows for Payments {
                 version,
             },
         };
-        put_invoice(&mut invoices, id, &row)
+        invoices.put(id, &row)
     }
 }
 
-impl ContextFile<Payments> {
+/// What the payments context's file answers of its invoices.
+pub trait PaymentsFile {
     /// Every invoice, by id.
-    pub fn invoices(&self) -> Result<Vec<(String, InvoiceRow)>, StorageError> {
-        all_rows(&self.db, INVOICES, "invoices")
+    fn invoices(&self) -> Result<Vec<(String, InvoiceRow)>, StorageError>;
+}
+
+impl PaymentsFile for ContextFile<Payments> {
+    fn invoices(&self) -> Result<Vec<(String, InvoiceRow)>, StorageError> {
+        self.read(|txn| INVOICES.all(txn))
     }
 }

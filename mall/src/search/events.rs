@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::baskets::BasketItem;
 use crate::ordering::OrderStatus;
-use crate::request::CommandFailure;
+use carrier_messages::request::CommandFailure;
 
 /// The most orders one search returns.
 pub const MAX_LIMIT: u32 = 500;
@@ -105,7 +105,7 @@ pub struct SearchReply {
     pub error: Option<CommandFailure>,
 }
 
-impl crate::request::QueryReply for SearchReply {
+impl carrier_messages::request::QueryReply for SearchReply {
     fn failed(code: &str, message: String) -> Self {
         SearchReply::failed(code, message)
     }

@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{check, ValidationError};
+use carrier_messages::codec::{check, ValidationError};
 
 /// A text was sent to a customer about an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -24,7 +24,7 @@ pub struct TextSent {
     pub text: String,
 }
 
-impl crate::codec::Validate for TextSent {
+impl carrier_messages::codec::Validate for TextSent {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;
@@ -35,7 +35,7 @@ impl crate::codec::Validate for TextSent {
     }
 }
 
-crate::domain_events! {
+carrier_messages::domain_events! {
     /// Every event the notifications context publishes.
     enum NotificationsEvent, context "notifications", stream "NOTIFICATIONS", subjects "notifications.>";
     TextSent => "text", "notifications.text.sent";
