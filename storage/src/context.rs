@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, Table, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
 use carrier_messages::codec::Causality;
 use carrier_messages::{Decoded, DomainEvent, EncodedEvent, Envelope, EventId};
@@ -19,7 +19,7 @@ use carrier_messages::{Decoded, DomainEvent, EncodedEvent, Envelope, EventId};
 use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
 use crate::error::RedbResultExt;
 use crate::idempotency::{Decided, IdempotencyKey};
-use crate::outbox::{self, OUTBOX, OUTBOX_NEXT};
+use crate::outbox::{self, OUTBOX, OUTBOX_NEXT, OWN_VERSIONS};
 use crate::{CommandError, StorageError};
 
 /// What one context keeps and publishes.
@@ -120,10 +120,13 @@ pub trait Reacts<E: DomainEvent>: ContextKind {
     }
 }
 
-/// Appends the events a reaction or a command decides to the outbox, in its transaction.
+/// Appends the events a reaction or a command decides to the outbox, in its transaction, and
+/// keeps each of the context's entities' versions.
 pub struct Emitter<'txn, E> {
     outbox: Table<'txn, u64, &'static [u8]>,
     next: Table<'txn, &'static str, u64>,
+    /// The last version recorded for each entity of the context's own (see [`Emitter::event`]).
+    own: Table<'txn, (&'static str, &'static str), u64>,
     emitted: Vec<Decoded<E>>,
 }
 
@@ -132,8 +135,40 @@ impl<'txn, E: DomainEvent> Emitter<'txn, E> {
         Ok(Emitter {
             outbox: txn.open_table(OUTBOX).during("open outbox")?,
             next: txn.open_table(OUTBOX_NEXT).during("open outbox_next")?,
+            own: txn.open_table(OWN_VERSIONS).during("open own_versions")?,
             emitted: Vec::new(),
         })
+    }
+
+    /// Records the event a command decided at its entity's next version, which the library
+    /// keeps: one more than the last event this context recorded for that entity (1 for a new
+    /// one), in the same transaction. Returns the version it got. An event that breaks a field
+    /// limit refuses the command ([`CommandError::Invalid`]). An owner that checks an expected
+    /// version (optimistic concurrency) compares it with [`next_version`](Self::next_version)
+    /// first.
+    pub fn event(&mut self, event: E, causality: &Causality) -> Result<u64, CommandError> {
+        let version = self.next_version_of(&event)?;
+        self.decided(event, version, causality)?;
+        Ok(version)
+    }
+
+    /// Records, in reaction to `cause`, `event` at its entity's next version (see
+    /// [`event`](Self::event)); returns the version.
+    pub fn caused(&mut self, event: E, cause: &Envelope) -> Result<u64, StorageError> {
+        let version = self.next_version_of(&event)?;
+        self.emit(event, version, cause)?;
+        Ok(version)
+    }
+
+    /// The version the next event about the entity `aggregate`/`id` gets: one more than the last
+    /// this context recorded for it, 1 for a new one.
+    pub fn next_version(&self, aggregate: &str, id: &str) -> Result<u64, StorageError> {
+        let last = self.own.get((aggregate, id)).during("read own_versions")?.map(|v| v.value());
+        Ok(last.unwrap_or(0) + 1)
+    }
+
+    fn next_version_of(&self, event: &E) -> Result<u64, StorageError> {
+        self.next_version(event.aggregate_type(), event.aggregate_id())
     }
 
     /// Records `event` at `version` of its entity, caused by the event in `cause` (same
@@ -162,6 +197,11 @@ impl<'txn, E: DomainEvent> Emitter<'txn, E> {
         let decoded = Decoded::new(event, version, causality);
         let encoded = decoded.encode().map_err(|e| StorageError::Corrupt { table: "outbox", reason: e.to_string() })?;
         outbox::append_to(&mut self.outbox, &mut self.next, &encoded)?;
+        let key = (decoded.event.aggregate_type(), decoded.event.aggregate_id());
+        let last = self.own.get(key).during("read own_versions")?.map(|v| v.value()).unwrap_or(0);
+        if version > last {
+            self.own.insert(key, version).during("write own_versions")?;
+        }
         self.emitted.push(decoded);
         Ok(())
     }
@@ -233,6 +273,7 @@ impl<K: ContextKind> ContextFile<K> {
             engine::create_tables(txn)?;
             txn.open_table(OUTBOX).during("create outbox")?;
             txn.open_table(OUTBOX_NEXT).during("create outbox_next")?;
+            txn.open_table(OWN_VERSIONS).during("create own_versions")?;
             txn.open_table(crate::idempotency::IDEMPOTENCY).during("create idempotency")?;
             txn.open_table(crate::idempotency::IDEMPOTENCY_BY_TIME).during("create idempotency_by_time")?;
             K::create_tables(txn)

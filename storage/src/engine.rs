@@ -288,8 +288,15 @@ pub(crate) fn follow_batch<K: crate::Follows>(
     through: u64,
 ) -> Result<u64, StorageError> {
     let mut followed = txn.open_table(FOLLOWED).during("open followed_causes")?;
+    let mut own = txn.open_table(crate::outbox::OWN_VERSIONS).during("open own_versions")?;
     for item in batch {
         K::follow(txn, &item.decoded.envelope, &item.decoded.event).map_err(|e| e.at(item.stream_seq))?;
+        // The library's numbering goes on from what the holder published (a takeover decides next).
+        let envelope = &item.decoded.envelope;
+        let key = (item.decoded.event.aggregate_type(), envelope.aggregate_id.as_str());
+        if own.get(key).during("read own_versions")?.map(|v| v.value()).unwrap_or(0) < envelope.aggregate_version {
+            own.insert(key, envelope.aggregate_version).during("write own_versions")?;
+        }
         // What caused it (another context's event, for a reaction) is done: delivered here
         // later, it moves its entity's version on without reacting again.
         let cause =

@@ -19,6 +19,10 @@ pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("out
 /// late delete for a published row can never hit a new one.
 pub(crate) const OUTBOX_NEXT: TableDefinition<&str, u64> = TableDefinition::new("outbox_next");
 
+/// The version of the last event a context recorded for each of its own entities (aggregate
+/// type, id): what the library numbers the next one from ([`crate::Emitter::event`]).
+pub(crate) const OWN_VERSIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("own_versions");
+
 /// Appends `event` under the next key, with the tables already open.
 pub(crate) fn append_to(
     table: &mut redb::Table<'_, u64, &'static [u8]>,

@@ -80,7 +80,7 @@ impl Reacts<CatalogEvent> for Shelf {
         let before = prices.get(id)?.unwrap_or(0);
         prices.put(id, &price)?;
         if before <= 1000 && price > 1000 {
-            emit.emit(ShelfEvent::Expensive(Expensive { id: id.clone() }), 1, envelope)?;
+            emit.caused(ShelfEvent::Expensive(Expensive { id: id.clone() }), envelope)?;
         }
         Ok(())
     }
@@ -207,4 +207,42 @@ fn an_owners_answer_closes_a_gap_and_never_goes_over_a_newer_version() {
     assert_eq!(price(&file), None);
     let late = file.apply("c", &[at(repriced(1), 7, 4)], 0).expect("apply");
     assert_eq!(late.dispositions, vec![Disposition::Stale { current: 7 }], "its older events are stale");
+}
+
+/// A command of the shelf's own: it publishes an `Expensive` flag for an item, numbered by the
+/// library.
+struct Flag(&'static str);
+
+impl carrier_storage::Decides<Flag> for Shelf {
+    fn decide(
+        _txn: &WriteTransaction,
+        emit: &mut Emitter<'_, ShelfEvent>,
+        command: &Flag,
+        causality: &Causality,
+    ) -> Result<(), carrier_storage::CommandError> {
+        let version = emit.event(ShelfEvent::Expensive(Expensive { id: command.0.to_string() }), causality)?;
+        assert_eq!(emit.next_version("item", command.0).expect("read"), version + 1);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_library_numbers_each_entitys_events_from_one() {
+    let (_dir, file) = file();
+    let versions: Vec<u64> = ["a", "a", "b", "a"]
+        .into_iter()
+        .map(|id| file.execute(&Flag(id), &Causality::default()).expect("decided").envelope.aggregate_version)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 1, 3], "each entity its own count, in the transaction of its event");
+    // A reaction's events are numbered the same way, after what commands recorded.
+    file.apply("c", &[at(listed(100), 1, 1), at(repriced(2000), 2, 2)], 0).expect("apply");
+    let outbox = file.outbox_pending(10).expect("outbox");
+    let (_, last) = outbox.last().expect("the reaction's event");
+    let last = Decoded::<ShelfEvent>::decode(
+        &last.subject,
+        |h| last.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(h)).map(|(_, v)| v.as_str()),
+        &last.body,
+    )
+    .expect("decodes");
+    assert_eq!((outbox.len(), last.envelope.aggregate_version), (5, 4), "the reaction's flag of a is its 4th");
 }
