@@ -993,6 +993,8 @@ impl<K: ContextKind> ContextHandle<K> {
             stream: (!<K::Event as DomainEvent>::EVENT_TYPES.is_empty()).then_some(K::Event::STREAM),
             rebuild,
             resync: (!self.resync_sources.is_empty()).then(|| self.resync.clone()),
+            dead_letters: !self.probes.is_empty(),
+            panels: Vec::new(),
         }
     }
 }

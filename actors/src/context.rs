@@ -99,7 +99,7 @@ pub(crate) struct Started {
     pub file_refs: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
-type StartFn = Arc<dyn Fn(StartEnv) -> BoxFuture<Result<Started, StartError>> + Send + Sync>;
+pub(crate) type StartFn = Arc<dyn Fn(StartEnv) -> BoxFuture<Result<Started, StartError>> + Send + Sync>;
 
 /// One bounded context, declared once. Build it with [`BoundedContext::of`]; hand a list of them to [`SystemConfig`](crate::SystemConfig)
 /// (or to the CLI, which does that for you).
@@ -114,8 +114,12 @@ pub struct BoundedContext {
     fileless: bool,
     /// A second instance stands by instead of refusing to start.
     stands_by: bool,
+    /// Its file's name when it is not `<name>.redb` (an event bus's is `<name>.bus.redb`).
+    file_name: Option<String>,
     reads: Vec<SourceStream>,
     publishes: Option<StreamDoc>,
+    /// Its events without their type, for a generic producer (`carrier publish`).
+    events: Option<carrier_messages::EventCatalog>,
     endpoints: Vec<EndpointDoc>,
     start: StartFn,
 }
@@ -158,6 +162,32 @@ impl BoundedContext {
         AggregateDecl { settings: crate::event_store::EventStoreSettings::default(), marker: std::marker::PhantomData }
     }
 
+    /// An event bus of handlers, declared like a context (see [`crate::handlers`]): add each
+    /// handler with [`handle`](crate::handlers::HandlersDecl::handle), then
+    /// [`build`](crate::handlers::HandlersDecl::build). It runs on the instance holding its lease
+    /// and shows in every operator tool under `name`.
+    pub fn handlers(name: &'static str) -> crate::handlers::HandlersDecl {
+        crate::handlers::HandlersDecl::named(name)
+    }
+
+    /// An event bus's declaration (see [`crate::handlers`]).
+    pub(crate) fn of_handlers(name: &'static str, reads: Vec<SourceStream>, start: StartFn) -> BoundedContext {
+        BoundedContext {
+            name,
+            read_model: false,
+            // It takes its lease itself (`bus.<name>`), standing by while another instance has it.
+            leased: false,
+            fileless: false,
+            stands_by: false,
+            file_name: Some(format!("{name}.bus.redb")),
+            reads,
+            publishes: None,
+            events: None,
+            endpoints: Vec::new(),
+            start,
+        }
+    }
+
     /// Its name, e.g. `baskets`: in paths, durable names, subjects and its file's name.
     pub fn name(&self) -> &'static str {
         self.name
@@ -173,14 +203,19 @@ impl BoundedContext {
         self.publishes.as_ref()
     }
 
+    /// Its events by name, when it publishes: how a generic producer writes one from JSON.
+    pub fn events(&self) -> Option<&carrier_messages::EventCatalog> {
+        self.events.as_ref()
+    }
+
     /// Its commands and queries, for the AsyncAPI document.
     pub fn endpoints(&self) -> &[EndpointDoc] {
         &self.endpoints
     }
 
-    /// Its redb file's name, `<name>.redb`.
+    /// Its redb file's name, `<name>.redb` (an event bus's: `<name>.bus.redb`).
     pub fn db_file(&self) -> String {
-        format!("{}.redb", self.name)
+        self.file_name.clone().unwrap_or_else(|| format!("{}.redb", self.name))
     }
 
     /// Whether it was declared a [read model](ContextDecl::read_model): it runs on every
@@ -224,13 +259,13 @@ pub fn subscriptions(contexts: &[BoundedContext]) -> Vec<(&'static str, &'static
 
 /// The AsyncAPI document of `contexts`: every stream they publish or read, every command and
 /// query, and who reads what.
-pub fn asyncapi(version: &str, contexts: &[BoundedContext]) -> serde_json::Value {
+pub fn asyncapi(title: &str, version: &str, contexts: &[BoundedContext]) -> serde_json::Value {
     let mut streams: Vec<StreamDoc> = contexts.iter().filter_map(|c| c.publishes).collect();
     streams.sort_by_key(|s| s.stream);
     streams.dedup_by_key(|s| s.stream);
     let endpoints: Vec<EndpointDoc> = contexts.iter().flat_map(|c| c.endpoints.iter().copied()).collect();
     let read_models: Vec<&str> = contexts.iter().filter(|c| c.read_model).map(|c| c.name).collect();
-    carrier_messages::asyncapi::document(version, &streams, &endpoints, &subscriptions(contexts), &read_models)
+    carrier_messages::asyncapi::document(title, version, &streams, &endpoints, &subscriptions(contexts), &read_models)
 }
 
 /// A name given that no declared context has.
@@ -549,6 +584,7 @@ impl<K: ContextKind> ContextDecl<K> {
     pub fn build(self) -> BoundedContext {
         let ContextDecl { read_model, decides, reads, endpoints, mut fallbacks, steps, servers, follower } = self;
         let publishes = (!K::Event::EVENT_TYPES.is_empty()).then(StreamDoc::of::<K::Event>);
+        let events = publishes.is_some().then(carrier_messages::EventCatalog::of::<K::Event>);
         assert!(
             !read_model || (publishes.is_none() && !decides),
             "{}: a read model neither publishes events nor decides commands (its instances would each do it)",
@@ -615,10 +651,12 @@ impl<K: ContextKind> ContextDecl<K> {
             name: K::NAME,
             read_model,
             stands_by: follower.is_some(),
+            file_name: None,
             leased: !read_model,
             fileless: false,
             reads,
             publishes,
+            events,
             endpoints,
             start,
         }
@@ -677,6 +715,8 @@ impl<A: crate::event_store::Aggregate> AggregateDecl<A> {
                     stream: Some(<A::Event as DomainEvent>::STREAM),
                     rebuild: None,
                     resync: None,
+                    dead_letters: false,
+                    panels: Vec::new(),
                 };
                 Ok(Started {
                     args,
@@ -693,8 +733,10 @@ impl<A: crate::event_store::Aggregate> AggregateDecl<A> {
             leased: false,
             fileless: true,
             stands_by: false,
+            file_name: None,
             reads: Vec::new(),
             publishes: Some(StreamDoc::of::<A::Event>()),
+            events: Some(carrier_messages::EventCatalog::of::<A::Event>()),
             endpoints: vec![EndpointDoc::command::<A::Command>(name)],
             start,
         }

@@ -252,6 +252,13 @@ impl EventBus {
         })
     }
 
+    /// How many handles to this bus (and so to its file) are alive: a killed system waits until
+    /// none is, so that the file can be opened again.
+    pub(crate) fn handles(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        move || shared.strong_count()
+    }
+
     /// The bus's file, to read what handlers wrote (`Rows::get(&txn, ..)` on [`HandlerFile::read`]).
     pub fn file(&self) -> &HandlerFile {
         &self.shared.file
@@ -334,7 +341,10 @@ impl EventBus {
     /// Returns at once either way.
     pub async fn start(&self) -> Result<(), EventBusError> {
         let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        for (_, (stream, subjects), _) in &pending {
+        // The streams first, so that no borrow of `pending` (whose start functions are `Send` but
+        // not `Sync`) is held across an await: `start` is then `Send`, and runs in a context's start.
+        let streams: Vec<(&'static str, &'static str)> = pending.iter().map(|(_, stream, _)| *stream).collect();
+        for (stream, subjects) in streams {
             self.ensure(stream, subjects).await?;
         }
         let active = self.leases.lock().map(|l| l.is_some()).unwrap_or(false);

@@ -35,6 +35,7 @@ pub mod fallback;
 pub mod faults;
 pub mod fence;
 pub mod flow;
+pub mod handlers;
 pub mod instance;
 pub mod metrics;
 pub mod nats_options;

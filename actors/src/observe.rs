@@ -86,6 +86,10 @@ pub(crate) struct ObservedContext {
     pub rebuild: Option<RebuildFn>,
     /// Its full syncs from owners' snapshots, when it resyncs.
     pub resync: Option<Arc<crate::resync::ResyncState>>,
+    /// Whether it has a dead-letter stream (`DLQ_<NAME>`) to show.
+    pub dead_letters: bool,
+    /// Panels of its own (an event bus's subscriptions), shown beside the application's.
+    pub panels: Vec<(String, PanelFn)>,
 }
 
 /// Starts a rebuild of one context's caches, reporting into the progress given.
@@ -562,7 +566,8 @@ impl Observer {
 
     /// The application's panels, read now.
     pub fn panels(&self) -> Vec<PanelReport> {
-        let panels = self.extras.panels.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut panels: Vec<(String, PanelFn)> = self.contexts.iter().flat_map(|c| c.panels.iter().cloned()).collect();
+        panels.extend(self.extras.panels.lock().map(|p| p.clone()).unwrap_or_default());
         panels.into_iter().map(|(title, rows)| PanelReport { title, rows: rows() }).collect()
     }
 
@@ -715,7 +720,7 @@ impl Observer {
     /// Every consuming context's dead letters: how many, and the latest.
     pub async fn dead_letters(&self) -> Vec<DeadLetterReport> {
         let mut consuming: Vec<String> =
-            self.contexts.iter().filter(|c| !c.consumers.is_empty()).map(|c| c.name.to_string()).collect();
+            self.contexts.iter().filter(|c| c.dead_letters).map(|c| c.name.to_string()).collect();
         consuming.extend(self.extras.dead_letter_sources.lock().map(|s| s.clone()).unwrap_or_default());
         let tails = futures::future::join_all(
             consuming.iter().map(|context| self.bus.dead_letter_tail(context, LATEST_DEAD_LETTERS)),

@@ -14,6 +14,14 @@ pub enum StartError {
     /// A database could not be opened.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// An event bus of handlers did not start.
+    #[error("event bus {bus}: {reason}")]
+    EventBus {
+        /// The bus.
+        bus: String,
+        /// Why.
+        reason: String,
+    },
     /// An actor failed to start.
     #[error("actors failed to start: {0}")]
     Actors(String),

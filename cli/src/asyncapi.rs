@@ -13,7 +13,12 @@ pub struct AsyncApiArgs {
 }
 
 pub fn main(args: AsyncApiArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
-    let document = carrier_actors::context::asyncapi(env!("CARGO_PKG_VERSION"), &app.contexts);
+    // Named after the binary: a user's document is theirs (only `carrier`'s says Carrier).
+    let title = match crate::binary_name() {
+        "carrier" => "Carrier",
+        name => name,
+    };
+    let document = carrier_actors::context::asyncapi(title, env!("CARGO_PKG_VERSION"), &app.contexts);
     let text = serde_json::to_string_pretty(&document)? + "\n";
     match args.output {
         Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,

@@ -123,15 +123,17 @@ fn file_to_read(argv: &[OsString]) -> Option<PathBuf> {
     default_paths().into_iter().find(|p| p.is_file())
 }
 
-/// `./carrier.toml`, then `$XDG_CONFIG_HOME/carrier/config.toml` (`~/.config/...`).
+/// `./<binary>.toml`, then `$XDG_CONFIG_HOME/<binary>/config.toml` (`~/.config/...`), named
+/// after the running binary (`carrier.toml` for `carrier`).
 fn default_paths() -> Vec<PathBuf> {
-    let mut paths = vec![PathBuf::from("carrier.toml")];
+    let name = crate::binary_name();
+    let mut paths = vec![PathBuf::from(format!("{name}.toml"))];
     let config_home = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")));
     if let Some(home) = config_home {
-        paths.push(home.join("carrier").join("config.toml"));
+        paths.push(home.join(name).join("config.toml"));
     }
     paths
 }
@@ -441,12 +443,13 @@ pub fn main(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     }
     use std::fmt::Write as _;
     let mut out = String::new();
-    writeln!(out, "# the effective configuration of `carrier {path}`")?;
+    writeln!(out, "# the effective configuration of `{} {path}`", crate::binary_name())?;
     match &file {
         Some(file) => writeln!(out, "# configuration file: {file}")?,
         None => writeln!(
             out,
-            "# configuration file: none (--config, CARRIER_CONFIG, ./carrier.toml or {})",
+            "# configuration file: none (--config, CARRIER_CONFIG, ./{}.toml or {})",
+            crate::binary_name(),
             default_paths().last().map(|p| p.display().to_string()).unwrap_or_default()
         )?,
     }

@@ -123,7 +123,7 @@ pub fn main(args: ConsumerArgs) -> anyhow::Result<ExitCode> {
     let (context, source) = (&target.context, &target.source);
     match action {
         "pause" => println!(
-            "{context} paused its consumer of {source}: nothing is pulled until `carrier consumer resume {context} {source}`"
+            "{context} paused its consumer of {source}: nothing is pulled until `{} consumer resume {context} {source}`", crate::binary_name()
         ),
         "resume" => println!("{context} resumed its consumer of {source} from its checkpoint"),
         _ => {

@@ -43,8 +43,9 @@ impl DashboardClientArgs {
             Some(body) => request.send_json(body),
             None => request.send_empty(),
         };
-        let mut response =
-            sent.with_context(|| format!("cannot reach the dashboard at {base} (is `carrier run` serving it?)"))?;
+        let mut response = sent.with_context(|| {
+            format!("cannot reach the dashboard at {base} (is `{} run` serving it?)", crate::binary_name())
+        })?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         if status != expect {

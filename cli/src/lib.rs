@@ -3,12 +3,15 @@
 //! `publish`) and the dashboard, for those contexts.
 //!
 //! ```no_run
+//! # fn contexts() -> Vec<carrier_actors::BoundedContext> { Vec::new() }
 //! fn main() -> std::process::ExitCode {
-//!     carrier_cli::main(carrier_mall::contexts())
+//!     carrier_cli::main(contexts())
 //! }
 //! ```
 //!
-//! A binary with subcommands of its own (the mall's `demo` and `bench`) uses [`main_with`].
+//! A binary with subcommands of its own (the `carrier` binary composes the mall's `demo` and
+//! `bench`) uses [`main_with`]. Whatever the binary is called, its help, hints, configuration
+//! file and AsyncAPI title use that name ([`binary_name`]).
 //! This crate is the only place that sets up a tracing subscriber and the only user of `anyhow`.
 
 mod asyncapi;
@@ -68,6 +71,24 @@ pub enum LogFormat {
 }
 
 static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+static BINARY_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The name of the running binary (`carrier`, or a user's own, e.g. `inventory`): what its
+/// help, its hints, its configuration file and its AsyncAPI title call it.
+pub fn binary_name() -> &'static str {
+    BINARY_NAME.get_or_init(|| {
+        std::env::args_os()
+            .next()
+            .as_deref()
+            .map(std::path::Path::new)
+            .and_then(|p| p.file_stem())
+            .and_then(|s| s.to_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("carrier")
+            .to_string()
+    })
+}
 
 #[derive(Subcommand)]
 enum Command {
@@ -136,7 +157,8 @@ pub fn main_with<X: Subcommand>(
     extra: impl for<'a> FnOnce(X, &'a App) -> ExtraFuture<'a>,
 ) -> ExitCode {
     limit_malloc_arenas();
-    let own = Cli::command();
+    // Named after the running binary: a user's `inventory --help` says `inventory`.
+    let own = Cli::command().name(binary_name()).bin_name(binary_name());
     let about = own.get_about().cloned();
     // The extra enum's doc comment would otherwise replace the binary's description.
     let mut command: ClapCommand = X::augment_subcommands(own);
@@ -195,7 +217,7 @@ fn parse<X: Subcommand>(matches: &ArgMatches) -> Result<Parsed<X>, clap::Error> 
 async fn run_command(command: Command, app: &App) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::main(args, app).await,
-        Command::Publish(args) => publish::main(args).await,
+        Command::Publish(args) => publish::main(args, app).await,
         Command::Command(args) => command::main(args, app).await,
         Command::Query(args) => command::query(args, app).await,
         Command::Inspect(args) => inspect::main(args, app),

@@ -4,16 +4,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use carrier_actors::bus::Bus;
-use carrier_mall::stores::StoresEvent;
+use carrier_messages::catalog::{self, JsonEvent};
 use carrier_messages::codec::Causality;
-use carrier_messages::{ContentType, Decoded, DomainEvent, EventId, WireFormat};
+use carrier_messages::{ContentType, EventCatalog, EventId, WireFormat};
 
 /// Arguments of `carrier publish`.
 #[derive(clap::Args)]
 pub struct PublishArgs {
-    /// Event type, e.g. `stores.StoreCreated`.
+    /// Event type, e.g. `stores.StoreCreated`: any event of a context this binary declares.
     event_type: String,
     /// The payload as JSON, e.g. '{"id":"s-1","name":"Corner Shop","location":"North wing"}'.
     payload: String,
@@ -66,40 +66,40 @@ impl From<Format> for WireFormat {
     }
 }
 
-pub async fn main(args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub async fn main(args: PublishArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn", false);
-    if !StoresEvent::EVENT_TYPES.contains(&args.event_type.as_str()) {
-        bail!("unknown event type {:?}; known: {}", args.event_type, StoresEvent::EVENT_TYPES.join(", "));
-    }
-    let event = StoresEvent::decode_payload(&args.event_type, 1, ContentType::Json, args.payload.as_bytes())
-        .context("the payload does not fit the event type")?;
-    event.validate().context("the payload breaks the contract")?;
+    let catalogs: Vec<EventCatalog> = app.contexts.iter().filter_map(|c| c.events().copied()).collect();
+    let catalog = catalog::find(&catalogs, &args.event_type)?;
     let causality = Causality {
         correlation_id: args.correlation_id,
         causation_id: None,
         trace: args.traceparent,
         idempotency: None,
     };
-    let mut decoded = Decoded::new(event, args.aggregate_version, &causality);
-    if let Some(id) = args.event_id {
-        decoded.envelope.event_id = id;
-        if causality.correlation_id.is_none() {
-            decoded.envelope.correlation_id = id.to_string();
-        }
-    }
-    if let Encoding::Json = args.encoding {
-        decoded.envelope.content_type = ContentType::Json;
-    }
-    let wire = decoded.encode_as(args.format.into()).context("encoding failed")?;
-    let bus = Bus::connect(args.nats.options()?, "carrier-publish", Duration::from_secs(5)).await?;
-    bus.ensure_event_stream::<StoresEvent>().await?;
+    let content_type = match args.encoding {
+        Encoding::Cbor => ContentType::Cbor,
+        Encoding::Json => ContentType::Json,
+    };
+    let event = JsonEvent {
+        event_type: &args.event_type,
+        payload: args.payload.as_bytes(),
+        aggregate_version: args.aggregate_version,
+        event_id: args.event_id,
+        causality,
+        content_type,
+        format: args.format.into(),
+    };
+    let (envelope, wire) = catalog.write(&event)?;
+    let bus = Bus::connect(args.nats.options()?, &format!("{}-publish", crate::binary_name()), Duration::from_secs(5))
+        .await?;
+    bus.ensure_stream(catalog.stream, catalog.subjects).await.context("the event's stream")?;
     let receipt = bus.publish(&wire).await?;
     println!(
         "{} {} v{} event {} on {}: stream seq {}{}",
         args.event_type,
-        decoded.envelope.aggregate_id,
-        decoded.envelope.aggregate_version,
-        decoded.envelope.event_id,
+        envelope.aggregate_id,
+        envelope.aggregate_version,
+        envelope.event_id,
         wire.subject,
         receipt.stream_seq,
         if receipt.duplicate { " (duplicate: JetStream already had this event id)" } else { "" }

@@ -99,7 +99,8 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         nats = %nats.url,
         server_version = %system.bus.server_version(),
         data_dir = %args.data.data_dir.display(),
-        "carrier is running; SIGINT or SIGTERM stops it"
+        "{} is running; SIGINT or SIGTERM stops it",
+        crate::binary_name()
     );
     shutdown_signal().await;
     stop_running(system, dashboard, exporter).await;

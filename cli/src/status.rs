@@ -22,7 +22,9 @@ pub fn main(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let url = format!("{}/api/snapshot", args.url.trim_end_matches('/'));
     let body = ureq::get(&url)
         .call()
-        .with_context(|| format!("cannot reach the dashboard at {url} (is `carrier run` serving it?)"))?
+        .with_context(|| {
+            format!("cannot reach the dashboard at {url} (is `{} run` serving it?)", crate::binary_name())
+        })?
         .body_mut()
         .read_to_string()
         .context("reading the snapshot")?;

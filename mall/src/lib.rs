@@ -7,11 +7,13 @@
 //!   contexts that cache and react, each a declaration of a few builder calls.
 //! - [`lookups`]: the caches' lookups of stores, products and customers ([`StoresLookups`],
 //!   [`CustomerLookups`]), on Carrier's one lookup with the owner's entity endpoint behind it.
+//! - [`cli`]: its subcommands (`demo`, `bench`), composed into the `carrier` binary.
 //! - [`verify`]: compares caches with their owner (the demo's verdict, the tests' oracle);
 //!   [`workload`]: synthetic events with a known end state (the bench and the crash tests).
 
 pub mod baskets;
 pub mod caches;
+pub mod cli;
 pub mod customers;
 pub mod depot;
 pub mod lookups;

@@ -120,6 +120,7 @@ struct Stream {
 ///
 /// A context in `read_models` runs on every instance, each with durables of its own.
 pub fn document(
+    title: &str,
     version: &str,
     streams: &[StreamDoc],
     endpoints: &[EndpointDoc],
@@ -330,7 +331,7 @@ pub fn document(
     json!({
         "asyncapi": "3.0.0",
         "info": {
-            "title": "Carrier",
+            "title": title,
             "version": version,
             "description": "Event-carried state transfer between bounded contexts on NATS JetStream. Owners publish domain events through an outbox; other contexts keep caches and read models of them through durable consumers, apply each event once, and dead-letter what they cannot apply. See docs/wire-contract.md.",
             "license": { "name": "Apache-2.0" },

@@ -10,6 +10,8 @@
 //!   [`Envelope::read`], which recognises the framing.
 //! - [`codec`]: turning an event into an [`EncodedEvent`] and a received message back into a
 //!   [`Decoded`] event, with a [`DecodeError`] that says why when it cannot.
+//! - [`catalog`]: a context's events without their type ([`EventCatalog`]): how a generic
+//!   producer (`carrier publish`) writes one from JSON.
 //! - [`request`]: commands over request/reply (`cmd.<context>`) and their [`request::CommandReply`].
 //! - [`cbor`]: CBOR helpers for the other crates' own records (redb rows), so that they never
 //!   depend on the CBOR library themselves.
@@ -17,6 +19,7 @@
 //! `docs/wire-contract.md` is the same contract written for producers.
 
 pub mod asyncapi;
+pub mod catalog;
 pub mod cbor;
 pub mod cloudevents;
 pub mod codec;
@@ -28,6 +31,7 @@ pub mod request;
 pub mod structured;
 pub mod trace;
 
+pub use catalog::EventCatalog;
 pub use codec::{
     check, Causality, DecodeError, Decoded, DomainEvent, EncodedEvent, NoEvents, Validate, ValidationError, WireFormat,
 };

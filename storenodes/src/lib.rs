@@ -6,10 +6,13 @@
 //! - [`node`]: a store node, one store's local cache of the central inventory: a read model of
 //!   `CENTRAL` with gap repair and full sync from the central's snapshot; [`node::http`] is its
 //!   HTTP API (`carrier store-node`): reads from the cache, writes proxied to the central.
+//! - [`cli`]: its subcommands (`central`, `store-node`, the inventory demo and the store-node
+//!   bench), composed into the `carrier` binary.
 //! - [`http`]: what the HTTP APIs share (JSON errors naming the field, API keys compared in
 //!   constant time, prices as decimal numbers kept in cents).
 
 pub mod central;
+pub mod cli;
 pub use carrier_http as http;
 pub mod node;
 

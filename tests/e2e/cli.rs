@@ -1,5 +1,6 @@
 //! The `carrier` binary, driven as a user would drive it.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;

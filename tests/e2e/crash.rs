@@ -1,6 +1,7 @@
 //! Crash tests with real processes and real signals: `carrier run` is killed with SIGKILL at
 //! random moments while events flow, and restarted each time.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::fs::File;

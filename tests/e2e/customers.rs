@@ -1,5 +1,6 @@
 //! The customers context: commands over request/reply, events on the CUSTOMERS stream.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The depot context: its own caches of the same stores stream, through its own durable.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

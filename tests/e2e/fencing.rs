@@ -1,6 +1,7 @@
 //! Fencing: a context whose lease this instance no longer holds stops its effects (consumers
 //! hold back, commands are refused) until the lease is its own again.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::time::Duration;
 

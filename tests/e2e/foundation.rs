@@ -1,5 +1,6 @@
 //! The foundation: one event path from a stores command to the baskets caches.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;

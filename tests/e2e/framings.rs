@@ -1,6 +1,7 @@
 //! Outside producers, written from docs/wire-contract.md alone: each framing Carrier reads,
 //! published with a plain NATS client, ends up in the cache; nothing is dead-lettered.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 //! without applying anything twice. Contexts with effects stay on the one instance holding their
 //! lease (`cli::a_second_instance_of_a_context_is_refused_instead_of_splitting_its_stream`).
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::time::Duration;
 

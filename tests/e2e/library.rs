@@ -345,3 +345,73 @@ async fn a_users_cache_fills_a_miss_from_its_owner_forgets_a_deleted_entity_and_
     caches.shutdown().await;
     owners.shutdown().await;
 }
+
+/// An event bus of handlers declared in the list, beside the mall's stores owner: its handler
+/// runs inside the system (as `run` starts it) on the instance holding its lease, what it writes
+/// commits with the record of the event, and an event it keeps failing on goes to its dead
+/// letters, which every observer shows under its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_bus_handler_runs_in_the_system_and_its_dead_letters_show() {
+    use carrier_actors::event_bus::{EventBus, HandlerError};
+    const SEEN: Rows<String> = Rows::new("seen");
+    let env = TestEnv::start();
+    let audit = BoundedContext::handlers("audit")
+        .settings(|s| {
+            s.max_attempts = 2;
+            s.backoff_min = Duration::from_millis(10);
+            s.backoff_max = Duration::from_millis(20);
+        })
+        .handle::<StoresEvent>("names", |event, txn| match &event.event {
+            StoresEvent::StoreCreated(e) if e.name == "Poison" => {
+                Err(HandlerError::new("no store may be called Poison"))
+            }
+            StoresEvent::StoreCreated(e) => Ok(SEEN.open(txn)?.put(&e.id, &e.name)?),
+            _ => Ok(()),
+        })
+        .build();
+    assert_eq!(audit.db_file(), "audit.bus.redb");
+    assert_eq!(audit.reads().iter().map(|s| s.stream).collect::<Vec<_>>(), vec!["STORES"]);
+    let config = SystemConfig::new(env.url(), env.data_dir(), vec![carrier_mall::stores::context(), audit]);
+    let system = CarrierSystem::start(config).await.expect("starts");
+    let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
+    for (id, name) in [("a", "Apples"), ("p", "Poison"), ("b", "Bread")] {
+        let create = StoresCommand::CreateStore { id: id.into(), name: name.into(), location: "Hall".into() };
+        stores.execute(create, Causality::default()).await.expect("created");
+    }
+    let bus = system.handle::<EventBus>().expect("the bus is the context's handle");
+    wait_until(Duration::from_secs(30), "the handler saw the two good stores", || {
+        let seen = bus.file().read().and_then(|txn| SEEN.all(&txn)).unwrap_or_default();
+        async move { seen.len() == 2 }
+    })
+    .await;
+    assert_eq!(bus.role(), "active", "the only instance holds the bus's lease");
+    let observer = system.observer();
+    let mut letters = Vec::new();
+    wait_until(Duration::from_secs(30), "the poison store is a dead letter of the bus", || {
+        let observer = observer.clone();
+        async move {
+            let report = observer.dead_letters().await;
+            let audit = report.into_iter().find(|r| r.context == "audit");
+            audit.is_some_and(|r| r.count == 1)
+        }
+    })
+    .await;
+    letters.extend(observer.dead_letters().await.into_iter().filter(|r| r.context == "audit"));
+    assert_eq!(letters[0].latest[0].reason, "handler_failed", "{:?}", letters[0].latest);
+    assert!(letters[0].latest[0].error.contains("called Poison"));
+    assert!(observer.panels().iter().any(|p| p.title == "Event bus audit"), "its panel shows");
+    assert_eq!(system.health()["audit"], carrier_actors::Health::Healthy);
+    drop((bus, observer));
+    system.shutdown().await;
+    // Stopped, its lease is given back: another system takes the bus over at once.
+    let again = CarrierSystem::start(SystemConfig::new(
+        env.url(),
+        env.data_dir(),
+        vec![BoundedContext::handlers("audit").handle::<StoresEvent>("names", |_, _| Ok(())).build()],
+    ))
+    .await
+    .expect("starts again");
+    let bus = again.handle::<EventBus>().expect("bus");
+    assert_eq!(bus.role(), "active");
+    again.shutdown().await;
+}

@@ -1,5 +1,8 @@
 //! End-to-end tests: real nats-server, real redb files, real actors.
 
+#[path = "../mall_env.rs"]
+mod mall_env;
+
 mod central;
 mod cli;
 mod cluster;

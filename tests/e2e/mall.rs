@@ -1,6 +1,7 @@
 //! The whole mall over NATS: commands from a plain client, the order flow across contexts, the
 //! search read model's queries, and each context's own durable consumers.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! Offset management: pause, resume, seek (to a sequence, to a time) and skip a running
 //! consumer, through the library's observer and through `carrier consumer` and the dashboard.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::process::Command;
 use std::time::{Duration, SystemTime};

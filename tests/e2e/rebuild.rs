@@ -1,5 +1,6 @@
 //! Rebuilding a context's caches from the owners' streams while the old caches keep serving.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,6 @@
 //! Reliability: bad input, server restarts, and the guarantees that must survive them.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;

@@ -2,6 +2,7 @@
 //! context's lease, follows `STORES` into its own rows, and takes over when the first is
 //! SIGKILLed mid-stream; the first, started again, stands by behind it.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};

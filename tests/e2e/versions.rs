@@ -1,6 +1,7 @@
 //! Versions and the fallback: out-of-order and duplicate deliveries, gaps repaired through the
 //! owner, and cache misses answered by the owner, fast failure included while it is down.
 
+use crate::mall_env::MallEnv;
 use carrier_mall::prelude::*;
 use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;

@@ -167,8 +167,7 @@ async fn snapshots_shorten_loads_and_one_that_no_longer_decodes_is_ignored() {
 async fn an_event_stored_at_schema_version_1_is_read_as_version_2() {
     let env = TestEnv::start();
     let dir = env.data_dir();
-    let whisko =
-        Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
+    let whisko = Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts())).await.expect("starts");
     // A UserCreated as version 1 wrote it: `full_name`, not `name`.
     let payload = carrier_messages::cbor::to_vec(&json!({
         "id": "old-1", "full_name": "Old Timer", "email": "old@whisko.example", "phone": "", "address": "Hanoi"
@@ -617,8 +616,7 @@ async fn projections_and_mails_equal_a_fold_of_the_streams_after_20_sigkills() {
 
     // The files the killed process left, opened again here: caught up, then compared with a
     // fold of the streams.
-    let whisko =
-        Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
+    let whisko = Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts())).await.expect("starts");
     assert!(whisko.settle(Duration::from_secs(60)).await, "the projections and the bus caught up");
     let problems = carrier_whisko::verify::check(&whisko).await.expect("the streams fold");
     assert_eq!(problems, Vec::<String>::new());
@@ -724,7 +722,7 @@ async fn two_whisko_processes_share_the_commands_and_the_bus_fails_over_to_the_s
     let mut mails = Vec::new();
     for dir in [dir_a, dir_b] {
         let whisko =
-            Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts()), &dir).await.expect("starts");
+            Whisko::start(SystemConfig::new(env.url(), &dir, carrier_whisko::contexts())).await.expect("starts");
         whisko.user_views.wait_for_position(&last.parse().unwrap(), Duration::from_secs(30)).await.expect("caught up");
         assert!(whisko.settle(Duration::from_secs(30)).await);
         assert_eq!(
@@ -818,8 +816,7 @@ async fn with_api_keys_everything_but_health_needs_one() {
 async fn a_nats_server_killed_and_restarted_under_load_loses_no_command_and_runs_no_handler_twice() {
     let mut env = TestEnv::start();
     let data = env.data_dir().join("w");
-    let whisko =
-        Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts()), &data).await.expect("starts");
+    let whisko = Whisko::start(SystemConfig::new(env.url(), &data, carrier_whisko::contexts())).await.expect("starts");
     let store = whisko.users.clone();
     let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let progress = done.clone();

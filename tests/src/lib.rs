@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use carrier_actors::nats_server::LocalNatsServer;
-use carrier_actors::{CarrierSystem, SystemConfig};
+use carrier_actors::SystemConfig;
 
 /// Every context of the mall, by name.
 pub const ALL: [&str; 8] =
@@ -46,19 +46,12 @@ impl TestEnv {
         self.data.path().to_path_buf()
     }
 
-    /// A config for `contexts` against this environment, with a short ack wait so that
-    /// redelivery tests finish quickly.
-    pub fn config(&self, contexts: &[&str]) -> SystemConfig {
-        let declared = carrier_actors::context::select(&carrier_mall::contexts(), contexts)
-            .expect("the mall declares these contexts");
-        let mut config = SystemConfig::new(self.url(), self.data_dir(), declared);
+    /// A config for `contexts` (declarations) against this environment, with a short ack wait
+    /// so that redelivery tests finish quickly.
+    pub fn config_of(&self, contexts: Vec<carrier_actors::BoundedContext>) -> SystemConfig {
+        let mut config = SystemConfig::new(self.url(), self.data_dir(), contexts);
         config.ack_wait = Duration::from_secs(2);
         config
-    }
-
-    /// Starts a system running `contexts`.
-    pub async fn system(&self, contexts: &[&str]) -> CarrierSystem {
-        CarrierSystem::start(self.config(contexts)).await.expect("system starts")
     }
 
     /// A plain NATS client, as a producer in another language would have.

@@ -2,6 +2,10 @@
 //! link command → consumer → reaction → consumer, read back from an in-memory OpenTelemetry
 //! exporter. Its own test binary, because the exporter is installed for the whole process.
 
+#[path = "../mall_env.rs"]
+mod mall_env;
+
+use mall_env::MallEnv;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -160,7 +164,7 @@ async fn an_event_sourced_commands_trace_reaches_its_projection_and_its_bus_hand
     let env = TestEnv::start();
     let dir = env.data_dir();
     let config = carrier_actors::SystemConfig::new(env.url(), &dir, carrier_whisko::contexts());
-    let whisko = carrier_whisko::Whisko::start(config, &dir).await.expect("starts");
+    let whisko = carrier_whisko::Whisko::start(config).await.expect("starts");
     let api = carrier_whisko::http::WhiskoApi::of(&whisko);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listens");
     let base = format!("http://{}", listener.local_addr().expect("address"));

@@ -16,6 +16,7 @@
 //! [`Aggregate`]: carrier_actors::event_store::Aggregate
 
 pub mod billing;
+pub mod cli;
 pub mod events;
 pub mod http;
 pub mod mail;
@@ -23,10 +24,9 @@ pub mod users;
 pub mod verify;
 pub mod views;
 
-use std::path::Path;
 use std::time::Duration;
 
-use carrier_actors::event_bus::{EventBus, EventBusError, EventBusSettings};
+use carrier_actors::event_bus::{EventBus, EventBusError};
 use carrier_actors::event_store::EventStore;
 use carrier_actors::{BoundedContext, CarrierSystem, StartError, SystemConfig};
 
@@ -41,14 +41,15 @@ pub const BUS: &str = "whisko";
 /// How often a snapshot of an aggregate is written: every this many events.
 pub const SNAPSHOT_EVERY: u64 = 100;
 
-/// Whisko's four contexts: `users` and `billing` (event-sourced), `user_views` and
-/// `payment_views` (their projections).
+/// Whisko's contexts: `users` and `billing` (event-sourced), `user_views` and `payment_views`
+/// (their projections), and the event bus `whisko` with the mail handlers.
 pub fn contexts() -> Vec<BoundedContext> {
     vec![
         BoundedContext::aggregate::<User>().snapshot_every(SNAPSHOT_EVERY).build(),
         BoundedContext::aggregate::<Payment>().snapshot_every(SNAPSHOT_EVERY).build(),
         views::user_views(),
         views::payment_views(),
+        mail::context(),
     ]
 }
 
@@ -83,31 +84,25 @@ pub struct Whisko {
 }
 
 impl Whisko {
-    /// Starts `config` (whose contexts should be [`contexts`]) and the event bus `whisko` (its
-    /// file in `data_dir`) with the mail handlers; the system's observers show the bus and the
-    /// event stores.
-    pub async fn start(config: SystemConfig, data_dir: &Path) -> Result<Whisko, WhiskoError> {
+    /// Starts `config`, whose contexts should be [`contexts`] (the event bus `whisko` among them,
+    /// its file in the data directory); the system's observers show the bus and the event stores.
+    pub async fn start(config: SystemConfig) -> Result<Whisko, WhiskoError> {
         let system = CarrierSystem::start(config).await?;
         let users = system.handle::<EventStore<User>>().ok_or(WhiskoError::Missing("users"))?;
         let billing = system.handle::<EventStore<Payment>>().ok_or(WhiskoError::Missing("billing"))?;
         let user_views = system.handle::<UserViewsHandle>().ok_or(WhiskoError::Missing("user_views"))?;
         let payment_views = system.handle::<PaymentViewsHandle>().ok_or(WhiskoError::Missing("payment_views"))?;
-        let bus = EventBus::open(system.bus.clone(), data_dir, EventBusSettings::named(BUS)).await?;
-        mail::subscribe(&bus)?;
-        bus.start().await?;
+        let bus = system.handle::<EventBus>().ok_or(WhiskoError::Missing(BUS))?;
         let whisko = Whisko { system, users, billing, user_views, payment_views, bus };
         whisko.show();
         Ok(whisko)
     }
 
-    /// Adds to what every observer of the system shows (the dashboard, `carrier status`): an
-    /// "Event bus" panel (its role and each subscription's progress), an "Event stores" panel
-    /// (commits, conflicts, loads, snapshots), and the bus's dead letters.
+    /// Adds to what every observer of the system shows (the dashboard, `carrier status`) an
+    /// "Event stores" panel (commits, conflicts, loads, snapshots); the bus, a declared context,
+    /// shows its own panel and dead letters.
     fn show(&self) {
         let observer = self.system.observer();
-        let panel_bus = self.bus.clone();
-        observer.add_panel("Event bus", std::sync::Arc::new(move || panel_bus.panel_rows()));
-        observer.watch_dead_letters(BUS);
         let (u, b) = (self.users.stats(), self.billing.stats());
         observer.add_panel(
             "Event stores",
@@ -137,7 +132,6 @@ impl Whisko {
 
     /// Stops the bus (handlers in flight finish, bounded) and then the contexts.
     pub async fn shutdown(self) {
-        self.bus.stop().await;
         self.system.shutdown().await;
     }
 

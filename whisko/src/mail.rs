@@ -3,7 +3,8 @@
 //! the transaction that records the event as handled, so every message is written exactly once
 //! whatever crashes when (an outbox for a mail relay to send from).
 
-use carrier_actors::event_bus::{EventBus, HandlerError};
+use carrier_actors::event_bus::HandlerError;
+use carrier_actors::BoundedContext;
 use carrier_messages::Decoded;
 use carrier_storage::{ReadTransaction, Rows, StorageError, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -35,9 +36,18 @@ fn append(txn: &WriteTransaction, mail: Mail) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// Subscribes the welcome and receipt handlers to `bus` (subscriptions `welcome` and `receipts`).
-pub fn subscribe(bus: &EventBus) -> Result<(), carrier_actors::event_bus::EventBusError> {
-    bus.subscribe::<UsersEvent>("welcome", |event: &Decoded<UsersEvent>, txn| {
+/// The event bus `whisko` with the welcome and receipt handlers (subscriptions `welcome` and
+/// `receipts`), declared like a context: `run` runs it on the instance holding its lease.
+pub fn context() -> BoundedContext {
+    BoundedContext::handlers(crate::BUS)
+        .handle::<UsersEvent>("welcome", welcome)
+        .handle::<BillingEvent>("receipts", receipt)
+        .build()
+}
+
+/// A welcome mail for a registered user.
+fn welcome(event: &Decoded<UsersEvent>, txn: &WriteTransaction) -> Result<(), HandlerError> {
+    {
         if let UsersEvent::UserCreated(user) = &event.event {
             append(
                 txn,
@@ -50,8 +60,12 @@ pub fn subscribe(bus: &EventBus) -> Result<(), carrier_actors::event_bus::EventB
             )?;
         }
         Ok(())
-    })?;
-    bus.subscribe::<BillingEvent>("receipts", |event: &Decoded<BillingEvent>, txn| {
+    }
+}
+
+/// A receipt (or a refund notice) for a payment paid (or refunded).
+fn receipt(event: &Decoded<BillingEvent>, txn: &WriteTransaction) -> Result<(), HandlerError> {
+    {
         if let BillingEvent::PaymentStatusChanged(change) = &event.event {
             let kind = match change.to {
                 PaymentStatus::Paid => "receipt",
@@ -69,7 +83,7 @@ pub fn subscribe(bus: &EventBus) -> Result<(), carrier_actors::event_bus::EventB
             )?;
         }
         Ok(())
-    })
+    }
 }
 
 /// Every message written so far, oldest first.

@@ -2,10 +2,7 @@
 //! `storefront` keeps a cache of them, publishing `ProductSoldOut` when stock runs out.
 #![allow(missing_docs)]
 
-use carrier_actors::BoundedContext;
-use carrier_messages::{check, domain_events, Causality, DomainEvent, Envelope, Found, Validate, ValidationError};
-use carrier_storage::{CommandError, ContextKind, Decides, Emitter, Reacts};
-use carrier_storage::{Rows, RowsMut, StorageError, WriteTransaction};
+use carrier::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +68,6 @@ pub struct Product {
     pub name: String,
     pub price: i64,
     pub quantity: i64,
-    pub version: u64,
 }
 
 const PRODUCTS: Rows<Product> = Rows::new("products");
@@ -97,7 +93,7 @@ impl Decides<InventoryCommand> for Inventory {
                 if products.get(&id)?.is_some() {
                     return Err(CommandError::AlreadyExists { kind: "product", id });
                 }
-                let product = Product { name: name.clone(), price, quantity, version: 1 };
+                let product = Product { name: name.clone(), price, quantity };
                 (InventoryEvent::ProductAdded(ProductAdded { id, name, price, quantity }), product)
             }
             InventoryCommand::AdjustStock { id, delta } => {
@@ -106,12 +102,13 @@ impl Decides<InventoryCommand> for Inventory {
                 product.quantity = product.quantity.checked_add(delta).filter(|q| *q >= 0).ok_or_else(|| {
                     CommandError::Rejected(format!("{id:?} has {} in stock, not {}", product.quantity, -delta))
                 })?;
-                product.version += 1;
                 (InventoryEvent::StockAdjusted(StockAdjusted { id, delta, quantity: product.quantity }), product)
             }
         };
         products.put(event.aggregate_id(), &product)?;
-        emit.decided(event, product.version, causality)
+        // The library numbers each product's events (1 for ProductAdded, then 2, 3, ...).
+        emit.event(event, causality)?;
+        Ok(())
     }
 }
 
@@ -174,8 +171,9 @@ pub enum StorefrontQuery {
 pub fn contexts() -> Vec<BoundedContext> {
     vec![
         BoundedContext::of::<Inventory>().decides::<InventoryCommand>().build(),
+        // Its listings are a function of the inventory's stream alone: `rebuild` can replay them.
         BoundedContext::of::<Storefront>()
-            .consume::<InventoryEvent>()
+            .projects::<InventoryEvent>(&["listings"], &["product"])
             .queries(|db, StorefrontQuery::GetListing { id }| Found::answer(db.read(|txn| LISTINGS.get(txn, &id))))
             .build(),
     ]

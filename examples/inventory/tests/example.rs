@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use carrier_tests::{http_get, http_json, CarrierProcess, TestEnv};
 use serde_json::{json, Value};
 
+const KEY: &str = "example-key-0123456789abcdef";
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_inventory"))
 }
@@ -49,7 +51,18 @@ fn the_example_binary_runs_its_own_contexts_with_every_tool() {
     let (url, data) = (env.url(), env.data_dir().to_string_lossy().to_string());
     let mut carrier = CarrierProcess::spawn_program(
         &bin(),
-        &["run", "--nats-url", &url, "--data-dir", &data, "--dashboard-addr", "127.0.0.1:0"],
+        &[
+            "run",
+            "--nats-url",
+            &url,
+            "--data-dir",
+            &data,
+            "--dashboard-addr",
+            "127.0.0.1:0",
+            "--dashboard-actions",
+            "--api-key",
+            KEY,
+        ],
     );
     let dashboard = carrier.dashboard_url(Duration::from_secs(30));
     wait(Duration::from_secs(30), "/readyz says ready", || http_get(&format!("{dashboard}/readyz")).0 == 200);
@@ -85,6 +98,28 @@ fn the_example_binary_runs_its_own_contexts_with_every_tool() {
     });
     assert_eq!(sold_out, "storefront.listing.sold_out");
 
+    // `publish` knows the binary's own events, as a producer in any language would send them.
+    let teapot = r#"{"id":"p-2","name":"Teapot","price":1500,"quantity":3}"#;
+    let published =
+        inventory(&["publish", "inventory.ProductAdded", teapot, "--aggregate-version", "1", "--nats-url", &url]);
+    assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
+    let teapot_query = r#"{"query":"get_listing","id":"p-2"}"#;
+    wait(Duration::from_secs(30), "the storefront applied the published event", || {
+        let reply = ok_json(inventory(&["query", "storefront", teapot_query, "--nats-url", &url]));
+        reply["found"] == json!({ "name": "Teapot", "price": 1500, "in_stock": true })
+    });
+    let unknown = inventory(&["publish", "stores.StoreCreated", "{}", "--aggregate-version", "1", "--nats-url", &url]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && stderr.contains("known: inventory.ProductAdded"), "{stderr}");
+
+    // Its listings are rebuilt from the stream, blue/green, by `rebuild`.
+    let rebuilt = inventory(&["rebuild", "storefront", "--url", &dashboard, "--api-key", KEY]);
+    let out = String::from_utf8_lossy(&rebuilt.stdout);
+    assert!(rebuilt.status.success(), "{out}{}", String::from_utf8_lossy(&rebuilt.stderr));
+    assert!(out.contains("listings"), "{out}");
+    let reply = ok_json(inventory(&["query", "storefront", query, "--nats-url", &url]));
+    assert_eq!(reply["found"], json!({ "name": "Kettle", "price": 2999, "in_stock": false }), "rebuilt the same");
+
     // Every operator tool knows the contexts without a line of code for them.
     let snapshot = http_json(&format!("{dashboard}/api/snapshot"));
     let contexts: Vec<&str> =
@@ -102,6 +137,7 @@ fn the_example_binary_runs_its_own_contexts_with_every_tool() {
         "{metrics}"
     );
     let asyncapi = ok_json(inventory(&["asyncapi"]));
+    assert_eq!(asyncapi["info"]["title"], json!("inventory"), "the document is named after the binary");
     for channel in ["inventory.product.added", "storefront.listing.sold_out", "cmd.inventory", "query.storefront"] {
         assert!(asyncapi["channels"].get(channel).is_some(), "{channel} is in the AsyncAPI document");
     }
@@ -117,7 +153,13 @@ fn the_example_binary_runs_its_own_contexts_with_every_tool() {
     let dump = ok_json(inventory(&["inspect", "storefront", "--data-dir", &copy_dir, "--json"]));
     let listings =
         dump["tables"].as_array().expect("tables").iter().find(|t| t["table"] == json!("listings")).expect("listings");
-    assert_eq!(listings["entries"], json!([["p-1", { "name": "Kettle", "price": 2999, "in_stock": false }]]));
+    assert_eq!(
+        listings["entries"],
+        json!([
+            ["p-1", { "name": "Kettle", "price": 2999, "in_stock": false }],
+            ["p-2", { "name": "Teapot", "price": 1500, "in_stock": true }]
+        ])
+    );
     assert_eq!(std::fs::read(&file).expect("read"), before, "inspect changed nothing");
     let unknown = inventory(&["inspect", "baskets", "--data-dir", &copy_dir]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("known: inventory, storefront"));

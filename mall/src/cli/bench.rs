@@ -8,23 +8,24 @@
 //! as Carrier's events), published with the same window and consumed by the same plain
 //! pull-and-ack loop.
 
-use carrier_mall::prelude::*;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::baskets::{stores_durable_name, BasketsHandle};
+use crate::stores::StoresHandle;
+use crate::stores::{StoresCommand, StoresEvent};
+use crate::workload::Workload;
 use anyhow::{bail, Context};
 use carrier_actors::bus::Bus;
 use carrier_actors::consumer::ConsumerStats;
 use carrier_actors::{CarrierSystem, SystemConfig};
-use carrier_mall::baskets::{stores_durable_name, BasketsHandle};
-use carrier_mall::stores::StoresHandle;
-use carrier_mall::stores::{StoresCommand, StoresEvent};
-use carrier_mall::workload::Workload;
 use carrier_messages::codec::Causality;
 use carrier_messages::{DomainEvent, EncodedEvent, EventId};
 use futures::StreamExt;
+
+use crate::prelude::*;
 
 /// The stream the bare baseline messages go to.
 const BARE_STREAM: &str = "BENCH";
@@ -38,62 +39,28 @@ const PRODUCTS: u64 = 1_000;
 /// Commands in flight at once in the relay measurement.
 const COMMANDS_IN_FLIGHT: usize = 1024;
 
-/// Arguments of `carrier bench`.
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    /// Events to publish and consume per round (one store, its products, then price changes)
-    /// [default: 100000; with --scale 1200000].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
-    events: Option<u64>,
-    /// Products the price changes are spread over [default: 1000; with --scale 1000000].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    products: Option<u64>,
-    /// Measure `carrier run` at scale instead: catch-up of `--events` over `--products`, restarts
-    /// after SIGTERM and SIGKILL, two rebuilds under a command probe, resident memory throughout.
-    #[arg(long)]
-    scale: bool,
-    /// Measure a store node (seed 003) instead: product reads over HTTP against a static
-    /// baseline, with wrk, and the full sync of `--products` products [default: 100000].
-    #[arg(long, conflicts_with = "scale")]
-    store_node: bool,
-    /// Measure seed 004's Whisko instead: commands through decide → append with the expected
-    /// sequence → projection visible against bare publishes, by `--connections` writers over
-    /// `--products` users [default: 100], and the load of an aggregate of `--history` events
-    /// with and without a snapshot.
-    #[arg(long, conflicts_with_all = ["scale", "store_node"])]
-    whisko: bool,
-    /// With --whisko: events of the aggregate whose load is timed.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..=10_000_000))]
-    history: u64,
-    /// With --store-node: seconds of HTTP load per measurement.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
-    seconds: u32,
-    /// With --store-node: wrk's connections; with --whisko: writers at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    connections: u32,
-    /// With --scale: redb's page cache per file, MiB (as `carrier run --redb-cache-mb`).
-    #[arg(long, default_value_t = (carrier_storage::DEFAULT_CACHE_BYTES >> 20) as u32,
-          value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    redb_cache_mb: u32,
+/// What `carrier bench` measures of the mall (the binary's flags of the same names).
+pub struct MallBench {
+    /// Events to publish and consume per round [default: 100000; with `scale` 1200000].
+    pub events: Option<u64>,
+    /// Products the price changes are spread over [default: 1000; with `scale` 1000000].
+    pub products: Option<u64>,
+    /// Measure `carrier run` at scale instead (see [`super::scale`]).
+    pub scale: bool,
+    /// With `scale`: redb's page cache per file, MiB.
+    pub redb_cache_mb: u32,
     /// Most events applied per redb transaction.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    batch_max: u32,
+    pub batch_max: u32,
     /// Rounds; the median of each measurement over the rounds is reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    rounds: u32,
+    pub rounds: u32,
     /// Events per second offered in the latency measurement.
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    rate: u32,
-    /// Events published at `--rate` in the latency measurement, per round.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
-    latency_events: u64,
-    /// Owner commands decided in the relay measurement (with --whisko: event-sourced commands),
-    /// per round.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
-    commands: u64,
-    /// Print exactly one JSON object on stdout (progress still goes to stderr).
-    #[arg(long)]
-    json: bool,
+    pub rate: u32,
+    /// Events published at `rate` in the latency measurement, per round.
+    pub latency_events: u64,
+    /// Owner commands decided in the relay measurement, per round.
+    pub commands: u64,
+    /// Print exactly one JSON object on stdout.
+    pub json: bool,
 }
 
 /// One round's figures.
@@ -112,29 +79,9 @@ struct Round {
     events_per_commit: f64,
 }
 
-pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// Runs the benchmark (or, with `scale`, the scale run).
+pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("warn", false);
-    if args.whisko {
-        return crate::whisko::bench::main(crate::whisko::bench::WhiskoBench {
-            commands: args.commands,
-            users: args.products.unwrap_or(100),
-            writers: args.connections,
-            history: args.history,
-            rounds: args.rounds,
-            json: args.json,
-        })
-        .await;
-    }
-    if args.store_node {
-        return crate::storenodes::bench::main(crate::storenodes::bench::StoreNodeBench {
-            products: args.products.unwrap_or(100_000),
-            seconds: args.seconds,
-            connections: args.connections,
-            rounds: args.rounds,
-            json: args.json,
-        })
-        .await;
-    }
     if args.scale {
         let events = args.events.unwrap_or(1_200_000);
         return super::scale::main(super::scale::ScaleArgs {
@@ -278,7 +225,7 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
 async fn run_round(
     url: &str,
     bus: &Bus,
-    args: &BenchArgs,
+    args: &MallBench,
     round: u32,
     progress: &mut carrier_cli::progress::Progress,
 ) -> anyhow::Result<Round> {
@@ -372,13 +319,13 @@ fn bare_messages(events: &[EncodedEvent], round: u32) -> Vec<EncodedEvent> {
 async fn cache_path(
     url: &str,
     bus: &Bus,
-    args: &BenchArgs,
+    args: &MallBench,
     workload: &Workload,
     last_seq: u64,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let count = workload.events.len() as u64;
     let data = tempfile::Builder::new().prefix("carrier-bench-").tempdir()?;
-    let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
+    let mut config = SystemConfig::new(url, data.path(), vec![crate::baskets::context()]);
     config.batch_max = args.batch_max as usize;
     let started = Instant::now();
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
@@ -424,9 +371,9 @@ fn lookups(baskets: &BasketsHandle, workload: &Workload) -> anyhow::Result<f64> 
 
 /// The stores owner deciding `--commands` commands (one store, then its products), with many in
 /// flight, until JetStream has acknowledged every event its relay published: commands/s.
-async fn relay(url: &str, bus: &Bus, args: &BenchArgs, round: u32) -> anyhow::Result<f64> {
+async fn relay(url: &str, bus: &Bus, args: &MallBench, round: u32) -> anyhow::Result<f64> {
     let data = tempfile::Builder::new().prefix("carrier-bench-relay-").tempdir()?;
-    let config = SystemConfig::new(url, data.path(), vec![carrier_mall::stores::context()]);
+    let config = SystemConfig::new(url, data.path(), vec![crate::stores::context()]);
     let system = CarrierSystem::start(config).await.context("the stores owner did not start")?;
     let stores = system.handle::<StoresHandle>().context("stores missing")?;
     let base = bus.last_sequence(StoresEvent::STREAM).await?;
@@ -467,11 +414,11 @@ async fn relay(url: &str, bus: &Bus, args: &BenchArgs, round: u32) -> anyhow::Re
 
 /// Publish → committed in the baskets cache and acknowledged, at `--rate` offered:
 /// (p50, p99, max) in milliseconds over `--latency-events` events.
-async fn latency(url: &str, bus: &Bus, args: &BenchArgs) -> anyhow::Result<(f64, f64, f64)> {
+async fn latency(url: &str, bus: &Bus, args: &MallBench) -> anyhow::Result<(f64, f64, f64)> {
     let products = (args.latency_events / 4).max(1);
     let workload = Workload::prices(args.latency_events.max(products + 2), products)?;
     let data = tempfile::Builder::new().prefix("carrier-bench-latency-").tempdir()?;
-    let mut config = SystemConfig::new(url, data.path(), vec![carrier_mall::baskets::context()]);
+    let mut config = SystemConfig::new(url, data.path(), vec![crate::baskets::context()]);
     config.batch_max = args.batch_max as usize;
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
     let baskets = system.handle::<BasketsHandle>().context("baskets missing")?;

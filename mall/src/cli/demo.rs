@@ -1,19 +1,20 @@
 //! `carrier demo`: the single-node demo of MallBots' stores and baskets contexts.
 
-use carrier_mall::prelude::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::customers::CustomersCommand;
+use crate::stores::StoresCommand;
+use crate::verify::{baskets_against_stores, depot_against_stores};
 use anyhow::Context;
 use carrier_actors::{CarrierSystem, SystemConfig};
-use carrier_mall::customers::CustomersCommand;
-use carrier_mall::stores::StoresCommand;
-use carrier_mall::verify::{baskets_against_stores, depot_against_stores};
 use carrier_messages::codec::Causality;
 use carrier_messages::trace::TraceContext;
 
 use carrier_cli::money;
+
+use crate::prelude::*;
 
 /// Arguments of `carrier demo`.
 #[derive(clap::Args)]
@@ -30,56 +31,55 @@ pub struct DemoArgs {
     /// After the story, keep running (and serving the dashboard) until SIGINT or SIGTERM.
     #[arg(long)]
     stay: bool,
-    /// Which story: the MallBots mall (seed 001), seed 003's store nodes (a central inventory
-    /// and two store nodes, each with its HTTP API), or seed 004's Whisko (event-sourced users
-    /// and payments, projections, the event bus).
-    #[arg(long, value_enum, default_value = "mall")]
-    story: Story,
     #[command(flatten)]
     dashboard: carrier_cli::dashboard::DashboardArgs,
     #[command(flatten)]
     otlp: carrier_cli::otel::OtlpArgs,
 }
 
-/// The demo's stories.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Story {
-    /// Seed 001: every context of the mall, the order flow, every cache checked.
-    Mall,
-    /// Seed 003: a central inventory and two store nodes.
-    Inventory,
-    /// Seed 004: Whisko's event-sourced users and payments, their projections and event bus.
-    Whisko,
+/// Where a story of `carrier demo` runs: the server (the one named, or one of its own) and the
+/// data directory (the one named, or a temporary one, deleted when this is dropped).
+pub struct Stage {
+    /// The server.
+    pub nats: carrier_cli::server::Nats,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// How long the story waits for the caches to agree and the orders to settle.
+    pub timeout: Duration,
+    _temp: tempfile::TempDir,
 }
 
+impl DemoArgs {
+    /// Sets the stage any story of `carrier demo` runs on (the mall's, or another app's), and the
+    /// demo's logging.
+    pub fn stage(&self) -> anyhow::Result<Stage> {
+        carrier_cli::init_logging("warn,carrier::flow=info", true);
+        self.dashboard.check()?;
+        let temp = tempfile_dir()?;
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+        let nats = carrier_cli::server::nats_or_local(
+            self.nats.names_a_server().then(|| self.nats.options()).transpose()?,
+            self.data_dir.as_deref(),
+        )?;
+        Ok(Stage { nats, data_dir, timeout: Duration::from_secs(self.timeout), _temp: temp })
+    }
+}
+
+/// The mall's story (seed 001): every context, the order flow, every cache checked.
 pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    carrier_cli::init_logging("warn,carrier::flow=info", true);
-    args.dashboard.check()?;
-    let temp = tempfile_dir()?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let nats = carrier_cli::server::nats_or_local(
-        args.nats.names_a_server().then(|| args.nats.options()).transpose()?,
-        args.data_dir.as_deref(),
-    )?;
-    if args.story == Story::Whisko {
-        println!("Carrier demo, seed 004's Whisko, on JetStream at {}\n", nats.url);
-        return crate::whisko::demo::main(&nats.options, &data_dir, Duration::from_secs(args.timeout)).await;
-    }
-    if args.story == Story::Inventory {
-        println!("Carrier demo, seed 003's store nodes, on JetStream at {}\n", nats.url);
-        return crate::storenodes::demo::main(&nats.options, &data_dir, Duration::from_secs(args.timeout)).await;
-    }
+    let stage = args.stage()?;
+    let (nats, data_dir) = (&stage.nats, stage.data_dir.clone());
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
     let exporter = carrier_cli::otel::start(&args.otlp).await?;
-    let system = CarrierSystem::start(SystemConfig::new(nats.options.clone(), &data_dir, carrier_mall::contexts()))
+    let system = CarrierSystem::start(SystemConfig::new(nats.options.clone(), &data_dir, crate::contexts()))
         .await
         .context("carrier did not start")?;
     let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         println!("Dashboard: {}/ (JSON API under /api, metrics at /metrics)\n", dashboard.url());
     }
-    let stores = system.handle::<carrier_mall::stores::StoresHandle>().context("stores context missing")?;
+    let stores = system.handle::<crate::stores::StoresHandle>().context("stores context missing")?;
     let run_id = &uuid::Uuid::now_v7().simple().to_string()[..8];
     let id = |name: &str| format!("{name}-{run_id}");
     let script = vec![
@@ -109,7 +109,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         stores.execute(command, correlation).await.context("a demo command was refused")?;
     }
 
-    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().context("customers context missing")?;
+    let customers = system.handle::<crate::customers::CustomersHandle>().context("customers context missing")?;
     let people = [
         CustomersCommand::RegisterCustomer { id: id("ada"), name: "Ada".into(), sms_number: "+15550100".into() },
         CustomersCommand::RegisterCustomer { id: id("grace"), name: "Grace".into(), sms_number: "+15550101".into() },
@@ -119,8 +119,8 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         customers.execute(command, Causality::default()).await.context("a demo command was refused")?;
     }
 
-    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets context missing")?;
-    let depot = system.handle::<carrier_mall::depot::DepotHandle>().context("depot context missing")?;
+    let baskets = system.handle::<crate::baskets::BasketsHandle>().context("baskets context missing")?;
+    let depot = system.handle::<crate::depot::DepotHandle>().context("depot context missing")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut problems;
     loop {
@@ -186,7 +186,7 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
         carrier_cli::shutdown_signal().await;
     }
     carrier_cli::stop_running(system, dashboard, exporter).await;
-    drop(nats);
+    drop(stage);
     if problems.is_empty() {
         println!("\nOK: every cache agrees with its owner, and the order went from checkout to completion.");
         Ok(ExitCode::SUCCESS)
@@ -208,19 +208,19 @@ async fn order_story(
     id: &dyn Fn(&str) -> String,
     deadline: Instant,
 ) -> anyhow::Result<Vec<String>> {
-    use carrier_mall::baskets::BasketsCommand as B;
-    use carrier_mall::depot::DepotCommand;
-    use carrier_mall::ordering::OrderStatus;
-    use carrier_mall::search::{OrderFilter, SearchQuery};
+    use crate::baskets::BasketsCommand as B;
+    use crate::depot::DepotCommand;
+    use crate::ordering::OrderStatus;
+    use crate::search::{OrderFilter, SearchQuery};
 
-    let baskets = system.handle::<carrier_mall::baskets::BasketsHandle>().context("baskets context missing")?;
-    let depot = system.handle::<carrier_mall::depot::DepotHandle>().context("depot context missing")?;
-    let ordering = system.handle::<carrier_mall::ordering::OrderingHandle>().context("ordering context missing")?;
-    let payments = system.handle::<carrier_mall::payments::PaymentsHandle>().context("payments context missing")?;
+    let baskets = system.handle::<crate::baskets::BasketsHandle>().context("baskets context missing")?;
+    let depot = system.handle::<crate::depot::DepotHandle>().context("depot context missing")?;
+    let ordering = system.handle::<crate::ordering::OrderingHandle>().context("ordering context missing")?;
+    let payments = system.handle::<crate::payments::PaymentsHandle>().context("payments context missing")?;
     let notifications =
-        system.handle::<carrier_mall::notifications::NotificationsHandle>().context("notifications context missing")?;
-    let search = system.handle::<carrier_mall::search::SearchHandle>().context("search context missing")?;
-    let customers = system.handle::<carrier_mall::customers::CustomersHandle>().context("customers context missing")?;
+        system.handle::<crate::notifications::NotificationsHandle>().context("notifications context missing")?;
+    let search = system.handle::<crate::search::SearchHandle>().context("search context missing")?;
+    let customers = system.handle::<crate::customers::CustomersHandle>().context("customers context missing")?;
     let mut problems = Vec::new();
 
     println!("\n--- the order story ---");
@@ -241,7 +241,7 @@ async fn order_story(
         idempotency: None,
     };
     for command in script {
-        carrier_mall::baskets::execute(&baskets, command, correlation.clone())
+        crate::baskets::execute(&baskets, command, correlation.clone())
             .await
             .context("a basket command was refused")?;
     }
@@ -269,7 +269,7 @@ async fn order_story(
     // Grace is disabled; once payments knows it, her checkout is declined and her order canceled.
     let (basket2, grace) = (id("basket-2"), id("grace"));
     customers
-        .execute(carrier_mall::customers::CustomersCommand::DisableCustomer { id: grace.clone() }, Causality::default())
+        .execute(crate::customers::CustomersCommand::DisableCustomer { id: grace.clone() }, Causality::default())
         .await
         .context("disabling a customer was refused")?;
     if !wait(deadline, || payments.db.customer(&grace).ok().flatten().is_some_and(|c| !c.enabled)).await {
@@ -280,7 +280,7 @@ async fn order_story(
         B::AddItem { id: basket2.clone(), product_id: id("musicbox"), quantity: 1 },
         B::CheckoutBasket { id: basket2.clone(), payment_id: id("payment-2") },
     ] {
-        carrier_mall::baskets::execute(&baskets, command, Causality::default())
+        crate::baskets::execute(&baskets, command, Causality::default())
             .await
             .context("a basket command was refused")?;
     }
@@ -333,7 +333,7 @@ async fn order_story(
     for (_, n) in notifications.db.sent()? {
         println!("  to {:<12} {}", n.sms_number, n.text);
     }
-    let reply = carrier_mall::search::answer(
+    let reply = crate::search::answer(
         &search.db,
         SearchQuery::SearchOrders(OrderFilter { customer_id: Some(ada.clone()), ..Default::default() }),
     );

@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::baskets::stores_durable_name;
+use crate::stores::StoresEvent;
+use crate::workload::Workload;
 use anyhow::{bail, Context};
 use carrier_actors::bus::Bus;
 use carrier_actors::rebuild::RebuildProgress;
-use carrier_mall::baskets::stores_durable_name;
-use carrier_mall::stores::StoresEvent;
-use carrier_mall::workload::Workload;
 use carrier_messages::DomainEvent;
 
 /// PublishAcks outstanding while loading the stream.
@@ -85,6 +85,7 @@ struct Figures {
     rss_peak_mb: f64,
 }
 
+/// Runs `carrier bench --scale`.
 pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     if args.products + 1 >= args.events {
         bail!("--events ({}) must exceed --products + 1 ({})", args.events, args.products + 1);
@@ -209,7 +210,7 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let tables = carrier_storage::inspect::dump(&file, 0)?;
     let rows = |name: &str| tables.iter().find(|t| t.table == name).map(|t| t.rows).unwrap_or(0);
     (f.inbox_rows, f.inbox_by_time_rows) = (rows("inbox"), rows("inbox_by_time"));
-    let writer = carrier_storage::FileWriter::<carrier_mall::baskets::Baskets>::open(&file)?;
+    let writer = carrier_storage::FileWriter::<crate::baskets::Baskets>::open(&file)?;
     let problems = workload.check(&writer.file())?;
     if !problems.is_empty() {
         bail!("the cache disagrees with what was published: {}", problems[..problems.len().min(5)].join("; "));

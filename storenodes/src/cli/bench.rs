@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::central::{self, Central, CentralCommand};
+use crate::http::ApiKeys;
+use crate::node::{self, http::NodeApi, StoreHandle, StoreNode};
 use anyhow::{bail, Context};
 use carrier_actors::{CarrierSystem, ContextHandle, SystemConfig};
 use carrier_messages::codec::Causality;
-use carrier_storenodes::central::{self, Central, CentralCommand};
-use carrier_storenodes::http::ApiKeys;
-use carrier_storenodes::node::{self, http::NodeApi, StoreHandle, StoreNode};
 use futures::StreamExt;
 
 /// What `carrier bench --store-node` is told.
@@ -44,6 +44,7 @@ struct Load {
 
 const KEY: &str = "bench-key";
 
+/// Runs `carrier bench --store-node`.
 pub async fn main(args: StoreNodeBench) -> anyhow::Result<ExitCode> {
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
         bail!("carrier bench --store-node needs wrk on PATH (Debian: apt-get install wrk)");
@@ -139,10 +140,7 @@ pub async fn main(args: StoreNodeBench) -> anyhow::Result<ExitCode> {
         .handle
         .db
         .read(|txn| node::PRODUCTS.get(txn, "B-0000000"))?
-        .map(|p| {
-            serde_json::to_vec(&carrier_storenodes::central::http::ProductJson::from(p.view("B-0000000")))
-                .unwrap_or_default()
-        })
+        .map(|p| serde_json::to_vec(&crate::central::http::ProductJson::from(p.view("B-0000000"))).unwrap_or_default())
         .unwrap_or_default();
     let baseline_url = serve(baseline_router(sample, keys)).await?;
     let script = dir.path().join("reads.lua");
@@ -249,7 +247,7 @@ fn baseline_router(body: Vec<u8>, keys: ApiKeys) -> axum::Router {
             }),
         )
         .layer(axum::middleware::from_fn(move |headers, request, next| {
-            carrier_storenodes::http::require_api_key(keys.clone(), headers, request, next)
+            crate::http::require_api_key(keys.clone(), headers, request, next)
         }))
 }
 

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use crate::central::{self, http::CentralApi, Central};
+use crate::http::ApiKeys;
 use anyhow::Context;
 use carrier_actors::{CarrierSystem, ContextHandle, SystemConfig};
-use carrier_storenodes::central::{self, http::CentralApi, Central};
-use carrier_storenodes::http::ApiKeys;
 
 /// Arguments of `carrier central`; each also from the environment seed 003 names.
 #[derive(clap::Args)]
@@ -46,6 +46,7 @@ pub(crate) fn parse_keys(list: &str) -> Result<ApiKeys, String> {
     Ok(keys)
 }
 
+/// Runs `carrier central` until SIGINT or SIGTERM.
 pub async fn main(args: CentralArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::listen_for_stop();
     carrier_cli::init_logging("info,carrier::flow=warn", false);
@@ -65,7 +66,7 @@ pub async fn main(args: CentralArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("--port {}: cannot listen on {addr}", args.port))?;
     let addr = listener.local_addr().context("listening address")?;
-    let app = carrier_storenodes::central::http::router(CentralApi { handle, bus: system.bus.clone() }, args.api_keys);
+    let app = crate::central::http::router(CentralApi { handle, bus: system.bus.clone() }, args.api_keys);
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the HTTP API stopped");

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::central::{self, http::CentralApi, Central};
+use crate::http::ApiKeys;
+use crate::node::{self, http::NodeApi, StoreHandle, StoreNode};
 use anyhow::Context;
 use carrier_actors::{CarrierSystem, ContextHandle, SystemConfig};
-use carrier_storenodes::central::{self, http::CentralApi, Central};
-use carrier_storenodes::http::ApiKeys;
-use carrier_storenodes::node::{self, http::NodeApi, StoreHandle, StoreNode};
 use serde_json::{json, Value};
 
 const KEY: &str = "demo";

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::http::ApiKeys;
+use crate::node::{self, http::NodeApi, StoreHandle, StoreNode};
 use anyhow::Context;
 use carrier_actors::{CarrierSystem, SystemConfig};
-use carrier_storenodes::http::ApiKeys;
-use carrier_storenodes::node::{self, http::NodeApi, StoreHandle, StoreNode};
 
 /// Arguments of `carrier store-node`; each also from the environment seed 003 names.
 #[derive(clap::Args)]
@@ -65,6 +65,7 @@ fn parse_store_id(id: &str) -> Result<String, String> {
     Ok(id.to_string())
 }
 
+/// Runs `carrier store-node` until SIGINT or SIGTERM.
 pub async fn main(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::listen_for_stop();
     carrier_cli::init_logging(&format!("{},carrier::flow=warn", args.log_level), false);

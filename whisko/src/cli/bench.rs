@@ -13,13 +13,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::{UserProfileUpdated, UsersEvent};
+use crate::users::UsersCommand;
+use crate::Whisko;
 use anyhow::{bail, Context};
 use carrier_actors::{Position, SystemConfig};
 use carrier_messages::codec::Causality;
 use carrier_messages::Decoded;
-use carrier_whisko::events::{UserProfileUpdated, UsersEvent};
-use carrier_whisko::users::UsersCommand;
-use carrier_whisko::Whisko;
 
 /// What `carrier bench --whisko` is told.
 pub struct WhiskoBench {
@@ -50,6 +50,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
+/// Runs `carrier bench --whisko`.
 pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
     let say = |line: String| {
         if !args.json {
@@ -65,10 +66,9 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
     ));
     let nats = carrier_cli::server::nats_or_local(None, None)?;
     let dir = tempfile::Builder::new().prefix("carrier-bench-whisko-").tempdir().context("temp dir")?;
-    let whisko =
-        Whisko::start(SystemConfig::new(nats.options.clone(), dir.path(), carrier_whisko::contexts()), dir.path())
-            .await
-            .context("whisko did not start")?;
+    let whisko = Whisko::start(SystemConfig::new(nats.options.clone(), dir.path(), crate::contexts()))
+        .await
+        .context("whisko did not start")?;
     let bus = whisko.system.bus.clone();
     bus.ensure_stream("BENCH_BARE", "bench_bare.>").await?;
 

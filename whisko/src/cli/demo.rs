@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::http::WhiskoApi;
+use crate::Whisko;
 use anyhow::{bail, Context};
 use carrier_actors::SystemConfig;
 use carrier_http::ApiKeys;
-use carrier_whisko::http::WhiskoApi;
-use carrier_whisko::Whisko;
 use serde_json::{json, Value};
 
 /// One HTTP exchange: status and JSON body.
@@ -57,7 +57,7 @@ pub(crate) async fn call(
 pub(crate) async fn serve(whisko: &Whisko, keys: ApiKeys) -> anyhow::Result<(tokio::task::JoinHandle<()>, String)> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("listen")?;
     let url = format!("http://{}", listener.local_addr().context("address")?);
-    let router = carrier_whisko::http::router(WhiskoApi::of(whisko), keys);
+    let router = crate::http::router(WhiskoApi::of(whisko), keys);
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
@@ -72,9 +72,10 @@ fn expect(step: &str, exchange: &Exchange, status: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs Whisko's story of `carrier demo --story whisko` on `nats`, its files in `data_dir`.
 pub async fn main(nats: &carrier_actors::NatsOptions, data_dir: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let config = SystemConfig::new(nats.clone(), data_dir, carrier_whisko::contexts());
-    let whisko = Whisko::start(config, data_dir).await.context("whisko did not start")?;
+    let config = SystemConfig::new(nats.clone(), data_dir, crate::contexts());
+    let whisko = Whisko::start(config).await.context("whisko did not start")?;
     let (server, base) = serve(&whisko, ApiKeys::default()).await?;
     println!("Whisko's HTTP API at {base}; users and payments are event-sourced in the streams USERS and BILLING\n");
     let outcome = story(&whisko, &base).await;
@@ -88,7 +89,7 @@ pub async fn main(nats: &carrier_actors::NatsOptions, data_dir: &Path, timeout: 
             if !whisko.settle(timeout).await {
                 println!("the projections or the event bus did not catch up within {timeout:?}");
             }
-            let problems = carrier_whisko::verify::check(&whisko).await.map_err(anyhow::Error::msg)?;
+            let problems = crate::verify::check(&whisko).await.map_err(anyhow::Error::msg)?;
             if problems.is_empty() {
                 println!("user_views, payment_views and the mail list equal a fold of USERS and BILLING: OK");
                 Ok(())
@@ -159,7 +160,7 @@ async fn story(whisko: &Whisko, base: &str) -> anyhow::Result<()> {
     let racers = (0..8).map(|n| {
         let (store, id) = (whisko.users.clone(), binh.clone());
         tokio::spawn(async move {
-            let command = carrier_whisko::users::UsersCommand::UpdateProfile {
+            let command = crate::users::UsersCommand::UpdateProfile {
                 id,
                 name: format!("Binh Tran ({n})"),
                 address: format!("Hue, house {n}"),

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use crate::http::WhiskoApi;
+use crate::Whisko;
 use anyhow::Context;
 use carrier_actors::SystemConfig;
 use carrier_http::ApiKeys;
-use carrier_whisko::http::WhiskoApi;
-use carrier_whisko::Whisko;
 
 /// Arguments of `carrier whisko`; each also from the environment seed 004 names.
 #[derive(clap::Args)]
@@ -38,6 +38,7 @@ pub struct WhiskoArgs {
     otlp: carrier_cli::otel::OtlpArgs,
 }
 
+/// Runs `carrier whisko` until SIGINT or SIGTERM.
 pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::listen_for_stop();
     carrier_cli::init_logging("info,carrier::flow=warn", false);
@@ -49,14 +50,14 @@ pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
     };
     let keys = ApiKeys::parse(&args.api_keys);
     let exporter = carrier_cli::otel::start(&args.otlp).await?;
-    let config = SystemConfig::new(nats.options.clone(), &args.data_dir, carrier_whisko::contexts());
-    let whisko = Whisko::start(config, &args.data_dir).await.context("whisko did not start")?;
+    let config = SystemConfig::new(nats.options.clone(), &args.data_dir, crate::contexts());
+    let whisko = Whisko::start(config).await.context("whisko did not start")?;
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("--port {}: cannot listen on {addr}", args.port))?;
     let addr = listener.local_addr().context("listening address")?;
-    let app = carrier_whisko::http::router(WhiskoApi::of(&whisko), keys.clone());
+    let app = crate::http::router(WhiskoApi::of(&whisko), keys.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the HTTP API stopped");
