@@ -162,14 +162,6 @@ impl BoundedContext {
         AggregateDecl { settings: crate::event_store::EventStoreSettings::default(), marker: std::marker::PhantomData }
     }
 
-    /// An event bus of handlers, declared like a context (see [`crate::handlers`]): add each
-    /// handler with [`handle`](crate::handlers::HandlersDecl::handle), then
-    /// [`build`](crate::handlers::HandlersDecl::build). It runs on the instance holding its lease
-    /// and shows in every operator tool under `name`.
-    pub fn handlers(name: &'static str) -> crate::handlers::HandlersDecl {
-        crate::handlers::HandlersDecl::named(name)
-    }
-
     /// An event bus's declaration (see [`crate::handlers`]).
     pub(crate) fn of_handlers(name: &'static str, reads: Vec<SourceStream>, start: StartFn) -> BoundedContext {
         BoundedContext {

@@ -41,6 +41,15 @@ use crate::supervisor::{ChildSpec, RestartPolicy, SupervisorArgs};
 
 type Subscribe = Arc<dyn Fn(&EventBus) -> Result<(), EventBusError> + Send + Sync>;
 
+impl BoundedContext {
+    /// An event bus of handlers, declared like a context (see [`crate::handlers`]): add each
+    /// handler with [`handle`](HandlersDecl::handle), then [`build`](HandlersDecl::build). It
+    /// runs on the instance holding its lease and shows in every operator tool under `name`.
+    pub fn handlers(name: &'static str) -> HandlersDecl {
+        HandlersDecl::named(name)
+    }
+}
+
 /// The declaration of an event bus of handlers under construction; see
 /// [`BoundedContext::handlers`].
 pub struct HandlersDecl {
@@ -51,7 +60,7 @@ pub struct HandlersDecl {
 }
 
 impl HandlersDecl {
-    pub(crate) fn named(name: &'static str) -> HandlersDecl {
+    fn named(name: &'static str) -> HandlersDecl {
         HandlersDecl { name, settings: EventBusSettings::named(name), reads: Vec::new(), subscriptions: Vec::new() }
     }
 

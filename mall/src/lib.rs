@@ -45,7 +45,7 @@ pub mod prelude {
 use std::sync::Arc;
 
 use crate::caches::CustomersCache;
-use crate::ordering::OrderingEvent;
+use crate::ordering::events::OrderingEvent;
 
 use carrier_actors::cache::{ContextHandle, Prefetch};
 use carrier_actors::context::BoundedContext;

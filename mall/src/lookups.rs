@@ -6,8 +6,8 @@
 use std::future::Future;
 
 use crate::caches::{CustomersCache, StoresCache};
-use crate::customers::CustomersEvent;
-use crate::stores::StoresEvent;
+use crate::customers::events::CustomersEvent;
+use crate::stores::events::StoresEvent;
 use carrier_actors::cache::{ContextHandle, LookupError};
 
 /// A store or product as a context that caches the stores context's data keeps it.

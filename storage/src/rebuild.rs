@@ -119,13 +119,14 @@ impl<K: ContextKind> FileWriter<K> {
         }
         // A set with no (table, aggregate) pair left is passed over.
         while let Some(set) = sets.get(cursor.set) {
-            if cursor.table < set.tables.len().min(set.aggregates.len()) {
+            if cursor.table < set.tables.len() {
                 break;
             }
             (cursor.set, cursor.table) = (cursor.set + 1, 0);
         }
         let step = if let Some(set) = sets.get(cursor.set) {
-            let (name, aggregate) = (set.tables[cursor.table], set.aggregates[cursor.table]);
+            // A table past the aggregates (an index of a projection's, say) moves without versions.
+            let (name, aggregate) = (set.tables[cursor.table], set.aggregates.get(cursor.table).copied());
             let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(name);
             let mut table = txn.open_table(definition).during("open cache")?;
             if cursor.after.is_none() {
@@ -166,38 +167,40 @@ impl<K: ContextKind> FileWriter<K> {
             for (k, v) in written {
                 table.insert(k.as_str(), v.as_slice()).during("write cache")?;
             }
-            // The same ids' versions: (aggregate, id) keys between the same bounds.
-            let next_aggregate = format!("{aggregate}\0");
-            let v_lower = match &cursor.after {
-                Some(after) => Bound::Excluded((aggregate, after.as_str())),
-                None => Bound::Included((aggregate, "")),
-            };
-            let v_upper = if last {
-                Bound::Excluded((next_aggregate.as_str(), ""))
-            } else {
-                Bound::Included((aggregate, chunk[chunk.len() - 1].0.as_str()))
-            };
-            let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
-            let rebuilt_versions = source.open_table(VERSIONS).during("open entity_versions")?;
-            let read =
-                |range: redb::Range<'_, (&str, &str), u64>| -> Result<Vec<((String, String), u64)>, StorageError> {
-                    let mut out = Vec::new();
-                    for entry in range {
-                        let (k, v) = entry.during("read versions")?;
-                        let (aggregate, id) = k.value();
-                        out.push(((aggregate.to_string(), id.to_string()), v.value()));
-                    }
-                    Ok(out)
+            if let Some(aggregate) = aggregate {
+                // The same ids' versions: (aggregate, id) keys between the same bounds.
+                let next_aggregate = format!("{aggregate}\0");
+                let v_lower = match &cursor.after {
+                    Some(after) => Bound::Excluded((aggregate, after.as_str())),
+                    None => Bound::Included((aggregate, "")),
                 };
-            let live_versions = read(versions.range::<(&str, &str)>((v_lower, v_upper)).during("read versions")?)?;
-            let fresh_versions =
-                read(rebuilt_versions.range::<(&str, &str)>((v_lower, v_upper)).during("read versions")?)?;
-            let (removed, written) = differences(&live_versions, &fresh_versions);
-            for (aggregate, id) in removed {
-                versions.remove((aggregate.as_str(), id.as_str())).during("clear versions")?;
-            }
-            for ((aggregate, id), v) in written {
-                versions.insert((aggregate.as_str(), id.as_str()), *v).during("write versions")?;
+                let v_upper = if last {
+                    Bound::Excluded((next_aggregate.as_str(), ""))
+                } else {
+                    Bound::Included((aggregate, chunk[chunk.len() - 1].0.as_str()))
+                };
+                let mut versions = txn.open_table(VERSIONS).during("open entity_versions")?;
+                let rebuilt_versions = source.open_table(VERSIONS).during("open entity_versions")?;
+                let read =
+                    |range: redb::Range<'_, (&str, &str), u64>| -> Result<Vec<((String, String), u64)>, StorageError> {
+                        let mut out = Vec::new();
+                        for entry in range {
+                            let (k, v) = entry.during("read versions")?;
+                            let (aggregate, id) = k.value();
+                            out.push(((aggregate.to_string(), id.to_string()), v.value()));
+                        }
+                        Ok(out)
+                    };
+                let live_versions = read(versions.range::<(&str, &str)>((v_lower, v_upper)).during("read versions")?)?;
+                let fresh_versions =
+                    read(rebuilt_versions.range::<(&str, &str)>((v_lower, v_upper)).during("read versions")?)?;
+                let (removed, written) = differences(&live_versions, &fresh_versions);
+                for (aggregate, id) in removed {
+                    versions.remove((aggregate.as_str(), id.as_str())).during("clear versions")?;
+                }
+                for ((aggregate, id), v) in written {
+                    versions.insert((aggregate.as_str(), id.as_str()), *v).during("write versions")?;
+                }
             }
             let swapped = chunk.len();
             if last {
@@ -205,7 +208,7 @@ impl<K: ContextKind> FileWriter<K> {
                 cursor.swapped.push(SwappedTable { table: name, before: cursor.before, after });
                 cursor.after = None;
                 cursor.table += 1;
-                if cursor.table >= set.tables.len().min(set.aggregates.len()) {
+                if cursor.table >= set.tables.len() {
                     cursor.set += 1;
                     cursor.table = 0;
                 }

@@ -246,3 +246,35 @@ fn the_library_numbers_each_entitys_events_from_one() {
     .expect("decodes");
     assert_eq!((outbox.len(), last.envelope.aggregate_version), (5, 4), "the reaction's flag of a is its 4th");
 }
+
+/// A rebuild swaps every table of a set, also those past its aggregates (a projection's index
+/// tables, keyed by something else than the entity): before, only as many tables as aggregates
+/// were swapped, so a rebuilt index never replaced the live one.
+#[test]
+fn a_rebuild_swaps_every_table_of_a_set_also_an_index_past_its_aggregates() {
+    use carrier_storage::rebuild::{CacheSet, SwapCursor, SwapStep};
+    const INDEX: Rows<i64> = Rows::new("index");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = FileWriter::<Shelf>::open(dir.path().join("live.redb")).expect("open");
+    let fresh = FileWriter::<Shelf>::open(dir.path().join("fresh.redb")).expect("open");
+    for (file, price, key) in [(&live, 1, "stale"), (&fresh, 5, "rebuilt")] {
+        file.decide_with(|txn, emit| {
+            PRICES.open(txn)?.put("a", &price)?;
+            INDEX.open(txn)?.put(key, &price)?;
+            emit.event(ShelfEvent::Expensive(Expensive { id: "a".into() }), &Causality::default())?;
+            Ok(())
+        })
+        .expect("written");
+    }
+    let sets = [CacheSet { tables: vec!["prices", "index"], aggregates: vec!["item"], consumer: "c".into() }];
+    let mut cursor = SwapCursor::default();
+    let swapped = loop {
+        match live.swap_caches_step(&fresh, &sets, &mut cursor, 100).expect("step").expect("not behind") {
+            SwapStep::More(_) => continue,
+            SwapStep::Done(tables) => break tables,
+        }
+    };
+    assert_eq!(swapped.iter().map(|t| t.table).collect::<Vec<_>>(), vec!["prices", "index"]);
+    assert_eq!(price(&live), Some(5));
+    assert_eq!(live.read(|txn| INDEX.all(txn)).expect("read"), vec![("rebuilt".to_string(), 5)]);
+}

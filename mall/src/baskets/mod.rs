@@ -7,13 +7,13 @@
 //! instance keeps its own caches), `outbox-relay` (to `BASKETS`) and `commands` (on
 //! `cmd.baskets`).
 
-mod events;
+pub mod events;
 mod state;
 
 pub use events::*;
 pub use state::*;
 
-use crate::stores::StoresEvent;
+use crate::stores::events::StoresEvent;
 use carrier_storage::{CommandError, Decided};
 
 use carrier_actors::cache::{ContextHandle, LookupError};

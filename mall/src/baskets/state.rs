@@ -12,7 +12,7 @@ use carrier_storage::{
 
 use super::events::*;
 use crate::caches::stores::{stores_cache, StoresCache, StoresCacheTables};
-use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use crate::stores::events::{ProductSnapshot, StoreSnapshot, StoresEvent};
 
 const BASKETS: Rows<BasketRow> = Rows::new("baskets");
 
@@ -290,7 +290,7 @@ impl StoresCache for Baskets {
 mod tests {
     use super::*;
     use crate::caches::stores::{StoresCacheFile, StoresCacheTestExt};
-    use crate::stores::*;
+    use crate::stores::events::*;
     use carrier_messages::Decoded;
     use carrier_storage::engine::{Disposition, Inbound};
     use carrier_storage::ContextDb;
@@ -531,7 +531,7 @@ mod tests {
 mod adopt_tests {
     use super::*;
     use crate::caches::stores::{StoresCacheFile, StoresCacheTestExt};
-    use crate::stores::*;
+    use crate::stores::events::*;
     use carrier_messages::Decoded;
     use carrier_storage::engine::{Adopted, Inbound};
     use carrier_storage::ContextDb;

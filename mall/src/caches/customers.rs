@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use carrier_storage::{ContextFile, ContextKind, Rows, RowsMut, StorageError, WriteTransaction};
 
-use crate::customers::{CustomerSnapshot, CustomersEvent};
+use crate::customers::events::{CustomerSnapshot, CustomersEvent};
 
 /// The customers cache table's name.
 pub const CUSTOMERS_CACHE: &str = "customers_cache";
@@ -76,9 +76,9 @@ impl<'txn, K: CustomersCache> CustomersCacheTable<'txn, K> {
 /// declared `.caches::<CustomersEvent>()`.
 macro_rules! customers_cache {
     ($kind:ty) => {
-        impl carrier_storage::Reacts<$crate::customers::CustomersEvent> for $kind {
+        impl carrier_storage::Reacts<$crate::customers::events::CustomersEvent> for $kind {
             /// A cache: it never emits.
-            fn may_emit(_event: &$crate::customers::CustomersEvent) -> bool {
+            fn may_emit(_event: &$crate::customers::events::CustomersEvent) -> bool {
                 false
             }
 
@@ -94,14 +94,14 @@ macro_rules! customers_cache {
                 tables: &mut Self::Tables<'_>,
                 _emit: &mut carrier_storage::Emitter<'_, <$kind as carrier_storage::ContextKind>::Event>,
                 _envelope: &carrier_messages::Envelope,
-                event: &$crate::customers::CustomersEvent,
+                event: &$crate::customers::events::CustomersEvent,
             ) -> Result<(), carrier_storage::StorageError> {
                 <$kind as $crate::caches::customers::CustomersCache>::apply(tables, event)
             }
         }
 
-        impl carrier_storage::Adopts<$crate::customers::CustomersEvent> for $kind {
-            type State = $crate::customers::CustomerSnapshot;
+        impl carrier_storage::Adopts<$crate::customers::events::CustomersEvent> for $kind {
+            type State = $crate::customers::events::CustomerSnapshot;
 
             const TABLES: &'static [(&'static str, &'static str)] =
                 &[("customer", $crate::caches::customers::CUSTOMERS_CACHE)];
@@ -110,7 +110,7 @@ macro_rules! customers_cache {
                 tables: &mut Self::Tables<'_>,
                 _aggregate: &str,
                 id: &str,
-                state: $crate::customers::CustomerSnapshot,
+                state: $crate::customers::events::CustomerSnapshot,
             ) -> Result<(), carrier_storage::StorageError> {
                 let row = <$kind as $crate::caches::customers::CustomersCache>::customer_row(&state);
                 tables.put(id, &row)

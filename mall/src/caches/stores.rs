@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use carrier_messages::Envelope;
 use carrier_storage::{ContextFile, ContextKind, Rows, RowsMut, StorageError, WriteTransaction};
 
-use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use crate::stores::events::{ProductSnapshot, StoreSnapshot, StoresEvent};
 
 /// The stores cache table's name.
 pub const STORES_CACHE: &str = "stores_cache";
@@ -174,9 +174,9 @@ pub fn forget<K: StoresCache>(
 /// `.caches::<StoresEvent>()`.
 macro_rules! stores_cache {
     ($kind:ty) => {
-        impl carrier_storage::Reacts<$crate::stores::StoresEvent> for $kind {
+        impl carrier_storage::Reacts<$crate::stores::events::StoresEvent> for $kind {
             /// A cache: it never emits.
-            fn may_emit(_event: &$crate::stores::StoresEvent) -> bool {
+            fn may_emit(_event: &$crate::stores::events::StoresEvent) -> bool {
                 false
             }
 
@@ -192,13 +192,13 @@ macro_rules! stores_cache {
                 tables: &mut Self::Tables<'_>,
                 _emit: &mut carrier_storage::Emitter<'_, <$kind as carrier_storage::ContextKind>::Event>,
                 envelope: &carrier_messages::Envelope,
-                event: &$crate::stores::StoresEvent,
+                event: &$crate::stores::events::StoresEvent,
             ) -> Result<(), carrier_storage::StorageError> {
                 $crate::caches::stores::react::<$kind>(tables, envelope, event)
             }
         }
 
-        impl carrier_storage::Adopts<$crate::stores::StoresEvent> for $kind {
+        impl carrier_storage::Adopts<$crate::stores::events::StoresEvent> for $kind {
             /// The owner's store or product, read as the aggregate says.
             type State = serde_json::Value;
 

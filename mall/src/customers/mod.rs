@@ -3,7 +3,7 @@
 //! Under the `carrier/customers` supervisor: `cache` (the writer of `customers.redb`, deciding
 //! commands), `outbox-relay` (to `CUSTOMERS`), `commands` (on `cmd.customers`) and `queries`, which answers `query.customers`: the fallback of the customers caches.
 
-mod events;
+pub mod events;
 pub mod queries;
 mod state;
 

@@ -8,7 +8,7 @@
 //! (to `DEPOT`) and `commands` (on `cmd.depot`, where the bots report a list completed). A
 //! second instance stands by, following `DEPOT`.
 
-mod events;
+pub mod events;
 mod state;
 
 pub use events::*;
@@ -17,8 +17,8 @@ pub use state::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::ordering::OrderingEvent;
-use crate::stores::StoresEvent;
+use crate::ordering::events::OrderingEvent;
+use crate::stores::events::StoresEvent;
 
 use carrier_actors::cache::{ContextHandle, Prefetch};
 use carrier_actors::context::BoundedContext;

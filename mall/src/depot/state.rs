@@ -15,8 +15,8 @@ use carrier_storage::{
 
 use super::events::*;
 use crate::caches::stores::{stores_cache, StoresCache, StoresCacheTables};
-use crate::ordering::OrderingEvent;
-use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use crate::ordering::events::OrderingEvent;
+use crate::stores::events::{ProductSnapshot, StoreSnapshot, StoresEvent};
 
 const SHOPPING_LISTS: Rows<ShoppingListRow> = Rows::new("shopping_lists");
 

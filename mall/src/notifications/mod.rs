@@ -9,14 +9,14 @@
 //! `NOTIFICATIONS`, once by its id, for a gateway to take. A second instance stands by,
 //! following `NOTIFICATIONS`, and sends only the texts the holder did not.
 
-mod events;
+pub mod events;
 mod state;
 
 pub use events::*;
 pub use state::*;
 
-use crate::customers::CustomersEvent;
-use crate::ordering::OrderingEvent;
+use crate::customers::events::CustomersEvent;
+use crate::ordering::events::OrderingEvent;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -13,8 +13,8 @@ use carrier_storage::{
 
 use super::events::{NotificationsEvent, TextSent};
 use crate::caches::customers::{customers_cache, CustomersCache, CustomersCacheTable};
-use crate::customers::{CustomerSnapshot, CustomersEvent};
-use crate::ordering::OrderingEvent;
+use crate::customers::events::{CustomerSnapshot, CustomersEvent};
+use crate::ordering::events::OrderingEvent;
 
 const SENT: Rows<SentRow> = Rows::new("sent");
 

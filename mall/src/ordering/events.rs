@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::baskets::{check_items, BasketItem};
+use crate::baskets::events::{check_items, BasketItem};
 use carrier_messages::codec::{check, ValidationError};
 
 /// An order was created from a checked-out basket (same id as the basket).

@@ -8,15 +8,15 @@
 //! A second instance stands by: it follows `ORDERING` and reacts only to what the holder did
 //! not (see `carrier_actors::standby`).
 
-mod events;
+pub mod events;
 mod state;
 
 pub use events::*;
 pub use state::*;
 
-use crate::baskets::BasketsEvent;
-use crate::depot::DepotEvent;
-use crate::payments::PaymentsEvent;
+use crate::baskets::events::BasketsEvent;
+use crate::depot::events::DepotEvent;
+use crate::payments::events::PaymentsEvent;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

@@ -14,9 +14,9 @@ use carrier_storage::{
 };
 
 use super::events::*;
-use crate::baskets::{BasketItem, BasketsEvent};
-use crate::depot::DepotEvent;
-use crate::payments::PaymentsEvent;
+use crate::baskets::events::{BasketItem, BasketsEvent};
+use crate::depot::events::DepotEvent;
+use crate::payments::events::PaymentsEvent;
 
 const ORDERS: Rows<OrderRow> = Rows::new("orders");
 
@@ -292,7 +292,7 @@ impl OrderingFile for ContextFile<Ordering> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baskets::{BasketCheckedOut, BasketStarted};
+    use crate::baskets::events::{BasketCheckedOut, BasketStarted};
     use carrier_messages::Decoded;
     use carrier_storage::engine::{Disposition, Inbound};
 
@@ -371,7 +371,7 @@ mod tests {
         // The holder readied and completed an order; the standby has not followed any of it.
         // Its rows say "no such order": reacting here would ignore the payment for good.
         let (_s, standby) = db();
-        let paid = PaymentsEvent::InvoicePaid(crate::payments::InvoicePaid {
+        let paid = PaymentsEvent::InvoicePaid(crate::payments::events::InvoicePaid {
             id: "o1".into(),
             order_id: "o1".into(),
             customer_id: "c".into(),
@@ -380,7 +380,7 @@ mod tests {
         });
         let paid = Inbound { stream_seq: 7, decoded: Decoded::new(paid, 2, &Causality::default()) };
         // Version 1, the authorization, asks nothing of ordering: applied while standing by.
-        let authorized = PaymentsEvent::PaymentAuthorized(crate::payments::PaymentAuthorized {
+        let authorized = PaymentsEvent::PaymentAuthorized(crate::payments::events::PaymentAuthorized {
             id: "o1".into(),
             order_id: "o1".into(),
             customer_id: "c".into(),
@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_parked_event_whose_effect_is_followed_does_not_react_when_it_is_unparked() {
-        use crate::depot::{ShoppingListCompleted, ShoppingListCreated};
+        use crate::depot::events::{ShoppingListCompleted, ShoppingListCreated};
         let (_h, holder) = db();
         let (_s, standby) = db();
         // The holder has the order and readies it when the list is completed.

@@ -7,14 +7,14 @@
 //! `PaymentDeclined` per order, `InvoicePaid`). A second instance stands by, following
 //! `PAYMENTS`.
 
-mod events;
+pub mod events;
 mod state;
 
 pub use events::*;
 pub use state::*;
 
-use crate::customers::CustomersEvent;
-use crate::ordering::OrderingEvent;
+use crate::customers::events::CustomersEvent;
+use crate::ordering::events::OrderingEvent;
 
 use carrier_actors::cache::ContextHandle;
 use carrier_actors::context::BoundedContext;

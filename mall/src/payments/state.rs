@@ -10,8 +10,8 @@ use carrier_storage::{
 
 use super::events::*;
 use crate::caches::customers::{customers_cache, CustomersCache, CustomersCacheTable};
-use crate::customers::{CustomerSnapshot, CustomersEvent};
-use crate::ordering::OrderingEvent;
+use crate::customers::events::{CustomerSnapshot, CustomersEvent};
+use crate::ordering::events::OrderingEvent;
 
 const INVOICES: Rows<InvoiceRow> = Rows::new("invoices");
 

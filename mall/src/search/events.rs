@@ -3,8 +3,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::baskets::BasketItem;
-use crate::ordering::OrderStatus;
+use crate::baskets::events::BasketItem;
+use crate::ordering::events::OrderStatus;
 use carrier_messages::request::CommandFailure;
 
 /// The most orders one search returns.

@@ -7,15 +7,15 @@
 //! nothing), so every instance runs it, reading through durables of its own
 //! (`search-stores-<instance>`, `search-customers-<instance>`, `search-ordering-<instance>`).
 
-mod events;
+pub mod events;
 mod state;
 
 pub use events::*;
 pub use state::*;
 
-use crate::customers::CustomersEvent;
-use crate::ordering::OrderingEvent;
-use crate::stores::StoresEvent;
+use crate::customers::events::CustomersEvent;
+use crate::ordering::events::OrderingEvent;
+use crate::stores::events::StoresEvent;
 use carrier_storage::CommandError;
 
 use carrier_actors::cache::ContextHandle;

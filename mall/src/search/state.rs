@@ -16,12 +16,12 @@ use carrier_storage::{
 };
 
 use super::events::{OrderFilter, OrderView, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::baskets::BasketItem;
+use crate::baskets::events::BasketItem;
 use crate::caches::customers::{customers_cache, CustomersCache, CustomersCacheTable};
 use crate::caches::stores::{stores_cache, StoresCache, StoresCacheTables};
-use crate::customers::{CustomerSnapshot, CustomersEvent};
-use crate::ordering::{OrderStatus, OrderingEvent};
-use crate::stores::{ProductSnapshot, StoreSnapshot, StoresEvent};
+use crate::customers::events::{CustomerSnapshot, CustomersEvent};
+use crate::ordering::events::{OrderStatus, OrderingEvent};
+use crate::stores::events::{ProductSnapshot, StoreSnapshot, StoresEvent};
 
 const ORDERS: Rows<OrderRecord> = Rows::new("orders");
 

@@ -4,7 +4,7 @@
 //! commands), `outbox-relay` (to `STORES`), `commands` (on `cmd.stores`) and `queries`, which answers `query.stores` from the database:
 //! the fallback other contexts' caches use.
 
-mod events;
+pub mod events;
 pub mod queries;
 mod state;
 
