@@ -400,6 +400,13 @@ async fn a_declared_bus_handler_runs_in_the_system_and_its_dead_letters_show() {
     assert_eq!(letters[0].latest[0].reason, "handler_failed", "{:?}", letters[0].latest);
     assert!(letters[0].latest[0].error.contains("called Poison"));
     assert!(observer.panels().iter().any(|p| p.title == "Event bus audit"), "its panel shows");
+    // `dlq` lists it by the bus's name, as an operator would.
+    let listed = std::process::Command::new(carrier_tests::carrier_bin())
+        .args(["dlq", "list", "audit", "--nats-url", &env.url()])
+        .output()
+        .expect("carrier dlq runs");
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && out.contains("handler_failed") && out.contains("stores.StoreCreated"), "{out}");
     assert_eq!(system.health()["audit"], carrier_actors::Health::Healthy);
     drop((bus, observer));
     system.shutdown().await;
