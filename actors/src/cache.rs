@@ -713,6 +713,14 @@ impl From<ExecuteError> for CommandError {
     }
 }
 
+/// A lookup that failed inside a command: the command cannot be decided now (`unavailable`),
+/// so that a command written with `handle.lookup(..).await?` answers the caller to retry.
+impl From<LookupError> for CommandError {
+    fn from(error: LookupError) -> CommandError {
+        CommandError::unavailable(error)
+    }
+}
+
 /// What the rest of the process may use of a running context: reads of its file, lookups, and
 /// writes that run on its one writer.
 pub struct ContextHandle<K: ContextKind> {

@@ -447,7 +447,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         } else if !batch.is_empty() || !poison.is_empty() {
             match apply(state, batch, through).await? {
                 Ok(()) => {}
-                Err(ApplyFailed { error: StorageError::Poison { stream_seq, reason }, batch })
+                Err(ApplyFailed { error: StorageError::Rejected { stream_seq, reason }, batch })
                     if deliveries.iter().any(|d| d.stream_seq == stream_seq) =>
                 {
                     // The reaction refused this event for good: dead-letter it, then apply the
@@ -770,7 +770,7 @@ async fn apply_one_by_one<E: DomainEvent>(
                 // Held for the holder's effect (a standby): this event and the rest wait.
                 return Ok(Some(batch.into_iter().chain(events).collect()));
             }
-            if let StorageError::Poison { reason, .. } = &error {
+            if let StorageError::Rejected { reason, .. } = &error {
                 state.bus.dead_letter(state.context, &deliveries[index], "rejected", reason).await?;
                 state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 if let Some(metrics) = crate::metrics::get() {

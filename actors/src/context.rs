@@ -503,6 +503,28 @@ impl<K: ContextKind> ContextDecl<K> {
         self
     }
 
+    /// Answers queries of type `Q` on `query.<context>` with `answer`, given the context's
+    /// handle: for answers that look entities up ([`ContextHandle::lookup`], so a cache miss
+    /// asks the owner) or wait on something. Declare a context's queries with this or with
+    /// [`queries`](Self::queries), not both (they share the subject).
+    pub fn queries_with<Q, R, F, Fut>(mut self, answer: F) -> Self
+    where
+        Q: DeserializeOwned + JsonSchema + Send + 'static,
+        R: QueryReply,
+        F: Fn(ContextHandle<K>, Q) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.endpoints.push(EndpointDoc::query::<Q, R>(K::NAME));
+        let answer = Arc::new(answer);
+        self.servers.push(Box::new(move |b| {
+            let wait = read_your_writes(b.handle());
+            let answer = crate::serve::WithHandle { handle: b.handle().clone(), answer: answer.clone() };
+            let spec = crate::serve::queries("queries", query_subject(K::NAME), K::NAME, b.bus(), answer, Some(wait));
+            b.serve(spec);
+        }));
+        self
+    }
+
     /// Declares it a **read model**: it only keeps tables of other contexts' events and answers
     /// queries from them, so running it twice has no effect beyond its own file. Then every
     /// instance of Carrier that runs it keeps a complete copy, each reading every stream
@@ -551,23 +573,9 @@ impl<K: ContextKind> ContextDecl<K> {
         R: QueryReply,
     {
         self.servers.push(Box::new(move |b| {
-            // A query may ask to read its writes (a command's position): it waits on the
-            // consumer of that stream.
-            let handle = b.handle().clone();
-            let wait: crate::serve::WaitFn = Arc::new(move |position| {
-                let handle = handle.clone();
-                let wait = std::time::Duration::from_millis(carrier_messages::request::READ_YOUR_WRITES_WAIT_MS);
-                Box::pin(async move { handle.wait_for_position(&position, wait).await })
-            });
-            let spec = crate::serve::queries(
-                child,
-                subject.clone(),
-                K::NAME,
-                b.bus(),
-                b.handle().db.clone(),
-                answer.clone(),
-                Some(wait),
-            );
+            let wait = read_your_writes(b.handle());
+            let answer = crate::serve::FromFile { db: b.handle().db.clone(), answer: answer.clone() };
+            let spec = crate::serve::queries(child, subject.clone(), K::NAME, b.bus(), answer, Some(wait));
             b.serve(spec);
         }));
     }
@@ -733,4 +741,14 @@ impl<A: crate::event_store::Aggregate> AggregateDecl<A> {
             start,
         }
     }
+}
+
+/// A query may ask to read its writes (a command's position): it waits, at most
+/// `READ_YOUR_WRITES_WAIT_MS`, for the context's consumer of that stream to apply it.
+fn read_your_writes<K: ContextKind>(handle: ContextHandle<K>) -> crate::serve::WaitFn {
+    Arc::new(move |position| {
+        let handle = handle.clone();
+        let wait = std::time::Duration::from_millis(carrier_messages::request::READ_YOUR_WRITES_WAIT_MS);
+        Box::pin(async move { handle.wait_for_position(&position, wait).await })
+    })
 }

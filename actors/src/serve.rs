@@ -42,43 +42,94 @@ where
 }
 
 /// A child named `child` that serves `subject` (`query.<context>`, or the entity endpoint
-/// `query.<context>.entity`), answering each query of type `Q` with `answer` on a blocking
-/// thread (it reads redb) against `db`.
-pub(crate) fn queries<D, Q, R, F>(
+/// `query.<context>.entity`), answering each query of type `Q` with `answer`.
+pub(crate) fn queries<A, Q, R>(
     child: &'static str,
     subject: String,
     context: &'static str,
     bus: Bus,
-    db: Arc<D>,
-    answer: Arc<F>,
+    answer: A,
     wait: Option<WaitFn>,
 ) -> ChildSpec
 where
-    D: Send + Sync + 'static,
+    A: AnswerQuery<Q, R> + Clone,
     Q: DeserializeOwned + Send + 'static,
     R: QueryReply,
-    F: Fn(&D, Q) -> R + Send + Sync + 'static,
 {
     ChildSpec::new(child, move |supervisor, _siblings| {
         let args = ResponderArgs {
             bus: bus.clone(),
             subject: subject.clone(),
             queue_group: context.to_string(),
-            handler: Queries {
-                context,
-                db: db.clone(),
-                answer: answer.clone(),
-                query: PhantomData,
-                wait: wait.clone(),
-            },
+            handler: Queries { context, answer: answer.clone(), query: PhantomData, wait: wait.clone() },
             fence: None,
         };
         async move {
             let (actor, _) =
-                Actor::spawn_linked(None, Responder::<Queries<D, Q, F>>::default(), args, supervisor).await?;
+                Actor::spawn_linked(None, Responder::<Queries<A, Q, R>>::default(), args, supervisor).await?;
             Ok(actor.get_cell())
         }
     })
+}
+
+/// How a decoded query of type `Q` is answered with an `R`.
+pub(crate) trait AnswerQuery<Q, R>: Send + Sync + 'static {
+    /// The answer to `query`.
+    fn answer(&self, query: Q) -> impl std::future::Future<Output = R> + Send;
+}
+
+/// Answers from a context's file with a plain function, on a blocking thread (it reads redb).
+pub(crate) struct FromFile<D, F> {
+    pub(crate) db: Arc<D>,
+    pub(crate) answer: Arc<F>,
+}
+
+impl<D, F> Clone for FromFile<D, F> {
+    fn clone(&self) -> Self {
+        FromFile { db: self.db.clone(), answer: self.answer.clone() }
+    }
+}
+
+impl<D, Q, R, F> AnswerQuery<Q, R> for FromFile<D, F>
+where
+    D: Send + Sync + 'static,
+    Q: Send + 'static,
+    R: QueryReply,
+    F: Fn(&D, Q) -> R + Send + Sync + 'static,
+{
+    async fn answer(&self, query: Q) -> R {
+        let (db, answer) = (self.db.clone(), self.answer.clone());
+        match tokio::task::spawn_blocking(move || answer(&db, query)).await {
+            Ok(reply) => reply,
+            Err(e) => R::failed("unavailable", e.to_string()),
+        }
+    }
+}
+
+/// Answers with an async function given the context's handle, for answers that look entities
+/// up (a cache miss asks the owner) or read other contexts' handles.
+pub(crate) struct WithHandle<H, F> {
+    pub(crate) handle: H,
+    pub(crate) answer: Arc<F>,
+}
+
+impl<H: Clone, F> Clone for WithHandle<H, F> {
+    fn clone(&self) -> Self {
+        WithHandle { handle: self.handle.clone(), answer: self.answer.clone() }
+    }
+}
+
+impl<H, Q, R, F, Fut> AnswerQuery<Q, R> for WithHandle<H, F>
+where
+    H: Clone + Send + Sync + 'static,
+    Q: Send + 'static,
+    R: QueryReply,
+    F: Fn(H, Q) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = R> + Send,
+{
+    async fn answer(&self, query: Q) -> R {
+        (self.answer)(self.handle.clone(), query).await
+    }
 }
 
 /// Waits until a context has applied a position (read your writes).
@@ -90,12 +141,12 @@ pub(crate) type WaitFn = Arc<
         + Sync,
 >;
 
-/// Answers a context's queries from its file.
-struct Queries<D, Q, F> {
+/// Answers a context's queries: waits for a position the query asks to read from, decodes it,
+/// answers it.
+struct Queries<A, Q, R> {
     context: &'static str,
-    db: Arc<D>,
-    answer: Arc<F>,
-    query: PhantomData<fn() -> Q>,
+    answer: A,
+    query: PhantomData<fn() -> (Q, R)>,
     wait: Option<WaitFn>,
 }
 
@@ -116,12 +167,11 @@ fn min_position(request: &IncomingRequest, content_type: ContentType) -> Option<
         .or_else(|| decode_request::<MinPosition>(content_type, &request.payload).ok().and_then(|m| m.min_position))
 }
 
-impl<D, Q, R, F> Answer for Queries<D, Q, F>
+impl<A, Q, R> Answer for Queries<A, Q, R>
 where
-    D: Send + Sync + 'static,
+    A: AnswerQuery<Q, R>,
     Q: DeserializeOwned + Send + 'static,
     R: QueryReply,
-    F: Fn(&D, Q) -> R + Send + Sync + 'static,
 {
     async fn answer(&self, request: &IncomingRequest, content_type: ContentType) -> Vec<u8> {
         if let (Some(wait), Some(position)) = (&self.wait, min_position(request, content_type)) {
@@ -138,13 +188,7 @@ where
         }
         let reply = match decode_request::<Q>(content_type, &request.payload) {
             Err(reason) => R::failed("bad_request", format!("not a {} query: {reason}", self.context)),
-            Ok(query) => {
-                let (db, answer) = (self.db.clone(), self.answer.clone());
-                match tokio::task::spawn_blocking(move || answer(&db, query)).await {
-                    Ok(reply) => reply,
-                    Err(e) => R::failed("unavailable", e.to_string()),
-                }
-            }
+            Ok(query) => self.answer.answer(query).await,
         };
         encode_body(content_type, &reply)
     }

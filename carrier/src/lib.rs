@@ -21,7 +21,7 @@
 //! # impl Reacts<CatalogEvent> for Shelf {
 //! #     type Tables<'txn> = ();
 //! #     fn open<'txn>(_: &'txn WriteTransaction) -> Result<(), StorageError> { Ok(()) }
-//! #     fn react(_: &mut (), _: &mut Emitter<'_, NoEvents>, _: &Envelope, _: &CatalogEvent) -> Result<(), StorageError> { Ok(()) }
+//! #     fn react(_: &mut (), _: &mut Emitter<'_, NoEvents>, _: &Envelope, _: &CatalogEvent) -> Result<(), ReactError> { Ok(()) }
 //! # }
 //! fn main() -> std::process::ExitCode {
 //!     carrier::main(vec![BoundedContext::of::<Shelf>().consume::<CatalogEvent>().build()])
@@ -63,7 +63,7 @@ pub mod prelude {
         ValidationError,
     };
     pub use carrier_storage::{
-        Adopts, CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Reacts, ReadTransaction, Resyncs,
-        Rows, RowsMut, StorageError, WriteTransaction,
+        Adopts, CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, ReactError, Reacts, ReadTransaction,
+        Resyncs, Rows, RowsMut, StorageError, WriteTransaction,
     };
 }

@@ -20,7 +20,7 @@ use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projectio
 use crate::error::RedbResultExt;
 use crate::idempotency::{Decided, IdempotencyKey};
 use crate::outbox::{self, OUTBOX, OUTBOX_NEXT, OWN_VERSIONS};
-use crate::{CommandError, StorageError};
+use crate::{CommandError, ReactError, StorageError};
 
 /// What one context keeps and publishes.
 pub trait ContextKind: Sized + Send + Sync + 'static {
@@ -108,7 +108,7 @@ pub trait Reacts<E: DomainEvent>: ContextKind {
         emit: &mut Emitter<'_, Self::Event>,
         envelope: &Envelope,
         event: &E,
-    ) -> Result<(), StorageError>;
+    ) -> Result<(), ReactError>;
 
     /// Whether reacting to `event` may emit an event of the context's own (or change its own
     /// rows, which only its events may do). An instance standing by holds such an event until
@@ -223,7 +223,7 @@ impl<K: Reacts<E>, E: DomainEvent> Projection<E> for ReactProjection<K, E> {
     }
 
     fn apply(&self, tables: &mut Self::Tables<'_>, envelope: &Envelope, event: &E) -> Result<(), StorageError> {
-        K::react(&mut tables.0, &mut tables.1, envelope, event)
+        K::react(&mut tables.0, &mut tables.1, envelope, event).map_err(StorageError::from)
     }
 
     fn emitted(&self, tables: &Self::Tables<'_>) -> usize {

@@ -23,16 +23,14 @@ pub enum StorageError {
         #[source]
         source: redb::Error,
     },
-    /// Something an event needs is not in the context's caches yet and its owner could not be
-    /// asked: the batch is retried, nothing is acknowledged.
+    /// A reaction said the event needs something not here yet ([`ReactError::NotReady`]): the
+    /// batch is retried, nothing is acknowledged.
     #[error("not ready: {0}")]
     NotReady(String),
-    /// A reaction refused the event for good (it can never be applied, e.g. it names something
-    /// that does not exist): the consumer dead-letters it with this reason (`rejected`) and applies
-    /// the rest of its batch without it. Return it before writing anything for the event. Build
-    /// it with [`StorageError::poison`]; the engine fills in the stream sequence.
-    #[error("event at stream sequence {stream_seq} refused: {reason}")]
-    Poison {
+    /// A reaction rejected the event for good ([`ReactError::Reject`]): the consumer
+    /// dead-letters it with this reason and applies the rest of its batch without it.
+    #[error("event at stream sequence {stream_seq} rejected: {reason}")]
+    Rejected {
         /// The refused event's stream sequence.
         stream_seq: u64,
         /// Why, for the dead letter.
@@ -58,16 +56,10 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// A reaction's verdict that the event it was given can never be applied (see
-    /// [`StorageError::Poison`]); every other error is retried.
-    pub fn poison(reason: impl Into<String>) -> Self {
-        StorageError::Poison { stream_seq: 0, reason: reason.into() }
-    }
-
-    /// Names the event a [`Poison`](StorageError::Poison) verdict is about.
+    /// Names the event a [`Rejected`](StorageError::Rejected) verdict is about.
     pub(crate) fn at(self, seq: u64) -> Self {
         match self {
-            StorageError::Poison { reason, .. } => StorageError::Poison { stream_seq: seq, reason },
+            StorageError::Rejected { reason, .. } => StorageError::Rejected { stream_seq: seq, reason },
             other => other,
         }
     }
@@ -99,4 +91,47 @@ pub(crate) fn encode_row<T: serde::Serialize>(table: &'static str, row: &T) -> R
 /// Decodes a row.
 pub(crate) fn decode_row<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
     carrier_messages::cbor::from_slice(bytes).map_err(|e| StorageError::Corrupt { table, reason: e.to_string() })
+}
+
+/// What a reaction ([`Reacts::react`](crate::Reacts::react)) says when it does not apply an event.
+///
+/// A reaction's storage calls return [`StorageError`], which `?` turns into
+/// [`ReactError::Storage`]; the other two are the reaction's own verdicts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReactError {
+    /// The event can never be applied (it names something that does not exist, breaks the
+    /// owner's contract, ...): it is dead-lettered with this reason, nothing the reaction wrote
+    /// for it is kept, and the rest of its batch applies without it.
+    #[error("rejected: {0}")]
+    Reject(String),
+    /// Something the event needs is not here yet (an entity not cached, an earlier event of
+    /// another stream): nothing is kept or acknowledged, and the batch is tried again later.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// Reading or writing the context's file failed: the batch is tried again.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl ReactError {
+    /// Rejects the event for good, with the reason its dead letter carries.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        ReactError::Reject(reason.into())
+    }
+
+    /// Retries the event later: `what` is missing for now.
+    pub fn not_ready(what: impl Into<String>) -> Self {
+        ReactError::NotReady(what.into())
+    }
+}
+
+impl From<ReactError> for StorageError {
+    fn from(error: ReactError) -> Self {
+        match error {
+            ReactError::Reject(reason) => StorageError::Rejected { stream_seq: 0, reason },
+            ReactError::NotReady(what) => StorageError::NotReady(what),
+            ReactError::Storage(error) => error,
+        }
+    }
 }

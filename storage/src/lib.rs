@@ -33,7 +33,7 @@ pub use context::{
     DEFAULT_CACHE_BYTES,
 };
 pub use engine::{Adopted, BatchOutcome, Disposition, Inbound, Projection};
-pub use error::{RedbResultExt, StorageError};
+pub use error::{ReactError, RedbResultExt, StorageError};
 pub use idempotency::{Decided, IdempotencyKey};
 /// The redb transactions a context's own table code works in, so that it needs no redb
 /// dependency of its own.

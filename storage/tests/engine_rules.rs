@@ -6,6 +6,7 @@
 
 use carrier_messages::codec::Causality;
 use carrier_messages::{domain_events, Decoded, Envelope, Validate};
+use carrier_storage::ReactError;
 use carrier_storage::{
     Adopted, Adopts, ContextDb, ContextKind, Disposition, Emitter, FileWriter, Inbound, Reacts, Rows, RowsMut,
     StorageError, WriteTransaction,
@@ -69,13 +70,13 @@ impl Reacts<CatalogEvent> for Shelf {
         emit: &mut Emitter<'_, ShelfEvent>,
         envelope: &Envelope,
         event: &CatalogEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let (id, price) = match event {
             CatalogEvent::Listed(e) => (&e.id, e.price),
             CatalogEvent::Repriced(e) => (&e.id, prices.get(&e.id)?.unwrap_or(0) + e.delta),
         };
         if price < 0 {
-            return Err(StorageError::poison(format!("{id} would cost {price}")));
+            return Err(ReactError::reject(format!("{id} would cost {price}")));
         }
         let before = prices.get(id)?.unwrap_or(0);
         prices.put(id, &price)?;

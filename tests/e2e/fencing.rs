@@ -10,6 +10,7 @@ use carrier_mall::stores::StoresCommand;
 use carrier_mall::stores::StoresEvent;
 use carrier_messages::codec::Causality;
 use carrier_messages::{Envelope, NoEvents};
+use carrier_storage::ReactError;
 use carrier_storage::{ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction};
 use carrier_tests::{wait_until, TestEnv};
 
@@ -52,9 +53,9 @@ impl Reacts<StoresEvent> for Names {
         _emit: &mut Emitter<'_, NoEvents>,
         _envelope: &Envelope,
         event: &StoresEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
-            StoresEvent::StoreCreated(e) => names.put(&e.id, &e.name),
+            StoresEvent::StoreCreated(e) => Ok(names.put(&e.id, &e.name)?),
             _ => Ok(()),
         }
     }

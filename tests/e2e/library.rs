@@ -7,7 +7,8 @@ use std::time::Duration;
 use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
 use carrier_actors::{BoundedContext, CarrierSystem, ContextHandle, SystemConfig};
 use carrier_mall::stores::{StoresCommand, StoresEvent};
-use carrier_messages::{Causality, Envelope, NoEvents};
+use carrier_messages::{Causality, Envelope, Found, NoEvents};
+use carrier_storage::ReactError;
 use carrier_storage::{ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction};
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
@@ -34,12 +35,12 @@ impl Reacts<StoresEvent> for Picky {
         _emit: &mut Emitter<'_, NoEvents>,
         _envelope: &Envelope,
         event: &StoresEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
             StoresEvent::StoreCreated(e) if e.name == "Poison" => {
-                Err(StorageError::poison("no store may be called Poison"))
+                Err(ReactError::reject("no store may be called Poison"))
             }
-            StoresEvent::StoreCreated(e) => names.put(&e.id, &e.name),
+            StoresEvent::StoreCreated(e) => Ok(names.put(&e.id, &e.name)?),
             _ => Ok(()),
         }
     }
@@ -82,7 +83,7 @@ async fn a_reaction_that_refuses_an_event_dead_letters_it_and_the_rest_of_the_ba
 mod ledger {
     use carrier_messages::request::Entity;
     use carrier_messages::{domain_events, Causality, Validate};
-    use carrier_storage::{Adopts, Reacts, RowsMut, WriteTransaction};
+    use carrier_storage::{Adopts, ReactError, Reacts, RowsMut, WriteTransaction};
     use carrier_storage::{CommandError, ContextFile, ContextKind, Decides, Emitter, Rows, StorageError};
     use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
@@ -111,6 +112,12 @@ mod ledger {
     pub struct Name {
         pub id: String,
         pub name: String,
+    }
+
+    /// The mirror's query: the name of an account.
+    #[derive(Debug, Deserialize, JsonSchema)]
+    pub struct NameOf {
+        pub id: String,
     }
 
     /// Closes an account: the owner keeps it as a tombstone.
@@ -205,11 +212,12 @@ mod ledger {
             _emit: &mut Emitter<'_, carrier_messages::NoEvents>,
             _envelope: &carrier_messages::Envelope,
             event: &LedgerEvent,
-        ) -> Result<(), StorageError> {
+        ) -> Result<(), ReactError> {
             match event {
-                LedgerEvent::AccountNamed(e) => names.put(&e.id, &e.name),
-                LedgerEvent::AccountClosed(e) => names.remove(&e.id),
+                LedgerEvent::AccountNamed(e) => names.put(&e.id, &e.name)?,
+                LedgerEvent::AccountClosed(e) => names.remove(&e.id)?,
             }
+            Ok(())
         }
     }
 
@@ -289,28 +297,34 @@ async fn a_users_cache_fills_a_miss_from_its_owner_forgets_a_deleted_entity_and_
     let owner = BoundedContext::of::<Ledger>().decides::<Name>().decides::<Close>().entities(ledger::entity).build();
     let owners = CarrierSystem::start(SystemConfig::new(env.url(), env.data_dir(), vec![owner])).await.expect("starts");
     let ledger = owners.handle::<ContextHandle<Ledger>>().expect("ledger");
-    for (id, name) in [("a", "Ann"), ("b", "Bob"), ("c", "Cid")] {
+    for (id, name) in [("a", "Ann"), ("b", "Bob"), ("c", "Cid"), ("d", "Dee")] {
         ledger.execute(Name { id: id.into(), name: name.into() }, Causality::default()).await.expect("named");
     }
     ledger.execute(Close { id: "c".into() }, Causality::default()).await.expect("closed");
-    // Only Ann's event stays on the stream: the mirror never sees Bob or Cid.
+    // Only Ann's event stays on the stream: the mirror never sees Bob, Cid or Dee.
     let js = owners.bus.jetstream().clone();
-    wait_until(Duration::from_secs(30), "the four events are on the stream", || {
+    wait_until(Duration::from_secs(30), "the five events are on the stream", || {
         let js = js.clone();
         async move {
             match js.get_stream("LEDGER").await {
-                Ok(mut s) => s.info().await.map(|i| i.state.messages == 4).unwrap_or(false),
+                Ok(mut s) => s.info().await.map(|i| i.state.messages == 5).unwrap_or(false),
                 Err(_) => false,
             }
         }
     })
     .await;
     let stream = js.get_stream("LEDGER").await.expect("stream");
-    for seq in 2..=4 {
+    for seq in 2..=5 {
         stream.delete_message(seq).await.expect("deleted");
     }
 
-    let mirror = BoundedContext::of::<Mirror>().caches::<LedgerEvent>().build();
+    // Its query looks the name up: a miss is filled from the owner there too.
+    let mirror = BoundedContext::of::<Mirror>()
+        .caches::<LedgerEvent>()
+        .queries_with(|handle: ContextHandle<Mirror>, q: ledger::NameOf| async move {
+            Found::answer(handle.lookup::<LedgerEvent, _>("account", NAMES, &q.id).await)
+        })
+        .build();
     let caches =
         CarrierSystem::start(SystemConfig::new(env.url(), env.data_dir(), vec![mirror])).await.expect("starts");
     let mirror = caches.handle::<ContextHandle<Mirror>>().expect("mirror");
@@ -335,6 +349,12 @@ async fn a_users_cache_fills_a_miss_from_its_owner_forgets_a_deleted_entity_and_
     assert_eq!(lookup("nobody").await.expect("remembered"), None);
     assert_eq!(fallback.stats.ok.load(Ordering::Relaxed), 3, "the tombstone and the unknown id were asked once each");
     assert_eq!(fallback.stats.negative_hits.load(Ordering::Relaxed), 2);
+
+    let asked = caches.bus.request("query.mirror", &[], br#"{"id": "d"}"#.to_vec(), Duration::from_secs(10)).await;
+    let answer: serde_json::Value = serde_json::from_slice(&asked.expect("the mirror answers")).expect("json");
+    assert_eq!(answer, serde_json::json!({"ok": true, "found": "Dee"}), "a query's miss is filled from the owner");
+    assert_eq!(mirror.db.read(|txn| NAMES.get(txn, "d")).expect("read"), Some("Dee".to_string()), "and kept");
+    assert_eq!(fallback.stats.ok.load(Ordering::Relaxed), 4);
 
     // The cache's table is rebuilt from the stream, blue/green.
     assert!(mirror.has_caches(), "a cache of a user's owner can be rebuilt");

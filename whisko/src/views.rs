@@ -13,6 +13,7 @@ use carrier_actors::{BoundedContext, ContextHandle};
 use carrier_messages::codec::NoEvents;
 use carrier_messages::request::CommandFailure;
 use carrier_messages::{Envelope, QueryReply};
+use carrier_storage::ReactError;
 use carrier_storage::{
     ContextFile, ContextKind, Emitter, Reacts, ReadTransaction, Rows, RowsMut, StorageError, WriteTransaction,
 };
@@ -110,9 +111,9 @@ impl Reacts<UsersEvent> for UserViews {
         _emit: &mut Emitter<'_, NoEvents>,
         envelope: &Envelope,
         event: &UsersEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let (version, at) = (envelope.aggregate_version, time_of(envelope));
-        match event {
+        Ok(match event {
             UsersEvent::UserCreated(e) => users.put(
                 &e.id,
                 &UserView {
@@ -153,7 +154,7 @@ impl Reacts<UsersEvent> for UserViews {
                 }
                 Ok(())
             }
-        }
+        }?)
     }
 }
 
@@ -183,9 +184,9 @@ impl Reacts<BillingEvent> for PaymentViews {
         _emit: &mut Emitter<'_, NoEvents>,
         envelope: &Envelope,
         event: &BillingEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let (version, at) = (envelope.aggregate_version, time_of(envelope));
-        match event {
+        Ok(match event {
             BillingEvent::PaymentCreated(e) => {
                 payments.put(
                     &e.id,
@@ -223,7 +224,7 @@ impl Reacts<BillingEvent> for PaymentViews {
                     p.updated_at = at;
                 })
                 .map(drop),
-        }
+        }?)
     }
 }
 

@@ -116,11 +116,12 @@ impl Reacts<AccountsEvent> for Greeter {
         _emit: &mut Emitter<'_, GreeterEvent>,
         _envelope: &Envelope,
         event: &AccountsEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
-            AccountsEvent::AccountOpened(e) => names.put(&e.id, &e.name),
-            AccountsEvent::AccountClosed(e) => names.remove(&e.id),
+            AccountsEvent::AccountOpened(e) => names.put(&e.id, &e.name)?,
+            AccountsEvent::AccountClosed(e) => names.remove(&e.id)?,
         }
+        Ok(())
     }
 }
 
@@ -175,10 +176,7 @@ pub fn contexts() -> Vec<BoundedContext> {
         BoundedContext::of::<Greeter>()
             .caches::<AccountsEvent>()
             .commands(|handle: ContextHandle<Greeter>, Greet { id }, causality| async move {
-                let name = handle
-                    .lookup::<AccountsEvent, _>("account", NAMES, &id)
-                    .await
-                    .map_err(CommandError::unavailable)?;
+                let name = handle.lookup::<AccountsEvent, _>("account", NAMES, &id).await?;
                 let name = name.ok_or_else(|| CommandError::NotFound { kind: "account", id: id.clone() })?;
                 handle.execute((id, name), causality).await.map_err(CommandError::from)
             })

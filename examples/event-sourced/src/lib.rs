@@ -108,11 +108,12 @@ impl Reacts<TicketsEvent> for Board {
         _emit: &mut Emitter<'_, NoEvents>,
         _envelope: &Envelope,
         event: &TicketsEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
-            TicketsEvent::TicketOpened(e) => cards.put(&e.id, &Card { title: e.title.clone(), closed: false }),
-            TicketsEvent::TicketClosed(e) => cards.update(&e.id, |c| c.closed = true).map(|_| ()),
+            TicketsEvent::TicketOpened(e) => cards.put(&e.id, &Card { title: e.title.clone(), closed: false })?,
+            TicketsEvent::TicketClosed(e) => _ = cards.update(&e.id, |c| c.closed = true)?,
         }
+        Ok(())
     }
 }
 

@@ -142,10 +142,11 @@ impl Reacts<InventoryEvent> for Storefront {
         emit: &mut Emitter<'_, StorefrontEvent>,
         envelope: &Envelope,
         event: &InventoryEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
             InventoryEvent::ProductAdded(e) => {
-                listings.put(&e.id, &Listing { name: e.name.clone(), price: e.price, in_stock: e.quantity > 0 })
+                listings.put(&e.id, &Listing { name: e.name.clone(), price: e.price, in_stock: e.quantity > 0 })?;
+                Ok(())
             }
             InventoryEvent::StockAdjusted(e) => {
                 listings.update(&e.id, |l| l.in_stock = e.quantity > 0)?;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use carrier_messages::codec::Causality;
 use carrier_messages::{DomainEvent, Envelope};
+use carrier_storage::ReactError;
 use carrier_storage::{
     CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Rows, StorageError, WriteTransaction,
 };
@@ -249,28 +250,29 @@ impl StoresCache for Baskets {
     type Store = CachedStore;
     type Product = CachedProduct;
 
-    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), ReactError> {
         match event {
             // StoreCacheRepository.Add; Rename carries the whole row this cache keeps.
-            StoresEvent::StoreCreated(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() }),
-            StoresEvent::StoreRebranded(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() }),
+            StoresEvent::StoreCreated(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() })?,
+            StoresEvent::StoreRebranded(e) => t.put_store(&e.id, &CachedStore { name: e.name.clone() })?,
             // ProductCacheRepository.Add, Rebrand, UpdatePrice(delta), Remove.
             StoresEvent::ProductAdded(e) => t.put_product(
                 &e.id,
                 &CachedProduct { store_id: e.store_id.clone(), name: e.name.clone(), price: e.price },
-            ),
-            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone()),
+            )?,
+            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone())?,
             StoresEvent::ProductPriceIncreased(e) => {
-                t.update_product(&e.id, |p| p.price = p.price.saturating_add(e.delta))
+                t.update_product(&e.id, |p| p.price = p.price.saturating_add(e.delta))?
             }
             StoresEvent::ProductPriceDecreased(e) => {
-                t.update_product(&e.id, |p| p.price = p.price.saturating_sub(e.delta))
+                t.update_product(&e.id, |p| p.price = p.price.saturating_sub(e.delta))?
             }
-            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id),
+            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id)?,
             // Baskets does not care whether a store takes part in automated ordering, but the
             // events still advance the store's version, which the engine records.
-            StoresEvent::StoreParticipationEnabled(_) | StoresEvent::StoreParticipationDisabled(_) => Ok(()),
+            StoresEvent::StoreParticipationEnabled(_) | StoresEvent::StoreParticipationDisabled(_) => {}
         }
+        Ok(())
     }
 
     fn store_row(snapshot: &StoreSnapshot) -> CachedStore {

@@ -7,6 +7,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use carrier_storage::ReactError;
 use carrier_storage::{ContextFile, ContextKind, Rows, RowsMut, StorageError, WriteTransaction};
 
 use crate::customers::events::{CustomerSnapshot, CustomersEvent};
@@ -66,8 +67,8 @@ impl<'txn, K: CustomersCache> CustomersCacheTable<'txn, K> {
 
     /// A cached customer a reaction needs; `NotReady` when missing, so that the batch is
     /// retried once the consumer's prefetch or the customers stream fills it.
-    pub fn required(&self, id: &str) -> Result<K::Customer, StorageError> {
-        self.customers.get(id)?.ok_or_else(|| StorageError::NotReady(format!("customer {id:?} is not cached")))
+    pub fn required(&self, id: &str) -> Result<K::Customer, ReactError> {
+        self.customers.get(id)?.ok_or_else(|| ReactError::not_ready(format!("customer {id:?} is not cached")))
     }
 }
 
@@ -95,8 +96,8 @@ macro_rules! customers_cache {
                 _emit: &mut carrier_storage::Emitter<'_, <$kind as carrier_storage::ContextKind>::Event>,
                 _envelope: &carrier_messages::Envelope,
                 event: &$crate::customers::events::CustomersEvent,
-            ) -> Result<(), carrier_storage::StorageError> {
-                <$kind as $crate::caches::customers::CustomersCache>::apply(tables, event)
+            ) -> Result<(), carrier_storage::ReactError> {
+                Ok(<$kind as $crate::caches::customers::CustomersCache>::apply(tables, event)?)
             }
         }
 

@@ -9,6 +9,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 use carrier_messages::Envelope;
+use carrier_storage::ReactError;
 use carrier_storage::{ContextFile, ContextKind, Rows, RowsMut, StorageError, WriteTransaction};
 
 use crate::stores::events::{ProductSnapshot, StoreSnapshot, StoresEvent};
@@ -27,7 +28,7 @@ pub trait StoresCache: ContextKind + carrier_storage::Adopts<StoresEvent> {
     type Product: Serialize + DeserializeOwned + Clone + Send + 'static;
 
     /// Applies one event to the rows (called only for the entity's next version).
-    fn apply(tables: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError>;
+    fn apply(tables: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), ReactError>;
 
     /// The store row from the owner's snapshot.
     fn store_row(snapshot: &StoreSnapshot) -> Self::Store;
@@ -95,14 +96,14 @@ impl<'txn, K: StoresCache> StoresCacheTables<'txn, K> {
 
     /// Changes a cached product (`Rebrand`, `UpdatePrice`); a product the cache never saw is
     /// refused.
-    pub fn update_product(&mut self, id: &str, change: impl FnOnce(&mut K::Product)) -> Result<(), StorageError> {
+    pub fn update_product(&mut self, id: &str, change: impl FnOnce(&mut K::Product)) -> Result<(), ReactError> {
         if self.products.update(id, change)? {
             return Ok(());
         }
         // Versions let a product's next event through only after its earlier ones, so a missing
         // row means the product was removed: removal is final (the owner refuses changes to a
         // removed product), and an event that changes one breaks the contract.
-        Err(StorageError::poison(format!(
+        Err(ReactError::reject(format!(
             "product {id:?} was removed (or never added): a removed product takes no further changes"
         )))
     }
@@ -123,12 +124,12 @@ pub fn react<K: StoresCache>(
     tables: &mut StoresCacheTables<'_, K>,
     envelope: &Envelope,
     event: &StoresEvent,
-) -> Result<(), StorageError> {
+) -> Result<(), ReactError> {
     // An id is never reused: the event creating an entity is its version 1, so a
     // `ProductAdded` (or `StoreCreated`) at a later version re-adds a removed product's id.
     let creates = matches!(event, StoresEvent::ProductAdded(_) | StoresEvent::StoreCreated(_));
     if creates && envelope.aggregate_version != 1 {
-        return Err(StorageError::poison(format!(
+        return Err(ReactError::reject(format!(
             "{} creates {:?} but has aggregate version {}: an entity is created at version 1, \
              and a removed product's id is not reused",
             envelope.event_type, envelope.aggregate_id, envelope.aggregate_version
@@ -193,7 +194,7 @@ macro_rules! stores_cache {
                 _emit: &mut carrier_storage::Emitter<'_, <$kind as carrier_storage::ContextKind>::Event>,
                 envelope: &carrier_messages::Envelope,
                 event: &$crate::stores::events::StoresEvent,
-            ) -> Result<(), carrier_storage::StorageError> {
+            ) -> Result<(), carrier_storage::ReactError> {
                 $crate::caches::stores::react::<$kind>(tables, envelope, event)
             }
         }

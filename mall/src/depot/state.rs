@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use carrier_messages::codec::Causality;
 use carrier_messages::Envelope;
+use carrier_storage::ReactError;
 use carrier_storage::{
     CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Reacts, Rows, RowsMut, StorageError,
     WriteTransaction,
@@ -102,7 +103,7 @@ impl Reacts<OrderingEvent> for Depot {
         emit: &mut Emitter<'_, DepotEvent>,
         envelope: &Envelope,
         event: &OrderingEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
             // CreateShoppingList: one stop per store, names and locations from the caches.
             OrderingEvent::OrderCreated(order) => {
@@ -112,9 +113,10 @@ impl Reacts<OrderingEvent> for Depot {
                 let mut stops: BTreeMap<String, Stop> = BTreeMap::new();
                 for item in &order.items {
                     if !stops.contains_key(&item.store_id) {
-                        let store: DepotStore = t.cache.store(&item.store_id)?.ok_or_else(|| {
-                            StorageError::NotReady(format!("store {:?} is not cached", item.store_id))
-                        })?;
+                        let store: DepotStore = t
+                            .cache
+                            .store(&item.store_id)?
+                            .ok_or_else(|| ReactError::not_ready(format!("store {:?} is not cached", item.store_id)))?;
                         stops.insert(
                             item.store_id.clone(),
                             Stop {
@@ -145,7 +147,7 @@ impl Reacts<OrderingEvent> for Depot {
                 };
                 t.lists.put(&order.id, &row)?;
                 let created = ShoppingListCreated { id: order.id.clone(), order_id: order.id.clone(), stops };
-                emit.emit(DepotEvent::ShoppingListCreated(created), 1, envelope)
+                Ok(emit.emit(DepotEvent::ShoppingListCreated(created), 1, envelope)?)
             }
             OrderingEvent::OrderCanceled(order) => {
                 let Some(mut row) = t.lists.get(&order.id)? else { return Ok(()) };
@@ -156,7 +158,7 @@ impl Reacts<OrderingEvent> for Depot {
                 row.version += 1;
                 t.lists.put(&order.id, &row)?;
                 let canceled = ShoppingListCanceled { id: order.id.clone(), order_id: order.id.clone() };
-                emit.emit(DepotEvent::ShoppingListCanceled(canceled), row.version, envelope)
+                Ok(emit.emit(DepotEvent::ShoppingListCanceled(canceled), row.version, envelope)?)
             }
             OrderingEvent::OrderReadied(_) | OrderingEvent::OrderCompleted(_) => Ok(()),
         }
@@ -249,25 +251,26 @@ impl StoresCache for Depot {
     type Store = DepotStore;
     type Product = DepotProduct;
 
-    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), ReactError> {
         match event {
             // StoreCacheRepository.Add(storeID, name, location) and Rename.
             StoresEvent::StoreCreated(e) => {
-                t.put_store(&e.id, &DepotStore { name: e.name.clone(), location: e.location.clone() })
+                t.put_store(&e.id, &DepotStore { name: e.name.clone(), location: e.location.clone() })?
             }
-            StoresEvent::StoreRebranded(e) => t.update_store(&e.id, |s| s.name = e.name.clone()),
+            StoresEvent::StoreRebranded(e) => t.update_store(&e.id, |s| s.name = e.name.clone())?,
             // ProductCacheRepository.Add(productID, storeID, name), Rebrand and Remove.
             StoresEvent::ProductAdded(e) => {
-                t.put_product(&e.id, &DepotProduct { store_id: e.store_id.clone(), name: e.name.clone() })
+                t.put_product(&e.id, &DepotProduct { store_id: e.store_id.clone(), name: e.name.clone() })?
             }
-            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone()),
-            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id),
+            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone())?,
+            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id)?,
             // The depot needs neither participation nor prices; their versions still count.
             StoresEvent::StoreParticipationEnabled(_)
             | StoresEvent::StoreParticipationDisabled(_)
             | StoresEvent::ProductPriceIncreased(_)
-            | StoresEvent::ProductPriceDecreased(_) => Ok(()),
+            | StoresEvent::ProductPriceDecreased(_) => {}
         }
+        Ok(())
     }
 
     fn store_row(snapshot: &StoreSnapshot) -> DepotStore {

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::Envelope;
+use carrier_storage::ReactError;
 use carrier_storage::{
     ContextFile, ContextKind, Emitter, Follows, Reacts, Rows, RowsMut, StorageError, WriteTransaction,
 };
@@ -101,7 +102,7 @@ impl Reacts<OrderingEvent> for Notifications {
         emit: &mut Emitter<'_, NotificationsEvent>,
         envelope: &Envelope,
         event: &OrderingEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let (order_id, customer_id, kind, what) = match event {
             OrderingEvent::OrderCreated(e) => (&e.id, &e.customer_id, "order_created", "was received".to_string()),
             OrderingEvent::OrderReadied(e) => {
@@ -137,7 +138,7 @@ impl Reacts<OrderingEvent> for Notifications {
             sms_number: row.sms_number,
             text: row.text,
         };
-        emit.emit(NotificationsEvent::TextSent(sent), 1, envelope)
+        Ok(emit.emit(NotificationsEvent::TextSent(sent), 1, envelope)?)
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use carrier_messages::codec::Causality;
 use carrier_messages::Envelope;
+use carrier_storage::ReactError;
 use carrier_storage::{
     CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Reacts, Rows, RowsMut, StorageError,
     WriteTransaction,
@@ -115,7 +116,7 @@ impl Reacts<BasketsEvent> for Ordering {
         emit: &mut Emitter<'_, OrderingEvent>,
         envelope: &Envelope,
         event: &BasketsEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let BasketsEvent::BasketCheckedOut(basket) = event else { return Ok(()) };
         if orders.get(&basket.id)?.is_some() {
             return Ok(());
@@ -137,7 +138,7 @@ impl Reacts<BasketsEvent> for Ordering {
             items: row.items,
             total,
         };
-        emit.emit(OrderingEvent::OrderCreated(created), 1, envelope)
+        Ok(emit.emit(OrderingEvent::OrderCreated(created), 1, envelope)?)
     }
 }
 
@@ -157,7 +158,7 @@ impl Reacts<DepotEvent> for Ordering {
         emit: &mut Emitter<'_, OrderingEvent>,
         envelope: &Envelope,
         event: &DepotEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let DepotEvent::ShoppingListCompleted(list) = event else { return Ok(()) };
         let Some(row) = advance(orders, &list.order_id, &[OrderStatus::Pending], OrderStatus::Ready)? else {
             return Ok(());
@@ -168,7 +169,7 @@ impl Reacts<DepotEvent> for Ordering {
             payment_id: row.payment_id,
             total: row.total,
         };
-        emit.emit(OrderingEvent::OrderReadied(readied), row.version, envelope)
+        Ok(emit.emit(OrderingEvent::OrderReadied(readied), row.version, envelope)?)
     }
 }
 
@@ -188,7 +189,7 @@ impl Reacts<PaymentsEvent> for Ordering {
         emit: &mut Emitter<'_, OrderingEvent>,
         envelope: &Envelope,
         event: &PaymentsEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
             PaymentsEvent::InvoicePaid(paid) => {
                 let Some(row) = advance(orders, &paid.order_id, &[OrderStatus::Ready], OrderStatus::Completed)? else {
@@ -199,13 +200,13 @@ impl Reacts<PaymentsEvent> for Ordering {
                     customer_id: row.customer_id,
                     invoice_id: paid.id.clone(),
                 };
-                emit.emit(OrderingEvent::OrderCompleted(completed), row.version, envelope)
+                Ok(emit.emit(OrderingEvent::OrderCompleted(completed), row.version, envelope)?)
             }
             // An authorized invoice waits for the order to be readied: no step for ordering.
             PaymentsEvent::PaymentAuthorized(_) => Ok(()),
             PaymentsEvent::PaymentDeclined(declined) => {
                 let reason = format!("payment declined: {}", declined.reason);
-                cancel(orders, emit, &declined.order_id, &reason, Ok(envelope)).map(|_| ())
+                Ok(cancel(orders, emit, &declined.order_id, &reason, Ok(envelope))?).map(|_| ())
             }
         }
     }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::Envelope;
+use carrier_storage::ReactError;
 use carrier_storage::{
     ContextFile, ContextKind, Emitter, Follows, Reacts, Rows, RowsMut, StorageError, WriteTransaction,
 };
@@ -107,7 +108,7 @@ impl Reacts<OrderingEvent> for Payments {
         emit: &mut Emitter<'_, PaymentsEvent>,
         envelope: &Envelope,
         event: &OrderingEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         match event {
             // AuthorizePayment: only an enabled customer may pay.
             OrderingEvent::OrderCreated(order) => {
@@ -143,12 +144,12 @@ impl Reacts<OrderingEvent> for Payments {
                         amount: order.total,
                     }),
                 };
-                emit.emit(event, 1, envelope)
+                Ok(emit.emit(event, 1, envelope)?)
             }
             // CreateInvoice and PayInvoice: the readied order is charged.
             OrderingEvent::OrderReadied(order) => {
                 let Some(mut row) = t.invoices.get(&order.id)? else {
-                    return Err(StorageError::NotReady(format!("order {:?} was never authorized", order.id)));
+                    return Err(ReactError::not_ready(format!("order {:?} was never authorized", order.id)));
                 };
                 if row.status != InvoiceStatus::Authorized {
                     return Ok(());
@@ -164,7 +165,7 @@ impl Reacts<OrderingEvent> for Payments {
                     payment_id: row.payment_id.clone(),
                     amount: row.amount,
                 };
-                emit.emit(PaymentsEvent::InvoicePaid(paid), row.version, envelope)
+                Ok(emit.emit(PaymentsEvent::InvoicePaid(paid), row.version, envelope)?)
             }
             OrderingEvent::OrderCanceled(_) | OrderingEvent::OrderCompleted(_) => Ok(()),
         }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use carrier_messages::codec::NoEvents;
 use carrier_messages::{Envelope, ValidationError};
+use carrier_storage::ReactError;
 use carrier_storage::{
     CommandError, ContextFile, ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction,
 };
@@ -121,20 +122,21 @@ impl StoresCache for Search {
     type Store = SearchStore;
     type Product = SearchProduct;
 
-    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), StorageError> {
+    fn apply(t: &mut StoresCacheTables<'_, Self>, event: &StoresEvent) -> Result<(), ReactError> {
         match event {
-            StoresEvent::StoreCreated(e) => t.put_store(&e.id, &SearchStore { name: e.name.clone() }),
-            StoresEvent::StoreRebranded(e) => t.put_store(&e.id, &SearchStore { name: e.name.clone() }),
+            StoresEvent::StoreCreated(e) => t.put_store(&e.id, &SearchStore { name: e.name.clone() })?,
+            StoresEvent::StoreRebranded(e) => t.put_store(&e.id, &SearchStore { name: e.name.clone() })?,
             StoresEvent::ProductAdded(e) => {
-                t.put_product(&e.id, &SearchProduct { store_id: e.store_id.clone(), name: e.name.clone() })
+                t.put_product(&e.id, &SearchProduct { store_id: e.store_id.clone(), name: e.name.clone() })?
             }
-            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone()),
-            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id),
+            StoresEvent::ProductRebranded(e) => t.update_product(&e.id, |p| p.name = e.name.clone())?,
+            StoresEvent::ProductRemoved(e) => t.remove_product(&e.id)?,
             StoresEvent::StoreParticipationEnabled(_)
             | StoresEvent::StoreParticipationDisabled(_)
             | StoresEvent::ProductPriceIncreased(_)
-            | StoresEvent::ProductPriceDecreased(_) => Ok(()),
+            | StoresEvent::ProductPriceDecreased(_) => {}
         }
+        Ok(())
     }
 
     fn store_row(snapshot: &StoreSnapshot) -> SearchStore {
@@ -179,7 +181,7 @@ impl Reacts<OrderingEvent> for Search {
         _emit: &mut Emitter<'_, NoEvents>,
         envelope: &Envelope,
         event: &OrderingEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let at = envelope.occurred_at_unix_nanos;
         let (id, status) = match event {
             OrderingEvent::OrderCreated(order) => {

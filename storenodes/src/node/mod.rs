@@ -26,6 +26,7 @@ use carrier_actors::bus::Bus;
 use carrier_actors::{BoundedContext, ContextHandle};
 use carrier_messages::codec::NoEvents;
 use carrier_messages::{DomainEvent, Envelope, Found};
+use carrier_storage::ReactError;
 use carrier_storage::{Adopts, ContextKind, Emitter, Reacts, Resyncs, Rows, RowsMut, StorageError, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -94,11 +95,11 @@ impl Reacts<CentralEvent> for StoreCache {
         _emit: &mut Emitter<'_, NoEvents>,
         envelope: &Envelope,
         event: &CentralEvent,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ReactError> {
         let version = envelope.aggregate_version;
         // Every event but a deletion carries the product's whole state: write it.
         let (id, product) = match event {
-            CentralEvent::ProductDeleted(e) => return products.remove(&e.id),
+            CentralEvent::ProductDeleted(e) => return Ok(products.remove(&e.id)?),
             CentralEvent::ProductCreated(e) => {
                 (&e.id, CachedProduct::of(&e.name, e.price, e.available, version, &e.last_updated))
             }
@@ -109,7 +110,7 @@ impl Reacts<CentralEvent> for StoreCache {
                 (&e.id, CachedProduct::of(&e.name, e.price, e.available, version, &e.last_updated))
             }
         };
-        products.put(id, &product)
+        Ok(products.put(id, &product)?)
     }
 }
 
