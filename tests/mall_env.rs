@@ -14,7 +14,7 @@ pub trait MallEnv {
 
 impl MallEnv for TestEnv {
     fn config(&self, contexts: &[&str]) -> SystemConfig {
-        let declared = carrier_actors::context::select(&carrier_mall::contexts(), contexts)
+        let declared = carrier_actors::BoundedContext::select(&carrier_mall::contexts(), contexts)
             .expect("the mall declares these contexts");
         self.config_of(declared)
     }

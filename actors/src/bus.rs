@@ -692,11 +692,11 @@ impl Bus {
         // The copy's Nats-Msg-Id is replaced below; a producer that gave the event id only there
         // must not lose it, or a replay could not be de-duplicated.
         // (Only the header framing has the id in a header; the structured one carries it in the body.)
-        if delivery.header(carrier_messages::envelope::header::EVENT_TYPE).is_some()
-            && delivery.header(carrier_messages::envelope::header::EVENT_ID).is_none()
+        if delivery.header(carrier_messages::header::EVENT_TYPE).is_some()
+            && delivery.header(carrier_messages::header::EVENT_ID).is_none()
         {
             if let Some(id) = delivery.header("Nats-Msg-Id") {
-                headers.insert(carrier_messages::envelope::header::EVENT_ID, id);
+                headers.insert(carrier_messages::header::EVENT_ID, id);
             }
         }
         headers.insert(dead_letter_header::ORIGINAL_SUBJECT, delivery.subject.as_str());

@@ -13,9 +13,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Notify;
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{Decoded, DomainEvent};
-use carrier_storage::engine::Inbound;
+use carrier_storage::Inbound;
 use carrier_storage::{
     Adopted, Adopts, CommandError, ContextDb, ContextFile, ContextKind, Decided, Decides, Decision, Disposition,
     FileWriter, IdempotencyKey, Reacts, Rows, StorageError,
@@ -29,8 +29,8 @@ use crate::flow;
 use crate::rebuild::{fresh_path, lock, Progress, RebuildError, SourceProgress, TableChange, SWAP_ATTEMPTS};
 use crate::resync::{ResyncError, ResyncState, ResyncStatus};
 use crate::supervisor::{ActorSlot, ChildSpec, RestartPolicy, SupervisionTree, SupervisorArgs};
-use carrier_messages::request::{SnapshotQuery, MAX_SNAPSHOT_PAGE};
-use carrier_storage::rebuild::{CacheSet, SwapCursor, SwapStep, SWAP_ROWS};
+use carrier_messages::{SnapshotQuery, MAX_SNAPSHOT_PAGE};
+use carrier_storage::{CacheSet, SwapCursor, SwapStep, SWAP_ROWS};
 
 /// A write to the context's file that the writer runs on its turn.
 pub trait WriteJob<K>: Send + 'static {
@@ -491,7 +491,7 @@ async fn handle_other<K: ContextKind>(
     Ok(())
 }
 
-/// Rebuilding a context's caches (see [`crate::rebuild`]).
+/// Rebuilding a context's caches (see `crate::rebuild`).
 impl<K: ContextKind> ContextHandle<K> {
     /// Whether this context has caches to rebuild.
     pub fn has_caches(&self) -> bool {
@@ -858,7 +858,7 @@ impl<K: ContextKind> ContextHandle<K> {
 
     /// Decides a command on the writer: `decision` reads and writes the context's tables in the
     /// transaction and records exactly one event. Commands that arrive together share one
-    /// transaction and one commit (group commit, see [`DecisionQueue`]), so `decision` may run
+    /// transaction and one commit (group commit, see `DecisionQueue`), so `decision` may run
     /// more than once and must decide the same way on the same state; nothing of a refused
     /// command is kept. Returns the event once it is committed with its outbox row.
     pub async fn decide(
@@ -882,7 +882,7 @@ impl<K: ContextKind> ContextHandle<K> {
     /// only once the outbox relay has published its event (the answer's `position` says where):
     /// after a takeover the context's state is what was published, so an answer given before
     /// would promise what a takeover can lose. Alone, an instance answers at the commit and
-    /// keeps deciding while NATS is away (the events wait in the outbox). Not published within [`PUBLISH_WAIT`]
+    /// keeps deciding while NATS is away (the events wait in the outbox). Not published within `PUBLISH_WAIT`
     /// (NATS unreachable), the command is answered `unavailable`: it was decided here and will be
     /// published when NATS answers, unless this instance loses the lease first; a resend with
     /// the same idempotency key tells which.
@@ -1013,7 +1013,7 @@ impl<K: ContextKind> ContextHandle<K> {
     /// entity endpoint, adopted with `K`'s [`Adopts`] on the writer (never over a newer version)
     /// and read back. `None` when the owner does not know it, or deleted it (a tombstone: the
     /// cache forgets it). The owner is asked with the fallback's timeout, circuit breaker and
-    /// negative cache ([`crate::fallback`]). Usable from commands, queries and prefetches; the
+    /// negative cache (`crate::fallback`). Usable from commands, queries and prefetches; the
     /// context must cache `E` ([`caches`](crate::context::ContextDecl::caches)).
     pub async fn lookup<E, T>(&self, aggregate: &'static str, rows: Rows<T>, id: &str) -> Result<Option<T>, LookupError>
     where
@@ -1044,7 +1044,7 @@ fn adopt_entity<K: Adopts<E>, E: DomainEvent>(
     db: &FileWriter<K>,
     aggregate: &'static str,
     id: &str,
-    entity: carrier_messages::request::Entity<K::State>,
+    entity: carrier_messages::Entity<K::State>,
 ) -> Result<Adopted, StorageError> {
     db.adopt::<E>(aggregate, id, entity.version, |tables| match entity.state {
         Some(state) => K::adopt(tables, aggregate, id, state),
@@ -1177,7 +1177,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         K: Reacts<E>,
     {
         self.handle.cache_sources.push(crate::rebuild::CacheSource {
-            set: carrier_storage::rebuild::CacheSet {
+            set: carrier_storage::CacheSet {
                 tables: tables.to_vec(),
                 aggregates: aggregates.to_vec(),
                 consumer: self.durable(E::CONTEXT),
@@ -1329,7 +1329,7 @@ impl<K: ContextKind> ContextBuilder<K> {
         if !tables.is_empty() {
             // Its tables are filled from the owner's stream alone: `carrier rebuild` can replay it.
             self.handle.cache_sources.push(crate::rebuild::CacheSource {
-                set: carrier_storage::rebuild::CacheSet {
+                set: carrier_storage::CacheSet {
                     tables: tables.iter().map(|(_, table)| *table).collect(),
                     aggregates: tables.iter().map(|(aggregate, _)| *aggregate).collect(),
                     consumer: self.durable(E::CONTEXT),

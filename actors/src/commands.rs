@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use carrier_messages::codec::Causality;
-use carrier_messages::envelope::header;
-use carrier_messages::request::{decode_request, encode_body, CommandReply, RecordedEvent};
-use carrier_messages::request::{IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
-use carrier_messages::trace::TraceContext;
+use carrier_messages::header;
+use carrier_messages::Causality;
+use carrier_messages::TraceContext;
+use carrier_messages::{decode_request, encode_reply, CommandReply, RecordedEvent};
 use carrier_messages::{ContentType, DomainEvent};
+use carrier_messages::{IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
 use carrier_storage::{CommandError, Decided};
 
 use crate::bus::IncomingRequest;
@@ -45,7 +45,7 @@ where
                 reply
             }
         };
-        encode_body(content_type, &reply)
+        encode_reply(content_type, &reply)
     }
 }
 
@@ -62,8 +62,8 @@ fn decode_command<C: DeserializeOwned>(
     for (slot, name) in ids.iter_mut().zip([header::CORRELATION_ID, header::CAUSATION_ID]) {
         if let Some(value) = request.header(name) {
             let value = value.trim();
-            if value.is_empty() || value.len() > carrier_messages::envelope::MAX_ID_LEN {
-                let limit = carrier_messages::envelope::MAX_ID_LEN;
+            if value.is_empty() || value.len() > carrier_messages::MAX_ID_LEN {
+                let limit = carrier_messages::MAX_ID_LEN;
                 return Err(CommandReply::failed("bad_request", format!("header {name} must be 1 to {limit} bytes")));
             }
             *slot = Some(value.to_string());
@@ -75,7 +75,7 @@ fn decode_command<C: DeserializeOwned>(
     let idempotency = match request.header(IDEMPOTENCY_KEY_HEADER) {
         None => None,
         Some(key) => {
-            let fingerprint = carrier_messages::request::canonical_body(content_type, &request.payload);
+            let fingerprint = carrier_messages::canonical_body(content_type, &request.payload);
             Some(IdempotencyKey::new(key, fingerprint).map_err(|e| {
                 CommandReply::failed("bad_request", format!("header {IDEMPOTENCY_KEY_HEADER}: {}", e.problem))
             })?)
@@ -83,7 +83,7 @@ fn decode_command<C: DeserializeOwned>(
     };
     // The command's span continues the caller's trace when it sent one (a malformed traceparent
     // is ignored, as W3C asks); the recorded event names this span as its producer.
-    let caller = request.header(carrier_messages::trace::TRACEPARENT).and_then(|v| v.parse::<TraceContext>().ok());
+    let caller = request.header(carrier_messages::TRACEPARENT).and_then(|v| v.parse::<TraceContext>().ok());
     let trace = Some(caller.map(|c| c.child()).unwrap_or_else(TraceContext::new_root));
     Ok((command, Causality { correlation_id, causation_id, trace, idempotency }))
 }
@@ -99,7 +99,7 @@ struct CommandSpan {
 
 impl CommandSpan {
     fn new(request: &IncomingRequest, causality: &Causality, started: std::time::SystemTime) -> Self {
-        let parent = request.header(carrier_messages::trace::TRACEPARENT).and_then(|v| v.parse().ok());
+        let parent = request.header(carrier_messages::TRACEPARENT).and_then(|v| v.parse().ok());
         CommandSpan {
             subject: request.subject.clone(),
             span: causality.trace.unwrap_or_else(TraceContext::new_root),

@@ -85,15 +85,6 @@ pub struct ApplyBatch<E> {
 /// Hands a batch to the cache actor; `false` when that actor is not running.
 pub type BatchTarget<E> = Arc<dyn Fn(ApplyBatch<E>) -> bool + Send + Sync>;
 
-/// A [`BatchTarget`] sending to `actor`, whose message type wraps [`ApplyBatch`].
-pub fn batch_target<E, M>(actor: ActorRef<M>) -> BatchTarget<E>
-where
-    E: DomainEvent,
-    M: ractor::Message + From<ApplyBatch<E>>,
-{
-    Arc::new(move |batch| actor.send_message(M::from(batch)).is_ok())
-}
-
 /// By default, how often one event, applied on its own, may kill the cache actor before it is
 /// dead-lettered as `apply_failed`.
 pub const SOLO_FAILURES_TO_DEAD_LETTER: u32 = 2;

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use carrier_messages::asyncapi::{EndpointDoc, JsonSchema, StreamDoc};
-use carrier_messages::codec::Causality;
-use carrier_messages::request::{entity_subject, query_subject, snapshot_subject, Entity, EntityQuery, SnapshotEntity};
+use carrier_messages::Causality;
+use carrier_messages::{entity_subject, query_subject, snapshot_subject, Entity, EntityQuery, SnapshotEntity};
 use carrier_messages::{DomainEvent, Found, QueryReply};
 use carrier_storage::{
     Adopts, CommandError, ContextFile, ContextKind, Decided, Decides, FileWriter, Follows, Reacts, Resyncs,
@@ -155,7 +155,7 @@ impl BoundedContext {
 
     /// The event-sourced context of aggregate `A`: its commands (`A::Command` on
     /// `cmd.<context>`) are decided on aggregates loaded from `A::Event`'s stream and appended
-    /// with optimistic concurrency (see [`crate::event_store`]). It keeps no file and takes no
+    /// with optimistic concurrency (see `crate::event_store`). It keeps no file and takes no
     /// lease: every instance may run it. Its read side is any context that
     /// [`consume`](ContextDecl::consume)s its events (a [`read_model`](ContextDecl::read_model)).
     pub fn aggregate<A: crate::event_store::Aggregate>() -> AggregateDecl<A> {
@@ -244,22 +244,6 @@ impl BoundedContext {
     }
 }
 
-/// Every (reader, source) pair of `contexts`: who reads whose stream.
-pub fn subscriptions(contexts: &[BoundedContext]) -> Vec<(&'static str, &'static str)> {
-    contexts.iter().flat_map(|c| c.reads.iter().map(move |s| (c.name, s.context))).collect()
-}
-
-/// The AsyncAPI document of `contexts`: every stream they publish or read, every command and
-/// query, and who reads what.
-pub fn asyncapi(title: &str, version: &str, contexts: &[BoundedContext]) -> serde_json::Value {
-    let mut streams: Vec<StreamDoc> = contexts.iter().filter_map(|c| c.publishes).collect();
-    streams.sort_by_key(|s| s.stream);
-    streams.dedup_by_key(|s| s.stream);
-    let endpoints: Vec<EndpointDoc> = contexts.iter().flat_map(|c| c.endpoints.iter().copied()).collect();
-    let read_models: Vec<&str> = contexts.iter().filter(|c| c.read_model).map(|c| c.name).collect();
-    carrier_messages::asyncapi::document(title, version, &streams, &endpoints, &subscriptions(contexts), &read_models)
-}
-
 /// A name given that no declared context has.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown context {name:?} (known: {known})")]
@@ -270,21 +254,41 @@ pub struct UnknownContext {
     pub known: String,
 }
 
-/// The declarations named in `names`, in the order `all` declares them (which is their start
-/// order), each once.
-pub fn select<S: AsRef<str>>(all: &[BoundedContext], names: &[S]) -> Result<Vec<BoundedContext>, UnknownContext> {
-    for name in names {
-        find(all, name.as_ref())?;
+/// What a list of declarations (a system) answers.
+impl BoundedContext {
+    /// Every (reader, source) pair of `contexts`: who reads whose stream.
+    pub fn subscriptions(contexts: &[BoundedContext]) -> Vec<(&'static str, &'static str)> {
+        contexts.iter().flat_map(|c| c.reads.iter().map(move |s| (c.name, s.context))).collect()
     }
-    Ok(all.iter().filter(|c| names.iter().any(|n| n.as_ref() == c.name)).cloned().collect())
-}
 
-/// The declaration named `name`.
-pub fn find<'a>(all: &'a [BoundedContext], name: &str) -> Result<&'a BoundedContext, UnknownContext> {
-    all.iter().find(|c| c.name == name).ok_or_else(|| UnknownContext {
-        name: name.to_string(),
-        known: all.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
-    })
+    /// The AsyncAPI document of `contexts`: every stream they publish or read, every command and
+    /// query, and who reads what.
+    pub fn asyncapi(title: &str, version: &str, contexts: &[BoundedContext]) -> serde_json::Value {
+        let mut streams: Vec<StreamDoc> = contexts.iter().filter_map(|c| c.publishes).collect();
+        streams.sort_by_key(|s| s.stream);
+        streams.dedup_by_key(|s| s.stream);
+        let endpoints: Vec<EndpointDoc> = contexts.iter().flat_map(|c| c.endpoints.iter().copied()).collect();
+        let read_models: Vec<&str> = contexts.iter().filter(|c| c.read_model).map(|c| c.name).collect();
+        let subscriptions = Self::subscriptions(contexts);
+        carrier_messages::asyncapi::document(title, version, &streams, &endpoints, &subscriptions, &read_models)
+    }
+
+    /// The declarations named in `names`, in the order `all` declares them (which is their start
+    /// order), each once.
+    pub fn select<S: AsRef<str>>(all: &[BoundedContext], names: &[S]) -> Result<Vec<BoundedContext>, UnknownContext> {
+        for name in names {
+            Self::find(all, name.as_ref())?;
+        }
+        Ok(all.iter().filter(|c| names.iter().any(|n| n.as_ref() == c.name)).cloned().collect())
+    }
+
+    /// The declaration named `name`.
+    pub fn find<'a>(all: &'a [BoundedContext], name: &str) -> Result<&'a BoundedContext, UnknownContext> {
+        all.iter().find(|c| c.name == name).ok_or_else(|| UnknownContext {
+            name: name.to_string(),
+            known: all.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+        })
+    }
 }
 
 type Step<K> = Box<dyn Fn(&mut ContextBuilder<K>) + Send + Sync>;
@@ -377,7 +381,7 @@ impl<K: ContextKind> ContextDecl<K> {
     /// Answers the owner's entity endpoint, `query.<context>.entity`: the current state of one
     /// entity (`{"aggregate": ..., "id": ...}`), which every cache of this context's entities
     /// falls back on. `answer` reads the file and returns the entity with its version
-    /// ([`Entity::of`](carrier_messages::request::Entity::of)), or `None`.
+    /// ([`Entity::of`](carrier_messages::Entity::of)), or `None`.
     pub fn entities(
         mut self,
         answer: impl Fn(&ContextFile<K>, &str, &str) -> Result<Option<Entity<serde_json::Value>>, StorageError>
@@ -397,7 +401,7 @@ impl<K: ContextKind> ContextDecl<K> {
     /// walks for a full sync. `answer(db, aggregate, after, limit)` reads up to `limit` entities
     /// of kind `aggregate` with ids after `after` (from the first when `None`), in id order, each
     /// with its version and state, and how many there are in all; `limit` is 1 to
-    /// [`MAX_SNAPSHOT_PAGE`](carrier_messages::request::MAX_SNAPSHOT_PAGE).
+    /// [`MAX_SNAPSHOT_PAGE`](carrier_messages::MAX_SNAPSHOT_PAGE).
     pub fn snapshots(
         mut self,
         answer: impl Fn(
@@ -410,7 +414,7 @@ impl<K: ContextKind> ContextDecl<K> {
             + Sync
             + 'static,
     ) -> Self {
-        use carrier_messages::request::{SnapshotPage, SnapshotQuery, MAX_SNAPSHOT_PAGE};
+        use carrier_messages::{SnapshotPage, SnapshotQuery, MAX_SNAPSHOT_PAGE};
         self.endpoints.push(EndpointDoc::snapshot::<SnapshotQuery, SnapshotPage<serde_json::Value>>(K::NAME));
         let answer = Arc::new(move |db: &ContextFile<K>, q: SnapshotQuery| -> SnapshotPage<serde_json::Value> {
             if q.limit == 0 || q.limit > MAX_SNAPSHOT_PAGE {
@@ -433,7 +437,7 @@ impl<K: ContextKind> ContextDecl<K> {
     /// (`query.<owner>.snapshot`, see [`snapshots`](Self::snapshots)) when the stream no longer
     /// holds its consumer's position, and whenever [`ContextHandle::resync`] is called (a store
     /// node's first start, a forced sync): a full sync, in one transaction, with nothing lost or
-    /// applied twice between the snapshot and the stream (see [`crate::resync`]). Declare it
+    /// applied twice between the snapshot and the stream (see `crate::resync`). Declare it
     /// with [`caches`](Self::caches) for the same `E`.
     pub fn resyncs<E: DomainEvent>(mut self) -> Self
     where
@@ -544,7 +548,7 @@ impl<K: ContextKind> ContextDecl<K> {
     /// Lets a second instance of the context **stand by** instead of refusing to start: it
     /// folds the context's own stream into its file with `K`'s [`Follows`], and takes over
     /// when the instance holding the context's lease dies (its lease expires), deciding
-    /// commands on the state that was published (see [`crate::standby`]).
+    /// commands on the state that was published (see `crate::standby`).
     ///
     /// What it [`consume`](Self::consume)s of other streams, every instance reads through
     /// durables of its own (`<context>-<source>-<instance>`), holding the lease or standing by:
@@ -748,7 +752,7 @@ impl<A: crate::event_store::Aggregate> AggregateDecl<A> {
 fn read_your_writes<K: ContextKind>(handle: ContextHandle<K>) -> crate::serve::WaitFn {
     Arc::new(move |position| {
         let handle = handle.clone();
-        let wait = std::time::Duration::from_millis(carrier_messages::request::READ_YOUR_WRITES_WAIT_MS);
+        let wait = std::time::Duration::from_millis(carrier_messages::READ_YOUR_WRITES_WAIT_MS);
         Box::pin(async move { handle.wait_for_position(&position, wait).await })
     })
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 use carrier_messages::{Decoded, DomainEvent};
-use carrier_storage::handlers::{HandleFailure, Handled, HandlerFile};
+use carrier_storage::{HandleFailure, Handled, HandlerFile};
 use carrier_storage::{StorageError, WriteTransaction};
 
 use crate::bus::{Bus, BusError, Delivery, DurableSpec};
@@ -320,7 +320,7 @@ impl EventBus {
         Ok(())
     }
 
-    /// The key of the bus's lease in [`LEASE_BUCKET`](crate::fence::LEASE_BUCKET).
+    /// The key of the bus's lease in `LEASE_BUCKET`.
     pub fn lease_key(&self) -> String {
         format!("bus.{}", self.shared.settings.name)
     }

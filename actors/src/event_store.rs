@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use carrier_messages::asyncapi::JsonSchema;
-use carrier_messages::codec::{check, Causality};
+use carrier_messages::{check, Causality};
 use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::{CommandError, Decided};
 
@@ -39,7 +39,7 @@ use crate::bus::{AppendError, Bus, BusError, SnapshotBucket};
 /// and applies the events it decided (and, when loaded, every event of its history).
 ///
 /// ```
-/// # use carrier_actors::event_store::Aggregate;
+/// # use carrier_actors::Aggregate;
 /// # use carrier_storage::CommandError;
 /// # use carrier_messages::{domain_events, Validate};
 /// # use serde::{Deserialize, Serialize};
@@ -274,7 +274,7 @@ struct SnapshotRow {
     schema: u32,
     version: u64,
     seq: u64,
-    #[serde(with = "carrier_messages::codec::body_bytes")]
+    #[serde(with = "carrier_messages::cbor::bytes")]
     state: Vec<u8>,
     /// The idempotency keys of the aggregate's last commits.
     #[serde(default)]
@@ -349,7 +349,7 @@ impl<A: Aggregate> EventStore<A> {
     ///
     /// With an idempotency key (`causality.idempotency`) the key and a hash of the command's
     /// parameters are stored in the commit's headers: a resend finds them among the aggregate's
-    /// last [`KEYS_PER_AGGREGATE`] commits when it is loaded and is answered with what the first
+    /// last `KEYS_PER_AGGREGATE` commits when it is loaded and is answered with what the first
     /// send stored (`replayed`), on any instance, after any crash; the same key with other
     /// parameters is refused (`idempotency_key_reused`). The key is also the message's
     /// `Nats-Msg-Id`, so two sends racing each other store one message.
@@ -414,7 +414,7 @@ impl<A: Aggregate> EventStore<A> {
                 // Kept with the commit (found again when the aggregate is loaded), and its
                 // message id, so that a resend racing the first within JetStream's duplicate
                 // window is dropped by the server itself.
-                let msg_id = carrier_messages::envelope::header::NATS_MSG_ID;
+                let msg_id = carrier_messages::header::NATS_MSG_ID;
                 commit.headers.retain(|(name, _)| !name.eq_ignore_ascii_case(msg_id));
                 commit.headers.push((msg_id.to_string(), format!("{}:{id}:{}", A::KIND, key.key())));
                 commit.headers.push((IDEMPOTENCY_KEY_STORED.to_string(), key.key().to_string()));

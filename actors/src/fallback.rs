@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carrier_messages::envelope::header;
-use carrier_messages::request::CommandFailure;
-use carrier_messages::request::{decode_request, encode_body, entity_subject, Entity, EntityQuery};
+use carrier_messages::header;
+use carrier_messages::CommandFailure;
 use carrier_messages::ContentType;
 use carrier_messages::Found;
+use carrier_messages::{decode_request, encode_reply, entity_subject, Entity, EntityQuery};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::bus::Bus;
@@ -154,7 +154,7 @@ impl Fallback {
 
     /// An entity's current state from the owner's entity endpoint ([`entity_subject`]), `None`
     /// when the owner does not know it (remembered for a while, see
-    /// [`FallbackConfig::negative_ttl`]). A tombstone (the owner deleted it) has no state and is
+    /// `FallbackConfig::negative_ttl`). A tombstone (the owner deleted it) has no state and is
     /// remembered the same way.
     pub async fn entity<S: DeserializeOwned + Send + 'static>(
         &self,
@@ -192,7 +192,7 @@ impl Fallback {
         }
         let started = Instant::now();
         let headers = vec![(header::CONTENT_TYPE.to_string(), ContentType::Cbor.as_str().to_string())];
-        let body = encode_body(ContentType::Cbor, &query);
+        let body = encode_reply(ContentType::Cbor, &query);
         let answer = self.bus.request(subject, &headers, body, self.config.timeout).await;
         let reply = answer
             .map_err(|e| e.to_string())

@@ -42,7 +42,7 @@ use crate::supervisor::{ChildSpec, RestartPolicy, SupervisorArgs};
 type Subscribe = Arc<dyn Fn(&EventBus) -> Result<(), EventBusError> + Send + Sync>;
 
 impl BoundedContext {
-    /// An event bus of handlers, declared like a context (see [`crate::handlers`]): add each
+    /// An event bus of handlers, declared like a context (see `crate::handlers`): add each
     /// handler with [`handle`](HandlersDecl::handle), then [`build`](HandlersDecl::build). It
     /// runs on the instance holding its lease and shows in every operator tool under `name`.
     pub fn handlers(name: &'static str) -> HandlersDecl {

@@ -1,60 +1,97 @@
 //! Carrier's actors: one supervised ractor group per bounded context, and the JetStream bus.
 //!
-//! What a user needs:
-//! - [`BoundedContext`] ([`context`]): a context declared once; a list of them is the system.
-//! - [`CarrierSystem`] and [`SystemConfig`] ([`system`]): start the list, find a running
-//!   context's [`ContextHandle`] by type, watch its [`Health`], shut it down.
-//! - [`ContextHandle`] ([`cache`]): execute commands on a context's writer, read its file,
-//!   look up cached entities.
+//! Its modules are private (but [`metrics`] and [`telemetry`], two namespaces); everything else
+//! is named from the root.
 //!
-//! The machinery, for reading the code:
-//! - [`cache`]: the writer actor (the only writer of a context's file), the handle, the builder
-//!   that assembles a context's supervisor, and cache rebuilds.
-//! - [`consumer`]: the durable consumer actor that feeds the writer in batches; [`bus`]: the
-//!   only module that touches `async-nats`; `relay`: the outbox relay.
-//! - [`commands`], [`responder`]: commands and queries over request/reply.
-//! - [`fallback`]: asking an owner for what a cache lacks, with timeout, breaker and negative
-//!   cache; [`resync`]: replacing a cache wholesale with its owner's snapshot (a full sync).
-//! - [`supervisor`]: the restarting [`Supervisor`](supervisor::Supervisor) and the shared
-//!   [`SupervisionTree`](supervisor::SupervisionTree).
-//! - [`observe`], [`metrics`], [`telemetry`]: what operators see; [`rebuild`]: rebuild progress.
-//! - [`flow`]: the MallBots-style flow log; [`faults`]: failure injection for drills;
-//!   [`nats_server`]: a local `nats-server` child process.
+//! What a user needs:
+//! - [`BoundedContext`]: a context declared once ([`ContextDecl`], [`AggregateDecl`],
+//!   [`HandlersDecl`]); a list of them is the system ([`BoundedContext::select`],
+//!   [`BoundedContext::asyncapi`]).
+//! - [`CarrierSystem`] and [`SystemConfig`]: start the list, find a running context's
+//!   [`ContextHandle`] by type, watch its [`Health`], shut it down.
+//! - [`ContextHandle`]: execute commands on a context's writer ([`ExecuteError`]), read its
+//!   file, look up cached entities ([`LookupError`]; a miss asks the owner's [`Fallback`]).
+//! - [`Aggregate`] and [`EventStore`]: event-sourced contexts, and the [`Position`] a command's
+//!   event was published at, which a query can wait for ([`PositionWait`]).
+//! - [`EventBus`] and [`HandlerError`]: handlers run for events, exactly once for what they
+//!   write in the bus's file.
+//!
+//! What the command line and operators use:
+//! - [`Bus`]: the only part that touches `async-nats` ([`Delivery`], [`DeadLetter`],
+//!   [`dead_letter_stream`], [`dead_letter_header`]).
+//! - [`Observer`] and its [`Snapshot`]: what the dashboard and `status` show, and the actions
+//!   they take ([`Reposition`], [`ActionError`]); [`RebuildProgress`]; [`ResyncError`].
+//! - [`LocalNatsServer`]: a local `nats-server` child process; [`Faults`]: failure injection
+//!   for drills; [`instance_id`]: the identity of a data directory.
+//!
+//! Inside (read the code in this order): `context` (the declaration) → `cache` (the writer
+//! actor, the only writer of a context's file, and the handle) → `consumer` (the durable
+//! consumer feeding it in batches) → `bus` → `relay` (the outbox relay) → `commands`, `serve`
+//! and `responder` (request/reply) → `fallback` and `resync` (asking an owner) → `fence`,
+//! `instance` and `standby` (leases and takeover) → `supervisor` (restarts) → `observe`.
 //!
 //! The mall (seed 001) is a user of this crate, in `carrier-mall`: the machinery here knows no
 //! context by name.
 
-pub mod bus;
-pub mod cache;
-pub mod commands;
-pub mod consumer;
-pub mod context;
-pub mod event_bus;
-pub mod event_store;
-pub mod fallback;
-pub mod faults;
-pub mod fence;
-pub mod flow;
-pub mod handlers;
-pub mod instance;
+mod bus;
+mod cache;
+mod commands;
+mod consumer;
+mod context;
+mod event_bus;
+mod event_store;
+mod fallback;
+mod faults;
+mod fence;
+mod flow;
+mod handlers;
+mod instance;
 pub mod metrics;
-pub mod nats_options;
-pub mod nats_server;
-pub mod observe;
-pub mod offsets;
-pub mod rebuild;
+mod nats_options;
+mod nats_server;
+mod observe;
+mod offsets;
+mod rebuild;
 mod relay;
-pub mod responder;
-pub mod resync;
+mod responder;
+mod resync;
 mod serve;
-pub mod standby;
+mod standby;
 mod start_error;
-pub mod supervisor;
-pub mod system;
+mod supervisor;
+mod system;
 pub mod telemetry;
 
-pub use cache::{ContextHandle, ExecuteError};
-pub use context::{BoundedContext, SourceStream, UnknownContext};
-pub use event_store::{Position, PositionWait};
+// Declaring contexts and running them.
+pub use cache::{CacheSettings, ContextHandle, ExecuteError, InboxRetention, LookupError, Prefetch};
+pub use context::{AggregateDecl, BoundedContext, ContextDecl, SourceStream, UnknownContext};
+pub use handlers::HandlersDecl;
 pub use nats_options::NatsOptions;
-pub use system::{CarrierSystem, Health, StartError, SystemConfig};
+pub use start_error::StartError;
+pub use system::{CarrierSystem, SystemConfig};
+
+// Event sourcing: aggregates on their own subjects, positions to read one's writes at.
+pub use event_store::{
+    Aggregate, EventStore, EventStoreSettings, EventStoreStats, LoadError, Loaded, Position, PositionWait,
+};
+
+// The event bus: handlers run for events, exactly once for what they write.
+pub use event_bus::{EventBus, EventBusError, EventBusSettings, HandlerError};
+
+// NATS: the one place that touches async-nats, and its dead letters.
+pub use bus::{dead_letter_header, dead_letter_stream, Bus, BusError, DeadLetter, Delivery};
+
+// What operators see and do.
+pub use cache::instance_durable_name;
+pub use commands::command_reply;
+pub use consumer::ConsumerStats;
+pub use fallback::{BreakerState, Fallback, FallbackError, FallbackStats};
+pub use faults::{FaultSpecError, Faults};
+pub use fence::LEASE_TTL;
+pub use instance::{durable_suffix, instance_id, FENCE_AFTER};
+pub use nats_server::{LocalNatsCluster, LocalNatsServer, NatsServerError};
+pub use observe::{ActionError, ConsumerReport, Health, Observer, Snapshot};
+pub use offsets::{Reposition, RepositionError, SeekTo, MAX_SKIP};
+pub use rebuild::{RebuildError, RebuildProgress};
+pub use resync::ResyncError;
+pub use supervisor::NodeState;

@@ -254,7 +254,7 @@ pub struct ConsumerReport {
     pub counters: ConsumerCounters,
     /// Messages per second over the last second.
     pub rate_per_second: f64,
-    /// The last [`RATE_HISTORY`] one-second rates, oldest first.
+    /// The last `RATE_HISTORY` one-second rates, oldest first.
     pub rate_history: Vec<f64>,
 }
 
@@ -822,7 +822,7 @@ impl Observer {
     }
 
     /// Starts rebuilding `context`'s caches from the streams in the background (see
-    /// [`crate::rebuild`]); refuses while one is running for it.
+    /// `crate::rebuild`); refuses while one is running for it.
     pub fn start_rebuild(&self, context: &str) -> Result<crate::rebuild::RebuildProgress, ActionError> {
         let observed = self
             .contexts
@@ -948,7 +948,7 @@ impl Observer {
     }
 
     /// Pauses (`true`) or resumes the consumer `context` reads `source` with (see
-    /// [`crate::offsets`]); returns whether it was paused before. A pause returns once the
+    /// `crate::offsets`); returns whether it was paused before. A pause returns once the
     /// consumer has let go of its subscription (it finishes the batch in hand first), so nothing
     /// published after it is applied until the resume.
     pub async fn pause(&self, context: &str, source: &str, paused: bool) -> Result<bool, ActionError> {
@@ -996,7 +996,7 @@ impl Observer {
     }
 
     /// Ends the actor at `path` so that its supervisor restarts it (see
-    /// [`SupervisionTree::restart`]).
+    /// `SupervisionTree::restart`).
     pub fn restart(&self, path: &str, kill: bool) -> Result<(), ActionError> {
         Ok(self.tree.restart(path, kill)?)
     }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use carrier_messages::{Decoded, DomainEvent};
-use carrier_storage::engine::Inbound;
-use carrier_storage::rebuild::CacheSet;
+use carrier_storage::CacheSet;
+use carrier_storage::Inbound;
 use carrier_storage::{ContextDb, FileWriter, Reacts, StorageError};
 
 use crate::bus::Bus;

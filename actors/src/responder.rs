@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use carrier_messages::envelope::header;
+use carrier_messages::header;
 use carrier_messages::ContentType;
 
 use crate::bus::{Bus, IncomingRequest, RequestStream};

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use carrier_messages::request::{snapshot_subject, SnapshotPage, SnapshotQuery};
+use carrier_messages::{snapshot_subject, SnapshotPage, SnapshotQuery};
 use carrier_storage::StorageError;
 
 use crate::bus::{Bus, BusError};

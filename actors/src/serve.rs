@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ractor::Actor;
 
-use carrier_messages::request::{command_subject, decode_request, encode_body, QueryReply};
 use carrier_messages::ContentType;
+use carrier_messages::{command_subject, decode_request, encode_reply, QueryReply};
 use serde::de::DeserializeOwned;
 
 use crate::bus::{Bus, IncomingRequest};
@@ -160,7 +160,7 @@ struct MinPosition {
 /// The position a query asks to read from: its `Carrier-Min-Position` header, else its body's
 /// `min_position`.
 fn min_position(request: &IncomingRequest, content_type: ContentType) -> Option<String> {
-    use carrier_messages::request::MIN_POSITION_HEADER;
+    use carrier_messages::MIN_POSITION_HEADER;
     request
         .header(MIN_POSITION_HEADER)
         .map(str::to_string)
@@ -183,13 +183,13 @@ where
                 },
             };
             if let Some(refusal) = refusal {
-                return encode_body(content_type, &refusal);
+                return encode_reply(content_type, &refusal);
             }
         }
         let reply = match decode_request::<Q>(content_type, &request.payload) {
             Err(reason) => R::failed("bad_request", format!("not a {} query: {reason}", self.context)),
             Ok(query) => self.answer.answer(query).await,
         };
-        encode_body(content_type, &reply)
+        encode_reply(content_type, &reply)
     }
 }

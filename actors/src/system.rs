@@ -72,7 +72,7 @@ impl SystemConfig {
             inbox_retention: InboxRetention {
                 horizon: Duration::from_secs(7 * 24 * 3600),
                 every: Duration::from_secs(60),
-                idempotency_keys: carrier_storage::idempotency::DEFAULT_RETENTION,
+                idempotency_keys: carrier_storage::IDEMPOTENCY_RETENTION,
             },
             fallback: crate::fallback::FallbackConfig::default(),
             gap_grace: Duration::from_secs(1),

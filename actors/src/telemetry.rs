@@ -2,7 +2,7 @@
 //! installed (`carrier run --otlp-endpoint`, or an in-memory exporter in tests).
 //!
 //! The ids come from Carrier, not from the SDK: each event's `traceparent` names the span that
-//! produced it (see [`carrier_messages::trace`]), and a consumer's span id is derived from the
+//! produced it (see `carrier_messages::trace`), and a consumer's span id is derived from the
 //! event id and the context. A span is therefore recorded after the fact, with the ids that the
 //! events already carry; [`DirectedIds`] hands those ids to the SDK. With no exporter installed
 //! every function here returns after one atomic load.
@@ -20,7 +20,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, SdkTracerProvider, SpanExporter, Tracer};
 use opentelemetry_sdk::Resource;
 
-use carrier_messages::trace::TraceContext;
+use carrier_messages::TraceContext;
 
 pub use opentelemetry::trace::SpanKind as Kind;
 pub use opentelemetry::KeyValue as Attribute;

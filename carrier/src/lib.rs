@@ -54,10 +54,10 @@ pub use carrier_messages::schemars;
 
 /// What a context of your own is written with; `use carrier::prelude::*;`.
 pub mod prelude {
-    pub use carrier_actors::event_bus::{EventBus, HandlerError};
-    pub use carrier_actors::event_store::{Aggregate, EventStore};
+    pub use carrier_actors::{Aggregate, EventStore};
     pub use carrier_actors::{BoundedContext, CarrierSystem, ContextHandle, Position, SystemConfig};
-    pub use carrier_messages::request::Entity;
+    pub use carrier_actors::{EventBus, HandlerError};
+    pub use carrier_messages::Entity;
     pub use carrier_messages::{
         check, domain_events, Causality, Decoded, DomainEvent, Envelope, Found, NoEvents, QueryReply, Validate,
         ValidationError,

@@ -18,7 +18,7 @@ pub fn main(args: AsyncApiArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
         "carrier" => "Carrier",
         name => name,
     };
-    let document = carrier_actors::context::asyncapi(title, env!("CARGO_PKG_VERSION"), &app.contexts);
+    let document = carrier_actors::BoundedContext::asyncapi(title, env!("CARGO_PKG_VERSION"), &app.contexts);
     let text = serde_json::to_string_pretty(&document)? + "\n";
     match args.output {
         Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use carrier_actors::bus::Bus;
-use carrier_messages::envelope::header;
-use carrier_messages::request::{command_subject, query_subject, CommandReply};
+use carrier_actors::Bus;
+use carrier_messages::header;
+use carrier_messages::{command_subject, query_subject, CommandReply};
 
 /// Arguments of `carrier command`.
 #[derive(clap::Args)]

@@ -66,7 +66,7 @@ struct SkipArgs {
     #[command(flatten)]
     target: Target,
     /// How many events to pass over.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=carrier_actors::offsets::MAX_SKIP as i64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=carrier_actors::MAX_SKIP as i64))]
     count: u32,
 }
 

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use carrier_actors::bus::{dead_letter_header as dlq, Bus, DeadLetter};
-use carrier_messages::envelope::header;
+use carrier_actors::{dead_letter_header as dlq, Bus, DeadLetter};
+use carrier_messages::header;
 
 /// Arguments of `carrier dlq`.
 #[derive(clap::Args)]
@@ -78,7 +78,7 @@ pub async fn main(args: DlqArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     // Not a context, but maybe an event bus (`EventBus`), whose dead letters live in a stream
     // of the same shape: go on if that stream exists.
     if let Err(unknown) = declared {
-        let stream = carrier_actors::bus::dead_letter_stream(&named);
+        let stream = carrier_actors::dead_letter_stream(&named);
         if !matches!(bus.stream_message_count(&stream).await, Ok(Some(_))) {
             return Err(unknown.context(format!("and there is no event bus dead-letter stream {stream} either")));
         }

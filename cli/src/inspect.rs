@@ -40,7 +40,7 @@ pub fn main(args: InspectArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     if !path.exists() {
         bail!("{} does not exist (wrong --data-dir, or the context never ran there)", path.display());
     }
-    let mut tables = carrier_storage::inspect::dump(&path, args.limit)
+    let mut tables = carrier_storage::dump_tables(&path, args.limit)
         .with_context(|| format!("cannot read {} (a running carrier holds it open; stop it first)", path.display()))?;
     if let Some(only) = &args.table {
         tables.retain(|t| &t.table == only);

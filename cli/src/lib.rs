@@ -18,22 +18,27 @@ mod asyncapi;
 mod command;
 mod config;
 mod consumer;
-pub mod dashboard;
+mod dashboard;
 mod dashboard_client;
 mod dlq;
 mod inspect;
-pub mod nats;
-pub mod otel;
-pub mod progress;
+mod nats;
+mod otel;
+mod progress;
 mod publish;
 mod rebuild;
 mod run;
-pub mod server;
+mod server;
 mod status;
 
 pub use config::ConfigError;
+pub use dashboard::{start as start_dashboard, Dashboard, DashboardArgs, DEFAULT_ADDR as DEFAULT_DASHBOARD_ADDR};
 pub use inspect::money;
+pub use nats::{NatsArgs, DEFAULT_URL as DEFAULT_NATS_URL};
+pub use otel::{start as start_otlp, Exporter, OtlpArgs};
+pub use progress::Progress;
 pub use run::{listen_for_stop, shutdown_signal, stop_running, stop_within, STOP_LIMIT};
+pub use server::{nats_or_local, Nats};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -135,7 +140,7 @@ pub struct App {
 impl App {
     /// The declaration named `name`, or an error listing the declared names.
     pub fn context(&self, name: &str) -> anyhow::Result<&BoundedContext> {
-        Ok(carrier_actors::context::find(&self.contexts, name)?)
+        Ok(carrier_actors::BoundedContext::find(&self.contexts, name)?)
     }
 }
 

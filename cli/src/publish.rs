@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use carrier_actors::bus::Bus;
-use carrier_messages::catalog::{self, JsonEvent};
-use carrier_messages::codec::Causality;
+use carrier_actors::Bus;
+use carrier_messages::Causality;
+use carrier_messages::JsonEvent;
 use carrier_messages::{ContentType, EventCatalog, EventId, WireFormat};
 
 /// Arguments of `carrier publish`.
@@ -29,7 +29,7 @@ pub struct PublishArgs {
     /// W3C trace context of the span publishing it (`00-<trace id>-<span id>-<flags>`); a new
     /// trace otherwise.
     #[arg(long)]
-    traceparent: Option<carrier_messages::trace::TraceContext>,
+    traceparent: Option<carrier_messages::TraceContext>,
     /// The payload's encoding.
     #[arg(long, value_enum, default_value = "cbor")]
     encoding: Encoding,
@@ -69,7 +69,7 @@ impl From<Format> for WireFormat {
 pub async fn main(args: PublishArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     crate::init_logging("warn", false);
     let catalogs: Vec<EventCatalog> = app.contexts.iter().filter_map(|c| c.events().copied()).collect();
-    let catalog = catalog::find(&catalogs, &args.event_type)?;
+    let catalog = EventCatalog::find(&catalogs, &args.event_type)?;
     let causality = Causality {
         correlation_id: args.correlation_id,
         causation_id: None,

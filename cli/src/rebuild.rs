@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use carrier_actors::rebuild::RebuildProgress;
+use carrier_actors::RebuildProgress;
 
 /// Arguments of `carrier rebuild`.
 #[derive(clap::Args)]

@@ -55,7 +55,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     let contexts = if args.contexts.is_empty() {
         app.contexts.clone()
     } else {
-        carrier_actors::context::select(&app.contexts, &args.contexts)?
+        carrier_actors::BoundedContext::select(&app.contexts, &args.contexts)?
     };
     let names: Vec<&str> = contexts.iter().map(|c| c.name()).collect();
     let names = names.join(",");
@@ -76,8 +76,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     config.read_model_idle = std::time::Duration::from_secs(u64::from(args.read_model_idle_hours) * 3600);
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see actors::faults.
-        let faults =
-            carrier_actors::faults::Faults::from_spec(&spec).map_err(|e| anyhow::anyhow!("CARRIER_FAULTS: {e}"))?;
+        let faults = carrier_actors::Faults::from_spec(&spec).map_err(|e| anyhow::anyhow!("CARRIER_FAULTS: {e}"))?;
         tracing::warn!(%spec, "failure injection is on");
         config.faults = std::sync::Arc::new(faults);
     }

@@ -1,7 +1,7 @@
 //! Finding a NATS server: the one given, or a local child process.
 
 use anyhow::Context;
-use carrier_actors::nats_server::LocalNatsServer;
+use carrier_actors::LocalNatsServer;
 use carrier_actors::NatsOptions;
 
 /// A server, and the child process behind it when we started one.

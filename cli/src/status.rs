@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use carrier_actors::observe::Snapshot;
+use carrier_actors::Snapshot;
 
 /// Arguments of `carrier status`.
 #[derive(clap::Args)]

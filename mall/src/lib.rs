@@ -47,8 +47,8 @@ use std::sync::Arc;
 use crate::caches::CustomersCache;
 use crate::ordering::events::OrderingEvent;
 
-use carrier_actors::cache::{ContextHandle, Prefetch};
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::{ContextHandle, Prefetch};
 
 /// Every context of the mall, owners first.
 pub fn contexts() -> Vec<BoundedContext> {

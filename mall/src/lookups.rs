@@ -8,7 +8,7 @@ use std::future::Future;
 use crate::caches::{CustomersCache, StoresCache};
 use crate::customers::events::CustomersEvent;
 use crate::stores::events::StoresEvent;
-use carrier_actors::cache::{ContextHandle, LookupError};
+use carrier_actors::{ContextHandle, LookupError};
 
 /// A store or product as a context that caches the stores context's data keeps it.
 pub trait StoresLookups {

@@ -2,7 +2,7 @@
 
 use crate::prelude::*;
 use crate::stores::*;
-use carrier_messages::codec::{Causality, EncodeError};
+use carrier_messages::{Causality, EncodeError};
 use carrier_messages::{Decoded, EncodedEvent};
 
 /// Events whose end state is known in advance.

@@ -119,10 +119,13 @@ fn write<E: DomainEvent>(given: &JsonEvent<'_>) -> Result<(Envelope, EncodedEven
     Ok((decoded.envelope, wire))
 }
 
-/// The catalogue a list of catalogues has for `event_type`, or why none.
-pub fn find<'a>(catalogs: &'a [EventCatalog], event_type: &str) -> Result<&'a EventCatalog, CatalogError> {
-    catalogs.iter().find(|c| c.has(event_type)).ok_or_else(|| CatalogError::UnknownType {
-        event_type: event_type.to_string(),
-        known: catalogs.iter().flat_map(|c| c.event_types.iter().copied()).collect::<Vec<_>>().join(", "),
-    })
+impl EventCatalog {
+    /// The catalogue of `catalogs` that has `event_type`, or why none (naming every type they
+    /// know).
+    pub fn find<'a>(catalogs: &'a [EventCatalog], event_type: &str) -> Result<&'a EventCatalog, CatalogError> {
+        catalogs.iter().find(|c| c.has(event_type)).ok_or_else(|| CatalogError::UnknownType {
+            event_type: event_type.to_string(),
+            known: catalogs.iter().flat_map(|c| c.event_types.iter().copied()).collect::<Vec<_>>().join(", "),
+        })
+    }
 }

@@ -4,6 +4,8 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use crate::codec::body_bytes as bytes;
+
 /// Nesting deeper than this is refused when decoding, so hostile input cannot exhaust the stack.
 pub const MAX_NESTING: usize = 64;
 

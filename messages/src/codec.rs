@@ -22,7 +22,7 @@ pub trait DomainEvent: Sized + Clone + Send + Sync + Serialize + DeserializeOwne
     /// This event's type, e.g. `stores.StoreCreated`.
     fn event_type(&self) -> &'static str;
     /// The subject this event is published on, e.g. `stores.store.created`, as declared: a
-    /// subject ending in `*` is per aggregate (`users.user.*`), and [`publish_subject`]
+    /// subject ending in `*` is per aggregate (`users.user.*`), and `publish_subject`
     /// (Self::publish_subject) puts the aggregate id in place of the `*`.
     fn subject(&self) -> &'static str;
     /// The subject the event is actually published on: [`subject`](Self::subject), or for a
@@ -89,7 +89,7 @@ pub struct EncodedEvent {
     pub body: Vec<u8>,
 }
 
-/// `Vec<u8>` as a byte string (`#[serde(with = "carrier_messages::codec::body_bytes")]`), for any
+/// `Vec<u8>` as a byte string (`#[serde(with = "carrier_messages::cbor::bytes")]`), for any
 /// CBOR row that holds bytes: serde's default writes a sequence, which CBOR spells one item per
 /// byte (several times the size, and most of the outbox's encode and decode time).
 pub mod body_bytes {
@@ -560,7 +560,7 @@ macro_rules! domain_events {
             )*
         }
 
-        impl $crate::codec::DomainEvent for $name {
+        impl $crate::DomainEvent for $name {
             const CONTEXT: &'static str = $context;
             const STREAM: &'static str = $stream;
             const STREAM_SUBJECTS: &'static str = $subjects;
@@ -586,37 +586,37 @@ macro_rules! domain_events {
                 match self { $(Self::$variant(_) => $crate::__schema_version!($($version)?),)* }
             }
 
-            fn validate(&self) -> Result<(), $crate::codec::ValidationError> {
+            fn validate(&self) -> Result<(), $crate::ValidationError> {
                 match self { $(Self::$variant(e) => {
                     if $subject.ends_with('*') {
-                        $crate::codec::check::subject_token("id", &e.id)?;
+                        $crate::check::subject_token("id", &e.id)?;
                     } else {
-                        $crate::codec::check::id("id", &e.id)?;
+                        $crate::check::id("id", &e.id)?;
                     }
-                    $crate::codec::Validate::validate(e)
+                    $crate::Validate::validate(e)
                 })* }
             }
 
-            fn encode_payload(&self, content_type: $crate::envelope::ContentType) -> Result<Vec<u8>, $crate::codec::EncodeError> {
-                match self { $(Self::$variant(e) => $crate::codec::encode_body(self.event_type(), e, content_type),)* }
+            fn encode_payload(&self, content_type: $crate::ContentType) -> Result<Vec<u8>, $crate::EncodeError> {
+                match self { $(Self::$variant(e) => $crate::__private::encode_body(self.event_type(), e, content_type),)* }
             }
 
-            fn decode_payload(event_type: &str, schema_version: u32, content_type: $crate::envelope::ContentType, body: &[u8]) -> Result<Self, $crate::codec::DecodeError> {
+            fn decode_payload(event_type: &str, schema_version: u32, content_type: $crate::ContentType, body: &[u8]) -> Result<Self, $crate::DecodeError> {
                 $(
                     if event_type == concat!($context, ".", stringify!($variant)) {
                         let current: u32 = $crate::__schema_version!($($version)?);
                         if schema_version == current {
-                            return $crate::codec::decode_body(event_type, content_type, body).map(Self::$variant);
+                            return $crate::__private::decode_body(event_type, content_type, body).map(Self::$variant);
                         }
                         $(
                             if schema_version >= 1 && schema_version < current {
-                                return $crate::codec::decode_upcast(event_type, schema_version, current, content_type, body, $upcast).map(Self::$variant);
+                                return $crate::__private::decode_upcast(event_type, schema_version, current, content_type, body, $upcast).map(Self::$variant);
                             }
                         )?
-                        return Err($crate::codec::DecodeError::UnsupportedSchemaVersion { event_type: event_type.to_string(), version: schema_version });
+                        return Err($crate::DecodeError::UnsupportedSchemaVersion { event_type: event_type.to_string(), version: schema_version });
                     }
                 )*
-                Err($crate::codec::DecodeError::UnknownEventType($crate::envelope::clip(event_type)))
+                Err($crate::DecodeError::UnknownEventType($crate::__private::clip(event_type)))
             }
 
             fn catalog(generator: &mut $crate::asyncapi::SchemaGenerator) -> Vec<$crate::asyncapi::EventEntry> {
@@ -640,7 +640,7 @@ macro_rules! domain_events {
 #[macro_export]
 macro_rules! __schema_version {
     () => {
-        $crate::envelope::SCHEMA_VERSION
+        $crate::SCHEMA_VERSION
     };
     ($version:literal) => {
         $version

@@ -354,7 +354,7 @@ pub fn decode_request<T: DeserializeOwned>(content_type: ContentType, body: &[u8
 }
 
 /// Encodes a reply (or request) body.
-pub fn encode_body<T: Serialize>(content_type: ContentType, value: &T) -> Vec<u8> {
+pub fn encode_reply<T: Serialize>(content_type: ContentType, value: &T) -> Vec<u8> {
     match content_type {
         ContentType::Json => serde_json::to_vec(value).unwrap_or_default(),
         ContentType::Cbor => crate::cbor::to_vec(value).unwrap_or_default(),

@@ -1,9 +1,9 @@
 //! Property tests: the decoder never panics on hostile input, and valid events survive the trip.
 //! The events are a neutral catalogue of the test's own, declared as any user declares theirs.
 
-use carrier_messages::codec::{Causality, Decoded};
-use carrier_messages::envelope::header;
+use carrier_messages::header;
 use carrier_messages::{check, domain_events, ContentType, DomainEvent, Validate, ValidationError};
+use carrier_messages::{Causality, Decoded};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 

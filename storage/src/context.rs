@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{Decoded, DomainEvent, EncodedEvent, Envelope, EventId};
 
 use crate::engine::{self, Adopted, BatchOutcome, EngineStats, Inbound, Projection};
@@ -26,7 +26,7 @@ use crate::{CommandError, ReactError, StorageError};
 pub trait ContextKind: Sized + Send + Sync + 'static {
     /// The context's name, e.g. `depot`.
     const NAME: &'static str;
-    /// What it publishes ([`carrier_messages::codec::NoEvents`] when nothing).
+    /// What it publishes ([`carrier_messages::NoEvents`] when nothing).
     type Event: DomainEvent;
     /// Creates its own tables (the engine's and the outbox are created for it). By default
     /// none: a [`Rows`](crate::Rows) table is created by its first write and reads as empty
@@ -72,7 +72,7 @@ pub trait Follows: ContextKind {
 
 /// How a context that caches another context's entities (events of type `E`) adopts an entity's
 /// state when the owner reports it: on a cache miss, and after a version gap stayed open, it
-/// asks the owner ([`carrier_messages::request::EntityQuery`]) and writes what it keeps, never
+/// asks the owner ([`carrier_messages::EntityQuery`]) and writes what it keeps, never
 /// over a newer version.
 pub trait Adopts<E: DomainEvent>: Reacts<E> {
     /// The fields of the owner's row this context keeps (the owner may send more).
@@ -420,14 +420,14 @@ impl<K: ContextKind> FileWriter<K> {
     }
 
     /// Sets `consumer`'s checkpoint to exactly `seq` (an operator's seek or skip; see
-    /// [`engine::set_checkpoint`]).
+    /// `engine::set_checkpoint`).
     pub fn set_checkpoint(&self, consumer: &str, seq: u64) -> Result<(), StorageError> {
         engine::set_checkpoint(&self.db, consumer, seq)?;
         self.file.committed();
         Ok(())
     }
 
-    /// Applies a delivered batch of `E` events in one transaction (see [`engine::apply_batch`]),
+    /// Applies a delivered batch of `E` events in one transaction (see `engine::apply_batch_with`),
     /// with whatever the reactions emit.
     pub fn apply<E: DomainEvent>(
         &self,
@@ -515,7 +515,7 @@ impl<K: ContextKind> FileWriter<K> {
     }
 
     /// Writes an entity's state as its owner reported it, unless the file already has that
-    /// version or a newer one (see [`engine::adopt`]).
+    /// version or a newer one (see `engine::adopt`).
     pub fn adopt<E: DomainEvent>(
         &self,
         aggregate: &str,
@@ -535,7 +535,7 @@ impl<K: ContextKind> FileWriter<K> {
 
     /// Replaces the entities of each kind in `snapshot` (kind, then id, version, and state or
     /// none for a tombstone) with the owner's snapshot, all in one transaction (see
-    /// [`engine::resync`]): the context's rows of those kinds, their versions and parked events,
+    /// `engine::resync`): the context's rows of those kinds, their versions and parked events,
     /// and `consumer`'s checkpoint, which becomes `through` (the stream's last sequence before
     /// the snapshot was read); without `through`, merges the snapshot where it is newer. Returns
     /// how many entities were written.
@@ -615,7 +615,7 @@ impl<K: ContextKind> FileWriter<K> {
 
     /// Like [`decide_all`](Self::decide_all), where decision `i` may carry an idempotency key
     /// (`keys[i]`; a shorter `keys` leaves the rest without): a key seen before answers with the
-    /// event its first command recorded and decides nothing (see [`crate::idempotency`]); a new
+    /// event its first command recorded and decides nothing (see `crate::idempotency`); a new
     /// key is stored with its command's event, in the same transaction.
     pub fn decide_all_keyed(
         &self,

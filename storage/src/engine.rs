@@ -138,21 +138,7 @@ impl BatchOutcome {
 /// Applies `batch` in one transaction; see the module docs for the rules. The checkpoint moves to
 /// the batch's last stream sequence or `through`, whichever is higher: `through` covers messages
 /// the consumer settled without applying them (dead letters), so a restart does not redo them.
-pub fn apply_batch<E, P>(
-    db: &Database,
-    consumer: &str,
-    projection: &P,
-    batch: &[Inbound<E>],
-    through: u64,
-) -> Result<BatchOutcome, StorageError>
-where
-    E: DomainEvent,
-    P: Projection<E>,
-{
-    apply_batch_with(db, consumer, projection, batch, through, redb::Durability::Immediate, false, Effects::Emit)
-}
-
-/// [`apply_batch`] for a rebuild's scratch file: thrown away when the process dies, it needs no
+/// A rebuild's scratch file, thrown away when the process dies, needs no
 /// fsync per batch (`durability`), and no inbox (`scratch`): its inbox is never merged into the
 /// live file, and a duplicate within the replay is told by its entity's version.
 pub(crate) fn apply_batch_with<E, P>(
@@ -457,7 +443,7 @@ pub(crate) fn prune_inbox(db: &Database, cutoff_unix_ms: u64, limit: usize) -> R
     Ok(removed)
 }
 
-/// What [`adopt`] did.
+/// What `adopt` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Adopted {
     /// The owner's state was written at its version; `unparked` waiting events followed it.

@@ -30,7 +30,7 @@ pub(crate) const IDEMPOTENCY_BY_TIME: TableDefinition<(u64, &str), ()> = TableDe
 /// How long keys are kept by default: 24 hours.
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-pub use carrier_messages::request::IdempotencyKey;
+pub use carrier_messages::IdempotencyKey;
 
 /// A command's outcome: the event it recorded, or the one an earlier send with its idempotency
 /// key recorded (`replayed`).
@@ -55,7 +55,7 @@ impl<E> From<Decoded<E>> for Decided<E> {
 /// What is kept of a key.
 #[derive(Serialize, Deserialize)]
 struct Record {
-    #[serde(with = "carrier_messages::codec::body_bytes")]
+    #[serde(with = "carrier_messages::cbor::bytes")]
     fingerprint: Vec<u8>,
     stored_at_ms: u64,
     event: EncodedEvent,

@@ -4,7 +4,7 @@
 //! an owner's answer closes a gap and never goes over a newer version, and what a reaction emits
 //! is in the outbox exactly once.
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{domain_events, Decoded, Envelope, Validate};
 use carrier_storage::ReactError;
 use carrier_storage::{
@@ -253,7 +253,7 @@ fn the_library_numbers_each_entitys_events_from_one() {
 /// were swapped, so a rebuilt index never replaced the live one.
 #[test]
 fn a_rebuild_swaps_every_table_of_a_set_also_an_index_past_its_aggregates() {
-    use carrier_storage::rebuild::{CacheSet, SwapCursor, SwapStep};
+    use carrier_storage::{CacheSet, SwapCursor, SwapStep};
     const INDEX: Rows<i64> = Rows::new("index");
     let dir = tempfile::tempdir().expect("tempdir");
     let live = FileWriter::<Shelf>::open(dir.path().join("live.redb")).expect("open");

@@ -127,7 +127,7 @@ fn carrier(args: &[&str], url: &str) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
-    use carrier_messages::envelope::header;
+    use carrier_messages::header;
     let env = TestEnv::start();
     let system = env.system(&["baskets"]).await;
     let client = env.plain_client().await;

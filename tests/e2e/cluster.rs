@@ -4,10 +4,10 @@
 use carrier_mall::prelude::*;
 use std::time::Duration;
 
-use carrier_actors::nats_server::LocalNatsCluster;
+use carrier_actors::LocalNatsCluster;
 use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_mall::stores::StoresCommand;
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_tests::wait_until;
 
 const STORES: usize = 240;
@@ -81,7 +81,7 @@ async fn the_stream_leaders_node_killed_mid_stream_loses_nothing_and_applies_not
 
     let data = tempfile::tempdir().expect("data dir");
     let contexts =
-        carrier_actors::context::select(&carrier_mall::contexts(), &["stores", "baskets"]).expect("contexts");
+        carrier_actors::BoundedContext::select(&carrier_mall::contexts(), &["stores", "baskets"]).expect("contexts");
     let mut config = SystemConfig::new(cluster.urls(), data.path(), contexts);
     config.stream_replicas = Some(3);
     config.ack_wait = Duration::from_secs(2);

@@ -132,7 +132,7 @@ fn the_committed_document_is_the_generated_one() {
 #[test]
 fn the_payload_schemas_refuse_what_carrier_refuses() {
     use carrier_mall::stores::ProductAdded;
-    use carrier_messages::codec::Validate as _;
+    use carrier_messages::Validate as _;
     let doc = document();
     let schema = doc["components"]["schemas"]["ProductAdded"].clone();
     let validator = jsonschema::validator_for(&schema).expect("the payload schema compiles");

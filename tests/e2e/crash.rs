@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carrier_actors::bus::Bus;
+use carrier_actors::Bus;
 use carrier_mall::stores::StoresEvent;
 use carrier_mall::workload::Workload;
 use carrier_tests::{carrier_bin, wait_until, TestEnv};
@@ -169,7 +169,7 @@ async fn kill_nine_at_random_moments_while_events_flow_loses_and_doubles_nothing
 }
 
 /// Sends a stores command as any NATS client would, retrying while nobody answers yet.
-async fn command(bus: &Bus, json: &str) -> carrier_messages::request::CommandReply {
+async fn command(bus: &Bus, json: &str) -> carrier_messages::CommandReply {
     let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -5,12 +5,12 @@ use carrier_mall::prelude::*;
 use std::time::Duration;
 
 use carrier_mall::customers::CustomersEvent;
-use carrier_messages::request::CommandReply;
+use carrier_messages::CommandReply;
 use carrier_messages::Decoded;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
-async fn command(bus: &carrier_actors::bus::Bus, json: &str) -> CommandReply {
+async fn command(bus: &carrier_actors::Bus, json: &str) -> CommandReply {
     let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
     let body = bus
         .request("cmd.customers", &headers, json.as_bytes().to_vec(), Duration::from_secs(5))

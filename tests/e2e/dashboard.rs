@@ -273,9 +273,7 @@ fn a_browser_shows_the_tree_and_consumers_live_and_a_restart_within_5_s() {
     assert_eq!(graph["streams"], json!(streams), "{graph:#}");
     let edges = graph["edges"].as_array().expect("edges");
     assert_eq!(edges.len(), 7 + 13, "a publish edge per stream and a read edge per durable: {graph:#}");
-    let own = carrier_actors::instance::durable_suffix(
-        &carrier_actors::instance::instance_id(&env.data_dir()).expect("instance id"),
-    );
+    let own = carrier_actors::durable_suffix(&carrier_actors::instance_id(&env.data_dir()).expect("instance id"));
     assert!(
         edges.contains(&json!("publish:ordering")) && edges.contains(&json!(format!("depot-ordering-{own}"))),
         "{graph:#}"

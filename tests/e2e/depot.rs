@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::{baskets_against_stores, depot_against_stores};
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,9 +101,7 @@ async fn depot_and_baskets_each_get_every_stores_event_through_their_own_durable
             carrier_mall::baskets::stores_durable_name(&env.data_dir()).expect("instance id"),
             format!(
                 "depot-stores-{}",
-                carrier_actors::instance::durable_suffix(
-                    &carrier_actors::instance::instance_id(&env.data_dir()).expect("instance id")
-                )
+                carrier_actors::durable_suffix(&carrier_actors::instance_id(&env.data_dir()).expect("instance id"))
             )
         ],
         "one durable per consuming context (each this instance's own: both may stand by)"

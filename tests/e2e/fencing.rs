@@ -8,7 +8,7 @@ use std::time::Duration;
 use carrier_actors::{BoundedContext, CarrierSystem, ContextHandle, Health, SystemConfig};
 use carrier_mall::stores::StoresCommand;
 use carrier_mall::stores::StoresEvent;
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{Envelope, NoEvents};
 use carrier_storage::ReactError;
 use carrier_storage::{ContextKind, Emitter, Reacts, Rows, RowsMut, StorageError, WriteTransaction};
@@ -109,12 +109,9 @@ async fn a_context_whose_lease_another_instance_holds_is_fenced_until_the_lease_
     .await;
     assert!(stored_names(&names).iter().all(|id| id != "s2"), "nothing applied while fenced");
     // Its position is not this instance's to move while fenced.
-    let moved = observer.reposition("names", "stores", carrier_actors::offsets::Reposition::Skip { count: 1 }).await;
+    let moved = observer.reposition("names", "stores", carrier_actors::Reposition::Skip { count: 1 }).await;
     assert!(
-        matches!(
-            moved,
-            Err(carrier_actors::observe::ActionError::Reposition(carrier_actors::offsets::RepositionError::Fenced(_)))
-        ),
+        matches!(moved, Err(carrier_actors::ActionError::Reposition(carrier_actors::RepositionError::Fenced(_)))),
         "{moved:?}"
     );
 
@@ -188,8 +185,8 @@ async fn a_lease_bucket_whose_leases_live_another_time_is_made_to_live_the_lease
     let system = env.system(&["stores"]).await;
     let mut stream = js.get_stream("KV_carrier_instances").await.expect("the bucket's stream");
     let info = stream.info().await.expect("info");
-    assert_eq!(info.config.max_age, carrier_actors::instance::LEASE_TTL, "leases live the TTL the fence assumes");
-    assert!(carrier_actors::instance::FENCE_AFTER < carrier_actors::instance::LEASE_TTL);
+    assert_eq!(info.config.max_age, carrier_actors::LEASE_TTL, "leases live the TTL the fence assumes");
+    assert!(carrier_actors::FENCE_AFTER < carrier_actors::LEASE_TTL);
     system.shutdown().await;
 }
 

@@ -6,12 +6,12 @@ use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
 use carrier_actors::CarrierSystem;
+use carrier_actors::{dead_letter_header, dead_letter_stream};
 use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::baskets_against_stores;
-use carrier_messages::codec::Causality;
-use carrier_messages::envelope::header;
+use carrier_messages::header;
+use carrier_messages::Causality;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
@@ -363,6 +363,6 @@ async fn a_panicking_cache_is_restarted_with_its_consumer_and_loses_nothing() {
     system.shutdown().await;
 }
 
-fn env_faults(system: &CarrierSystem) -> std::sync::Arc<carrier_actors::faults::Faults> {
+fn env_faults(system: &CarrierSystem) -> std::sync::Arc<carrier_actors::Faults> {
     system.faults.clone()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use carrier_actors::{CarrierSystem, SystemConfig};
 use carrier_mall::customers::CustomersCommand;
 use carrier_mall::stores::StoresCommand;
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_tests::{wait_until, TestEnv};
 
 const STORES: usize = 150;
@@ -36,7 +36,7 @@ fn owner_stores(stores: &carrier_mall::stores::StoresHandle) -> Vec<String> {
 }
 
 async fn second_instance(env: &TestEnv, data: &std::path::Path) -> CarrierSystem {
-    let contexts = carrier_actors::context::select(&carrier_mall::contexts(), &["search"]).expect("search");
+    let contexts = carrier_actors::BoundedContext::select(&carrier_mall::contexts(), &["search"]).expect("search");
     let mut config = SystemConfig::new(env.url(), data, contexts);
     config.ack_wait = Duration::from_secs(2);
     // Its durables go soon after it stops pulling (a retired instance leaves nothing behind).

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
+use carrier_actors::{dead_letter_header, dead_letter_stream};
 use carrier_actors::{BoundedContext, CarrierSystem, ContextHandle, SystemConfig};
 use carrier_mall::stores::{StoresCommand, StoresEvent};
 use carrier_messages::{Causality, Envelope, Found, NoEvents};
@@ -81,7 +81,7 @@ async fn a_reaction_that_refuses_an_event_dead_letters_it_and_the_rest_of_the_ba
 
 /// An owner declared by the test: accounts with a name, opened and renamed.
 mod ledger {
-    use carrier_messages::request::Entity;
+    use carrier_messages::Entity;
     use carrier_messages::{domain_events, Causality, Validate};
     use carrier_storage::{Adopts, ReactError, Reacts, RowsMut, WriteTransaction};
     use carrier_storage::{CommandError, ContextFile, ContextKind, Decides, Emitter, Rows, StorageError};
@@ -291,7 +291,7 @@ async fn a_cache_of_a_users_own_owner_repairs_a_version_gap_through_the_owners_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_cache_fills_a_miss_from_its_owner_forgets_a_deleted_entity_and_rebuilds() {
-    use carrier_actors::rebuild::RebuildProgress;
+    use carrier_actors::RebuildProgress;
     use ledger::{Close, Ledger, LedgerEvent, Mirror, Name, NAMES};
     let env = TestEnv::start();
     let owner = BoundedContext::of::<Ledger>().decides::<Name>().decides::<Close>().entities(ledger::entity).build();
@@ -372,7 +372,7 @@ async fn a_users_cache_fills_a_miss_from_its_owner_forgets_a_deleted_entity_and_
 /// letters, which every observer shows under its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_bus_handler_runs_in_the_system_and_its_dead_letters_show() {
-    use carrier_actors::event_bus::{EventBus, HandlerError};
+    use carrier_actors::{EventBus, HandlerError};
     const SEEN: Rows<String> = Rows::new("seen");
     let env = TestEnv::start();
     let audit = BoundedContext::handlers("audit")

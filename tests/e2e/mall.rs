@@ -8,27 +8,27 @@ use std::time::Duration;
 
 use carrier_mall::ordering::OrderStatus;
 use carrier_mall::search::SearchReply;
-use carrier_messages::request::CommandReply;
+use carrier_messages::CommandReply;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
-async fn request(bus: &carrier_actors::bus::Bus, subject: &str, json: &str) -> Vec<u8> {
+async fn request(bus: &carrier_actors::Bus, subject: &str, json: &str) -> Vec<u8> {
     let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
     bus.request(subject, &headers, json.as_bytes().to_vec(), Duration::from_secs(5)).await.expect("answered").to_vec()
 }
 
-async fn command(bus: &carrier_actors::bus::Bus, context: &str, json: &str) -> CommandReply {
+async fn command(bus: &carrier_actors::Bus, context: &str, json: &str) -> CommandReply {
     let reply: CommandReply =
         serde_json::from_slice(&request(bus, &format!("cmd.{context}"), json).await).expect("a command reply");
     reply
 }
 
-async fn search(bus: &carrier_actors::bus::Bus, json: &str) -> SearchReply {
+async fn search(bus: &carrier_actors::Bus, json: &str) -> SearchReply {
     serde_json::from_slice(&request(bus, "query.search", json).await).expect("a search reply")
 }
 
 /// Creates two stores with a product each and registers a customer, all over request/reply.
-async fn seed(bus: &carrier_actors::bus::Bus) {
+async fn seed(bus: &carrier_actors::Bus) {
     for (context, json) in [
         ("stores", r#"{"command":"create_store","id":"s1","name":"Waldorf's Wares","location":"North wing"}"#),
         ("stores", r#"{"command":"create_store","id":"s2","name":"Tiny Treasures","location":"South wing"}"#),
@@ -155,7 +155,7 @@ async fn an_order_goes_from_checkout_to_completion_through_every_context_and_is_
     system.shutdown().await;
 }
 
-async fn loop_until_status(bus: &carrier_actors::bus::Bus, id: &str, status: OrderStatus) -> SearchReply {
+async fn loop_until_status(bus: &carrier_actors::Bus, id: &str, status: OrderStatus) -> SearchReply {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let reply = search(bus, &format!(r#"{{"query":"get_order","id":"{id}"}}"#)).await;
@@ -315,8 +315,8 @@ async fn every_context_reads_each_stream_with_its_own_durable_and_sees_every_eve
     assert_eq!(unique.len(), durables.len(), "a durable name is shared: {durables:?}");
     // Every consuming context of the mall may stand by (it follows its own stream) or is a read
     // model: each instance reads every stream through durables of its own.
-    let instance = carrier_actors::instance::instance_id(&env.data_dir()).expect("instance id");
-    let suffix = carrier_actors::instance::durable_suffix(&instance);
+    let instance = carrier_actors::instance_id(&env.data_dir()).expect("instance id");
+    let suffix = carrier_actors::durable_suffix(&instance);
     let mut expected: Vec<String> = [
         "baskets-stores",
         "depot-ordering",

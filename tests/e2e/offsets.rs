@@ -6,10 +6,10 @@ use carrier_mall::prelude::*;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use carrier_actors::observe::{ActionError, Observer};
-use carrier_actors::offsets::{Reposition, RepositionError, SeekTo};
+use carrier_actors::{ActionError, Observer};
+use carrier_actors::{Reposition, RepositionError, SeekTo};
 use carrier_mall::stores::StoresCommand;
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_tests::{carrier_bin, http_json, http_post, wait_until, CarrierProcess, TestEnv};
 use serde_json::json;
 
@@ -26,7 +26,7 @@ fn cached_ids(baskets: &carrier_mall::baskets::BasketsHandle) -> Vec<String> {
     ids
 }
 
-async fn report(observer: &Observer) -> carrier_actors::observe::ConsumerReport {
+async fn report(observer: &Observer) -> carrier_actors::ConsumerReport {
     // baskets' durable on STORES is this instance's own: found by who reads what.
     observer
         .consumers()

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use carrier_actors::rebuild::RebuildProgress;
+use carrier_actors::RebuildProgress;
 use carrier_mall::stores::StoresCommand;
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_tests::{wait_until, TestEnv};
 
 const STORES: usize = 300;

@@ -6,11 +6,11 @@ use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use carrier_actors::bus::{dead_letter_header, dead_letter_stream};
+use carrier_actors::{dead_letter_header, dead_letter_stream};
 use carrier_mall::stores::StoresCommand;
 use carrier_mall::verify::baskets_against_stores;
-use carrier_messages::codec::Causality;
-use carrier_messages::envelope::header;
+use carrier_messages::header;
+use carrier_messages::Causality;
 use carrier_tests::{wait_until, TestEnv};
 use futures::StreamExt;
 
@@ -265,10 +265,10 @@ async fn consumers_and_relays_resume_by_themselves_when_nats_server_is_killed_an
 async fn a_redelivery_older_than_the_inbox_horizon_still_changes_nothing() {
     let env = TestEnv::start();
     let mut config = env.config(&["stores", "baskets"]);
-    config.inbox_retention = carrier_actors::cache::InboxRetention {
+    config.inbox_retention = carrier_actors::InboxRetention {
         horizon: Duration::ZERO,
         every: Duration::from_millis(100),
-        idempotency_keys: carrier_storage::idempotency::DEFAULT_RETENTION,
+        idempotency_keys: carrier_storage::IDEMPOTENCY_RETENTION,
     };
     let system = carrier_actors::CarrierSystem::start(config).await.expect("starts");
     let stores = system.handle::<carrier_mall::stores::StoresHandle>().expect("stores");
@@ -322,7 +322,7 @@ async fn a_context_that_keeps_crashing_is_given_up_while_the_others_keep_running
     let tree = system.tree.clone();
     wait_until(Duration::from_secs(90), "the root gives the baskets context up", || {
         let tree = tree.clone();
-        async move { tree.get("carrier/baskets").is_some_and(|n| n.state == carrier_actors::supervisor::NodeState::Failed) }
+        async move { tree.get("carrier/baskets").is_some_and(|n| n.state == carrier_actors::NodeState::Failed) }
     })
     .await;
     let health = system.health();
@@ -391,7 +391,7 @@ async fn an_event_that_crashes_the_cache_is_isolated_and_dead_lettered_and_the_r
     assert_eq!(baskets.db.product("p3").expect("read"), None);
     let tree = system.tree.snapshot();
     assert!(tree["carrier/baskets/cache"].restarts >= 2, "it crashed with the batch, then with the event alone");
-    assert_ne!(tree["carrier/baskets"].state, carrier_actors::supervisor::NodeState::Failed, "the context survived");
+    assert_ne!(tree["carrier/baskets"].state, carrier_actors::NodeState::Failed, "the context survived");
     assert_eq!(
         tree["carrier/baskets"].restarts, 0,
         "without even escalating: a cache and its consumer failing together is one incident"
@@ -470,7 +470,7 @@ async fn a_dead_letter_at_the_tail_is_not_dead_lettered_again_after_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_server_is_killed_mid_stream_no_message_stays_pending() {
     use carrier_mall::stores::{ProductAdded, StoresEvent};
-    use carrier_messages::codec::Decoded;
+    use carrier_messages::Decoded;
     let mut env = TestEnv::start();
     let system = env.system(&["baskets"]).await;
     let bus = system.bus.clone();

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use carrier_actors::nats_server::LocalNatsServer;
+use carrier_actors::LocalNatsServer;
 use carrier_tests::{carrier_bin, http_get, CarrierProcess};
 
 const STORE: &str = r#"{"id":"s-1","name":"Corner Shop","location":"North wing"}"#;

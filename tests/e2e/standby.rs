@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carrier_actors::bus::Bus;
+use carrier_actors::Bus;
 use carrier_actors::{CarrierSystem, Health};
 use carrier_mall::stores::StoresHandle;
 use carrier_tests::browser::Browser;

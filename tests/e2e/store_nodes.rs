@@ -298,7 +298,7 @@ async fn a_stream_trimmed_below_a_nodes_position_is_noticed_and_full_synced() {
 
     // The product deleted while the node was down came as a tombstone: its version is kept.
     let file = dir.path().join("s1").join("store.redb");
-    let tables = carrier_storage::inspect::dump(&file, 10_000).expect("store.redb reads");
+    let tables = carrier_storage::dump_tables(&file, 10_000).expect("store.redb reads");
     let versions = tables.iter().find(|t| t.table == "entity_versions").expect("entity_versions");
     let deleted = versions.entries.iter().find(|(k, _)| k.to_string().contains("T-00029")).map(|(_, v)| v.clone());
     assert_eq!(deleted, Some(Value::from(2)), "the tombstone's version: {:?}", versions.entries.last());

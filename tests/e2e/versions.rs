@@ -7,12 +7,12 @@ use carrier_storage::ContextDb as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use carrier_actors::cache::LookupError;
-use carrier_actors::fallback::{BreakerState, FallbackError};
 use carrier_actors::CarrierSystem;
+use carrier_actors::LookupError;
+use carrier_actors::{BreakerState, FallbackError};
 use carrier_mall::stores::*;
 use carrier_mall::verify::baskets_against_stores;
-use carrier_messages::codec::{Causality, Decoded};
+use carrier_messages::{Causality, Decoded};
 use carrier_tests::{wait_until, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -245,7 +245,7 @@ async fn a_removed_product_takes_no_changes_and_its_id_is_not_reused() {
     let dlq = cache
         .bus
         .jetstream()
-        .get_stream(carrier_actors::bus::dead_letter_stream("baskets"))
+        .get_stream(carrier_actors::dead_letter_stream("baskets"))
         .await
         .expect("dead-letter stream");
     let reader = dlq.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.expect("reader");
@@ -254,8 +254,8 @@ async fn a_removed_product_takes_no_changes_and_its_id_is_not_reused() {
     let mut errors = Vec::new();
     while let Some(Ok(letter)) = letters.next().await {
         let h = letter.headers.as_ref().expect("headers");
-        assert_eq!(h.get(carrier_actors::bus::dead_letter_header::REASON).map(|v| v.as_str()), Some("rejected"));
-        errors.push(h.get(carrier_actors::bus::dead_letter_header::ERROR).map(|v| v.to_string()).unwrap_or_default());
+        assert_eq!(h.get(carrier_actors::dead_letter_header::REASON).map(|v| v.as_str()), Some("rejected"));
+        errors.push(h.get(carrier_actors::dead_letter_header::ERROR).map(|v| v.to_string()).unwrap_or_default());
     }
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].contains("a removed product takes no further changes"), "{errors:?}");

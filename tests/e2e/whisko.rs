@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carrier_actors::bus::Bus;
-use carrier_actors::event_bus::{EventBus, EventBusSettings, HandlerError};
-use carrier_actors::event_store::{EventStore, EventStoreSettings};
+use carrier_actors::Bus;
+use carrier_actors::{EventBus, EventBusSettings, HandlerError};
+use carrier_actors::{EventStore, EventStoreSettings};
 use carrier_actors::{Position, SystemConfig};
-use carrier_messages::codec::Causality;
-use carrier_messages::request::IdempotencyKey;
+use carrier_messages::Causality;
+use carrier_messages::IdempotencyKey;
 use carrier_messages::{domain_events, Decoded, Validate};
 use carrier_storage::{CommandError, Rows};
 use carrier_tests::{http, wait_until, CarrierProcess, TestEnv};
@@ -185,7 +185,7 @@ async fn an_event_stored_at_schema_version_1_is_read_as_version_2() {
         content_type: carrier_messages::ContentType::Cbor,
         traceparent: None,
     };
-    let body = carrier_messages::structured::encode(&envelope, "/carrier/users", &payload);
+    let body = carrier_messages::encode_structured(&envelope, "/carrier/users", &payload);
     let headers = vec![("Nats-Msg-Id".to_string(), envelope.event_id.to_string())];
     whisko.system.bus.publish_raw("users.user.old-1", &headers, body.into()).await.expect("stored");
 
@@ -205,7 +205,7 @@ async fn an_event_stored_at_schema_version_1_is_read_as_version_2() {
     for n in 0..20 {
         whisko.users.execute(create(&format!("more-{n}")), Causality::default()).await.expect("created");
     }
-    let progress = Arc::new(std::sync::Mutex::new(carrier_actors::rebuild::RebuildProgress::default()));
+    let progress = Arc::new(std::sync::Mutex::new(carrier_actors::RebuildProgress::default()));
     whisko.user_views.rebuild_caches(&whisko.system.bus, progress.clone()).await.expect("rebuilt");
     let done = progress.lock().unwrap().clone();
     assert_eq!(done.state, "done", "{done:?}");

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use carrier_actors::nats_server::LocalNatsServer;
+use carrier_actors::LocalNatsServer;
 use carrier_actors::SystemConfig;
 
 /// Every context of the mall, by name.

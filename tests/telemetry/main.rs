@@ -9,13 +9,13 @@ use mall_env::MallEnv;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use carrier_messages::request::CommandReply;
-use carrier_messages::trace::TraceContext;
+use carrier_messages::CommandReply;
+use carrier_messages::TraceContext;
 use carrier_tests::{wait_until, TestEnv};
 use opentelemetry::trace::{SpanId, SpanKind};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 
-async fn command(bus: &carrier_actors::bus::Bus, context: &str, json: &str, traceparent: Option<&str>) -> CommandReply {
+async fn command(bus: &carrier_actors::Bus, context: &str, json: &str, traceparent: Option<&str>) -> CommandReply {
     let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
     if let Some(tp) = traceparent {
         headers.push(("traceparent".to_string(), tp.to_string()));

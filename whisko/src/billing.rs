@@ -5,7 +5,7 @@
 //! ([`payment_id`]), so a second payment for the same order is refused by the event store's
 //! expected-sequence check itself (`already_exists`), with no index to keep consistent.
 
-use carrier_actors::event_store::Aggregate;
+use carrier_actors::Aggregate;
 use carrier_storage::CommandError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -17,14 +17,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, patch, post};
 use axum::Router;
-use carrier_actors::bus::Bus;
-use carrier_actors::commands::command_reply;
-use carrier_actors::event_store::{Aggregate, EventStore};
+use carrier_actors::command_reply;
+use carrier_actors::Bus;
+use carrier_actors::{Aggregate, EventStore};
 use carrier_actors::{Position, PositionWait};
 use carrier_http::{ApiError, ApiKeys, JsonBody, Paging};
-use carrier_messages::codec::Causality;
-use carrier_messages::request::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER, MIN_POSITION_HEADER};
+use carrier_messages::Causality;
 use carrier_messages::DomainEvent;
+use carrier_messages::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER, MIN_POSITION_HEADER};
 use serde::{Deserialize, Serialize};
 
 use crate::billing::{payment_id, BillingCommand, Payment};
@@ -33,7 +33,7 @@ use crate::users::{User, UsersCommand};
 use crate::views::{self, PaymentView, PaymentViewsHandle, UserView, UserViewsHandle};
 
 /// How long a query given a position waits for its projection.
-pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(carrier_messages::request::READ_YOUR_WRITES_WAIT_MS);
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(carrier_messages::READ_YOUR_WRITES_WAIT_MS);
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -234,10 +234,10 @@ where
     // The command's span continues the caller's trace when it sent a `traceparent` (a
     // malformed one is ignored, as W3C asks); the events it records name this span as theirs.
     let caller = headers
-        .get(carrier_messages::trace::TRACEPARENT)
+        .get(carrier_messages::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<carrier_messages::trace::TraceContext>().ok());
-    let span = caller.map(|c| c.child()).unwrap_or_else(carrier_messages::trace::TraceContext::new_root);
+        .and_then(|v| v.parse::<carrier_messages::TraceContext>().ok());
+    let span = caller.map(|c| c.child()).unwrap_or_else(carrier_messages::TraceContext::new_root);
     let causality = Causality { idempotency: key(headers, &command)?, trace: Some(span), ..Causality::default() };
     let started = std::time::SystemTime::now();
     let reply = command_reply(store.execute(command, causality).await);
@@ -251,8 +251,8 @@ where
 
 /// The HTTP command's span, when an exporter is installed (as the NATS path records its own).
 fn command_span<A: Aggregate>(
-    span: carrier_messages::trace::TraceContext,
-    parent: Option<carrier_messages::trace::TraceContext>,
+    span: carrier_messages::TraceContext,
+    parent: Option<carrier_messages::TraceContext>,
     start: std::time::SystemTime,
     reply: &CommandReply,
 ) {

@@ -13,7 +13,7 @@
 //! - [`http`] is the HTTP API (`carrier whisko`); [`verify`] checks that every projection equals
 //!   a fold of the streams (the demo's verdict and the tests' oracle).
 //!
-//! [`Aggregate`]: carrier_actors::event_store::Aggregate
+//! [`Aggregate`]: carrier_actors::Aggregate
 
 pub mod billing;
 pub mod cli;
@@ -26,9 +26,9 @@ pub mod views;
 
 use std::time::Duration;
 
-use carrier_actors::event_bus::{EventBus, EventBusError};
-use carrier_actors::event_store::EventStore;
+use carrier_actors::EventStore;
 use carrier_actors::{BoundedContext, CarrierSystem, StartError, SystemConfig};
+use carrier_actors::{EventBus, EventBusError};
 
 use crate::billing::Payment;
 use crate::users::User;

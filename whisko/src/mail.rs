@@ -3,8 +3,8 @@
 //! the transaction that records the event as handled, so every message is written exactly once
 //! whatever crashes when (an outbox for a mail relay to send from).
 
-use carrier_actors::event_bus::HandlerError;
 use carrier_actors::BoundedContext;
+use carrier_actors::HandlerError;
 use carrier_messages::Decoded;
 use carrier_storage::{ReadTransaction, Rows, StorageError, WriteTransaction};
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! The `users` context's write side: the [`User`] aggregate, whose state is the fold of its
 //! events on `users.user.<id>`.
 
-use carrier_actors::event_store::Aggregate;
+use carrier_actors::Aggregate;
 use carrier_storage::CommandError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use carrier_actors::bus::Bus;
-use carrier_actors::event_store::Aggregate;
+use carrier_actors::Aggregate;
+use carrier_actors::Bus;
 use carrier_messages::{Decoded, DomainEvent};
 
 use crate::billing::Payment;

@@ -10,8 +10,8 @@
 //! its stream while the live one serves.
 
 use carrier_actors::{BoundedContext, ContextHandle};
-use carrier_messages::codec::NoEvents;
-use carrier_messages::request::CommandFailure;
+use carrier_messages::CommandFailure;
+use carrier_messages::NoEvents;
 use carrier_messages::{Envelope, QueryReply};
 use carrier_storage::ReactError;
 use carrier_storage::{

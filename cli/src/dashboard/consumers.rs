@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use carrier_actors::observe::ActionError;
-use carrier_actors::offsets::{Reposition, SeekTo, MAX_SKIP};
+use carrier_actors::ActionError;
+use carrier_actors::{Reposition, SeekTo, MAX_SKIP};
 
 use super::{authorize, ApiError, AppResult, AppState};
 

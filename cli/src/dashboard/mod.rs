@@ -18,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use carrier_actors::observe::{Observer, Snapshot};
+use carrier_actors::{Observer, Snapshot};
 use tokio::sync::watch;
 
 mod consumers;

@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::{check, ValidationError};
+use carrier_messages::{check, ValidationError};
 
 /// One line of a basket: a product, its store, its price when added, and how many.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -90,21 +90,21 @@ pub struct BasketCheckedOut {
     pub items: Vec<BasketItem>,
 }
 
-impl carrier_messages::codec::Validate for BasketStarted {
+impl carrier_messages::Validate for BasketStarted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)
     }
 }
 
-impl carrier_messages::codec::Validate for BasketItemAdded {
+impl carrier_messages::Validate for BasketItemAdded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         self.item.validate()
     }
 }
 
-impl carrier_messages::codec::Validate for BasketItemRemoved {
+impl carrier_messages::Validate for BasketItemRemoved {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("product_id", &self.product_id)?;
@@ -112,13 +112,13 @@ impl carrier_messages::codec::Validate for BasketItemRemoved {
     }
 }
 
-impl carrier_messages::codec::Validate for BasketCanceled {
+impl carrier_messages::Validate for BasketCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl carrier_messages::codec::Validate for BasketCheckedOut {
+impl carrier_messages::Validate for BasketCheckedOut {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;

@@ -16,8 +16,8 @@ pub use state::*;
 use crate::stores::events::StoresEvent;
 use carrier_storage::{CommandError, Decided};
 
-use carrier_actors::cache::{ContextHandle, LookupError};
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::{ContextHandle, LookupError};
 
 use crate::StoresLookups;
 
@@ -30,13 +30,9 @@ pub type BasketsHandle = ContextHandle<Baskets>;
 /// The durable consumer's name on the stores stream of the instance whose data directory is
 /// `data_dir`: every instance keeps its own caches (`baskets-stores-<instance>`).
 pub fn stores_durable_name(data_dir: &std::path::Path) -> Result<String, carrier_actors::StartError> {
-    let instance = carrier_actors::instance::instance_id(data_dir)?;
+    let instance = carrier_actors::instance_id(data_dir)?;
     let source = <StoresEvent as carrier_messages::DomainEvent>::CONTEXT;
-    Ok(carrier_actors::cache::instance_durable_name(
-        CONTEXT,
-        source,
-        &carrier_actors::instance::durable_suffix(&instance),
-    ))
+    Ok(carrier_actors::instance_durable_name(CONTEXT, source, &carrier_actors::durable_suffix(&instance)))
 }
 
 /// The context's declaration. A second instance stands by, following `BASKETS` into its own
@@ -58,7 +54,7 @@ pub fn context() -> BoundedContext {
 pub async fn execute(
     handle: &BasketsHandle,
     command: BasketsCommand,
-    causality: carrier_messages::codec::Causality,
+    causality: carrier_messages::Causality,
 ) -> Result<Decided<BasketsEvent>, CommandError> {
     let item = match &command {
         BasketsCommand::AddItem { product_id, quantity, .. } => lookup_item(handle, product_id, *quantity).await?,

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{DomainEvent, Envelope};
 use carrier_storage::ReactError;
 use carrier_storage::{
@@ -294,8 +294,8 @@ mod tests {
     use crate::caches::stores::{StoresCacheFile, StoresCacheTestExt};
     use crate::stores::events::*;
     use carrier_messages::Decoded;
-    use carrier_storage::engine::{Disposition, Inbound};
     use carrier_storage::ContextDb;
+    use carrier_storage::{Disposition, Inbound};
 
     fn event(e: StoresEvent, version: u64) -> Inbound<StoresEvent> {
         Inbound { stream_seq: version, decoded: Decoded::new(e, version, &Causality::default()) }
@@ -400,7 +400,7 @@ mod tests {
     /// and a fresh file behind the live one changes nothing.
     #[test]
     fn a_swap_in_steps_ends_with_exactly_the_rebuilt_caches() {
-        use carrier_storage::rebuild::{CacheSet, SwapCursor, SwapStep};
+        use carrier_storage::{CacheSet, SwapCursor, SwapStep};
         let (_dir, live) = db();
         let dir = tempfile::tempdir().expect("tempdir");
         let fresh =
@@ -535,8 +535,8 @@ mod adopt_tests {
     use crate::caches::stores::{StoresCacheFile, StoresCacheTestExt};
     use crate::stores::events::*;
     use carrier_messages::Decoded;
-    use carrier_storage::engine::{Adopted, Inbound};
     use carrier_storage::ContextDb;
+    use carrier_storage::{Adopted, Inbound};
 
     fn raise(delta: i64, version: u64) -> Inbound<StoresEvent> {
         let e = StoresEvent::ProductPriceIncreased(ProductPriceIncreased { id: "p".into(), delta });

@@ -18,10 +18,10 @@ use crate::stores::StoresHandle;
 use crate::stores::{StoresCommand, StoresEvent};
 use crate::workload::Workload;
 use anyhow::{bail, Context};
-use carrier_actors::bus::Bus;
-use carrier_actors::consumer::ConsumerStats;
+use carrier_actors::Bus;
+use carrier_actors::ConsumerStats;
 use carrier_actors::{CarrierSystem, SystemConfig};
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{DomainEvent, EncodedEvent, EventId};
 use futures::StreamExt;
 
@@ -100,7 +100,7 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
         bail!("--events ({events}) must exceed --products + 1 ({})", products + 1);
     }
     // Always a private server: the benchmark fills, purges and drains its streams.
-    let nats = carrier_cli::server::nats_or_local(None, None)?;
+    let nats = carrier_cli::nats_or_local(None, None)?;
     let bus = Bus::connect(&nats.url, "carrier-bench", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
     bus.ensure_stream(BARE_STREAM, BARE_SUBJECTS).await?;
@@ -120,7 +120,7 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
     ));
 
     let mut rounds = Vec::new();
-    let mut progress = carrier_cli::progress::Progress::new("bench", u64::from(args.rounds) * 8);
+    let mut progress = carrier_cli::Progress::new("bench", u64::from(args.rounds) * 8);
     for round in 0..args.rounds {
         let r = run_round(&nats.url, &bus, &args, round, &mut progress).await?;
         let line = format!(
@@ -227,12 +227,12 @@ async fn run_round(
     bus: &Bus,
     args: &MallBench,
     round: u32,
-    progress: &mut carrier_cli::progress::Progress,
+    progress: &mut carrier_cli::Progress,
 ) -> anyhow::Result<Round> {
     let mut r = Round::default();
     let label = |what: &str| format!("round {}: {what}", round + 1);
     let mut step = u64::from(round) * 8;
-    let mut advance = |progress: &mut carrier_cli::progress::Progress, what: &str| {
+    let mut advance = |progress: &mut carrier_cli::Progress, what: &str| {
         progress.update(step, &label(what));
         step += 1;
     };

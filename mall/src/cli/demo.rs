@@ -9,8 +9,8 @@ use crate::stores::StoresCommand;
 use crate::verify::{baskets_against_stores, depot_against_stores};
 use anyhow::Context;
 use carrier_actors::{CarrierSystem, SystemConfig};
-use carrier_messages::codec::Causality;
-use carrier_messages::trace::TraceContext;
+use carrier_messages::Causality;
+use carrier_messages::TraceContext;
 
 use carrier_cli::money;
 
@@ -21,7 +21,7 @@ use crate::prelude::*;
 pub struct DemoArgs {
     /// A NATS server to use instead of starting one (with --nats-url or --nats-context).
     #[command(flatten)]
-    nats: carrier_cli::nats::NatsArgs,
+    nats: carrier_cli::NatsArgs,
     /// Keep the redb files (and a started server's store) here instead of a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -32,16 +32,16 @@ pub struct DemoArgs {
     #[arg(long)]
     stay: bool,
     #[command(flatten)]
-    dashboard: carrier_cli::dashboard::DashboardArgs,
+    dashboard: carrier_cli::DashboardArgs,
     #[command(flatten)]
-    otlp: carrier_cli::otel::OtlpArgs,
+    otlp: carrier_cli::OtlpArgs,
 }
 
 /// Where a story of `carrier demo` runs: the server (the one named, or one of its own) and the
 /// data directory (the one named, or a temporary one, deleted when this is dropped).
 pub struct Stage {
     /// The server.
-    pub nats: carrier_cli::server::Nats,
+    pub nats: carrier_cli::Nats,
     /// The data directory.
     pub data_dir: PathBuf,
     /// How long the story waits for the caches to agree and the orders to settle.
@@ -57,7 +57,7 @@ impl DemoArgs {
         self.dashboard.check()?;
         let temp = tempfile_dir()?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-        let nats = carrier_cli::server::nats_or_local(
+        let nats = carrier_cli::nats_or_local(
             self.nats.names_a_server().then(|| self.nats.options()).transpose()?,
             self.data_dir.as_deref(),
         )?;
@@ -71,11 +71,11 @@ pub async fn main(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (nats, data_dir) = (&stage.nats, stage.data_dir.clone());
     println!("Carrier demo: stores publishes to JetStream at {}; baskets caches in {}\n", nats.url, data_dir.display());
 
-    let exporter = carrier_cli::otel::start(&args.otlp).await?;
+    let exporter = carrier_cli::start_otlp(&args.otlp).await?;
     let system = CarrierSystem::start(SystemConfig::new(nats.options.clone(), &data_dir, crate::contexts()))
         .await
         .context("carrier did not start")?;
-    let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
+    let dashboard = carrier_cli::start_dashboard(&args.dashboard, system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         println!("Dashboard: {}/ (JSON API under /api, metrics at /metrics)\n", dashboard.url());
     }

@@ -29,8 +29,8 @@ use crate::baskets::stores_durable_name;
 use crate::stores::StoresEvent;
 use crate::workload::Workload;
 use anyhow::{bail, Context};
-use carrier_actors::bus::Bus;
-use carrier_actors::rebuild::RebuildProgress;
+use carrier_actors::Bus;
+use carrier_actors::RebuildProgress;
 use carrier_messages::DomainEvent;
 
 /// PublishAcks outstanding while loading the stream.
@@ -100,7 +100,7 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
     };
-    let nats = carrier_cli::server::nats_or_local(None, None)?;
+    let nats = carrier_cli::nats_or_local(None, None)?;
     let bus = Bus::connect(&nats.url, "carrier-bench-scale", Duration::from_secs(5)).await?;
     bus.ensure_event_stream::<StoresEvent>().await?;
     let exe = std::env::current_exe().context("cannot find this binary to start `carrier run`")?;
@@ -207,7 +207,7 @@ pub async fn main(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     f.rss_peak_mb = f.rss_peak_mb_catch_up.max(f.rss_peak_mb_restarts).max(f.rss_peak_mb_rebuilds);
 
     // The end state: every product at its published price and version, the inbox tables alike.
-    let tables = carrier_storage::inspect::dump(&file, 0)?;
+    let tables = carrier_storage::dump_tables(&file, 0)?;
     let rows = |name: &str| tables.iter().find(|t| t.table == name).map(|t| t.rows).unwrap_or(0);
     (f.inbox_rows, f.inbox_by_time_rows) = (rows("inbox"), rows("inbox_by_time"));
     let writer = carrier_storage::FileWriter::<crate::baskets::Baskets>::open(&file)?;

@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::{check, ValidationError};
+use carrier_messages::{check, ValidationError};
 
 /// A customer registered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -61,7 +61,7 @@ fn check_sms(value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-impl carrier_messages::codec::Validate for CustomerRegistered {
+impl carrier_messages::Validate for CustomerRegistered {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -69,20 +69,20 @@ impl carrier_messages::codec::Validate for CustomerRegistered {
     }
 }
 
-impl carrier_messages::codec::Validate for CustomerSmsChanged {
+impl carrier_messages::Validate for CustomerSmsChanged {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check_sms(&self.sms_number)
     }
 }
 
-impl carrier_messages::codec::Validate for CustomerEnabled {
+impl carrier_messages::Validate for CustomerEnabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl carrier_messages::codec::Validate for CustomerDisabled {
+impl carrier_messages::Validate for CustomerDisabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
@@ -177,15 +177,15 @@ pub struct CustomersQueryReply {
     pub customer: Option<CustomerSnapshot>,
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<carrier_messages::request::CommandFailure>,
+    pub error: Option<carrier_messages::CommandFailure>,
 }
 
-impl carrier_messages::request::QueryReply for CustomersQueryReply {
+impl carrier_messages::QueryReply for CustomersQueryReply {
     fn failed(code: &str, message: String) -> Self {
         CustomersQueryReply {
             ok: false,
             customer: None,
-            error: Some(carrier_messages::request::CommandFailure { code: code.to_string(), message, details: None }),
+            error: Some(carrier_messages::CommandFailure { code: code.to_string(), message, details: None }),
         }
     }
 }
@@ -193,7 +193,7 @@ impl carrier_messages::request::QueryReply for CustomersQueryReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use carrier_messages::codec::{Causality, Decoded, DomainEvent};
+    use carrier_messages::{Causality, Decoded, DomainEvent};
 
     #[test]
     fn a_customer_event_round_trips_and_a_bad_number_is_refused() {

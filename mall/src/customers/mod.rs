@@ -10,8 +10,8 @@ mod state;
 pub use events::*;
 pub use state::*;
 
-use carrier_actors::cache::ContextHandle;
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::ContextHandle;
 
 /// The context's name.
 pub const CONTEXT: &str = "customers";

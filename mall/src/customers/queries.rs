@@ -2,7 +2,7 @@
 //! `query.customers.entity`: the owner's current state, which the customers caches of other
 //! contexts fall back on.
 
-use carrier_messages::request::Entity;
+use carrier_messages::Entity;
 use carrier_messages::QueryReply;
 use carrier_storage::StorageError;
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{DomainEvent, Envelope};
 use carrier_storage::{
     CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Rows, StorageError, WriteTransaction,

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::{check, ValidationError};
+use carrier_messages::{check, ValidationError};
 
 /// What to pick up at one store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -59,7 +59,7 @@ pub struct ShoppingListCanceled {
     pub order_id: String,
 }
 
-impl carrier_messages::codec::Validate for ShoppingListCreated {
+impl carrier_messages::Validate for ShoppingListCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;
@@ -80,14 +80,14 @@ impl carrier_messages::codec::Validate for ShoppingListCreated {
     }
 }
 
-impl carrier_messages::codec::Validate for ShoppingListCompleted {
+impl carrier_messages::Validate for ShoppingListCompleted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)
     }
 }
 
-impl carrier_messages::codec::Validate for ShoppingListCanceled {
+impl carrier_messages::Validate for ShoppingListCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use crate::ordering::events::OrderingEvent;
 use crate::stores::events::StoresEvent;
 
-use carrier_actors::cache::{ContextHandle, Prefetch};
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::{ContextHandle, Prefetch};
 
 use crate::StoresLookups;
 

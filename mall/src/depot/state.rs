@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::Envelope;
 use carrier_storage::ReactError;
 use carrier_storage::{

@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::{check, ValidationError};
+use carrier_messages::{check, ValidationError};
 
 /// A text was sent to a customer about an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -24,7 +24,7 @@ pub struct TextSent {
     pub text: String,
 }
 
-impl carrier_messages::codec::Validate for TextSent {
+impl carrier_messages::Validate for TextSent {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;

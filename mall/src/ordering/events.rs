@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::baskets::events::{check_items, BasketItem};
-use carrier_messages::codec::{check, ValidationError};
+use carrier_messages::{check, ValidationError};
 
 /// An order was created from a checked-out basket (same id as the basket).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -57,7 +57,7 @@ pub struct OrderCompleted {
     pub invoice_id: String,
 }
 
-impl carrier_messages::codec::Validate for OrderCreated {
+impl carrier_messages::Validate for OrderCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -67,7 +67,7 @@ impl carrier_messages::codec::Validate for OrderCreated {
     }
 }
 
-impl carrier_messages::codec::Validate for OrderReadied {
+impl carrier_messages::Validate for OrderReadied {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -76,7 +76,7 @@ impl carrier_messages::codec::Validate for OrderReadied {
     }
 }
 
-impl carrier_messages::codec::Validate for OrderCanceled {
+impl carrier_messages::Validate for OrderCanceled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;
@@ -84,7 +84,7 @@ impl carrier_messages::codec::Validate for OrderCanceled {
     }
 }
 
-impl carrier_messages::codec::Validate for OrderCompleted {
+impl carrier_messages::Validate for OrderCompleted {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("customer_id", &self.customer_id)?;

@@ -18,8 +18,8 @@ use crate::baskets::events::BasketsEvent;
 use crate::depot::events::DepotEvent;
 use crate::payments::events::PaymentsEvent;
 
-use carrier_actors::cache::ContextHandle;
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::ContextHandle;
 
 /// The context's name.
 pub const CONTEXT: &str = "ordering";

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::Envelope;
 use carrier_storage::ReactError;
 use carrier_storage::{
@@ -295,7 +295,7 @@ mod tests {
     use super::*;
     use crate::baskets::events::{BasketCheckedOut, BasketStarted};
     use carrier_messages::Decoded;
-    use carrier_storage::engine::{Disposition, Inbound};
+    use carrier_storage::{Disposition, Inbound};
 
     fn db() -> (tempfile::TempDir, carrier_storage::FileWriter<Ordering>) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::{check, ValidationError};
+use carrier_messages::{check, ValidationError};
 
 /// The order's customer may pay (enabled): its invoice waits, authorized, for the order to be
 /// readied. Ordering takes no step on it.
@@ -71,13 +71,13 @@ fn check_invoice(
     check::non_negative("amount", amount)
 }
 
-impl carrier_messages::codec::Validate for PaymentAuthorized {
+impl carrier_messages::Validate for PaymentAuthorized {
     fn validate(&self) -> Result<(), ValidationError> {
         check_invoice(&self.id, &self.order_id, &self.customer_id, &self.payment_id, self.amount)
     }
 }
 
-impl carrier_messages::codec::Validate for PaymentDeclined {
+impl carrier_messages::Validate for PaymentDeclined {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("order_id", &self.order_id)?;
@@ -86,7 +86,7 @@ impl carrier_messages::codec::Validate for PaymentDeclined {
     }
 }
 
-impl carrier_messages::codec::Validate for InvoicePaid {
+impl carrier_messages::Validate for InvoicePaid {
     fn validate(&self) -> Result<(), ValidationError> {
         check_invoice(&self.id, &self.order_id, &self.customer_id, &self.payment_id, self.amount)
     }

@@ -16,8 +16,8 @@ pub use state::*;
 use crate::customers::events::CustomersEvent;
 use crate::ordering::events::OrderingEvent;
 
-use carrier_actors::cache::ContextHandle;
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::ContextHandle;
 
 /// The context's name.
 pub const CONTEXT: &str = "payments";

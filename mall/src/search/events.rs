@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::baskets::events::BasketItem;
 use crate::ordering::events::OrderStatus;
-use carrier_messages::request::CommandFailure;
+use carrier_messages::CommandFailure;
 
 /// The most orders one search returns.
 pub const MAX_LIMIT: u32 = 500;
@@ -105,7 +105,7 @@ pub struct SearchReply {
     pub error: Option<CommandFailure>,
 }
 
-impl carrier_messages::request::QueryReply for SearchReply {
+impl carrier_messages::QueryReply for SearchReply {
     fn failed(code: &str, message: String) -> Self {
         SearchReply::failed(code, message)
     }

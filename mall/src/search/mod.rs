@@ -18,8 +18,8 @@ use crate::ordering::events::OrderingEvent;
 use crate::stores::events::StoresEvent;
 use carrier_storage::CommandError;
 
-use carrier_actors::cache::ContextHandle;
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::ContextHandle;
 
 /// The context's name.
 pub const CONTEXT: &str = "search";

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use carrier_messages::codec::NoEvents;
+use carrier_messages::NoEvents;
 use carrier_messages::{Envelope, ValidationError};
 use carrier_storage::ReactError;
 use carrier_storage::{

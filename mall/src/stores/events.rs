@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::{check, DomainEvent, ValidationError};
+use carrier_messages::{check, DomainEvent, ValidationError};
 
 /// A store opened in the mall.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -116,7 +116,7 @@ pub struct ProductRemoved {
     pub id: String,
 }
 
-impl carrier_messages::codec::Validate for StoreCreated {
+impl carrier_messages::Validate for StoreCreated {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -124,26 +124,26 @@ impl carrier_messages::codec::Validate for StoreCreated {
     }
 }
 
-impl carrier_messages::codec::Validate for StoreRebranded {
+impl carrier_messages::Validate for StoreRebranded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)
     }
 }
 
-impl carrier_messages::codec::Validate for StoreParticipationEnabled {
+impl carrier_messages::Validate for StoreParticipationEnabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl carrier_messages::codec::Validate for StoreParticipationDisabled {
+impl carrier_messages::Validate for StoreParticipationDisabled {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
 }
 
-impl carrier_messages::codec::Validate for ProductAdded {
+impl carrier_messages::Validate for ProductAdded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::id("store_id", &self.store_id)?;
@@ -154,7 +154,7 @@ impl carrier_messages::codec::Validate for ProductAdded {
     }
 }
 
-impl carrier_messages::codec::Validate for ProductRebranded {
+impl carrier_messages::Validate for ProductRebranded {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::name("name", &self.name)?;
@@ -162,21 +162,21 @@ impl carrier_messages::codec::Validate for ProductRebranded {
     }
 }
 
-impl carrier_messages::codec::Validate for ProductPriceIncreased {
+impl carrier_messages::Validate for ProductPriceIncreased {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::positive("delta", self.delta)
     }
 }
 
-impl carrier_messages::codec::Validate for ProductPriceDecreased {
+impl carrier_messages::Validate for ProductPriceDecreased {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)?;
         check::positive("delta", self.delta)
     }
 }
 
-impl carrier_messages::codec::Validate for ProductRemoved {
+impl carrier_messages::Validate for ProductRemoved {
     fn validate(&self) -> Result<(), ValidationError> {
         check::id("id", &self.id)
     }
@@ -361,16 +361,16 @@ pub struct StoresQueryReply {
     pub product: Option<ProductSnapshot>,
     /// Why not, when not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<carrier_messages::request::CommandFailure>,
+    pub error: Option<carrier_messages::CommandFailure>,
 }
 
-impl carrier_messages::request::QueryReply for StoresQueryReply {
+impl carrier_messages::QueryReply for StoresQueryReply {
     fn failed(code: &str, message: String) -> Self {
         StoresQueryReply {
             ok: false,
             store: None,
             product: None,
-            error: Some(carrier_messages::request::CommandFailure { code: code.to_string(), message, details: None }),
+            error: Some(carrier_messages::CommandFailure { code: code.to_string(), message, details: None }),
         }
     }
 }
@@ -378,8 +378,8 @@ impl carrier_messages::request::QueryReply for StoresQueryReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use carrier_messages::codec::{Causality, Decoded, WireFormat};
-    use carrier_messages::envelope::{header, ContentType};
+    use carrier_messages::{header, ContentType};
+    use carrier_messages::{Causality, Decoded, WireFormat};
 
     fn lookup<'h>(headers: &'h [(String, String)]) -> impl Fn(&str) -> Option<&'h str> + 'h {
         move |name| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
@@ -566,7 +566,7 @@ mod tests {
         assert_eq!(decode("stores.store.created", &good.headers, &good.body), "subject_mismatch");
         let other = with(header::AGGREGATE_ID, Some("p-2"));
         assert_eq!(decode(&good.subject, &other, &good.body), "aggregate_mismatch");
-        let huge = vec![0u8; carrier_messages::codec::MAX_BODY_BYTES + 1];
+        let huge = vec![0u8; carrier_messages::MAX_BODY_BYTES + 1];
         assert_eq!(decode(&good.subject, &good.headers, &huge), "body_too_large");
         // 10k nested CBOR arrays: refused by the nesting limit, not by a stack overflow.
         let nested = vec![0x81u8; 10_000];

@@ -11,10 +11,10 @@ mod state;
 pub use events::*;
 pub use state::*;
 
-use carrier_actors::cache::ContextHandle;
-use carrier_actors::context::BoundedContext;
+use carrier_actors::BoundedContext;
+use carrier_actors::ContextHandle;
 
-pub use carrier_actors::cache::ExecuteError;
+pub use carrier_actors::ExecuteError;
 
 /// The context's name.
 pub const CONTEXT: &str = "stores";

@@ -2,7 +2,7 @@
 //! `query.stores.entity`: the owner's current state, which the stores caches of other contexts
 //! fall back on.
 
-use carrier_messages::request::Entity;
+use carrier_messages::Entity;
 use carrier_messages::QueryReply;
 use carrier_storage::StorageError;
 

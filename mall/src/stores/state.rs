@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::{DomainEvent, Envelope};
 use carrier_storage::{
     CommandError, ContextFile, ContextKind, Decides, Emitter, Follows, Rows, RowsMut, StorageError, WriteTransaction,
@@ -363,7 +363,7 @@ mod tests {
     /// one (in the middle) leaves nothing behind while the others are all kept, in order.
     #[test]
     fn commands_decided_together_commit_once_and_a_refused_one_leaves_nothing() {
-        use carrier_storage::context::Decides;
+        use carrier_storage::Decides;
         let (_dir, db) = db();
         let c = Causality::default();
         let decision = |command: StoresCommand| -> carrier_storage::Decision<Stores> {
@@ -442,8 +442,8 @@ mod tests {
     /// keeps no key, so it is decided again; expired keys are pruned.
     #[test]
     fn a_command_sent_again_with_its_key_is_answered_with_the_first_event() {
-        use carrier_messages::request::IdempotencyKey;
-        use carrier_storage::context::Decides;
+        use carrier_messages::IdempotencyKey;
+        use carrier_storage::Decides;
         let (_dir, db) = db();
         let c = Causality::default();
         let decision = |command: StoresCommand| -> carrier_storage::Decision<Stores> {

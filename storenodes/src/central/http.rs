@@ -10,11 +10,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use carrier_actors::bus::Bus;
-use carrier_actors::commands::command_reply;
+use carrier_actors::command_reply;
+use carrier_actors::Bus;
 use carrier_actors::ContextHandle;
-use carrier_messages::request::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
 use carrier_messages::{Causality, DomainEvent};
+use carrier_messages::{CommandReply, IdempotencyKey, IDEMPOTENCY_KEY_HEADER};
 use carrier_storage::CommandError;
 
 use super::{Central, CentralCommand, CentralEvent, ProductView, PRODUCTS};
@@ -589,7 +589,7 @@ async fn events(State(api): State<CentralApi>, Query(params): Query<FeedParams>)
         }
         let wait = std::time::Duration::from_secs(number("wait", params.wait.as_deref(), 20)?.min(MAX_WAIT_SECONDS));
         let stream = <CentralEvent as DomainEvent>::STREAM;
-        let unavailable = |e: carrier_actors::bus::BusError| {
+        let unavailable = |e: carrier_actors::BusError| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()).with_header("retry-after", "1")
         };
         let requested = offset.checked_add(1).ok_or_else(|| ApiError::bad_field("offset", "is too large"))?;
@@ -654,7 +654,7 @@ async fn events(State(api): State<CentralApi>, Query(params): Query<FeedParams>)
 }
 
 /// One stream message as the feed shows it (seed 003's event shape).
-fn feed_event(delivery: &carrier_actors::bus::Delivery) -> serde_json::Value {
+fn feed_event(delivery: &carrier_actors::Delivery) -> serde_json::Value {
     let decoded = carrier_messages::Decoded::<CentralEvent>::decode(
         &delivery.subject,
         |name| delivery.header(name),

@@ -16,8 +16,8 @@
 pub mod http;
 
 use carrier_actors::BoundedContext;
-use carrier_messages::request::{CommandFailure, Entity, SnapshotEntity};
 use carrier_messages::{check, domain_events, Causality, Found, QueryReply, Validate, ValidationError};
+use carrier_messages::{CommandFailure, Entity, SnapshotEntity};
 use carrier_storage::{CommandError, ContextFile, ContextKind, Decides, Emitter, Rows, StorageError, WriteTransaction};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,7 @@ use crate::http::ApiKeys;
 use crate::node::{self, http::NodeApi, StoreHandle, StoreNode};
 use anyhow::{bail, Context};
 use carrier_actors::{CarrierSystem, ContextHandle, SystemConfig};
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use futures::StreamExt;
 
 /// What `carrier bench --store-node` is told.
@@ -56,7 +56,7 @@ pub async fn main(args: StoreNodeBench) -> anyhow::Result<ExitCode> {
     };
     let profile = if cfg!(debug_assertions) { "debug (build with --release for real figures)" } else { "release" };
     say(format!("carrier bench --store-node: {} products, {} s of load per measurement, {} connections, {} round(s), {profile} build", args.products, args.seconds, args.connections, args.rounds));
-    let nats = carrier_cli::server::nats_or_local(None, None)?;
+    let nats = carrier_cli::nats_or_local(None, None)?;
     let dir = tempfile::Builder::new().prefix("carrier-bench-store-").tempdir().context("temp dir")?;
 
     // The central, filled through its own command path (group commit).

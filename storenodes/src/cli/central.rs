@@ -12,7 +12,7 @@ use carrier_actors::{CarrierSystem, ContextHandle, SystemConfig};
 #[derive(clap::Args)]
 pub struct CentralArgs {
     #[command(flatten)]
-    nats: carrier_cli::nats::NatsArgs,
+    nats: carrier_cli::NatsArgs,
     /// Start a nats-server with JetStream on a free loopback port (its store under the data
     /// directory) instead of connecting to --nats-url.
     #[arg(long)]
@@ -34,7 +34,7 @@ pub struct CentralArgs {
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     idempotency_retention_hours: u32,
     #[command(flatten)]
-    dashboard: carrier_cli::dashboard::DashboardArgs,
+    dashboard: carrier_cli::DashboardArgs,
 }
 
 /// At least one key, none blank.
@@ -52,9 +52,9 @@ pub async fn main(args: CentralArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("info,carrier::flow=warn", false);
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let nats = if args.local_nats {
-        carrier_cli::server::nats_or_local(None, Some(&args.data_dir))?
+        carrier_cli::nats_or_local(None, Some(&args.data_dir))?
     } else {
-        carrier_cli::server::nats_or_local(Some(args.nats.options()?), None)?
+        carrier_cli::nats_or_local(Some(args.nats.options()?), None)?
     };
     let mut config = SystemConfig::new(nats.options.clone(), &args.data_dir, vec![central::context()]);
     config.inbox_retention.idempotency_keys =
@@ -72,7 +72,7 @@ pub async fn main(args: CentralArgs) -> anyhow::Result<ExitCode> {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     });
-    let dashboard = carrier_cli::dashboard::start(&args.dashboard, system.observer()).await?;
+    let dashboard = carrier_cli::start_dashboard(&args.dashboard, system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
     }

@@ -17,7 +17,7 @@ pub struct StoreNodeArgs {
     #[arg(long, env = "STORE_ID", value_parser = parse_store_id)]
     store_id: String,
     #[command(flatten)]
-    nats: carrier_cli::nats::NatsArgs,
+    nats: carrier_cli::NatsArgs,
     /// The HTTP API's port.
     #[arg(long, env = "PORT", default_value_t = 8083)]
     port: u16,
@@ -53,7 +53,7 @@ pub struct StoreNodeArgs {
     #[arg(long, env = "LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     log_level: String,
     #[command(flatten)]
-    dashboard: carrier_cli::dashboard::DashboardArgs,
+    dashboard: carrier_cli::DashboardArgs,
 }
 
 /// 1 to 64 letters, digits, `-` or `_`.
@@ -79,13 +79,12 @@ pub async fn main(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("{name} has no effect on JetStream: events are pushed to the node as they are stored");
         }
     }
-    let nats = carrier_cli::server::nats_or_local(Some(args.nats.options()?), None)?;
+    let nats = carrier_cli::nats_or_local(Some(args.nats.options()?), None)?;
     let mut config = SystemConfig::new(nats.options.clone(), &data_dir, vec![node::context()]);
     config.batch_max = args.event_batch_limit as usize;
     if let Ok(spec) = std::env::var("CARRIER_FAULTS") {
         // Failure drills only: see carrier_actors::faults.
-        let faults =
-            carrier_actors::faults::Faults::from_spec(&spec).map_err(|e| anyhow::anyhow!("CARRIER_FAULTS: {e}"))?;
+        let faults = carrier_actors::Faults::from_spec(&spec).map_err(|e| anyhow::anyhow!("CARRIER_FAULTS: {e}"))?;
         tracing::warn!(%spec, "failure injection is on");
         config.faults = std::sync::Arc::new(faults);
     }
@@ -107,7 +106,7 @@ pub async fn main(args: StoreNodeArgs) -> anyhow::Result<ExitCode> {
     let observer = system.observer();
     let panel = store.clone();
     observer.add_panel(format!("Store node {}", args.store_id), std::sync::Arc::new(move || panel.panel_rows()));
-    let dashboard = carrier_cli::dashboard::start(&args.dashboard, observer).await?;
+    let dashboard = carrier_cli::start_dashboard(&args.dashboard, observer).await?;
     if let Some(dashboard) = &dashboard {
         tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
     }

@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 
-use carrier_messages::request::{command_subject, CommandReply, IDEMPOTENCY_KEY_HEADER};
 use carrier_messages::DomainEvent;
+use carrier_messages::{command_subject, CommandReply, IDEMPOTENCY_KEY_HEADER};
 
 use super::{rfc3339, unix_ms, StoreNode, PRODUCTS};
 use crate::central::http::{if_match, BatchRequest, BatchResult, ProductJson, UpdateRequest, UpdateResult, MAX_BATCH};
@@ -494,10 +494,7 @@ async fn force_sync(State(api): State<NodeApi>) -> Response {
     let handle = api.node.handle.clone();
     let synced = tokio::spawn(async move { handle.resync("forced").await }).await;
     let synced = synced.unwrap_or_else(|e| {
-        Err(carrier_actors::resync::ResyncError::Owner {
-            owner: "central",
-            reason: format!("the sync task failed: {e}"),
-        })
+        Err(carrier_actors::ResyncError::Owner { owner: "central", reason: format!("the sync task failed: {e}") })
     });
     match synced {
         Ok(_) => {
@@ -508,7 +505,7 @@ async fn force_sync(State(api): State<NodeApi>) -> Response {
             }))
             .into_response()
         }
-        Err(carrier_actors::resync::ResyncError::InProgress) => ApiError::new(
+        Err(carrier_actors::ResyncError::InProgress) => ApiError::new(
             StatusCode::CONFLICT,
             "sync_in_progress",
             "a full sync is already running; see /v1/store/sync/status",

@@ -14,7 +14,7 @@
 //! [`SyncMonitor`] keeps what the seed's sync status shows: the lag behind the stream, event-sync
 //! failures and fallback mode. [`http`] is the node's HTTP API.
 //!
-//! [read model]: carrier_actors::context::ContextDecl::read_model
+//! [read model]: carrier_actors::ContextDecl::read_model
 
 pub mod http;
 
@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use carrier_actors::bus::Bus;
+use carrier_actors::Bus;
 use carrier_actors::{BoundedContext, ContextHandle};
-use carrier_messages::codec::NoEvents;
+use carrier_messages::NoEvents;
 use carrier_messages::{DomainEvent, Envelope, Found};
 use carrier_storage::ReactError;
 use carrier_storage::{Adopts, ContextKind, Emitter, Reacts, Resyncs, Rows, RowsMut, StorageError, WriteTransaction};
@@ -304,7 +304,7 @@ impl StoreNode {
 
 impl StoreNode {
     /// The node's sync state as rows for the dashboard's panel (see
-    /// [`carrier_actors::observe::Observer::add_panel`]): read from counters, no I/O.
+    /// [`carrier_actors::Observer::add_panel`]): read from counters, no I/O.
     pub fn panel_rows(&self) -> Vec<(String, String)> {
         let m = &self.monitor;
         let resync = self.handle.resync_status();

@@ -18,7 +18,7 @@ use crate::users::UsersCommand;
 use crate::Whisko;
 use anyhow::{bail, Context};
 use carrier_actors::{Position, SystemConfig};
-use carrier_messages::codec::Causality;
+use carrier_messages::Causality;
 use carrier_messages::Decoded;
 
 /// What `carrier bench --whisko` is told.
@@ -64,7 +64,7 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
         "carrier bench --whisko: {} commands over {} users by {} writers, an aggregate of {} events, {} round(s), {profile} build",
         args.commands, args.users, args.writers, args.history, args.rounds
     ));
-    let nats = carrier_cli::server::nats_or_local(None, None)?;
+    let nats = carrier_cli::nats_or_local(None, None)?;
     let dir = tempfile::Builder::new().prefix("carrier-bench-whisko-").tempdir().context("temp dir")?;
     let whisko = Whisko::start(SystemConfig::new(nats.options.clone(), dir.path(), crate::contexts()))
         .await
@@ -114,7 +114,7 @@ pub async fn main(args: WhiskoBench) -> anyhow::Result<ExitCode> {
                 for _ in 0..per_writer {
                     bus.publish(&message).await?;
                 }
-                Ok::<_, carrier_actors::bus::BusError>(())
+                Ok::<_, carrier_actors::BusError>(())
             }));
         }
         for t in tasks {

@@ -13,7 +13,7 @@ use carrier_http::ApiKeys;
 #[derive(clap::Args)]
 pub struct WhiskoArgs {
     #[command(flatten)]
-    nats: carrier_cli::nats::NatsArgs,
+    nats: carrier_cli::NatsArgs,
     /// Start a nats-server with JetStream on a free loopback port (its store under the data
     /// directory) instead of connecting to --nats-url.
     #[arg(long)]
@@ -33,9 +33,9 @@ pub struct WhiskoArgs {
     #[arg(long, env = "DATA_DIR", default_value = "./carrier-data/whisko")]
     data_dir: std::path::PathBuf,
     #[command(flatten)]
-    dashboard: carrier_cli::dashboard::DashboardArgs,
+    dashboard: carrier_cli::DashboardArgs,
     #[command(flatten)]
-    otlp: carrier_cli::otel::OtlpArgs,
+    otlp: carrier_cli::OtlpArgs,
 }
 
 /// Runs `carrier whisko` until SIGINT or SIGTERM.
@@ -44,12 +44,12 @@ pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
     carrier_cli::init_logging("info,carrier::flow=warn", false);
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let nats = if args.local_nats {
-        carrier_cli::server::nats_or_local(None, Some(&args.data_dir))?
+        carrier_cli::nats_or_local(None, Some(&args.data_dir))?
     } else {
-        carrier_cli::server::nats_or_local(Some(args.nats.options()?), None)?
+        carrier_cli::nats_or_local(Some(args.nats.options()?), None)?
     };
     let keys = ApiKeys::parse(&args.api_keys);
-    let exporter = carrier_cli::otel::start(&args.otlp).await?;
+    let exporter = carrier_cli::start_otlp(&args.otlp).await?;
     let config = SystemConfig::new(nats.options.clone(), &args.data_dir, crate::contexts());
     let whisko = Whisko::start(config).await.context("whisko did not start")?;
     let addr = SocketAddr::new(args.host, args.port);
@@ -63,7 +63,7 @@ pub async fn main(args: WhiskoArgs) -> anyhow::Result<ExitCode> {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     });
-    let dashboard = carrier_cli::dashboard::start(&args.dashboard, whisko.system.observer()).await?;
+    let dashboard = carrier_cli::start_dashboard(&args.dashboard, whisko.system.observer()).await?;
     if let Some(dashboard) = &dashboard {
         tracing::info!(url = %format!("{}/", dashboard.url()), "dashboard, JSON API (/api) and metrics (/metrics)");
     }
