@@ -4,6 +4,7 @@
 mod mall_env;
 
 mod central;
+mod chaos;
 mod cli;
 mod cluster;
 mod config;

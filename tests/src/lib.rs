@@ -86,9 +86,15 @@ pub fn init_tracing() {
 
 /// The `carrier` binary built beside the test executable (`scripts/test.sh` builds it first).
 pub fn carrier_bin() -> PathBuf {
+    workspace_bin("carrier")
+}
+
+/// A binary of the workspace (`carrier`, `carrier-chaos`, an example's) built beside the test
+/// executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/carrier
-    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("carrier");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let bin = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
     assert!(bin.exists(), "{} is missing: build it first (cargo build --workspace)", bin.display());
     bin
 }
