@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use carrier::actors::{instance_durable_name, instance_id, durable_suffix, Bus, LocalNatsServer};
+use carrier::actors::{durable_suffix, instance_durable_name, instance_id, Bus, LocalNatsServer};
 use carrier::messages::{Decoded, EventId};
 use carrier::prelude::*;
 use schemars::JsonSchema;
