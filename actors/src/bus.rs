@@ -161,9 +161,41 @@ impl Bus {
         client_name: &str,
         timeout: Duration,
     ) -> Result<Bus, BusError> {
+        Self::try_connect(options.into(), client_name, timeout).await.map_err(|(error, _)| error)
+    }
+
+    /// Like [`connect`](Self::connect), but a server that is not there yet (refused, or no
+    /// answer) is tried again for up to `wait`, with one log line saying so: a process started
+    /// beside its server, or while the server restarts, comes up once the server does. Refused
+    /// credentials, TLS and bad URLs fail at once: waiting would not change them.
+    pub async fn connect_waiting(
+        options: impl Into<NatsOptions>,
+        client_name: &str,
+        timeout: Duration,
+        wait: Duration,
+    ) -> Result<Bus, BusError> {
         let options = options.into();
+        let started = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            match Self::try_connect(options.clone(), client_name, timeout).await {
+                Ok(bus) => return Ok(bus),
+                Err((error, true)) if started.elapsed() < wait => {
+                    if !told {
+                        tracing::warn!(%error, wait = ?wait, "NATS is not there yet; trying again");
+                        told = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// One attempt; the error says whether trying again may help (the server not there yet).
+    async fn try_connect(options: NatsOptions, client_name: &str, timeout: Duration) -> Result<Bus, (BusError, bool)> {
         let (url, connect) =
-            options.client_options().await.map_err(|(url, reason)| BusError::Connect { url, reason })?;
+            options.client_options().await.map_err(|(url, reason)| (BusError::Connect { url, reason }, false))?;
         let shown = url.clone();
         let connect = connect
             .name(client_name)
@@ -176,11 +208,17 @@ impl Bus {
                 let server = shown.clone();
                 async move { connection_event(&server, event) }
             })
-            .connect(server_addrs(&url)?);
+            .connect(server_addrs(&url).map_err(|e| (e, false))?);
         let client = tokio::time::timeout(timeout, connect)
             .await
-            .map_err(|_| BusError::Connect { url: url.clone(), reason: format!("no answer within {timeout:?}") })?
-            .map_err(|e| BusError::Connect { url: url.clone(), reason: connect_failure(&e, &options) })?;
+            .map_err(|_| {
+                (BusError::Connect { url: url.clone(), reason: format!("no answer within {timeout:?}") }, true)
+            })?
+            .map_err(|e| {
+                use async_nats::ConnectErrorKind as Kind;
+                let transient = matches!(e.kind(), Kind::Io | Kind::TimedOut);
+                (BusError::Connect { url: url.clone(), reason: connect_failure(&e, &options) }, transient)
+            })?;
         let js = jetstream::new(client.clone());
         let origin = Arc::new(Origin { options, client_name: client_name.to_string(), timeout });
         Ok(Bus { client, js, origin, replicas: 1, rescale: false })

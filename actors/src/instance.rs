@@ -59,13 +59,19 @@ pub fn instance_id(data_dir: &Path) -> Result<String, StartError> {
     let io = |e: std::io::Error| StartError::Actors(format!("cannot read or write {}: {e}", path.display()));
     if let Ok(text) = std::fs::read_to_string(&path) {
         let id = text.trim();
-        if !id.is_empty() {
+        if uuid::Uuid::parse_str(id).is_ok() {
             return Ok(id.to_string());
         }
     }
+    // Written beside it and renamed into place, so that a process killed mid-write leaves no
+    // torn id (a torn one was never used: the process died making it).
     std::fs::create_dir_all(data_dir).map_err(io)?;
     let id = uuid::Uuid::now_v7().to_string();
-    std::fs::write(&path, format!("{id}\n")).map_err(io)?;
+    let writing = data_dir.join("instance.id.writing");
+    let mut file = std::fs::File::create(&writing).map_err(io)?;
+    std::io::Write::write_all(&mut file, format!("{id}\n").as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&writing, &path).map_err(io)?;
     Ok(id)
 }
 

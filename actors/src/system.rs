@@ -58,6 +58,10 @@ pub struct SystemConfig {
     /// paused) before the server deletes them; the instance's checkpoint positions new ones when
     /// it returns. Three days unless set.
     pub read_model_idle: Duration,
+    /// How long `start` waits for a NATS server that is not there yet (refused, no answer)
+    /// before it fails: a process started beside its server, or while it restarts, comes up
+    /// with it. Zero (the default) fails at once; refused credentials always do.
+    pub connect_wait: Duration,
 }
 
 impl SystemConfig {
@@ -81,6 +85,7 @@ impl SystemConfig {
             cache_bytes: carrier_storage::DEFAULT_CACHE_BYTES,
             stream_replicas: None,
             read_model_idle: Duration::from_secs(3 * 24 * 3600),
+            connect_wait: Duration::ZERO,
         }
     }
 }
@@ -119,7 +124,8 @@ struct RunningContext {
 impl CarrierSystem {
     /// Connects, creates streams, opens databases and starts every configured context.
     pub async fn start(config: SystemConfig) -> Result<CarrierSystem, StartError> {
-        let mut bus = Bus::connect(config.nats.clone(), "carrier", Duration::from_secs(5)).await?;
+        let mut bus =
+            Bus::connect_waiting(config.nats.clone(), "carrier", Duration::from_secs(5), config.connect_wait).await?;
         if let Some(replicas) = config.stream_replicas {
             bus = bus.with_stream_replicas(replicas);
         }

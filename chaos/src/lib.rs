@@ -312,8 +312,9 @@ impl Drop for Instance {
 pub async fn run(plan: &Plan, program: &Path) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut rng = Rng(plan.seed);
-    let dir = tempfile::Builder::new().prefix("carrier-chaos-").tempdir()?;
-    let mut nats = LocalNatsServer::start_in(&dir.path().join("nats"), None).context("nats-server starts")?;
+    // Kept when the run fails, for its logs and files.
+    let dir = tempfile::Builder::new().prefix("carrier-chaos-").tempdir()?.keep();
+    let mut nats = LocalNatsServer::start_in(&dir.join("nats"), None).context("nats-server starts")?;
     let url = nats.url();
 
     // The events, their duplicates and the fault schedule, all from the seed.
@@ -347,9 +348,9 @@ pub async fn run(plan: &Plan, program: &Path) -> anyhow::Result<Report> {
     bus.ensure_event_stream::<ChaosEvent>().await?;
     let mut instances: Vec<Instance> = (0..plan.instances)
         .map(|i| Instance {
-            data: dir.path().join(format!("instance{i}")),
+            data: dir.join(format!("instance{i}")),
             child: None,
-            log: dir.path().join(format!("instance{i}.log")),
+            log: dir.join(format!("instance{i}.log")),
         })
         .collect();
     for instance in &mut instances {
@@ -396,10 +397,15 @@ pub async fn run(plan: &Plan, program: &Path) -> anyhow::Result<Report> {
     // Every instance acknowledges the whole stream.
     let last = bus.last_sequence("CHAOS").await?;
     let deadline = Instant::now() + Duration::from_secs(plan.settle_secs);
-    for instance in &instances {
+    for (i, instance) in instances.iter_mut().enumerate() {
         let suffix = durable_suffix(&instance_id(&instance.data)?);
         let durable = instance_durable_name("tally", "chaos", &suffix);
         loop {
+            if let Some(status) = instance.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!("instance{i} exited ({status}) before it caught up; its log ends:\n{}", tail.join("\n"));
+            }
             let acked = bus.consumer_info("CHAOS", &durable).await.map(|i| i.ack_floor_stream_seq).unwrap_or(0);
             if acked >= last {
                 break;
@@ -445,7 +451,7 @@ pub async fn run(plan: &Plan, program: &Path) -> anyhow::Result<Report> {
     bus.close().await;
     drop(instances);
     drop(nats);
-    Ok(Report {
+    let report = Report {
         plan: plan.clone(),
         republished,
         kills,
@@ -454,7 +460,11 @@ pub async fn run(plan: &Plan, program: &Path) -> anyhow::Result<Report> {
         instances: counts,
         settled_in,
         took: started.elapsed(),
-    })
+    };
+    if report.passed() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
 }
 
 /// The event as Carrier's wire has it: its id, key, version and amount.

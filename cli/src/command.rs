@@ -18,9 +18,13 @@ pub struct CommandArgs {
     /// Correlation id to carry into the recorded event.
     #[arg(long)]
     correlation_id: Option<String>,
-    /// How long to wait for the reply, in seconds.
-    #[arg(long, default_value_t = 5)]
-    timeout: u64,
+    /// How long to wait for the reply, e.g. `10s`, `500ms` (a bare number is seconds). Longer
+    /// than a read's own wait for a position (5 s), so that its answer arrives.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
+    timeout: Duration,
+    /// Print the reply as one line of JSON, for scripts (readable, indented JSON otherwise).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     nats: crate::nats::NatsArgs,
 }
@@ -48,11 +52,11 @@ pub async fn main(args: CommandArgs, app: &crate::App) -> anyhow::Result<ExitCod
     }
     let subject = command_subject(&args.context);
     let reply = bus
-        .request(&subject, &headers, serde_json::to_vec(&body)?, Duration::from_secs(args.timeout))
+        .request(&subject, &headers, serde_json::to_vec(&body)?, args.timeout)
         .await
         .with_context(|| format!("is the {} context running?", args.context))?;
     let parsed: CommandReply = serde_json::from_slice(&reply).context("the reply is not a command reply")?;
-    println!("{}", serde_json::to_string(&parsed)?);
+    print_reply(&serde_json::to_value(&parsed)?, args.json)?;
     Ok(if parsed.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -63,9 +67,13 @@ pub struct QueryArgs {
     context: String,
     /// The query as JSON, e.g. '{"query":"search_orders","status":"completed","limit":10}'.
     query: String,
-    /// How long to wait for the reply, in seconds.
-    #[arg(long, default_value_t = 5)]
-    timeout: u64,
+    /// How long to wait for the reply, e.g. `10s`, `500ms` (a bare number is seconds). Longer
+    /// than a read's own wait for a position (5 s), so that its answer arrives.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
+    timeout: Duration,
+    /// Print the reply as one line of JSON, for scripts (readable, indented JSON otherwise).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     nats: crate::nats::NatsArgs,
 }
@@ -78,11 +86,19 @@ pub async fn query(args: QueryArgs, app: &crate::App) -> anyhow::Result<ExitCode
     let bus = Bus::connect(args.nats.options()?, "carrier-query", Duration::from_secs(5)).await?;
     let headers = vec![(header::CONTENT_TYPE.to_string(), "application/json".to_string())];
     let reply = bus
-        .request(&query_subject(&args.context), &headers, serde_json::to_vec(&body)?, Duration::from_secs(args.timeout))
+        .request(&query_subject(&args.context), &headers, serde_json::to_vec(&body)?, args.timeout)
         .await
         .with_context(|| format!("is the {} context running?", args.context))?;
     let parsed: serde_json::Value = serde_json::from_slice(&reply).context("the reply is not JSON")?;
-    println!("{}", serde_json::to_string_pretty(&parsed)?);
+    print_reply(&parsed, args.json)?;
     let ok = parsed.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints a command's or a query's reply the same way: one line with `--json`, indented
+/// otherwise.
+fn print_reply(reply: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    let text = if json { serde_json::to_string(reply)? } else { serde_json::to_string_pretty(reply)? };
+    println!("{text}");
+    Ok(())
 }

@@ -21,6 +21,7 @@ mod consumer;
 mod dashboard;
 mod dashboard_client;
 mod dlq;
+mod duration;
 mod inspect;
 mod nats;
 mod otel;
@@ -33,6 +34,7 @@ mod status;
 
 pub use config::ConfigError;
 pub use dashboard::{start as start_dashboard, Dashboard, DashboardArgs, DEFAULT_ADDR as DEFAULT_DASHBOARD_ADDR};
+pub use duration::parse_duration;
 pub use inspect::money;
 pub use nats::{NatsArgs, DEFAULT_URL as DEFAULT_NATS_URL};
 pub use otel::{start as start_otlp, Exporter, OtlpArgs};

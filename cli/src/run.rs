@@ -40,10 +40,22 @@ pub struct RunArgs {
     #[arg(long, env = "CARRIER_READ_MODEL_IDLE_HOURS", default_value_t = 72,
           value_parser = clap::value_parser!(u32).range(1..=8760))]
     read_model_idle_hours: u32,
+    /// How long to wait at start for a NATS server that is not there yet (refused, no answer),
+    /// e.g. `30s`, `2m`; `0` fails at once. Refused credentials fail at once either way.
+    #[arg(long, env = "CARRIER_NATS_WAIT", default_value = "30s", value_parser = parse_wait)]
+    nats_wait: std::time::Duration,
     #[command(flatten)]
     dashboard: crate::dashboard::DashboardArgs,
     #[command(flatten)]
     otlp: crate::otel::OtlpArgs,
+}
+
+/// A wait: a duration, or `0` for none.
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim() {
+        "0" | "0s" | "0ms" => Ok(std::time::Duration::ZERO),
+        other => crate::duration::parse_duration(other),
+    }
 }
 
 pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
@@ -70,6 +82,7 @@ pub async fn main(args: RunArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     };
     let mut config = SystemConfig::new(nats.options.clone(), &args.data.data_dir, contexts);
     config.batch_max = args.batch_max as usize;
+    config.connect_wait = args.nats_wait;
     config.poison_threshold = args.poison_threshold;
     config.cache_bytes = (args.redb_cache_mb as usize) << 20;
     config.stream_replicas = args.stream_replicas.map(usize::from);

@@ -323,6 +323,9 @@ pub(crate) fn open_database(
         // A missing directory would otherwise surface as a bare "No such file" from redb.
         let _ = std::fs::create_dir_all(dir);
     }
+    if !path.exists() {
+        create_atomically(path, cache_bytes)?;
+    }
     let db = Database::builder()
         .set_cache_size(cache_bytes)
         .create(path)
@@ -331,6 +334,31 @@ pub(crate) fn open_database(
     create(&txn)?;
     txn.commit().during("commit")?;
     Ok(db)
+}
+
+/// Makes a new, empty redb file at `path` that appears whole or not at all: redb writes its
+/// header in steps, and a process killed between them (SIGKILL on a first start) left a file that
+/// no longer opened ("not a redb database: magic number mismatch"), so the context could never
+/// start again. The file is made beside it under `.creating`, closed, and renamed into place;
+/// a leftover `.creating` from a killed attempt is thrown away.
+fn create_atomically(path: &std::path::Path, cache_bytes: usize) -> Result<(), StorageError> {
+    let mut creating = path.as_os_str().to_owned();
+    creating.push(".creating");
+    let creating = std::path::PathBuf::from(creating);
+    let _ = std::fs::remove_file(&creating);
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(&creating)
+        .map_err(|source| StorageError::Open { path: creating.clone(), source })?;
+    drop(db);
+    std::fs::rename(&creating, path).map_err(|e| StorageError::io("rename a new file into place", e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The rename is durable once the directory is.
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// Counts and positions of the engine's tables, for `carrier inspect` and the dashboard.

@@ -55,12 +55,13 @@ fn now_ms() -> u64 {
 impl HandlerFile {
     /// Opens (or creates) the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
-        let db = Database::create(path.as_ref()).during("open the event bus file")?;
-        let txn = db.begin_write().during("begin_write")?;
-        txn.open_table(HANDLED).during("create bus_handled")?;
-        txn.open_table(HANDLED_BY_TIME).during("create bus_handled_by_time")?;
-        txn.open_table(POSITIONS).during("create bus_positions")?;
-        txn.commit().during("commit")?;
+        // Made whole or not at all, as a context's file is (see `engine::open_database`).
+        let db = crate::engine::open_database(path.as_ref(), crate::DEFAULT_CACHE_BYTES, |txn| {
+            txn.open_table(HANDLED).during("create bus_handled")?;
+            txn.open_table(HANDLED_BY_TIME).during("create bus_handled_by_time")?;
+            txn.open_table(POSITIONS).during("create bus_positions")?;
+            Ok(())
+        })?;
         Ok(HandlerFile { db })
     }
 

@@ -279,3 +279,20 @@ fn a_rebuild_swaps_every_table_of_a_set_also_an_index_past_its_aggregates() {
     assert_eq!(price(&live), Some(5));
     assert_eq!(live.read(|txn| INDEX.all(txn)).expect("read"), vec![("rebuilt".to_string(), 5)]);
 }
+
+/// A process killed while redb wrote a new file's header left a file that never opened again;
+/// a new file is now made beside it and renamed into place, and a leftover half-made one is
+/// thrown away.
+#[test]
+fn a_file_half_made_by_a_killed_process_does_not_stop_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shelf.redb");
+    let leftover = dir.path().join("shelf.redb.creating");
+    // What a SIGKILL between redb's header writes leaves: zeros where the magic number goes.
+    std::fs::write(&leftover, vec![0u8; 73_728]).expect("write");
+    let file = FileWriter::<Shelf>::open(&path).expect("the next start opens a fresh file");
+    assert_eq!(file.engine_stats().expect("stats").inbox, 0);
+    assert!(!leftover.exists(), "the half-made file is gone");
+    drop(file);
+    FileWriter::<Shelf>::open(&path).expect("and it opens again");
+}

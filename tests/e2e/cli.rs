@@ -91,7 +91,7 @@ async fn run_applies_a_published_event_stops_on_sigterm_and_inspect_shows_it() {
 #[test]
 fn an_unreachable_server_is_one_clear_line_not_a_panic() {
     let out = Command::new(carrier_bin())
-        .args(["run", "--nats-url", "nats://127.0.0.1:1", "--data-dir"])
+        .args(["run", "--nats-url", "nats://127.0.0.1:1", "--nats-wait", "0", "--data-dir"])
         .arg(tempfile::tempdir().expect("dir").path())
         .output()
         .expect("carrier runs");
@@ -103,6 +103,46 @@ fn an_unreachable_server_is_one_clear_line_not_a_panic() {
         lines[0].starts_with("error: ") && lines[0].contains("cannot connect to NATS at nats://127.0.0.1:1"),
         "{stderr}"
     );
+}
+
+/// A process started before its server (or while it restarts) waits for it, says so once, and
+/// runs when it comes; `command` takes a timeout with a unit.
+#[test]
+fn run_waits_for_a_server_that_is_not_there_yet() {
+    let port = carrier_tests::browser::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let data = tempfile::tempdir().expect("dir");
+    let dir = data.path().to_string_lossy().to_string();
+    let mut carrier = carrier_tests::CarrierProcess::spawn(&[
+        "run",
+        "--contexts",
+        "stores",
+        "--nats-url",
+        &url,
+        "--nats-wait",
+        "60s",
+        "--no-dashboard",
+        "--data-dir",
+        &dir,
+    ]);
+    carrier.wait_for_output("NATS is not there yet", Duration::from_secs(30));
+    let store = tempfile::tempdir().expect("dir");
+    let _server = carrier_actors::LocalNatsServer::start_in(store.path(), Some(port)).expect("server starts");
+    let out = carrier.wait_for_output("carrier is running", Duration::from_secs(60));
+    assert_eq!(out.matches("NATS is not there yet").count(), 1, "said once:\n{out}");
+    let create = r#"{"command":"create_store","id":"s-1","name":"Late","location":"Here"}"#;
+    let reply = Command::new(carrier_bin())
+        .args(["command", "stores", create, "--json", "--timeout", "8s", "--nats-url", &url])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&reply.stdout);
+    assert!(reply.status.success(), "{}", String::from_utf8_lossy(&reply.stderr));
+    assert_eq!(stdout.trim().lines().count(), 1, "--json is one line: {stdout}");
+    let bad = Command::new(carrier_bin())
+        .args(["command", "stores", create, "--timeout", "8 parsecs", "--nats-url", &url])
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown unit"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]
