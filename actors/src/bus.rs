@@ -126,6 +126,8 @@ fn connection_event(server: &str, event: async_nats::Event) {
         Event::Connected => tracing::info!(%server, "connected to NATS"),
         Event::Disconnected => tracing::warn!(%server, "disconnected from NATS; reconnecting"),
         Event::Closed => tracing::debug!(%server, "NATS connection closed"),
+        // Carrier's own clean close (`Bus::close`), not something an operator must look at.
+        Event::Draining => tracing::debug!(%server, "NATS connection draining"),
         Event::ServerError(error) => tracing::warn!(%server, %error, "NATS server error"),
         other => tracing::warn!(%server, event = %other, "NATS connection"),
     }

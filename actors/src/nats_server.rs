@@ -38,8 +38,17 @@ pub enum NatsServerError {
 }
 
 /// A running `nats-server`; killed, and its temporary directory removed, on drop.
+///
+/// A server started in a directory of its own (`start_in`) dies with the process that started
+/// it (Linux: the parent-death signal), and records its pid and port in `server.json` there,
+/// so that the next start on the same store reuses a server a crash left running instead of
+/// starting a second one on the same JetStream store, and other commands find it
+/// ([`LocalNatsServer::recorded_url`]).
 pub struct LocalNatsServer {
     child: Option<Child>,
+    /// A server found running on this store (left by a process that died), adopted: killed by
+    /// pid when this one is.
+    adopted: Option<u32>,
     port: u16,
     dir: PathBuf,
     /// The configuration file it was started with, if any (a restart uses it again).
@@ -83,6 +92,17 @@ impl LocalNatsServer {
 
     fn start_with(dir: &Path, port: Option<u16>, config: Option<&Path>) -> Result<Self, NatsServerError> {
         std::fs::create_dir_all(dir).map_err(|source| NatsServerError::Dir { path: dir.to_path_buf(), source })?;
+        if let Some(record) = Record::running(dir).filter(|r| port.is_none_or(|p| p == r.port)) {
+            tracing::warn!(pid = record.pid, port = record.port, "reusing the nats-server left running on this store");
+            return Ok(LocalNatsServer {
+                child: None,
+                adopted: Some(record.pid),
+                port: record.port,
+                dir: dir.to_path_buf(),
+                config: config.map(Path::to_path_buf),
+                _temp: None,
+            });
+        }
         let log = dir.join("nats-server.log");
         // A fresh log per start, so the port we read below is this run's.
         let _ = std::fs::remove_file(&log);
@@ -92,6 +112,7 @@ impl LocalNatsServer {
         if let Some(config) = config {
             command.arg("-c").arg(config);
         }
+        die_with_parent(&mut command);
         let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--store_dir"])
             .arg(dir.join("jetstream"))
@@ -104,13 +125,24 @@ impl LocalNatsServer {
             .map_err(|source| NatsServerError::Spawn { binary: binary.clone(), source })?;
         let mut server = LocalNatsServer {
             child: Some(child),
+            adopted: None,
             port: 0,
             dir: dir.to_path_buf(),
             config: config.map(Path::to_path_buf),
             _temp: None,
         };
         server.port = server.wait_ready(&log, Duration::from_secs(20))?;
+        if let Some(child) = &server.child {
+            Record { pid: child.id(), port: server.port }.write(dir);
+        }
         Ok(server)
+    }
+
+    /// The URL of the server recorded as running on the store in `dir` (as `start_in` left it),
+    /// if it still runs: how `command`, `query` and the rest find the server of `run
+    /// --local-nats` without being told its port.
+    pub fn recorded_url(dir: &Path) -> Option<String> {
+        Record::running(dir).map(|r| format!("nats://127.0.0.1:{}", r.port))
     }
 
     fn wait_ready(&mut self, log: &Path, limit: Duration) -> Result<u16, NatsServerError> {
@@ -156,6 +188,11 @@ impl LocalNatsServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            Record::remove(&self.dir);
+        }
+        if let Some(pid) = self.adopted.take() {
+            kill_pid(pid);
+            Record::remove(&self.dir);
         }
     }
 
@@ -230,5 +267,75 @@ fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
 impl Drop for LocalNatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// `server.json` beside a local server's store: its pid and port.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    pid: u32,
+    port: u16,
+}
+
+impl Record {
+    const FILE: &'static str = "server.json";
+
+    fn write(&self, dir: &Path) {
+        if let Ok(text) = serde_json::to_string(self) {
+            let _ = std::fs::write(dir.join(Self::FILE), text);
+        }
+    }
+
+    fn remove(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(Self::FILE));
+    }
+
+    /// The record of `dir`, if its server still runs there: the pid is a nats-server whose
+    /// command line names this store, and its port answers.
+    fn running(dir: &Path) -> Option<Record> {
+        let record: Record = serde_json::from_str(&std::fs::read_to_string(dir.join(Self::FILE)).ok()?).ok()?;
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let store = dir.join("jetstream");
+        if !cmdline.contains("nats-server") || !cmdline.contains(store.to_string_lossy().as_ref()) {
+            return None;
+        }
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], record.port));
+        std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
+        Some(record)
+    }
+}
+
+/// Asks Linux to SIGTERM the server when the thread that started it ends: when `carrier run
+/// --local-nats` or `demo` is SIGKILLed, its server goes with it instead of holding the store
+/// (the next start would run a second server on it). Only from the process's main thread,
+/// which lives as long as the process: the signal follows the thread, not the process.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    if std::thread::current().name() == Some("main") {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+/// SIGKILLs `pid` and waits (at most 5 s) until it is gone.
+fn kill_pid(pid: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a pid we recorded as our server's.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -287,8 +287,26 @@ impl SupervisorState {
         Ok(())
     }
 
-    /// Stops the running children from the last down to `from`, waiting for each.
+    /// Stops the running children from the last down to `from`, waiting for each. Children of a
+    /// one-for-one supervisor are independent (the root's are the contexts), so they stop
+    /// together: a shutdown takes as long as the slowest context, not the sum of them all.
     async fn stop_children_from(&mut self, from: usize, reason: &str, state_after: NodeState) {
+        if self.policy.strategy == Strategy::OneForOne {
+            let stopping: Vec<_> = (from..self.slots.len())
+                .filter_map(|index| self.slots[index].cell.take().map(|cell| (self.child_path(index), cell)))
+                .map(|(path, cell)| async move {
+                    if cell.stop_and_wait(Some(reason.to_string()), Some(Duration::from_secs(10))).await.is_err() {
+                        tracing::warn!(actor = %path, "did not stop within 10 s; killing it");
+                        cell.kill();
+                    }
+                    path
+                })
+                .collect();
+            for path in futures::future::join_all(stopping).await {
+                self.tree.update(&path, |n| n.state = state_after);
+            }
+            return;
+        }
         for index in (from..self.slots.len()).rev() {
             if let Some(cell) = self.slots[index].cell.take() {
                 let path = self.child_path(index);

@@ -287,6 +287,8 @@ impl CarrierSystem {
         // Publishes and acks are buffered by the client; make sure they leave the process, but
         // not for ever: with the server gone a flush waits for a reconnect that may never come.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
+        // Closed, so that a local server stopped next is not a "disconnected" warning.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.bus.close()).await;
     }
 }
 

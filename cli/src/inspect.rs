@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 /// Arguments of `carrier inspect`.
 #[derive(clap::Args)]
@@ -21,6 +21,10 @@ pub struct InspectArgs {
     /// Only this table.
     #[arg(long)]
     table: Option<String>,
+    /// Repair the file first, if the process that last wrote it was killed (what the next
+    /// `run` would do); nothing else may hold it open.
+    #[arg(long)]
+    repair: bool,
     /// One JSON document on standard output: `{"file": ..., "tables": [{"table", "types", "rows",
     /// "entries": [[key, value], ...]}]}`.
     #[arg(long)]
@@ -40,8 +44,10 @@ pub fn main(args: InspectArgs, app: &crate::App) -> anyhow::Result<ExitCode> {
     if !path.exists() {
         bail!("{} does not exist (wrong --data-dir, or the context never ran there)", path.display());
     }
-    let mut tables = carrier_storage::dump_tables(&path, args.limit)
-        .with_context(|| format!("cannot read {} (a running carrier holds it open; stop it first)", path.display()))?;
+    if args.repair {
+        carrier_storage::repair_file(&path).map_err(|e| explain(&path, e))?;
+    }
+    let mut tables = carrier_storage::dump_tables(&path, args.limit).map_err(|e| explain(&path, e))?;
     if let Some(only) = &args.table {
         tables.retain(|t| &t.table == only);
         if tables.is_empty() {
@@ -85,4 +91,20 @@ fn compact(value: &serde_json::Value) -> String {
 pub fn money(minor: i64) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     format!("{sign}{}.{:02}", minor.unsigned_abs() / 100, minor.unsigned_abs() % 100)
+}
+
+/// Why a context's file could not be read, in the operator's terms.
+fn explain(path: &std::path::Path, error: carrier_storage::StorageError) -> anyhow::Error {
+    use carrier_storage::FileState;
+    match FileState::of(&error) {
+        Some(FileState::InUse) => anyhow::anyhow!(
+            "{} is in use: a running carrier holds it open; stop it first, or inspect a copy (cp it, then --data-dir)",
+            path.display()
+        ),
+        Some(FileState::NeedsRepair) => anyhow::anyhow!(
+            "{} needs repair: the process that last wrote it was killed; the next `run` repairs it, or add --repair to repair it now",
+            path.display()
+        ),
+        None => anyhow::Error::new(error).context(format!("cannot read {}", path.display())),
+    }
 }

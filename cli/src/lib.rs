@@ -244,7 +244,8 @@ async fn run_command(command: Command, app: &App) -> anyhow::Result<ExitCode> {
 pub fn init_logging(default_filter: &str, to_stdout: bool) {
     // The client's own connection errors are reported once, by the bus, in Carrier's words
     // (which credentials were refused, the URL without secrets), not twice.
-    let default_filter = format!("{default_filter},async_nats::connector=off");
+    // Its own connection events ("event: connected") are Carrier's to report, in its words.
+    let default_filter = format!("{default_filter},async_nats=warn,async_nats::connector=off");
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.as_str().into());
     if LOG_FORMAT.get() == Some(&LogFormat::Json) {

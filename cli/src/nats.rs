@@ -83,7 +83,7 @@ impl NatsArgs {
         let text = |flag: &Option<String>, saved: String| flag.clone().or_else(|| non_empty(saved));
         let path = |flag: &Option<PathBuf>, saved: String| flag.clone().or_else(|| non_empty(saved).map(expand_home));
         Ok(NatsOptions {
-            url: text(&self.nats_url, saved.url).unwrap_or_else(|| DEFAULT_URL.to_string()),
+            url: text(&self.nats_url, saved.url).or_else(local_server_url).unwrap_or_else(|| DEFAULT_URL.to_string()),
             user: text(&self.nats_user, saved.user),
             password: text(&self.nats_password, saved.password),
             token: text(&self.nats_token, saved.token),
@@ -94,6 +94,15 @@ impl NatsArgs {
             tls_ca: path(&self.nats_ca, saved.ca),
         })
     }
+}
+
+/// The server `run --local-nats` (or `demo`) started for the data directory (`CARRIER_DATA_DIR`,
+/// or `./carrier-data`), while it runs: so that `command`, `query` and the rest find it when
+/// nothing names a server, instead of trying the default port.
+fn local_server_url() -> Option<String> {
+    let data = std::env::var_os("CARRIER_DATA_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let data = data.unwrap_or_else(|| PathBuf::from("./carrier-data"));
+    carrier_actors::LocalNatsServer::recorded_url(&data.join("nats"))
 }
 
 /// Where the nats CLI keeps its contexts.

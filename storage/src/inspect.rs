@@ -156,3 +156,32 @@ fn dump_table(
         entries: vec![],
     })
 }
+
+/// Why a file cannot be read as it is: in use, or in need of repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// Another process (a running carrier) holds it open.
+    InUse,
+    /// The process that last wrote it stopped without closing it (it was killed): redb repairs
+    /// it on the next writable open.
+    NeedsRepair,
+}
+
+impl FileState {
+    /// What `error` (from [`dump`]) says about the file, if it is one of these.
+    pub fn of(error: &StorageError) -> Option<FileState> {
+        match error {
+            StorageError::Open { source: redb::DatabaseError::DatabaseAlreadyOpen, .. } => Some(FileState::InUse),
+            StorageError::Open { source: redb::DatabaseError::RepairAborted, .. } => Some(FileState::NeedsRepair),
+            _ => None,
+        }
+    }
+}
+
+/// Repairs a file a killed process left (redb's repair, as the next writable open would do
+/// it), so that it can be read. Fails with [`FileState::InUse`]'s error when a process holds it.
+pub fn repair(path: &Path) -> Result<(), StorageError> {
+    let db = redb::Database::create(path).map_err(|source| StorageError::Open { path: path.to_path_buf(), source })?;
+    drop(db);
+    Ok(())
+}

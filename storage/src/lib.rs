@@ -55,4 +55,4 @@ pub use handlers::{HandleFailure, Handled, HandlerFile};
 // Rebuilds: a replayed copy of a context's tables, swapped in blue/green.
 pub use rebuild::{Behind, CacheSet, SwapCursor, SwapStep, SwappedTable, SWAP_ROWS};
 // Any file's tables as JSON, opened read-only (`carrier inspect`).
-pub use inspect::{dump as dump_tables, TableDump};
+pub use inspect::{dump as dump_tables, repair as repair_file, FileState, TableDump};

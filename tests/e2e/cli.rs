@@ -425,3 +425,89 @@ fn a_second_instance_of_a_context_is_refused_instead_of_splitting_its_stream() {
     let _back = ready_service(&env, second_dir.path());
     assert!(again.elapsed() < Duration::from_secs(10), "restarted without waiting for the lease to expire");
 }
+
+/// The server of `run --local-nats` dies with it, the next start makes one server (never two on
+/// one store), and `command` finds it through the data directory without being told its URL.
+#[test]
+fn a_local_server_dies_with_its_run_and_other_commands_find_it() {
+    let data = tempfile::Builder::new().prefix("carrier-local-").tempdir().expect("temp dir");
+    let dir = data.path().to_string_lossy().to_string();
+    let store = data.path().join("nats").join("jetstream");
+    let servers_on_store = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).to_string())
+            .filter(|c| c.contains("nats-server") && c.contains(store.to_string_lossy().as_ref()))
+            .count()
+    };
+    let run = || {
+        carrier_tests::CarrierProcess::spawn(&[
+            "run",
+            "--local-nats",
+            "--contexts",
+            "stores",
+            "--data-dir",
+            &dir,
+            "--no-dashboard",
+        ])
+    };
+    let mut first = run();
+    first.wait_for_output("carrier is running", Duration::from_secs(30));
+    assert_eq!(servers_on_store(), 1);
+    let create = r#"{"command":"create_store","id":"s-1","name":"Found","location":"Here"}"#;
+    let reply = Command::new(carrier_bin())
+        .args(["command", "stores", create])
+        .env("CARRIER_DATA_DIR", &dir)
+        .env_remove("NATS_URL")
+        .output()
+        .expect("runs");
+    assert!(reply.status.success(), "found through the data directory: {}", String::from_utf8_lossy(&reply.stderr));
+
+    first.signal("KILL");
+    let _ = first.wait_exit(Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while servers_on_store() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(servers_on_store(), 0, "the server died with its parent");
+
+    let mut second = run();
+    second.wait_for_output("carrier is running", Duration::from_secs(30));
+    assert_eq!(servers_on_store(), 1, "one server on the store");
+    second.signal("TERM");
+    second.wait_for_output("stopped", Duration::from_secs(15));
+}
+
+/// `inspect` tells a file in use from one a killed process left, and repairs the latter.
+#[test]
+fn inspect_tells_in_use_from_needs_repair_and_repairs() {
+    let env = TestEnv::start();
+    let data = tempfile::tempdir().expect("dir");
+    let dir = data.path().to_string_lossy().to_string();
+    let url = env.url();
+    let mut running = carrier_tests::CarrierProcess::spawn(&[
+        "run",
+        "--contexts",
+        "stores",
+        "--nats-url",
+        &url,
+        "--data-dir",
+        &dir,
+        "--no-dashboard",
+    ]);
+    running.wait_for_output("carrier is running", Duration::from_secs(30));
+    let inspect = |extra: &[&str]| {
+        Command::new(carrier_bin()).args(["inspect", "stores", "--data-dir", &dir]).args(extra).output().expect("runs")
+    };
+    let out = inspect(&[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    running.signal("KILL");
+    let _ = running.wait_exit(Duration::from_secs(10));
+    let out = inspect(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs repair") && stderr.contains("--repair"), "{stderr}");
+    let out = inspect(&["--repair"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checkpoints"), "{}", String::from_utf8_lossy(&out.stdout));
+}
