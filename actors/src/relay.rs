@@ -277,6 +277,8 @@ fn record_publish_spans(context: &'static str, rows: &[(u64, carrier_messages::E
             + std::time::Duration::from_nanos(u64::try_from(envelope.occurred_at_unix_nanos).unwrap_or(0));
         let mut attributes = crate::telemetry::event_attributes(context, &envelope);
         attributes.push(crate::telemetry::Attribute::new("messaging.destination.name", event.subject.clone()));
+        attributes.push(crate::telemetry::Attribute::new("messaging.operation.type", "send"));
+        attributes.push(crate::telemetry::Attribute::new("messaging.operation.name", "publish"));
         crate::telemetry::record(crate::telemetry::SpanRecord {
             name: format!("{context} publish {}", envelope.event_type),
             kind: crate::telemetry::Kind::Producer,

@@ -126,6 +126,11 @@ pub fn record(record: SpanRecord) {
 /// The attributes every event span carries.
 pub(crate) fn event_attributes(context: &'static str, envelope: &carrier_messages::Envelope) -> Vec<KeyValue> {
     let mut attributes = vec![
+        // OpenTelemetry's messaging conventions (the system, the message's id); each span adds
+        // the operation and the destination.
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.message.id", envelope.event_id.to_string()),
+        KeyValue::new("messaging.message.conversation_id", envelope.correlation_id.clone()),
         KeyValue::new("carrier.context", context),
         KeyValue::new("carrier.event_id", envelope.event_id.to_string()),
         KeyValue::new("carrier.event_type", envelope.event_type.clone()),

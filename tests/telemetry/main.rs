@@ -121,6 +121,19 @@ async fn one_trace_follows_a_checkout_through_every_context() {
     assert_eq!(ordering.parent_span_id, id("command cmd.baskets"));
     assert_eq!(attribute(ordering, "carrier.event_id").as_deref(), Some(checked_out_id.as_str()));
     assert_eq!(attribute(ordering, "carrier.disposition").as_deref(), Some("applied"));
+    // OpenTelemetry's messaging conventions, on every kind of span.
+    assert_eq!(attribute(ordering, "messaging.system").as_deref(), Some("nats"));
+    assert_eq!(attribute(ordering, "messaging.operation.type").as_deref(), Some("process"));
+    assert_eq!(attribute(ordering, "messaging.message.id").as_deref(), Some(checked_out_id.as_str()));
+    let group = attribute(ordering, "messaging.consumer.group.name").unwrap_or_default();
+    assert!(group.starts_with("ordering"), "the consumer group is ordering's durable: {group}");
+    let destination = attribute(ordering, "messaging.destination.name").unwrap_or_default();
+    assert!(destination.starts_with("baskets."), "{destination}");
+    let publish = span("baskets publish baskets.BasketCheckedOut");
+    assert_eq!(attribute(publish, "messaging.operation.type").as_deref(), Some("send"));
+    assert_eq!(attribute(publish, "messaging.system").as_deref(), Some("nats"));
+    assert_eq!(attribute(cmd, "messaging.system").as_deref(), Some("nats"));
+    assert_eq!(attribute(cmd, "messaging.destination.name").as_deref(), Some("cmd.baskets"));
     // ordering's reaction (OrderCreated) is consumed by depot, search and notifications as
     // children of ordering's consumer span, across three more contexts.
     for consumer in ["depot", "search", "notifications"] {
