@@ -292,6 +292,24 @@ impl SupervisorState {
     /// together: a shutdown takes as long as the slowest context, not the sum of them all.
     async fn stop_children_from(&mut self, from: usize, reason: &str, state_after: NodeState) {
         if self.policy.strategy == Strategy::OneForOne {
+            self.stop_together(from, reason, state_after).await;
+            return;
+        }
+        for index in (from..self.slots.len()).rev() {
+            if let Some(cell) = self.slots[index].cell.take() {
+                let path = self.child_path(index);
+                if cell.stop_and_wait(Some(reason.to_string()), Some(Duration::from_secs(10))).await.is_err() {
+                    tracing::warn!(actor = %path, "did not stop within 10 s; killing it");
+                    cell.kill();
+                }
+                self.tree.update(&path, |n| n.state = state_after);
+            }
+        }
+    }
+
+    /// Stops the running children from `from` on, all at once, waiting for them all.
+    async fn stop_together(&mut self, from: usize, reason: &str, state_after: NodeState) {
+        {
             let stopping: Vec<_> = (from..self.slots.len())
                 .filter_map(|index| self.slots[index].cell.take().map(|cell| (self.child_path(index), cell)))
                 .map(|(path, cell)| async move {
@@ -303,17 +321,6 @@ impl SupervisorState {
                 })
                 .collect();
             for path in futures::future::join_all(stopping).await {
-                self.tree.update(&path, |n| n.state = state_after);
-            }
-            return;
-        }
-        for index in (from..self.slots.len()).rev() {
-            if let Some(cell) = self.slots[index].cell.take() {
-                let path = self.child_path(index);
-                if cell.stop_and_wait(Some(reason.to_string()), Some(Duration::from_secs(10))).await.is_err() {
-                    tracing::warn!(actor = %path, "did not stop within 10 s; killing it");
-                    cell.kill();
-                }
                 self.tree.update(&path, |n| n.state = state_after);
             }
         }
@@ -453,6 +460,12 @@ impl Actor for Supervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        // At shutdown a context's children after its first (the writer, which the consumers,
+        // responders and the relay's last flush all need) stop together, then the first: each
+        // waits out its current poll, so one after another they took half a second a context.
+        if state.policy.strategy == Strategy::RestForOne {
+            state.stop_together(1, "shutdown", NodeState::Stopped).await;
+        }
         state.stop_children_from(0, "shutdown", NodeState::Stopped).await;
         state.tree.update(&state.path, |n| n.state = NodeState::Stopped);
         Ok(())
