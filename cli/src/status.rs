@@ -230,6 +230,7 @@ fn is_engine_table(name: &str) -> bool {
         name,
         "inbox"
             | "inbox_by_time"
+            | "inbox_batches"
             | "entity_versions"
             | "parked"
             | "checkpoints"

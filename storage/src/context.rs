@@ -358,6 +358,12 @@ impl<K: ContextKind> ContextFile<K> {
     pub fn outbox_len(&self) -> Result<u64, StorageError> {
         outbox::len(&self.db)
     }
+
+    /// How many event ids the inbox's time index holds: as many as the inbox holds, or pruning
+    /// would leave some behind for ever (a scan of the index: for checks, not hot paths).
+    pub fn inbox_indexed(&self) -> Result<u64, StorageError> {
+        engine::inbox_indexed(&self.db)
+    }
 }
 
 /// The one writer of a context's file. Whoever opens the file holds it (the context's writer

@@ -296,3 +296,39 @@ fn a_file_half_made_by_a_killed_process_does_not_stop_the_next_start() {
     drop(file);
     FileWriter::<Shelf>::open(&path).expect("and it opens again");
 }
+
+#[test]
+fn a_stale_or_parked_event_leaves_its_entitys_version_as_it_was() {
+    let (_dir, file) = file();
+    file.apply("c", &[at(listed(100), 1, 1), at(repriced(5), 2, 2)], 0).expect("apply");
+    // An older version under a new id, and one far ahead: neither moves the entity's version.
+    let outcome = file.apply("c", &[at(repriced(40), 1, 3), at(repriced(9), 5, 4)], 0).expect("apply");
+    assert_eq!(outcome.dispositions, vec![Disposition::Stale { current: 2 }, Disposition::Parked { expected: 3 }]);
+    assert_eq!(file.gaps().expect("gaps"), vec![("item".into(), "a".into(), 2, 5)]);
+    // The next version still applies, and lets the parked one through after its own gap closes.
+    let outcome = file.apply("c", &[at(repriced(1), 3, 5), at(repriced(2), 4, 6)], 0).expect("apply");
+    assert_eq!(outcome.dispositions, vec![Disposition::Applied, Disposition::Applied]);
+    assert_eq!(outcome.unparked, 1);
+    assert_eq!(price(&file), Some(117));
+}
+
+#[test]
+fn the_inbox_is_pruned_whole_by_its_time_index() {
+    let (_dir, file) = file();
+    file.apply("c", &[at(listed(100), 1, 1), at(repriced(5), 2, 2)], 0).expect("apply");
+    file.apply("c", &[at(repriced(5), 3, 3)], 0).expect("apply");
+    assert_eq!(file.inbox(10).expect("inbox").len(), 3);
+    assert_eq!(file.inbox_indexed().expect("index"), 3, "each new id indexed once");
+    assert_eq!(file.prune_inbox(std::time::Duration::from_secs(3600), 100).expect("prune"), 0, "nothing old yet");
+    // A limit of one takes one batch whole: its ids and its index row go together.
+    let first = file.prune_inbox(std::time::Duration::ZERO, 1).expect("prune");
+    assert!(first == 2 || first == 1, "one batch: {first}");
+    let rest = file.prune_inbox(std::time::Duration::ZERO, 100).expect("prune");
+    assert_eq!(first + rest, 3);
+    assert!(file.inbox(10).expect("inbox").is_empty());
+    assert_eq!(file.inbox_indexed().expect("index"), 0);
+    // Past the horizon, a redelivery is told by its version: stale, not applied again.
+    let outcome = file.apply("c", &[at(repriced(5), 3, 3)], 0).expect("apply");
+    assert_eq!(outcome.dispositions, vec![Disposition::Stale { current: 3 }]);
+    assert_eq!(price(&file), Some(110));
+}

@@ -77,6 +77,10 @@ struct Round {
     latency_max_ms: f64,
     lookups: f64,
     events_per_commit: f64,
+    ordered_raw: f64,
+    anchor_loop: f64,
+    redb_get: f64,
+    redb_get_shared: f64,
 }
 
 /// Runs the benchmark (or, with `scale`, the scale run).
@@ -120,11 +124,11 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
     ));
 
     let mut rounds = Vec::new();
-    let mut progress = carrier_cli::Progress::new("bench", u64::from(args.rounds) * 8);
+    let mut progress = carrier_cli::Progress::new("bench", u64::from(args.rounds) * 10);
     for round in 0..args.rounds {
         let r = run_round(&nats.url, &bus, &args, round, &mut progress).await?;
         let line = format!(
-            "  round {}: bare_raw {:.0}/s, own_raw {:.0}/s, cache_path {:.0}/s ({:.0} per commit), publish_bare {:.0}/s, publish_own {:.0}/s, relay {:.0}/s, latency p50/p99/max {:.2}/{:.2}/{:.2} ms, lookups {:.0}/s",
+            "  round {}: bare_raw {:.0}/s, own_raw {:.0}/s, cache_path {:.0}/s ({:.0} per commit), publish_bare {:.0}/s, publish_own {:.0}/s, relay {:.0}/s, latency p50/p99/max {:.2}/{:.2}/{:.2} ms, lookups {:.0}/s, ordered_raw {:.0}/s, anchor_loop {:.0}/s, redb_get {:.0}/s, redb_get_shared {:.0}/s",
             round + 1,
             r.bare_raw,
             r.own_raw,
@@ -136,7 +140,11 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
             r.latency_p50_ms,
             r.latency_p99_ms,
             r.latency_max_ms,
-            r.lookups
+            r.lookups,
+            r.ordered_raw,
+            r.anchor_loop,
+            r.redb_get,
+            r.redb_get_shared
         );
         // With --json, stdout carries the one object and nothing else.
         if args.json {
@@ -161,6 +169,10 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
         latency_max_ms: m(|r| r.latency_max_ms),
         lookups: m(|r| r.lookups),
         events_per_commit: m(|r| r.events_per_commit),
+        ordered_raw: m(|r| r.ordered_raw),
+        anchor_loop: m(|r| r.anchor_loop),
+        redb_get: m(|r| r.redb_get),
+        redb_get_shared: m(|r| r.redb_get_shared),
     };
     if args.json {
         let object = serde_json::json!({
@@ -174,6 +186,14 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
             "latency_p99_ms": round3(summary.latency_p99_ms),
             "latency_max_ms": round3(summary.latency_max_ms),
             "lookups": summary.lookups.round(),
+            "ordered_raw": summary.ordered_raw.round(),
+            "anchor_loop": summary.anchor_loop.round(),
+            "redb_get": summary.redb_get.round(),
+            "redb_get_shared": summary.redb_get_shared.round(),
+            "cache_path_per_anchor_loop": round3(summary.cache_path / summary.anchor_loop),
+            "anchor_loop_per_bare_raw": round3(summary.anchor_loop / summary.bare_raw),
+            "ordered_raw_per_bare_raw": round3(summary.ordered_raw / summary.bare_raw),
+            "lookups_per_redb_get_shared": round3(summary.lookups / summary.redb_get_shared),
             "cache_path_per_bare_raw": round3(summary.cache_path / summary.bare_raw),
             "own_raw_per_bare_raw": round3(summary.own_raw / summary.bare_raw),
             "publish_own_per_publish_bare": round3(summary.publish_own / summary.publish_bare),
@@ -215,9 +235,28 @@ pub async fn main(args: MallBench) -> anyhow::Result<ExitCode> {
             "  latency       publish -> cached, {} /s     p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms   p99 <= 5 ms",
             args.rate, s.latency_p50_ms, s.latency_p99_ms, s.latency_max_ms
         );
-        println!("  lookups       cache reads by id, 1 thread   {:>9.0} /s               >= 1,000,000", s.lookups);
+        println!(
+            "  ordered_raw   ordered consumer, no acks     {:>9.0} msg/s     {:.2}",
+            s.ordered_raw,
+            s.ordered_raw / s.bare_raw
+        );
+        println!(
+            "  anchor_loop   plain pull/decode/commit/ack  {:>9.0} events/s  {:.2}   (cache_path is {:.2} of it)",
+            s.anchor_loop,
+            s.anchor_loop / s.bare_raw,
+            s.cache_path / s.anchor_loop
+        );
+        println!("  redb_get      redb read, a txn each         {:>9.0} /s", s.redb_get);
+        println!("  redb_get_shared  redb read, one txn        {:>9.0} /s", s.redb_get_shared);
+        println!(
+            "  lookups       cache reads by id, 1 thread   {:>9.0} /s        {:.2}   >= 0.80 of redb_get_shared",
+            s.lookups,
+            s.lookups / s.redb_get_shared
+        );
         println!("  verified: every cached price equals the owner's, every event applied exactly once");
     }
+    // Closed before its server stops, so that a clean end logs no reconnect warning.
+    bus.close().await;
     drop(nats);
     Ok(ExitCode::SUCCESS)
 }
@@ -231,7 +270,7 @@ async fn run_round(
 ) -> anyhow::Result<Round> {
     let mut r = Round::default();
     let label = |what: &str| format!("round {}: {what}", round + 1);
-    let mut step = u64::from(round) * 8;
+    let mut step = u64::from(round) * 10;
     let mut advance = |progress: &mut carrier_cli::Progress, what: &str| {
         progress.update(step, &label(what));
         step += 1;
@@ -261,9 +300,9 @@ async fn run_round(
         }
     }
 
-    // Consuming, the three in rotating order.
-    for which in 0..3 {
-        match (which + round) % 3 {
+    // Consuming, the five in rotating order.
+    for which in 0..5 {
+        match (which + round) % 5 {
             0 => {
                 advance(progress, "bare_raw");
                 let name = format!("bench-bare-{round}");
@@ -278,12 +317,26 @@ async fn run_round(
                 bus.delete_consumer(StoresEvent::STREAM, &name).await?;
                 r.own_raw = count as f64 / took.as_secs_f64();
             }
+            2 => {
+                advance(progress, "ordered_raw");
+                let took = bus.raw_ordered_read(BARE_STREAM, count).await?;
+                r.ordered_raw = count as f64 / took.as_secs_f64();
+            }
+            3 => {
+                advance(progress, "anchor_loop");
+                let name = format!("bench-anchor-{round}");
+                r.anchor_loop =
+                    super::baselines::anchor_loop(bus, StoresEvent::STREAM, &name, count, args.batch_max as usize)
+                        .await?;
+            }
             _ => {
                 advance(progress, "cache_path");
-                let (rate, per_commit, lookups) = cache_path(url, bus, args, &workload, last_own).await?;
-                r.cache_path = rate;
-                r.events_per_commit = per_commit;
-                r.lookups = lookups;
+                let path = cache_path(url, bus, args, &workload, last_own).await?;
+                r.cache_path = path.rate;
+                r.events_per_commit = path.per_commit;
+                r.lookups = path.lookups;
+                let ids: Vec<&str> = workload.expected.iter().map(|(id, _, _)| id.as_str()).collect();
+                (r.redb_get, r.redb_get_shared) = super::baselines::redb_gets(&path.file, &ids)?;
             }
         }
     }
@@ -314,25 +367,42 @@ fn bare_messages(events: &[EncodedEvent], round: u32) -> Vec<EncodedEvent> {
         .collect()
 }
 
-/// The baskets cache path over the whole STORES stream from a fresh file: (events/s, events per
-/// commit, lookups/s on the filled cache afterwards). The end state is checked.
+/// What the cache path measured.
+struct CachePath {
+    /// Events/s.
+    rate: f64,
+    /// Events per commit.
+    per_commit: f64,
+    /// Lookups/s on the filled cache afterwards.
+    lookups: f64,
+    /// The filled file (closed), for the redb baselines.
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The baskets cache path over the whole STORES stream from a fresh file. The end state is
+/// checked.
 async fn cache_path(
     url: &str,
     bus: &Bus,
     args: &MallBench,
     workload: &Workload,
     last_seq: u64,
-) -> anyhow::Result<(f64, f64, f64)> {
+) -> anyhow::Result<CachePath> {
     let count = workload.events.len() as u64;
     let data = tempfile::Builder::new().prefix("carrier-bench-").tempdir()?;
     let mut config = SystemConfig::new(url, data.path(), vec![crate::baskets::context()]);
     config.batch_max = args.batch_max as usize;
-    let started = Instant::now();
     let system = CarrierSystem::start(config).await.context("carrier did not start")?;
     let baskets = system.handle::<BasketsHandle>().context("baskets missing")?;
     let consumer = baskets.consumer("stores").context("stores consumer missing")?;
+    // Timed from the started system, as the baselines are timed from their made consumers:
+    // what the consumer already applied while the system started is not counted.
+    let started = Instant::now();
+    let from = consumer.acked_stream_seq.load(Ordering::Relaxed).max(last_seq - count);
     wait_acked(&consumer, last_seq, Duration::from_secs(600)).await.context("the cache path did not finish")?;
     let elapsed = started.elapsed();
+    let timed = last_seq - from;
     let applied = consumer.applied.load(Ordering::Relaxed);
     let batches = consumer.batches.load(Ordering::Relaxed).max(1);
     system.shutdown().await;
@@ -346,7 +416,15 @@ async fn cache_path(
         bail!("the cache disagrees with the workload: {}", problems.join("; "));
     }
     let lookups = lookups(&baskets, workload)?;
-    Ok((count as f64 / elapsed.as_secs_f64(), count as f64 / batches as f64, lookups))
+    let file = baskets.db.path().to_path_buf();
+    drop(baskets);
+    Ok(CachePath {
+        rate: timed as f64 / elapsed.as_secs_f64(),
+        per_commit: count as f64 / batches as f64,
+        lookups,
+        file,
+        _dir: data,
+    })
 }
 
 /// Reads of cached products by id on one thread, the ids in a scattered order, for about a
