@@ -1021,7 +1021,7 @@ impl<K: ContextKind> ContextHandle<K> {
         K: Adopts<E>,
         T: serde::Serialize + serde::de::DeserializeOwned,
     {
-        if let Some(row) = self.db.read_latest(|txn| rows.get(txn, id))? {
+        if let Some(row) = self.db.row(&rows, id)? {
             self.lookups.hit();
             return Ok(Some(row));
         }
@@ -1034,7 +1034,7 @@ impl<K: ContextKind> ContextHandle<K> {
         let Some(entity) = fallback.entity::<K::State>(aggregate, id).await? else { return Ok(None) };
         let key = id.to_string();
         self.write(move |db| adopt_entity::<K, E>(db, aggregate, &key, entity)).await??;
-        Ok(self.db.read_latest(|txn| rows.get(txn, id))?)
+        Ok(self.db.row(&rows, id)?)
     }
 }
 

@@ -244,7 +244,7 @@ pub struct ContextFile<K> {
     /// A read snapshot shared by lookups until the writer's next commit: opening a read
     /// transaction is about a third of a lookup by id. Tagged with the commit generation it
     /// was taken in, so that it is never used after a commit (see [`ContextFile::snapshot`]).
-    snapshot: std::sync::Mutex<Option<(u64, Arc<ReadTransaction>)>>,
+    snapshot: std::sync::Mutex<Option<(u64, Arc<Snapshot>)>>,
     /// Bumped by the writer after every commit.
     generation: std::sync::atomic::AtomicU64,
     /// redb's page cache for this file.
@@ -255,6 +255,34 @@ pub struct ContextFile<K> {
     unsynced: std::sync::atomic::AtomicU32,
     /// A scratch file's own handle, to start the kernel's writeback after each batch.
     writeback: Option<std::fs::File>,
+}
+
+/// A read transaction shared by lookups until the writer's next commit, with the tables they
+/// opened in it.
+pub(crate) struct Snapshot {
+    txn: ReadTransaction,
+    tables: std::sync::RwLock<Vec<(&'static str, Arc<RowsTable>)>>,
+}
+
+type RowsTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+impl Snapshot {
+    /// `rows`' table in this snapshot, opened at its first use; `None` before anything was
+    /// ever written to it.
+    fn table<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        rows: &crate::Rows<T>,
+    ) -> Result<Option<Arc<RowsTable>>, StorageError> {
+        let name = rows.name();
+        if let Some((_, table)) = self.tables.read().unwrap_or_else(|p| p.into_inner()).iter().find(|(n, _)| *n == name)
+        {
+            return Ok(Some(table.clone()));
+        }
+        let Some(table) = rows.read(&self.txn)? else { return Ok(None) };
+        let table = Arc::new(table);
+        self.tables.write().unwrap_or_else(|p| p.into_inner()).push((name, table.clone()));
+        Ok(Some(table))
+    }
 }
 
 /// A scratch file syncs one applied batch in this many.
@@ -298,7 +326,7 @@ impl<K: ContextKind> ContextFile<K> {
 
     /// A read snapshot at least as new as the last commit that finished before this call:
     /// shared by lookups until the writer commits again, then taken afresh.
-    pub(crate) fn snapshot(&self) -> Result<Arc<ReadTransaction>, StorageError> {
+    pub(crate) fn snapshot(&self) -> Result<Arc<Snapshot>, StorageError> {
         use std::sync::atomic::Ordering;
         let current = self.generation.load(Ordering::Acquire);
         {
@@ -309,7 +337,7 @@ impl<K: ContextKind> ContextFile<K> {
                 }
             }
         }
-        let txn = Arc::new(self.db.begin_read().during("begin_read")?);
+        let txn = Arc::new(Snapshot { txn: self.db.begin_read().during("begin_read")?, tables: Default::default() });
         let mut slot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
         // Kept for others only if no commit finished meanwhile (it might predate that commit).
         if self.generation.load(Ordering::Acquire) == current {
@@ -345,8 +373,22 @@ impl<K: ContextKind> ContextFile<K> {
         &self,
         read: impl FnOnce(&ReadTransaction) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let txn = self.snapshot()?;
-        read(&txn)
+        let snapshot = self.snapshot()?;
+        read(&snapshot.txn)
+    }
+
+    /// One row of `rows` by id, read on the snapshot lookups share (see
+    /// [`read_latest`](Self::read_latest)), with the table opened once per snapshot: opening
+    /// it was two fifths of a lookup in the profile.
+    pub fn row<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        rows: &crate::Rows<T>,
+        id: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let snapshot = self.snapshot()?;
+        let Some(table) = snapshot.table(rows)? else { return Ok(None) };
+        let row = table.get(id).during("read row")?;
+        row.map(|bytes| crate::error::decode_row(rows.name(), bytes.value())).transpose()
     }
 
     /// The oldest `limit` unpublished events.

@@ -37,7 +37,7 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         Rows { name, row: PhantomData }
     }
 
-    fn definition(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    pub(crate) fn definition(&self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         TableDefinition::new(self.name)
     }
 
@@ -57,8 +57,13 @@ impl<T: Serialize + DeserializeOwned> Rows<T> {
         })
     }
 
+    /// The table's name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// The table in a read transaction; `None` before anything was ever written to it.
-    fn read<'a>(
+    pub(crate) fn read<'a>(
         &self,
         txn: &'a ReadTransaction,
     ) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>, StorageError> {

@@ -143,7 +143,7 @@ impl<K: CustomersCache> CustomersCacheFile for ContextFile<K> {
     type Customer = K::Customer;
 
     fn customer(&self, id: &str) -> Result<Option<K::Customer>, StorageError> {
-        self.read(|txn| K::customers_table().get(txn, id))
+        self.row(&K::customers_table(), id)
     }
 
     fn customers(&self) -> Result<Vec<(String, K::Customer, u64)>, StorageError> {

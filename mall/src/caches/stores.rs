@@ -248,11 +248,11 @@ impl<K: StoresCache> StoresCacheFile for ContextFile<K> {
     type Product = K::Product;
 
     fn store(&self, id: &str) -> Result<Option<K::Store>, StorageError> {
-        self.read_latest(|txn| K::stores_table().get(txn, id))
+        self.row(&K::stores_table(), id)
     }
 
     fn product(&self, id: &str) -> Result<Option<K::Product>, StorageError> {
-        self.read_latest(|txn| K::products_table().get(txn, id))
+        self.row(&K::products_table(), id)
     }
 
     fn stores(&self) -> Result<Vec<(String, K::Store, u64)>, StorageError> {

@@ -185,7 +185,7 @@ async fn product(
                 return Err(behind(&api.node, "min_position", position, api.node.position()));
             }
         }
-        let read = |node: &StoreNode| node.handle.db.read_latest(|txn| PRODUCTS.get(txn, &product_id));
+        let read = |node: &StoreNode| node.handle.db.row(&PRODUCTS, &product_id);
         let mut row = read(&api.node).map_err(unavailable)?;
         if let Some(version) = min_version {
             let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
@@ -266,8 +266,7 @@ async fn wait_for_position(node: &StoreNode, position: u64) -> bool {
 async fn wait_for_version(node: &StoreNode, product_id: &str, version: u64) -> bool {
     let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
     loop {
-        let held =
-            node.handle.db.read_latest(|txn| PRODUCTS.get(txn, product_id)).ok().flatten().map_or(0, |p| p.version);
+        let held = node.handle.db.row(&PRODUCTS, product_id).ok().flatten().map_or(0, |p| p.version);
         if held >= version {
             return true;
         }
