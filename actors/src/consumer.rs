@@ -84,8 +84,28 @@ pub struct ApplyBatch<E> {
     pub reply: RpcReplyPort<Result<BatchOutcome, ApplyFailed<E>>>,
 }
 
-/// Hands a batch to the cache actor; `false` when that actor is not running.
-pub type BatchTarget<E> = Arc<dyn Fn(ApplyBatch<E>) -> bool + Send + Sync>;
+/// A consumer's way to its context: the writer that applies its batches, the checkpoint it
+/// starts from, and what the context does when the stream lost its position. Implemented by
+/// the context (`crate::context::ContextPort`); a trait, so that the consumer names no context
+/// kind and a reader can go from here to the writer in one step.
+pub(crate) trait WriterPort<E>: Send + Sync + 'static {
+    /// Hands a batch to the writer (after whatever must be looked up first); `false` when the
+    /// writer is not running. The reply comes on the batch's port after the commit.
+    fn apply(&self, batch: ApplyBatch<E>) -> bool;
+
+    /// The last stream sequence the file committed for `durable` (0 when none).
+    fn checkpoint(&self, durable: &str) -> Result<u64, StorageError>;
+
+    /// Whether the context fills a lost position itself, from its owner's snapshot (see
+    /// [`position_lost`](Self::position_lost)); otherwise the loss is only reported.
+    fn resyncs(&self) -> bool {
+        false
+    }
+
+    /// The stream no longer holds the consumer's position: start filling the hole (called
+    /// only when [`resyncs`](Self::resyncs)).
+    fn position_lost(&self, _lost: PositionLost) {}
+}
 
 /// By default, how often one event, applied on its own, may kill the cache actor before it is
 /// dead-lettered as `apply_failed`.
@@ -206,10 +226,6 @@ pub struct PositionLost {
     pub at_unix_ms: u64,
 }
 
-/// What a context does when a consumer's position is no longer in its stream (a full sync from
-/// the owner's snapshot, for a context that [resyncs](crate::context::ContextDecl::resyncs)).
-pub type PositionLostHook = Arc<dyn Fn(PositionLost) + Send + Sync>;
-
 impl ConsumerStats {
     fn record(&self, outcome: &BatchOutcome) {
         use carrier_storage::Disposition as D;
@@ -240,26 +256,19 @@ pub struct ConsumerArgs<E> {
     pub context: &'static str,
     /// The durable consumer.
     pub spec: DurableSpec,
-    /// The cache actor that applies batches.
-    pub target: BatchTarget<E>,
+    /// The context's writer, which applies batches.
+    pub writer: Arc<dyn WriterPort<E>>,
     /// Where it counts.
     pub stats: Arc<ConsumerStats>,
     /// Injected failures.
     pub faults: Arc<Faults>,
-    /// Reads the cache's committed checkpoint for a durable name.
-    pub checkpoint: CheckpointReader,
     /// Outlives restarts: which batch killed the cache.
     pub guard: Arc<PoisonGuard>,
     /// How often one event alone may kill the cache before it is dead-lettered.
     pub poison_threshold: u32,
     /// Outlives restarts: an operator's pause and pending seek or skip.
     pub control: Arc<crate::offsets::ConsumerControl>,
-    /// Called when the stream no longer holds the consumer's position.
-    pub on_position_lost: Option<PositionLostHook>,
 }
-
-/// Reads the last committed stream sequence for a durable name from the cache's database.
-pub type CheckpointReader = Arc<dyn Fn(&str) -> Result<u64, StorageError> + Send + Sync>;
 
 /// The consumer actor's only message: take the next batch.
 pub enum ConsumerMsg {
@@ -290,10 +299,8 @@ pub struct ConsumerState<E> {
     spec: DurableSpec,
     /// The pull subscription; `None` while paused.
     consumer: Option<DurableConsumer>,
-    checkpoint: CheckpointReader,
     control: Arc<crate::offsets::ConsumerControl>,
-    on_position_lost: Option<PositionLostHook>,
-    target: BatchTarget<E>,
+    writer: Arc<dyn WriterPort<E>>,
     stats: Arc<ConsumerStats>,
     faults: Arc<Faults>,
     guard: Arc<PoisonGuard>,
@@ -324,12 +331,12 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
         let consumer = if args.control.holds_back() {
             None
         } else {
-            let checkpoint = read_checkpoint(&args.checkpoint, &args.spec.durable).await?;
+            let checkpoint = read_checkpoint(&args.writer, &args.spec.durable).await?;
             // Where it stands from the start, before its first ack.
             args.stats.acked_stream_seq.fetch_max(checkpoint, Ordering::Relaxed);
             match args.bus.durable(&args.spec, checkpoint).await {
                 Ok(consumer) => {
-                    noticed_position(&args.spec.durable, &consumer, &args.stats, &args.control, &args.on_position_lost);
+                    noticed_position(&args.spec.durable, &consumer, &args.stats, &args.control, &*args.writer);
                     Some(consumer)
                 }
                 // A server that has just restarted may still be recovering its streams (2.14
@@ -347,10 +354,8 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
             context: args.context,
             spec: args.spec,
             consumer,
-            checkpoint: args.checkpoint,
             control: args.control,
-            on_position_lost: args.on_position_lost,
-            target: args.target,
+            writer: args.writer,
             stats: args.stats,
             faults: args.faults,
             guard: args.guard,
@@ -398,7 +403,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                     state.control.set_released(true);
                     tracing::warn!(consumer = %state.spec.durable, "held back (paused by an operator, its context fenced, or a full sync)");
                 } else if !paused && state.consumer.is_none() {
-                    let checkpoint = read_checkpoint(&state.checkpoint, &state.spec.durable).await?;
+                    let checkpoint = read_checkpoint(&state.writer, &state.spec.durable).await?;
                     let consumer = match state.bus.durable(&state.spec, checkpoint).await {
                         Ok(consumer) => consumer,
                         Err(error) => {
@@ -408,13 +413,7 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
                             return Ok(());
                         }
                     };
-                    noticed_position(
-                        &state.spec.durable,
-                        &consumer,
-                        &state.stats,
-                        &state.control,
-                        &state.on_position_lost,
-                    );
+                    noticed_position(&state.spec.durable, &consumer, &state.stats, &state.control, &*state.writer);
                     state.consumer = Some(consumer);
                     // A full sync may have moved the checkpoint while it was held back.
                     state.stats.acked_stream_seq.fetch_max(checkpoint, Ordering::Relaxed);
@@ -539,12 +538,12 @@ impl<E: DomainEvent> Actor for EventConsumer<E> {
 }
 
 /// Records, logs and reports a consumer made where its stream no longer holds its position.
-fn noticed_position(
+fn noticed_position<E: 'static>(
     durable: &str,
     consumer: &DurableConsumer,
     stats: &ConsumerStats,
     control: &crate::offsets::ConsumerControl,
-    hook: &Option<PositionLostHook>,
+    writer: &dyn WriterPort<E>,
 ) {
     let Some((requested, first_retained)) = consumer.trimmed() else { return };
     let at_unix_ms = std::time::SystemTime::now()
@@ -554,23 +553,26 @@ fn noticed_position(
     let lost = PositionLost { requested, first_retained, at_unix_ms };
     stats.positions_lost.fetch_add(1, Ordering::Relaxed);
     *stats.position_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(lost);
-    match hook {
-        Some(hook) => {
+    match writer.resyncs() {
+        true => {
             tracing::warn!(consumer = %durable, requested, first_retained,
                 "the stream no longer holds this consumer's position: a full sync from the owner follows");
             // Nothing is applied past the hole until the sync has filled it.
             control.set_position_lost(true);
-            hook(lost);
+            writer.position_lost(lost);
         }
-        None => tracing::error!(consumer = %durable, requested, first_retained,
+        false => tracing::error!(consumer = %durable, requested, first_retained,
             "the stream no longer holds this consumer's position: events {requested}..{} were dropped before this \
              cache applied them; rebuild it or declare it resyncs from its owner", first_retained - 1),
     }
 }
 
-async fn read_checkpoint(read: &CheckpointReader, durable: &str) -> Result<u64, ActorProcessingErr> {
-    let (read, durable) = (read.clone(), durable.to_string());
-    Ok(tokio::task::spawn_blocking(move || read(&durable)).await??)
+async fn read_checkpoint<E: 'static>(
+    writer: &Arc<dyn WriterPort<E>>,
+    durable: &str,
+) -> Result<u64, ActorProcessingErr> {
+    let (writer, durable) = (writer.clone(), durable.to_string());
+    Ok(tokio::task::spawn_blocking(move || writer.checkpoint(&durable)).await??)
 }
 
 /// Carries out a seek or skip (see [`crate::offsets`]): works out the new position, has the
@@ -582,7 +584,7 @@ async fn reposition<E: DomainEvent>(
     use crate::offsets::{Reposition, RepositionError, SeekTo, SkippedEvent};
     let storage = |e: ActorProcessingErr| RepositionError::Storage(e.to_string());
     let durable = state.spec.durable.clone();
-    let checkpoint = read_checkpoint(&state.checkpoint, &durable).await.map_err(storage)?;
+    let checkpoint = read_checkpoint(&state.writer, &durable).await.map_err(storage)?;
     let (first_retained, last_seq) = state.bus.stream_bounds(&state.spec.stream).await?;
     let mut skipped = Vec::new();
     let new_checkpoint = match change {
@@ -645,7 +647,7 @@ async fn reposition<E: DomainEvent>(
         reposition: true,
         reply: tx.into(),
     };
-    if !(state.target)(message) {
+    if !state.writer.apply(message) {
         return Err(RepositionError::Storage("the cache actor is not running".into()));
     }
     match rx.await {
@@ -696,7 +698,7 @@ async fn apply<E: DomainEvent>(
     let message =
         ApplyBatch { consumer: state.spec.durable.clone(), batch, through, reposition: false, reply: tx.into() };
     state.guard.begin((first, last));
-    if !(state.target)(message) {
+    if !state.writer.apply(message) {
         state.guard.end();
         return Err("the cache actor is not running".into());
     }

@@ -24,9 +24,10 @@
 //! - [`LocalNatsServer`]: a local `nats-server` child process; [`Faults`]: failure injection
 //!   for drills; [`instance_id`]: the identity of a data directory.
 //!
-//! Inside (read the code in this order): `context` (the declaration) → `cache` (the writer
-//! actor, the only writer of a context's file, and the handle) → `consumer` (the durable
-//! consumer feeding it in batches) → `bus` → `relay` (the outbox relay) → `commands`, `serve`
+//! Inside (read the code in this order): `context/` (the declaration, its assembly, the writer
+//! actor that alone writes a context's file, the port consumers hand batches through, and the
+//! handle) → `consumer` (the durable consumer feeding the writer in batches) → `bus` → `relay`
+//! (the outbox relay) → `commands`, `serve`
 //! and `responder` (request/reply) → `fallback` and `resync` (asking an owner) → `fence`,
 //! `instance` and `standby` (leases and takeover) → `supervisor` (restarts) → `observe`.
 //!
@@ -34,7 +35,6 @@
 //! context by name.
 
 mod bus;
-mod cache;
 mod commands;
 mod consumer;
 mod context;
@@ -63,8 +63,8 @@ mod system;
 pub mod telemetry;
 
 // Declaring contexts and running them.
-pub use cache::{CacheSettings, ContextHandle, ExecuteError, InboxRetention, LookupError, Prefetch};
 pub use context::{AggregateDecl, BoundedContext, ContextDecl, SourceStream, UnknownContext};
+pub use context::{CacheSettings, ContextHandle, ExecuteError, InboxRetention, LookupError, Prefetches};
 pub use handlers::HandlersDecl;
 pub use nats_options::NatsOptions;
 pub use start_error::StartError;
@@ -82,9 +82,9 @@ pub use event_bus::{EventBus, EventBusError, EventBusSettings, HandlerError};
 pub use bus::{dead_letter_header, dead_letter_stream, Bus, BusError, DeadLetter, Delivery};
 
 // What operators see and do.
-pub use cache::instance_durable_name;
 pub use commands::command_reply;
 pub use consumer::ConsumerStats;
+pub use context::instance_durable_name;
 pub use fallback::{BreakerState, Fallback, FallbackError, FallbackStats};
 pub use faults::{FaultSpecError, Faults};
 pub use fence::LEASE_TTL;

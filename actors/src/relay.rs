@@ -43,7 +43,7 @@ pub(crate) enum MarkError {
 
 /// The events the relay published lately, by id, with their stream sequences: what a command
 /// of a context with a standby waits for before it is answered (see
-/// [`ContextHandle::decide_once`](crate::cache::ContextHandle::decide_once)).
+/// [`ContextHandle::decide_once`](crate::context::ContextHandle::decide_once)).
 #[derive(Default)]
 pub(crate) struct Published {
     recent: std::sync::Mutex<(std::collections::HashMap<u128, u64>, std::collections::VecDeque<u128>)>,

@@ -26,7 +26,7 @@ use carrier_messages::{Decoded, DomainEvent};
 use carrier_storage::{ContextDb, FileWriter, Follows, Inbound};
 
 use crate::bus::{Bus, DurableConsumer};
-use crate::cache::ContextHandle;
+use crate::context::ContextHandle;
 use crate::instance::Leases;
 
 /// How often an instance standing by tries to take the context's lease.

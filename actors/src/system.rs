@@ -11,9 +11,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 
 use crate::bus::Bus;
-use crate::cache::{CacheSettings, InboxRetention};
 use crate::consumer::ConsumerStats;
 use crate::context::{BoundedContext, StartEnv};
+use crate::context::{CacheSettings, InboxRetention};
 use crate::faults::Faults;
 use crate::nats_options::NatsOptions;
 use crate::observe::ObservedContext;
@@ -267,7 +267,7 @@ impl CarrierSystem {
     }
 
     /// The handle of the running context whose handle has type `H`: the
-    /// [`ContextHandle`](crate::cache::ContextHandle) of its kind, e.g. `ContextHandle<Stores>`.
+    /// [`ContextHandle`](crate::context::ContextHandle) of its kind, e.g. `ContextHandle<Stores>`.
     pub fn handle<H: Clone + 'static>(&self) -> Option<H> {
         self.contexts.iter().find_map(|c| c.handle.downcast_ref::<H>().cloned())
     }

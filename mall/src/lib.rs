@@ -42,13 +42,11 @@ pub mod prelude {
     pub use crate::stores::StoresFile;
 }
 
-use std::sync::Arc;
-
 use crate::caches::CustomersCache;
 use crate::ordering::events::OrderingEvent;
 
 use carrier_actors::BoundedContext;
-use carrier_actors::{ContextHandle, Prefetch};
+use carrier_actors::ContextHandle;
 
 /// Every context of the mall, owners first.
 pub fn contexts() -> Vec<BoundedContext> {
@@ -65,29 +63,38 @@ pub fn contexts() -> Vec<BoundedContext> {
 }
 
 /// Looks up the customers of new orders, so that a customer registered a moment ago (whose event
-/// has not arrived yet) is asked of the customers context instead of failing the batch.
-pub(crate) fn prefetch_customers<K: CustomersCache>() -> Prefetch<K, OrderingEvent> {
-    Arc::new(|handle: ContextHandle<K>, events: Vec<OrderingEvent>| {
-        Box::pin(async move {
-            let mut customers: Vec<String> = events
-                .iter()
-                .filter_map(|e| match e {
-                    OrderingEvent::OrderCreated(o) => Some(o.customer_id.clone()),
-                    OrderingEvent::OrderReadied(o) => Some(o.customer_id.clone()),
-                    OrderingEvent::OrderCanceled(o) => Some(o.customer_id.clone()),
-                    OrderingEvent::OrderCompleted(_) => None,
-                })
-                .collect();
-            customers.sort();
-            customers.dedup();
-            for id in customers {
-                if let Err(error) = handle.customer(&id).await {
-                    tracing::warn!(customer.id = %id, %error, "customer lookup failed; the batch will wait");
-                }
-            }
+/// has not arrived yet) is asked of the customers context instead of failing the batch: the
+/// prefetch of payments, notifications and search.
+pub(crate) async fn prefetch_customers<K: CustomersCache>(handle: &ContextHandle<K>, events: &[OrderingEvent]) {
+    let mut customers: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            OrderingEvent::OrderCreated(o) => Some(o.customer_id.as_str()),
+            OrderingEvent::OrderReadied(o) => Some(o.customer_id.as_str()),
+            OrderingEvent::OrderCanceled(o) => Some(o.customer_id.as_str()),
+            OrderingEvent::OrderCompleted(_) => None,
         })
-    })
+        .collect();
+    customers.sort();
+    customers.dedup();
+    for id in customers {
+        if let Err(error) = handle.customer(id).await {
+            tracing::warn!(customer.id = %id, %error, "customer lookup failed; the batch will wait");
+        }
+    }
 }
+
+/// Payments, notifications and search look up a new order's customer first.
+macro_rules! prefetches_customers {
+    ($($kind:ty),*) => {$(
+        impl carrier_actors::Prefetches<OrderingEvent> for $kind {
+            async fn prefetch(handle: &ContextHandle<Self>, events: &[OrderingEvent]) {
+                prefetch_customers(handle, events).await
+            }
+        }
+    )*};
+}
+prefetches_customers!(crate::payments::Payments, crate::notifications::Notifications, crate::search::Search);
 
 /// The outbox's rows read back as their consumers get them, at stream sequences 1, 2, ...: what
 /// a test feeds a follower or a cache.

@@ -15,13 +15,12 @@ pub use events::*;
 pub use state::*;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use crate::ordering::events::OrderingEvent;
 use crate::stores::events::StoresEvent;
 
 use carrier_actors::BoundedContext;
-use carrier_actors::{ContextHandle, Prefetch};
+use carrier_actors::{ContextHandle, Prefetches};
 
 use crate::StoresLookups;
 
@@ -33,28 +32,29 @@ pub type DepotHandle = ContextHandle<Depot>;
 
 /// The context's declaration.
 pub fn context() -> BoundedContext {
-    // A new order's stores must be in the cache before its shopping list is made.
-    let prefetch: Prefetch<Depot, OrderingEvent> = Arc::new(|handle, events| {
-        Box::pin(async move {
-            let stores: BTreeSet<String> = events
-                .iter()
-                .filter_map(|e| match e {
-                    OrderingEvent::OrderCreated(o) => Some(o.items.iter().map(|i| i.store_id.clone())),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            for id in stores {
-                if let Err(error) = handle.store(&id).await {
-                    tracing::warn!(store.id = %id, %error, "store lookup for a shopping list failed");
-                }
-            }
-        })
-    });
     BoundedContext::of::<Depot>()
         .caches::<StoresEvent>()
-        .consume_with_prefetch::<OrderingEvent>(prefetch)
+        .consume_prefetching::<OrderingEvent>()
         .decides::<DepotCommand>()
         .follows_itself()
         .build()
+}
+
+/// A new order's stores must be in the cache before its shopping list is made.
+impl Prefetches<OrderingEvent> for Depot {
+    async fn prefetch(handle: &ContextHandle<Depot>, events: &[OrderingEvent]) {
+        let stores: BTreeSet<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                OrderingEvent::OrderCreated(o) => Some(o.items.iter().map(|i| i.store_id.as_str())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        for id in stores {
+            if let Err(error) = handle.store(id).await {
+                tracing::warn!(store.id = %id, %error, "store lookup for a shopping list failed");
+            }
+        }
+    }
 }

@@ -31,7 +31,7 @@ pub type NotificationsHandle = ContextHandle<Notifications>;
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Notifications>()
         .caches::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
+        .consume_prefetching::<OrderingEvent>()
         .follows_itself()
         .build()
 }

@@ -29,7 +29,7 @@ pub type PaymentsHandle = ContextHandle<Payments>;
 pub fn context() -> BoundedContext {
     BoundedContext::of::<Payments>()
         .caches::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
+        .consume_prefetching::<OrderingEvent>()
         .follows_itself()
         .build()
 }

@@ -33,7 +33,7 @@ pub fn context() -> BoundedContext {
         .read_model()
         .caches::<StoresEvent>()
         .caches::<CustomersEvent>()
-        .consume_with_prefetch::<OrderingEvent>(crate::prefetch_customers())
+        .consume_prefetching::<OrderingEvent>()
         .queries(answer)
         .build()
 }

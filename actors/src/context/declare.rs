@@ -40,9 +40,9 @@ use carrier_storage::{
 };
 
 use crate::bus::Bus;
-use crate::cache::{CacheSettings, ContextBuilder, ContextHandle, Prefetch};
 use crate::commands::Decide;
 use crate::consumer::ConsumerStats;
+use crate::context::{prefetch_of, CacheSettings, ContextBuilder, ContextHandle, PrefetchFn, Prefetches};
 use crate::faults::Faults;
 use crate::observe::ObservedContext;
 use crate::supervisor::{SupervisionTree, SupervisorArgs};
@@ -323,16 +323,16 @@ impl<K: ContextKind> ContextDecl<K> {
     }
 
     /// Like [`consume`](Self::consume), but first looks up, off the write path, what the
-    /// batch's reactions will read from the caches (so a miss asks the owner before the writer
-    /// runs, never inside its transaction).
-    pub fn consume_with_prefetch<E: DomainEvent>(self, prefetch: Prefetch<K, E>) -> Self
+    /// batch's reactions will read from the caches ([`Prefetches`]), so a miss asks the owner
+    /// before the writer runs, never inside its transaction.
+    pub fn consume_prefetching<E: DomainEvent>(self) -> Self
     where
-        K: Reacts<E>,
+        K: Reacts<E> + Prefetches<E>,
     {
-        self.consume_inner::<E>(Some(prefetch))
+        self.consume_inner::<E>(Some(prefetch_of::<K, E>))
     }
 
-    fn consume_inner<E: DomainEvent>(mut self, prefetch: Option<Prefetch<K, E>>) -> Self
+    fn consume_inner<E: DomainEvent>(mut self, prefetch: Option<PrefetchFn<K, E>>) -> Self
     where
         K: Reacts<E>,
     {
