@@ -1,0 +1,46 @@
+//! Deliveries to events; what can never decode goes to the dead-letter stream, here only.
+
+use std::sync::atomic::Ordering;
+
+use ractor::ActorProcessingErr;
+
+use carrier_messages::{Decoded, DomainEvent};
+use carrier_storage::Inbound;
+
+use crate::bus::Delivery;
+
+use super::*;
+
+/// Decodes a batch; copies what cannot decode to the dead-letter stream. Returns the positions of
+/// those poison deliveries and the decoded events.
+pub(crate) async fn decode_batch<E: DomainEvent>(
+    state: &ConsumerState<E>,
+    deliveries: &[Delivery],
+) -> Result<(Vec<usize>, Vec<Inbound<E>>), ActorProcessingErr> {
+    let mut poison = Vec::new();
+    let mut batch = Vec::with_capacity(deliveries.len());
+    for (index, d) in deliveries.iter().enumerate() {
+        // A message holds one event, or one command's several (an event store's commit): they
+        // share its stream sequence and are applied in order, in the batch's transaction.
+        match Decoded::<E>::decode_all(&d.subject, |name| d.header(name), &d.payload) {
+            Ok(events) => batch.extend(events.into_iter().map(|decoded| Inbound { stream_seq: d.stream_seq, decoded })),
+            Err(error) => {
+                tracing::warn!(
+                    context = state.context,
+                    stream.seq = d.stream_seq,
+                    subject = %d.subject,
+                    reason = error.code(),
+                    %error,
+                    "dead-lettering an event that cannot be applied"
+                );
+                state.bus.dead_letter(state.context, d, error.code(), &error.to_string()).await?;
+                state.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = crate::metrics::get() {
+                    metrics.record_dead_letter(state.context, "undecodable");
+                }
+                poison.push(index);
+            }
+        }
+    }
+    Ok((poison, batch))
+}
