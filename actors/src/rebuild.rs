@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use carrier_messages::{Decoded, DomainEvent};
+use carrier_messages::DomainEvent;
 use carrier_storage::CacheSet;
 use carrier_storage::Inbound;
 use carrier_storage::{ContextDb, FileWriter, Reacts, StorageError};
@@ -194,16 +194,7 @@ async fn replay<K: Reacts<E>, E: DomainEvent>(
         }
         let (file, name) = (fresh.clone(), consumer.clone());
         let task = in_background(move || {
-            // What cannot be decoded was dead-lettered when it was first delivered; skip it here.
-            let batch: Vec<Inbound<E>> = wanted
-                .iter()
-                .flat_map(|d| {
-                    Decoded::<E>::decode_all(&d.subject, |name| d.header(name), &d.payload)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|decoded| Inbound { stream_seq: d.stream_seq, decoded })
-                })
-                .collect();
+            let batch: Vec<Inbound<E>> = crate::consumer::decode_replayed(&wanted);
             file.apply(&name, &batch, applied_through).map(|_| ())
         });
         let current = Applying { task, applied_through, count };

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use carrier_messages::{Decoded, DomainEvent};
+use carrier_messages::DomainEvent;
 use carrier_storage::{ContextDb, FileWriter, Follows, Inbound};
 
 use crate::bus::{Bus, DurableConsumer};
@@ -235,16 +235,7 @@ pub(crate) async fn run<K: Follows>(handle: ContextHandle<K>, bus: Bus, standby:
             }
         };
         let Some(through) = deliveries.last().map(|d| d.stream_seq) else { continue };
-        // What does not decode was dead-lettered by its consumers; a follower skips it.
-        let batch: Vec<Inbound<K::Event>> = deliveries
-            .iter()
-            .flat_map(|d| {
-                Decoded::<K::Event>::decode_all(&d.subject, |name| d.header(name), &d.payload)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|decoded| Inbound { stream_seq: d.stream_seq, decoded })
-            })
-            .collect();
+        let batch: Vec<Inbound<K::Event>> = crate::consumer::decode_replayed(&deliveries);
         let name = checkpoint_name.clone();
         match handle.write(move |db| db.follow(&name, &batch, through)).await {
             Ok(Ok(_)) => {}

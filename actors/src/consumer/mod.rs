@@ -17,7 +17,7 @@ mod port;
 mod reposition;
 mod stats;
 
-use decode::*;
+pub(crate) use decode::*;
 pub use poison::*;
 pub use port::*;
 use reposition::*;
